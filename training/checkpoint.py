@@ -1,0 +1,46 @@
+"""A trained model and everything needed to use it, in one file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.model import ActionRecognizer, ModelConfig
+
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    labels: tuple[str, ...]
+    fps: float
+    background_label: str | None
+    version: str
+    state_dict: dict[str, torch.Tensor]
+    train_config: dict[str, Any] = field(default_factory=dict)
+    eval_metrics: dict[str, Any] = field(default_factory=dict)
+
+    def build_model(self) -> ActionRecognizer:
+        net = ActionRecognizer(self.model_config)
+        net.load_state_dict(self.state_dict)
+        return net
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = asdict(self)
+        payload["model_config"] = asdict(self.model_config)
+        torch.save(payload, path)
+        # Readable copy of everything but the weights, beside the checkpoint.
+        meta = {k: v for k, v in payload.items() if k != "state_dict"}
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Checkpoint:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = payload.pop("model_config")
+        cfg["channels"] = tuple(cfg["channels"])
+        payload["labels"] = tuple(payload["labels"])
+        return cls(model_config=ModelConfig(**cfg), **payload)

@@ -1,0 +1,131 @@
+"""Exports a trained recogniser as the ONNX step model the service runs.
+
+The file is self-describing: labels, input size, fps, state layout, version
+and the training config travel in `metadata_props`, so the service configures
+itself from the model alone (contract in DESIGN.md, "The model contract").
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from training.checkpoint import Checkpoint
+from training.model import ActionRecognizer, StepModel
+
+FORMAT_VERSION = "1"
+INPUT_FRAMES = "frames"
+OUTPUT_LOGITS = "logits"
+STATE_NAMES = ("h", "prev_frame")  # inputs; each output is the name + "_out"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18
+    parity_frames: int = 24  # frames stepped through ONNX for the parity check
+    parity_batch: int = 2
+    tolerance: float = 1e-4  # max abs logit difference, ONNX steps vs torch sequence
+
+
+def metadata(ckpt: Checkpoint) -> dict[str, str]:
+    cfg = ckpt.model_config
+    net_state_shapes = {"h": [1, cfg.hidden], "prev_frame": [3, cfg.height, cfg.width]}
+    return {
+        "actionstream.format_version": FORMAT_VERSION,
+        "actionstream.labels": json.dumps(list(ckpt.labels)),
+        "actionstream.input_size": json.dumps({"height": cfg.height, "width": cfg.width}),
+        "actionstream.pixel_format": "BGR",
+        "actionstream.fps": repr(float(ckpt.fps)),
+        "actionstream.background_label": ckpt.background_label or "",
+        "actionstream.states": json.dumps(
+            [
+                {"input": n, "output": f"{n}_out", "shape": net_state_shapes[n]}
+                for n in STATE_NAMES
+            ]
+        ),
+        "actionstream.model_version": ckpt.version,
+        "actionstream.train_config": json.dumps(ckpt.train_config, sort_keys=True),
+        "actionstream.eval": json.dumps(ckpt.eval_metrics, sort_keys=True),
+    }
+
+
+def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = ExportConfig()) -> Path:
+    """Writes the step model with its metadata to `out` and checks its parity."""
+    net = ckpt.build_model().eval()
+    step = StepModel(net).eval()
+    h, prev = net.initial_state(1)
+    frames = torch.zeros(1, net.cfg.height, net.cfg.width, 3, dtype=torch.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    batch = {0: "N"}
+    with warnings.catch_warnings():
+        # The GRU export warns that batch_first is rewritten; the parity check guards it.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            step,
+            (frames, h, prev),
+            str(out),
+            input_names=[INPUT_FRAMES, *STATE_NAMES],
+            output_names=[OUTPUT_LOGITS, *(f"{n}_out" for n in STATE_NAMES)],
+            dynamic_axes={
+                INPUT_FRAMES: batch,
+                **{n: batch for n in STATE_NAMES},
+                OUTPUT_LOGITS: batch,
+                **{f"{n}_out": batch for n in STATE_NAMES},
+            },
+            opset_version=cfg.opset,
+            dynamo=False,
+        )
+    model = onnx.load(str(out))
+    onnx.helper.set_model_props(model, metadata(ckpt))
+    model.doc_string = "actionstream CNN-GRU step model: frames + state -> logits + state"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out))
+    _write_sidecar(out, ckpt, cfg)
+    diff = parity_error(net, out, cfg)
+    if diff > cfg.tolerance:
+        raise RuntimeError(f"ONNX parity failed: max |logit diff| {diff:.2e} > {cfg.tolerance}")
+    return out
+
+
+def parity_error(net: ActionRecognizer, onnx_path: Path, cfg: ExportConfig = ExportConfig()) -> float:
+    """Max abs logit difference: ONNX stepped frame by frame vs torch over the whole sequence."""
+    gen = torch.Generator().manual_seed(0)
+    B, T = cfg.parity_batch, cfg.parity_frames
+    video = torch.randint(0, 256, (B, T, net.cfg.height, net.cfg.width, 3), generator=gen)
+    video = video.to(torch.uint8)
+    with torch.no_grad():
+        expected, _, _ = net.eval()(video, *net.initial_state(B))  # (B, T, classes)
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    h, prev = (s.numpy() for s in net.initial_state(B))
+    got = []
+    for t in range(T):
+        logits, h, prev = session.run(
+            None, {INPUT_FRAMES: video[:, t].numpy(), "h": h, "prev_frame": prev}
+        )
+        got.append(logits)
+    stepped = np.stack(got, axis=1)  # T x (B, classes) -> (B, T, classes)
+    return float(np.abs(stepped - expected.numpy()).max())
+
+
+def _write_sidecar(out: Path, ckpt: Checkpoint, cfg: ExportConfig) -> None:
+    # The resolved configs beside the artifact, for people and tools that do not parse ONNX.
+    card: dict[str, Any] = {
+        "version": ckpt.version,
+        "labels": list(ckpt.labels),
+        "fps": ckpt.fps,
+        "background_label": ckpt.background_label,
+        "model_config": asdict(ckpt.model_config),
+        "train_config": ckpt.train_config,
+        "export_config": asdict(cfg),
+        "eval": ckpt.eval_metrics,
+    }
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
