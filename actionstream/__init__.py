@@ -1,0 +1,1 @@
+"""actionstream: live action recognition for camera streams (CLI and API stubs)."""

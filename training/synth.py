@@ -51,7 +51,9 @@ class SynthConfig:
     speed: tuple[float, float] = (0.025, 0.05)  # frame sides per frame
     spin_deg: tuple[float, float] = (8.0, 18.0)  # degrees per frame
     zoom: tuple[float, float] = (0.03, 0.06)  # log-size change per frame
-    noise: float = 6.0  # std of per-frame pixel noise, in grey levels
+    # Std of per-frame pixel noise in grey levels, drawn per scene: a camera
+    # downscaled to the model's input is far less noisy than one at that size.
+    noise: tuple[float, float] = (1.0, 8.0)
 
 
 @dataclass
@@ -66,6 +68,7 @@ class _Pose:
 class _Look:
     colour: tuple[int, int, int]
     background: np.ndarray  # (S, S, 3) uint8
+    noise: float
 
 
 def _random_background(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -74,16 +77,18 @@ def _random_background(rng: np.random.Generator, size: int) -> np.ndarray:
     base = rng.uniform(20, 110, 3)
     slope = rng.uniform(-40, 40, (2, 3))
     img = base + xx[..., None] * slope[0] + yy[..., None] * slope[1]
-    blobs = rng.normal(0, 25, (max(4, size // 8), max(4, size // 8), 3)).astype(np.float32)
+    blobs = rng.normal(0, 25, (8, 8, 3)).astype(np.float32)  # same texture scale at any size
     img = img + cv2.resize(blobs, (size, size), interpolation=cv2.INTER_CUBIC)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _random_look(rng: np.random.Generator, size: int) -> _Look:
+def _random_look(rng: np.random.Generator, cfg: SynthConfig) -> _Look:
     # Bright, saturated shapes on a darker background, so the shape is always visible.
     colour = rng.uniform(140, 255, 3)
     colour[rng.integers(3)] = rng.uniform(0, 90)
-    return _Look(tuple(int(c) for c in colour), _random_background(rng, size))  # type: ignore[arg-type]
+    background = _random_background(rng, cfg.size)
+    b, g, r = (int(c) for c in colour)
+    return _Look((b, g, r), background, float(rng.uniform(*cfg.noise)))
 
 
 def _random_pose(rng: np.random.Generator) -> _Pose:
@@ -110,7 +115,7 @@ def _draw(pose: _Pose, look: _Look, rng: np.random.Generator, cfg: SynthConfig) 
             if -radius * 1.2 < cx < size + radius * 1.2 and -radius * 1.2 < cy < size + radius * 1.2:
                 poly = np.round((pts + (cx, cy)) * (1 << shift)).astype(np.int32)
                 cv2.fillPoly(img, [poly], look.colour, cv2.LINE_AA, shift)
-    noisy = img.astype(np.float32) + rng.normal(0, cfg.noise, img.shape).astype(np.float32)
+    noisy = img.astype(np.float32) + rng.normal(0, look.noise, img.shape).astype(np.float32)
     return np.clip(noisy, 0, 255).astype(np.uint8)
 
 
@@ -153,8 +158,8 @@ def render_clip(label: str, n_frames: int, seed: int, cfg: SynthConfig = SynthCo
     of a clip is the same whatever its label.
     """
     rng = np.random.default_rng(seed)
-    look, pose = _random_look(rng, cfg.size), _random_pose(rng)
-    rate = _rate(label, np.random.default_rng([seed, 1]), cfg)
+    look, pose = _random_look(rng, cfg), _random_pose(rng)
+    rate = _rate(label, np.random.default_rng([seed, 1]), cfg)  # apart from the scene's draws
     frames = np.empty((n_frames, cfg.size, cfg.size, 3), np.uint8)
     for t in range(n_frames):
         frames[t] = _draw(pose, look, rng, cfg)
@@ -170,7 +175,7 @@ def render_stream(
     Returns frames (T, S, S, 3) uint8 BGR and per-frame label indices (T,) int64.
     """
     rng = np.random.default_rng(seed)
-    look, pose = _random_look(rng, cfg.size), _random_pose(rng)
+    look, pose = _random_look(rng, cfg), _random_pose(rng)
     frames = np.empty((n_frames, cfg.size, cfg.size, 3), np.uint8)
     labels = np.empty(n_frames, np.int64)
     t = 0

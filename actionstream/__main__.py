@@ -1,0 +1,5 @@
+import sys
+
+from actionstream.cli import main
+
+sys.exit(main())

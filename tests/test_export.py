@@ -1,0 +1,90 @@
+"""The exported ONNX step model must be the PyTorch model, one frame at a time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from training.checkpoint import Checkpoint
+from training.export import ExportConfig, export_onnx, parity_error
+from training.model import ActionRecognizer, ModelConfig
+from training.synth import LABELS
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Checkpoint, Path]:
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=len(LABELS), height=48, width=64, hidden=32, embed=32)
+    net = ActionRecognizer(cfg)
+    # Non-trivial BatchNorm statistics, so folding them into the graph is exercised.
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    ckpt = Checkpoint(cfg, LABELS, 12.5, "idle", "test-1", net.state_dict(), {"seed": 0}, {"x": 1})
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    return ckpt, export_onnx(ckpt, out)
+
+
+def test_stepping_onnx_matches_torch_over_the_sequence(exported: tuple[Checkpoint, Path]) -> None:
+    ckpt, path = exported
+    err = parity_error(ckpt.build_model(), path, ExportConfig(parity_frames=30, parity_batch=3))
+    assert err <= 1e-4
+
+
+def test_parity_check_can_fail(exported: tuple[Checkpoint, Path]) -> None:
+    ckpt, path = exported
+    other = ckpt.build_model()
+    with torch.no_grad():
+        other.head.bias.add_(0.01)
+    assert parity_error(other, path) > 1e-3
+
+
+def test_batch_is_dynamic_and_streams_do_not_mix(exported: tuple[Checkpoint, Path]) -> None:
+    _, path = exported
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (5, 48, 64, 3), dtype=np.uint8)
+    h = np.zeros((5, 1, 32), np.float32)
+    prev = np.zeros((5, 3, 48, 64), np.float32)
+    batched = sess.run(None, {"frames": frames, "h": h, "prev_frame": prev})
+    for i in range(5):
+        single = sess.run(
+            None, {"frames": frames[i : i + 1], "h": h[i : i + 1], "prev_frame": prev[i : i + 1]}
+        )
+        for b, s in zip(batched, single, strict=True):
+            np.testing.assert_allclose(b[i : i + 1], s, atol=1e-5)
+
+
+def test_model_describes_itself(exported: tuple[Checkpoint, Path]) -> None:
+    _, path = exported
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["actionstream.labels"]) == list(LABELS)
+    assert json.loads(meta["actionstream.input_size"]) == {"height": 48, "width": 64}
+    assert float(meta["actionstream.fps"]) == 12.5
+    assert meta["actionstream.background_label"] == "idle"
+    assert meta["actionstream.model_version"] == "test-1"
+    assert json.loads(meta["actionstream.train_config"]) == {"seed": 0}
+    states = json.loads(meta["actionstream.states"])
+    assert [s["input"] for s in states] == ["h", "prev_frame"]
+    inputs = {i.name: i for i in sess.get_inputs()}
+    assert inputs["frames"].type == "tensor(uint8)"
+    for s in states:
+        assert inputs[s["input"]].shape[1:] == s["shape"]
+        assert s["output"] in {o.name for o in sess.get_outputs()}
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["labels"] == list(LABELS) and sidecar["eval"] == {"x": 1}
+
+
+def test_checkpoint_round_trip(tmp_path: Path, exported: tuple[Checkpoint, Path]) -> None:
+    ckpt, _ = exported
+    ckpt.save(tmp_path / "c.pt")
+    loaded = Checkpoint.load(tmp_path / "c.pt")
+    assert loaded.model_config == ckpt.model_config and loaded.labels == ckpt.labels
+    assert json.loads((tmp_path / "c.json").read_text())["version"] == "test-1"
