@@ -38,10 +38,11 @@ lint: $(VENV)/.dev
 protos: $(VENV)/.dev
 	scripts/gen_protos.sh $(PY) .
 
-# Reproduce the bundled default model (seed and settings in training/recipes.py).
+# Reproduce the bundled default model: TrainConfig's defaults, seed 0.
 model: $(VENV)/.dev
-	$(BIN)/actionstream train --recipe default --out runs/default
+	$(BIN)/actionstream train --out runs/default --seed 0
 	$(BIN)/actionstream export runs/default --out service/models/default.onnx
+	$(BIN)/actionstream evaluate runs/default
 
 bench: $(VENV)/.dev
 	$(PY) bench/step_latency.py

@@ -79,28 +79,32 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from service.demo import DemoConfig, run_demo
+    from actionstream.demo import DemoConfig, run_demo
 
     return run_demo(from_args(DemoConfig, args))
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from actionstream.demo import DemoConfig
     from service.client import StreamConfig
     from service.config import ServeConfig
-    from service.demo import DemoConfig
     from training.config import TrainConfig
 
     parser = argparse.ArgumentParser(prog="actionstream", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: dict[str, Callable[[argparse.Namespace], int]] = {}
 
-    def command(name: str, help_text: str, handler: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+    def command(
+        name: str, help_text: str, handler: Callable[[argparse.Namespace], int]
+    ) -> argparse.ArgumentParser:
         commands[name] = handler
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=handler)
         return p
 
-    p = command("synth", "Render a labelled synthetic video (MJPG .avi + per-frame label .csv).", _synth)
+    p = command(
+        "synth", "Render a labelled synthetic video (MJPG .avi + per-frame label .csv).", _synth
+    )
     p.add_argument("--out", type=Path, required=True, help="output .avi path")
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--fps", type=float, default=10.0)
@@ -110,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("train", "Train a CNN-GRU with BPTT; writes a checkpoint and its config.", _train)
     add_arguments(p, TrainConfig)
 
-    p = command("evaluate", "Score a checkpoint on held-out synthetic streams, per frame.", _evaluate)
+    p = command(
+        "evaluate", "Score a checkpoint on held-out synthetic streams, per frame.", _evaluate
+    )
     p.add_argument("run", type=Path, help="run folder or checkpoint.pt")
     p.add_argument("--streams", type=int, default=32)
     p.add_argument("--seconds", type=float, default=60.0)
@@ -120,13 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run folder or checkpoint.pt")
     p.add_argument("--out", type=Path, required=True, help="output .onnx path")
 
-    p = command("serve", "Serve a model over gRPC, with Prometheus metrics on their own port.", _serve)
+    p = command(
+        "serve", "Serve a model over gRPC, with Prometheus metrics on their own port.", _serve
+    )
     add_arguments(p, ServeConfig, env_prefix="ACTIONSTREAM_")
 
-    p = command("stream", "Stream a video file, camera index or URL to a server; print predictions.", _stream)
+    p = command(
+        "stream",
+        "Stream a video file, camera index or URL to a server; print predictions.",
+        _stream,
+    )
     add_arguments(p, StreamConfig)
 
-    p = command("demo", "Serve the bundled model and stream a labelled synthetic feed through it.", _demo)
+    p = command(
+        "demo", "Serve the bundled model and stream a labelled synthetic feed through it.", _demo
+    )
     add_arguments(p, DemoConfig)
     return parser
 

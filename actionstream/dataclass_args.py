@@ -68,8 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, env_prefix: str = 
         conv = _converter(hints[f.name], f.name)
         help_text = f.metadata.get("help", "")
         default: Any = f.default
-        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
+        factory: Any = f.default_factory
+        if default is dataclasses.MISSING and factory is not dataclasses.MISSING:
+            default = factory()
         env_name = (env_prefix + f.name).upper() if env_prefix else ""
         if env_name:
             help_text = f"{help_text} [env {env_name}]".strip()
@@ -91,5 +92,9 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, env_prefix: str = 
 
 
 def from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """The config from parsed flags; a value the config refuses ends the program with its reason."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in vars(args).items() if k in names})
+    try:
+        return cls(**{k: v for k, v in vars(args).items() if k in names})
+    except ValueError as e:
+        raise SystemExit(f"actionstream: {e}") from None

@@ -35,7 +35,9 @@ def _time_per_frame(step: Callable[[], object], batch: int, frames: int) -> floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--frames", type=int, default=300, help="frames timed per batch size")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
@@ -52,29 +54,42 @@ def main() -> None:
     try:
         import torch
 
-        from training.checkpoint import Checkpoint  # noqa: F401  (torch present: compare)
         from training.model import ActionRecognizer, ModelConfig, StepModel
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        cfg = ModelConfig(num_classes=len(json.loads(meta["actionstream.labels"])), height=size["height"], width=size["width"])
+        # Same architecture as the file (its training config travels in it); the
+        # weights do not matter for timing.
+        trained = json.loads(meta["actionstream.train_config"])
+        cfg = ModelConfig(
+            num_classes=len(json.loads(meta["actionstream.labels"])),
+            height=size["height"],
+            width=size["width"],
+            channels=tuple(trained["channels"]),
+            embed=trained["embed"],
+            hidden=trained["hidden"],
+        )
         torch_step = StepModel(ActionRecognizer(cfg)).eval()
     except ImportError:
         print("torch not installed: onnxruntime column only")
 
-    print(f"model {args.model.name}  input {size['height']}x{size['width']}  threads {args.threads or 'all'}")
+    threads = args.threads or "all"
+    print(f"model {args.model.name}  input {size['height']}x{size['width']}  threads {threads}")
     print(f"{'batch':>5}  {'onnxruntime ms/frame':>21}  {'torch ms/frame':>15}  {'torch/ort':>9}")
     rng = np.random.default_rng(0)
     for batch in (1, 4, 16, 64):
         frames = rng.integers(0, 256, (batch, size["height"], size["width"], 3), dtype=np.uint8)
-        feed = {"frames": frames, **{s["input"]: np.zeros((batch, *s["shape"]), np.float32) for s in states}}
+        feed = {
+            "frames": frames,
+            **{s["input"]: np.zeros((batch, *s["shape"]), np.float32) for s in states},
+        }
         ort_ms = _time_per_frame(lambda feed=feed: session.run(None, feed), batch, args.frames)
         row = f"{batch:>5}  {ort_ms:>21.3f}"
         if torch_step is not None:
             tf = torch.from_numpy(frames)
             ts = [torch.from_numpy(feed[s["input"]]) for s in states]
 
-            def run_torch(tf: "torch.Tensor" = tf, ts: list = ts) -> object:
+            def run_torch(tf: torch.Tensor = tf, ts: list = ts) -> object:
                 with torch.inference_mode():
                     return torch_step(tf, *ts)
 

@@ -29,19 +29,19 @@ def test_training_learns_motion_and_exports(tmp_path: Path) -> None:
     cfg = TrainConfig(
         out=str(tmp_path / "run"),
         train_streams=256,
-        stream_frames=120,
+        stream_frames=80,
         bptt=40,
+        batch_size=16,
         val_streams=16,
         val_frames=200,
-        epochs=2,
-        channels=(16, 32, 32, 32),
+        epochs=4,
     )
     ckpt = main(cfg)
     chance = 1 / len(LABELS)
-    # 48 optimiser steps: far from the bundled model, but well clear of chance.
+    # 128 optimiser steps (about 40 s): far from the bundled model, well clear of chance.
     assert ckpt.eval_metrics["settled_frame_accuracy"] > 2.5 * chance, ckpt.eval_metrics
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
-    assert saved["train_streams"] == 256 and tuple(saved["channels"]) == (16, 32, 32, 32)
+    assert saved["train_streams"] == 256 and saved["batch_size"] == 16
     loaded = Checkpoint.load(tmp_path / "run" / "checkpoint.pt")
     out = export_onnx(loaded, tmp_path / "model.onnx")
     assert out.stat().st_size < 5 * 2**20

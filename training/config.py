@@ -12,7 +12,9 @@ def _help(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    out: str = field(default="runs/default", metadata=_help("run folder for checkpoint and configs"))
+    out: str = field(
+        default="runs/default", metadata=_help("run folder for checkpoint and configs")
+    )
     seed: int = field(default=0, metadata=_help("seeds data, init and batch order"))
     # Data: untrimmed synthetic streams, each cut into BPTT chunks.
     train_streams: int = field(default=768, metadata=_help("synthetic training streams"))

@@ -23,7 +23,9 @@ class Streams:
         return len(self.frames)
 
 
-def render_streams(n: int, n_frames: int, seed: int, cfg: SynthConfig, held_out: bool = False) -> Streams:
+def render_streams(
+    n: int, n_frames: int, seed: int, cfg: SynthConfig, held_out: bool = False
+) -> Streams:
     base = seed * 100_003 + (_HELD_OUT_OFFSET if held_out else 0)
     frames = np.empty((n, n_frames, cfg.size, cfg.size, 3), np.uint8)
     labels = np.empty((n, n_frames), np.int64)

@@ -38,7 +38,9 @@ def stream_metrics(preds: np.ndarray, labels: np.ndarray, settle: int) -> dict[s
     since[:, 0] = 0
     settled = since >= settle
     per_class = {
-        name: float(correct[labels == k].mean()) for k, name in enumerate(LABELS) if (labels == k).any()
+        name: float(correct[labels == k].mean())
+        for k, name in enumerate(LABELS)
+        if (labels == k).any()
     }
     return {
         "frame_accuracy": float(correct.mean()),
@@ -50,12 +52,16 @@ def stream_metrics(preds: np.ndarray, labels: np.ndarray, settle: int) -> dict[s
 
 
 @torch.no_grad()
-def clip_accuracy(net: ActionRecognizer, per_class: int, n_frames: int, seed: int, cfg: SynthConfig) -> float:
+def clip_accuracy(
+    net: ActionRecognizer, per_class: int, n_frames: int, seed: int, cfg: SynthConfig
+) -> float:
     """Isolated clips from a zero state, judged on their last frame."""
     net.eval()
     correct = 0
     for k, label in enumerate(LABELS):
-        clips = np.stack([render_clip(label, n_frames, seed + 7919 * k + i, cfg) for i in range(per_class)])
+        clips = np.stack(
+            [render_clip(label, n_frames, seed + 7919 * k + i, cfg) for i in range(per_class)]
+        )
         x = torch.from_numpy(clips)  # (P, T, H, W, 3)
         logits, _, _ = net(x, *net.initial_state(per_class))
         correct += int((logits[:, -1].argmax(-1) == k).sum())

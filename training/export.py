@@ -46,10 +46,7 @@ def metadata(ckpt: Checkpoint) -> dict[str, str]:
         "actionstream.fps": repr(float(ckpt.fps)),
         "actionstream.background_label": ckpt.background_label or "",
         "actionstream.states": json.dumps(
-            [
-                {"input": n, "output": f"{n}_out", "shape": net_state_shapes[n]}
-                for n in STATE_NAMES
-            ]
+            [{"input": n, "output": f"{n}_out", "shape": net_state_shapes[n]} for n in STATE_NAMES]
         ),
         "actionstream.model_version": ckpt.version,
         "actionstream.train_config": json.dumps(ckpt.train_config, sort_keys=True),
@@ -95,7 +92,9 @@ def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = ExportConfig())
     return out
 
 
-def parity_error(net: ActionRecognizer, onnx_path: Path, cfg: ExportConfig = ExportConfig()) -> float:
+def parity_error(
+    net: ActionRecognizer, onnx_path: Path, cfg: ExportConfig = ExportConfig()
+) -> float:
     """Max abs logit difference: ONNX stepped frame by frame vs torch over the whole sequence."""
     gen = torch.Generator().manual_seed(0)
     B, T = cfg.parity_batch, cfg.parity_frames

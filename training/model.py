@@ -69,8 +69,6 @@ class ActionRecognizer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("mean", torch.tensor(cfg.mean), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.std), persistent=False)
         self.encoder = FrameEncoder(cfg)
         self.gru = nn.GRU(cfg.embed, cfg.hidden, batch_first=True)
         self.head = nn.Linear(cfg.hidden, cfg.num_classes)
@@ -86,7 +84,7 @@ class ActionRecognizer(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """frames (B, T, H, W, 3) uint8 BGR -> logits (B, T, classes), h, prev_frame."""
         B, T = frames.shape[:2]
-        x = (frames.float() - self.mean) / self.std
+        x = (frames.float() - self.cfg.mean) / self.cfg.std
         x = x.permute(0, 1, 4, 2, 3)  # (B, T, H, W, 3) -> (B, T, 3, H, W)
         before = torch.cat([prev_frame.unsqueeze(1), x[:, :-1]], dim=1)  # (B, T, 3, H, W)
         x6 = torch.cat([x, x - before], dim=2)  # (B, T, 6, H, W)

@@ -112,8 +112,11 @@ def _draw(pose: _Pose, look: _Look, rng: np.random.Generator, cfg: SynthConfig) 
     for dx in (-size, 0, size):
         for dy in (-size, 0, size):
             cx, cy = pose.x * size + dx, pose.y * size + dy
-            if -radius * 1.2 < cx < size + radius * 1.2 and -radius * 1.2 < cy < size + radius * 1.2:
-                poly = np.round((pts + (cx, cy)) * (1 << shift)).astype(np.int32)
+            if (
+                -radius * 1.2 < cx < size + radius * 1.2
+                and -radius * 1.2 < cy < size + radius * 1.2
+            ):
+                poly = np.round((pts + np.array([cx, cy])) * (1 << shift)).astype(np.int32)
                 cv2.fillPoly(img, [poly], look.colour, cv2.LINE_AA, shift)
     noisy = img.astype(np.float32) + rng.normal(0, look.noise, img.shape).astype(np.float32)
     return np.clip(noisy, 0, 255).astype(np.uint8)
@@ -151,7 +154,9 @@ def _rate(label: str, rng: np.random.Generator, cfg: SynthConfig) -> float:
     return 0.0
 
 
-def render_clip(label: str, n_frames: int, seed: int, cfg: SynthConfig = SynthConfig()) -> np.ndarray:
+def render_clip(
+    label: str, n_frames: int, seed: int, cfg: SynthConfig = SynthConfig()
+) -> np.ndarray:
     """One action from start to end: (T, S, S, 3) uint8 BGR.
 
     The scene is drawn from the seed before the action is, so the first frame
@@ -185,7 +190,7 @@ def render_stream(
         k = int(rng.integers(len(LABELS) - 1))
         k = k + 1 if previous >= 0 and k >= previous else k
         previous = k
-        length = int(round(rng.uniform(cfg.min_segment_s, cfg.max_segment_s) * cfg.fps))
+        length = round(rng.uniform(cfg.min_segment_s, cfg.max_segment_s) * cfg.fps)
         rate = _rate(LABELS[k], rng, cfg)
         for _ in range(min(length, n_frames - t)):
             frames[t] = _draw(pose, look, rng, cfg)
@@ -199,7 +204,7 @@ def write_video(frames: np.ndarray, labels: np.ndarray, path: Path, fps: float) 
     """Writes an MJPG .avi and a per-frame label CSV (frame,label) beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
     if not writer.isOpened():
         raise RuntimeError(f"OpenCV cannot write {path}")
     for frame in frames:

@@ -84,7 +84,8 @@ def main(cfg: TrainConfig) -> Checkpoint:
     train = render_streams(cfg.train_streams, cfg.stream_frames, cfg.seed, synth)
     val = render_streams(cfg.val_streams, cfg.val_frames, cfg.seed, synth, held_out=True)
     targets = loss_targets(train.labels, cfg.boundary_ignore)
-    print(f"rendered {train.labels.size + val.labels.size} frames in {time.perf_counter() - t_data:.1f}s")
+    n_frames = train.labels.size + val.labels.size
+    print(f"rendered {n_frames} frames in {time.perf_counter() - t_data:.1f}s")
 
     model_cfg = ModelConfig(
         num_classes=len(LABELS),
@@ -98,7 +99,9 @@ def main(cfg: TrainConfig) -> Checkpoint:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     chunks = math.ceil(cfg.stream_frames / cfg.bptt)
     steps = cfg.epochs * (cfg.train_streams // cfg.batch_size) * chunks
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
+    )
 
     t_train = time.perf_counter()
     metrics: dict = {}
@@ -109,7 +112,8 @@ def main(cfg: TrainConfig) -> Checkpoint:
             bar.write(
                 f"epoch {epoch:2d}  loss {loss:.3f}  "
                 f"val frame acc {metrics['frame_accuracy']:.3f}  "
-                f"settled {metrics['settled_frame_accuracy']:.3f}  clip acc {metrics['clip_accuracy']:.3f}"
+                f"settled {metrics['settled_frame_accuracy']:.3f}  "
+                f"clip acc {metrics['clip_accuracy']:.3f}"
             )
     metrics["train_seconds"] = round(time.perf_counter() - t_train, 1)
     metrics["torch_threads"] = torch.get_num_threads()

@@ -1,0 +1,182 @@
+"""`actionstream demo`: the whole product on one machine, in one command.
+
+Starts `actionstream serve` as its own process on free loopback ports, renders
+a synthetic camera feed whose true action is known for every frame, streams
+it through the server over gRPC like a live camera, scrapes the server's
+Prometheus endpoint, and ends with a summary.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from actionstream.v1 import actionstream_pb2 as pb
+from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
+from service.client import StreamConfig, StreamError, StreamSummary, stream_source
+from training.synth import SynthConfig, render_stream, write_video
+
+# The demo feed's seed lies outside every range training draws from.
+_FEED_SEED = 2_000_000_007
+_READY = re.compile(r"on (?P<host>\S+):(?P<port>\d+), metrics on http://\S+:(?P<mport>\d+)/metrics")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    model: str | None = field(
+        default=None, metadata={"help": "ONNX model to serve; empty serves the bundled default"}
+    )
+    seconds: float = field(default=30.0, metadata={"help": "length of the demo feed"})
+    size: int = field(
+        default=192, metadata={"help": "demo camera frame side in pixels (the server resizes)"}
+    )
+    seed: int = field(default=_FEED_SEED, metadata={"help": "seed of the demo feed"})
+    realtime: bool = field(
+        default=True, metadata={"help": "send at the feed's frame rate, like a live camera"}
+    )
+    out: str = field(default="build/demo", metadata={"help": "folder for the feed and its labels"})
+    quiet: bool = field(default=False, metadata={"help": "print the summary only"})
+
+
+class DemoError(Exception):
+    pass
+
+
+def _start_server(model: str | None, log: IO[str]) -> tuple[subprocess.Popen[str], int, int]:
+    cmd = [sys.executable, "-m", "actionstream", "serve", "--host", "127.0.0.1", "--port", "0"]
+    cmd += ["--metrics-host", "127.0.0.1", "--metrics-port", "0"]
+    if model:
+        cmd += ["--model", model]
+    # The server's log goes to a file: a pipe nobody reads would stall it once full.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the server prints one line once it listens
+    match = _READY.search(line)
+    if match is None:
+        proc.kill()
+        proc.wait()
+        raise DemoError(f"the server did not start (its log: {log.name})\n{line}".rstrip())
+    print(line.rstrip())
+    return proc, int(match["port"]), int(match["mport"])
+
+
+def _model_info(target: str) -> pb.ModelInfo:
+    with grpc.insecure_channel(target) as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+        info: pb.ModelInfo = pb_grpc.ActionRecognitionStub(channel).GetModelInfo(
+            pb.GetModelInfoRequest(), timeout=10
+        )
+        return info
+
+
+def _scrape(metrics_port: int) -> dict[str, float]:
+    """A few of the server's own numbers, read over HTTP the way Prometheus does."""
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if not s.labels or s.name.endswith(("_count", "_sum")):
+                samples[s.name] = s.value
+    return samples
+
+
+def _printer(prediction: pb.Prediction, truth: str | None, latency_ms: float) -> None:
+    best = prediction.top[0]
+    mark = "" if truth is None else ("  ok" if truth == best.label else f"  (truth: {truth})")
+    print(
+        f"frame {prediction.sequence:4d}  {best.label:>10s} {best.probability:4.0%}"
+        f"  {latency_ms:5.1f} ms{mark}",
+        flush=True,
+    )
+
+
+def _summary(
+    info: pb.ModelInfo, s: StreamSummary, scraped: dict[str, float], seconds: float
+) -> None:
+    chance = 1 / len(info.labels)
+    print("\n--- demo summary ---")
+    print(f"model          {info.version}  ({len(info.labels)} actions, {info.fps:g} fps)")
+    print(f"frames         {s.frames_sent} sent, {s.frames_answered} answered in {seconds:.1f} s")
+    if s.accuracy is not None:
+        print(f"accuracy       {s.accuracy:.1%} per frame against the known labels", end="")
+        print(f" (chance {chance:.1%})")
+    if s.p50_ms is not None and s.p99_ms is not None:
+        print(f"latency        p50 {s.p50_ms:.1f} ms, p99 {s.p99_ms:.1f} ms", end="")
+        print(" (frame sent -> prediction received)")
+    processed = scraped.get("actionstream_frames_processed_total")
+    count = scraped.get("actionstream_frame_latency_seconds_count")
+    total = scraped.get("actionstream_frame_latency_seconds_sum")
+    if processed is not None and count and total is not None:
+        print(
+            f"/metrics       frames processed {processed:g}, "
+            f"server-side mean latency {total / count * 1e3:.1f} ms"
+        )
+
+
+def _stop_server(proc: subprocess.Popen[str]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def run_demo(cfg: DemoConfig) -> int:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "server.log").open("w") as log:
+        return _run(cfg, out, log)
+
+
+def _run(cfg: DemoConfig, out: Path, log: IO[str]) -> int:
+    try:
+        proc, port, metrics_port = _start_server(cfg.model, log)
+    except DemoError as e:
+        print(f"actionstream demo: {e}", file=sys.stderr)
+        return 1
+    target = f"127.0.0.1:{port}"
+    try:
+        info = _model_info(target)
+        print(f"model {info.version}: {', '.join(info.labels)} at {info.fps:g} fps")
+        frames, labels = render_stream(
+            int(cfg.seconds * info.fps), cfg.seed, SynthConfig(size=cfg.size, fps=info.fps)
+        )
+        feed = out / "feed.avi"
+        labels_csv = write_video(frames, labels, feed, info.fps)
+        print(f"streaming {feed} ({len(frames)} frames of {cfg.size}x{cfg.size}) to {target}")
+        started = time.perf_counter()
+        summary = stream_source(
+            StreamConfig(
+                source=str(feed), target=target, labels=str(labels_csv), realtime=cfg.realtime
+            ),
+            None if cfg.quiet else _printer,
+        )
+        elapsed = time.perf_counter() - started
+        scraped = _scrape(metrics_port)
+    except (StreamError, OSError, grpc.RpcError, grpc.FutureTimeoutError) as e:
+        print(f"actionstream demo: {e}", file=sys.stderr)
+        _stop_server(proc)
+        return 1
+    _summary(info, summary, scraped, elapsed)
+    code = _stop_server(proc)
+    if code != 0:
+        print(
+            f"actionstream demo: the server exited with {code}; its log: {log.name}",
+            file=sys.stderr,
+        )
+        return 1
+    print("server stopped cleanly")
+    return 0

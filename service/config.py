@@ -1,0 +1,105 @@
+"""The server's settings: one frozen dataclass, every field a `serve` flag.
+
+`actionstream serve` turns each field into `--field-name` and reads
+`ACTIONSTREAM_FIELD_NAME` from the environment as its default (see
+actionstream/dataclass_args.py), so the help text here is the user's manual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Room for the protobuf framing around a frame's bytes (sequence, timestamp,
+# options, raw width/height), so a frame of exactly max_frame_bytes still fits.
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How `actionstream serve` runs; every field is also an ACTIONSTREAM_* variable."""
+
+    model: str | None = field(
+        default=None,
+        metadata={"help": "ONNX step model to serve; empty serves the bundled default model"},
+    )
+    host: str = field(default="0.0.0.0", metadata={"help": "gRPC listen address"})
+    port: int = field(default=50051, metadata={"help": "gRPC port; 0 picks a free one"})
+    metrics_host: str | None = field(
+        default=None,
+        metadata={
+            "help": "listen address of the Prometheus /metrics endpoint; empty: same as host"
+        },
+    )
+    metrics_port: int = field(
+        default=9090,
+        metadata={
+            "help": "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 disables it"
+        },
+    )
+    max_streams: int = field(
+        default=64,
+        metadata={
+            "help": "concurrent streams (StreamFrames + WatchSource); more get RESOURCE_EXHAUSTED"
+        },
+    )
+    max_frame_bytes: int = field(
+        default=8 * 1024 * 1024,
+        metadata={"help": "largest frame payload (encoded image or raw pixels) in bytes"},
+    )
+    max_frame_pixels: int = field(
+        default=3840 * 2160,
+        metadata={"help": "largest frame in pixels (width*height), checked before decoding"},
+    )
+    default_top_k: int = field(
+        default=3, metadata={"help": "labels per prediction when a stream does not ask"}
+    )
+    threads: int = field(
+        default=0, metadata={"help": "onnxruntime intra-op threads; 0 lets onnxruntime choose"}
+    )
+    grace_seconds: float = field(
+        default=5.0,
+        metadata={
+            "help": "on SIGTERM/SIGINT, how long open streams may finish before they are cut"
+        },
+    )
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    allow_sources: bool = field(
+        default=False,
+        metadata={
+            "help": "enable WatchSource, which lets any client make the server open files, "
+            "cameras and URLs; only on trusted networks"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535 (0 picks a free one), got {self.port}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(
+                f"metrics_port must be 0..65535 (0 picks a free one) or -1 (off), "
+                f"got {self.metrics_port}"
+            )
+        for name in ("max_streams", "max_frame_bytes", "max_frame_pixels", "default_top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be 0 (automatic) or more, got {self.threads}")
+        if self.grace_seconds < 0:
+            raise ValueError(f"grace_seconds must not be negative, got {self.grace_seconds}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(
+                f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
+            )
+
+    @property
+    def metrics_address(self) -> str:
+        return self.host if self.metrics_host is None else self.metrics_host
+
+    @property
+    def metrics_enabled(self) -> bool:
+        return self.metrics_port >= 0
+
+    @property
+    def max_message_bytes(self) -> int:
+        """gRPC's receive limit: anything larger is refused before it reaches the servicer."""
+        return self.max_frame_bytes + MESSAGE_OVERHEAD_BYTES

@@ -1,0 +1,109 @@
+"""Every Prometheus metric the service exports, on a registry the caller owns.
+
+The registry is injected rather than the process-global default, so tests
+and embedded servers each count from zero and never collide on names.
+"""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+from service.model import ModelMetadata
+
+# Frame-to-prediction latency spans decode + queueing + inference: from about
+# a millisecond on an idle server to a second when it is badly overloaded.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# One model step or one decode: sub-millisecond up to a slow large frame.
+STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class Metrics:
+    """The service's metrics, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.frames_received = Counter(
+            "actionstream_frames_received",
+            "Frames received from clients or read from sources.",
+            registry=registry,
+        )
+        self.frames_processed = Counter(
+            "actionstream_frames_processed",
+            "Frames run through the model and answered with a prediction.",
+            registry=registry,
+        )
+        self.frames_rejected = Counter(
+            "actionstream_frames_rejected",
+            "Frames refused before inference, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.active_streams = Gauge(
+            "actionstream_active_streams",
+            "Streams open now (StreamFrames and WatchSource).",
+            registry=registry,
+        )
+        self.frame_latency = Histogram(
+            "actionstream_frame_latency_seconds",
+            "Time from receiving a frame to sending its prediction.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference = Histogram(
+            "actionstream_inference_seconds",
+            "Time of one onnxruntime step.",
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.decode = Histogram(
+            "actionstream_decode_seconds",
+            "Time to decode and resize one frame.",
+            buckets=STAGE_BUCKETS,
+            registry=registry,
+        )
+        self.predictions = Counter(
+            "actionstream_predictions",
+            "Predictions sent, by their top label.",
+            ["label"],
+            registry=registry,
+        )
+        self.rpc_errors = Counter(
+            "actionstream_rpc_errors",
+            "RPCs that ended with a status other than OK, by method and status code.",
+            ["method", "code"],
+            registry=registry,
+        )
+        self.model = Info("actionstream_model", "The model being served.", registry=registry)
+
+    def describe_model(self, metadata: ModelMetadata) -> None:
+        self.model.info(
+            {
+                "version": metadata.version,
+                "labels_count": str(len(metadata.labels)),
+                "input_size": f"{metadata.width}x{metadata.height}",
+                "fps": f"{metadata.fps:g}",
+            }
+        )
+
+
+class MetricsServer:
+    """The /metrics HTTP endpoint, served from a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        """Binds `host:port` (port 0 picks a free one) and starts serving."""
+        self._server: WSGIServer
+        self._thread: threading.Thread
+        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+
+    @property
+    def port(self) -> int:
+        """The port actually bound."""
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()

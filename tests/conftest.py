@@ -1,0 +1,108 @@
+"""Shared service fixtures: real servers on 127.0.0.1:0, real gRPC, real onnxruntime.
+
+Nothing is mocked. Servers share one loaded model (loading is the slow part)
+but each gets its own Prometheus registry, so counts start at zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from helpers import LiveStream
+from prometheus_client import CollectorRegistry
+
+from actionstream.v1 import actionstream_pb2 as pb
+from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
+from service.config import ServeConfig
+from service.model import StepModel, bundled_model_path
+from service.server import BackgroundServer
+
+TEST_CONFIG = ServeConfig(host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=0.0)
+
+
+@pytest.fixture(scope="session")
+def model() -> StepModel:
+    return StepModel.load(threads=1)
+
+
+@pytest.fixture
+def start_server(model: StepModel) -> Iterator[Callable[..., BackgroundServer]]:
+    """Starts servers with TEST_CONFIG plus overrides; stops them all after the test."""
+    servers: list[BackgroundServer] = []
+
+    def start(**overrides: Any) -> BackgroundServer:
+        cfg = dataclasses.replace(TEST_CONFIG, **overrides)
+        server = BackgroundServer(cfg, CollectorRegistry(), model)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: Callable[..., BackgroundServer]) -> BackgroundServer:
+    return start_server()
+
+
+@pytest.fixture
+def channel(server: BackgroundServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.Channel) -> pb_grpc.ActionRecognitionStub:
+    return pb_grpc.ActionRecognitionStub(channel)
+
+
+@pytest.fixture
+def open_stream(stub: pb_grpc.ActionRecognitionStub) -> Iterator[Callable[..., LiveStream]]:
+    streams: list[LiveStream] = []
+
+    def open_(top_k: int = 0, name: str = "") -> LiveStream:
+        live = LiveStream(stub, pb.StreamOptions(top_k=top_k, stream_name=name))
+        streams.append(live)
+        return live
+
+    yield open_
+    for live in streams:
+        live.cancel()
+
+
+@pytest.fixture(scope="session")
+def reference() -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    """Runs the bundled ONNX file with onnxruntime directly, state carried, one frame a step.
+
+    Independent of service code: the state layout is read from the file's
+    own metadata. Returns softmax probabilities (T, C).
+    """
+    # One intra-op thread, like the test servers, so both sum in the same order: bit-equal.
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(bundled_model_path()), options, providers=["CPUExecutionProvider"]
+    )
+    states = json.loads(session.get_modelmeta().custom_metadata_map["actionstream.states"])
+
+    def run(images: Sequence[np.ndarray]) -> np.ndarray:
+        state = {s["input"]: np.zeros([1, *s["shape"]], np.float32) for s in states}
+        probs = []
+        for image in images:
+            logits, *outs = session.run(
+                ["logits", *(s["output"] for s in states)], {"frames": image[None], **state}
+            )
+            state = {s["input"]: out for s, out in zip(states, outs, strict=True)}
+            e = np.exp(logits[0].astype(np.float64) - logits[0].max())
+            probs.append(e / e.sum())
+        return np.stack(probs)
+
+    return run

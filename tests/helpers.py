@@ -1,0 +1,75 @@
+"""Helpers for the service tests: frames, requests, and driving a stream frame by frame."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from actionstream.v1 import actionstream_pb2 as pb
+from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
+from training.synth import render_stream
+
+
+def render(n_frames: int, seed: int) -> np.ndarray:
+    """(n, 64, 64, 3) uint8 BGR frames of a synthetic stream."""
+    return render_stream(n_frames, seed)[0]
+
+
+def jpeg(image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return data.tobytes()
+
+
+def png(image: np.ndarray) -> bytes:
+    ok, data = cv2.imencode(".png", image)
+    assert ok
+    return data.tobytes()
+
+
+def frame_request(image_bytes: bytes, sequence: int = 0, timestamp_us: int = 0) -> pb.FrameRequest:
+    frame = pb.Frame(encoded=image_bytes, sequence=sequence, timestamp_us=timestamp_us)
+    return pb.FrameRequest(frame=frame)
+
+
+class LiveStream:
+    """One open StreamFrames call driven a frame at a time: send one, get its prediction.
+
+    Lets a test interleave several streams exactly, or leave one open while
+    others come and go.
+    """
+
+    def __init__(self, stub: pb_grpc.ActionRecognitionStub, options: pb.StreamOptions) -> None:
+        self._requests: queue.Queue[pb.FrameRequest | None] = queue.Queue()
+        self._requests.put(pb.FrameRequest(options=options))
+        self._responses = stub.StreamFrames(iter(self._requests.get, None))
+
+    def send(self, request: pb.FrameRequest) -> pb.Prediction:
+        self._requests.put(request)
+        return next(self._responses)  # type: ignore[no-any-return]
+
+    def close(self) -> list[pb.Prediction]:
+        """Ends the request stream; returns any predictions still to come."""
+        self._requests.put(None)
+        return list(self._responses)
+
+    def cancel(self) -> None:
+        self._requests.put(None)
+        self._responses.cancel()
+
+
+def assert_matches(
+    predictions: Sequence[pb.Prediction], probs: np.ndarray, labels: Sequence[str]
+) -> None:
+    """Each prediction lists the reference's top labels, best first, with its probabilities."""
+    assert len(predictions) == len(probs)
+    for t, (prediction, p) in enumerate(zip(predictions, probs, strict=True)):
+        k = len(prediction.top)
+        best = np.argsort(-p, kind="stable")[:k]
+        assert [s.label for s in prediction.top] == [labels[i] for i in best], f"frame {t}"
+        np.testing.assert_allclose(
+            [s.probability for s in prediction.top], p[best], atol=1e-5, err_msg=f"frame {t}"
+        )

@@ -1,0 +1,79 @@
+"""The console script as users run it: subcommands, help, and the service-only install."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "actionstream", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_every_subcommand_has_help() -> None:
+    for command in ("synth", "train", "evaluate", "export", "serve", "stream", "demo"):
+        result = _run(command, "--help")
+        assert result.returncode == 0, result.stderr
+        assert "usage: actionstream" in result.stdout
+
+
+def test_serve_flags_name_their_environment_variables() -> None:
+    out = _run("serve", "--help").stdout
+    for name in ("ACTIONSTREAM_MODEL", "ACTIONSTREAM_PORT", "ACTIONSTREAM_METRICS_PORT"):
+        assert name in out
+
+
+def test_bad_setting_is_a_message_not_a_traceback() -> None:
+    result = _run("serve", "--port", "70000")
+    assert result.returncode != 0
+    assert "port must be" in result.stderr and "Traceback" not in result.stderr
+    result = _run("serve", env={"ACTIONSTREAM_PORT": "http"})
+    assert result.returncode != 0 and "ACTIONSTREAM_PORT" in result.stderr
+
+
+def test_training_commands_explain_how_to_get_torch() -> None:
+    # The service image has no torch: simulate it by making `import torch` fail.
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from actionstream.cli import main\n"
+        "sys.exit(main(['export', 'runs/x', '--out', 'x.onnx']))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode != 0
+    assert "pip install 'actionstream[train]'" in result.stderr
+
+
+def test_synth_writes_a_labelled_video(tmp_path: Path) -> None:
+    result = _run("synth", "--out", str(tmp_path / "f.avi"), "--seconds", "2", "--size", "80")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "f.avi").stat().st_size > 0
+    assert len((tmp_path / "f.csv").read_text().splitlines()) == 21
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    result = _run(
+        "demo", "--seconds", "6", "--realtime", "false", "--out", str(tmp_path), timeout=240
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "60 sent, 60 answered" in out
+    assert "frames processed 60" in out  # read back from the server's /metrics
+    assert "server stopped cleanly" in out
+    accuracy = float(out.split("accuracy")[1].split("%")[0].strip())
+    assert 0 <= accuracy <= 100

@@ -1,0 +1,133 @@
+"""Frame decoding: what OpenCV would decode, resized to the model, or a precise refusal."""
+
+from __future__ import annotations
+
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from helpers import jpeg, png, render
+
+from actionstream.v1 import actionstream_pb2 as pb
+from service.frames import FrameDecoder, FrameError
+
+DECODER = FrameDecoder(height=64, width=64, max_bytes=1_000_000, max_pixels=1920 * 1080)
+
+
+def _smooth_image(height: int, width: int) -> np.ndarray:
+    noise = np.random.default_rng(0).integers(0, 256, (height // 8, width // 8, 3), np.uint8)
+    return cv2.GaussianBlur(
+        cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC), (0, 0), 2
+    )
+
+
+def test_png_and_jpeg_at_model_size_decode_exactly_as_opencv() -> None:
+    image = render(1, seed=0)[0]
+    np.testing.assert_array_equal(DECODER.decode_image(png(image)), image)
+    data = jpeg(image)
+    expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(DECODER.decode_image(data), expected)
+
+
+def test_large_jpeg_is_resized_to_the_model_by_averaging() -> None:
+    data = jpeg(_smooth_image(480, 640))
+    out = DECODER.decode_image(data)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+    # The reduced-scale JPEG decode must agree with a full decode + area resize...
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    area = cv2.resize(decoded, (64, 64), interpolation=cv2.INTER_AREA)
+    assert np.abs(out.astype(int) - area).mean() < 1.5
+    # ...far better than point sampling would.
+    nearest = cv2.resize(decoded, (64, 64), interpolation=cv2.INTER_NEAREST)
+    assert np.abs(nearest.astype(int) - area).mean() > 3.0
+
+
+def test_small_frames_are_enlarged() -> None:
+    out = DECODER.decode_image(png(_smooth_image(32, 48)))
+    assert out.shape == (64, 64, 3)
+
+
+def test_raw_rgb_is_turned_into_bgr() -> None:
+    image = render(1, seed=1)[0]
+    rgb = np.ascontiguousarray(image[..., ::-1])
+    raw = pb.RawImage(data=rgb.tobytes(), width=64, height=64, format=pb.PIXEL_FORMAT_RGB)
+    np.testing.assert_array_equal(DECODER.decode_raw(raw), image)
+    raw = pb.RawImage(data=image.tobytes(), width=64, height=64, format=pb.PIXEL_FORMAT_BGR)
+    np.testing.assert_array_equal(DECODER.decode(pb.Frame(raw=raw)), image)
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG of one colour: tiny on the wire, width*height*3 bytes once decoded."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    deflate = zlib.compressobj(9)
+    row = bytes(1 + 3 * width)  # filter byte + black RGB pixels
+    pixels = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    signature = b"\x89PNG\r\n\x1a\n"
+    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason", "message"),
+    [
+        (pb.Frame(), "missing", "frame carries no image"),
+        (pb.Frame(encoded=b""), "empty", r"image is empty \(0 bytes\)"),
+        (
+            pb.Frame(encoded=b"GIF89a not today"),
+            "not_an_image",
+            r"not a JPEG or PNG image \(16 bytes\)",
+        ),
+        (pb.Frame(encoded=b"\xff\xd8\xff\xe0\x00\x10JFIF"), "corrupt", "corrupt JPEG image"),
+        (pb.Frame(encoded=b"\x89PNG\r\n\x1a\n\x00"), "corrupt", "corrupt PNG image"),
+        (pb.Frame(encoded=bytes(1_000_001)), "oversized", "at most 1000000 .max_frame_bytes."),
+        (
+            pb.Frame(
+                raw=pb.RawImage(data=bytes(100), width=64, height=64, format=pb.PIXEL_FORMAT_BGR)
+            ),
+            "bad_raw",
+            r"raw 64x64 image needs 12288 bytes \(width\*height\*3\), got 100",
+        ),
+        (
+            pb.Frame(raw=pb.RawImage(data=bytes(12288), width=64, height=64)),
+            "bad_raw",
+            "format must be PIXEL_FORMAT_BGR or PIXEL_FORMAT_RGB",
+        ),
+        (
+            pb.Frame(raw=pb.RawImage(width=4000, height=3000, format=pb.PIXEL_FORMAT_RGB)),
+            "oversized",
+            "raw image is 4000x3000 = 12000000 pixels",
+        ),
+    ],
+)
+def test_bad_frames_are_refused_with_a_reason(frame: pb.Frame, reason: str, message: str) -> None:
+    with pytest.raises(FrameError, match=message) as err:
+        DECODER.decode(frame)
+    assert err.value.reason == reason
+
+
+def test_truncated_jpeg_is_refused() -> None:
+    data = jpeg(render(1, seed=2)[0])
+    with pytest.raises(FrameError, match="corrupt JPEG image") as err:
+        DECODER.decode_image(data[:200])
+    assert err.value.reason == "corrupt"
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    bomb = _bomb_png(15_000, 15_000)  # 675 MB of pixels in about 650 KB
+    assert len(bomb) < DECODER.max_bytes
+    with pytest.raises(FrameError, match="PNG image is 15000x15000 = 225000000 pixels") as err:
+        DECODER.decode_image(bomb)
+    assert err.value.reason == "oversized"
+    # The same construction within the limit is a real image that decodes.
+    assert DECODER.decode_image(_bomb_png(640, 480)).shape == (64, 64, 3)
+
+
+def test_jpeg_dimensions_are_read_from_the_header() -> None:
+    small = FrameDecoder(height=64, width=64, max_bytes=1_000_000, max_pixels=320 * 240)
+    with pytest.raises(FrameError, match="JPEG image is 640x480 = 307200 pixels"):
+        small.decode_image(jpeg(_smooth_image(480, 640)))

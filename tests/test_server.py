@@ -1,0 +1,298 @@
+"""The gRPC service end to end: real server on 127.0.0.1:0, real frames, real onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import cv2
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
+from prometheus_client.parser import text_string_to_metric_families
+
+from actionstream.v1 import actionstream_pb2 as pb
+from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
+from service.model import StepModel, bundled_model_path
+from service.server import BackgroundServer, ServeError
+from training.synth import render_stream, write_video
+
+Reference = Callable[[Sequence[np.ndarray]], np.ndarray]
+OpenStream = Callable[..., LiveStream]
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def test_predictions_equal_the_onnx_model_run_directly(
+    stub: pb_grpc.ActionRecognitionStub, model: StepModel, reference: Reference
+) -> None:
+    encoded = [jpeg(f) for f in render(24, seed=3)]
+    requests = [pb.FrameRequest(options=pb.StreamOptions(top_k=4, stream_name="cam"))]
+    requests += [
+        frame_request(data, timestamp_us=1_000 * (i + 7)) for i, data in enumerate(encoded)
+    ]
+    predictions = list(stub.StreamFrames(iter(requests)))
+
+    expected = reference([_decoded(data) for data in encoded])
+    assert_matches(predictions, expected, model.metadata.labels)
+    assert all(len(p.top) == 4 for p in predictions)
+    # Server numbering 1, 2, 3, ... (the client sent 0), timestamps echoed, latency measured.
+    assert [p.sequence for p in predictions] == list(range(1, 25))
+    assert [p.timestamp_us for p in predictions] == [1_000 * (i + 7) for i in range(24)]
+    assert all(0 < p.latency_seconds < 5 for p in predictions)
+
+
+def test_client_sequence_numbers_and_default_top_k_are_used(
+    stub: pb_grpc.ActionRecognitionStub, reference: Reference, model: StepModel
+) -> None:
+    frames = render(5, seed=4)
+    requests = [frame_request(png(f), sequence=100 + 10 * i) for i, f in enumerate(frames)]
+    predictions = list(stub.StreamFrames(iter(requests)))  # no options message at all
+    assert [p.sequence for p in predictions] == [100, 110, 120, 130, 140]
+    assert all(len(p.top) == 3 for p in predictions)  # ServeConfig.default_top_k
+    assert_matches(predictions, reference(frames), model.metadata.labels)
+
+
+def test_interleaved_streams_never_share_state(
+    open_stream: OpenStream, reference: Reference, model: StepModel
+) -> None:
+    clips = render(12, seed=5), render(12, seed=6)
+    streams = open_stream(top_k=9), open_stream(top_k=9)
+    got: tuple[list[pb.Prediction], list[pb.Prediction]] = ([], [])
+    for t in range(12):
+        for clip, live, out in zip(clips, streams, got, strict=True):
+            out.append(live.send(frame_request(png(clip[t]))))
+    for clip, out in zip(clips, got, strict=True):
+        assert_matches(out, reference(clip), model.metadata.labels)
+    # The two answers differ by far more than the tolerance, so mixing them up would show.
+    assert np.abs(reference(clips[0]) - reference(clips[1])).max() > 1e-4
+
+
+def test_undecodable_frame_ends_only_its_own_stream(
+    stub: pb_grpc.ActionRecognitionStub,
+    open_stream: OpenStream,
+    reference: Reference,
+    model: StepModel,
+) -> None:
+    bystander_clip = render(8, seed=7)
+    bystander = open_stream()
+    seen = [bystander.send(frame_request(png(f))) for f in bystander_clip[:4]]
+
+    good = render(2, seed=8)
+    requests = [frame_request(png(f)) for f in good] + [frame_request(b"this is not a jpeg")]
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.StreamFrames(iter(requests)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "frame 3: not a JPEG or PNG image (18 bytes)"
+
+    # The open stream carries on where it was, as if nothing happened...
+    seen += [bystander.send(frame_request(png(f))) for f in bystander_clip[4:]]
+    assert_matches(seen + bystander.close(), reference(bystander_clip), model.metadata.labels)
+    # ...and new streams are served.
+    after = list(stub.StreamFrames(iter([frame_request(png(f)) for f in good])))
+    assert_matches(after, reference(good), model.metadata.labels)
+
+
+@pytest.fixture
+def strict(start_server: Callable[..., BackgroundServer]) -> BackgroundServer:
+    return start_server(max_streams=2, max_frame_bytes=50_000, max_frame_pixels=320 * 240)
+
+
+@pytest.fixture
+def strict_stub(strict: BackgroundServer) -> pb_grpc.ActionRecognitionStub:
+    return pb_grpc.ActionRecognitionStub(grpc.insecure_channel(f"127.0.0.1:{strict.port}"))
+
+
+def _status(stub: pb_grpc.ActionRecognitionStub, frame: pb.Frame) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.StreamFrames(iter([pb.FrameRequest(frame=frame)])))
+    return err.value.code(), err.value.details()
+
+
+def test_raw_frame_of_the_wrong_length_is_invalid(
+    strict_stub: pb_grpc.ActionRecognitionStub,
+) -> None:
+    raw = pb.RawImage(data=bytes(64 * 64 * 3 - 1), width=64, height=64, format=pb.PIXEL_FORMAT_BGR)
+    code, details = _status(strict_stub, pb.Frame(raw=raw, sequence=5))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details == "frame 5: raw 64x64 image needs 12288 bytes (width*height*3), got 12287"
+
+
+def test_oversized_frames_are_refused(strict_stub: pb_grpc.ActionRecognitionStub) -> None:
+    # Over max_frame_pixels, by its header: refused by the service.
+    big = np.zeros((240, 400, 3), np.uint8)
+    code, details = _status(strict_stub, pb.Frame(encoded=png(big)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "400x240 = 96000 pixels" in details and "max_frame_pixels" in details
+    # Over max_frame_bytes but inside gRPC's slack: refused by the service.
+    code, details = _status(strict_stub, pb.Frame(encoded=b"\xff\xd8" + bytes(60_000)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "image is 60002 bytes" in details and "max_frame_bytes" in details
+    # Far over: refused by gRPC itself before the message is read.
+    code, details = _status(strict_stub, pb.Frame(encoded=bytes(500_000)))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_streams_past_the_limit_are_refused(
+    strict: BackgroundServer, strict_stub: pb_grpc.ActionRecognitionStub
+) -> None:
+    frame = frame_request(png(render(1, seed=9)[0]))
+    first, second = (
+        LiveStream(strict_stub, pb.StreamOptions()),
+        LiveStream(strict_stub, pb.StreamOptions()),
+    )
+    first.send(frame)
+    second.send(frame)
+    with pytest.raises(grpc.RpcError) as err:
+        list(strict_stub.StreamFrames(iter([frame])))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "limit of 2 concurrent streams" in err.value.details()
+    # A place freed is a place taken.
+    first.close()
+    assert len(list(strict_stub.StreamFrames(iter([frame])))) == 1
+    second.close()
+
+
+def test_model_info_matches_the_onnx_metadata(stub: pb_grpc.ActionRecognitionStub) -> None:
+    session = ort.InferenceSession(str(bundled_model_path()), providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    info = stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert list(info.labels) == json.loads(props["actionstream.labels"])
+    size = json.loads(props["actionstream.input_size"])
+    assert (info.input_height, info.input_width) == (size["height"], size["width"])
+    assert info.fps == pytest.approx(float(props["actionstream.fps"]))
+    assert info.background_label == props["actionstream.background_label"]
+    assert info.version == props["actionstream.model_version"]
+
+
+def test_health_and_reflection(channel: grpc.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "actionstream.v1.ActionRecognition"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError) as err:
+        health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+    services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "actionstream.v1.ActionRecognition" in services
+    assert "grpc.health.v1.Health" in services
+
+
+def test_health_turns_not_serving_on_shutdown(
+    start_server: Callable[..., BackgroundServer],
+) -> None:
+    server = start_server()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    watch = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(service="actionstream.v1.ActionRecognition")
+    )
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    stopping = threading.Thread(target=server.stop, kwargs={"grace": 0.5})
+    stopping.start()
+    assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    stopping.join()
+    channel.close()
+
+
+def test_a_port_in_use_is_refused(start_server: Callable[..., BackgroundServer]) -> None:
+    # gRPC sets SO_REUSEPORT by default, which would let a second server share the port.
+    first = start_server()
+    with pytest.raises(ServeError, match=f"cannot listen on 127.0.0.1:{first.port}"):
+        start_server(port=first.port)
+
+
+def _scrape(port: int | None) -> dict[str, float]:
+    assert port is not None
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+def test_metrics_count_every_frame(start_server: Callable[..., BackgroundServer]) -> None:
+    server = start_server(metrics_port=0)
+    stub = pb_grpc.ActionRecognitionStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    n = 12
+    live = LiveStream(stub, pb.StreamOptions(stream_name="metered"))
+    predictions = [live.send(frame_request(png(f))) for f in render(n, seed=10)]
+    assert _scrape(server.metrics_port)["actionstream_active_streams"] == 1
+    live.close()
+    with pytest.raises(grpc.RpcError):
+        list(stub.StreamFrames(iter([frame_request(b"GIF89a")])))
+
+    m = _scrape(server.metrics_port)
+    assert m["actionstream_frames_received_total"] == n + 1
+    assert m["actionstream_frames_processed_total"] == n
+    assert m["actionstream_frame_latency_seconds_count"] == n
+    assert m["actionstream_inference_seconds_count"] == n
+    assert m["actionstream_decode_seconds_count"] == n
+    assert m["actionstream_active_streams"] == 0
+    assert m["actionstream_frames_rejected_total{reason=not_an_image}"] == 1
+    assert m["actionstream_rpc_errors_total{code=INVALID_ARGUMENT,method=StreamFrames}"] == 1
+    by_label = {k: v for k, v in m.items() if k.startswith("actionstream_predictions_total")}
+    assert sum(by_label.values()) == n
+    top = predictions[-1].top[0].label
+    assert m[f"actionstream_predictions_total{{label={top}}}"] >= 1
+    info = [k for k in m if k.startswith("actionstream_model_info")]
+    assert len(info) == 1 and "labels_count=9" in info[0] and "version=" in info[0]
+
+
+def test_watch_source_is_off_unless_allowed(stub: pb_grpc.ActionRecognitionStub) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.WatchSource(pb.SourceRequest(source="0")))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "--allow-sources" in err.value.details()
+
+
+def test_watch_source_streams_a_video_file(
+    start_server: Callable[..., BackgroundServer],
+    tmp_path: Path,
+    reference: Reference,
+    model: StepModel,
+) -> None:
+    frames, labels = render_stream(10, seed=11)
+    video = tmp_path / "clip.avi"
+    write_video(frames, labels, video, fps=10.0)
+    capture = cv2.VideoCapture(str(video))
+    decoded = [capture.read()[1] for _ in range(10)]
+    capture.release()
+
+    server = start_server(allow_sources=True)
+    stub = pb_grpc.ActionRecognitionStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    request = pb.SourceRequest(source=str(video), options=pb.StreamOptions(top_k=2))
+    predictions = list(stub.WatchSource(request))
+    assert [p.sequence for p in predictions] == list(range(1, 11))
+    assert_matches(predictions, reference(decoded), model.metadata.labels)
+
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.WatchSource(pb.SourceRequest(source=str(tmp_path / "absent.avi"))))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no such video file" in err.value.details()
+
+
+def test_the_service_never_imports_torch_or_training() -> None:
+    # The service image has no torch: importing any service module must not pull it in.
+    code = (
+        "import sys, service.server, service.client;"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training'));"
+        "sys.exit(', '.join(bad) or None)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
