@@ -67,13 +67,13 @@ def test_synth_writes_a_labelled_video(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    result = _run(
-        "demo", "--seconds", "6", "--realtime", "false", "--out", str(tmp_path), timeout=240
-    )
+    argv = ["demo", "--seconds", "10", "--realtime", "false", "--out", str(tmp_path)]
+    result = _run(*argv, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert "60 sent, 60 answered" in out
-    assert "frames processed 60" in out  # read back from the server's /metrics
+    assert "100 sent, 100 answered" in out
+    assert "frames processed 100" in out  # read back from the server's /metrics
     assert "server stopped cleanly" in out
+    # The bundled model on a feed it never saw; chance is 1 in 9 (11%).
     accuracy = float(out.split("accuracy")[1].split("%")[0].strip())
-    assert 0 <= accuracy <= 100
+    assert accuracy > 50
