@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint protos model bench serve clean
+.PHONY: demo test lint protos model bench serve clean prometheus-tools
 
 # The service alone (no torch): what the Docker image holds too.
 $(VENV)/.service: pyproject.toml
@@ -24,10 +24,18 @@ $(VENV)/.dev: $(VENV)/.service
 demo: $(VENV)/.service
 	$(BIN)/actionstream demo
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev prometheus-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Debian's prometheus and promtool, for the real-scrape and alert-rule tests.
+# Installed when we are root with apt (as in CI); elsewhere those tests skip.
+prometheus-tools:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     --no-install-recommends prometheus >/dev/null; } \
+	  || echo "prometheus not installed: its tests will be skipped"
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

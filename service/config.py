@@ -30,8 +30,9 @@ class ServeConfig:
             "help": "listen address of the Prometheus /metrics endpoint; empty: same as host"
         },
     )
+    # Not Prometheus's own 9090: the two often share a host (or a pod's network).
     metrics_port: int = field(
-        default=9090,
+        default=9464,
         metadata={
             "help": "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 disables it"
         },

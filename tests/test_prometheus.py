@@ -1,0 +1,134 @@
+"""A real Prometheus scrapes a real server; the shipped config and alerts are valid.
+
+Needs Debian's `prometheus` package (`make test` installs it where it can).
+Without it these tests are skipped, except in CI, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from helpers import frame_request, jpeg, render
+
+from actionstream.v1 import actionstream_pb2 as pb
+from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
+from service.server import BackgroundServer
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed; `make test` installs Debian's prometheus")
+        pytest.skip(f"{name} is not installed (apt-get install prometheus)")
+    return path
+
+
+def test_shipped_config_and_alerts_are_valid() -> None:
+    promtool = _tool("promtool")
+    check = subprocess.run(
+        [promtool, "check", "config", str(DEPLOY / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    rules = subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yml"], cwd=DEPLOY, capture_output=True, text=True
+    )
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[int], str]]:
+    """Starts Prometheus scraping 127.0.0.1:PORT every second; yields its query URL."""
+    binary = _tool("prometheus")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(metrics_port: int) -> str:
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s}\n"
+            "scrape_configs:\n"
+            "  - job_name: actionstream\n"
+            f"    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
+        )
+        web = f"127.0.0.1:{_free_port()}"
+        log = (tmp_path / "prometheus.log").open("wb")
+        procs.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'data'}",
+                    f"--web.listen-address={web}",
+                ],
+                stdout=log,
+                stderr=log,
+            )
+        )
+        return f"http://{web}/api/v1/query"
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _query(url: str, expr: str) -> list[dict]:
+    try:
+        with urllib.request.urlopen(f"{url}?{urllib.parse.urlencode({'query': expr})}") as r:
+            result: list[dict] = json.load(r)["data"]["result"]
+            return result
+    except OSError:
+        return []  # Prometheus not listening yet
+
+
+@pytest.mark.slow
+def test_prometheus_scrapes_what_the_server_did(
+    start_server: Callable[..., BackgroundServer], prometheus: Callable[[int], str]
+) -> None:
+    server = start_server(metrics_host="127.0.0.1", metrics_port=0)
+    assert server.metrics_port is not None
+    url = prometheus(server.metrics_port)
+
+    frames = render(12, seed=5)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        requests = [pb.FrameRequest(options=pb.StreamOptions(stream_name="prom"))]
+        requests += [frame_request(jpeg(f)) for f in frames]
+        answered = list(stub.StreamFrames(iter(requests)))
+    assert len(answered) == 12
+
+    deadline = time.monotonic() + 45
+    processed: list[dict] = []
+    while time.monotonic() < deadline:
+        processed = _query(url, "actionstream_frames_processed_total")
+        if processed and float(processed[0]["value"][1]) == 12:
+            break
+        time.sleep(0.5)
+    assert processed and float(processed[0]["value"][1]) == 12, processed
+    assert processed[0]["metric"]["job"] == "actionstream"
+    up = _query(url, 'up{job="actionstream"}')
+    assert float(up[0]["value"][1]) == 1
+    latency = _query(url, "actionstream_frame_latency_seconds_count")
+    assert float(latency[0]["value"][1]) == 12
