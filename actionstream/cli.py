@@ -29,6 +29,8 @@ def _needs_torch() -> None:
 def _synth(args: argparse.Namespace) -> int:
     from training.synth import SynthConfig, render_stream, write_video
 
+    if args.seconds <= 0 or args.fps <= 0 or args.size < 16:
+        raise SystemExit("actionstream synth: --seconds and --fps must be positive, --size >= 16")
     cfg = SynthConfig(size=args.size, fps=args.fps)
     frames, labels = render_stream(int(args.seconds * args.fps), args.seed, cfg)
     csv_path = write_video(frames, labels, args.out, args.fps)
@@ -47,22 +49,29 @@ def _train(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     _needs_torch()
-    from training.checkpoint import Checkpoint
+    from training.checkpoint import Checkpoint, CheckpointError
     from training.export import export_onnx
 
-    ckpt_path = args.run / "checkpoint.pt" if args.run.is_dir() else args.run
-    if not ckpt_path.is_file():
-        raise SystemExit(f"actionstream export: no checkpoint at {ckpt_path}")
-    out = export_onnx(Checkpoint.load(ckpt_path), args.out)
+    try:
+        ckpt = Checkpoint.load(args.run)
+    except CheckpointError as e:
+        raise SystemExit(f"actionstream export: {e}") from None
+    out = export_onnx(ckpt, args.out)
     print(f"wrote {out} and {out.with_suffix('.json')} (parity with PyTorch checked)")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     _needs_torch()
+    from training.checkpoint import CheckpointError
     from training.evaluate import main as evaluate_main
 
-    return evaluate_main(args.run, args.streams, args.seconds, args.seed)
+    if args.streams < 1 or args.seconds <= 0:
+        raise SystemExit("actionstream evaluate: --streams and --seconds must be positive")
+    try:
+        return evaluate_main(args.run, args.streams, args.seconds, args.seed)
+    except CheckpointError as e:
+        raise SystemExit(f"actionstream evaluate: {e}") from None
 
 
 def _serve(args: argparse.Namespace) -> int:

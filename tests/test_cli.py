@@ -46,6 +46,25 @@ def test_bad_setting_is_a_message_not_a_traceback() -> None:
     assert result.returncode != 0 and "ACTIONSTREAM_PORT" in result.stderr
 
 
+def test_training_commands_refuse_garbage_with_a_message(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    for argv, message in (
+        (
+            ["export", str(junk), "--out", str(tmp_path / "m.onnx")],
+            "not an actionstream checkpoint",
+        ),
+        (["evaluate", str(tmp_path / "missing")], "no such checkpoint"),
+        (["train", "--bptt", "0", "--out", str(tmp_path / "run")], "bptt must be at least 1"),
+        (["train", "--size", "60", "--out", str(tmp_path / "run")], "must be a multiple of 16"),
+        (["synth", "--out", str(tmp_path / "f.avi"), "--seconds", "-1"], "must be positive"),
+    ):
+        result = _run(*argv)
+        assert result.returncode != 0, argv
+        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "run").exists()
+
+
 def test_training_commands_explain_how_to_get_torch() -> None:
     # The service image has no torch: simulate it by making `import torch` fail.
     code = (

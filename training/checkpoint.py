@@ -12,6 +12,10 @@ import torch
 from training.model import ActionRecognizer, ModelConfig
 
 
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read, with the reason in words."""
+
+
 @dataclass
 class Checkpoint:
     model_config: ModelConfig
@@ -39,8 +43,20 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        cfg = payload.pop("model_config")
-        cfg["channels"] = tuple(cfg["channels"])
-        payload["labels"] = tuple(payload["labels"])
-        return cls(model_config=ModelConfig(**cfg), **payload)
+        """Reads a checkpoint written by `save`; a run folder means its checkpoint.pt."""
+        if path.is_dir():
+            path = path / "checkpoint.pt"
+        if not path.is_file():
+            raise CheckpointError(
+                f"{path}: no such checkpoint (train one with `actionstream train`)"
+            )
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            cfg = dict(payload.pop("model_config"))
+            cfg["channels"] = tuple(cfg["channels"])
+            payload["labels"] = tuple(payload["labels"])
+            return cls(model_config=ModelConfig(**cfg), **payload)
+        except Exception as e:  # torch.load raises many unrelated types on foreign files
+            raise CheckpointError(
+                f"{path}: not an actionstream checkpoint ({type(e).__name__}: {e})"
+            ) from None

@@ -41,3 +41,35 @@ class TrainConfig:
     weight_decay: float = field(default=1e-4, metadata=_help("AdamW weight decay"))
     grad_clip: float = field(default=1.0, metadata=_help("max gradient norm (BPTT can explode)"))
     threads: int = field(default=0, metadata=_help("torch CPU threads (0: all cores)"))
+
+    def __post_init__(self) -> None:
+        for name in (
+            "train_streams",
+            "stream_frames",
+            "bptt",
+            "val_streams",
+            "val_frames",
+            "embed",
+            "hidden",
+            "epochs",
+            "batch_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size > self.train_streams:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must not exceed "
+                f"train_streams ({self.train_streams})"
+            )
+        for name in ("fps", "lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.boundary_ignore < 0 or self.weight_decay < 0 or self.threads < 0:
+            raise ValueError("boundary_ignore, weight_decay and threads must not be negative")
+        if not self.channels or min(self.channels) < 1:
+            raise ValueError(f"channels must be positive widths, got {self.channels}")
+        stride = 2 ** len(self.channels)  # each conv block halves the frame
+        if self.size < stride or self.size % stride:
+            raise ValueError(
+                f"size ({self.size}) must be a multiple of {stride} (2 ** number of channels)"
+            )

@@ -71,8 +71,7 @@ def clip_accuracy(
 def main(run: Path, streams: int, seconds: float, seed: int) -> int:
     from training.checkpoint import Checkpoint
 
-    ckpt_path = run / "checkpoint.pt" if run.is_dir() else run
-    ckpt = Checkpoint.load(ckpt_path)
+    ckpt = Checkpoint.load(run)
     net = ckpt.build_model()
     cfg = SynthConfig(size=ckpt.model_config.height, fps=ckpt.fps)
     data = render_streams(streams, int(seconds * ckpt.fps), seed, cfg, held_out=True)
