@@ -54,6 +54,7 @@ model: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(PY) bench/step_latency.py
+	$(PY) bench/serve_throughput.py
 
 serve: $(VENV)/.service
 	$(BIN)/actionstream serve

@@ -8,9 +8,6 @@ Prometheus endpoint, and ends with a summary.
 
 from __future__ import annotations
 
-import re
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -21,6 +18,7 @@ from typing import IO
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from actionstream.serve_process import ServeProcess, ServeProcessError
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 from service.client import StreamConfig, StreamError, StreamSummary, stream_source
@@ -28,7 +26,6 @@ from training.synth import SynthConfig, render_stream, write_video
 
 # The demo feed's seed lies outside every range training draws from.
 _FEED_SEED = 2_000_000_007
-_READY = re.compile(r"on (?P<host>\S+):(?P<port>\d+), metrics on http://\S+:(?P<mport>\d+)/metrics")
 
 
 @dataclass(frozen=True)
@@ -46,28 +43,6 @@ class DemoConfig:
     )
     out: str = field(default="build/demo", metadata={"help": "folder for the feed and its labels"})
     quiet: bool = field(default=False, metadata={"help": "print the summary only"})
-
-
-class DemoError(Exception):
-    pass
-
-
-def _start_server(model: str | None, log: IO[str]) -> tuple[subprocess.Popen[str], int, int]:
-    cmd = [sys.executable, "-m", "actionstream", "serve", "--host", "127.0.0.1", "--port", "0"]
-    cmd += ["--metrics-host", "127.0.0.1", "--metrics-port", "0"]
-    if model:
-        cmd += ["--model", model]
-    # The server's log goes to a file: a pipe nobody reads would stall it once full.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # the server prints one line once it listens
-    match = _READY.search(line)
-    if match is None:
-        proc.kill()
-        proc.wait()
-        raise DemoError(f"the server did not start (its log: {log.name})\n{line}".rstrip())
-    print(line.rstrip())
-    return proc, int(match["port"]), int(match["mport"])
 
 
 def _model_info(target: str) -> pb.ModelInfo:
@@ -125,15 +100,6 @@ def _summary(
         )
 
 
-def _stop_server(proc: subprocess.Popen[str]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait()
-
-
 def run_demo(cfg: DemoConfig) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,35 +109,37 @@ def run_demo(cfg: DemoConfig) -> int:
 
 def _run(cfg: DemoConfig, out: Path, log: IO[str]) -> int:
     try:
-        proc, port, metrics_port = _start_server(cfg.model, log)
-    except DemoError as e:
+        server = ServeProcess(log, cfg.model)
+    except ServeProcessError as e:
         print(f"actionstream demo: {e}", file=sys.stderr)
         return 1
-    target = f"127.0.0.1:{port}"
-    try:
-        info = _model_info(target)
-        print(f"model {info.version}: {', '.join(info.labels)} at {info.fps:g} fps")
-        frames, labels = render_stream(
-            int(cfg.seconds * info.fps), cfg.seed, SynthConfig(size=cfg.size, fps=info.fps)
-        )
-        feed = out / "feed.avi"
-        labels_csv = write_video(frames, labels, feed, info.fps)
-        print(f"streaming {feed} ({len(frames)} frames of {cfg.size}x{cfg.size}) to {target}")
-        started = time.perf_counter()
-        summary = stream_source(
-            StreamConfig(
-                source=str(feed), target=target, labels=str(labels_csv), realtime=cfg.realtime
-            ),
-            None if cfg.quiet else _printer,
-        )
-        elapsed = time.perf_counter() - started
-        scraped = _scrape(metrics_port)
-    except (StreamError, OSError, grpc.RpcError, grpc.FutureTimeoutError) as e:
-        print(f"actionstream demo: {e}", file=sys.stderr)
-        _stop_server(proc)
-        return 1
-    _summary(info, summary, scraped, elapsed)
-    code = _stop_server(proc)
+    print(server.ready_line)
+    with server:
+        try:
+            info = _model_info(server.target)
+            print(f"model {info.version}: {', '.join(info.labels)} at {info.fps:g} fps")
+            frames, labels = render_stream(
+                int(cfg.seconds * info.fps), cfg.seed, SynthConfig(size=cfg.size, fps=info.fps)
+            )
+            feed = out / "feed.avi"
+            labels_csv = write_video(frames, labels, feed, info.fps)
+            size = f"{cfg.size}x{cfg.size}"
+            print(f"streaming {feed} ({len(frames)} frames of {size}) to {server.target}")
+            started = time.perf_counter()
+            stream_cfg = StreamConfig(
+                source=str(feed),
+                target=server.target,
+                labels=str(labels_csv),
+                realtime=cfg.realtime,
+            )
+            summary = stream_source(stream_cfg, None if cfg.quiet else _printer)
+            elapsed = time.perf_counter() - started
+            scraped = _scrape(server.metrics_port)
+        except (StreamError, OSError, grpc.RpcError, grpc.FutureTimeoutError) as e:
+            print(f"actionstream demo: {e}", file=sys.stderr)
+            return 1
+        _summary(info, summary, scraped, elapsed)
+        code = server.stop()
     if code != 0:
         print(
             f"actionstream demo: the server exited with {code}; its log: {log.name}",
