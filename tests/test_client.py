@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import functools
+import http.server
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -96,3 +99,24 @@ def test_bad_labels_file_is_a_clear_error(tmp_path: Path) -> None:
         csv.writer(f).writerows([["time", "action"], ["0", "idle"]])
     with pytest.raises(StreamError, match="expected a CSV with columns frame,label"):
         read_labels(path)
+
+
+def test_stream_a_video_from_an_http_url(server: BackgroundServer, video: Path) -> None:
+    # A real HTTP server on loopback; OpenCV (FFmpeg) reads the URL like a network camera.
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(video.parent))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
+        thread = threading.Thread(target=web.serve_forever, daemon=True)
+        thread.start()
+        try:
+            cfg = StreamConfig(
+                source=f"http://127.0.0.1:{web.server_address[1]}/{video.name}",
+                target=f"127.0.0.1:{server.port}",
+                labels=str(video.with_suffix(".csv")),
+                realtime=False,
+                quiet=True,
+            )
+            summary = stream_source(cfg)
+        finally:
+            web.shutdown()
+    assert summary.frames_sent == summary.frames_answered == 30
+    assert summary.accuracy is not None
