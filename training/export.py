@@ -7,8 +7,11 @@ itself from the model alone (contract in DESIGN.md, "The model contract").
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +38,10 @@ class ExportConfig:
     tolerance: float = 1e-4  # max abs logit difference, ONNX steps vs torch sequence
 
 
-def metadata(ckpt: Checkpoint) -> dict[str, str]:
+def metadata(ckpt: Checkpoint, state_shapes: dict[str, list[int]]) -> dict[str, str]:
+    """The file's self-description; `state_shapes` maps each state input to its shape sans N."""
     cfg = ckpt.model_config
-    net_state_shapes = {"h": [1, cfg.hidden], "prev_frame": [3, cfg.height, cfg.width]}
+    states = [{"input": n, "output": f"{n}_out", "shape": state_shapes[n]} for n in STATE_NAMES]
     return {
         "actionstream.format_version": FORMAT_VERSION,
         "actionstream.labels": json.dumps(list(ckpt.labels)),
@@ -45,9 +49,7 @@ def metadata(ckpt: Checkpoint) -> dict[str, str]:
         "actionstream.pixel_format": "BGR",
         "actionstream.fps": repr(float(ckpt.fps)),
         "actionstream.background_label": ckpt.background_label or "",
-        "actionstream.states": json.dumps(
-            [{"input": n, "output": f"{n}_out", "shape": net_state_shapes[n]} for n in STATE_NAMES]
-        ),
+        "actionstream.states": json.dumps(states),
         "actionstream.model_version": ckpt.version,
         "actionstream.train_config": json.dumps(ckpt.train_config, sort_keys=True),
         "actionstream.eval": json.dumps(ckpt.eval_metrics, sort_keys=True),
@@ -55,41 +57,61 @@ def metadata(ckpt: Checkpoint) -> dict[str, str]:
 
 
 def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = ExportConfig()) -> Path:
-    """Writes the step model with its metadata to `out` and checks its parity."""
+    """Writes the step model with its metadata to `out`, once it has passed the parity check.
+
+    Raises RuntimeError (and leaves `out` untouched) if ONNX and PyTorch disagree.
+    """
     net = ckpt.build_model().eval()
-    step = StepModel(net).eval()
-    h, prev = net.initial_state(1)
-    frames = torch.zeros(1, net.cfg.height, net.cfg.width, 3, dtype=torch.uint8)
+    # An example batch of 2: torch.export would fix a batch dimension of size 1 as a constant.
+    h, prev = net.initial_state(2)
+    frames = torch.zeros(2, net.cfg.height, net.cfg.width, 3, dtype=torch.uint8)
+    n = torch.export.Dim("N", min=1, max=65536)
     out.parent.mkdir(parents=True, exist_ok=True)
-    batch = {0: "N"}
-    with warnings.catch_warnings():
-        # The GRU export warns that batch_first is rewritten; the parity check guards it.
-        warnings.simplefilter("ignore")
+    tmp = out.with_name(out.name + ".partial")
+    with _quiet_exporter():
         torch.onnx.export(
-            step,
+            StepModel(net).eval(),
             (frames, h, prev),
-            str(out),
+            str(tmp),
             input_names=[INPUT_FRAMES, *STATE_NAMES],
-            output_names=[OUTPUT_LOGITS, *(f"{n}_out" for n in STATE_NAMES)],
-            dynamic_axes={
-                INPUT_FRAMES: batch,
-                **{n: batch for n in STATE_NAMES},
-                OUTPUT_LOGITS: batch,
-                **{f"{n}_out": batch for n in STATE_NAMES},
-            },
+            output_names=[OUTPUT_LOGITS, *(f"{name}_out" for name in STATE_NAMES)],
+            dynamic_shapes={INPUT_FRAMES: {0: n}, **{name: {0: n} for name in STATE_NAMES}},
             opset_version=cfg.opset,
-            dynamo=False,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
         )
-    model = onnx.load(str(out))
-    onnx.helper.set_model_props(model, metadata(ckpt))
+    model = onnx.load(str(tmp))
+    shapes = {"h": list(h.shape[1:]), "prev_frame": list(prev.shape[1:])}
+    onnx.helper.set_model_props(model, metadata(ckpt, shapes))
     model.doc_string = "actionstream CNN-GRU step model: frames + state -> logits + state"
     onnx.checker.check_model(model)
-    onnx.save(model, str(out))
+    onnx.save(model, str(tmp))
+    try:
+        diff = parity_error(net, tmp, cfg)
+        if diff > cfg.tolerance:
+            raise RuntimeError(f"ONNX parity failed: max |logit diff| {diff:.2e} > {cfg.tolerance}")
+    except BaseException:
+        tmp.unlink()
+        raise
+    tmp.replace(out)
     _write_sidecar(out, ckpt, cfg)
-    diff = parity_error(net, out, cfg)
-    if diff > cfg.tolerance:
-        raise RuntimeError(f"ONNX parity failed: max |logit diff| {diff:.2e} > {cfg.tolerance}")
     return out
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silences the exporter's notices about torch internals (deprecations, optional
+    torchvision ops); the parity check after the export is what guards the graph."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def parity_error(
