@@ -88,3 +88,13 @@ def test_checkpoint_round_trip(tmp_path: Path, exported: tuple[Checkpoint, Path]
     loaded = Checkpoint.load(tmp_path / "c.pt")
     assert loaded.model_config == ckpt.model_config and loaded.labels == ckpt.labels
     assert json.loads((tmp_path / "c.json").read_text())["version"] == "test-1"
+
+
+def test_a_failed_parity_check_leaves_no_file(
+    tmp_path: Path, exported: tuple[Checkpoint, Path]
+) -> None:
+    ckpt, _ = exported
+    out = tmp_path / "model.onnx"
+    with pytest.raises(RuntimeError, match="parity failed"):
+        export_onnx(ckpt, out, ExportConfig(tolerance=-1.0))  # no model can pass this
+    assert list(tmp_path.iterdir()) == []
