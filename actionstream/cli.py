@@ -99,14 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     from service.config import ServeConfig
     from training.config import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="actionstream", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="actionstream",
+        description="Live action recognition for camera streams: "
+        "train a CNN-GRU, export it, serve it over gRPC, stream video to it.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands: dict[str, Callable[[argparse.Namespace], int]] = {}
 
     def command(
         name: str, help_text: str, handler: Callable[[argparse.Namespace], int]
     ) -> argparse.ArgumentParser:
-        commands[name] = handler
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(handler=handler)
         return p
