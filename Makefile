@@ -7,7 +7,7 @@ PY     := $(BIN)/python
 
 .PHONY: demo test lint protos model bench serve clean prometheus-tools
 
-# The service alone (no torch): what the Docker image holds too.
+# The service alone (no torch): all that serving and the demo need.
 $(VENV)/.service: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
