@@ -17,7 +17,7 @@ class TrainConfig:
     )
     seed: int = field(default=0, metadata=_help("seeds data, init and batch order"))
     # Data: untrimmed synthetic streams, each cut into BPTT chunks.
-    train_streams: int = field(default=768, metadata=_help("synthetic training streams"))
+    train_streams: int = field(default=1024, metadata=_help("synthetic training streams"))
     stream_frames: int = field(default=160, metadata=_help("frames per training stream"))
     bptt: int = field(
         default=40, metadata=_help("frames per truncated-BPTT chunk; state carries across chunks")
@@ -35,7 +35,7 @@ class TrainConfig:
     embed: int = field(default=128, metadata=_help("per-frame feature size"))
     hidden: int = field(default=128, metadata=_help("GRU state size"))
     # Optimisation.
-    epochs: int = field(default=10, metadata=_help("passes over the training streams"))
+    epochs: int = field(default=12, metadata=_help("passes over the training streams"))
     batch_size: int = field(default=32, metadata=_help("streams per batch"))
     lr: float = field(default=3e-3, metadata=_help("peak AdamW learning rate (one-cycle)"))
     weight_decay: float = field(default=1e-4, metadata=_help("AdamW weight decay"))
