@@ -7,6 +7,7 @@ install (no torch) can still run `serve`, `stream`, `synth` and `demo`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -87,6 +88,14 @@ def _stream(args: argparse.Namespace) -> int:
     return run_stream(from_args(StreamConfig, args))
 
 
+def _health(args: argparse.Namespace) -> int:
+    from service.healthcheck import check
+
+    serving, seen = check(args.target, timeout=args.timeout)
+    print(seen)
+    return 0 if serving else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from actionstream.demo import DemoConfig, run_demo
 
@@ -148,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
         _stream,
     )
     add_arguments(p, StreamConfig)
+
+    p = command(
+        "health",
+        "Ask a server's gRPC health service whether it is SERVING (exit 0 if so).",
+        _health,
+    )
+    port = os.environ.get("ACTIONSTREAM_PORT", "50051")
+    p.add_argument(
+        "--target",
+        default=f"127.0.0.1:{port}",
+        help="HOST:PORT (default: 127.0.0.1:$ACTIONSTREAM_PORT)",
+    )
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
 
     p = command(
         "demo", "Serve the bundled model and stream a labelled synthetic feed through it.", _demo
