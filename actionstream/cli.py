@@ -28,7 +28,7 @@ def _needs_torch() -> None:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from training.synth import SynthConfig, render_stream, write_video
+    from actionstream.training.synth import SynthConfig, render_stream, write_video
 
     if args.seconds <= 0 or args.fps <= 0 or args.size < 16:
         raise SystemExit("actionstream synth: --seconds and --fps must be positive, --size >= 16")
@@ -41,8 +41,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     _needs_torch()
-    from training.config import TrainConfig
-    from training.train import main as train_main
+    from actionstream.training.config import TrainConfig
+    from actionstream.training.train import main as train_main
 
     train_main(from_args(TrainConfig, args))
     return 0
@@ -50,8 +50,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     _needs_torch()
-    from training.checkpoint import Checkpoint, CheckpointError
-    from training.export import export_onnx
+    from actionstream.training.checkpoint import Checkpoint, CheckpointError
+    from actionstream.training.export import export_onnx
 
     try:
         ckpt = Checkpoint.load(args.run)
@@ -64,8 +64,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     _needs_torch()
-    from training.checkpoint import CheckpointError
-    from training.evaluate import main as evaluate_main
+    from actionstream.training.checkpoint import CheckpointError
+    from actionstream.training.evaluate import main as evaluate_main
 
     if args.streams < 1 or args.seconds <= 0:
         raise SystemExit("actionstream evaluate: --streams and --seconds must be positive")
@@ -76,20 +76,20 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.config import ServeConfig
-    from service.server import run
+    from actionstream.service.config import ServeConfig
+    from actionstream.service.server import run
 
     return run(from_args(ServeConfig, args))
 
 
 def _stream(args: argparse.Namespace) -> int:
-    from service.client import StreamConfig, run_stream
+    from actionstream.service.client import StreamConfig, run_stream
 
     return run_stream(from_args(StreamConfig, args))
 
 
 def _health(args: argparse.Namespace) -> int:
-    from service.healthcheck import check
+    from actionstream.service.healthcheck import check
 
     serving, seen = check(args.target, timeout=args.timeout)
     print(seen)
@@ -104,9 +104,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from actionstream.demo import DemoConfig
-    from service.client import StreamConfig
-    from service.config import ServeConfig
-    from training.config import TrainConfig
+    from actionstream.service.client import StreamConfig
+    from actionstream.service.config import ServeConfig
+    from actionstream.training.config import TrainConfig
 
     parser = argparse.ArgumentParser(
         prog="actionstream",

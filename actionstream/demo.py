@@ -19,10 +19,10 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from actionstream.serve_process import ServeProcess, ServeProcessError
+from actionstream.service.client import StreamConfig, StreamError, StreamSummary, stream_source
+from actionstream.training.synth import SynthConfig, render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
-from service.client import StreamConfig, StreamError, StreamSummary, stream_source
-from training.synth import SynthConfig, render_stream, write_video
 
 # The demo feed's seed lies outside every range training draws from.
 _FEED_SEED = 2_000_000_007

@@ -27,11 +27,11 @@ import grpc
 import numpy as np
 
 from actionstream.serve_process import ServeProcess
+from actionstream.service.frames import FrameDecoder
+from actionstream.service.model import OnnxStepModel
+from actionstream.training.synth import SynthConfig, render_stream
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
-from service.frames import FrameDecoder
-from service.model import StepModel
-from training.synth import SynthConfig, render_stream
 
 
 def _median_ms(fn: Callable[[], object], runs: int) -> float:
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=480, help="camera frame side, pixels")
     args = parser.parse_args()
 
-    model = StepModel.load()
+    model = OnnxStepModel.load()
     meta = model.metadata
     video, _ = render_stream(32, seed=1, cfg=SynthConfig(size=args.size))
     jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in video]

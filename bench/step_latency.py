@@ -10,7 +10,6 @@ train extra (torch) for the comparison column.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from actionstream.contract import INPUT_FRAMES, read_props
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "service" / "models" / "default.onnx"
 
@@ -46,48 +47,36 @@ def main() -> None:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads
     session = ort.InferenceSession(str(args.model), opts, providers=["CPUExecutionProvider"])
-    meta = session.get_modelmeta().custom_metadata_map
-    size = json.loads(meta["actionstream.input_size"])
-    states = json.loads(meta["actionstream.states"])
+    spec = read_props(session.get_modelmeta().custom_metadata_map, str(args.model))
 
     torch_step = None
     try:
         import torch
 
-        from training.model import ActionRecognizer, ModelConfig, StepModel
+        from actionstream.training.model import ActionRecognizer, StepModule
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        # Same architecture as the file (its training config travels in it); the
-        # weights do not matter for timing.
-        trained = json.loads(meta["actionstream.train_config"])
-        cfg = ModelConfig(
-            num_classes=len(json.loads(meta["actionstream.labels"])),
-            height=size["height"],
-            width=size["width"],
-            channels=tuple(trained["channels"]),
-            embed=trained["embed"],
-            hidden=trained["hidden"],
-        )
-        torch_step = StepModel(ActionRecognizer(cfg)).eval()
+        # The file's own architecture; the weights do not matter for timing.
+        torch_step = StepModule(ActionRecognizer(spec.model)).eval()
     except ImportError:
         print("torch not installed: onnxruntime column only")
 
     threads = args.threads or "all"
-    print(f"model {args.model.name}  input {size['height']}x{size['width']}  threads {threads}")
+    print(f"model {args.model.name}  input {spec.height}x{spec.width}  threads {threads}")
     print(f"{'batch':>5}  {'onnxruntime ms/frame':>21}  {'torch ms/frame':>15}  {'torch/ort':>9}")
     rng = np.random.default_rng(0)
     for batch in (1, 4, 16, 64):
-        frames = rng.integers(0, 256, (batch, size["height"], size["width"], 3), dtype=np.uint8)
+        frames = rng.integers(0, 256, (batch, spec.height, spec.width, 3), dtype=np.uint8)
         feed = {
-            "frames": frames,
-            **{s["input"]: np.zeros((batch, *s["shape"]), np.float32) for s in states},
+            INPUT_FRAMES: frames,
+            **{s.input: np.zeros((batch, *s.shape), np.float32) for s in spec.states},
         }
         ort_ms = _time_per_frame(lambda feed=feed: session.run(None, feed), batch, args.frames)
         row = f"{batch:>5}  {ort_ms:>21.3f}"
         if torch_step is not None:
             tf = torch.from_numpy(frames)
-            ts = [torch.from_numpy(feed[s["input"]]) for s in states]
+            ts = [torch.from_numpy(feed[s.input]) for s in spec.states]
 
             def run_torch(tf: torch.Tensor = tf, ts: list = ts) -> object:
                 with torch.inference_mode():

@@ -20,9 +20,9 @@ import cv2
 import grpc
 import numpy as np
 
+from actionstream.service.sources import SourceError, VideoSource
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
-from service.sources import SourceError, VideoSource
 
 # Called for each prediction with the frame's true label (if known) and its latency in ms.
 PredictionCallback = Callable[[pb.Prediction, str | None, float], None]
@@ -85,7 +85,7 @@ class StreamError(Exception):
 
 
 def read_labels(path: Path) -> dict[int, str]:
-    """Ground truth from a `frame,label` CSV (as training.synth.write_video writes it)."""
+    """Ground truth from a `frame,label` CSV, as `actionstream synth` writes it."""
     try:
         with path.open(newline="") as f:
             return {int(row["frame"]): row["label"] for row in csv.DictReader(f)}

@@ -15,15 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from service.metrics import Metrics
-from service.model import StepModel
-from service.streams import Stream
+from actionstream.service.metrics import Metrics
+from actionstream.service.model import OnnxStepModel
+from actionstream.service.streams import Stream
 
 
 class InferenceWorker:
     """Runs model steps for many streams, one at a time, off the event loop."""
 
-    def __init__(self, model: StepModel, metrics: Metrics) -> None:
+    def __init__(self, model: OnnxStepModel, metrics: Metrics) -> None:
         self.model = model
         self._metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")

@@ -11,7 +11,7 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
-from service.model import ModelMetadata
+from actionstream.contract import ModelSpec
 
 # Frame-to-prediction latency spans decode + queueing + inference: from about
 # a millisecond on an idle server to a second when it is badly overloaded.
@@ -78,7 +78,7 @@ class Metrics:
         )
         self.model = Info("actionstream_model", "The model being served.", registry=registry)
 
-    def describe_model(self, metadata: ModelMetadata) -> None:
+    def describe_model(self, metadata: ModelSpec) -> None:
         self.model.info(
             {
                 "version": metadata.version,

@@ -21,13 +21,13 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from actionstream.service.config import ServeConfig
+from actionstream.service.inference import InferenceWorker
+from actionstream.service.metrics import Metrics, MetricsServer
+from actionstream.service.model import ModelError, OnnxStepModel
+from actionstream.service.servicer import ActionRecognition
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
-from service.config import ServeConfig
-from service.inference import InferenceWorker
-from service.metrics import Metrics, MetricsServer
-from service.model import ModelError, StepModel
-from service.servicer import ActionRecognition
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Server:
         cls,
         cfg: ServeConfig,
         registry: CollectorRegistry | None = None,
-        model: StepModel | None = None,
+        model: OnnxStepModel | None = None,
     ) -> Server:
         """Loads the model (unless given one), binds the ports and starts serving.
 
@@ -75,7 +75,7 @@ class Server:
         or ServeError with a readable reason.
         """
         if model is None:
-            model = await asyncio.to_thread(StepModel.load, cfg.model, cfg.threads)
+            model = await asyncio.to_thread(OnnxStepModel.load, cfg.model, cfg.threads)
         metrics = Metrics(registry if registry is not None else CollectorRegistry())
         metrics.describe_model(model.metadata)
         worker = InferenceWorker(model, metrics)
@@ -120,7 +120,7 @@ class Server:
         return cls(cfg, server, health, worker, port, metrics_server)
 
     @property
-    def model(self) -> StepModel:
+    def model(self) -> OnnxStepModel:
         return self._worker.model
 
     @property
@@ -149,7 +149,7 @@ class BackgroundServer:
         self,
         cfg: ServeConfig,
         registry: CollectorRegistry | None = None,
-        model: StepModel | None = None,
+        model: OnnxStepModel | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -173,7 +173,7 @@ class BackgroundServer:
         return self.server.metrics_port
 
     @property
-    def model(self) -> StepModel:
+    def model(self) -> OnnxStepModel:
         return self.server.model
 
     def stop(self, grace: float | None = 0.0) -> None:

@@ -22,14 +22,14 @@ from collections.abc import AsyncIterator
 import grpc
 import numpy as np
 
+from actionstream.service.config import ServeConfig
+from actionstream.service.frames import FrameDecoder, FrameError
+from actionstream.service.inference import InferenceWorker
+from actionstream.service.metrics import Metrics
+from actionstream.service.sources import AsyncVideoSource, SourceError, SourceNotFound
+from actionstream.service.streams import Stream
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
-from service.config import ServeConfig
-from service.frames import FrameDecoder, FrameError
-from service.inference import InferenceWorker
-from service.metrics import Metrics
-from service.sources import AsyncVideoSource, SourceError, SourceNotFound
-from service.streams import Stream
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ but each gets its own Prometheus registry, so counts start at zero.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -18,22 +17,23 @@ import pytest
 from helpers import LiveStream
 from prometheus_client import CollectorRegistry
 
+from actionstream.contract import INPUT_FRAMES, OUTPUT_LOGITS, read_props
+from actionstream.service.config import ServeConfig
+from actionstream.service.model import OnnxStepModel, bundled_model_path
+from actionstream.service.server import BackgroundServer
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
-from service.config import ServeConfig
-from service.model import StepModel, bundled_model_path
-from service.server import BackgroundServer
 
 TEST_CONFIG = ServeConfig(host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=0.0)
 
 
 @pytest.fixture(scope="session")
-def model() -> StepModel:
-    return StepModel.load(threads=1)
+def model() -> OnnxStepModel:
+    return OnnxStepModel.load(threads=1)
 
 
 @pytest.fixture
-def start_server(model: StepModel) -> Iterator[Callable[..., BackgroundServer]]:
+def start_server(model: OnnxStepModel) -> Iterator[Callable[..., BackgroundServer]]:
     """Starts servers with TEST_CONFIG plus overrides; stops them all after the test."""
     servers: list[BackgroundServer] = []
 
@@ -83,7 +83,7 @@ def reference() -> Callable[[Sequence[np.ndarray]], np.ndarray]:
     """Runs the bundled ONNX file with onnxruntime directly, state carried, one frame a step.
 
     Independent of service code: the state layout is read from the file's
-    own metadata. Returns softmax probabilities (T, C).
+    own metadata through the contract. Returns softmax probabilities (T, C).
     """
     # One intra-op thread, like the test servers, so both sum in the same order: bit-equal.
     options = ort.SessionOptions()
@@ -91,16 +91,17 @@ def reference() -> Callable[[Sequence[np.ndarray]], np.ndarray]:
     session = ort.InferenceSession(
         str(bundled_model_path()), options, providers=["CPUExecutionProvider"]
     )
-    states = json.loads(session.get_modelmeta().custom_metadata_map["actionstream.states"])
+    spec = read_props(session.get_modelmeta().custom_metadata_map, "default.onnx")
 
     def run(images: Sequence[np.ndarray]) -> np.ndarray:
-        state = {s["input"]: np.zeros([1, *s["shape"]], np.float32) for s in states}
+        state = {s.input: np.zeros([1, *s.shape], np.float32) for s in spec.states}
         probs = []
         for image in images:
             logits, *outs = session.run(
-                ["logits", *(s["output"] for s in states)], {"frames": image[None], **state}
+                [OUTPUT_LOGITS, *(s.output for s in spec.states)],
+                {INPUT_FRAMES: image[None], **state},
             )
-            state = {s["input"]: out for s, out in zip(states, outs, strict=True)}
+            state = {s.input: out for s, out in zip(spec.states, outs, strict=True)}
             e = np.exp(logits[0].astype(np.float64) - logits[0].max())
             probs.append(e / e.sum())
         return np.stack(probs)

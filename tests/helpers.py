@@ -8,9 +8,9 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from actionstream.training.synth import render_stream
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
-from training.synth import render_stream
 
 
 def render(n_frames: int, seed: int) -> np.ndarray:

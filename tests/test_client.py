@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from service.client import StreamConfig, StreamError, read_labels, run_stream, stream_source
-from service.server import BackgroundServer
-from training.synth import render_stream, write_video
+from actionstream.service.client import (
+    StreamConfig,
+    StreamError,
+    read_labels,
+    run_stream,
+    stream_source,
+)
+from actionstream.service.server import BackgroundServer
+from actionstream.training.synth import render_stream, write_video
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from training.checkpoint import Checkpoint
-from training.export import ExportConfig, export_onnx, parity_error
-from training.model import ActionRecognizer, ModelConfig
-from training.synth import LABELS
+from actionstream.contract import INPUT_FRAMES, ModelConfig, read_props
+from actionstream.training.checkpoint import Checkpoint
+from actionstream.training.export import ExportConfig, export_onnx, parity_error
+from actionstream.training.model import ActionRecognizer
+from actionstream.training.synth import LABELS
 
 
 @pytest.fixture(scope="module")
@@ -62,22 +63,28 @@ def test_batch_is_dynamic_and_streams_do_not_mix(exported: tuple[Checkpoint, Pat
 
 
 def test_model_describes_itself(exported: tuple[Checkpoint, Path]) -> None:
-    _, path = exported
+    ckpt, path = exported
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    meta = sess.get_modelmeta().custom_metadata_map
-    assert json.loads(meta["actionstream.labels"]) == list(LABELS)
-    assert json.loads(meta["actionstream.input_size"]) == {"height": 48, "width": 64}
-    assert float(meta["actionstream.fps"]) == 12.5
-    assert meta["actionstream.background_label"] == "idle"
-    assert meta["actionstream.model_version"] == "test-1"
-    assert json.loads(meta["actionstream.train_config"]) == {"seed": 0}
-    states = json.loads(meta["actionstream.states"])
-    assert [s["input"] for s in states] == ["h", "prev_frame"]
+    spec = read_props(sess.get_modelmeta().custom_metadata_map, str(path))
+    assert spec.labels == LABELS
+    assert (spec.height, spec.width) == (48, 64)
+    assert spec.fps == 12.5
+    assert spec.background_label == "idle"
+    assert spec.version == "test-1"
+    assert spec.train_config == {"seed": 0} and spec.eval == {"x": 1}
+    assert [s.input for s in spec.states] == ["h", "prev_frame"]
     inputs = {i.name: i for i in sess.get_inputs()}
-    assert inputs["frames"].type == "tensor(uint8)"
-    for s in states:
-        assert inputs[s["input"]].shape[1:] == s["shape"]
-        assert s["output"] in {o.name for o in sess.get_outputs()}
+    assert inputs[INPUT_FRAMES].type == "tensor(uint8)"
+    for s in spec.states:
+        assert tuple(inputs[s.input].shape[1:]) == s.shape
+        assert s.output in {o.name for o in sess.get_outputs()}
+    # The architecture travels too: the network rebuilt from the file alone takes
+    # every trained weight, and its state has the shapes the file declares.
+    assert spec.model == ckpt.model_config
+    rebuilt = ActionRecognizer(spec.model)
+    rebuilt.load_state_dict(ckpt.state_dict)
+    h, prev = rebuilt.initial_state(1)
+    assert [s.shape for s in spec.states] == [tuple(h.shape[1:]), tuple(prev.shape[1:])]
     sidecar = json.loads(path.with_suffix(".json").read_text())
     assert sidecar["labels"] == list(LABELS) and sidecar["eval"] == {"x": 1}
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers import jpeg, png, render
 
+from actionstream.service.frames import FrameDecoder, FrameError
 from actionstream.v1 import actionstream_pb2 as pb
-from service.frames import FrameDecoder, FrameError
 
 DECODER = FrameDecoder(height=64, width=64, max_bytes=1_000_000, max_pixels=1920 * 1080)
 

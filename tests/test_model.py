@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from service.model import ModelError, ModelMetadata, StepModel, bundled_model_path
+from actionstream.contract import ContractError, read_props
+from actionstream.service.model import ModelError, OnnxStepModel, bundled_model_path
 
 
 def _props() -> dict[str, str]:
@@ -26,7 +27,7 @@ def _save_with_props(tmp_path: Path, props: dict[str, str]) -> Path:
     return out
 
 
-def test_metadata_of_the_bundled_model(model: StepModel) -> None:
+def test_metadata_of_the_bundled_model(model: OnnxStepModel) -> None:
     props = _props()
     meta = model.metadata
     assert list(meta.labels) == json.loads(props["actionstream.labels"])
@@ -41,7 +42,7 @@ def test_metadata_of_the_bundled_model(model: StepModel) -> None:
     ]
 
 
-def test_step_carries_state_per_row(model: StepModel) -> None:
+def test_step_carries_state_per_row(model: OnnxStepModel) -> None:
     meta = model.metadata
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (2, meta.height, meta.width, 3), dtype=np.uint8)
@@ -56,7 +57,7 @@ def test_step_carries_state_per_row(model: StepModel) -> None:
     assert not np.allclose(again[0], alone[0])
 
 
-def test_step_refuses_frames_of_the_wrong_size(model: StepModel) -> None:
+def test_step_refuses_frames_of_the_wrong_size(model: OnnxStepModel) -> None:
     with pytest.raises(ValueError, match=r"frames must be uint8 \(N, 64, 64, 3\)"):
         model.step(np.zeros((1, 32, 32, 3), np.uint8), model.zero_state(1))
 
@@ -65,19 +66,19 @@ def test_a_file_that_is_not_onnx_is_refused_by_name(tmp_path: Path) -> None:
     path = tmp_path / "notes.onnx"
     path.write_text("these are not the weights you are looking for")
     with pytest.raises(ModelError, match="not a loadable ONNX model") as err:
-        StepModel.load(path)
+        OnnxStepModel.load(path)
     assert str(path) in str(err.value)
 
 
 def test_a_missing_file_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no such model file"):
-        StepModel.load(tmp_path / "absent.onnx")
+        OnnxStepModel.load(tmp_path / "absent.onnx")
 
 
 def test_onnx_without_actionstream_metadata_is_refused(tmp_path: Path) -> None:
     path = _save_with_props(tmp_path, {"producer": "someone else"})
     with pytest.raises(ModelError, match=r"not an actionstream model \(no actionstream\.\*"):
-        StepModel.load(path)
+        OnnxStepModel.load(path)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +89,9 @@ def test_onnx_without_actionstream_metadata_is_refused(tmp_path: Path) -> None:
         ("actionstream.labels", '["a", "a"]', "distinct label names"),
         ("actionstream.input_size", '{"height": 64}', "actionstream.input_size must be JSON"),
         ("actionstream.fps", "fast", "actionstream.fps must be a positive number, got 'fast'"),
-        ("actionstream.format_version", "2", "format_version is '2'; this service reads '1'"),
+        ("actionstream.format_version", "1", "format_version is '1'; this version reads '2'"),
+        ("actionstream.model_config", '{"num_classes": 9, "depth": 3}', "not a model config"),
+        ("actionstream.model_config", '{"num_classes": 4}', "has 4 classes for 9 labels"),
         ("actionstream.pixel_format", "RGB", "pixel_format is 'RGB'"),
         ("actionstream.states", '[{"input": "h"}]', "actionstream.states entry 0"),
         ("actionstream.background_label", "nothing", "'nothing' is not one of the labels"),
@@ -100,14 +103,15 @@ def test_bad_metadata_names_the_key(key: str, value: str | None, message: str) -
         del props[key]
     else:
         props[key] = value
-    with pytest.raises(ModelError, match=message) as err:
-        ModelMetadata.from_props(props, "cam.onnx")
+    with pytest.raises(ContractError, match=message) as err:
+        read_props(props, "cam.onnx")
     assert str(err.value).startswith("cam.onnx: ")
 
 
 def test_metadata_that_disagrees_with_the_graph_is_refused(tmp_path: Path) -> None:
     props = _props()
-    labels = json.loads(props["actionstream.labels"])
-    props["actionstream.labels"] = json.dumps([*labels, "extra"])
-    with pytest.raises(ModelError, match="logits is tensor"):
-        StepModel.load(_save_with_props(tmp_path, props))
+    states = json.loads(props["actionstream.states"])
+    states[0]["shape"] = [1, 64]  # the graph's h is [N, 1, 128]
+    props["actionstream.states"] = json.dumps(states)
+    with pytest.raises(ModelError, match=r"h is tensor\(float\) \['N', 1, 128\]"):
+        OnnxStepModel.load(_save_with_props(tmp_path, props))

@@ -21,9 +21,9 @@ import grpc
 import pytest
 from helpers import frame_request, jpeg, render
 
+from actionstream.service.server import BackgroundServer
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
-from service.server import BackgroundServer
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "prometheus"
 

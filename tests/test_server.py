@@ -22,11 +22,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
 from prometheus_client.parser import text_string_to_metric_families
 
+from actionstream.service.model import OnnxStepModel, bundled_model_path
+from actionstream.service.server import BackgroundServer, ServeError
+from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
-from service.model import StepModel, bundled_model_path
-from service.server import BackgroundServer, ServeError
-from training.synth import render_stream, write_video
 
 Reference = Callable[[Sequence[np.ndarray]], np.ndarray]
 OpenStream = Callable[..., LiveStream]
@@ -37,7 +37,7 @@ def _decoded(data: bytes) -> np.ndarray:
 
 
 def test_predictions_equal_the_onnx_model_run_directly(
-    stub: pb_grpc.ActionRecognitionStub, model: StepModel, reference: Reference
+    stub: pb_grpc.ActionRecognitionStub, model: OnnxStepModel, reference: Reference
 ) -> None:
     encoded = [jpeg(f) for f in render(24, seed=3)]
     requests = [pb.FrameRequest(options=pb.StreamOptions(top_k=4, stream_name="cam"))]
@@ -56,7 +56,7 @@ def test_predictions_equal_the_onnx_model_run_directly(
 
 
 def test_client_sequence_numbers_and_default_top_k_are_used(
-    stub: pb_grpc.ActionRecognitionStub, reference: Reference, model: StepModel
+    stub: pb_grpc.ActionRecognitionStub, reference: Reference, model: OnnxStepModel
 ) -> None:
     frames = render(5, seed=4)
     requests = [frame_request(png(f), sequence=100 + 10 * i) for i, f in enumerate(frames)]
@@ -67,7 +67,7 @@ def test_client_sequence_numbers_and_default_top_k_are_used(
 
 
 def test_interleaved_streams_never_share_state(
-    open_stream: OpenStream, reference: Reference, model: StepModel
+    open_stream: OpenStream, reference: Reference, model: OnnxStepModel
 ) -> None:
     clips = render(12, seed=5), render(12, seed=6)
     streams = open_stream(top_k=9), open_stream(top_k=9)
@@ -85,7 +85,7 @@ def test_undecodable_frame_ends_only_its_own_stream(
     stub: pb_grpc.ActionRecognitionStub,
     open_stream: OpenStream,
     reference: Reference,
-    model: StepModel,
+    model: OnnxStepModel,
 ) -> None:
     bystander_clip = render(8, seed=7)
     bystander = open_stream()
@@ -265,7 +265,7 @@ def test_watch_source_streams_a_video_file(
     start_server: Callable[..., BackgroundServer],
     tmp_path: Path,
     reference: Reference,
-    model: StepModel,
+    model: OnnxStepModel,
 ) -> None:
     frames, labels = render_stream(10, seed=11)
     video = tmp_path / "clip.avi"

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.synth import LABELS, SynthConfig, render_clip, render_stream, write_video
+from actionstream.training.synth import LABELS, SynthConfig, render_clip, render_stream, write_video
 
 
 def test_first_frame_is_the_same_whatever_the_action() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.config import TrainConfig
-from training.data import IGNORE, loss_targets
-from training.synth import LABELS
+from actionstream.training.config import TrainConfig
+from actionstream.training.data import IGNORE, loss_targets
+from actionstream.training.synth import LABELS
 
 
 def test_loss_skips_the_first_frames_of_every_action() -> None:
@@ -22,9 +22,9 @@ def test_loss_skips_the_first_frames_of_every_action() -> None:
 
 @pytest.mark.slow
 def test_training_learns_motion_and_exports(tmp_path: Path) -> None:
-    from training.checkpoint import Checkpoint
-    from training.export import export_onnx
-    from training.train import main
+    from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.export import export_onnx
+    from actionstream.training.train import main
 
     cfg = TrainConfig(
         out=str(tmp_path / "run"),

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from training.model import ActionRecognizer, ModelConfig
+from actionstream.contract import ModelConfig
+from actionstream.training.model import ActionRecognizer
 
 
 class CheckpointError(Exception):
@@ -52,10 +53,9 @@ class Checkpoint:
             )
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-            cfg = dict(payload.pop("model_config"))
-            cfg["channels"] = tuple(cfg["channels"])
+            model_config = ModelConfig.from_dict(payload.pop("model_config"))
             payload["labels"] = tuple(payload["labels"])
-            return cls(model_config=ModelConfig(**cfg), **payload)
+            return cls(model_config=model_config, **payload)
         except Exception as e:  # torch.load raises many unrelated types on foreign files
             raise CheckpointError(
                 f"{path}: not an actionstream checkpoint ({type(e).__name__}: {e})"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.synth import SynthConfig, render_stream
+from actionstream.training.synth import SynthConfig, render_stream
 
 IGNORE = -100  # target value cross-entropy skips
 

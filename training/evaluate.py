@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.data import Streams, render_streams
-from training.model import ActionRecognizer
-from training.synth import LABELS, SynthConfig, render_clip
+from actionstream.training.data import Streams, render_streams
+from actionstream.training.model import ActionRecognizer
+from actionstream.training.synth import LABELS, SynthConfig, render_clip
 
 
 @torch.no_grad()
@@ -69,7 +69,7 @@ def clip_accuracy(
 
 
 def main(run: Path, streams: int, seconds: float, seed: int) -> int:
-    from training.checkpoint import Checkpoint
+    from actionstream.training.checkpoint import Checkpoint
 
     ckpt = Checkpoint.load(run)
     net = ckpt.build_model()

@@ -2,7 +2,7 @@
 
 The file is self-describing: labels, input size, fps, state layout, version
 and the training config travel in `metadata_props`, so the service configures
-itself from the model alone (contract in DESIGN.md, "The model contract").
+itself from the model alone (actionstream/contract.py is the one definition).
 """
 
 from __future__ import annotations
@@ -21,13 +21,19 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from training.checkpoint import Checkpoint
-from training.model import ActionRecognizer, StepModel
+from actionstream.contract import (
+    INPUT_FRAMES,
+    OUTPUT_LOGITS,
+    ModelSpec,
+    StateSpec,
+    state_output,
+    write_props,
+)
+from actionstream.training.checkpoint import Checkpoint
+from actionstream.training.model import ActionRecognizer, StepModule
 
-FORMAT_VERSION = "1"
-INPUT_FRAMES = "frames"
-OUTPUT_LOGITS = "logits"
-STATE_NAMES = ("h", "prev_frame")  # inputs; each output is the name + "_out"
+# The recogniser's state, in the order StepModule takes and returns it.
+STATE_NAMES = ("h", "prev_frame")
 
 
 @dataclass(frozen=True)
@@ -38,22 +44,18 @@ class ExportConfig:
     tolerance: float = 1e-4  # max abs logit difference, ONNX steps vs torch sequence
 
 
-def metadata(ckpt: Checkpoint, state_shapes: dict[str, list[int]]) -> dict[str, str]:
+def model_spec(ckpt: Checkpoint, state_shapes: dict[str, tuple[int, ...]]) -> ModelSpec:
     """The file's self-description; `state_shapes` maps each state input to its shape sans N."""
-    cfg = ckpt.model_config
-    states = [{"input": n, "output": f"{n}_out", "shape": state_shapes[n]} for n in STATE_NAMES]
-    return {
-        "actionstream.format_version": FORMAT_VERSION,
-        "actionstream.labels": json.dumps(list(ckpt.labels)),
-        "actionstream.input_size": json.dumps({"height": cfg.height, "width": cfg.width}),
-        "actionstream.pixel_format": "BGR",
-        "actionstream.fps": repr(float(ckpt.fps)),
-        "actionstream.background_label": ckpt.background_label or "",
-        "actionstream.states": json.dumps(states),
-        "actionstream.model_version": ckpt.version,
-        "actionstream.train_config": json.dumps(ckpt.train_config, sort_keys=True),
-        "actionstream.eval": json.dumps(ckpt.eval_metrics, sort_keys=True),
-    }
+    return ModelSpec(
+        labels=ckpt.labels,
+        fps=ckpt.fps,
+        background_label=ckpt.background_label,
+        states=tuple(StateSpec(name, state_shapes[name]) for name in STATE_NAMES),
+        version=ckpt.version,
+        model=ckpt.model_config,
+        train_config=ckpt.train_config,
+        eval=ckpt.eval_metrics,
+    )
 
 
 def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = ExportConfig()) -> Path:
@@ -70,11 +72,11 @@ def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = ExportConfig())
     tmp = out.with_name(out.name + ".partial")
     with _quiet_exporter():
         torch.onnx.export(
-            StepModel(net).eval(),
+            StepModule(net).eval(),
             (frames, h, prev),
             str(tmp),
             input_names=[INPUT_FRAMES, *STATE_NAMES],
-            output_names=[OUTPUT_LOGITS, *(f"{name}_out" for name in STATE_NAMES)],
+            output_names=[OUTPUT_LOGITS, *(state_output(name) for name in STATE_NAMES)],
             dynamic_shapes={INPUT_FRAMES: {0: n}, **{name: {0: n} for name in STATE_NAMES}},
             opset_version=cfg.opset,
             dynamo=True,
@@ -82,8 +84,8 @@ def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = ExportConfig())
             verbose=False,
         )
     model = onnx.load(str(tmp))
-    shapes = {"h": list(h.shape[1:]), "prev_frame": list(prev.shape[1:])}
-    onnx.helper.set_model_props(model, metadata(ckpt, shapes))
+    shapes = {"h": tuple(h.shape[1:]), "prev_frame": tuple(prev.shape[1:])}
+    onnx.helper.set_model_props(model, write_props(model_spec(ckpt, shapes)))
     model.doc_string = "actionstream CNN-GRU step model: frames + state -> logits + state"
     onnx.checker.check_model(model)
     onnx.save(model, str(tmp))
@@ -130,7 +132,7 @@ def parity_error(
     got = []
     for t in range(T):
         logits, h, prev = session.run(
-            None, {INPUT_FRAMES: video[:, t].numpy(), "h": h, "prev_frame": prev}
+            None, {INPUT_FRAMES: video[:, t].numpy(), STATE_NAMES[0]: h, STATE_NAMES[1]: prev}
         )
         got.append(logits)
     stepped = np.stack(got, axis=1)  # T x (B, classes) -> (B, T, classes)

@@ -12,23 +12,10 @@ does, so the exported graph carries it and the service never re-implements it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    num_classes: int
-    height: int = 64
-    width: int = 64
-    channels: tuple[int, ...] = (16, 32, 64, 64)  # one stride-2 conv block each
-    hidden: int = 128  # GRU state size
-    embed: int = 128  # per-frame feature size fed to the GRU
-    # Normalisation of 0..255 pixels, applied inside the graph.
-    mean: float = 127.5
-    std: float = 64.0
+from actionstream.contract import ModelConfig
 
 
 class FrameEncoder(nn.Module):
@@ -95,8 +82,8 @@ class ActionRecognizer(nn.Module):
         return logits, h_n.transpose(0, 1), x[:, -1]
 
 
-class StepModel(nn.Module):
-    """One step of the recurrence, the shape the service runs (see DESIGN.md).
+class StepModule(nn.Module):
+    """One step of the recurrence, the shape the service runs (actionstream.contract).
 
     frames (N, H, W, 3) uint8, h (N, 1, hidden), prev_frame (N, 3, H, W)
     -> logits (N, classes), h_out, prev_frame_out.

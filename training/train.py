@@ -22,12 +22,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from training.checkpoint import Checkpoint
-from training.config import TrainConfig
-from training.data import Streams, loss_targets, render_streams
-from training.evaluate import clip_accuracy, predict_streams, stream_metrics
-from training.model import ActionRecognizer, ModelConfig
-from training.synth import BACKGROUND_LABEL, LABELS, SynthConfig
+from actionstream.contract import ModelConfig
+from actionstream.training.checkpoint import Checkpoint
+from actionstream.training.config import TrainConfig
+from actionstream.training.data import Streams, loss_targets, render_streams
+from actionstream.training.evaluate import clip_accuracy, predict_streams, stream_metrics
+from actionstream.training.model import ActionRecognizer
+from actionstream.training.synth import BACKGROUND_LABEL, LABELS, SynthConfig
 
 
 def train_one_epoch(
