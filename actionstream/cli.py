@@ -1,19 +1,33 @@
-"""`actionstream`: one console script, a subcommand per job.
+"""`actionstream`: one console script, a subcommand per job, each built from its config.
 
-Subcommands that need torch import it inside their handler, so the service
-install (no torch) can still run `serve`, `stream`, `synth` and `demo`.
+Every subcommand is a config dataclass (its flags, help and checks) and a
+function that runs it (actionstream/command.py joins the two). Handlers
+import their stage lazily: `--help` and bad values never load torch, and the
+service install (no torch) runs `serve`, `stream`, `health`, `synth` and
+`demo`, and says how to get the rest.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from actionstream.dataclass_args import add_arguments, from_args
+import click
 
+from actionstream.command import config_command
+from actionstream.demo import DemoConfig
+from actionstream.service.client import StreamConfig
+from actionstream.service.config import ServeConfig
+from actionstream.service.healthcheck import HealthConfig
+from actionstream.training.config import (
+    EvaluateConfig,
+    ExportConfig,
+    SynthVideoConfig,
+    TrainConfig,
+)
+
+PROG = "actionstream"
+ENV_PREFIX = "ACTIONSTREAM_"
 TRAIN_EXTRA_HINT = (
     "this command needs the training extra (torch); install it with: "
     "pip install 'actionstream[train]'"
@@ -24,166 +38,164 @@ def _needs_torch() -> None:
     try:
         import torch  # noqa: F401
     except ImportError:
-        raise SystemExit(f"actionstream: {TRAIN_EXTRA_HINT}") from None
+        raise click.ClickException(TRAIN_EXTRA_HINT) from None
 
 
-def _synth(args: argparse.Namespace) -> int:
+def synth(cfg: SynthVideoConfig) -> int:
     from actionstream.training.synth import SynthConfig, render_stream, write_video
 
-    if args.seconds <= 0 or args.fps <= 0 or args.size < 16:
-        raise SystemExit("actionstream synth: --seconds and --fps must be positive, --size >= 16")
-    cfg = SynthConfig(size=args.size, fps=args.fps)
-    frames, labels = render_stream(int(args.seconds * args.fps), args.seed, cfg)
-    csv_path = write_video(frames, labels, args.out, args.fps)
-    print(f"wrote {args.out} ({len(frames)} frames at {args.fps:g} fps) and labels {csv_path}")
+    look = SynthConfig(size=cfg.size, fps=cfg.fps)
+    frames, labels = render_stream(int(cfg.seconds * cfg.fps), cfg.seed, look)
+    csv_path = write_video(frames, labels, Path(cfg.out), cfg.fps)
+    print(f"wrote {cfg.out} ({len(frames)} frames at {cfg.fps:g} fps) and labels {csv_path}")
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+def train(cfg: TrainConfig) -> int:
     _needs_torch()
-    from actionstream.training.config import TrainConfig
     from actionstream.training.train import main as train_main
 
-    train_main(from_args(TrainConfig, args))
+    train_main(cfg)
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
+def evaluate(cfg: EvaluateConfig) -> int:
+    _needs_torch()
+    from actionstream.training.checkpoint import CheckpointError
+    from actionstream.training.evaluate import main as evaluate_main
+
+    try:
+        evaluate_main(cfg)
+    except CheckpointError as e:
+        raise click.ClickException(str(e)) from None
+    return 0
+
+
+def export(cfg: ExportConfig) -> int:
     _needs_torch()
     from actionstream.training.checkpoint import Checkpoint, CheckpointError
     from actionstream.training.export import export_onnx
 
     try:
-        ckpt = Checkpoint.load(args.run)
+        ckpt = Checkpoint.load(Path(cfg.run))
     except CheckpointError as e:
-        raise SystemExit(f"actionstream export: {e}") from None
-    out = export_onnx(ckpt, args.out)
+        raise click.ClickException(str(e)) from None
+    out = export_onnx(ckpt, Path(cfg.out), cfg)
     print(f"wrote {out} and {out.with_suffix('.json')} (parity with PyTorch checked)")
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    _needs_torch()
-    from actionstream.training.checkpoint import CheckpointError
-    from actionstream.training.evaluate import main as evaluate_main
-
-    if args.streams < 1 or args.seconds <= 0:
-        raise SystemExit("actionstream evaluate: --streams and --seconds must be positive")
-    try:
-        return evaluate_main(args.run, args.streams, args.seconds, args.seed)
-    except CheckpointError as e:
-        raise SystemExit(f"actionstream evaluate: {e}") from None
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from actionstream.service.config import ServeConfig
+def serve(cfg: ServeConfig) -> int:
     from actionstream.service.server import run
 
-    return run(from_args(ServeConfig, args))
+    return run(cfg)
 
 
-def _stream(args: argparse.Namespace) -> int:
-    from actionstream.service.client import StreamConfig, run_stream
+def stream(cfg: StreamConfig) -> int:
+    from actionstream.service.client import run_stream
 
-    return run_stream(from_args(StreamConfig, args))
+    return run_stream(cfg)
 
 
-def _health(args: argparse.Namespace) -> int:
+def health(cfg: HealthConfig) -> int:
     from actionstream.service.healthcheck import check
 
-    serving, seen = check(args.target, timeout=args.timeout)
+    serving, seen = check(cfg)
     print(seen)
     return 0 if serving else 1
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from actionstream.demo import DemoConfig, run_demo
+def demo(cfg: DemoConfig) -> int:
+    from actionstream.demo import run_demo
 
-    return run_demo(from_args(DemoConfig, args))
+    return run_demo(cfg)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from actionstream.demo import DemoConfig
-    from actionstream.service.client import StreamConfig
-    from actionstream.service.config import ServeConfig
-    from actionstream.training.config import TrainConfig
-
-    parser = argparse.ArgumentParser(
-        prog="actionstream",
-        description="Live action recognition for camera streams: "
-        "train a CNN-GRU, export it, serve it over gRPC, stream video to it.",
+def build_cli() -> click.Group:
+    cli = click.Group(
+        PROG,
+        help="Live action recognition for camera streams: train a CNN-GRU on video, export "
+        "it as an ONNX step model, serve it over gRPC, stream cameras and files to it.",
+        context_settings={"help_option_names": ["-h", "--help"]},
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(
-        name: str, help_text: str, handler: Callable[[argparse.Namespace], int]
-    ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(handler=handler)
-        return p
-
-    p = command(
-        "synth", "Render a labelled synthetic video (MJPG .avi + per-frame label .csv).", _synth
-    )
-    p.add_argument("--out", type=Path, required=True, help="output .avi path")
-    p.add_argument("--seconds", type=float, default=30.0)
-    p.add_argument("--fps", type=float, default=10.0)
-    p.add_argument("--size", type=int, default=64, help="frame side in pixels")
-    p.add_argument("--seed", type=int, default=0)
-
-    p = command("train", "Train a CNN-GRU with BPTT; writes a checkpoint and its config.", _train)
-    add_arguments(p, TrainConfig)
-
-    p = command(
-        "evaluate", "Score a checkpoint on held-out synthetic streams, per frame.", _evaluate
-    )
-    p.add_argument("run", type=Path, help="run folder or checkpoint.pt")
-    p.add_argument("--streams", type=int, default=32)
-    p.add_argument("--seconds", type=float, default=60.0)
-    p.add_argument("--seed", type=int, default=10_000)
-
-    p = command("export", "Export a checkpoint to the ONNX step model (checks parity).", _export)
-    p.add_argument("run", type=Path, help="run folder or checkpoint.pt")
-    p.add_argument("--out", type=Path, required=True, help="output .onnx path")
-
-    p = command(
-        "serve", "Serve a model over gRPC, with Prometheus metrics on their own port.", _serve
-    )
-    add_arguments(p, ServeConfig, env_prefix="ACTIONSTREAM_")
-
-    p = command(
-        "stream",
-        "Stream a video file, camera index or URL to a server; print predictions.",
-        _stream,
-    )
-    add_arguments(p, StreamConfig)
-
-    p = command(
-        "health",
-        "Ask a server's gRPC health service whether it is SERVING (exit 0 if so).",
-        _health,
-    )
-    port = os.environ.get("ACTIONSTREAM_PORT", "50051")
-    p.add_argument(
-        "--target",
-        default=f"127.0.0.1:{port}",
-        help="HOST:PORT (default: 127.0.0.1:$ACTIONSTREAM_PORT)",
-    )
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
-
-    p = command(
-        "demo", "Serve the bundled model and stream a labelled synthetic feed through it.", _demo
-    )
-    add_arguments(p, DemoConfig)
-    return parser
+    for command in (
+        config_command(
+            "synth",
+            SynthVideoConfig,
+            synth,
+            "Render a labelled synthetic video (MJPG .avi + per-frame label .csv).",
+        ),
+        config_command(
+            "train",
+            TrainConfig,
+            train,
+            "Train a CNN-GRU with truncated BPTT; writes a checkpoint and its config.",
+        ),
+        config_command(
+            "evaluate",
+            EvaluateConfig,
+            evaluate,
+            "Score a checkpoint on held-out synthetic streams, per frame and per clip.",
+        ),
+        config_command(
+            "export",
+            ExportConfig,
+            export,
+            "Export a checkpoint as the ONNX step model the service runs (parity-checked).",
+        ),
+        config_command(
+            "serve",
+            ServeConfig,
+            serve,
+            "Serve a model over gRPC, with Prometheus metrics on their own port.\n\n"
+            "Every option is also read from the ACTIONSTREAM_* variable shown beside it; "
+            "a flag on the command line wins.",
+            env_prefix=ENV_PREFIX,
+        ),
+        config_command(
+            "stream",
+            StreamConfig,
+            stream,
+            "Stream a video file, camera index or URL to a server; print its predictions.",
+        ),
+        config_command(
+            "health",
+            HealthConfig,
+            health,
+            "Ask a server's gRPC health service whether it is SERVING (exit 0 if so).\n\n"
+            "The port reads ACTIONSTREAM_PORT like `serve`, for container health checks.",
+            env_prefix=ENV_PREFIX,
+            env_fields=("port",),
+        ),
+        config_command(
+            "demo",
+            DemoConfig,
+            demo,
+            "Serve the bundled model and stream a labelled synthetic feed through it.",
+        ),
+    ):
+        cli.add_command(command)
+    return cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs the command line; usage errors and refusals are one line on stderr, never a trace."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        return int(args.handler(args))
-    except KeyboardInterrupt:
+        code = build_cli().main(args, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        print(e.ctx.get_help() if e.ctx else str(e))
+        return 2
+    except click.UsageError as e:
+        print(f"{e.ctx.command_path if e.ctx else PROG}: {e.format_message()}", file=sys.stderr)
+        return e.exit_code
+    except click.ClickException as e:
+        print(e.format_message(), file=sys.stderr)  # already names its command
+        return e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
         return 130
+    # With standalone_mode off, click hands back what the callback returned; --help gives 0.
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

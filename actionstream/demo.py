@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actionstream.serve_process import ServeProcess, ServeProcessError
 from actionstream.service.client import StreamConfig, StreamError, StreamSummary, stream_source
+from actionstream.settings import setting
 from actionstream.training.synth import SynthConfig, render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -30,19 +31,21 @@ _FEED_SEED = 2_000_000_007
 
 @dataclass(frozen=True)
 class DemoConfig:
-    model: str | None = field(
-        default=None, metadata={"help": "ONNX model to serve; empty serves the bundled default"}
+    model: str | None = setting(
+        None, help="ONNX model to serve; unset serves the bundled default model"
     )
-    seconds: float = field(default=30.0, metadata={"help": "length of the demo feed"})
-    size: int = field(
-        default=192, metadata={"help": "demo camera frame side in pixels (the server resizes)"}
-    )
-    seed: int = field(default=_FEED_SEED, metadata={"help": "seed of the demo feed"})
-    realtime: bool = field(
-        default=True, metadata={"help": "send at the feed's frame rate, like a live camera"}
-    )
-    out: str = field(default="build/demo", metadata={"help": "folder for the feed and its labels"})
-    quiet: bool = field(default=False, metadata={"help": "print the summary only"})
+    seconds: float = setting(30.0, help="length of the demo feed")
+    size: int = setting(192, help="demo camera frame side in pixels (the server resizes)")
+    seed: int = setting(_FEED_SEED, help="seed of the demo feed")
+    realtime: bool = setting(True, help="send at the feed's frame rate, like a live camera")
+    out: str = setting("build/demo", help="folder for the feed, its labels and the server log")
+    quiet: bool = setting(False, help="print the summary only")
+
+    def __post_init__(self) -> None:
+        if not self.seconds > 0:
+            raise ValueError(f"seconds must be positive, got {self.seconds}")
+        if self.size < 16:
+            raise ValueError(f"size must be at least 16 pixels, got {self.size}")
 
 
 def _model_info(target: str) -> pb.ModelInfo:
@@ -109,11 +112,14 @@ def run_demo(cfg: DemoConfig) -> int:
 
 def _run(cfg: DemoConfig, out: Path, log: IO[str]) -> int:
     try:
-        server = ServeProcess(log, cfg.model)
+        server = ServeProcess(log, args=["--model", cfg.model] if cfg.model else [])
     except ServeProcessError as e:
         print(f"actionstream demo: {e}", file=sys.stderr)
         return 1
-    print(server.ready_line)
+    print(
+        f"actionstream serve (pid {server.pid}) is up on {server.target}, "
+        f"metrics on http://127.0.0.1:{server.metrics_port}/metrics"
+    )
     with server:
         try:
             info = _model_info(server.target)
@@ -134,7 +140,7 @@ def _run(cfg: DemoConfig, out: Path, log: IO[str]) -> int:
             )
             summary = stream_source(stream_cfg, None if cfg.quiet else _printer)
             elapsed = time.perf_counter() - started
-            scraped = _scrape(server.metrics_port)
+            scraped = _scrape(server.metrics_port) if server.metrics_port else {}
         except (StreamError, OSError, grpc.RpcError, grpc.FutureTimeoutError) as e:
             print(f"actionstream demo: {e}", file=sys.stderr)
             return 1

@@ -1,46 +1,79 @@
-"""`actionstream serve` as a child process on free loopback ports.
+"""`actionstream serve` as a child process, for the demo, the benches and the tests.
 
-The demo and the benches talk to a server in a process of its own, as a real
-client would: its CPU time and its GIL are not theirs.
+They talk to a server in a process of its own, as a real client would: its
+CPU time and its GIL are not theirs. The server says it is ready by writing
+its bound ports to `--ready-file` (JSON), so any settings work, metrics off
+included, and a server that dies or hangs while starting is noticed.
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
+import json
+import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
-from types import TracebackType
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO
 
-# The one line `serve` prints on stdout once it listens (service/server.py).
-_READY = re.compile(r"on (?P<host>\S+):(?P<port>\d+), metrics on http://\S+:(?P<mport>\d+)/metrics")
+# Both ports on free loopback ports; later flags in `args` override these.
+LOOPBACK = (
+    *("--host", "127.0.0.1", "--port", "0"),
+    *("--metrics-host", "127.0.0.1", "--metrics-port", "0"),
+)
 
 
 class ServeProcessError(Exception):
-    """The server process did not come up; the message says where its log is."""
+    """The server process did not come up; the message says why and where its log is."""
 
 
-class ServeProcess:
-    """Starts `actionstream serve` on 127.0.0.1 with gRPC and metrics on free ports."""
+class ServeProcess(contextlib.AbstractContextManager["ServeProcess"]):
+    """A running `actionstream serve`; `port` and `metrics_port` (None when off) once ready."""
 
-    def __init__(self, log: IO[str], model: str | None = None, args: Sequence[str] = ()) -> None:
-        cmd = [sys.executable, "-m", "actionstream", "serve", "--host", "127.0.0.1", "--port", "0"]
-        cmd += ["--metrics-host", "127.0.0.1", "--metrics-port", "0", *args]
-        if model:
-            cmd += ["--model", model]
-        # The log goes to a file: a pipe nobody reads would stall the server once full.
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
-        assert self._proc.stdout is not None
-        self.ready_line = self._proc.stdout.readline().rstrip()
-        match = _READY.search(self.ready_line)
-        if match is None:
-            self._proc.kill()
-            self._proc.wait()
-            raise ServeProcessError(f"the server did not start; its log: {log.name}")
-        self.port = int(match["port"])
-        self.metrics_port = int(match["mport"])
+    def __init__(
+        self,
+        log: IO[str],
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        flags: Sequence[str] = LOOPBACK,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        """Starts the server with `flags` then `args`, its output to `log`, and waits until ready.
+
+        `env` is added to this process's environment. Raises ServeProcessError
+        if the server exits or is not ready within `startup_timeout` seconds.
+        """
+        self._dir = tempfile.TemporaryDirectory(prefix="actionstream-serve-")
+        ready = Path(self._dir.name) / "ready.json"
+        cmd = [sys.executable, "-m", "actionstream", "serve", *flags, *args]
+        cmd += ["--ready-file", str(ready)]
+        # Output goes to a file: a pipe nobody reads would stall the server once full.
+        self._proc = subprocess.Popen(
+            cmd, stdout=log, stderr=log, env={**os.environ, **(env or {})}
+        )
+        deadline = time.monotonic() + startup_timeout
+        while not ready.exists():
+            code = self._proc.poll()
+            if code is not None:
+                self._dir.cleanup()
+                raise ServeProcessError(f"the server exited with {code}; its log: {log.name}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise ServeProcessError(
+                    f"the server was not ready within {startup_timeout:g} s; its log: {log.name}"
+                )
+            time.sleep(0.02)
+        bound = json.loads(ready.read_text())
+        self.port: int = bound["port"]
+        self.metrics_port: int | None = bound["metrics_port"]
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
 
     @property
     def target(self) -> str:
@@ -55,14 +88,8 @@ class ServeProcess:
         except subprocess.TimeoutExpired:
             self._proc.kill()
             return self._proc.wait()
+        finally:
+            self._dir.cleanup()
 
-    def __enter__(self) -> ServeProcess:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()

@@ -13,7 +13,7 @@ import csv
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 
 from actionstream.service.sources import SourceError, VideoSource
+from actionstream.settings import setting
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -32,31 +33,22 @@ PredictionCallback = Callable[[pb.Prediction, str | None, float], None]
 class StreamConfig:
     """What `actionstream stream` sends where, and how."""
 
-    source: str = field(
-        metadata={"help": "video file, camera index (e.g. 0) or stream URL to read frames from"}
+    source: str = setting(
+        help="video file, camera index (e.g. 0) or stream URL to read frames from"
     )
-    target: str = field(default="127.0.0.1:50051", metadata={"help": "server address HOST:PORT"})
-    labels: str | None = field(
-        default=None,
-        metadata={"help": "CSV of ground truth per source frame (frame,label) to score against"},
+    target: str = setting("127.0.0.1:50051", help="server address HOST:PORT")
+    labels: str | None = setting(
+        None, help="CSV of ground truth per source frame (frame,label) to score against"
     )
-    realtime: bool = field(
-        default=True,
-        metadata={
-            "help": "send at the source's frame rate like a live camera; "
-            "false sends as fast as the server answers"
-        },
+    realtime: bool = setting(
+        True,
+        help="send at the source's frame rate like a live camera; "
+        "--no-realtime sends as fast as the server answers",
     )
-    max_frames: int = field(
-        default=0, metadata={"help": "stop after this many frames; 0 sends all"}
-    )
-    jpeg_quality: int = field(
-        default=90, metadata={"help": "JPEG quality of the frames sent, 1-100"}
-    )
-    top_k: int = field(default=3, metadata={"help": "labels per prediction to ask the server for"})
-    quiet: bool = field(
-        default=False, metadata={"help": "print the summary only, not every prediction"}
-    )
+    max_frames: int = setting(0, help="stop after this many frames; 0 sends all")
+    jpeg_quality: int = setting(90, help="JPEG quality of the frames sent, 1-100")
+    top_k: int = setting(3, help="labels per prediction to ask the server for")
+    quiet: bool = setting(False, help="print the summary only, not every prediction")
 
     def __post_init__(self) -> None:
         if not 1 <= self.jpeg_quality <= 100:

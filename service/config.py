@@ -1,13 +1,15 @@
 """The server's settings: one frozen dataclass, every field a `serve` flag.
 
 `actionstream serve` turns each field into `--field-name` and reads
-`ACTIONSTREAM_FIELD_NAME` from the environment as its default (see
-actionstream/dataclass_args.py), so the help text here is the user's manual.
+`ACTIONSTREAM_FIELD_NAME` from the environment (actionstream/command.py), so
+the help text here is the user's manual.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from actionstream.settings import setting
 
 # Room for the protobuf framing around a frame's bytes (sequence, timestamp,
 # options, raw width/height), so a frame of exactly max_frame_bytes still fits.
@@ -18,58 +20,64 @@ MESSAGE_OVERHEAD_BYTES = 64 * 1024
 class ServeConfig:
     """How `actionstream serve` runs; every field is also an ACTIONSTREAM_* variable."""
 
-    model: str | None = field(
-        default=None,
-        metadata={"help": "ONNX step model to serve; empty serves the bundled default model"},
+    model: str | None = setting(
+        None,
+        help="ONNX step model to serve; unset (or empty) serves the bundled default model",
+        group="Model",
     )
-    host: str = field(default="0.0.0.0", metadata={"help": "gRPC listen address"})
-    port: int = field(default=50051, metadata={"help": "gRPC port; 0 picks a free one"})
-    metrics_host: str | None = field(
-        default=None,
-        metadata={
-            "help": "listen address of the Prometheus /metrics endpoint; empty: same as host"
-        },
+    threads: int = setting(
+        0, help="onnxruntime intra-op threads; 0 lets onnxruntime choose", group="Model"
+    )
+    default_top_k: int = setting(
+        3, help="labels per prediction when a stream does not ask", group="Model"
+    )
+    host: str = setting("0.0.0.0", help="gRPC listen address", group="Network")
+    port: int = setting(50051, help="gRPC port; 0 picks a free one", group="Network")
+    metrics_host: str | None = setting(
+        None,
+        help="listen address of the Prometheus /metrics endpoint; unset: same as --host",
+        group="Network",
     )
     # Not Prometheus's own 9090: the two often share a host (or a pod's network).
-    metrics_port: int = field(
-        default=9464,
-        metadata={
-            "help": "port of the Prometheus /metrics endpoint; 0 picks a free one, -1 disables it"
-        },
+    metrics_port: int = setting(
+        9464,
+        help="port of the Prometheus /metrics endpoint; 0 picks a free one, -1 turns it off",
+        group="Network",
     )
-    max_streams: int = field(
-        default=64,
-        metadata={
-            "help": "concurrent streams (StreamFrames + WatchSource); more get RESOURCE_EXHAUSTED"
-        },
+    max_streams: int = setting(
+        64,
+        help="concurrent streams (StreamFrames + WatchSource); more get RESOURCE_EXHAUSTED",
+        group="Limits",
     )
-    max_frame_bytes: int = field(
-        default=8 * 1024 * 1024,
-        metadata={"help": "largest frame payload (encoded image or raw pixels) in bytes"},
+    max_frame_bytes: int = setting(
+        8 * 1024 * 1024,
+        help="largest frame payload (encoded image or raw pixels) in bytes; "
+        "larger frames get RESOURCE_EXHAUSTED",
+        group="Limits",
     )
-    max_frame_pixels: int = field(
-        default=3840 * 2160,
-        metadata={"help": "largest frame in pixels (width*height), checked before decoding"},
+    max_frame_pixels: int = setting(
+        3840 * 2160,
+        help="largest frame in pixels (width*height), checked before decoding; "
+        "larger frames get INVALID_ARGUMENT",
+        group="Limits",
     )
-    default_top_k: int = field(
-        default=3, metadata={"help": "labels per prediction when a stream does not ask"}
+    grace_seconds: float = setting(
+        5.0,
+        help="on SIGTERM/SIGINT, how long open streams may finish before they are cut",
+        group="Operation",
     )
-    threads: int = field(
-        default=0, metadata={"help": "onnxruntime intra-op threads; 0 lets onnxruntime choose"}
+    log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR", group="Operation")
+    allow_sources: bool = setting(
+        False,
+        help="enable WatchSource, which lets any client make the server open files, "
+        "cameras and URLs; only on trusted networks",
+        group="Operation",
     )
-    grace_seconds: float = field(
-        default=5.0,
-        metadata={
-            "help": "on SIGTERM/SIGINT, how long open streams may finish before they are cut"
-        },
-    )
-    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
-    allow_sources: bool = field(
-        default=False,
-        metadata={
-            "help": "enable WatchSource, which lets any client make the server open files, "
-            "cameras and URLs; only on trusted networks"
-        },
+    ready_file: str | None = setting(
+        None,
+        help="once serving, write the bound ports here as JSON "
+        '({"port": ..., "metrics_port": ... or null, "pid": ...}), for scripts and tests',
+        group="Operation",
     )
 
     def __post_init__(self) -> None:

@@ -26,7 +26,9 @@ import numpy as np
 from actionstream.v1 import actionstream_pb2 as pb
 
 # Why a frame was refused; also the `reason` label of the rejected-frames metric.
-RejectReason = Literal["missing", "empty", "oversized", "not_an_image", "corrupt", "bad_raw"]
+RejectReason = Literal[
+    "missing", "empty", "too_many_bytes", "too_many_pixels", "not_an_image", "corrupt", "bad_raw"
+]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8"
@@ -75,7 +77,7 @@ class FrameDecoder:
             raise FrameError(
                 f"image is {len(data)} bytes; the server accepts at most {self.max_bytes} "
                 "(max_frame_bytes)",
-                "oversized",
+                "too_many_bytes",
             )
         if data.startswith(_PNG_SIGNATURE):
             kind, (width, height) = "PNG", _png_size(data)
@@ -130,7 +132,7 @@ class FrameDecoder:
             raise FrameError(
                 f"{kind} image is {width}x{height} = {width * height} pixels; the server "
                 f"accepts at most {self.max_pixels} (max_frame_pixels)",
-                "oversized",
+                "too_many_pixels",
             )
 
     def _jpeg_reduction(self, width: int, height: int) -> int:

@@ -1,19 +1,19 @@
 """The gRPC server around the servicer: health, reflection, metrics, shutdown.
 
 `run` is the `actionstream serve` process. `Server` is the same thing as an
-object on a running event loop, and `BackgroundServer` runs one on its own
-thread for synchronous callers (tests, the demo), each on any port including
-0, with the ports actually bound readable afterwards.
+object on a running event loop, on any port including 0, with the ports
+actually bound readable afterwards (and written to `--ready-file`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
-import threading
-from types import TracebackType
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -139,65 +139,12 @@ class Server:
             await asyncio.to_thread(self._metrics_server.close)
 
 
-class BackgroundServer:
-    """A Server on an event loop of its own thread, for synchronous code.
-
-    Use as a context manager, or call `stop()`.
-    """
-
-    def __init__(
-        self,
-        cfg: ServeConfig,
-        registry: CollectorRegistry | None = None,
-        model: OnnxStepModel | None = None,
-    ) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="actionstream-server", daemon=True
-        )
-        self._thread.start()
-        try:
-            self.server = asyncio.run_coroutine_threadsafe(
-                Server.start(cfg, registry, model), self._loop
-            ).result()
-        except BaseException:
-            self._close_loop()
-            raise
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    @property
-    def metrics_port(self) -> int | None:
-        return self.server.metrics_port
-
-    @property
-    def model(self) -> OnnxStepModel:
-        return self.server.model
-
-    def stop(self, grace: float | None = 0.0) -> None:
-        """Stops the server (immediately by default) and its thread; again is a no-op."""
-        if self._loop.is_closed():
-            return
-        asyncio.run_coroutine_threadsafe(self.server.stop(grace), self._loop).result()
-        self._close_loop()
-
-    def _close_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-
-    def __enter__(self) -> BackgroundServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+def write_ready_file(path: Path, port: int, metrics_port: int | None) -> None:
+    """The bound ports as JSON, written whole or not at all (a reader never sees half)."""
+    ready = {"port": port, "metrics_port": metrics_port, "pid": os.getpid()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(ready) + "\n")
+    tmp.replace(path)
 
 
 def run(cfg: ServeConfig) -> int:
@@ -228,7 +175,13 @@ async def _serve(cfg: ServeConfig) -> int:
         if server.metrics_port is None
         else f"metrics on http://{_address(cfg.metrics_address, server.metrics_port)}/metrics"
     )
-    # The one line on stdout: parent processes (tests, scripts) read the bound ports from it.
+    ready_file = Path(cfg.ready_file) if cfg.ready_file else None
+    if ready_file is not None:
+        try:
+            write_ready_file(ready_file, server.port, server.metrics_port)
+        except OSError as e:
+            await server.stop(0)
+            raise ServeError(f"cannot write the ready file {ready_file}: {e.strerror}") from None
     print(
         f"actionstream serving {server.model.metadata.version} on "
         f"{_address(cfg.host, server.port)}, {metrics}",
@@ -239,5 +192,7 @@ async def _serve(cfg: ServeConfig) -> int:
     await stop.wait()
     logger.info("shutting down: open streams get %gs to finish", cfg.grace_seconds)
     await server.stop()
+    if ready_file is not None:
+        ready_file.unlink(missing_ok=True)  # a stale file would announce a server that is gone
     logger.info("stopped")
     return 0

@@ -17,13 +17,14 @@ import asyncio
 import contextlib
 import logging
 import time
+import typing
 from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
 
 from actionstream.service.config import ServeConfig
-from actionstream.service.frames import FrameDecoder, FrameError
+from actionstream.service.frames import FrameDecoder, FrameError, RejectReason
 from actionstream.service.inference import InferenceWorker
 from actionstream.service.metrics import Metrics
 from actionstream.service.sources import AsyncVideoSource, SourceError, SourceNotFound
@@ -32,6 +33,14 @@ from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
+
+
+# A frame over --max-frame-bytes gets the code gRPC itself gives a message over
+# its size limit, so a client sees one answer for "too big" wherever the line
+# is drawn; every other bad frame is the client's mistake to fix.
+_REFUSAL_CODES: dict[RejectReason, grpc.StatusCode] = {
+    reason: grpc.StatusCode.INVALID_ARGUMENT for reason in typing.get_args(RejectReason)
+} | {"too_many_bytes": grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 class _Refused(Exception):
@@ -74,9 +83,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 except FrameError as e:
                     self._metrics.frames_rejected.labels(e.reason).inc()
                     logger.info("stream %s: rejected frame %d: %s", stream.name, sequence, e)
-                    raise _Refused(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"frame {sequence}: {e}"
-                    ) from e
+                    raise _Refused(_REFUSAL_CODES[e.reason], f"frame {sequence}: {e}") from e
                 timestamp_us = request.frame.timestamp_us
                 yield await self._predict(stream, image, sequence, timestamp_us, received)
             if stream is not None:
@@ -92,7 +99,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 raise _Refused(
                     grpc.StatusCode.PERMISSION_DENIED,
                     "WatchSource is disabled on this server, because it lets clients make the "
-                    "server open files, cameras and URLs; start it with --allow-sources true "
+                    "server open files, cameras and URLs; start it with --allow-sources "
                     "(or ACTIONSTREAM_ALLOW_SOURCES=true) on a trusted network to enable it",
                 )
             async with self._admit():

@@ -14,13 +14,13 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
+from background import BackgroundServer
 from helpers import LiveStream
 from prometheus_client import CollectorRegistry
 
 from actionstream.contract import INPUT_FRAMES, OUTPUT_LOGITS, read_props
 from actionstream.service.config import ServeConfig
 from actionstream.service.model import OnnxStepModel, bundled_model_path
-from actionstream.service.server import BackgroundServer
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 

@@ -25,11 +25,25 @@ def _run(
     )
 
 
+COMMANDS = ("synth", "train", "evaluate", "export", "serve", "stream", "health", "demo")
+
+
 def test_every_subcommand_has_help() -> None:
-    for command in ("synth", "train", "evaluate", "export", "serve", "stream", "demo"):
+    listing = _run("--help").stdout
+    for command in COMMANDS:
+        assert command in listing
         result = _run(command, "--help")
         assert result.returncode == 0, result.stderr
-        assert "usage: actionstream" in result.stdout
+        assert result.stdout.startswith(f"Usage: actionstream {command} ")
+
+
+def test_help_groups_the_settings() -> None:
+    out = _run("serve", "--help").stdout
+    sections = [line.rstrip(":") for line in out.splitlines() if line and line[0] != " "]
+    assert sections[-5:] == ["Model", "Network", "Limits", "Operation", "Other"]
+    assert "--allow-sources / --no-allow-sources" in out
+    train = _run("train", "--help").stdout
+    assert all(f"\n{s}:\n" in train for s in ("Run", "Data", "Model", "Optimisation"))
 
 
 def test_serve_flags_name_their_environment_variables() -> None:
@@ -38,15 +52,44 @@ def test_serve_flags_name_their_environment_variables() -> None:
         assert name in out
 
 
-def test_bad_setting_is_a_message_not_a_traceback() -> None:
-    result = _run("serve", "--port", "70000")
-    assert result.returncode != 0
-    assert "port must be" in result.stderr and "Traceback" not in result.stderr
-    result = _run("serve", env={"ACTIONSTREAM_PORT": "http"})
-    assert result.returncode != 0 and "ACTIONSTREAM_PORT" in result.stderr
+def test_bad_setting_is_one_line_not_a_traceback() -> None:
+    for argv, env, message in (
+        (["serve", "--port", "70000"], {}, "actionstream serve: port must be 0..65535"),
+        (["serve"], {"ACTIONSTREAM_PORT": "http"}, "'ACTIONSTREAM_PORT'): 'http' is not a valid"),
+        (["serve"], {"ACTIONSTREAM_ALLOW_SOURCES": "maybe"}, "'maybe' is not a valid boolean"),
+        (["serve", "--bogus"], {}, "No such option '--bogus'"),
+        (["train", "--channels", "16,x"], {}, "not a comma-separated list of whole numbers"),
+        (["stream"], {}, "actionstream stream: Missing option '--source'"),
+        (["fly"], {}, "No such command 'fly'"),
+    ):
+        result = _run(*argv, env=env)
+        assert result.returncode == 2, (argv, result.stderr)
+        assert message in result.stderr, (argv, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, False),
+        (["--allow-sources"], {}, True),
+        ([], {"ACTIONSTREAM_ALLOW_SOURCES": "true"}, True),
+        (["--no-allow-sources"], {"ACTIONSTREAM_ALLOW_SOURCES": "1"}, False),
+    ],
+)
+def test_boolean_flags_and_their_environment_variables(
+    argv: list[str], env: dict[str, str], expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from actionstream.cli import build_cli
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    ctx = build_cli().commands["serve"].make_context("serve", argv)
+    assert ctx.params["allow_sources"] is expected
 
 
 def test_training_commands_refuse_garbage_with_a_message(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     for argv, message in (
@@ -58,6 +101,7 @@ def test_training_commands_refuse_garbage_with_a_message(tmp_path: Path) -> None
         (["train", "--bptt", "0", "--out", str(tmp_path / "run")], "bptt must be at least 1"),
         (["train", "--size", "60", "--out", str(tmp_path / "run")], "must be a multiple of 16"),
         (["synth", "--out", str(tmp_path / "f.avi"), "--seconds", "-1"], "must be positive"),
+        (["evaluate", str(tmp_path / "missing"), "--streams", "0"], "streams must be at least 1"),
     ):
         result = _run(*argv)
         assert result.returncode != 0, argv
@@ -86,7 +130,7 @@ def test_synth_writes_a_labelled_video(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    argv = ["demo", "--seconds", "10", "--realtime", "false", "--out", str(tmp_path)]
+    argv = ["demo", "--seconds", "10", "--no-realtime", "--out", str(tmp_path)]
     result = _run(*argv, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

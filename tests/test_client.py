@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from background import BackgroundServer
 
 from actionstream.service.client import (
     StreamConfig,
@@ -19,7 +20,6 @@ from actionstream.service.client import (
     run_stream,
     stream_source,
 )
-from actionstream.service.server import BackgroundServer
 from actionstream.training.synth import render_stream, write_video
 
 

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")
 
 from actionstream.contract import INPUT_FRAMES, ModelConfig, read_props
 from actionstream.training.checkpoint import Checkpoint
-from actionstream.training.export import ExportConfig, export_onnx, parity_error
+from actionstream.training.config import ExportConfig
+from actionstream.training.export import export_onnx, parity_error
 from actionstream.training.model import ActionRecognizer
 from actionstream.training.synth import LABELS
 

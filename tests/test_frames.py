@@ -84,7 +84,7 @@ def _bomb_png(width: int, height: int) -> bytes:
         ),
         (pb.Frame(encoded=b"\xff\xd8\xff\xe0\x00\x10JFIF"), "corrupt", "corrupt JPEG image"),
         (pb.Frame(encoded=b"\x89PNG\r\n\x1a\n\x00"), "corrupt", "corrupt PNG image"),
-        (pb.Frame(encoded=bytes(1_000_001)), "oversized", "at most 1000000 .max_frame_bytes."),
+        (pb.Frame(encoded=bytes(1_000_001)), "too_many_bytes", "at most 1000000 .max_frame_bytes."),
         (
             pb.Frame(
                 raw=pb.RawImage(data=bytes(100), width=64, height=64, format=pb.PIXEL_FORMAT_BGR)
@@ -99,7 +99,7 @@ def _bomb_png(width: int, height: int) -> bytes:
         ),
         (
             pb.Frame(raw=pb.RawImage(width=4000, height=3000, format=pb.PIXEL_FORMAT_RGB)),
-            "oversized",
+            "too_many_pixels",
             "raw image is 4000x3000 = 12000000 pixels",
         ),
     ],
@@ -122,7 +122,7 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     assert len(bomb) < DECODER.max_bytes
     with pytest.raises(FrameError, match="PNG image is 15000x15000 = 225000000 pixels") as err:
         DECODER.decode_image(bomb)
-    assert err.value.reason == "oversized"
+    assert err.value.reason == "too_many_pixels"
     # The same construction within the limit is a real image that decodes.
     assert DECODER.decode_image(_bomb_png(640, 480)).shape == (64, 64, 3)
 

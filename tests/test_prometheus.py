@@ -19,9 +19,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from background import BackgroundServer
 from helpers import frame_request, jpeg, render
 
-from actionstream.service.server import BackgroundServer
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 

@@ -1,11 +1,9 @@
-"""`actionstream serve` as a real process: ports on stdout, grpcurl works, SIGTERM exits 0."""
+"""`actionstream serve` as a real process: ports in its ready file, grpcurl, SIGTERM exits 0."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import selectors
 import signal
 import subprocess
 import sys
@@ -13,50 +11,23 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from actionstream.serve_process import ServeProcess, ServeProcessError
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-STARTUP = re.compile(
-    r"^actionstream serving (?P<version>\S+) on 127\.0\.0\.1:(?P<port>\d+), "
-    r"(?:metrics on http://127\.0\.0\.1:(?P<metrics>\d+)/metrics|metrics off)$"
-)
-
-
-def _start(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[str], re.Match[str]]:
-    proc = subprocess.Popen(
-        [str(BIN / "actionstream"), "serve", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **env},
-    )
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout=30):
-            proc.kill()
-            pytest.fail("no startup line within 30 s")
-    line = proc.stdout.readline().strip()
-    match = STARTUP.match(line)
-    if match is None:
-        proc.kill()
-        pytest.fail(f"unexpected startup line {line!r}; stderr: {proc.communicate()[1]}")
-    return proc, match
 
 
 @pytest.fixture
-def stop_after() -> Iterator[list[subprocess.Popen[str]]]:
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def log(tmp_path: Path) -> Iterator[IO[str]]:
+    with (tmp_path / "server.log").open("w+") as f:
+        yield f
 
 
 def _grpcurl(*args: str) -> str:
@@ -67,50 +38,97 @@ def _grpcurl(*args: str) -> str:
     return done.stdout
 
 
-def _terminate(proc: subprocess.Popen[str], sig: signal.Signals) -> int:
+def _health(target: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
+    return int(reply.status)
+
+
+def _terminate(server: ServeProcess, sig: signal.Signals) -> int:
     start = time.monotonic()
-    proc.send_signal(sig)
-    code = proc.wait(timeout=10)
+    os.kill(server.pid, sig)
+    code = server.stop(timeout=10)
     assert time.monotonic() - start < 5
     return code
 
 
-def test_serve_process_with_grpcurl(stop_after: list[subprocess.Popen[str]]) -> None:
-    proc, started = _start(["--host", "127.0.0.1", "--port", "0", "--metrics-port", "0"], {})
-    stop_after.append(proc)
-    address = f"127.0.0.1:{started['port']}"
+def test_serve_process_with_grpcurl(log: IO[str]) -> None:
+    with ServeProcess(log) as server:
+        services = _grpcurl(server.target, "list").split()
+        assert "actionstream.v1.ActionRecognition" in services
+        assert "grpc.health.v1.Health" in services
+        health = json.loads(_grpcurl(server.target, "grpc.health.v1.Health/Check"))
+        assert health == {"status": "SERVING"}
+        info = json.loads(_grpcurl(server.target, "actionstream.v1.ActionRecognition/GetModelInfo"))
+        assert info["version"] == "synthetic-64px-seed0"
 
-    services = _grpcurl(address, "list").split()
-    assert "actionstream.v1.ActionRecognition" in services
-    assert "grpc.health.v1.Health" in services
-    assert json.loads(_grpcurl(address, "grpc.health.v1.Health/Check")) == {"status": "SERVING"}
-    info = json.loads(_grpcurl(address, "actionstream.v1.ActionRecognition/GetModelInfo"))
-    assert info["version"] == started["version"]
-
-    url = f"http://127.0.0.1:{started['metrics']}/metrics"
-    assert (
-        "actionstream_active_streams 0.0" in urllib.request.urlopen(url, timeout=5).read().decode()
-    )
-
-    assert _terminate(proc, signal.SIGTERM) == 0
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert "actionstream_active_streams 0.0" in text
+        assert _terminate(server, signal.SIGTERM) == 0
 
 
-def test_serve_reads_its_settings_from_the_environment(
-    stop_after: list[subprocess.Popen[str]],
-) -> None:
+def test_a_server_with_metrics_off_starts_and_says_so(log: IO[str], tmp_path: Path) -> None:
+    # The stdout handshake this replaced could not start such a server at all.
+    with ServeProcess(log, args=["--metrics-port", "-1"]) as server:
+        assert server.metrics_port is None
+        assert _health(server.target) == health_pb2.HealthCheckResponse.SERVING
+        assert _terminate(server, signal.SIGTERM) == 0
+
+
+def test_serve_reads_its_settings_from_the_environment(log: IO[str]) -> None:
     env = {
         "ACTIONSTREAM_HOST": "127.0.0.1",
         "ACTIONSTREAM_PORT": "0",
         "ACTIONSTREAM_METRICS_PORT": "-1",
     }
-    proc, started = _start([], env)
-    stop_after.append(proc)
-    assert started["metrics"] is None  # "metrics off"
-    assert int(started["port"]) != 50051
-    with grpc.insecure_channel(f"127.0.0.1:{started['port']}") as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-    assert reply.status == health_pb2.HealthCheckResponse.SERVING
-    assert _terminate(proc, signal.SIGINT) == 0
+    with ServeProcess(log, env=env, flags=()) as server:
+        assert server.metrics_port is None
+        assert server.port != 50051
+        assert _health(server.target) == health_pb2.HealthCheckResponse.SERVING
+        done = subprocess.run(
+            [str(BIN / "actionstream"), "health"],
+            env={**os.environ, "ACTIONSTREAM_PORT": str(server.port)},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0 and "SERVING" in done.stdout, done.stderr
+        assert _terminate(server, signal.SIGINT) == 0
+    # The ready file goes with the server; `health` then says it is unreachable.
+    done = subprocess.run(
+        [str(BIN / "actionstream"), "health", "--port", str(server.port), "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1 and "UNAVAILABLE" in done.stdout
+
+
+def test_a_server_that_cannot_start_is_reported_not_waited_for(log: IO[str]) -> None:
+    start = time.monotonic()
+    with pytest.raises(ServeProcessError, match="exited with 1"):
+        ServeProcess(log, args=["--model", "/nonexistent/model.onnx"])
+    assert time.monotonic() - start < 30
+    log.seek(0)
+    assert "no such model file" in log.read()
+
+
+def test_an_unwritable_ready_file_is_a_clear_error() -> None:
+    done = subprocess.run(
+        [
+            *(str(BIN / "actionstream"), "serve", "--host", "127.0.0.1", "--port", "0"),
+            *("--metrics-port", "-1", "--ready-file", "/nonexistent/dir/ready.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "cannot write the ready file /nonexistent/dir/ready.json" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_serve_refuses_a_bad_model_without_a_traceback(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ def test_loss_skips_the_first_frames_of_every_action() -> None:
 
 @pytest.mark.slow
 def test_training_learns_motion_and_exports(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
     from actionstream.training.checkpoint import Checkpoint
     from actionstream.training.export import export_onnx
     from actionstream.training.train import main

@@ -1,46 +1,70 @@
-"""The training stage's one config. Plain dataclass, no torch import, so the CLI
-can build its flags without loading torch."""
+"""One config per training-side stage: synth, train, evaluate, export.
+
+Plain dataclasses, no torch, so the command line can build its flags (and
+answer `--help` or a bad value) without loading torch. Each validates itself
+in `__post_init__`; the resolved config is saved beside what its stage writes.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from actionstream.settings import setting
+
+# A run folder, as `train` writes it and `evaluate` / `export` read it.
+DEFAULT_RUN = "runs/default"
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
+@dataclass(frozen=True)
+class SynthVideoConfig:
+    """`actionstream synth`: a labelled synthetic video to stream or test with."""
+
+    out: str = setting(help="output video path (.avi, MJPG); labels go beside it as .csv")
+    seconds: float = setting(30.0, help="length of the video")
+    fps: float = setting(10.0, help="frame rate")
+    size: int = setting(64, help="frame side in pixels")
+    seed: int = setting(0, help="seed of the scene and its actions")
+
+    def __post_init__(self) -> None:
+        _require_positive(self, "seconds", "fps")
+        if self.size < 16:
+            raise ValueError(f"size must be at least 16 pixels, got {self.size}")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    out: str = field(
-        default="runs/default", metadata=_help("run folder for checkpoint and configs")
-    )
-    seed: int = field(default=0, metadata=_help("seeds data, init and batch order"))
+    """`actionstream train`: truncated BPTT over untrimmed synthetic streams."""
+
+    out: str = setting(DEFAULT_RUN, help="run folder for checkpoint and configs", group="Run")
+    seed: int = setting(0, help="seeds data, init and batch order", group="Run")
+    threads: int = setting(0, help="torch CPU threads (0: all cores)", group="Run")
     # Data: untrimmed synthetic streams, each cut into BPTT chunks.
-    train_streams: int = field(default=1024, metadata=_help("synthetic training streams"))
-    stream_frames: int = field(default=160, metadata=_help("frames per training stream"))
-    bptt: int = field(
-        default=40, metadata=_help("frames per truncated-BPTT chunk; state carries across chunks")
+    train_streams: int = setting(1024, help="synthetic training streams", group="Data")
+    stream_frames: int = setting(160, help="frames per training stream", group="Data")
+    bptt: int = setting(
+        40, help="frames per truncated-BPTT chunk; state carries across chunks", group="Data"
     )
-    val_streams: int = field(default=32, metadata=_help("held-out streams scored after each epoch"))
-    val_frames: int = field(default=300, metadata=_help("frames per held-out stream"))
-    size: int = field(default=64, metadata=_help("frame side, pixels (model input is size x size)"))
-    fps: float = field(default=10.0, metadata=_help("frame rate the model is trained at"))
-    boundary_ignore: int = field(
-        default=2,
-        metadata=_help("frames after an action change left out of the loss (nobody can know yet)"),
+    val_streams: int = setting(32, help="held-out streams scored after each epoch", group="Data")
+    val_frames: int = setting(300, help="frames per held-out stream", group="Data")
+    size: int = setting(64, help="frame side, pixels (model input is size x size)", group="Data")
+    fps: float = setting(10.0, help="frame rate the model is trained at", group="Data")
+    boundary_ignore: int = setting(
+        2,
+        help="frames after an action change left out of the loss (nobody can know yet)",
+        group="Data",
     )
-    # Model.
-    channels: tuple[int, ...] = field(default=(16, 32, 64, 64), metadata=_help("CNN widths"))
-    embed: int = field(default=128, metadata=_help("per-frame feature size"))
-    hidden: int = field(default=128, metadata=_help("GRU state size"))
-    # Optimisation.
-    epochs: int = field(default=12, metadata=_help("passes over the training streams"))
-    batch_size: int = field(default=32, metadata=_help("streams per batch"))
-    lr: float = field(default=3e-3, metadata=_help("peak AdamW learning rate (one-cycle)"))
-    weight_decay: float = field(default=1e-4, metadata=_help("AdamW weight decay"))
-    grad_clip: float = field(default=1.0, metadata=_help("max gradient norm (BPTT can explode)"))
-    threads: int = field(default=0, metadata=_help("torch CPU threads (0: all cores)"))
+    channels: tuple[int, ...] = setting(
+        (16, 32, 64, 64), help="CNN widths, one stride-2 block each", group="Model"
+    )
+    embed: int = setting(128, help="per-frame feature size", group="Model")
+    hidden: int = setting(128, help="GRU state size", group="Model")
+    epochs: int = setting(12, help="passes over the training streams", group="Optimisation")
+    batch_size: int = setting(32, help="streams per batch", group="Optimisation")
+    lr: float = setting(3e-3, help="peak AdamW learning rate (one-cycle)", group="Optimisation")
+    weight_decay: float = setting(1e-4, help="AdamW weight decay", group="Optimisation")
+    grad_clip: float = setting(
+        1.0, help="max gradient norm (BPTT can explode)", group="Optimisation"
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -61,9 +85,7 @@ class TrainConfig:
                 f"batch_size ({self.batch_size}) must not exceed "
                 f"train_streams ({self.train_streams})"
             )
-        for name in ("fps", "lr", "grad_clip"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        _require_positive(self, "fps", "lr", "grad_clip")
         if self.boundary_ignore < 0 or self.weight_decay < 0 or self.threads < 0:
             raise ValueError("boundary_ignore, weight_decay and threads must not be negative")
         if not self.channels or min(self.channels) < 1:
@@ -73,3 +95,42 @@ class TrainConfig:
             raise ValueError(
                 f"size ({self.size}) must be a multiple of {stride} (2 ** number of channels)"
             )
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """`actionstream evaluate`: a checkpoint scored on held-out synthetic streams."""
+
+    run: str = setting(DEFAULT_RUN, help="run folder or checkpoint.pt", positional=True)
+    streams: int = setting(32, help="held-out streams, each scored frame by frame")
+    seconds: float = setting(60.0, help="length of each held-out stream")
+    seed: int = setting(10_000, help="seed of the held-out streams and clips")
+
+    def __post_init__(self) -> None:
+        if self.streams < 1:
+            raise ValueError(f"streams must be at least 1, got {self.streams}")
+        _require_positive(self, "seconds")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`actionstream export`: a checkpoint as the ONNX step model, parity-checked."""
+
+    run: str = setting(DEFAULT_RUN, help="run folder or checkpoint.pt", positional=True)
+    out: str = setting("model.onnx", help="output .onnx path; its .json card goes beside it")
+    opset: int = setting(18, help="ONNX opset")
+    parity_frames: int = setting(24, help="frames stepped through ONNX for the parity check")
+    parity_batch: int = setting(2, help="streams in the parity check")
+    tolerance: float = setting(
+        1e-4, help="largest |logit difference| allowed, ONNX steps vs PyTorch sequence"
+    )
+
+    def __post_init__(self) -> None:
+        if self.parity_frames < 2 or self.parity_batch < 1:
+            raise ValueError("parity_frames must be at least 2 and parity_batch at least 1")
+
+
+def _require_positive(cfg: object, *names: str) -> None:
+    for name in names:
+        if not getattr(cfg, name) > 0:
+            raise ValueError(f"{name} must be positive, got {getattr(cfg, name)}")

@@ -34,6 +34,17 @@ def render_streams(
     return Streams(frames, labels)
 
 
+def frames_since_change(labels: np.ndarray) -> np.ndarray:
+    """(N, T) -> (N, T): how many frames each frame lies after the start of its action.
+
+    The first frame of every stream counts as a start (0).
+    """
+    since = np.zeros_like(labels)
+    for t in range(1, labels.shape[1]):
+        since[:, t] = np.where(labels[:, t] != labels[:, t - 1], 0, since[:, t - 1] + 1)
+    return since
+
+
 def loss_targets(labels: np.ndarray, boundary_ignore: int) -> np.ndarray:
     """Labels with the first frames of every action (and of the stream) set to IGNORE.
 
@@ -41,10 +52,5 @@ def loss_targets(labels: np.ndarray, boundary_ignore: int) -> np.ndarray:
     follows; asking for it there only teaches the network to guess.
     """
     targets = labels.copy()
-    changed = np.ones_like(labels, dtype=bool)
-    changed[:, 1:] = labels[:, 1:] != labels[:, :-1]
-    since = np.zeros_like(labels)
-    for t in range(1, labels.shape[1]):
-        since[:, t] = np.where(changed[:, t], 0, since[:, t - 1] + 1)
-    targets[since < boundary_ignore] = IGNORE
+    targets[frames_since_change(labels) < boundary_ignore] = IGNORE
     return targets

@@ -1,18 +1,29 @@
 """Scoring a recogniser the way the service runs it: one unbroken stream, state
-never reset, a prediction for every frame."""
+never reset, a prediction for every frame; and isolated clips from a zero state.
+
+`score` is the project's one evaluation recipe: training scores its validation
+streams with it after every epoch, `actionstream evaluate` scores a checkpoint.
+"""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from actionstream.training.data import Streams, render_streams
+from actionstream.training.config import EvaluateConfig
+from actionstream.training.data import Streams, frames_since_change, render_streams
 from actionstream.training.model import ActionRecognizer
 from actionstream.training.synth import LABELS, SynthConfig, render_clip
+
+# A frame is "settled" once its action has run this long: before that, the
+# network has not yet seen enough of the new motion (and neither could anyone).
+SETTLE_SECONDS = 1.0
+# Isolated clips: this many per class, this long, judged on their last frame.
+CLIPS_PER_CLASS = 20
+CLIP_SECONDS = 2.0
 
 
 @torch.no_grad()
@@ -32,11 +43,7 @@ def predict_streams(net: ActionRecognizer, streams: Streams, chunk: int = 100) -
 def stream_metrics(preds: np.ndarray, labels: np.ndarray, settle: int) -> dict[str, Any]:
     """Per-frame accuracy overall, after `settle` frames into each action, and per class."""
     correct = preds == labels
-    since = np.zeros_like(labels)
-    for t in range(1, labels.shape[1]):
-        since[:, t] = np.where(labels[:, t] != labels[:, t - 1], 0, since[:, t - 1] + 1)
-    since[:, 0] = 0
-    settled = since >= settle
+    settled = frames_since_change(labels) >= settle
     per_class = {
         name: float(correct[labels == k].mean())
         for k, name in enumerate(LABELS)
@@ -68,14 +75,26 @@ def clip_accuracy(
     return correct / (per_class * len(LABELS))
 
 
-def main(run: Path, streams: int, seconds: float, seed: int) -> int:
+def score(net: ActionRecognizer, streams: Streams, clip_seed: int, synth: SynthConfig) -> dict:
+    """Per-frame metrics on `streams` plus clip accuracy on freshly rendered clips."""
+    metrics = stream_metrics(
+        predict_streams(net, streams), streams.labels, settle=int(SETTLE_SECONDS * synth.fps)
+    )
+    clip_frames = int(CLIP_SECONDS * synth.fps)
+    metrics["clip_accuracy"] = clip_accuracy(net, CLIPS_PER_CLASS, clip_frames, clip_seed, synth)
+    return metrics
+
+
+def main(cfg: EvaluateConfig) -> dict[str, Any]:
+    """`actionstream evaluate`: prints the metrics as JSON and returns them."""
+    from pathlib import Path
+
     from actionstream.training.checkpoint import Checkpoint
 
-    ckpt = Checkpoint.load(run)
+    ckpt = Checkpoint.load(Path(cfg.run))
     net = ckpt.build_model()
-    cfg = SynthConfig(size=ckpt.model_config.height, fps=ckpt.fps)
-    data = render_streams(streams, int(seconds * ckpt.fps), seed, cfg, held_out=True)
-    metrics = stream_metrics(predict_streams(net, data), data.labels, settle=int(ckpt.fps))
-    metrics["clip_accuracy"] = clip_accuracy(net, 20, int(2 * ckpt.fps), seed, cfg)
+    synth = SynthConfig(size=ckpt.model_config.height, fps=ckpt.fps)
+    data = render_streams(cfg.streams, int(cfg.seconds * ckpt.fps), cfg.seed, synth, held_out=True)
+    metrics = score(net, data, cfg.seed, synth)
     print(json.dumps(metrics, indent=2))
-    return 0
+    return metrics

@@ -12,7 +12,7 @@ import json
 import logging
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +30,13 @@ from actionstream.contract import (
     write_props,
 )
 from actionstream.training.checkpoint import Checkpoint
+from actionstream.training.config import ExportConfig
 from actionstream.training.model import ActionRecognizer, StepModule
+
+DEFAULT_EXPORT = ExportConfig()
 
 # The recogniser's state, in the order StepModule takes and returns it.
 STATE_NAMES = ("h", "prev_frame")
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    opset: int = 18
-    parity_frames: int = 24  # frames stepped through ONNX for the parity check
-    parity_batch: int = 2
-    tolerance: float = 1e-4  # max abs logit difference, ONNX steps vs torch sequence
 
 
 def model_spec(ckpt: Checkpoint, state_shapes: dict[str, tuple[int, ...]]) -> ModelSpec:
@@ -58,7 +53,7 @@ def model_spec(ckpt: Checkpoint, state_shapes: dict[str, tuple[int, ...]]) -> Mo
     )
 
 
-def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = ExportConfig()) -> Path:
+def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = DEFAULT_EXPORT) -> Path:
     """Writes the step model with its metadata to `out`, once it has passed the parity check.
 
     Raises RuntimeError (and leaves `out` untouched) if ONNX and PyTorch disagree.
@@ -117,7 +112,7 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def parity_error(
-    net: ActionRecognizer, onnx_path: Path, cfg: ExportConfig = ExportConfig()
+    net: ActionRecognizer, onnx_path: Path, cfg: ExportConfig = DEFAULT_EXPORT
 ) -> float:
     """Max abs logit difference: ONNX stepped frame by frame vs torch over the whole sequence."""
     gen = torch.Generator().manual_seed(0)

@@ -25,8 +25,8 @@ from tqdm import tqdm
 from actionstream.contract import ModelConfig
 from actionstream.training.checkpoint import Checkpoint
 from actionstream.training.config import TrainConfig
-from actionstream.training.data import Streams, loss_targets, render_streams
-from actionstream.training.evaluate import clip_accuracy, predict_streams, stream_metrics
+from actionstream.training.data import IGNORE, Streams, loss_targets, render_streams
+from actionstream.training.evaluate import score
 from actionstream.training.model import ActionRecognizer
 from actionstream.training.synth import BACKGROUND_LABEL, LABELS, SynthConfig
 
@@ -51,7 +51,7 @@ def train_one_epoch(
             x = torch.from_numpy(data.frames[idx, t0 : t0 + cfg.bptt])  # (B, K, H, W, 3)
             y = torch.from_numpy(targets[idx, t0 : t0 + cfg.bptt])  # (B, K)
             logits, h, prev = net(x, h, prev)  # (B, K, classes)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
@@ -63,12 +63,6 @@ def train_one_epoch(
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     return float(np.mean(losses))
-
-
-def evaluate(net: ActionRecognizer, val: Streams, cfg: TrainConfig, synth: SynthConfig) -> dict:
-    metrics = stream_metrics(predict_streams(net, val), val.labels, settle=int(cfg.fps))
-    metrics["clip_accuracy"] = clip_accuracy(net, 20, int(2 * cfg.fps), cfg.seed + 5, synth)
-    return metrics
 
 
 def main(cfg: TrainConfig) -> Checkpoint:
@@ -109,7 +103,7 @@ def main(cfg: TrainConfig) -> Checkpoint:
     with tqdm(total=steps, unit="step", dynamic_ncols=True) as bar:
         for epoch in range(1, cfg.epochs + 1):
             loss = train_one_epoch(net, train, targets, cfg, opt, sched, rng, bar)
-            metrics = evaluate(net, val, cfg, synth)
+            metrics = score(net, val, cfg.seed + 5, synth)
             bar.write(
                 f"epoch {epoch:2d}  loss {loss:.3f}  "
                 f"val frame acc {metrics['frame_accuracy']:.3f}  "

@@ -64,7 +64,8 @@ class ActionRecognitionServicer:
 
     def WatchSource(self, request, context):
         """The server opens a source itself (camera index, file, RTSP/HTTP URL) and
-        streams predictions for it.
+        streams predictions for it. Off unless the server runs with
+        --allow-sources (PERMISSION_DENIED otherwise).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

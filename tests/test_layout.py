@@ -1,0 +1,139 @@
+"""The package's shape: one import name, and imports that only point the allowed way.
+
+`service` never imports training or torch (the service image has neither);
+`training` never imports the service; the model contract imports neither
+torch nor onnxruntime; nothing imports the repository folders by their bare
+names, which exist only in a checkout.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports (absolute names), at any depth in the file."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _under(names: set[str], *prefixes: str) -> set[str]:
+    return {n for n in names if any(n == p or n.startswith(p + ".") for p in prefixes)}
+
+
+def _files(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize(
+    ("folder", "forbidden"),
+    [
+        ("service", ("torch", "actionstream.training", "training", "service")),
+        ("training", ("actionstream.service", "service", "training")),
+        ("actionstream", ("service", "training")),
+        ("tests", ("service", "training")),
+        ("bench", ("service", "training")),
+    ],
+)
+def test_imports_point_the_allowed_way(folder: str, forbidden: tuple[str, ...]) -> None:
+    assert _files(folder), folder
+    bad = {
+        str(path.relative_to(ROOT)): sorted(hits)
+        for path in _files(folder)
+        if "v1" not in path.parts and (hits := _under(_imports(path), *forbidden))
+    }
+    assert bad == {}
+
+
+def test_the_contract_needs_no_runtime() -> None:
+    for name in ("contract.py", "settings.py"):
+        hits = _under(_imports(ROOT / "actionstream" / name), "torch", "onnxruntime", "onnx")
+        assert hits == set(), name
+        assert _under(_imports(ROOT / "actionstream" / name), "actionstream") <= {
+            "actionstream.settings"
+        }
+
+
+def test_importing_the_service_loads_no_torch_and_no_training() -> None:
+    modules = [p.stem for p in _files("service") if p.stem != "__init__"]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {modules!r}: importlib.import_module('actionstream.service.' + m)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'torch' "
+        "or m.startswith('actionstream.training'))\n"
+        "sys.exit(', '.join(bad) or None)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+def test_installed_it_adds_one_name_and_serves_from_it(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), ROOT],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    assert sorted(p.name for p in target.iterdir()) == [
+        "actionstream",
+        "actionstream-0.1.0.dist-info",
+        "bin",
+    ]
+    assert [p.name for p in (target / "bin").iterdir()] == ["actionstream"]
+
+    # Run from outside the checkout with only the installed copy on the path: the
+    # bare folder names are gone, and the server starts from the packaged model.
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    probe = (
+        "import importlib.util, actionstream, actionstream.service.model as m\n"
+        "print(actionstream.__file__)\n"
+        "print(importlib.util.find_spec('service'), importlib.util.find_spec('training'))\n"
+        "print(m.bundled_model_path())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    package, specs, model = done.stdout.splitlines()
+    assert package.startswith(str(target)) and model.startswith(str(target))
+    assert specs == "None None"
+
+    ready = tmp_path / "ready.json"
+    serve = [sys.executable, "-m", "actionstream", "serve", "--host", "127.0.0.1", "--port", "0"]
+    serve += ["--metrics-port", "-1", "--ready-file", str(ready)]
+    with subprocess.Popen(serve, cwd=tmp_path, env=env, stderr=subprocess.PIPE) as proc:
+        try:
+            deadline = time.monotonic() + 60
+            while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert ready.exists(), proc.stderr.read() if proc.stderr else ""
+            port = json.loads(ready.read_text())["port"]
+            health = subprocess.run(
+                [str(target / "bin" / "actionstream"), "health", "--port", str(port)],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert health.returncode == 0 and "SERVING" in health.stdout, health.stderr
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=15) == 0
