@@ -53,9 +53,13 @@ def synth(cfg: SynthVideoConfig) -> int:
 
 def train(cfg: TrainConfig) -> int:
     _needs_torch()
+    from actionstream.training.train import TrainingError
     from actionstream.training.train import main as train_main
 
-    train_main(cfg)
+    try:
+        train_main(cfg)
+    except TrainingError as e:
+        raise click.ClickException(str(e)) from None
     return 0
 
 

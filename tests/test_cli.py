@@ -100,6 +100,7 @@ def test_training_commands_refuse_garbage_with_a_message(tmp_path: Path) -> None
         (["evaluate", str(tmp_path / "missing")], "no such checkpoint"),
         (["train", "--bptt", "0", "--out", str(tmp_path / "run")], "bptt must be at least 1"),
         (["train", "--size", "60", "--out", str(tmp_path / "run")], "must be a multiple of 16"),
+        (["train", "--device", "tpu", "--out", str(tmp_path / "run")], "device must be auto, cpu"),
         (["synth", "--out", str(tmp_path / "f.avi"), "--seconds", "-1"], "must be positive"),
         (["evaluate", str(tmp_path / "missing"), "--streams", "0"], "streams must be at least 1"),
     ):
@@ -107,6 +108,16 @@ def test_training_commands_refuse_garbage_with_a_message(tmp_path: Path) -> None
         assert result.returncode != 0, argv
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "run").exists()
+
+
+def test_training_on_cuda_without_a_gpu_says_so(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = _run("train", "--device", "cuda", "--out", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert "--device cuda: this torch build sees no CUDA device" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
 def test_training_commands_explain_how_to_get_torch() -> None:

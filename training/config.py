@@ -38,6 +38,9 @@ class TrainConfig:
     out: str = setting(DEFAULT_RUN, help="run folder for checkpoint and configs", group="Run")
     seed: int = setting(0, help="seeds data, init and batch order", group="Run")
     threads: int = setting(0, help="torch CPU threads (0: all cores)", group="Run")
+    device: str = setting(
+        "auto", help="auto (CUDA when torch sees a GPU, else CPU), cpu or cuda", group="Run"
+    )
     # Data: untrimmed synthetic streams, each cut into BPTT chunks.
     train_streams: int = setting(1024, help="synthetic training streams", group="Data")
     stream_frames: int = setting(160, help="frames per training stream", group="Data")
@@ -86,6 +89,8 @@ class TrainConfig:
                 f"train_streams ({self.train_streams})"
             )
         _require_positive(self, "fps", "lr", "grad_clip")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.boundary_ignore < 0 or self.weight_decay < 0 or self.threads < 0:
             raise ValueError("boundary_ignore, weight_decay and threads must not be negative")
         if not self.channels or min(self.channels) < 1:

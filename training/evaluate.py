@@ -30,13 +30,14 @@ CLIP_SECONDS = 2.0
 def predict_streams(net: ActionRecognizer, streams: Streams, chunk: int = 100) -> np.ndarray:
     """Per-frame predicted label index (N, T), state carried across the whole stream."""
     net.eval()
+    device = next(net.parameters()).device
     n, total = streams.labels.shape
     h, prev = net.initial_state(n)
     preds = []
     for t0 in range(0, total, chunk):
-        x = torch.from_numpy(streams.frames[:, t0 : t0 + chunk])  # (N, K, H, W, 3)
+        x = torch.from_numpy(streams.frames[:, t0 : t0 + chunk]).to(device)  # (N, K, H, W, 3)
         logits, h, prev = net(x, h, prev)  # (N, K, classes)
-        preds.append(logits.argmax(-1).numpy())
+        preds.append(logits.argmax(-1).cpu().numpy())
     return np.concatenate(preds, axis=1)
 
 
@@ -69,7 +70,7 @@ def clip_accuracy(
         clips = np.stack(
             [render_clip(label, n_frames, seed + 7919 * k + i, cfg) for i in range(per_class)]
         )
-        x = torch.from_numpy(clips)  # (P, T, H, W, 3)
+        x = torch.from_numpy(clips).to(next(net.parameters()).device)  # (P, T, H, W, 3)
         logits, _, _ = net(x, *net.initial_state(per_class))
         correct += int((logits[:, -1].argmax(-1) == k).sum())
     return correct / (per_class * len(LABELS))

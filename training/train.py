@@ -42,14 +42,15 @@ def train_one_epoch(
     bar: tqdm,
 ) -> float:
     net.train()
+    device = next(net.parameters()).device
     order = rng.permutation(len(data))
     losses = []
     for b0 in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
         idx = np.sort(order[b0 : b0 + cfg.batch_size])
         h, prev = net.initial_state(len(idx))
         for t0 in range(0, data.frames.shape[1], cfg.bptt):
-            x = torch.from_numpy(data.frames[idx, t0 : t0 + cfg.bptt])  # (B, K, H, W, 3)
-            y = torch.from_numpy(targets[idx, t0 : t0 + cfg.bptt])  # (B, K)
+            x = torch.from_numpy(data.frames[idx, t0 : t0 + cfg.bptt]).to(device)  # (B, K, H, W, 3)
+            y = torch.from_numpy(targets[idx, t0 : t0 + cfg.bptt]).to(device)  # (B, K)
             logits, h, prev = net(x, h, prev)  # (B, K, classes)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
@@ -65,7 +66,24 @@ def train_one_epoch(
     return float(np.mean(losses))
 
 
+class TrainingError(Exception):
+    """Training cannot start as configured; the message says why."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when torch sees a GPU, else the CPU; `cuda` without one is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(
+            "--device cuda: this torch build sees no CUDA device "
+            f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'})"
+        )
+    return torch.device(name)
+
+
 def main(cfg: TrainConfig) -> Checkpoint:
+    device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
@@ -90,7 +108,11 @@ def main(cfg: TrainConfig) -> Checkpoint:
         embed=cfg.embed,
         hidden=cfg.hidden,
     )
-    net = ActionRecognizer(model_cfg)
+    net = ActionRecognizer(model_cfg).to(device)
+    print(
+        f"training on {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     chunks = math.ceil(cfg.stream_frames / cfg.bptt)
     steps = cfg.epochs * (cfg.train_streams // cfg.batch_size) * chunks
@@ -112,6 +134,7 @@ def main(cfg: TrainConfig) -> Checkpoint:
             )
     metrics["train_seconds"] = round(time.perf_counter() - t_train, 1)
     metrics["torch_threads"] = torch.get_num_threads()
+    metrics["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
     ckpt = Checkpoint(
         model_config=model_cfg,
@@ -119,7 +142,7 @@ def main(cfg: TrainConfig) -> Checkpoint:
         fps=cfg.fps,
         background_label=BACKGROUND_LABEL,
         version=f"synthetic-{cfg.size}px-seed{cfg.seed}",
-        state_dict=net.state_dict(),
+        state_dict={k: v.detach().cpu() for k, v in net.state_dict().items()},
         train_config=asdict(cfg),
         eval_metrics=metrics,
     )
