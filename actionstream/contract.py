@@ -40,6 +40,11 @@ def state_output(name: str) -> str:
     return f"{name}_out"
 
 
+# The recurrent cells a recogniser can have; "frame-only" is the baseline with
+# none (and no frame difference either): what a single frame can tell.
+CELLS = ("gru", "lstm", "rnn", "frame-only")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The recogniser's architecture: enough to rebuild the network from an exported file."""
@@ -50,9 +55,20 @@ class ModelConfig:
     channels: tuple[int, ...] = (16, 32, 64, 64)  # one stride-2 conv block each
     hidden: int = 128  # recurrent state size
     embed: int = 128  # per-frame feature size fed to the recurrent cell
+    cell: str = "gru"  # one of CELLS
+    layers: int = 1  # stacked recurrent layers
+    dropout: float = 0.0  # on the features into and out of the cell, and between layers
     # Normalisation of 0..255 pixels, applied inside the graph.
     mean: float = 127.5
     std: float = 64.0
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        if self.layers < 1:
+            raise ValueError(f"layers must be at least 1, got {self.layers}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> ModelConfig:
@@ -240,8 +256,8 @@ def _model_config(reader: _Reader) -> ModelConfig:
 
 def _states(reader: _Reader) -> tuple[StateSpec, ...]:
     raw = reader.json("states")
-    if not (isinstance(raw, list) and raw):
-        raise reader.error("states", "must be a non-empty JSON list")
+    if not isinstance(raw, list):  # empty for a model without state (the frame-only baseline)
+        raise reader.error("states", "must be a JSON list")
     specs = []
     for i, item in enumerate(raw):
         if not (

@@ -53,12 +53,12 @@ def main() -> None:
     try:
         import torch
 
-        from actionstream.training.model import ActionRecognizer, StepModule
+        from actionstream.training.model import StepModule, build_recognizer
 
         if args.threads:
             torch.set_num_threads(args.threads)
         # The file's own architecture; the weights do not matter for timing.
-        torch_step = StepModule(ActionRecognizer(spec.model)).eval()
+        torch_step = StepModule(build_recognizer(spec.model)).eval()
     except ImportError:
         print("torch not installed: onnxruntime column only")
 
@@ -80,7 +80,7 @@ def main() -> None:
 
             def run_torch(tf: torch.Tensor = tf, ts: list = ts) -> object:
                 with torch.inference_mode():
-                    return torch_step(tf, *ts)
+                    return torch_step(tf, tuple(ts))
 
             torch_ms = _time_per_frame(run_torch, batch, args.frames)
             row += f"  {torch_ms:>15.3f}  {torch_ms / ort_ms:>9.2f}"

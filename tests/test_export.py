@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,10 +13,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from actionstream.contract import INPUT_FRAMES, ModelConfig, read_props
+from actionstream.service.model import OnnxStepModel
 from actionstream.training.checkpoint import Checkpoint
 from actionstream.training.config import ExportConfig
 from actionstream.training.export import export_onnx, parity_error
-from actionstream.training.model import ActionRecognizer
+from actionstream.training.model import ActionRecognizer, build_recognizer
 from actionstream.training.synth import LABELS
 
 
@@ -107,3 +109,25 @@ def test_a_failed_parity_check_leaves_no_file(
     with pytest.raises(RuntimeError, match="parity failed"):
         export_onnx(ckpt, out, ExportConfig(tolerance=-1.0))  # no model can pass this
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("cell", "layers"), [("lstm", 2), ("rnn", 1), ("frame-only", 1)])
+def test_every_cell_exports_and_the_service_runs_it(tmp_path: Path, cell: str, layers: int) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=4, height=32, width=32, channels=(8, 16), hidden=16, embed=16)
+    cfg = dataclasses.replace(cfg, cell=cell, layers=layers)
+    net = build_recognizer(cfg)
+    ckpt = Checkpoint(cfg, ("a", "b", "c", "d"), 10.0, None, f"test-{cell}", net.state_dict())
+    path = export_onnx(ckpt, tmp_path / "model.onnx")
+    assert parity_error(ckpt.build_model(), path, ExportConfig(parity_frames=12)) <= 1e-4
+
+    model = OnnxStepModel.load(path)  # the service, unchanged, whatever the state
+    expected = {"lstm": ["h", "c", "prev_frame"], "rnn": ["h", "prev_frame"], "frame-only": []}
+    assert [s.input for s in model.metadata.states] == expected[cell]
+    if cell == "lstm":
+        assert model.metadata.states[0].shape == (2, 16)  # (layers, hidden)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    logits, state = model.step(frames, model.zero_state(3))
+    alone, _ = model.step(frames[2:], model.zero_state(1))
+    np.testing.assert_allclose(alone[0], logits[2], atol=1e-5)
+    assert set(state) == set(expected[cell])

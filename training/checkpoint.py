@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from actionstream.contract import ModelConfig
-from actionstream.training.model import ActionRecognizer
+from actionstream.training.model import Recognizer, build_recognizer
 
 
 class CheckpointError(Exception):
@@ -28,8 +28,8 @@ class Checkpoint:
     train_config: dict[str, Any] = field(default_factory=dict)
     eval_metrics: dict[str, Any] = field(default_factory=dict)
 
-    def build_model(self) -> ActionRecognizer:
-        net = ActionRecognizer(self.model_config)
+    def build_model(self) -> Recognizer:
+        net = build_recognizer(self.model_config)
         net.load_state_dict(self.state_dict)
         return net
 

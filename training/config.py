@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from actionstream.contract import CELLS
 from actionstream.settings import setting
 
 # A run folder, as `train` writes it and `evaluate` / `export` read it.
@@ -60,7 +61,17 @@ class TrainConfig:
         (16, 32, 64, 64), help="CNN widths, one stride-2 block each", group="Model"
     )
     embed: int = setting(128, help="per-frame feature size", group="Model")
-    hidden: int = setting(128, help="GRU state size", group="Model")
+    cell: str = setting(
+        "gru",
+        help="recurrent cell: gru, lstm or rnn (plain tanh); frame-only is the baseline "
+        "with no recurrence and no frame difference",
+        group="Model",
+    )
+    hidden: int = setting(128, help="recurrent state size", group="Model")
+    layers: int = setting(1, help="stacked recurrent layers", group="Model")
+    dropout: float = setting(
+        0.0, help="dropout on the features into and out of the cell", group="Model"
+    )
     epochs: int = setting(12, help="passes over the training streams", group="Optimisation")
     batch_size: int = setting(32, help="streams per batch", group="Optimisation")
     lr: float = setting(3e-3, help="peak AdamW learning rate (one-cycle)", group="Optimisation")
@@ -78,6 +89,7 @@ class TrainConfig:
             "val_frames",
             "embed",
             "hidden",
+            "layers",
             "epochs",
             "batch_size",
         ):
@@ -89,6 +101,10 @@ class TrainConfig:
                 f"train_streams ({self.train_streams})"
             )
         _require_positive(self, "fps", "lr", "grad_clip")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.boundary_ignore < 0 or self.weight_decay < 0 or self.threads < 0:

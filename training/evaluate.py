@@ -15,7 +15,7 @@ import torch
 
 from actionstream.training.config import EvaluateConfig
 from actionstream.training.data import Streams, frames_since_change, render_streams
-from actionstream.training.model import ActionRecognizer
+from actionstream.training.model import Recognizer
 from actionstream.training.synth import LABELS, SynthConfig, render_clip
 
 # A frame is "settled" once its action has run this long: before that, the
@@ -27,16 +27,16 @@ CLIP_SECONDS = 2.0
 
 
 @torch.no_grad()
-def predict_streams(net: ActionRecognizer, streams: Streams, chunk: int = 100) -> np.ndarray:
+def predict_streams(net: Recognizer, streams: Streams, chunk: int = 100) -> np.ndarray:
     """Per-frame predicted label index (N, T), state carried across the whole stream."""
     net.eval()
     device = next(net.parameters()).device
     n, total = streams.labels.shape
-    h, prev = net.initial_state(n)
+    state = net.initial_state(n)
     preds = []
     for t0 in range(0, total, chunk):
         x = torch.from_numpy(streams.frames[:, t0 : t0 + chunk]).to(device)  # (N, K, H, W, 3)
-        logits, h, prev = net(x, h, prev)  # (N, K, classes)
+        logits, *state = net(x, *state)  # (N, K, classes)
         preds.append(logits.argmax(-1).cpu().numpy())
     return np.concatenate(preds, axis=1)
 
@@ -61,7 +61,7 @@ def stream_metrics(preds: np.ndarray, labels: np.ndarray, settle: int) -> dict[s
 
 @torch.no_grad()
 def clip_accuracy(
-    net: ActionRecognizer, per_class: int, n_frames: int, seed: int, cfg: SynthConfig
+    net: Recognizer, per_class: int, n_frames: int, seed: int, cfg: SynthConfig
 ) -> float:
     """Isolated clips from a zero state, judged on their last frame."""
     net.eval()
@@ -71,12 +71,12 @@ def clip_accuracy(
             [render_clip(label, n_frames, seed + 7919 * k + i, cfg) for i in range(per_class)]
         )
         x = torch.from_numpy(clips).to(next(net.parameters()).device)  # (P, T, H, W, 3)
-        logits, _, _ = net(x, *net.initial_state(per_class))
+        logits, *_ = net(x, *net.initial_state(per_class))
         correct += int((logits[:, -1].argmax(-1) == k).sum())
     return correct / (per_class * len(LABELS))
 
 
-def score(net: ActionRecognizer, streams: Streams, clip_seed: int, synth: SynthConfig) -> dict:
+def score(net: Recognizer, streams: Streams, clip_seed: int, synth: SynthConfig) -> dict:
     """Per-frame metrics on `streams` plus clip accuracy on freshly rendered clips."""
     metrics = stream_metrics(
         predict_streams(net, streams), streams.labels, settle=int(SETTLE_SECONDS * synth.fps)

@@ -31,21 +31,21 @@ from actionstream.contract import (
 )
 from actionstream.training.checkpoint import Checkpoint
 from actionstream.training.config import ExportConfig
-from actionstream.training.model import ActionRecognizer, StepModule
+from actionstream.training.model import Recognizer, StepModule
 
 DEFAULT_EXPORT = ExportConfig()
 
-# The recogniser's state, in the order StepModule takes and returns it.
-STATE_NAMES = ("h", "prev_frame")
 
-
-def model_spec(ckpt: Checkpoint, state_shapes: dict[str, tuple[int, ...]]) -> ModelSpec:
-    """The file's self-description; `state_shapes` maps each state input to its shape sans N."""
+def model_spec(ckpt: Checkpoint, net: Recognizer) -> ModelSpec:
+    """The file's self-description: the checkpoint's, with `net`'s state names and shapes."""
+    shapes = [tuple(z.shape[1:]) for z in net.initial_state(1)]
     return ModelSpec(
         labels=ckpt.labels,
         fps=ckpt.fps,
         background_label=ckpt.background_label,
-        states=tuple(StateSpec(name, state_shapes[name]) for name in STATE_NAMES),
+        states=tuple(
+            StateSpec(name, shape) for name, shape in zip(net.state_names, shapes, strict=True)
+        ),
         version=ckpt.version,
         model=ckpt.model_config,
         train_config=ckpt.train_config,
@@ -60,28 +60,31 @@ def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = DEFAULT_EXPORT)
     """
     net = ckpt.build_model().eval()
     # An example batch of 2: torch.export would fix a batch dimension of size 1 as a constant.
-    h, prev = net.initial_state(2)
+    state = net.initial_state(2)
     frames = torch.zeros(2, net.cfg.height, net.cfg.width, 3, dtype=torch.uint8)
     n = torch.export.Dim("N", min=1, max=65536)
+    names = net.state_names
+    # torch.export takes no empty tuple as an input: a stateless model gets frames alone.
+    args = (frames, state) if state else (frames,)
+    dynamic = {"frames": {0: n}} | ({"state": tuple({0: n} for _ in state)} if state else {})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
     with _quiet_exporter():
         torch.onnx.export(
             StepModule(net).eval(),
-            (frames, h, prev),
+            args,
             str(tmp),
-            input_names=[INPUT_FRAMES, *STATE_NAMES],
-            output_names=[OUTPUT_LOGITS, *(state_output(name) for name in STATE_NAMES)],
-            dynamic_shapes={INPUT_FRAMES: {0: n}, **{name: {0: n} for name in STATE_NAMES}},
+            input_names=[INPUT_FRAMES, *names],
+            output_names=[OUTPUT_LOGITS, *(state_output(name) for name in names)],
+            dynamic_shapes=dynamic,
             opset_version=cfg.opset,
             dynamo=True,
             external_data=False,
             verbose=False,
         )
     model = onnx.load(str(tmp))
-    shapes = {"h": tuple(h.shape[1:]), "prev_frame": tuple(prev.shape[1:])}
-    onnx.helper.set_model_props(model, write_props(model_spec(ckpt, shapes)))
-    model.doc_string = "actionstream CNN-GRU step model: frames + state -> logits + state"
+    onnx.helper.set_model_props(model, write_props(model_spec(ckpt, net)))
+    model.doc_string = "actionstream step model: frames + state -> logits + state"
     onnx.checker.check_model(model)
     onnx.save(model, str(tmp))
     try:
@@ -111,24 +114,25 @@ def _quiet_exporter() -> Iterator[None]:
         log.setLevel(level)
 
 
-def parity_error(
-    net: ActionRecognizer, onnx_path: Path, cfg: ExportConfig = DEFAULT_EXPORT
-) -> float:
+def parity_error(net: Recognizer, onnx_path: Path, cfg: ExportConfig = DEFAULT_EXPORT) -> float:
     """Max abs logit difference: ONNX stepped frame by frame vs torch over the whole sequence."""
     gen = torch.Generator().manual_seed(0)
     B, T = cfg.parity_batch, cfg.parity_frames
     video = torch.randint(0, 256, (B, T, net.cfg.height, net.cfg.width, 3), generator=gen)
     video = video.to(torch.uint8)
     with torch.no_grad():
-        expected, _, _ = net.eval()(video, *net.initial_state(B))  # (B, T, classes)
+        expected, *_ = net.eval()(video, *net.initial_state(B))  # (B, T, classes)
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    h, prev = (s.numpy() for s in net.initial_state(B))
+    state = [s.numpy() for s in net.initial_state(B)]
+    outputs = [OUTPUT_LOGITS, *(state_output(name) for name in net.state_names)]
     got = []
     for t in range(T):
-        logits, h, prev = session.run(
-            None, {INPUT_FRAMES: video[:, t].numpy(), STATE_NAMES[0]: h, STATE_NAMES[1]: prev}
-        )
+        feeds = {
+            INPUT_FRAMES: video[:, t].numpy(),
+            **dict(zip(net.state_names, state, strict=True)),
+        }
+        logits, *state = session.run(outputs, feeds)
         got.append(logits)
     stepped = np.stack(got, axis=1)  # T x (B, classes) -> (B, T, classes)
     return float(np.abs(stepped - expected.numpy()).max())

@@ -27,12 +27,12 @@ from actionstream.training.checkpoint import Checkpoint
 from actionstream.training.config import TrainConfig
 from actionstream.training.data import IGNORE, Streams, loss_targets, render_streams
 from actionstream.training.evaluate import score
-from actionstream.training.model import ActionRecognizer
+from actionstream.training.model import Recognizer, build_recognizer
 from actionstream.training.synth import BACKGROUND_LABEL, LABELS, SynthConfig
 
 
 def train_one_epoch(
-    net: ActionRecognizer,
+    net: Recognizer,
     data: Streams,
     targets: np.ndarray,
     cfg: TrainConfig,
@@ -47,11 +47,11 @@ def train_one_epoch(
     losses = []
     for b0 in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
         idx = np.sort(order[b0 : b0 + cfg.batch_size])
-        h, prev = net.initial_state(len(idx))
+        state = list(net.initial_state(len(idx)))
         for t0 in range(0, data.frames.shape[1], cfg.bptt):
             x = torch.from_numpy(data.frames[idx, t0 : t0 + cfg.bptt]).to(device)  # (B, K, H, W, 3)
             y = torch.from_numpy(targets[idx, t0 : t0 + cfg.bptt]).to(device)  # (B, K)
-            logits, h, prev = net(x, h, prev)  # (B, K, classes)
+            logits, *state = net(x, *state)  # (B, K, classes)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -59,7 +59,7 @@ def train_one_epoch(
             opt.step()
             sched.step()
             # Truncate BPTT: keep the state's value, drop its history.
-            h, prev = h.detach(), prev.detach()
+            state = [s.detach() for s in state]
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
@@ -107,8 +107,11 @@ def main(cfg: TrainConfig) -> Checkpoint:
         channels=cfg.channels,
         embed=cfg.embed,
         hidden=cfg.hidden,
+        cell=cfg.cell,
+        layers=cfg.layers,
+        dropout=cfg.dropout,
     )
-    net = ActionRecognizer(model_cfg).to(device)
+    net = build_recognizer(model_cfg).to(device)
     print(
         f"training on {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
