@@ -46,9 +46,10 @@ lint: $(VENV)/.dev
 protos: $(VENV)/.dev
 	scripts/gen_protos.sh $(PY) .
 
-# Reproduce the bundled default model: TrainConfig's defaults, seed 0.
+# Reproduce the bundled default model: TrainConfig's defaults with the frame
+# shown beside its difference (--appearance), seed 0.
 model: $(VENV)/.dev
-	$(BIN)/actionstream train --out runs/default --seed 0
+	$(BIN)/actionstream train --out runs/default --seed 0 --appearance
 	$(BIN)/actionstream export runs/default --out service/models/default.onnx
 	$(BIN)/actionstream evaluate runs/default
 

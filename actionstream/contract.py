@@ -56,6 +56,7 @@ class ModelConfig:
     hidden: int = 128  # recurrent state size
     embed: int = 128  # per-frame feature size fed to the recurrent cell
     cell: str = "gru"  # one of CELLS
+    appearance: bool = True  # the CNN sees each frame as well as its difference from the last
     layers: int = 1  # stacked recurrent layers
     dropout: float = 0.0  # on the features into and out of the cell, and between layers
     # Normalisation of 0..255 pixels, applied inside the graph.

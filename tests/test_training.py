@@ -36,6 +36,7 @@ def test_training_learns_motion_and_exports(tmp_path: Path) -> None:
         val_streams=16,
         val_frames=200,
         epochs=4,
+        appearance=True,  # as the bundled model
     )
     ckpt = main(cfg)
     chance = 1 / len(LABELS)

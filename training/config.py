@@ -8,6 +8,7 @@ in `__post_init__`; the resolved config is saved beside what its stage writes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from actionstream.contract import CELLS
 from actionstream.settings import setting
@@ -42,8 +43,34 @@ class TrainConfig:
     device: str = setting(
         "auto", help="auto (CUDA when torch sees a GPU, else CPU), cpu or cuda", group="Run"
     )
-    # Data: untrimmed synthetic streams, each cut into BPTT chunks.
-    train_streams: int = setting(1024, help="synthetic training streams", group="Data")
+    minutes: float = setting(
+        0.0,
+        help="stop after this many minutes and keep the best epoch so far (0: no limit)",
+        group="Run",
+    )
+    # Data: untrimmed streams, each cut into BPTT chunks.
+    data: str | None = setting(
+        None,
+        help="your videos: a folder of class folders (DIR/<label>/*.mp4|avi|mkv|webm|mov) "
+        "or a CSV manifest (path,label[,start_s,end_s]); unset trains on the synthetic world",
+        group="Data",
+    )
+    background: str | None = setting(
+        None,
+        help="the label in --data that means 'no action'; its clips go between actions",
+        group="Data",
+    )
+    val_fraction: float = setting(
+        0.2, help="share of each label's videos held out for validation", group="Data"
+    )
+    cache: str = setting(
+        str(Path.home() / ".cache" / "actionstream" / "frames"),
+        help="where decoded video frames are kept between epochs and runs",
+        group="Data",
+    )
+    train_streams: int = setting(
+        1024, help="training streams per epoch (synthetic: rendered once)", group="Data"
+    )
     stream_frames: int = setting(160, help="frames per training stream", group="Data")
     bptt: int = setting(
         40, help="frames per truncated-BPTT chunk; state carries across chunks", group="Data"
@@ -65,6 +92,13 @@ class TrainConfig:
         "gru",
         help="recurrent cell: gru, lstm or rnn (plain tanh); frame-only is the baseline "
         "with no recurrence and no frame difference",
+        group="Model",
+    )
+    appearance: bool = setting(
+        False,
+        help="show the CNN each frame as well as its difference from the previous one "
+        "(the bundled synthetic model does); by default it sees the difference alone, "
+        "so it cannot learn a small data set's backgrounds instead of its actions",
         group="Model",
     )
     hidden: int = setting(128, help="recurrent state size", group="Model")
@@ -105,6 +139,10 @@ class TrainConfig:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.minutes < 0:
+            raise ValueError(f"minutes must not be negative, got {self.minutes}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.boundary_ignore < 0 or self.weight_decay < 0 or self.threads < 0:

@@ -1,12 +1,27 @@
-"""Training and held-out data: rendered synthetic streams with per-frame targets."""
+"""What training reads: untrimmed streams with a label per frame, in batches.
+
+Two sources give the same shape of data (training/train.py does not know
+which it has): the project's own synthetic world (`SyntheticData`, rendered
+up front) and users' videos (`VideoData` in training/video_data.py, clips
+joined into streams as each batch is drawn). Each also holds its held-out
+part: unbroken streams scored frame by frame, and isolated clips.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
-from actionstream.training.synth import SynthConfig, render_stream
+from actionstream.training.synth import (
+    BACKGROUND_LABEL,
+    LABELS,
+    SynthConfig,
+    render_clip,
+    render_stream,
+)
 
 IGNORE = -100  # target value cross-entropy skips
 
@@ -21,6 +36,82 @@ class Streams:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+
+@dataclass(frozen=True)
+class LabelledClip:
+    """One isolated action, scored from a zero state on its last frame."""
+
+    frames: np.ndarray  # (T, S, S, 3) uint8 BGR
+    label: int
+
+
+class TrainingData(Protocol):
+    """A labelled data set as training and validation read it."""
+
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+
+    @property
+    def background_label(self) -> str | None: ...
+
+    @property
+    def version(self) -> str:
+        """Names the data in the model's version."""
+        ...
+
+    @property
+    def val_streams(self) -> Streams: ...
+
+    @property
+    def val_clips(self) -> Sequence[LabelledClip]: ...
+
+    def batches(self, rng: np.random.Generator) -> Iterator[Streams]:
+        """One epoch of training batches, (B, T) streams each, drawn with `rng`."""
+        ...
+
+
+class SyntheticData:
+    """The procedural world of training/synth.py, every stream rendered once up front."""
+
+    labels = LABELS
+    background_label: str | None = BACKGROUND_LABEL
+
+    def __init__(
+        self,
+        cfg: SynthConfig,
+        train_streams: int,
+        stream_frames: int,
+        val_streams: int,
+        val_frames: int,
+        batch_size: int,
+        seed: int,
+        clips_per_class: int,
+        clip_frames: int,
+    ) -> None:
+        self.version = f"synthetic-{cfg.size}px-seed{seed}"
+        self.train = render_streams(train_streams, stream_frames, seed, cfg)
+        self.val_streams = render_streams(val_streams, val_frames, seed, cfg, held_out=True)
+        # Clip seeds sit apart from the streams' seeds.
+        self.val_clips = synthetic_clips(cfg, clips_per_class, clip_frames, seed + 5)
+        self._batch_size = batch_size
+
+    def batches(self, rng: np.random.Generator) -> Iterator[Streams]:
+        order = rng.permutation(len(self.train))
+        for b0 in range(0, len(order) - self._batch_size + 1, self._batch_size):
+            idx = np.sort(order[b0 : b0 + self._batch_size])
+            yield Streams(self.train.frames[idx], self.train.labels[idx])
+
+
+def synthetic_clips(
+    cfg: SynthConfig, per_class: int, n_frames: int, seed: int
+) -> list[LabelledClip]:
+    """`per_class` isolated clips of every synthetic action, `n_frames` long."""
+    return [
+        LabelledClip(render_clip(label, n_frames, seed + 7919 * k + i, cfg), k)
+        for k, label in enumerate(LABELS)
+        for i in range(per_class)
+    ]
 
 
 def render_streams(

@@ -8,15 +8,22 @@ streams with it after every epoch, `actionstream evaluate` scores a checkpoint.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from actionstream.training.config import EvaluateConfig
-from actionstream.training.data import Streams, frames_since_change, render_streams
+from actionstream.training.data import (
+    LabelledClip,
+    Streams,
+    frames_since_change,
+    render_streams,
+    synthetic_clips,
+)
 from actionstream.training.model import Recognizer
-from actionstream.training.synth import LABELS, SynthConfig, render_clip
+from actionstream.training.synth import SynthConfig
 
 # A frame is "settled" once its action has run this long: before that, the
 # network has not yet seen enough of the new motion (and neither could anyone).
@@ -41,18 +48,20 @@ def predict_streams(net: Recognizer, streams: Streams, chunk: int = 100) -> np.n
     return np.concatenate(preds, axis=1)
 
 
-def stream_metrics(preds: np.ndarray, labels: np.ndarray, settle: int) -> dict[str, Any]:
+def stream_metrics(
+    preds: np.ndarray, labels: np.ndarray, names: Sequence[str], settle: int
+) -> dict[str, Any]:
     """Per-frame accuracy overall, after `settle` frames into each action, and per class."""
     correct = preds == labels
     settled = frames_since_change(labels) >= settle
     per_class = {
         name: float(correct[labels == k].mean())
-        for k, name in enumerate(LABELS)
+        for k, name in enumerate(names)
         if (labels == k).any()
     }
     return {
         "frame_accuracy": float(correct.mean()),
-        "settled_frame_accuracy": float(correct[settled].mean()),
+        "settled_frame_accuracy": float(correct[settled].mean()) if settled.any() else 0.0,
         "settle_frames": settle,
         "per_class_frame_accuracy": per_class,
         "frames": int(labels.size),
@@ -60,29 +69,35 @@ def stream_metrics(preds: np.ndarray, labels: np.ndarray, settle: int) -> dict[s
 
 
 @torch.no_grad()
-def clip_accuracy(
-    net: Recognizer, per_class: int, n_frames: int, seed: int, cfg: SynthConfig
-) -> float:
-    """Isolated clips from a zero state, judged on their last frame."""
+def clip_accuracy(net: Recognizer, clips: Sequence[LabelledClip], batch: int = 64) -> float:
+    """Isolated clips, each from a zero state, judged on their last frame."""
     net.eval()
+    device = next(net.parameters()).device
+    by_length: dict[int, list[LabelledClip]] = {}
+    for clip in clips:  # clips of one length run as one batch
+        by_length.setdefault(len(clip.frames), []).append(clip)
     correct = 0
-    for k, label in enumerate(LABELS):
-        clips = np.stack(
-            [render_clip(label, n_frames, seed + 7919 * k + i, cfg) for i in range(per_class)]
-        )
-        x = torch.from_numpy(clips).to(next(net.parameters()).device)  # (P, T, H, W, 3)
-        logits, *_ = net(x, *net.initial_state(per_class))
-        correct += int((logits[:, -1].argmax(-1) == k).sum())
-    return correct / (per_class * len(LABELS))
+    for group in by_length.values():
+        for b0 in range(0, len(group), batch):
+            part = group[b0 : b0 + batch]
+            x = torch.from_numpy(np.stack([np.asarray(c.frames) for c in part])).to(device)
+            logits, *_ = net(x, *net.initial_state(len(part)))  # (P, T, classes)
+            guess = logits[:, -1].argmax(-1).cpu().numpy()
+            correct += int((guess == np.array([c.label for c in part])).sum())
+    return correct / len(clips)
 
 
-def score(net: Recognizer, streams: Streams, clip_seed: int, synth: SynthConfig) -> dict:
-    """Per-frame metrics on `streams` plus clip accuracy on freshly rendered clips."""
-    metrics = stream_metrics(
-        predict_streams(net, streams), streams.labels, settle=int(SETTLE_SECONDS * synth.fps)
-    )
-    clip_frames = int(CLIP_SECONDS * synth.fps)
-    metrics["clip_accuracy"] = clip_accuracy(net, CLIPS_PER_CLASS, clip_frames, clip_seed, synth)
+def score(
+    net: Recognizer,
+    streams: Streams,
+    clips: Sequence[LabelledClip],
+    names: Sequence[str],
+    fps: float,
+) -> dict[str, Any]:
+    """Per-frame metrics on unbroken `streams`, plus accuracy on isolated `clips`."""
+    preds = predict_streams(net, streams)
+    metrics = stream_metrics(preds, streams.labels, names, settle=int(SETTLE_SECONDS * fps))
+    metrics["clip_accuracy"] = clip_accuracy(net, clips)
     return metrics
 
 
@@ -96,6 +111,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     net = ckpt.build_model()
     synth = SynthConfig(size=ckpt.model_config.height, fps=ckpt.fps)
     data = render_streams(cfg.streams, int(cfg.seconds * ckpt.fps), cfg.seed, synth, held_out=True)
-    metrics = score(net, data, cfg.seed, synth)
+    clips = synthetic_clips(synth, CLIPS_PER_CLASS, int(CLIP_SECONDS * ckpt.fps), cfg.seed)
+    metrics = score(net, data, clips, ckpt.labels, ckpt.fps)
     print(json.dumps(metrics, indent=2))
     return metrics

@@ -90,6 +90,25 @@ class Recurrence(nn.Module):
         return out, tuple(s.transpose(0, 1) for s in after)  # (L, B, D) -> (B, L, D)
 
 
+class FrameAndMotion(nn.Module):
+    """The CNN's input: each frame and its difference from the one before, (B, T, 6, H, W)."""
+
+    channels = 6
+
+    def forward(self, x: Tensor, before: Tensor) -> Tensor:
+        return torch.cat([x, x - before], dim=2)
+
+
+class MotionOnly(nn.Module):
+    """The CNN's input: the difference alone, (B, T, 3, H, W). What stands still is
+    invisible, so the network cannot learn a clip's background instead of its action."""
+
+    channels = 3
+
+    def forward(self, x: Tensor, before: Tensor) -> Tensor:
+        return x - before
+
+
 class ActionRecognizer(nn.Module):
     """Per-frame action logits for a batch of frame sequences, state carried across calls.
 
@@ -101,7 +120,8 @@ class ActionRecognizer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = FrameEncoder(cfg, in_channels=6)
+        self.inputs = FrameAndMotion() if cfg.appearance else MotionOnly()
+        self.encoder = FrameEncoder(cfg, in_channels=self.inputs.channels)
         self.cell = Recurrence(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.hidden, cfg.num_classes)
@@ -118,8 +138,8 @@ class ActionRecognizer(nn.Module):
         B, T = frames.shape[:2]
         x = _normalise(frames, self.cfg)  # (B, T, 3, H, W)
         before = torch.cat([prev_frame.unsqueeze(1), x[:, :-1]], dim=1)  # (B, T, 3, H, W)
-        x6 = torch.cat([x, x - before], dim=2)  # (B, T, 6, H, W)
-        feats = self.encoder(x6.flatten(0, 1))  # (B*T, 6, H, W) -> (B*T, embed)
+        seen = self.inputs(x, before)  # (B, T, C_in, H, W)
+        feats = self.encoder(seen.flatten(0, 1))  # (B*T, C_in, H, W) -> (B*T, embed)
         feats = self.drop(feats.view(B, T, -1))  # (B*T, embed) -> (B, T, embed)
         out, cell_next = self.cell(feats, tuple(cell_state))  # (B, T, hidden)
         logits = self.head(self.drop(out))  # (B, T, hidden) -> (B, T, classes)

@@ -1,21 +1,28 @@
-"""Train the CNN-GRU on untrimmed synthetic streams with truncated BPTT.
+"""Train a recogniser on untrimmed streams with truncated BPTT.
 
 Each batch is a set of long streams in which actions follow one another
-without a cut. They are fed in chunks of `bptt` frames; the recurrent state
-flows from one chunk into the next (gradients stop at the chunk edge), so the
-network learns to switch actions with a state that was never reset, exactly
-as the service runs it.
+without a cut: rendered synthetic streams, or a user's clips joined end to
+end (training/video_data.py). They are fed in chunks of `bptt` frames; the
+recurrent state flows from one chunk into the next (gradients stop at the
+chunk edge), so the network learns to switch actions with a state that was
+never reset, exactly as the service runs it. After every epoch the held-out
+streams and clips are scored; the run keeps the best epoch by per-frame
+accuracy on the held-out streams (what the service delivers).
 
-    actionstream train --out runs/default            # the bundled model
+    actionstream train --out runs/default                 # the bundled model
+    actionstream train --data videos/ --out runs/mine     # a user's class folders
 """
 
 from __future__ import annotations
 
+import copy
+import csv
 import json
 import math
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,32 +32,47 @@ from tqdm import tqdm
 from actionstream.contract import ModelConfig
 from actionstream.training.checkpoint import Checkpoint
 from actionstream.training.config import TrainConfig
-from actionstream.training.data import IGNORE, Streams, loss_targets, render_streams
-from actionstream.training.evaluate import score
+from actionstream.training.data import IGNORE, SyntheticData, TrainingData, loss_targets
+from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, score
 from actionstream.training.model import Recognizer, build_recognizer
-from actionstream.training.synth import BACKGROUND_LABEL, LABELS, SynthConfig
+from actionstream.training.synth import SynthConfig
+from actionstream.training.video_data import VideoData, open_videos
+from actionstream.training.videos import DatasetError, split
+
+
+class TrainingError(Exception):
+    """Training cannot start as configured; the message says why."""
+
+
+class Deadline:
+    """The time budget (`--minutes`); never expires when there is none."""
+
+    def __init__(self, minutes: float) -> None:
+        self._end = time.monotonic() + minutes * 60 if minutes > 0 else math.inf
+
+    def passed(self) -> bool:
+        return time.monotonic() >= self._end
 
 
 def train_one_epoch(
     net: Recognizer,
-    data: Streams,
-    targets: np.ndarray,
+    data: TrainingData,
     cfg: TrainConfig,
     opt: torch.optim.Optimizer,
     sched: torch.optim.lr_scheduler.LRScheduler,
     rng: np.random.Generator,
     bar: tqdm,
+    deadline: Deadline,
 ) -> float:
     net.train()
     device = next(net.parameters()).device
-    order = rng.permutation(len(data))
     losses = []
-    for b0 in range(0, len(order) - cfg.batch_size + 1, cfg.batch_size):
-        idx = np.sort(order[b0 : b0 + cfg.batch_size])
-        state = list(net.initial_state(len(idx)))
-        for t0 in range(0, data.frames.shape[1], cfg.bptt):
-            x = torch.from_numpy(data.frames[idx, t0 : t0 + cfg.bptt]).to(device)  # (B, K, H, W, 3)
-            y = torch.from_numpy(targets[idx, t0 : t0 + cfg.bptt]).to(device)  # (B, K)
+    for batch in data.batches(rng):
+        targets = loss_targets(batch.labels, cfg.boundary_ignore)
+        state = list(net.initial_state(len(batch)))
+        for t0 in range(0, batch.frames.shape[1], cfg.bptt):
+            x = torch.from_numpy(batch.frames[:, t0 : t0 + cfg.bptt]).to(device)  # (B, K, H, W, 3)
+            y = torch.from_numpy(targets[:, t0 : t0 + cfg.bptt]).to(device)  # (B, K)
             logits, *state = net(x, *state)  # (B, K, classes)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
@@ -63,11 +85,50 @@ def train_one_epoch(
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if deadline.passed():
+            break
     return float(np.mean(losses))
 
 
-class TrainingError(Exception):
-    """Training cannot start as configured; the message says why."""
+def load_data(cfg: TrainConfig) -> TrainingData:
+    """The synthetic world, or the user's videos under `cfg.data`."""
+    clip_frames = int(CLIP_SECONDS * cfg.fps)
+    if cfg.data is None:
+        return SyntheticData(
+            SynthConfig(size=cfg.size, fps=cfg.fps),
+            cfg.train_streams,
+            cfg.stream_frames,
+            cfg.val_streams,
+            cfg.val_frames,
+            cfg.batch_size,
+            cfg.seed,
+            CLIPS_PER_CLASS,
+            clip_frames,
+        )
+    try:
+        dataset = open_videos(Path(cfg.data), Path(cfg.cache), cfg.size, cfg.fps, min_frames=2)
+    except DatasetError as e:
+        raise TrainingError(str(e)) from None
+    if cfg.background is not None and cfg.background not in dataset.labels:
+        raise TrainingError(
+            f"--background {cfg.background!r} is not one of the labels {list(dataset.labels)}"
+        )
+    train_idx, val_idx = split(dataset, cfg.val_fraction, cfg.seed)
+    counts = ", ".join(f"{label} {n}" for label, n in dataset.per_class().items())
+    print(f"{len(train_idx)} clips to train on, {len(val_idx)} held out ({counts})")
+    if not val_idx:
+        raise TrainingError("no clip left to validate on: each label needs at least two videos")
+    return VideoData(
+        dataset,
+        train_idx,
+        val_idx,
+        cfg.background,
+        cfg.train_streams,
+        cfg.stream_frames,
+        cfg.batch_size,
+        cfg.val_frames,
+        cfg.seed,
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,38 +145,33 @@ def resolve_device(name: str) -> torch.device:
 
 def main(cfg: TrainConfig) -> Checkpoint:
     device = resolve_device(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
-    synth = SynthConfig(size=cfg.size, fps=cfg.fps)
     t_data = time.perf_counter()
-    train = render_streams(cfg.train_streams, cfg.stream_frames, cfg.seed, synth)
-    val = render_streams(cfg.val_streams, cfg.val_frames, cfg.seed, synth, held_out=True)
-    targets = loss_targets(train.labels, cfg.boundary_ignore)
-    n_frames = train.labels.size + val.labels.size
-    print(f"rendered {n_frames} frames in {time.perf_counter() - t_data:.1f}s")
+    data = load_data(cfg)  # before the run folder: bad data leaves nothing behind
+    print(f"data ready in {time.perf_counter() - t_data:.1f}s")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
 
     model_cfg = ModelConfig(
-        num_classes=len(LABELS),
+        num_classes=len(data.labels),
         height=cfg.size,
         width=cfg.size,
         channels=cfg.channels,
         embed=cfg.embed,
         hidden=cfg.hidden,
         cell=cfg.cell,
+        appearance=cfg.appearance,
         layers=cfg.layers,
         dropout=cfg.dropout,
     )
     net = build_recognizer(model_cfg).to(device)
-    print(
-        f"training on {device}"
-        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-    )
+    where = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(f"training on {device}{where}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     chunks = math.ceil(cfg.stream_frames / cfg.bptt)
     steps = cfg.epochs * (cfg.train_streams // cfg.batch_size) * chunks
@@ -123,32 +179,56 @@ def main(cfg: TrainConfig) -> Checkpoint:
         opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
     )
 
+    deadline = Deadline(cfg.minutes)
     t_train = time.perf_counter()
-    metrics: dict = {}
-    with tqdm(total=steps, unit="step", dynamic_ncols=True) as bar:
+    best: dict[str, Any] = {}
+    best_weights: dict[str, torch.Tensor] = {}
+    with (
+        (out / "metrics.csv").open("w", newline="") as log_file,
+        tqdm(total=steps, unit="step", dynamic_ncols=True) as bar,
+    ):
+        log = csv.writer(log_file)
+        log.writerow(["epoch", "seconds", "train_loss", *_LOGGED])
         for epoch in range(1, cfg.epochs + 1):
-            loss = train_one_epoch(net, train, targets, cfg, opt, sched, rng, bar)
-            metrics = score(net, val, cfg.seed + 5, synth)
+            loss = train_one_epoch(net, data, cfg, opt, sched, rng, bar, deadline)
+            metrics = score(net, data.val_streams, data.val_clips, data.labels, cfg.fps)
+            seconds = time.perf_counter() - t_train
+            log.writerow([epoch, f"{seconds:.1f}", f"{loss:.4f}", *(metrics[k] for k in _LOGGED)])
+            log_file.flush()
             bar.write(
                 f"epoch {epoch:2d}  loss {loss:.3f}  "
                 f"val frame acc {metrics['frame_accuracy']:.3f}  "
                 f"settled {metrics['settled_frame_accuracy']:.3f}  "
                 f"clip acc {metrics['clip_accuracy']:.3f}"
             )
-    metrics["train_seconds"] = round(time.perf_counter() - t_train, 1)
-    metrics["torch_threads"] = torch.get_num_threads()
-    metrics["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+            # Ties go to the later epoch: it has seen more data for the same score.
+            if not best or metrics["frame_accuracy"] >= best["frame_accuracy"]:
+                best = {**metrics, "epoch": epoch}
+                best_weights = copy.deepcopy(net.state_dict())
+            if deadline.passed():
+                bar.write(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")
+                break
+    best["train_seconds"] = round(time.perf_counter() - t_train, 1)
+    best["torch_threads"] = torch.get_num_threads()
+    best["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
     ckpt = Checkpoint(
         model_config=model_cfg,
-        labels=LABELS,
+        labels=data.labels,
         fps=cfg.fps,
-        background_label=BACKGROUND_LABEL,
-        version=f"synthetic-{cfg.size}px-seed{cfg.seed}",
-        state_dict={k: v.detach().cpu() for k, v in net.state_dict().items()},
+        background_label=data.background_label,
+        version=data.version,
+        state_dict={k: v.detach().cpu() for k, v in best_weights.items()},
         train_config=asdict(cfg),
-        eval_metrics=metrics,
+        eval_metrics=best,
     )
     ckpt.save(out / "checkpoint.pt")
-    print(f"saved {out / 'checkpoint.pt'} after {metrics['train_seconds']:.0f}s of training")
+    print(
+        f"saved {out / 'checkpoint.pt'} (epoch {best['epoch']}, the best on held-out data) "
+        f"after {best['train_seconds']:.0f}s of training"
+    )
     return ckpt
+
+
+# Validation numbers written to metrics.csv after every epoch.
+_LOGGED = ("frame_accuracy", "settled_frame_accuracy", "clip_accuracy")

@@ -1,0 +1,192 @@
+"""Users' videos: found in folders or manifests, resampled by time, cached, refused clearly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from videogen import class_folders, write
+
+from actionstream.training.videos import (
+    ClipCache,
+    ClipRef,
+    DatasetError,
+    Preprocessing,
+    decode_clip,
+    find_clips,
+    load_dataset,
+    split,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _numbered_video(path: Path, n: int, fps: float) -> None:
+    """Frame i is a flat grey of level 4*i, so a decoded frame says which it was."""
+    frames = np.stack([np.full((48, 64, 3), 4 * i, np.uint8) for i in range(n)])
+    write(frames, path, fps)
+
+
+def _which(frames: np.ndarray) -> list[int]:
+    return [round(float(f.mean()) / 4) for f in frames]
+
+
+def test_class_folders_give_labels_from_folder_names(tmp_path: Path) -> None:
+    class_folders(tmp_path, ("left", "right"), 2)
+    (tmp_path / "right" / "notes.txt").write_text("not a video")
+    refs = find_clips(tmp_path)
+    assert sorted((r.label, r.path.name) for r in refs) == [
+        ("left", "left_000.mp4"),
+        ("left", "left_001.avi"),
+        ("right", "right_000.mp4"),
+        ("right", "right_001.avi"),
+    ]
+
+
+def test_a_manifest_names_clips_and_segments_relative_to_itself(tmp_path: Path) -> None:
+    (tmp_path / "v").mkdir()
+    _numbered_video(tmp_path / "v" / "long.avi", 40, 10.0)
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text("path,label,start_s,end_s\nv/long.avi,a,0,1.5\nv/long.avi,b,2,3.5\n")
+    refs = find_clips(manifest)
+    assert [(r.label, r.start_s, r.end_s) for r in refs] == [("a", 0.0, 1.5), ("b", 2.0, 3.5)]
+    second = decode_clip(refs[1], Preprocessing(16, 10.0))
+    assert _which(second) == list(range(20, 35))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,label\nx.avi,a\n", "expected columns path,label"),
+        ("path,label,start_s\nx.avi,a,soon\n", "numbers in seconds"),
+        ("path,label,start_s,end_s\nx.avi,a,3,1\n", "need 0 <= start_s < end_s"),
+        ("path,label\n", "lists no clips"),
+    ],
+)
+def test_a_bad_manifest_says_which_line(tmp_path: Path, text: str, message: str) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        find_clips(manifest)
+
+
+def test_frames_are_resampled_by_timestamp(tmp_path: Path) -> None:
+    _numbered_video(tmp_path / "fast.avi", 30, 30.0)  # 1 s at 30 fps
+    _numbered_video(tmp_path / "slow.avi", 5, 5.0)  # 1 s at 5 fps
+    prep = Preprocessing(16, 10.0)
+    fast = decode_clip(ClipRef(tmp_path / "fast.avi", "x"), prep)
+    assert _which(fast) == list(range(0, 30, 3))  # every third frame
+    slow = decode_clip(ClipRef(tmp_path / "slow.avi", "x"), prep)
+    assert _which(slow) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # not sped up
+    assert fast.shape == (10, 16, 16, 3) and fast.dtype == np.uint8
+
+
+def test_decoded_clips_are_cached_and_read_back_lazily(tmp_path: Path) -> None:
+    class_folders(tmp_path / "data", ("left", "right"), 1)
+    cache = ClipCache(tmp_path / "cache", Preprocessing(24, 10.0))
+    refs = find_clips(tmp_path / "data")
+    first = [cache.load(r) for r in refs]
+    entries = sorted((tmp_path / "cache").iterdir())
+    assert len(entries) == 2
+    stamps = [e.stat().st_mtime_ns for e in entries]
+    again = [cache.load(r) for r in refs]
+    assert [e.stat().st_mtime_ns for e in sorted((tmp_path / "cache").iterdir())] == stamps
+    assert all(isinstance(c.frames, np.memmap) for c in again)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a.frames, b.frames)
+    # Other preprocessing is another entry, not a stale hit.
+    ClipCache(tmp_path / "cache", Preprocessing(32, 10.0)).load(refs[0])
+    assert len(list((tmp_path / "cache").iterdir())) == 3
+
+
+def test_unreadable_videos_are_skipped_by_name(tmp_path: Path) -> None:
+    class_folders(tmp_path / "data", ("left", "right"), 2)
+    (tmp_path / "data" / "left" / "broken.mp4").write_bytes(b"\x00not a video" * 50)
+    (tmp_path / "data" / "right" / "empty.avi").write_bytes(b"")
+    said: list[str] = []
+    dataset = load_dataset(
+        find_clips(tmp_path / "data"),
+        ClipCache(tmp_path / "cache", Preprocessing(24, 10.0)),
+        min_frames=2,
+        report=said.append,
+    )
+    assert dataset.per_class() == {"left": 2, "right": 2}
+    assert len(said) == 2
+    assert any("broken.mp4" in line for line in said) and any("empty.avi" in line for line in said)
+
+
+def test_a_label_without_usable_video_is_refused_before_training(tmp_path: Path) -> None:
+    class_folders(tmp_path / "data", ("left",), 2)
+    (tmp_path / "data" / "right").mkdir()
+    (tmp_path / "data" / "right" / "bad.mp4").write_bytes(b"junk")
+    cache = ClipCache(tmp_path / "cache", Preprocessing(24, 10.0))
+    with pytest.raises(DatasetError, match=r"no usable video for label\(s\) right"):
+        load_dataset(find_clips(tmp_path / "data"), cache, 2, report=lambda _: None)
+    (tmp_path / "data" / "right" / "bad.mp4").unlink()
+    (tmp_path / "data" / "right").rmdir()
+    with pytest.raises(DatasetError, match="need at least two labels"):
+        load_dataset(find_clips(tmp_path / "data"), cache, 2, report=lambda _: None)
+
+
+def test_the_split_holds_out_every_label(tmp_path: Path) -> None:
+    class_folders(tmp_path / "data", ("left", "right", "up"), 5)
+    cache = ClipCache(tmp_path / "cache", Preprocessing(16, 10.0))
+    dataset = load_dataset(find_clips(tmp_path / "data"), cache, 2)
+    train, val = split(dataset, 0.2, seed=3)
+    assert sorted(train + val) == list(range(15)) and not set(train) & set(val)
+    assert sorted(dataset.targets[i] for i in val) == [0, 1, 2]
+    assert split(dataset, 0.2, seed=3) == (train, val)
+
+
+def test_train_on_bad_data_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    class_folders(tmp_path / "data", ("left",), 2)
+    for data, message in (
+        (tmp_path / "missing", "no such folder or manifest"),
+        (tmp_path / "data", "need at least two labels"),
+    ):
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "actionstream", "train", "--data", str(data)),
+                *("--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "OPENCV_LOG_LEVEL": "ERROR"},
+        )
+        assert done.returncode == 1, done.stderr
+        assert message in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "run").exists()
+
+
+def test_streams_join_clips_with_background_between_actions(tmp_path: Path) -> None:
+    from actionstream.training.data import LabelledClip
+    from actionstream.training.video_data import NO_AUGMENT, join_clips
+
+    clips = [LabelledClip(np.full((5, 8, 8, 3), k, np.uint8), k) for k in (0, 1, 2)]
+    rng = np.random.default_rng(0)
+    frames, labels = join_clips(clips, [1, 2, 1], None, [0], rng, NO_AUGMENT, False)
+    assert labels.tolist() == [1] * 5 + [0] * 5 + [2] * 5 + [0] * 5 + [1] * 5
+    assert (frames[:, 0, 0, 0] == labels).all()  # frames and labels stay aligned
+    short, short_labels = join_clips(clips, [1], 12, [], rng, NO_AUGMENT, False)
+    assert len(short) == 12 and short_labels.tolist() == [1] * 12
+
+
+def test_augmentation_keeps_direction(tmp_path: Path) -> None:
+    from actionstream.training.video_data import Augment, augment
+
+    # A bright column sweeping left to right must still sweep left to right.
+    frames = np.zeros((12, 32, 32, 3), np.uint8)
+    for t in range(12):
+        cv2.rectangle(frames[t], (2 + 2 * t, 0), (4 + 2 * t, 31), (255, 255, 255), -1)
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        out = augment(frames, rng, Augment())
+        xs = [float(np.argmax(f.astype(np.float32).mean(axis=(0, 2)))) for f in out]
+        assert xs[-1] > xs[0]

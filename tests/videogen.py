@@ -1,0 +1,69 @@
+"""Labelled videos made here the way a user's would be, independent of training/synth.py.
+
+A textured disc crosses a cluttered background; the class is the direction
+it travels, so no single frame tells the classes apart. Written with OpenCV
+in the containers users have (MJPG .avi, mp4v .mp4), at frame rates other
+than the model's, and at a size other than its input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+def motion_clip(
+    direction: str, seconds: float, fps: float, size: tuple[int, int], seed: int
+) -> np.ndarray:
+    """(T, H, W, 3) uint8 BGR: a disc moving in `direction` over clutter."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    background = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (0, 0), 3)
+    dx, dy = DIRECTIONS[direction]
+    speed = rng.uniform(0.35, 0.6) * min(w, h) / seconds  # pixels per second
+    x, y = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
+    x -= dx * speed * seconds / 2
+    y -= dy * speed * seconds / 2
+    colour = tuple(int(c) for c in rng.integers(120, 256, 3))
+    radius = max(3, int(min(w, h) * rng.uniform(0.08, 0.14)))
+    frames = []
+    for t in np.arange(0, seconds, 1 / fps):
+        frame = background.copy()
+        centre = (int(x + dx * speed * t), int(y + dy * speed * t))
+        cv2.circle(frame, centre, radius, colour, -1)
+        frames.append(frame)
+    return np.stack(frames)
+
+
+def write(frames: np.ndarray, path: Path, fps: float) -> None:
+    fourcc = "MJPG" if path.suffix == ".avi" else "mp4v"
+    h, w = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened(), path
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+
+
+def class_folders(
+    root: Path,
+    labels: tuple[str, ...],
+    per_class: int,
+    seconds: float = 1.5,
+    fps: float = 15.0,
+    size: tuple[int, int] = (96, 72),
+    seed: int = 0,
+) -> Path:
+    """root/<label>/<n>.avi|.mp4, alternating containers; returns root."""
+    for k, label in enumerate(labels):
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            suffix = ".avi" if i % 2 else ".mp4"
+            clip = motion_clip(label, seconds, fps, size, seed + 1000 * k + i)
+            write(clip, folder / f"{label}_{i:03d}{suffix}", fps)
+    return root

@@ -1,0 +1,184 @@
+"""Users' clips joined into untrimmed training streams, the way the service will see them.
+
+A model trained on isolated clips and then streamed with a never-reset state
+falls below chance, so training never shows clips alone: each stream is
+clip after clip without a cut (a background clip between two actions where
+the data has a background label), entered at a random point, cut to length.
+The state is carried across those boundaries exactly as across chunks.
+
+Augmentation keeps labels true for classes told apart by direction or order:
+no flips and no reversal. Per clip: playback speed, a crop (zoom and shift),
+brightness and contrast; per frame: noise. Validation data is never augmented.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from actionstream.training.data import LabelledClip, Streams
+from actionstream.training.videos import (
+    ClipCache,
+    Preprocessing,
+    VideoDataset,
+    find_clips,
+    load_dataset,
+)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Label-preserving perturbations, drawn per clip (noise per frame)."""
+
+    speed: tuple[float, float] = (0.8, 1.25)  # playback rate
+    crop: float = 0.8  # smallest fraction of each side a crop keeps
+    brightness: float = 20.0  # grey levels, up or down
+    contrast: tuple[float, float] = (0.8, 1.25)
+    noise: float = 6.0  # largest per-frame noise std, grey levels
+
+
+NO_AUGMENT = Augment(speed=(1.0, 1.0), crop=1.0, brightness=0.0, contrast=(1.0, 1.0), noise=0.0)
+
+
+def augment(frames: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> (T', H, W, 3) uint8, T' = T / speed."""
+    T, H, W = frames.shape[:3]
+    speed = rng.uniform(*aug.speed)
+    idx = np.minimum((np.arange(0, T / speed) * speed).astype(int), T - 1)
+    out = np.asarray(frames[idx], dtype=np.float32)  # (T', H, W, 3)
+    side = rng.uniform(aug.crop, 1.0)
+    ch, cw = max(2, round(H * side)), max(2, round(W * side))
+    if (ch, cw) != (H, W):
+        y0, x0 = rng.integers(0, H - ch + 1), rng.integers(0, W - cw + 1)
+        out = np.stack(
+            [cv2.resize(f[y0 : y0 + ch, x0 : x0 + cw], (W, H)) for f in out]
+        )  # (T', ch, cw, 3) -> (T', H, W, 3)
+    out = (out - 128.0) * rng.uniform(*aug.contrast) + 128.0 + rng.uniform(-1, 1) * aug.brightness
+    if aug.noise > 0:
+        out += rng.normal(0.0, rng.uniform(0, aug.noise), out.shape).astype(np.float32)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def join_clips(
+    clips: Sequence[LabelledClip],
+    order: Sequence[int],
+    n_frames: int | None,
+    background: Sequence[int],
+    rng: np.random.Generator,
+    aug: Augment,
+    enter_anywhere: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One stream: the clips in `order`, each action after the first preceded by a
+    background clip drawn from `background` (when it has any), cut to `n_frames`
+    (None: all of it). Returns frames (T, H, W, 3) uint8 and labels (T,) int64."""
+    parts: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    total = 0
+    for i, k in enumerate(order):
+        pieces = [k] if not background or i == 0 else [_pick(background, rng), k]
+        for piece in pieces:
+            frames = augment(clips[piece].frames, rng, aug)
+            if enter_anywhere and total == 0:  # a camera rarely starts where an action does
+                frames = frames[int(rng.integers(len(frames))) :]
+            parts.append(frames)
+            labels.append(np.full(len(frames), clips[piece].label, np.int64))
+            total += len(frames)
+        if n_frames is not None and total >= n_frames:
+            break
+    frames_out, labels_out = np.concatenate(parts), np.concatenate(labels)
+    if n_frames is None:
+        return frames_out, labels_out
+    if total < n_frames:  # fewer clips than the stream is long: go round again
+        reps = -(-n_frames // total)
+        frames_out, labels_out = np.concatenate([frames_out] * reps), np.tile(labels_out, reps)
+    return frames_out[:n_frames], labels_out[:n_frames]
+
+
+def _pick(pool: Sequence[int], rng: np.random.Generator) -> int:
+    return pool[int(rng.integers(len(pool)))]
+
+
+class VideoData:
+    """A user's labelled videos as training batches and held-out streams and clips."""
+
+    def __init__(
+        self,
+        dataset: VideoDataset,
+        train_idx: Sequence[int],
+        val_idx: Sequence[int],
+        background_label: str | None,
+        streams_per_epoch: int,
+        stream_frames: int,
+        batch_size: int,
+        val_frames: int,
+        seed: int,
+        aug: Augment | None = None,
+    ) -> None:
+        self.labels = dataset.labels
+        self.background_label = background_label
+        self.version = f"videos-{len(dataset.labels)}labels-seed{seed}"
+        clips = [
+            LabelledClip(c.frames, t) for c, t in zip(dataset.clips, dataset.targets, strict=True)
+        ]
+        self.train_clips = [clips[i] for i in train_idx]
+        self.val_clips = [clips[i] for i in val_idx]
+        bg = self.labels.index(background_label) if background_label in self.labels else None
+        self._train_bg = [i for i, c in enumerate(self.train_clips) if c.label == bg]
+        self._by_label: dict[int, list[int]] = {}
+        for i, c in enumerate(self.train_clips):
+            if c.label != bg:
+                self._by_label.setdefault(c.label, []).append(i)
+        self._per_epoch = streams_per_epoch
+        self._stream_frames = stream_frames
+        self._batch_size = batch_size
+        self._aug = Augment() if aug is None else aug
+        self.val_streams = self._held_out_streams(val_frames, bg, np.random.default_rng(seed + 1))
+
+    def batches(self, rng: np.random.Generator) -> Iterator[Streams]:
+        for _ in range(max(1, self._per_epoch // self._batch_size)):
+            streams = [self._stream(rng) for _ in range(self._batch_size)]
+            frames = np.stack([f for f, _ in streams])  # B x (T, H, W, 3) -> (B, T, H, W, 3)
+            yield Streams(frames, np.stack([y for _, y in streams]))
+
+    def _stream(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        # A label drawn evenly, then one of its clips: a rare label is seen as often as the rest.
+        keys = sorted(self._by_label)
+        n = self._stream_frames // 4 + 1  # more clips than a stream of short clips can hold
+        order = [_pick(self._by_label[_pick(keys, rng)], rng) for _ in range(n)]
+        return join_clips(
+            self.train_clips, order, self._stream_frames, self._train_bg, rng, self._aug, True
+        )
+
+    def _held_out_streams(self, n_frames: int, bg: int | None, rng: np.random.Generator) -> Streams:
+        """Every validation clip once, in a fixed shuffled order, background between actions,
+        cut into streams of about `n_frames`."""
+        background = [i for i, c in enumerate(self.val_clips) if c.label == bg]
+        actions = [
+            int(i)
+            for i in rng.permutation([i for i, c in enumerate(self.val_clips) if c.label != bg])
+        ]
+        frames, labels = join_clips(
+            self.val_clips, actions, None, background, rng, NO_AUGMENT, False
+        )
+        n = max(1, len(frames) // n_frames)
+        T = len(frames) // n
+        return Streams(
+            frames[: n * T].reshape(n, T, *frames.shape[1:]),  # (n*T, H, W, 3) -> (n, T, H, W, 3)
+            labels[: n * T].reshape(n, T),
+        )
+
+
+def open_videos(
+    data: Path,
+    cache_dir: Path,
+    size: int,
+    fps: float,
+    min_frames: int,
+) -> VideoDataset:
+    """Finds, decodes (or reads back from the cache) and checks a user's data set."""
+    refs = find_clips(data)
+    return load_dataset(refs, ClipCache(cache_dir, Preprocessing(size, fps)), min_frames)

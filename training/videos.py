@@ -1,0 +1,287 @@
+"""Users' videos as labelled clips: found on disk, decoded once, cached, read back lazily.
+
+Two layouts:
+
+- a folder of class folders, `DIR/<label>/*.mp4|avi|mkv|webm|mov` (the
+  UCF101/HMDB51 layout): each file is one clip of its folder's label;
+- a CSV manifest with a header `path,label[,start_s,end_s]`: each row is a clip,
+  a whole file or a labelled segment of a long untrimmed video; paths are
+  relative to the CSV.
+
+Each clip is decoded with OpenCV, resampled by timestamp to the model's frame
+rate (a 30 fps video gives every third frame, a 5 fps one is not sped up:
+frames repeat) and resized to the model's input. The result is cached as a
+.npy file keyed by the video's bytes and the preprocessing, so later epochs
+and later runs read it back (memory-mapped, never all at once) instead of
+decoding again. A video OpenCV cannot read, or that holds no frames in the
+asked span, is reported by name and skipped.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+# Bump when decoding or resampling changes, so old cache entries are not reused.
+_CACHE_VERSION = "1"
+
+
+class DatasetError(Exception):
+    """A data set that cannot be trained on, with the reason in words."""
+
+
+@dataclass(frozen=True)
+class ClipRef:
+    """Where a labelled clip comes from: a file, and optionally a span of it in seconds."""
+
+    path: Path
+    label: str
+    start_s: float = 0.0
+    end_s: float | None = None  # None: to the end of the file
+
+    def describe(self) -> str:
+        if self.start_s == 0.0 and self.end_s is None:
+            return str(self.path)
+        end = "end" if self.end_s is None else f"{self.end_s:g}s"
+        return f"{self.path} [{self.start_s:g}s-{end}]"
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A decoded clip: frames (T, H, W, 3) uint8 BGR at the model's fps, memory-mapped."""
+
+    ref: ClipRef
+    frames: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def find_clips(data: Path) -> list[ClipRef]:
+    """The clips a class-folder directory or a CSV manifest names; raises DatasetError."""
+    if data.is_dir():
+        return _from_folders(data)
+    if data.is_file() and data.suffix.lower() == ".csv":
+        return _from_manifest(data)
+    if not data.exists():
+        raise DatasetError(f"{data}: no such folder or manifest")
+    raise DatasetError(f"{data}: expected a folder of class folders or a .csv manifest")
+
+
+def _from_folders(root: Path) -> list[ClipRef]:
+    refs = [
+        ClipRef(path, folder.name)
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for path in sorted(folder.iterdir())
+        if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file()
+    ]
+    if not refs:
+        raise DatasetError(
+            f"{root}: no videos found; expected {root}/<label>/*"
+            f"{'|'.join(VIDEO_SUFFIXES)} (one folder per class)"
+        )
+    return refs
+
+
+def _from_manifest(manifest: Path) -> list[ClipRef]:
+    try:
+        with manifest.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{manifest}: cannot read the manifest ({e})") from None
+    refs = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            path, label = row["path"].strip(), row["label"].strip()
+            start = float(row.get("start_s") or 0.0)
+            end = float(row["end_s"]) if row.get("end_s") else None
+        except (KeyError, AttributeError, ValueError):
+            raise DatasetError(
+                f"{manifest}:{line}: expected columns path,label[,start_s,end_s] "
+                "with a header row and numbers in seconds"
+            ) from None
+        if not path or not label:
+            raise DatasetError(f"{manifest}:{line}: path and label must not be empty")
+        if start < 0 or (end is not None and end <= start):
+            raise DatasetError(f"{manifest}:{line}: need 0 <= start_s < end_s")
+        refs.append(ClipRef((manifest.parent / path).resolve(), label, start, end))
+    if not refs:
+        raise DatasetError(f"{manifest}: the manifest lists no clips")
+    return refs
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What every clip becomes: frames of `size`×`size` at `fps`."""
+
+    size: int
+    fps: float
+
+
+class ClipCache:
+    """Decoded clips on disk, one .npy per (video bytes, span, preprocessing)."""
+
+    def __init__(self, root: Path, prep: Preprocessing) -> None:
+        self.root = root
+        self.prep = prep
+        root.mkdir(parents=True, exist_ok=True)
+
+    def load(self, ref: ClipRef) -> Clip:
+        """The clip, decoded now or read from the cache; raises DatasetError if unreadable."""
+        try:
+            digest = _file_digest(ref.path)
+        except OSError as e:
+            raise DatasetError(f"{ref.describe()}: cannot read ({e.strerror})") from None
+        parts = (_CACHE_VERSION, digest, self.prep.size, self.prep.fps, ref.start_s, ref.end_s)
+        key = hashlib.sha256("|".join(map(repr, parts)).encode()).hexdigest()[:32]
+        path = self.root / f"{key}.npy"
+        if not path.exists():
+            frames = decode_clip(ref, self.prep)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            with tmp.open("wb") as f:
+                np.save(f, frames)
+            tmp.replace(path)  # whole or absent: a killed run leaves no half entry
+        return Clip(ref, np.load(path, mmap_mode="r"))
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def decode_clip(ref: ClipRef, prep: Preprocessing) -> np.ndarray:
+    """(T, size, size, 3) uint8 BGR: `ref`'s span resampled to `prep.fps`; raises DatasetError.
+
+    Resampling is by timestamp: output frame k shows the last source frame at
+    or before start + k / fps, so the clip keeps its real duration whatever
+    the source's rate (faster sources are thinned, slower ones repeat frames).
+    """
+    capture = cv2.VideoCapture(str(ref.path))
+    if not capture.isOpened():
+        raise DatasetError(f"{ref.describe()}: OpenCV cannot open it as a video")
+    source_fps = capture.get(cv2.CAP_PROP_FPS)
+    if not (math.isfinite(source_fps) and source_fps > 0):
+        source_fps = prep.fps
+    step = 1.0 / prep.fps
+    out: list[np.ndarray] = []
+    next_t = ref.start_s  # time of the next output frame
+    held: np.ndarray | None = None  # the last source frame read, not yet resized
+    fitted: np.ndarray | None = None  # `held` resized, once an output frame needs it
+    t = -math.inf
+    try:
+        for index in itertools.count():
+            ok, image = capture.read()
+            if not ok or image is None:
+                break
+            # Containers without timestamps report 0 after the first frame: count frames
+            # then. Timestamps never go backwards here, whatever the container says.
+            pos = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            t = max(t, pos if pos > 0 or index == 0 else index / source_fps)
+            if ref.end_s is not None and t >= ref.end_s:
+                break
+            while held is not None and next_t < t - 1e-6:  # outputs before this frame show the last
+                fitted = _fit(held, prep.size) if fitted is None else fitted
+                out.append(fitted)
+                next_t += step
+            held, fitted = image, None
+    finally:
+        capture.release()
+    # The last frame lasts one source frame interval (or to the end of the span).
+    stop = t + 1.0 / source_fps if ref.end_s is None else min(ref.end_s, t + 1.0 / source_fps)
+    while held is not None and next_t < stop - 1e-6:
+        fitted = _fit(held, prep.size) if fitted is None else fitted
+        out.append(fitted)
+        next_t += step
+    if not out:
+        raise DatasetError(f"{ref.describe()}: no frames could be decoded")
+    return np.stack(out)
+
+
+def _fit(image: np.ndarray, size: int) -> np.ndarray:
+    if image.ndim != 3 or image.shape[2] != 3:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    h, w = image.shape[:2]
+    interpolation = cv2.INTER_AREA if min(h, w) >= size else cv2.INTER_LINEAR
+    return cv2.resize(image, (size, size), interpolation=interpolation)
+
+
+@dataclass(frozen=True)
+class VideoDataset:
+    """Usable labelled clips, their label set, and what was skipped and why."""
+
+    labels: tuple[str, ...]
+    clips: tuple[Clip, ...]
+    targets: tuple[int, ...]  # label index of each clip
+    skipped: tuple[str, ...]  # one line per clip that could not be used
+
+    def per_class(self) -> dict[str, int]:
+        return {label: self.targets.count(k) for k, label in enumerate(self.labels)}
+
+
+def load_dataset(
+    refs: Sequence[ClipRef],
+    cache: ClipCache,
+    min_frames: int,
+    report: Callable[[str], None] = print,
+) -> VideoDataset:
+    """Decodes (or reads back) every clip; refuses a data set that cannot train a classifier.
+
+    Clips shorter than `min_frames` are skipped like unreadable ones; each skip
+    goes to `report`. Raises DatasetError when fewer than two labels, or a
+    label with no usable clip, remain.
+    """
+    labels = tuple(sorted({r.label for r in refs}))
+    clips, targets, skipped = [], [], []
+    for ref in refs:
+        try:
+            clip = cache.load(ref)
+        except DatasetError as e:
+            skipped.append(str(e))
+            report(f"skipped {e}")
+            continue
+        if len(clip) < min_frames:
+            line = (
+                f"{ref.describe()}: {len(clip)} frames at {cache.prep.fps:g} fps, need {min_frames}"
+            )
+            skipped.append(line)
+            report(f"skipped {line}")
+            continue
+        clips.append(clip)
+        targets.append(labels.index(ref.label))
+    if len(labels) < 2:
+        raise DatasetError(f"need at least two labels to tell apart, found {list(labels)}")
+    empty = [label for k, label in enumerate(labels) if k not in targets]
+    if empty:
+        raise DatasetError(
+            f"no usable video for label(s) {', '.join(empty)} ({len(skipped)} video(s) skipped)"
+        )
+    return VideoDataset(labels, tuple(clips), tuple(targets), tuple(skipped))
+
+
+def split(dataset: VideoDataset, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Clip indices for training and validation, drawn per label so each label is in both.
+
+    A label with a single clip keeps it for training.
+    """
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for k in range(len(dataset.labels)):
+        idx = [i for i, t in enumerate(dataset.targets) if t == k]
+        rng.shuffle(idx)
+        n_val = min(len(idx) - 1, round(len(idx) * val_fraction))
+        val += idx[:n_val]
+        train += idx[n_val:]
+    return sorted(train), sorted(val)
