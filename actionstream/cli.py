@@ -67,10 +67,11 @@ def evaluate(cfg: EvaluateConfig) -> int:
     _needs_torch()
     from actionstream.training.checkpoint import CheckpointError
     from actionstream.training.evaluate import main as evaluate_main
+    from actionstream.training.videos import DatasetError
 
     try:
         evaluate_main(cfg)
-    except CheckpointError as e:
+    except (CheckpointError, DatasetError) as e:
         raise click.ClickException(str(e)) from None
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -81,3 +82,16 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
     # Four directions, chance 25%; this small network gets about 80% after these
     # 64 steps (44 s on 2 cores). Held well clear of chance, not of its best.
     assert accuracy > 45, streamed
+
+    # The same video scored offline, and a folder of unseen clips: report and plots.
+    _actionstream("evaluate", str(run), "--data", str(video), "--cache", str(tmp_path / "cache"))
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["frames"] == 120 and report["switch_latency"]["changes"] == 7
+    assert abs(report["frame_accuracy"] * 100 - accuracy) < 10  # the server's answers, offline
+    unseen = class_folders(tmp_path / "unseen", LABELS, 3, seed=123)
+    _actionstream("evaluate", str(run), "--data", str(unseen), "--cache", str(tmp_path / "cache"))
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["clips"] == 12 and sum(map(sum, report["confusion"])) == 12
+    assert set(report["per_class_clip_accuracy"]) == set(LABELS)
+    for plot in ("confusion.png", "per_class_accuracy.png", "training_curves.png"):
+        assert (run / plot).read_bytes().startswith(b"\x89PNG"), plot

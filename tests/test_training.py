@@ -47,3 +47,29 @@ def test_training_learns_motion_and_exports(tmp_path: Path) -> None:
     loaded = Checkpoint.load(tmp_path / "run" / "checkpoint.pt")
     out = export_onnx(loaded, tmp_path / "model.onnx")
     assert out.stat().st_size < 5 * 2**20
+
+
+def test_switch_latency_counts_frames_until_the_prediction_follows() -> None:
+    pytest.importorskip("torch")
+    from actionstream.training.evaluate import switch_latency
+
+    labels = np.array([[0, 0, 0, 1, 1, 1, 1, 2, 2, 2]])
+    preds = np.array([[0, 0, 0, 0, 0, 1, 1, 0, 0, 0]])
+    # 0 -> 1 at frame 3, followed at frame 5 (2 frames); 1 -> 2 at frame 7, never.
+    assert switch_latency(preds, labels) == {
+        "changes": 2,
+        "followed": 1,
+        "missed": 1,
+        "mean_frames": 2.0,
+        "median_frames": 2.0,
+    }
+
+
+def test_clip_report_confusion_rows_are_the_truth() -> None:
+    pytest.importorskip("torch")
+    from actionstream.training.evaluate import clip_report
+
+    report = clip_report(np.array([0, 1, 1, 2]), np.array([0, 0, 1, 2]), ("a", "b", "c"))
+    assert report["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    assert report["clip_accuracy"] == 0.75
+    assert report["per_class_clip_accuracy"] == {"a": 0.5, "b": 1.0, "c": 1.0}

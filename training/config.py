@@ -161,9 +161,21 @@ class EvaluateConfig:
     """`actionstream evaluate`: a checkpoint scored on held-out synthetic streams."""
 
     run: str = setting(DEFAULT_RUN, help="run folder or checkpoint.pt", positional=True)
-    streams: int = setting(32, help="held-out streams, each scored frame by frame")
-    seconds: float = setting(60.0, help="length of each held-out stream")
-    seed: int = setting(10_000, help="seed of the held-out streams and clips")
+    data: str | None = setting(
+        None,
+        help="videos to score: class folders or a CSV manifest (as for train), or one "
+        "untrimmed video labelled per frame by a frame,label CSV; unset: synthetic streams",
+    )
+    labels: str | None = setting(
+        None, help="the frame,label CSV of a --data video (default: the video's name, .csv)"
+    )
+    cache: str = setting(
+        str(Path.home() / ".cache" / "actionstream" / "frames"),
+        help="where decoded video frames are kept",
+    )
+    streams: int = setting(32, help="synthetic: held-out streams, each scored frame by frame")
+    seconds: float = setting(60.0, help="synthetic: length of each held-out stream")
+    seed: int = setting(10_000, help="seed of the synthetic data, and of the clip order")
 
     def __post_init__(self) -> None:
         if self.streams < 1:

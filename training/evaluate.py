@@ -7,8 +7,11 @@ streams with it after every epoch, `actionstream evaluate` scores a checkpoint.
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +27,17 @@ from actionstream.training.data import (
 )
 from actionstream.training.model import Recognizer
 from actionstream.training.synth import SynthConfig
+from actionstream.training.video_data import NO_AUGMENT, join_clips
+from actionstream.training.videos import (
+    VIDEO_SUFFIXES,
+    ClipCache,
+    ClipRef,
+    DatasetError,
+    Preprocessing,
+    decode_indexed,
+    find_clips,
+    load_dataset,
+)
 
 # A frame is "settled" once its action has run this long: before that, the
 # network has not yet seen enough of the new motion (and neither could anyone).
@@ -68,23 +82,10 @@ def stream_metrics(
     }
 
 
-@torch.no_grad()
-def clip_accuracy(net: Recognizer, clips: Sequence[LabelledClip], batch: int = 64) -> float:
+def clip_accuracy(net: Recognizer, clips: Sequence[LabelledClip]) -> float:
     """Isolated clips, each from a zero state, judged on their last frame."""
-    net.eval()
-    device = next(net.parameters()).device
-    by_length: dict[int, list[LabelledClip]] = {}
-    for clip in clips:  # clips of one length run as one batch
-        by_length.setdefault(len(clip.frames), []).append(clip)
-    correct = 0
-    for group in by_length.values():
-        for b0 in range(0, len(group), batch):
-            part = group[b0 : b0 + batch]
-            x = torch.from_numpy(np.stack([np.asarray(c.frames) for c in part])).to(device)
-            logits, *_ = net(x, *net.initial_state(len(part)))  # (P, T, classes)
-            guess = logits[:, -1].argmax(-1).cpu().numpy()
-            correct += int((guess == np.array([c.label for c in part])).sum())
-    return correct / len(clips)
+    truth = np.array([c.label for c in clips])
+    return float((clip_predictions(net, clips) == truth).mean())
 
 
 def score(
@@ -101,17 +102,132 @@ def score(
     return metrics
 
 
+def switch_latency(preds: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Frames from each true change of action until the prediction follows it.
+
+    For every change (N, T) streams hold, the latency is the number of frames
+    after the change before the prediction first equals the new label, within
+    that action; an action the prediction never reaches counts as missed.
+    """
+    latencies, missed = [], 0
+    for pred, truth in zip(preds, labels, strict=True):
+        starts = [0, *np.flatnonzero(truth[1:] != truth[:-1]) + 1, len(truth)]
+        for a, b in itertools.pairwise(starts[1:]):  # every segment after a change
+            hit = np.flatnonzero(pred[a:b] == truth[a])
+            if len(hit):
+                latencies.append(int(hit[0]))
+            else:
+                missed += 1
+    changes = len(latencies) + missed
+    return {
+        "changes": changes,
+        "followed": len(latencies),
+        "missed": missed,
+        "mean_frames": float(np.mean(latencies)) if latencies else None,
+        "median_frames": float(np.median(latencies)) if latencies else None,
+    }
+
+
+@torch.no_grad()
+def clip_predictions(net: Recognizer, clips: Sequence[LabelledClip], batch: int = 64) -> np.ndarray:
+    """Each clip's predicted label (its last frame's), from a zero state, in order."""
+    net.eval()
+    device = next(net.parameters()).device
+    by_length: dict[int, list[int]] = {}
+    for i, clip in enumerate(clips):  # clips of one length run as one batch
+        by_length.setdefault(len(clip.frames), []).append(i)
+    out = np.empty(len(clips), np.int64)
+    for members in by_length.values():
+        for b0 in range(0, len(members), batch):
+            part = members[b0 : b0 + batch]
+            x = np.stack([np.asarray(clips[i].frames) for i in part])  # (P, T, H, W, 3)
+            logits, *_ = net(torch.from_numpy(x).to(device), *net.initial_state(len(part)))
+            out[part] = logits[:, -1].argmax(-1).cpu().numpy()  # (P, T, classes) -> (P,)
+    return out
+
+
+def clip_report(preds: np.ndarray, truth: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
+    """Top-1, per-class accuracy and the confusion matrix (rows: truth, columns: predicted)."""
+    confusion = np.zeros((len(names), len(names)), np.int64)
+    np.add.at(confusion, (truth, preds), 1)
+    per_class = {
+        name: float(confusion[k, k] / confusion[k].sum())
+        for k, name in enumerate(names)
+        if confusion[k].sum()
+    }
+    return {
+        "clip_accuracy": float((preds == truth).mean()),
+        "clips": len(truth),
+        "per_class_clip_accuracy": per_class,
+        "confusion": confusion.tolist(),
+    }
+
+
 def main(cfg: EvaluateConfig) -> dict[str, Any]:
-    """`actionstream evaluate`: prints the metrics as JSON and returns them."""
-    from pathlib import Path
-
+    """`actionstream evaluate`: prints the metrics, writes evaluation.json and plots."""
     from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.report import write_report
 
-    ckpt = Checkpoint.load(Path(cfg.run))
+    run = Path(cfg.run)
+    ckpt = Checkpoint.load(run)
     net = ckpt.build_model()
-    synth = SynthConfig(size=ckpt.model_config.height, fps=ckpt.fps)
-    data = render_streams(cfg.streams, int(cfg.seconds * ckpt.fps), cfg.seed, synth, held_out=True)
-    clips = synthetic_clips(synth, CLIPS_PER_CLASS, int(CLIP_SECONDS * ckpt.fps), cfg.seed)
-    metrics = score(net, data, clips, ckpt.labels, ckpt.fps)
+    prep = Preprocessing(ckpt.model_config.height, ckpt.fps)
+    names = ckpt.labels
+    metrics: dict[str, Any] = {"model": ckpt.version, "labels": list(names)}
+    if cfg.data is None:
+        synth = SynthConfig(size=ckpt.model_config.height, fps=ckpt.fps)
+        n_frames = int(cfg.seconds * ckpt.fps)
+        streams = render_streams(cfg.streams, n_frames, cfg.seed, synth, held_out=True)
+        clips = synthetic_clips(synth, CLIPS_PER_CLASS, int(CLIP_SECONDS * ckpt.fps), cfg.seed)
+        metrics["data"] = f"synthetic, {cfg.streams} streams of {cfg.seconds:g} s, seed {cfg.seed}"
+    elif Path(cfg.data).suffix.lower() in VIDEO_SUFFIXES:
+        streams, clips = _labelled_video(Path(cfg.data), cfg.labels, names, prep), []
+        metrics["data"] = cfg.data
+    else:
+        dataset = load_dataset(
+            find_clips(Path(cfg.data)), ClipCache(Path(cfg.cache), prep), 1, known=names
+        )
+        clips = [
+            LabelledClip(c.frames, t) for c, t in zip(dataset.clips, dataset.targets, strict=True)
+        ]
+        order = [int(i) for i in np.random.default_rng(cfg.seed).permutation(len(clips))]
+        frames, labels = join_clips(
+            clips, order, None, [], np.random.default_rng(0), NO_AUGMENT, False
+        )
+        streams = Streams(frames[None], labels[None])  # all clips, one unbroken stream
+        metrics["data"] = cfg.data
+        metrics["skipped"] = list(dataset.skipped)
+
+    if clips:
+        truth = np.array([c.label for c in clips])
+        metrics |= clip_report(clip_predictions(net, clips), truth, names)
+    preds = predict_streams(net, streams)
+    metrics |= stream_metrics(preds, streams.labels, names, settle=int(SETTLE_SECONDS * ckpt.fps))
+    metrics["switch_latency"] = switch_latency(preds, streams.labels)
+    written = write_report(run if run.is_dir() else run.parent, metrics, names)
     print(json.dumps(metrics, indent=2))
+    print("wrote " + ", ".join(str(p) for p in written))
     return metrics
+
+
+def _labelled_video(
+    video: Path, labels_csv: str | None, names: Sequence[str], prep: Preprocessing
+) -> Streams:
+    """One untrimmed video as a stream, labelled from its `frame,label` CSV (source frames)."""
+    csv_path = Path(labels_csv) if labels_csv else video.with_suffix(".csv")
+    try:
+        with csv_path.open(newline="") as f:
+            by_frame = {int(row["frame"]): row["label"] for row in csv.DictReader(f)}
+    except OSError as e:
+        raise DatasetError(f"{csv_path}: cannot read the labels ({e.strerror})") from None
+    except (KeyError, TypeError, ValueError):
+        raise DatasetError(f"{csv_path}: expected a CSV with columns frame,label") from None
+    unknown = sorted(set(by_frame.values()) - set(names))
+    if unknown:
+        raise DatasetError(f"{csv_path}: label(s) {', '.join(unknown)} are not the model's")
+    frames, sources = decode_indexed(ClipRef(video, "video"), prep)
+    missing = sorted({int(i) for i in sources} - set(by_frame))
+    if missing:
+        raise DatasetError(f"{csv_path}: no label for source frame(s) {missing[:5]}...")
+    labels = np.array([names.index(by_frame[int(i)]) for i in sources])
+    return Streams(frames[None], labels[None])  # (1, T, H, W, 3), (1, T)

@@ -121,9 +121,7 @@ class VideoData:
         self.labels = dataset.labels
         self.background_label = background_label
         self.version = f"videos-{len(dataset.labels)}labels-seed{seed}"
-        clips = [
-            LabelledClip(c.frames, t) for c, t in zip(dataset.clips, dataset.targets, strict=True)
-        ]
+        clips = dataset.labelled()
         self.train_clips = [clips[i] for i in train_idx]
         self.val_clips = [clips[i] for i in val_idx]
         bg = self.labels.index(background_label) if background_label in self.labels else None

@@ -31,6 +31,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from actionstream.training.data import LabelledClip
+
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 # Bump when decoding or resampling changes, so old cache entries are not reused.
 _CACHE_VERSION = "1"
@@ -169,6 +171,11 @@ def decode_clip(ref: ClipRef, prep: Preprocessing) -> np.ndarray:
     or before start + k / fps, so the clip keeps its real duration whatever
     the source's rate (faster sources are thinned, slower ones repeat frames).
     """
+    return decode_indexed(ref, prep)[0]
+
+
+def decode_indexed(ref: ClipRef, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """Like decode_clip, with the source frame index (0-based) each output frame shows."""
     capture = cv2.VideoCapture(str(ref.path))
     if not capture.isOpened():
         raise DatasetError(f"{ref.describe()}: OpenCV cannot open it as a video")
@@ -177,9 +184,11 @@ def decode_clip(ref: ClipRef, prep: Preprocessing) -> np.ndarray:
         source_fps = prep.fps
     step = 1.0 / prep.fps
     out: list[np.ndarray] = []
+    sources: list[int] = []
     next_t = ref.start_s  # time of the next output frame
     held: np.ndarray | None = None  # the last source frame read, not yet resized
     fitted: np.ndarray | None = None  # `held` resized, once an output frame needs it
+    held_index = -1
     t = -math.inf
     try:
         for index in itertools.count():
@@ -195,8 +204,9 @@ def decode_clip(ref: ClipRef, prep: Preprocessing) -> np.ndarray:
             while held is not None and next_t < t - 1e-6:  # outputs before this frame show the last
                 fitted = _fit(held, prep.size) if fitted is None else fitted
                 out.append(fitted)
+                sources.append(held_index)
                 next_t += step
-            held, fitted = image, None
+            held, fitted, held_index = image, None, index
     finally:
         capture.release()
     # The last frame lasts one source frame interval (or to the end of the span).
@@ -204,10 +214,11 @@ def decode_clip(ref: ClipRef, prep: Preprocessing) -> np.ndarray:
     while held is not None and next_t < stop - 1e-6:
         fitted = _fit(held, prep.size) if fitted is None else fitted
         out.append(fitted)
+        sources.append(held_index)
         next_t += step
     if not out:
         raise DatasetError(f"{ref.describe()}: no frames could be decoded")
-    return np.stack(out)
+    return np.stack(out), np.array(sources)
 
 
 def _fit(image: np.ndarray, size: int) -> np.ndarray:
@@ -230,20 +241,29 @@ class VideoDataset:
     def per_class(self) -> dict[str, int]:
         return {label: self.targets.count(k) for k, label in enumerate(self.labels)}
 
+    def labelled(self) -> list[LabelledClip]:
+        return [LabelledClip(c.frames, t) for c, t in zip(self.clips, self.targets, strict=True)]
+
 
 def load_dataset(
     refs: Sequence[ClipRef],
     cache: ClipCache,
     min_frames: int,
     report: Callable[[str], None] = print,
+    known: Sequence[str] | None = None,
 ) -> VideoDataset:
     """Decodes (or reads back) every clip; refuses a data set that cannot train a classifier.
 
     Clips shorter than `min_frames` are skipped like unreadable ones; each skip
     goes to `report`. Raises DatasetError when fewer than two labels, or a
-    label with no usable clip, remain.
+    label with no usable clip, remain. With `known` (a trained model's labels,
+    for evaluation), targets index those, a label outside them is an error,
+    and a label may have no clip.
     """
-    labels = tuple(sorted({r.label for r in refs}))
+    labels = tuple(sorted({r.label for r in refs})) if known is None else tuple(known)
+    unknown = sorted({r.label for r in refs} - set(labels))
+    if unknown:
+        raise DatasetError(f"label(s) {', '.join(unknown)} are not the model's {list(labels)}")
     clips, targets, skipped = [], [], []
     for ref in refs:
         try:
@@ -261,6 +281,10 @@ def load_dataset(
             continue
         clips.append(clip)
         targets.append(labels.index(ref.label))
+    if known is not None:
+        if not clips:
+            raise DatasetError(f"no usable video ({len(skipped)} skipped)")
+        return VideoDataset(labels, tuple(clips), tuple(targets), tuple(skipped))
     if len(labels) < 2:
         raise DatasetError(f"need at least two labels to tell apart, found {list(labels)}")
     empty = [label for k, label in enumerate(labels) if k not in targets]
