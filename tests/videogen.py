@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+FLASHES = {"flash_once": 1, "flash_twice": 2}
 
 
 def motion_clip(
@@ -37,6 +38,32 @@ def motion_clip(
         cv2.circle(frame, centre, radius, colour, -1)
         frames.append(frame)
     return np.stack(frames)
+
+
+def flash_clip(
+    flashes: int, seconds: float, fps: float, size: tuple[int, int], seed: int
+) -> np.ndarray:
+    """(T, H, W, 3) uint8 BGR: a spot lights up `flashes` times over clutter.
+
+    One flash or two: the same frames make up both, only how many tells them
+    apart, so the recurrent state has to count.
+    """
+    rng = np.random.default_rng(seed)
+    w, h = size
+    background = cv2.GaussianBlur(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), (0, 0), 3)
+    n = round(seconds * fps)
+    length = max(2, n // 6)
+    starts = sorted(rng.choice(np.arange(1, n - length, length + 1), flashes, replace=False))
+    lit = np.zeros(n, bool)
+    for s in starts:
+        lit[s : s + length] = True
+    centre = (int(rng.uniform(0.25, 0.75) * w), int(rng.uniform(0.25, 0.75) * h))
+    radius = max(3, int(min(w, h) * rng.uniform(0.1, 0.16)))
+    colour = tuple(int(c) for c in rng.integers(150, 256, 3))
+    frames = np.repeat(background[None], n, axis=0)
+    for t in np.flatnonzero(lit):
+        cv2.circle(frames[t], centre, radius, colour, -1)
+    return frames
 
 
 def write(frames: np.ndarray, path: Path, fps: float) -> None:
@@ -64,6 +91,10 @@ def class_folders(
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             suffix = ".avi" if i % 2 else ".mp4"
-            clip = motion_clip(label, seconds, fps, size, seed + 1000 * k + i)
+            clip = (
+                flash_clip(FLASHES[label], seconds, fps, size, seed + 1000 * k + i)
+                if label in FLASHES
+                else motion_clip(label, seconds, fps, size, seed + 1000 * k + i)
+            )
             write(clip, folder / f"{label}_{i:03d}{suffix}", fps)
     return root

@@ -43,6 +43,13 @@ class TrainConfig:
     device: str = setting(
         "auto", help="auto (CUDA when torch sees a GPU, else CPU), cpu or cuda", group="Run"
     )
+    init: str = setting(
+        "auto",
+        help="where the CNN starts: pretrained (the motion encoder learnt from the synthetic "
+        "world, which ships with the package), scratch, or auto (pretrained when the model's "
+        "encoder has its shape, else scratch)",
+        group="Run",
+    )
     minutes: float = setting(
         0.0,
         help="stop after this many minutes and keep the best epoch so far (0: no limit)",
@@ -143,6 +150,8 @@ class TrainConfig:
             raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.minutes < 0:
             raise ValueError(f"minutes must not be negative, got {self.minutes}")
+        if self.init not in ("auto", "pretrained", "scratch"):
+            raise ValueError(f"init must be auto, pretrained or scratch, got {self.init!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.boundary_ignore < 0 or self.weight_decay < 0 or self.threads < 0:

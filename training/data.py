@@ -66,8 +66,14 @@ class TrainingData(Protocol):
     @property
     def val_clips(self) -> Sequence[LabelledClip]: ...
 
-    def batches(self, rng: np.random.Generator) -> Iterator[Streams]:
-        """One epoch of training batches, (B, T) streams each, drawn with `rng`."""
+    def batches(
+        self, rng: np.random.Generator, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[Streams]:
+        """This process's share of one epoch's batches, (B, T) streams each.
+
+        `rng` is in the same state on every process (so they agree on the
+        epoch); `shard` is (rank, processes): each gets a different part.
+        """
         ...
 
 
@@ -96,9 +102,14 @@ class SyntheticData:
         self.val_clips = synthetic_clips(cfg, clips_per_class, clip_frames, seed + 5)
         self._batch_size = batch_size
 
-    def batches(self, rng: np.random.Generator) -> Iterator[Streams]:
+    def batches(
+        self, rng: np.random.Generator, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[Streams]:
+        rank, size = shard
         order = rng.permutation(len(self.train))
-        for b0 in range(0, len(order) - self._batch_size + 1, self._batch_size):
+        starts = list(range(0, len(order) - self._batch_size + 1, self._batch_size))
+        even = len(starts) // size * size  # every process takes as many steps: none waits alone
+        for b0 in starts[:even][rank::size]:
             idx = np.sort(order[b0 : b0 + self._batch_size])
             yield Streams(self.train.frames[idx], self.train.labels[idx])
 

@@ -20,6 +20,7 @@ import csv
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,16 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from actionstream.contract import ModelConfig
+from actionstream.training import distributed, pretrained
 from actionstream.training.checkpoint import Checkpoint
 from actionstream.training.config import TrainConfig
 from actionstream.training.data import IGNORE, SyntheticData, TrainingData, loss_targets
+from actionstream.training.distributed import Team
 from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, score
 from actionstream.training.model import Recognizer, build_recognizer
 from actionstream.training.synth import SynthConfig
@@ -56,6 +61,7 @@ class Deadline:
 
 def train_one_epoch(
     net: Recognizer,
+    model: nn.Module,
     data: TrainingData,
     cfg: TrainConfig,
     opt: torch.optim.Optimizer,
@@ -63,17 +69,19 @@ def train_one_epoch(
     rng: np.random.Generator,
     bar: tqdm,
     deadline: Deadline,
+    team: Team,
 ) -> float:
-    net.train()
+    """One pass over this process's batches; `model` is `net`, or its DDP wrapper."""
+    model.train()
     device = next(net.parameters()).device
     losses = []
-    for batch in data.batches(rng):
+    for batch in data.batches(rng, (team.rank, team.size)):
         targets = loss_targets(batch.labels, cfg.boundary_ignore)
         state = list(net.initial_state(len(batch)))
         for t0 in range(0, batch.frames.shape[1], cfg.bptt):
             x = torch.from_numpy(batch.frames[:, t0 : t0 + cfg.bptt]).to(device)  # (B, K, H, W, 3)
             y = torch.from_numpy(targets[:, t0 : t0 + cfg.bptt]).to(device)  # (B, K)
-            logits, *state = net(x, *state)  # (B, K, classes)
+            logits, *state = model(x, *state)  # (B, K, classes)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -85,12 +93,12 @@ def train_one_epoch(
             losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if deadline.passed():
+        if team.agree(deadline.passed()):
             break
     return float(np.mean(losses))
 
 
-def load_data(cfg: TrainConfig) -> TrainingData:
+def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingData:
     """The synthetic world, or the user's videos under `cfg.data`."""
     clip_frames = int(CLIP_SECONDS * cfg.fps)
     if cfg.data is None:
@@ -106,7 +114,9 @@ def load_data(cfg: TrainConfig) -> TrainingData:
             clip_frames,
         )
     try:
-        dataset = open_videos(Path(cfg.data), Path(cfg.cache), cfg.size, cfg.fps, min_frames=2)
+        dataset = open_videos(
+            Path(cfg.data), Path(cfg.cache), cfg.size, cfg.fps, min_frames=2, report=say
+        )
     except DatasetError as e:
         raise TrainingError(str(e)) from None
     if cfg.background is not None and cfg.background not in dataset.labels:
@@ -115,7 +125,7 @@ def load_data(cfg: TrainConfig) -> TrainingData:
         )
     train_idx, val_idx = split(dataset, cfg.val_fraction, cfg.seed)
     counts = ", ".join(f"{label} {n}" for label, n in dataset.per_class().items())
-    print(f"{len(train_idx)} clips to train on, {len(val_idx)} held out ({counts})")
+    say(f"{len(train_idx)} clips to train on, {len(val_idx)} held out ({counts})")
     if not val_idx:
         raise TrainingError("no clip left to validate on: each label needs at least two videos")
     return VideoData(
@@ -131,6 +141,20 @@ def load_data(cfg: TrainConfig) -> TrainingData:
     )
 
 
+def _initialise(net: Recognizer, init: str) -> str:
+    """Loads the shipped motion encoder as `init` asks; says where the CNN starts."""
+    fits = pretrained.fits(net.cfg)
+    if init == "pretrained" and not fits:
+        raise TrainingError(
+            f"--init pretrained: the shipped encoder fits {pretrained.describe()} "
+            "(no frame-only cell); change those settings or use --init scratch"
+        )
+    if init == "scratch" or not fits:
+        return "scratch"
+    pretrained.load_into(net)
+    return f"the pretrained motion encoder ({pretrained.encoder_path().name})"
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` is CUDA when torch sees a GPU, else the CPU; `cuda` without one is an error."""
     if name == "auto":
@@ -143,20 +167,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def main(cfg: TrainConfig) -> Checkpoint:
-    device = resolve_device(cfg.device)
+def main(cfg: TrainConfig, data: TrainingData | None = None) -> Checkpoint:
+    """Trains as `cfg` says, on `data` if given (else what `cfg` names), and saves the run.
+
+    Under torchrun, every process trains and the leader saves; the others
+    return the checkpoint unsaved.
+    """
+    team, device = distributed.join(resolve_device(cfg.device))
+    try:
+        return _train(cfg, data, team, device)
+    finally:
+        distributed.leave(team)
+
+
+def _train(
+    cfg: TrainConfig, data: TrainingData | None, team: Team, device: torch.device
+) -> Checkpoint:
+    say = print if team.leader else _silent
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
-    t_data = time.perf_counter()
-    data = load_data(cfg)  # before the run folder: bad data leaves nothing behind
-    print(f"data ready in {time.perf_counter() - t_data:.1f}s")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-
+    if data is None:
+        t_data = time.perf_counter()
+        data = load_data(cfg, say)  # before the run folder: bad data leaves nothing behind
+        say(f"data ready in {time.perf_counter() - t_data:.1f}s")
     model_cfg = ModelConfig(
         num_classes=len(data.labels),
         height=cfg.size,
@@ -169,12 +205,22 @@ def main(cfg: TrainConfig) -> Checkpoint:
         layers=cfg.layers,
         dropout=cfg.dropout,
     )
-    net = build_recognizer(model_cfg).to(device)
+    net = build_recognizer(model_cfg)
+    say(f"CNN starts from {_initialise(net, cfg.init)}")
+    net = net.to(device)
+    model: nn.Module = net
+    if team.size > 1:
+        model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    out = Path(cfg.out)  # made once data and model are sound: a refused run leaves nothing
+    if team.leader:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     where = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    print(f"training on {device}{where}")
+    together = f", data-parallel over {team.size} processes" if team.size > 1 else ""
+    say(f"training on {device}{where}{together}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     chunks = math.ceil(cfg.stream_frames / cfg.bptt)
-    steps = cfg.epochs * (cfg.train_streams // cfg.batch_size) * chunks
+    steps = cfg.epochs * (cfg.train_streams // cfg.batch_size // team.size) * chunks
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
     )
@@ -182,35 +228,32 @@ def main(cfg: TrainConfig) -> Checkpoint:
     deadline = Deadline(cfg.minutes)
     t_train = time.perf_counter()
     best: dict[str, Any] = {}
-    best_weights: dict[str, torch.Tensor] = {}
-    with (
-        (out / "metrics.csv").open("w", newline="") as log_file,
-        tqdm(total=steps, unit="step", dynamic_ncols=True) as bar,
-    ):
-        log = csv.writer(log_file)
-        log.writerow(["epoch", "seconds", "train_loss", *_LOGGED])
+    best_weights = copy.deepcopy(net.state_dict())
+    log = EpochLog(out / "metrics.csv") if team.leader else None
+    with tqdm(total=steps, unit="step", dynamic_ncols=True, disable=not team.leader) as bar:
         for epoch in range(1, cfg.epochs + 1):
-            loss = train_one_epoch(net, data, cfg, opt, sched, rng, bar, deadline)
-            metrics = score(net, data.val_streams, data.val_clips, data.labels, cfg.fps)
-            seconds = time.perf_counter() - t_train
-            log.writerow([epoch, f"{seconds:.1f}", f"{loss:.4f}", *(metrics[k] for k in _LOGGED)])
-            log_file.flush()
-            bar.write(
-                f"epoch {epoch:2d}  loss {loss:.3f}  "
-                f"val frame acc {metrics['frame_accuracy']:.3f}  "
-                f"settled {metrics['settled_frame_accuracy']:.3f}  "
-                f"clip acc {metrics['clip_accuracy']:.3f}"
-            )
-            # Ties go to the later epoch: it has seen more data for the same score.
-            if not best or metrics["frame_accuracy"] >= best["frame_accuracy"]:
-                best = {**metrics, "epoch": epoch}
-                best_weights = copy.deepcopy(net.state_dict())
-            if deadline.passed():
-                bar.write(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")
+            loss = train_one_epoch(net, model, data, cfg, opt, sched, rng, bar, deadline, team)
+            if log is not None:
+                metrics = score(net, data.val_streams, data.val_clips, data.labels, cfg.fps)
+                log.write(epoch, time.perf_counter() - t_train, loss, metrics)
+                bar.write(
+                    f"epoch {epoch:2d}  loss {loss:.3f}  "
+                    f"val frame acc {metrics['frame_accuracy']:.3f}  "
+                    f"settled {metrics['settled_frame_accuracy']:.3f}  "
+                    f"clip acc {metrics['clip_accuracy']:.3f}"
+                )
+                # Ties go to the later epoch: it has seen more data for the same score.
+                if not best or metrics["frame_accuracy"] >= best["frame_accuracy"]:
+                    best = {**metrics, "epoch": epoch}
+                    best_weights = copy.deepcopy(net.state_dict())
+            team.wait()
+            if team.agree(deadline.passed()):
+                say(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")
                 break
     best["train_seconds"] = round(time.perf_counter() - t_train, 1)
     best["torch_threads"] = torch.get_num_threads()
     best["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    best["processes"] = team.size
 
     ckpt = Checkpoint(
         model_config=model_cfg,
@@ -222,12 +265,31 @@ def main(cfg: TrainConfig) -> Checkpoint:
         train_config=asdict(cfg),
         eval_metrics=best,
     )
-    ckpt.save(out / "checkpoint.pt")
-    print(
-        f"saved {out / 'checkpoint.pt'} (epoch {best['epoch']}, the best on held-out data) "
-        f"after {best['train_seconds']:.0f}s of training"
-    )
+    if team.leader:
+        ckpt.save(out / "checkpoint.pt")
+        say(
+            f"saved {out / 'checkpoint.pt'} (epoch {best['epoch']}, the best on held-out data) "
+            f"after {best['train_seconds']:.0f}s of training"
+        )
     return ckpt
+
+
+class EpochLog:
+    """metrics.csv: a row per epoch, flushed as it is written, so a killed run keeps its log."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerow(["epoch", "seconds", "train_loss", *_LOGGED])
+
+    def write(self, epoch: int, seconds: float, loss: float, metrics: dict[str, Any]) -> None:
+        with self._path.open("a", newline="") as f:
+            row = [epoch, f"{seconds:.1f}", f"{loss:.4f}", *(metrics[k] for k in _LOGGED)]
+            csv.writer(f).writerow(row)
+
+
+def _silent(*args: object, **kwargs: object) -> None:
+    """`print` for the processes that are not the leader."""
 
 
 # Validation numbers written to metrics.csv after every epoch.

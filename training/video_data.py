@@ -13,7 +13,7 @@ brightness and contrast; per frame: noise. Validation data is never augmented.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,8 +136,13 @@ class VideoData:
         self._aug = Augment() if aug is None else aug
         self.val_streams = self._held_out_streams(val_frames, bg, np.random.default_rng(seed + 1))
 
-    def batches(self, rng: np.random.Generator) -> Iterator[Streams]:
-        for _ in range(max(1, self._per_epoch // self._batch_size)):
+    def batches(
+        self, rng: np.random.Generator, shard: tuple[int, int] = (0, 1)
+    ) -> Iterator[Streams]:
+        rank, size = shard
+        if size > 1:  # one shared draw, then streams of this process's own
+            rng = np.random.default_rng([int(rng.integers(2**63)), rank])
+        for _ in range(max(1, self._per_epoch // self._batch_size // size)):
             streams = [self._stream(rng) for _ in range(self._batch_size)]
             frames = np.stack([f for f, _ in streams])  # B x (T, H, W, 3) -> (B, T, H, W, 3)
             yield Streams(frames, np.stack([y for _, y in streams]))
@@ -176,7 +181,8 @@ def open_videos(
     size: int,
     fps: float,
     min_frames: int,
+    report: Callable[[str], None] = print,
 ) -> VideoDataset:
     """Finds, decodes (or reads back from the cache) and checks a user's data set."""
     refs = find_clips(data)
-    return load_dataset(refs, ClipCache(cache_dir, Preprocessing(size, fps)), min_frames)
+    return load_dataset(refs, ClipCache(cache_dir, Preprocessing(size, fps)), min_frames, report)

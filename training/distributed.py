@@ -1,0 +1,60 @@
+"""Data-parallel training across processes started by `torchrun`.
+
+    torchrun --standalone --nproc-per-node 2 -m actionstream train --data videos/ --out runs/ddp
+
+Each process trains a replica on its own share of every epoch's batches;
+DistributedDataParallel averages the gradients (gloo on CPUs, NCCL on GPUs),
+so the replicas stay identical. Only the leader (rank 0) validates, logs and
+saves. Without torchrun's environment it is one process and none of this runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Team:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def agree(self, flag: bool) -> bool:
+        """True on every process when it is true on any (to stop together, never hang)."""
+        if self.size == 1:
+            return flag
+        t = torch.tensor([int(flag)])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def wait(self) -> None:
+        """Until every process is here (while the leader validates, say)."""
+        if self.size > 1:
+            dist.barrier()
+
+
+def join(device: torch.device) -> tuple[Team, torch.device]:
+    """Joins the process group torchrun set up, if it did; CUDA processes take a GPU each."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return Team(), device
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend)
+    return Team(dist.get_rank(), dist.get_world_size()), device
+
+
+def leave(team: Team) -> None:
+    if team.size > 1:
+        dist.destroy_process_group()
