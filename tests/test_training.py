@@ -73,3 +73,47 @@ def test_clip_report_confusion_rows_are_the_truth() -> None:
     assert report["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
     assert report["clip_accuracy"] == 0.75
     assert report["per_class_clip_accuracy"] == {"a": 0.5, "b": 1.0, "c": 1.0}
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_as_if_never_stopped(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    import signal
+    import subprocess
+    import sys
+
+    from actionstream.training.checkpoint import Checkpoint
+
+    tiny = ["--train-streams", "32", "--stream-frames", "40", "--bptt", "20", "--batch-size", "8"]
+    tiny += ["--val-streams", "4", "--val-frames", "60", "--epochs", "3", "--size", "32"]
+    tiny += ["--channels", "8,16", "--hidden", "16", "--embed", "16", "--threads", "1"]
+
+    def train(out: Path, *extra: str) -> subprocess.Popen[str]:
+        cmd = [sys.executable, "-m", "actionstream", "train", "--out", str(out), *tiny, *extra]
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    whole = train(tmp_path / "whole")
+    assert whole.wait(timeout=300) == 0
+    killed = train(tmp_path / "killed")
+    assert killed.stdout is not None
+    for line in killed.stdout:  # the first epoch is saved before its line is printed
+        if line.startswith("epoch  1"):
+            killed.send_signal(signal.SIGKILL)
+            break
+    killed.wait(timeout=60)
+    assert not (tmp_path / "killed" / "checkpoint.pt").exists()
+    resumed = train(tmp_path / "killed", "--resume")
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert "resuming" in out and "after epoch 1" in out
+
+    a, b = Checkpoint.load(tmp_path / "whole"), Checkpoint.load(tmp_path / "killed")
+    assert a.eval_metrics["epoch"] == b.eval_metrics["epoch"]
+    for name, tensor in a.state_dict.items():
+        assert torch.equal(tensor, b.state_dict[name]), name
+    rows = (tmp_path / "killed" / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2", "3"]
+
+    changed = train(tmp_path / "killed", "--resume", "--hidden", "32")
+    said, _ = changed.communicate(timeout=120)
+    assert changed.returncode == 1 and "hidden: 16 then, 32 now" in said

@@ -50,6 +50,12 @@ class TrainConfig:
         "encoder has its shape, else scratch)",
         group="Run",
     )
+    resume: bool = setting(
+        False,
+        help="carry on the run in --out from its last finished epoch (same settings; "
+        "--minutes, --device and --threads may change)",
+        group="Run",
+    )
     minutes: float = setting(
         0.0,
         help="stop after this many minutes and keep the best epoch so far (0: no limit)",

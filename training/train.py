@@ -212,7 +212,8 @@ def _train(
     if team.size > 1:
         model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     out = Path(cfg.out)  # made once data and model are sound: a refused run leaves nothing
-    if team.leader:
+    saved = _resumable(out, cfg) if cfg.resume else None
+    if team.leader and saved is None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     where = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
@@ -229,23 +230,45 @@ def _train(
     t_train = time.perf_counter()
     best: dict[str, Any] = {}
     best_weights = copy.deepcopy(net.state_dict())
-    log = EpochLog(out / "metrics.csv") if team.leader else None
-    with tqdm(total=steps, unit="step", dynamic_ncols=True, disable=not team.leader) as bar:
-        for epoch in range(1, cfg.epochs + 1):
+    first = 1
+    if saved is not None:  # carry on where the run's last finished epoch left it
+        net.load_state_dict(saved["weights"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["schedule"])
+        rng.bit_generator.state = saved["rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        best, best_weights = saved["best"], saved["best_weights"]
+        t_train -= saved["seconds"]
+        first = saved["epoch"] + 1
+        say(f"resuming {out} after epoch {saved['epoch']}")
+    rows = saved["log"] if saved is not None else []
+    log = EpochLog(out / "metrics.csv", rows) if team.leader else None
+    done = (first - 1) * steps // cfg.epochs
+    with tqdm(
+        total=steps, initial=done, unit="step", dynamic_ncols=True, disable=not team.leader
+    ) as bar:
+        for epoch in range(first, cfg.epochs + 1):
             loss = train_one_epoch(net, model, data, cfg, opt, sched, rng, bar, deadline, team)
             if log is not None:
                 metrics = score(net, data.val_streams, data.val_clips, data.labels, cfg.fps)
-                log.write(epoch, time.perf_counter() - t_train, loss, metrics)
+                # Ties go to the later epoch: it has seen more data for the same score.
+                if not best or metrics["frame_accuracy"] >= best["frame_accuracy"]:
+                    best = {**metrics, "epoch": epoch}
+                    best_weights = copy.deepcopy(net.state_dict())
+                row = log.row(epoch, time.perf_counter() - t_train, loss, metrics)
+                progress: dict[str, Any] = {
+                    "epoch": epoch,
+                    "seconds": time.perf_counter() - t_train,
+                }
+                progress |= {"best": best, "best_weights": best_weights, "log": [*log.rows, row]}
+                _save_progress(out / _PROGRESS, progress, net, opt, sched, rng)
+                log.write(row)
                 bar.write(
                     f"epoch {epoch:2d}  loss {loss:.3f}  "
                     f"val frame acc {metrics['frame_accuracy']:.3f}  "
                     f"settled {metrics['settled_frame_accuracy']:.3f}  "
                     f"clip acc {metrics['clip_accuracy']:.3f}"
                 )
-                # Ties go to the later epoch: it has seen more data for the same score.
-                if not best or metrics["frame_accuracy"] >= best["frame_accuracy"]:
-                    best = {**metrics, "epoch": epoch}
-                    best_weights = copy.deepcopy(net.state_dict())
             team.wait()
             if team.agree(deadline.passed()):
                 say(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")
@@ -275,17 +298,64 @@ def _train(
 
 
 class EpochLog:
-    """metrics.csv: a row per epoch, flushed as it is written, so a killed run keeps its log."""
+    """metrics.csv: a row per epoch, written as it comes, so a killed run keeps its log."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, rows: list[list[str]]) -> None:
+        """Starts the file with `rows` (those of a resumed run's finished epochs)."""
         self._path = path
+        self.rows = list(rows)
         with path.open("w", newline="") as f:
-            csv.writer(f).writerow(["epoch", "seconds", "train_loss", *_LOGGED])
+            csv.writer(f).writerows([["epoch", "seconds", "train_loss", *_LOGGED], *self.rows])
 
-    def write(self, epoch: int, seconds: float, loss: float, metrics: dict[str, Any]) -> None:
+    def row(self, epoch: int, seconds: float, loss: float, metrics: dict[str, Any]) -> list[str]:
+        return [str(epoch), f"{seconds:.1f}", f"{loss:.4f}", *(str(metrics[k]) for k in _LOGGED)]
+
+    def write(self, row: list[str]) -> None:
+        self.rows.append(row)
         with self._path.open("a", newline="") as f:
-            row = [epoch, f"{seconds:.1f}", f"{loss:.4f}", *(metrics[k] for k in _LOGGED)]
             csv.writer(f).writerow(row)
+
+
+# What a resumed run may change: where and how long it runs, not what it learns.
+_RESUMABLE_CHANGES = {"resume", "minutes", "device", "threads"}
+_PROGRESS = "last.pt"
+
+
+def _resumable(out: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """The progress `out` holds, if `cfg` may continue it; raises TrainingError if not."""
+    try:
+        before = json.loads((out / "train_config.json").read_text())
+        saved: dict[str, Any] = torch.load(out / _PROGRESS, map_location="cpu", weights_only=True)
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"--resume: {out} holds no run to continue ({e})") from None
+    now = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as the file has them
+    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and before.get(k) != now[k])
+    if changed:
+        detail = ", ".join(f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in changed)
+        raise TrainingError(f"--resume: {out} was trained with other settings ({detail})")
+    return saved
+
+
+def _save_progress(
+    path: Path,
+    progress: dict[str, Any],
+    net: Recognizer,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    rng: np.random.Generator,
+) -> None:
+    """Everything `--resume` needs to go on exactly as if the run had not stopped."""
+    state = {
+        **progress,
+        "weights": net.state_dict(),
+        "optimizer": opt.state_dict(),
+        "schedule": sched.state_dict(),
+        "rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a run killed while saving keeps the previous epoch's
 
 
 def _silent(*args: object, **kwargs: object) -> None:
