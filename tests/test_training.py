@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -117,3 +118,17 @@ def test_a_killed_run_resumes_as_if_never_stopped(tmp_path: Path) -> None:
     changed = train(tmp_path / "killed", "--resume", "--hidden", "32")
     said, _ = changed.communicate(timeout=120)
     assert changed.returncode == 1 and "hidden: 16 then, 32 now" in said
+
+
+def test_one_cycle_rises_then_cools_to_nothing() -> None:
+    pytest.importorskip("torch")
+    from actionstream.training.train import one_cycle
+
+    assert one_cycle(0.0) == pytest.approx(1 / 25)
+    assert one_cycle(0.15) == pytest.approx(1.0)
+    assert one_cycle(1.0) == pytest.approx(1 / 25e4)
+    assert one_cycle(2.0) == one_cycle(1.0)  # past the end it stays cool
+    values = [one_cycle(p / 100) for p in range(101)]
+    peak = values.index(max(values))
+    assert all(a <= b for a, b in itertools.pairwise(values[: peak + 1]))
+    assert all(a >= b for a, b in itertools.pairwise(values[peak:]))

@@ -53,10 +53,28 @@ class Deadline:
     """The time budget (`--minutes`); never expires when there is none."""
 
     def __init__(self, minutes: float) -> None:
-        self._end = time.monotonic() + minutes * 60 if minutes > 0 else math.inf
+        self._start = time.monotonic()
+        self._seconds = minutes * 60 if minutes > 0 else math.inf
 
     def passed(self) -> bool:
-        return time.monotonic() >= self._end
+        return self.spent() >= 1.0
+
+    def spent(self) -> float:
+        """The share of the budget used so far (0 without one)."""
+        return (time.monotonic() - self._start) / self._seconds
+
+
+def one_cycle(
+    progress: float, warm_up: float = 0.15, start: float = 25.0, end: float = 1e4
+) -> float:
+    """The one-cycle learning-rate factor at `progress` (0..1) of training: a cosine
+    rise from 1/start to 1 over the warm-up, then a cosine fall to 1/(start*end)."""
+    if progress < warm_up:
+        low = 1 / start
+        return low + (1 - low) * (1 - math.cos(math.pi * progress / warm_up)) / 2
+    low = 1 / (start * end)
+    rest = min(1.0, (progress - warm_up) / (1 - warm_up))
+    return low + (1 - low) * (1 + math.cos(math.pi * rest)) / 2
 
 
 def train_one_epoch(
@@ -222,11 +240,18 @@ def _train(
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     chunks = math.ceil(cfg.stream_frames / cfg.bptt)
     steps = cfg.epochs * (cfg.train_streams // cfg.batch_size // team.size) * chunks
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
-    )
-
     deadline = Deadline(cfg.minutes)
+    sched: torch.optim.lr_scheduler.LRScheduler
+    if cfg.minutes > 0:
+        # With a time budget the schedule runs on whichever ends first, steps or time,
+        # so a run cut short by the clock has still cooled its learning rate down.
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: one_cycle(max(step / steps, deadline.spent()))
+        )
+    else:
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
+        )
     t_train = time.perf_counter()
     best: dict[str, Any] = {}
     best_weights = copy.deepcopy(net.state_dict())
