@@ -190,3 +190,31 @@ def test_augmentation_keeps_direction(tmp_path: Path) -> None:
         out = augment(frames, rng, Augment())
         xs = [float(np.argmax(f.astype(np.float32).mean(axis=(0, 2)))) for f in out]
         assert xs[-1] > xs[0]
+
+
+def test_a_split_file_fixes_the_held_out_videos(tmp_path: Path) -> None:
+    from actionstream.training.videos import split_from_file
+
+    class_folders(tmp_path / "data", ("left", "right"), 2)
+    dataset = load_dataset(
+        find_clips(tmp_path / "data"), ClipCache(tmp_path / "cache", Preprocessing(16, 10.0)), 2
+    )
+    names = [c.ref.path.name for c in dataset.clips]
+    rows = [f"data/{c.ref.path.parent.name}/{c.ref.path.name}" for c in dataset.clips]
+    sheet = tmp_path / "split.csv"
+    sheet.write_text(
+        "path,split\n"
+        + "".join(
+            f"{r},{'val' if n.endswith('_001.avi') else 'train'}\n"
+            for r, n in zip(rows, names, strict=True)
+        )
+    )
+    train, val = split_from_file(dataset, sheet)
+    assert sorted(names[i] for i in val) == ["left_001.avi", "right_001.avi"]
+    assert len(train) == 2
+    sheet.write_text("path,split\n" + f"{rows[0]},test\n")
+    with pytest.raises(DatasetError, match="split must be train or val"):
+        split_from_file(dataset, sheet)
+    sheet.write_text("path,split\n" + f"{rows[0]},val\n")
+    with pytest.raises(DatasetError, match="no split for"):
+        split_from_file(dataset, sheet)

@@ -76,6 +76,12 @@ class TrainConfig:
     val_fraction: float = setting(
         0.2, help="share of each label's videos held out for validation", group="Data"
     )
+    split: str | None = setting(
+        None,
+        help="a CSV (path,split with split train or val) fixing which videos are held out, "
+        "instead of --val-fraction",
+        group="Data",
+    )
     cache: str = setting(
         str(Path.home() / ".cache" / "actionstream" / "frames"),
         help="where decoded video frames are kept between epochs and runs",

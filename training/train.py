@@ -42,7 +42,7 @@ from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, score
 from actionstream.training.model import Recognizer, build_recognizer
 from actionstream.training.synth import SynthConfig
 from actionstream.training.video_data import VideoData, open_videos
-from actionstream.training.videos import DatasetError, split
+from actionstream.training.videos import DatasetError, split, split_from_file
 
 
 class TrainingError(Exception):
@@ -141,7 +141,14 @@ def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingDat
         raise TrainingError(
             f"--background {cfg.background!r} is not one of the labels {list(dataset.labels)}"
         )
-    train_idx, val_idx = split(dataset, cfg.val_fraction, cfg.seed)
+    try:
+        train_idx, val_idx = (
+            split_from_file(dataset, Path(cfg.split))
+            if cfg.split
+            else split(dataset, cfg.val_fraction, cfg.seed)
+        )
+    except DatasetError as e:
+        raise TrainingError(str(e)) from None
     counts = ", ".join(f"{label} {n}" for label, n in dataset.per_class().items())
     say(f"{len(train_idx)} clips to train on, {len(val_idx)} held out ({counts})")
     if not val_idx:

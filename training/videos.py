@@ -309,3 +309,27 @@ def split(dataset: VideoDataset, val_fraction: float, seed: int) -> tuple[list[i
         val += idx[:n_val]
         train += idx[n_val:]
     return sorted(train), sorted(val)
+
+
+def split_from_file(dataset: VideoDataset, path: Path) -> tuple[list[int], list[int]]:
+    """Clip indices for training and validation as a `path,split` CSV says (split: train
+    or val; paths relative to the CSV, as in a manifest). Every clip must be listed."""
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        wanted = {(path.parent / r["path"].strip()).resolve(): r["split"].strip() for r in rows}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: cannot read the split ({e})") from None
+    except (KeyError, AttributeError):
+        raise DatasetError(f"{path}: expected a CSV with columns path,split") from None
+    bad = sorted({v for v in wanted.values()} - {"train", "val"})
+    if bad:
+        raise DatasetError(f"{path}: split must be train or val, got {bad}")
+    train: list[int] = []
+    val: list[int] = []
+    for i, clip in enumerate(dataset.clips):
+        where = wanted.get(clip.ref.path.resolve())
+        if where is None:
+            raise DatasetError(f"{path}: no split for {clip.ref.path}")
+        (val if where == "val" else train).append(i)
+    return train, val
