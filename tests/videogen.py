@@ -8,6 +8,7 @@ than the model's, and at a size other than its input.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import cv2
@@ -98,3 +99,46 @@ def class_folders(
             )
             write(clip, folder / f"{label}_{i:03d}{suffix}", fps)
     return root
+
+
+def labelled_video(
+    path: Path,
+    labels: tuple[str, ...],
+    per_label: int,
+    seed: int,
+    seconds: float = 1.5,
+    fps: float = 10.0,
+    size: tuple[int, int] = (96, 72),
+) -> Path:
+    """One untrimmed video of clips in a shuffled order, and its frame,label CSV beside it."""
+    rng = np.random.default_rng(seed)
+    order = [labels[i] for i in rng.permutation(np.repeat(np.arange(len(labels)), per_label))]
+    frames, truth = [], []
+    for i, label in enumerate(order):
+        clip = (
+            flash_clip(FLASHES[label], seconds, fps, size, seed + i)
+            if label in FLASHES
+            else motion_clip(label, seconds, fps, size, seed + i)
+        )
+        frames.append(clip)
+        truth += [label] * len(clip)
+    write(np.concatenate(frames), path, fps)
+    csv_path = path.with_suffix(".csv")
+    with csv_path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["frame", "label"])
+        out.writerows(enumerate(truth))
+    return csv_path
+
+
+if __name__ == "__main__":
+    # python tests/videogen.py OUT [PER_CLASS]: the six-class set the README measures on.
+    import sys
+
+    out = Path(sys.argv[1])
+    per_class = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    labels = ("left", "right", "up", "down", "flash_once", "flash_twice")
+    class_folders(out, labels, per_class, seconds=2.0, fps=12.0, size=(160, 120), seed=11)
+    unseen = out.with_name(out.name + "-unseen.mp4")
+    labelled_video(unseen, labels, 4, seed=70_000, seconds=2.0, fps=12.0, size=(160, 120))
+    print(f"wrote {per_class} videos of each of {', '.join(labels)} under {out}, and {unseen}")
