@@ -63,8 +63,8 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
     assert "120 sent, 120 answered" in streamed
     accuracy = float(streamed.split("accuracy: ")[1].split("%")[0])
     print(f"streamed per-frame accuracy {accuracy}%")  # the README quotes it (pytest -rP)
-    # Four directions, chance 25%; this small network gets about 80% after these
-    # 64 steps (44 s on 2 cores). Held well clear of chance, not of its best.
+    # Four directions, chance 25%; this small network got 73% here after these 64
+    # steps (about 40 s on 2 cores). Held well clear of chance, not of its best.
     assert accuracy > 45, streamed
 
     # The same video scored offline, and a folder of unseen clips: report and plots.
