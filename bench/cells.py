@@ -36,8 +36,6 @@ import torch
 from actionstream.training.config import TrainConfig
 from actionstream.training.data import SyntheticData, render_streams
 from actionstream.training.evaluate import (
-    CLIP_SECONDS,
-    CLIPS_PER_CLASS,
     SETTLE_SECONDS,
     clip_accuracy,
     predict_streams,
@@ -47,26 +45,13 @@ from actionstream.training.evaluate import (
 from actionstream.training.model import ActionRecognizer, Recognizer, build_recognizer
 from actionstream.training.synth import LABELS, SynthConfig
 from actionstream.training.train import main as train
+from actionstream.training.train import synthetic_data
 
 CELLS = ("gru", "lstm", "rnn", "frame-only")
 # The GRU again with the frame difference alone as input (the default for users' videos);
 # its encoder is the one that ships as the starting point for them.
 MOTION_ONLY = "gru, difference only"
 CHUNKS = (10, 20, 40, 80, None)  # None: full BPTT over the whole training stream
-
-
-def _data(cfg: TrainConfig) -> SyntheticData:
-    return SyntheticData(
-        SynthConfig(size=cfg.size, fps=cfg.fps),
-        cfg.train_streams,
-        cfg.stream_frames,
-        cfg.val_streams,
-        cfg.val_frames,
-        cfg.batch_size,
-        cfg.seed,
-        CLIPS_PER_CLASS,
-        int(CLIP_SECONDS * cfg.fps),
-    )
 
 
 def _trained(
@@ -147,7 +132,7 @@ def main() -> None:
     print(f"{name}: {base.train_streams} training streams, {base.epochs} epochs")
 
     # 1. Cells.
-    data = _data(base)
+    data = synthetic_data(base)
     cells, nets = {}, {}
     for cell in (*CELLS, MOTION_ONLY):
         variant = {"cell": "gru", "appearance": False} if cell == MOTION_ONLY else {"cell": cell}
@@ -167,7 +152,7 @@ def main() -> None:
     small = dataclasses.replace(
         base, train_streams=max(64, base.train_streams // 2), epochs=max(2, base.epochs // 2)
     )
-    data = _data(small)
+    data = synthetic_data(small)
     chunks = {}
     for chunk in CHUNKS:
         cfg = dataclasses.replace(

@@ -118,19 +118,8 @@ def train_one_epoch(
 
 def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingData:
     """The synthetic world, or the user's videos under `cfg.data`."""
-    clip_frames = int(CLIP_SECONDS * cfg.fps)
     if cfg.data is None:
-        return SyntheticData(
-            SynthConfig(size=cfg.size, fps=cfg.fps),
-            cfg.train_streams,
-            cfg.stream_frames,
-            cfg.val_streams,
-            cfg.val_frames,
-            cfg.batch_size,
-            cfg.seed,
-            CLIPS_PER_CLASS,
-            clip_frames,
-        )
+        return synthetic_data(cfg)
     try:
         dataset = open_videos(
             Path(cfg.data), Path(cfg.cache), cfg.size, cfg.fps, min_frames=2, report=say
@@ -178,6 +167,21 @@ def _initialise(net: Recognizer, init: str) -> str:
         return "scratch"
     pretrained.load_into(net)
     return f"the pretrained motion encoder ({pretrained.encoder_path().name})"
+
+
+def synthetic_data(cfg: TrainConfig) -> SyntheticData:
+    """The synthetic world at `cfg`'s size, rate and amounts, rendered up front."""
+    return SyntheticData(
+        SynthConfig(size=cfg.size, fps=cfg.fps),
+        cfg.train_streams,
+        cfg.stream_frames,
+        cfg.val_streams,
+        cfg.val_frames,
+        cfg.batch_size,
+        cfg.seed,
+        CLIPS_PER_CLASS,
+        int(CLIP_SECONDS * cfg.fps),
+    )
 
 
 def resolve_device(name: str) -> torch.device:
