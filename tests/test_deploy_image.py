@@ -346,8 +346,9 @@ def test_docker_stop_drains_and_exits_0_within_the_grace_period(
     assert isinstance(state, dict)
     logs = engine.docker("logs", server.name).stderr
     assert state["ExitCode"] == 0 and not state["OOMKilled"], logs
-    # The open stream was given the grace period, and no more than that.
-    assert GRACE_SECONDS - 0.5 <= elapsed < GRACE_SECONDS + 5, f"stopped in {elapsed:.1f} s"
+    # The open stream was given the grace period; exit code 0 (not 137) says
+    # it ended by itself, long before docker's SIGKILL.
+    assert GRACE_SECONDS - 0.5 <= elapsed < GRACE_SECONDS + 10, f"stopped in {elapsed:.1f} s"
     assert cut.value.code() == grpc.StatusCode.UNAVAILABLE, cut.value
     assert "shutting down" in logs and logs.rstrip().endswith("stopped")
 
