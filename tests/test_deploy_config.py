@@ -36,12 +36,12 @@ def _run(*cmd: str | Path, **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 @cache
 def _serve_variables() -> frozenset[str]:
-    """ACTIONSTREAM_* for every `actionstream serve` flag, read from its --help."""
+    """The ACTIONSTREAM_* variables `actionstream serve --help` says it reads."""
     shown = _run(BIN / "actionstream", "serve", "--help")
     assert shown.returncode == 0, shown.stderr
-    flags = set(re.findall(r"--([a-z][a-z0-9-]*)", shown.stdout)) - {"help"}
-    assert {"port", "metrics-port", "grace-seconds"} <= flags, shown.stdout
-    return frozenset("ACTIONSTREAM_" + f.upper().replace("-", "_") for f in flags)
+    names = frozenset(re.findall(r"env var:\s+(ACTIONSTREAM_[A-Z0-9_]+)", shown.stdout))
+    assert {"ACTIONSTREAM_PORT", "ACTIONSTREAM_GRACE_SECONDS"} <= names, shown.stdout
+    return names
 
 
 def _assert_serve_variables(names: object, where: str) -> None:
