@@ -31,6 +31,9 @@ DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 WHEELS_DIR = ROOT / "deploy" / "wheels"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "actionstream-docker"
 
+# Room the engine needs for both images and the layers that build them
+# (3.6 GB measured), with headroom.
+ENGINE_BYTES = 8 * 2**30
 # What the images need from Debian: an interpreter that can make venvs.
 BASE_PACKAGES = ("python3", "python3-venv")
 # Bump when the recipe below changes in a way its inputs do not show.
@@ -75,6 +78,17 @@ def remove_tree(path: Path) -> None:
     if path.exists():
         _unmount_under(path)
         shutil.rmtree(path)
+
+
+def _prune_stale(keep: Path, pattern: str) -> None:
+    """Deletes the cache entries `keep` replaces: a changed input made them stale."""
+    for entry in CACHE.glob(pattern):
+        if entry == keep:
+            continue
+        if entry.is_dir():
+            remove_tree(entry)
+        else:
+            entry.unlink()
 
 
 # --- the base image -----------------------------------------------------------
@@ -156,6 +170,7 @@ def base_tarball() -> Path:
         os.replace(partial, tarball)
     finally:
         remove_tree(work)
+    _prune_stale(tarball, "base-*.tar")
     return tarball
 
 
@@ -194,6 +209,7 @@ def wheels() -> Path:
     pip = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:"]
     run([*pip, "--dest", folder, *requirements], timeout=900)
     (folder / ".complete").touch()
+    _prune_stale(folder, "wheels-*")
     return folder
 
 
@@ -219,13 +235,40 @@ def staged_wheels(source: Path) -> Iterator[None]:
 # --- the engine ---------------------------------------------------------------
 
 
+def _memory_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _engine_parent() -> Path:
+    """Where the engine keeps its files: in memory (/dev/shm) when there is room.
+
+    Layers are written once and deleted minutes later. Measured here (2 cores,
+    busy): on disk, building both images took 246-302 s and deleting the
+    engine's files up to 143 s; in tmpfs, 83 s and 1.3 s.
+    """
+    shm = Path("/dev/shm")
+    with open("/proc/mounts") as mounts:
+        options = [line.split()[3] for line in mounts if line.split()[1] == str(shm)]
+    if (
+        options
+        and "noexec" not in options[-1].split(",")
+        and shutil.disk_usage(shm).free >= ENGINE_BYTES
+        and _memory_available() >= ENGINE_BYTES
+    ):
+        return shm
+    return Path("/tmp")
+
+
 class Engine:
     """A dockerd of our own; `docker(...)` talks to it. Use as a context manager."""
 
     def __init__(self) -> None:
         # Short: containerd's sockets live under the exec root and a unix
         # socket path must fit in 108 bytes.
-        self.dir = Path(tempfile.mkdtemp(prefix="asd-", dir="/tmp"))
+        self.dir = Path(tempfile.mkdtemp(prefix="asd-", dir=_engine_parent()))
         self.host = f"unix://{self.dir}/docker.sock"
         self.env = {**os.environ, "DOCKER_HOST": self.host}
         self.log_path = self.dir / "dockerd.log"

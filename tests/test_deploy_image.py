@@ -105,7 +105,8 @@ def images(engine: Engine) -> Images:
         engine.docker(*build, "-t", "actionstream-test", ROOT)
         built = time.monotonic()
     print(
-        f"\nbuilt on {engine.storage_driver}: train target {built_train - started:.0f} s, "
+        f"\nbuilt on {engine.storage_driver} in {engine.dir}: "
+        f"train target {built_train - started:.0f} s, "
         f"then the service image {built - built_train:.0f} s"
     )
     return Images(base=base, service="actionstream-test", train="actionstream-test-train")
