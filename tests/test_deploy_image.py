@@ -39,6 +39,7 @@ from deploy_engine import (
     wheels,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from videogen import class_folders
 
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -354,20 +355,48 @@ def test_docker_stop_drains_and_exits_0_within_the_grace_period(
     assert "shutting down" in logs and logs.rstrip().endswith("stopped")
 
 
-def test_the_train_image_trains_a_model(engine: Engine, images: Images, tmp_path: Path) -> None:
+def test_the_train_image_trains_on_mounted_videos_and_the_service_image_serves_it(
+    engine: Engine, images: Images, tmp_path: Path
+) -> None:
+    """`docker run ... train --data /videos`, export, then the service image serves the model."""
     help_text = engine.docker("run", "--rm", "--network", "none", images.train, "train", "--help")
-    assert "--epochs" in help_text.stdout
+    assert "--data" in help_text.stdout
+    videos = class_folders(tmp_path / "videos", ("left", "right"), 4, seed=11)
     runs = tmp_path / "runs"
     runs.mkdir()
     os.chown(runs, 10001, 10001)  # the image's unprivileged user writes there
+    train = ["run", "--rm", "--network", "none", "-v", f"{videos}:/videos:ro"]
+    train += ["-v", f"{runs}:/runs", images.train]
     engine.docker(
-        "run", "--rm", "--network", "none", "-v", f"{runs}:/runs", images.train,
-        "train", "--out", "/runs/tiny", "--train-streams", "4", "--stream-frames", "40",
-        "--val-streams", "2", "--val-frames", "40", "--epochs", "1", "--batch-size", "2",
+        *train, "train", "--data", "/videos", "--out", "/runs/mine",
+        "--size", "32", "--channels", "8,16", "--embed", "16", "--hidden", "16",
+        "--train-streams", "8", "--stream-frames", "32", "--bptt", "16",
+        "--batch-size", "4", "--epochs", "1", "--threads", "1",
         timeout=300,
     )  # fmt: skip
-    assert (runs / "tiny" / "checkpoint.pt").stat().st_size > 0
-    assert json.loads((runs / "tiny" / "checkpoint.json").read_text())
+    assert (runs / "mine" / "checkpoint.pt").stat().st_size > 0
+    engine.docker(*train, "export", "/runs/mine", "--out", "/runs/mine.onnx", timeout=300)
+
+    port = _free_port()
+    name = "actionstream-test-trained"
+    engine.docker(
+        "run", "-d", "--name", name, "--network", "host", "-v", f"{runs}:/models:ro",
+        "-e", "ACTIONSTREAM_MODEL=/models/mine.onnx", "-e", "ACTIONSTREAM_HOST=127.0.0.1",
+        "-e", f"ACTIONSTREAM_PORT={port}", "-e", "ACTIONSTREAM_METRICS_PORT=-1",
+        images.service,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while '"SERVING"' not in _grpcurl_health(f"127.0.0.1:{port}").stdout:
+            assert time.monotonic() < deadline, engine.docker("logs", name, check=False).stderr
+            time.sleep(0.5)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            info = pb_grpc.ActionRecognitionStub(channel).GetModelInfo(
+                pb.GetModelInfoRequest(), timeout=10
+            )
+        assert sorted(info.labels) == ["left", "right"] and info.input_width == 32
+    finally:
+        engine.docker("rm", "-f", name, check=False)
 
 
 def _query(url: str, expr: str) -> list[dict[str, object]]:
