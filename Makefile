@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint protos model bench serve clean prometheus-tools
+.PHONY: demo test lint protos model bench serve clean prometheus-tools docker-tools
 
 # The service alone (no torch): all that serving and the demo need.
 $(VENV)/.service: pyproject.toml
@@ -24,7 +24,7 @@ $(VENV)/.dev: $(VENV)/.service
 demo: $(VENV)/.service
 	$(BIN)/actionstream demo
 
-test: $(VENV)/.dev prometheus-tools
+test: $(VENV)/.dev prometheus-tools docker-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -36,6 +36,16 @@ prometheus-tools:
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	     --no-install-recommends prometheus >/dev/null; } \
 	  || echo "prometheus not installed: its tests will be skipped"
+
+# Debian's docker.io (dockerd, docker) and debootstrap, for the image tests,
+# which start their own engine and make their own base image. Installed when
+# we are root with apt (as in CI); elsewhere those tests skip.
+docker-tools:
+	@{ command -v dockerd && command -v docker && command -v debootstrap; } >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     --no-install-recommends docker.io debootstrap >/dev/null; } \
+	  || echo "docker.io and debootstrap not installed: the image tests will be skipped"
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
