@@ -1,0 +1,467 @@
+"""Live cameras against the real server: open loop, rising N, where it stops keeping up.
+
+    python bench/load.py [--cameras 20,40,60,80,100,150,200] [--seconds 10] [--plot load.png]
+
+`actionstream serve` runs in a process of its own and N cameras push
+640×480 JPEG frames (about 67 KB, like a real camera's) at 10 fps from
+another process, on a fixed clock whatever the server answers: a camera does
+not wait for predictions, so an overloaded server shows up as drops or as
+latency, never as a politely slower client. For each N it prints
+
+- frames sent, answered, skipped by the server (reported in the Prediction)
+  and never answered by the end of the run,
+- capture-to-prediction latency p50/p99 (the frame's capture timestamp to the
+  prediction arriving at the camera), over the first and second half of the
+  run separately, so a server that falls further behind shows as growth,
+- the server's CPU seconds per answered frame, read from the server process
+  (/proc), and its mean batch size from /metrics,
+- that CPU cost divided by the bare work on the same frames, timed in the
+  same run: reduced-scale decode + resize, a model step at the batch size the
+  server used, and a bare grpc.aio echo of the same messages (a server that
+  only answers each frame, driven by the same cameras, its CPU read the same
+  way),
+
+and finally the largest N held with nothing dropped. With matplotlib
+installed, `--plot` writes latency against N as a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import cv2
+import grpc
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from actionstream.serve_process import ServeProcess
+from actionstream.v1 import actionstream_pb2 as pb
+from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
+
+WIDTH, HEIGHT = 640, 480
+# Sensor noise that brings the synthetic frames to a real camera's JPEG size
+# (about 67 KB at quality 90); entropy decoding, so the size, is most of a decode.
+NOISE_STD = 5.6
+CLIP_FRAMES = 40
+DRAIN_S = 1.0  # after the last frame: how long answers may still arrive
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def render_frames(n: int = CLIP_FRAMES) -> list[bytes]:
+    """640×480 JPEGs of a synthetic scene in motion."""
+    from training.synth import SynthConfig, render_stream
+
+    video, _ = render_stream(n, seed=1, cfg=SynthConfig(size=WIDTH))
+    rng = np.random.default_rng(0)
+    top = (WIDTH - HEIGHT) // 2
+    out = []
+    for frame in video[:, top : top + HEIGHT]:
+        noisy = frame + rng.normal(0, NOISE_STD, frame.shape)
+        image = np.clip(noisy, 0, 255).astype(np.uint8)
+        out.append(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process (all its threads) has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+# --- the cameras (run in their own process) -------------------------------------------------
+
+
+@dataclass
+class CameraLog:
+    sent: int = 0
+    unsent: int = 0  # due while an earlier write was still blocked: the server was not reading
+    answered: int = 0
+    skipped: int = 0  # the server's own count of frames it dropped before an answer
+    late_send_ms: float = 0.0  # worst lateness of the generator itself
+
+
+async def _camera(
+    index: int,
+    target: str,
+    jpegs: list[bytes],
+    fps: float,
+    t0: float,
+    seconds: float,
+    log: CameraLog,
+    latencies: list[tuple[float, float]],
+) -> None:
+    options = [("grpc.use_local_subchannel_pool", 1)]  # one connection per camera, like cameras
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        call = pb_grpc.ActionRecognitionStub(channel).StreamFrames()
+        await call.write(pb.FrameRequest(options=pb.StreamOptions(stream_name=f"cam-{index}")))
+
+        async def receive() -> None:
+            async for prediction in call:
+                now_us = time.time_ns() / 1e3
+                log.answered += 1
+                log.skipped += getattr(prediction, "skipped_frames", 0)
+                latencies.append(((now_us / 1e6) - t0, (now_us - prediction.timestamp_us) / 1e3))
+
+        receiving = asyncio.create_task(receive())
+        period = 1 / fps
+        start = t0 + (index % 97) / 97 * period  # cameras spread over the period
+        total = int(seconds * fps)
+        k = 0
+        while k < total:
+            due = start + k * period
+            delay = due - time.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            log.late_send_ms = max(log.late_send_ms, (time.time() - due) * 1e3)
+            frame = pb.Frame(
+                encoded=jpegs[k % len(jpegs)], sequence=k + 1, timestamp_us=int(due * 1e6)
+            )
+            try:
+                await call.write(pb.FrameRequest(frame=frame))
+            except grpc.aio.AioRpcError:
+                break
+            log.sent += 1
+            k += 1
+            # A camera does not queue: frames that fell due while the write was blocked are lost.
+            behind = int((time.time() - start) / period) - k
+            if behind > 0:
+                log.unsent += min(behind, total - k)
+                k += behind
+        await asyncio.sleep(max(0.0, t0 + seconds + DRAIN_S - time.time()))
+        call.cancel()
+        receiving.cancel()
+        with_errors = await asyncio.gather(receiving, return_exceptions=True)
+        del with_errors
+
+
+async def _generate(target: str, cameras: int, fps: float, seconds: float) -> dict[str, object]:
+    jpegs = render_frames()
+    logs = [CameraLog() for _ in range(cameras)]
+    latencies: list[tuple[float, float]] = []
+    t0 = time.time() + 1.0  # every camera connected before the clock starts
+    cpu0 = cpu_seconds(os.getpid())
+    await asyncio.gather(
+        *(_camera(i, target, jpegs, fps, t0, seconds, logs[i], latencies) for i in range(cameras))
+    )
+    return {
+        "sent": sum(c.sent for c in logs),
+        "unsent": sum(c.unsent for c in logs),
+        "answered": sum(c.answered for c in logs),
+        "skipped": sum(c.skipped for c in logs),
+        "late_send_ms": max(c.late_send_ms for c in logs),
+        "cpu_s": cpu_seconds(os.getpid()) - cpu0,
+        "latencies": latencies,
+    }
+
+
+def run_cameras(target: str, cameras: int, fps: float, seconds: float) -> dict[str, object]:
+    """Runs the cameras in a child process (its own GIL and CPU account); returns its log."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--generate",
+            target,
+            "--cameras",
+            str(cameras),
+            "--fps",
+            str(fps),
+            "--seconds",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+# --- the bare gRPC echo (run in its own process) ------------------------------------------
+
+
+class Echo(pb_grpc.ActionRecognitionServicer):
+    """Answers every frame with a fixed three-label prediction: gRPC's share of a frame."""
+
+    _TOP: ClassVar = [
+        pb.LabelScore(label=f"label_{i}", probability=0.5 / (i + 1)) for i in range(3)
+    ]
+
+    async def StreamFrames(
+        self, request_iterator: AsyncIterator[pb.FrameRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Prediction]:
+        async for request in request_iterator:
+            if request.HasField("frame"):
+                frame = request.frame
+                yield pb.Prediction(
+                    sequence=frame.sequence, timestamp_us=frame.timestamp_us, top=self._TOP
+                )
+
+
+async def _serve_echo(port_file: Path) -> None:
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 9 << 20)])
+    pb_grpc.add_ActionRecognitionServicer_to_server(Echo(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    await server.wait_for_termination()
+
+
+class EchoProcess:
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory()
+        port_file = Path(self._dir.name) / "port"
+        self._proc = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(port_file)])
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text():
+            if time.monotonic() > deadline or self._proc.poll() is not None:
+                self.stop()
+                raise RuntimeError("the echo server did not start")
+            time.sleep(0.05)
+        self.target = f"127.0.0.1:{port_file.read_text()}"
+        self.pid = self._proc.pid
+
+    def stop(self) -> None:
+        self._proc.kill()
+        self._proc.wait()
+        self._dir.cleanup()
+
+
+# --- the bare stages, timed in this process ----------------------------------------------
+
+
+def _median_s(fn: Callable[[], object], runs: int) -> float:
+    for _ in range(5):
+        fn()
+    samples = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+@dataclass(frozen=True)
+class BareStages:
+    decode_ms: float  # reduced-scale decode + resize, per frame, median over the clip
+    step_ms: dict[int, float]  # batch size -> one step's cost per frame
+
+    def step_at(self, batch: float) -> float:
+        sizes = sorted(self.step_ms)
+        return float(np.interp(batch, sizes, [self.step_ms[b] for b in sizes]))
+
+
+def time_bare_stages(jpegs: list[bytes]) -> BareStages:
+    from service.frames import FrameDecoder
+    from service.model import StepModel
+
+    model = StepModel.load(threads=1)
+    meta = model.metadata
+    decoder = FrameDecoder(meta.height, meta.width, 8 << 20, 4096 * 4096)
+    decode = statistics.median(
+        _median_s(functools.partial(decoder.decode_image, data), 20) for data in jpegs
+    )
+    image = decoder.decode_image(jpegs[0])
+    steps = {}
+    for batch in (1, 2, 4, 8, 16, 32, 64):
+        frames = np.repeat(image[np.newaxis], batch, axis=0)
+        state = model.zero_state(batch)
+        step = functools.partial(model.step, frames, state)
+        steps[batch] = _median_s(step, 100) / batch * 1e3
+    return BareStages(decode * 1e3, steps)
+
+
+# --- one load level against the real server -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Level:
+    cameras: int
+    scheduled: int
+    answered: int
+    skipped: int
+    dropped: int  # scheduled and never answered: skipped, lost in the server, or not sent
+    p50_ms: float
+    p99_ms: float
+    p99_first_ms: float
+    p99_second_ms: float
+    server_ms_per_frame: float
+    batch: float
+    echo_ms_per_frame: float
+    bare_ms: float
+    generator_cpu: float  # cores the cameras used
+    late_send_ms: float
+
+    @property
+    def held(self) -> bool:
+        return self.dropped == 0
+
+    @property
+    def ratio(self) -> float:
+        return self.server_ms_per_frame / self.bare_ms
+
+
+def _percentiles(latencies: list[list[float]], seconds: float) -> tuple[float, ...]:
+    if not latencies:
+        return (float("nan"),) * 4
+    arr = np.array(latencies)
+    steady = arr[arr[:, 0] >= 1.0]  # the first second is connection set-up
+    if len(steady) == 0:
+        steady = arr
+    half = steady[:, 0] < seconds / 2
+    first = steady[half, 1] if half.any() else steady[:, 1]
+    second = steady[~half, 1] if (~half).any() else steady[:, 1]
+    p50, p99 = np.percentile(steady[:, 1], [50, 99])
+    return float(p50), float(p99), float(np.percentile(first, 99)), float(np.percentile(second, 99))
+
+
+def measure(
+    cameras: int, fps: float, seconds: float, bare: BareStages, server_args: list[str]
+) -> Level:
+    with tempfile.TemporaryFile("w+") as log, ServeProcess(log, args=server_args) as server:
+        before, cpu0 = scrape(server.metrics_port), cpu_seconds(server.pid)
+        run = run_cameras(server.target, cameras, fps, seconds)
+        cpu = cpu_seconds(server.pid) - cpu0
+        after = scrape(server.metrics_port)
+    processed = after["actionstream_frames_processed_total"] - before.get(
+        "actionstream_frames_processed_total", 0.0
+    )
+    batches = after.get("actionstream_batch_size_count", 0.0)
+    batch = after["actionstream_batch_size_sum"] / batches if batches else 1.0
+
+    echo = EchoProcess()
+    try:
+        echo_cpu0 = cpu_seconds(echo.pid)
+        echo_run = run_cameras(echo.target, cameras, fps, min(seconds, 5.0))
+        echo_cpu = cpu_seconds(echo.pid) - echo_cpu0
+    finally:
+        echo.stop()
+    echo_ms = echo_cpu / max(1, int(echo_run["answered"])) * 1e3  # type: ignore[call-overload]
+
+    sent, unsent = int(run["sent"]), int(run["unsent"])  # type: ignore[call-overload]
+    answered, skipped = int(run["answered"]), int(run["skipped"])  # type: ignore[call-overload]
+    p50, p99, p99a, p99b = _percentiles(run["latencies"], seconds)  # type: ignore[arg-type]
+    bare_ms = bare.decode_ms + bare.step_at(batch) + echo_ms
+    return Level(
+        cameras=cameras,
+        scheduled=sent + unsent,
+        answered=answered,
+        skipped=skipped,
+        dropped=sent + unsent - answered,
+        p50_ms=p50,
+        p99_ms=p99,
+        p99_first_ms=p99a,
+        p99_second_ms=p99b,
+        server_ms_per_frame=cpu / max(1.0, processed) * 1e3,
+        batch=batch,
+        echo_ms_per_frame=echo_ms,
+        bare_ms=bare_ms,
+        generator_cpu=float(run["cpu_s"]) / (seconds + 1 + DRAIN_S),  # type: ignore[arg-type]
+        late_send_ms=float(run["late_send_ms"]),  # type: ignore[arg-type]
+    )
+
+
+def plot(levels: list[Level], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    n = [lv.cameras for lv in levels]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    ax.plot(n, [lv.p50_ms for lv in levels], "o-", label="p50")
+    ax.plot(n, [lv.p99_ms for lv in levels], "s-", label="p99")
+    for lv in levels:
+        if lv.dropped:
+            share = lv.dropped / lv.scheduled
+            ax.annotate(f"{share:.0%} dropped", (lv.cameras, lv.p99_ms), fontsize=8)
+    ax.set_yscale("log")
+    ax.set_xlabel("cameras (640×480 JPEG, 10 fps each)")
+    ax.set_ylabel("capture → prediction (ms)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cameras", default="20,40,60,80,100,150,200", help="N to try")
+    parser.add_argument("--fps", type=float, default=10.0, help="frames per second per camera")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
+    parser.add_argument("--plot", type=Path, help="write latency against N to this PNG")
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="extra `serve` argument (repeatable)"
+    )
+    parser.add_argument("--generate", help=argparse.SUPPRESS)  # TARGET: be the cameras
+    parser.add_argument("--serve-echo", type=Path, help=argparse.SUPPRESS)  # PORT_FILE
+    args = parser.parse_args()
+
+    if args.serve_echo:
+        asyncio.run(_serve_echo(args.serve_echo))
+        return
+    if args.generate:
+        log = _generate(args.generate, int(args.cameras), args.fps, args.seconds)
+        print(json.dumps(asyncio.run(log)))
+        return
+
+    jpegs = render_frames()
+    bare = time_bare_stages(jpegs)
+    size_kb = statistics.mean(len(j) for j in jpegs) / 1e3
+    print(f"{WIDTH}x{HEIGHT} JPEG frames, {size_kb:.0f} KB on average, {args.fps:g} fps a camera")
+    steps = ", ".join(f"{b}: {ms:.3f}" for b, ms in bare.step_ms.items())
+    print(f"bare: decode + resize {bare.decode_ms:.3f} ms; step ms/frame by batch {steps}")
+    print(
+        f"{'N':>4} {'sent':>6} {'answered':>8} {'skipped':>7} {'dropped':>7} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'p99 1st/2nd half':>16} {'server ms/frame':>15} {'batch':>5} "
+        f"{'echo ms':>7} {'bare ms':>7} {'ratio':>6} {'gen cores':>9}"
+    )
+    levels = []
+    for n in (int(s) for s in args.cameras.split(",")):
+        lv = measure(n, args.fps, args.seconds, bare, args.server_arg)
+        levels.append(lv)
+        print(
+            f"{n:>4} {lv.scheduled:>6} {lv.answered:>8} {lv.skipped:>7} {lv.dropped:>7} "
+            f"{lv.p50_ms:>7.1f} {lv.p99_ms:>7.1f} "
+            f"{lv.p99_first_ms:>7.0f} / {lv.p99_second_ms:<6.0f} "
+            f"{lv.server_ms_per_frame:>15.3f} {lv.batch:>5.1f} {lv.echo_ms_per_frame:>7.3f} "
+            f"{lv.bare_ms:>7.3f} {lv.ratio:>5.2f}x {lv.generator_cpu:>9.2f}",
+            flush=True,
+        )
+    held = [lv.cameras for lv in levels if lv.held]
+    print(f"largest N held with no drops: {max(held) if held else 'none'}")
+    if args.plot and plot(levels, args.plot):
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
