@@ -63,7 +63,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def render_frames(n: int = CLIP_FRAMES) -> list[bytes]:
     """640×480 JPEGs of a synthetic scene in motion."""
-    from training.synth import SynthConfig, render_stream
+    from actionstream.training.synth import SynthConfig, render_stream
 
     video, _ = render_stream(n, seed=1, cfg=SynthConfig(size=WIDTH))
     rng = np.random.default_rng(0)
@@ -276,10 +276,10 @@ class BareStages:
 
 
 def time_bare_stages(jpegs: list[bytes]) -> BareStages:
-    from service.frames import FrameDecoder
-    from service.model import StepModel
+    from actionstream.service.frames import FrameDecoder
+    from actionstream.service.model import OnnxStepModel
 
-    model = StepModel.load(threads=1)
+    model = OnnxStepModel.load(threads=1)
     meta = model.metadata
     decoder = FrameDecoder(meta.height, meta.width, 8 << 20, 4096 * 4096)
     decode = statistics.median(
