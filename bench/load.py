@@ -102,6 +102,7 @@ class CameraLog:
     answered: int = 0
     skipped: int = 0  # the server's own count of frames it dropped before an answer
     late_send_ms: float = 0.0  # worst lateness of the generator itself
+    status: str = "OK"  # how the server ended the call, if it did
 
 
 async def _camera(
@@ -120,6 +121,12 @@ async def _camera(
         await call.write(pb.FrameRequest(options=pb.StreamOptions(stream_name=f"cam-{index}")))
 
         async def receive() -> None:
+            try:
+                await _receive()
+            except grpc.aio.AioRpcError as e:
+                log.status = e.code().name
+
+        async def _receive() -> None:
             async for prediction in call:
                 now_us = time.time_ns() / 1e3
                 log.answered += 1
@@ -142,8 +149,8 @@ async def _camera(
             )
             try:
                 await call.write(pb.FrameRequest(frame=frame))
-            except grpc.aio.AioRpcError:
-                break
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                break  # the server ended the call: the receiver has its status
             log.sent += 1
             k += 1
             # A camera does not queue: frames that fell due while the write was blocked are lost.
@@ -173,6 +180,7 @@ async def _generate(target: str, cameras: int, fps: float, seconds: float) -> di
         "answered": sum(c.answered for c in logs),
         "skipped": sum(c.skipped for c in logs),
         "late_send_ms": max(c.late_send_ms for c in logs),
+        "refused": sum(c.status == "RESOURCE_EXHAUSTED" for c in logs),
         "cpu_s": cpu_seconds(os.getpid()) - cpu0,
         "latencies": latencies,
     }
@@ -193,11 +201,13 @@ def run_cameras(target: str, cameras: int, fps: float, seconds: float) -> dict[s
             "--seconds",
             str(seconds),
         ],
-        capture_output=True,
+        stdout=subprocess.PIPE,
         text=True,
         check=True,
     )
     result: dict[str, object] = json.loads(done.stdout)
+    if result["refused"]:
+        raise SystemExit(f"the server refused {result['refused']} of {cameras} cameras")
     return result
 
 
@@ -420,7 +430,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each run")
     parser.add_argument("--plot", type=Path, help="write latency against N to this PNG")
     parser.add_argument(
-        "--server-arg", action="append", default=[], help="extra `serve` argument (repeatable)"
+        "--server-arg",
+        action="append",
+        default=["--max-streams", "1000"],
+        help="extra `serve` argument (repeatable; the default lifts max_streams above N)",
     )
     parser.add_argument("--generate", help=argparse.SUPPRESS)  # TARGET: be the cameras
     parser.add_argument("--serve-echo", type=Path, help=argparse.SUPPRESS)  # PORT_FILE
