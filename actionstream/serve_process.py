@@ -76,10 +76,6 @@ class ServeProcess(contextlib.AbstractContextManager["ServeProcess"]):
         return self._proc.pid
 
     @property
-    def pid(self) -> int:
-        return self._proc.pid
-
-    @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 

@@ -9,8 +9,11 @@ gRPC to receiving its prediction, so it includes the network both ways.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ import grpc
 import numpy as np
 
 from actionstream.service.sources import SourceError, VideoSource
+from actionstream.service.streams import Resampler
 from actionstream.settings import setting
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -99,9 +103,21 @@ def stream_source(
 
     sent_at: dict[int, float] = {}
     fps = source.fps if cfg.realtime else None
+    start_us = time.time_ns() // 1000
+    answered: queue.Queue[None] = queue.Queue()
+    done = threading.Event()
 
-    def requests() -> Iterator[pb.FrameRequest]:
-        # Runs on a gRPC thread; owns the source from here on.
+    def capture_us(sequence: int) -> int:
+        # Sent faster than real time, a file's frames keep their own timeline; live, a
+        # frame was captured when it was read.
+        if not cfg.realtime and source.fps:
+            return start_us + round((sequence - 1) * 1e6 / source.fps)
+        return time.time_ns() // 1000
+
+    def requests(resampler: Resampler | None) -> Iterator[pb.FrameRequest]:
+        # Runs on a gRPC thread; owns the source from here on. As fast as the server
+        # answers (`resampler` set): one frame in flight, and only the frames the server
+        # would take at the model's rate, so none is dropped and none waits unanswered.
         try:
             yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=cfg.source))
             start = time.perf_counter()
@@ -110,17 +126,24 @@ def stream_source(
                 image = source.read()
                 if image is None:
                     return
+                sequence += 1
                 if fps is not None:
-                    time.sleep(max(0.0, start + sequence / fps - time.perf_counter()))
+                    time.sleep(max(0.0, start + (sequence - 1) / fps - time.perf_counter()))
+                timestamp_us = capture_us(sequence)
+                if resampler is not None and not resampler.take(timestamp_us):
+                    continue
                 ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
                 if not ok:
-                    raise StreamError(f"frame {sequence + 1}: OpenCV could not JPEG-encode it")
-                sequence += 1
+                    raise StreamError(f"frame {sequence}: OpenCV could not JPEG-encode it")
                 frame = pb.Frame(
-                    encoded=jpeg.tobytes(), sequence=sequence, timestamp_us=time.time_ns() // 1000
+                    encoded=jpeg.tobytes(), sequence=sequence, timestamp_us=timestamp_us
                 )
                 sent_at[sequence] = time.perf_counter()
                 yield pb.FrameRequest(frame=frame)
+                while resampler is not None and not done.is_set():
+                    with contextlib.suppress(queue.Empty):
+                        answered.get(timeout=0.1)
+                        break
         finally:
             source.close()
 
@@ -129,8 +152,12 @@ def stream_source(
     correct = labelled = 0
     interrupted = False
     with grpc.insecure_channel(cfg.target) as channel:
-        call = pb_grpc.ActionRecognitionStub(channel).StreamFrames(requests())
+        stub = pb_grpc.ActionRecognitionStub(channel)
         try:
+            resampler = None
+            if not cfg.realtime:
+                resampler = Resampler(stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).fps)
+            call = stub.StreamFrames(requests(resampler))
             for prediction in call:
                 latency_ms = (time.perf_counter() - sent_at[prediction.sequence]) * 1e3
                 label = truth.get(prediction.sequence - 1) if truth is not None else None
@@ -139,6 +166,7 @@ def stream_source(
                     correct += prediction.top[0].label == label
                 predictions.append(prediction)
                 latencies_ms.append(latency_ms)
+                answered.put(None)
                 if on_prediction is not None:
                     on_prediction(prediction, label, latency_ms)
         except KeyboardInterrupt:
@@ -146,6 +174,8 @@ def stream_source(
             interrupted = True
         except grpc.RpcError as e:
             raise StreamError(_describe(e, cfg.target)) from None
+        finally:
+            done.set()
 
     p50, p99 = np.percentile(latencies_ms, [50, 99]) if latencies_ms else (None, None)
     return StreamSummary(

@@ -26,7 +26,10 @@ class ServeConfig:
         group="Model",
     )
     threads: int = setting(
-        0, help="onnxruntime intra-op threads; 0 lets onnxruntime choose", group="Model"
+        1,
+        help="onnxruntime intra-op threads; 0 lets onnxruntime choose. One leaves the other "
+        "cores to gRPC and decoding; batching gives the step its width",
+        group="Model",
     )
     default_top_k: int = setting(
         3, help="labels per prediction when a stream does not ask", group="Model"
@@ -61,12 +64,51 @@ class ServeConfig:
         "larger frames get INVALID_ARGUMENT",
         group="Limits",
     )
+    max_batch: int = setting(
+        32, help="most streams stepped together in one batched model step", group="Real time"
+    )
+    max_batch_wait_ms: float = setting(
+        2.0,
+        help="how long an idle batcher waits for more streams to join a batch, in ms: "
+        "latency bought for fewer, wider steps",
+        group="Real time",
+    )
+    decode_threads: int = setting(
+        2,
+        help="threads a batch's frames are decoded on side by side (one per core suits most "
+        "machines)",
+        group="Real time",
+    )
+    queue_frames: int = setting(
+        2,
+        help="frames a stream may have waiting for inference; a new one beyond that drops "
+        "the oldest (counted, and reported in the next prediction)",
+        group="Real time",
+    )
+    heavy_pixels: int = setting(
+        1920 * 1080,
+        help="frames that decode to more pixels than this (after a JPEG's reduced-scale "
+        "decode) go to a lane of their own, limited to a quarter of one core, so that they "
+        "cannot hold up other streams",
+        group="Real time",
+    )
+    idle_timeout_seconds: float = setting(
+        30.0,
+        help="a stream that sends no frame, or takes no prediction, for this long is ended "
+        "with DEADLINE_EXCEEDED and its place freed",
+        group="Real time",
+    )
     grace_seconds: float = setting(
         5.0,
         help="on SIGTERM/SIGINT, how long open streams may finish before they are cut",
         group="Operation",
     )
     log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR", group="Operation")
+    log_format: str = setting(
+        "text",
+        help="text, or json: one JSON object a line, with the stream's name and id as keys",
+        group="Operation",
+    )
     allow_sources: bool = setting(
         False,
         help="enable WatchSource, which lets any client make the server open files, "
@@ -88,11 +130,30 @@ class ServeConfig:
                 f"metrics_port must be 0..65535 (0 picks a free one) or -1 (off), "
                 f"got {self.metrics_port}"
             )
-        for name in ("max_streams", "max_frame_bytes", "max_frame_pixels", "default_top_k"):
+        for name in (
+            "max_streams",
+            "max_frame_bytes",
+            "max_frame_pixels",
+            "default_top_k",
+            "max_batch",
+            "decode_threads",
+            "queue_frames",
+            "heavy_pixels",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.threads < 0:
             raise ValueError(f"threads must be 0 (automatic) or more, got {self.threads}")
+        if self.max_batch_wait_ms < 0:
+            raise ValueError(
+                f"max_batch_wait_ms must not be negative, got {self.max_batch_wait_ms}"
+            )
+        if self.idle_timeout_seconds <= 0:
+            raise ValueError(
+                f"idle_timeout_seconds must be positive, got {self.idle_timeout_seconds}"
+            )
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must not be negative, got {self.grace_seconds}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

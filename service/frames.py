@@ -52,25 +52,70 @@ class FrameError(ValueError):
         self.reason: RejectReason = reason
 
 
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A frame that passed the checks done before decoding: what it is and its decoded size."""
+
+    kind: Literal["JPEG", "PNG", "raw"]
+    width: int  # as decoded (after libjpeg's reduced-scale decode for a JPEG)
+    height: int
+    flag: int  # cv2.imdecode's flag for an encoded image
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
 @dataclass(frozen=True)
 class FrameDecoder:
-    """Turns frames into uint8 (height, width, 3) BGR arrays for the model."""
+    """Turns frames into uint8 (height, width, 3) BGR arrays for the model.
+
+    `check` reads only headers and lengths (microseconds, on the event loop
+    as a frame arrives), `decode` does the work (on the batcher's thread).
+    """
 
     height: int
     width: int
     max_bytes: int
     max_pixels: int
 
-    def decode(self, frame: pb.Frame) -> np.ndarray:
+    def check(self, frame: pb.Frame) -> Checked:
+        """What `decode` will face; raises FrameError for a frame it would refuse."""
         kind = frame.WhichOneof("image")
         if kind == "encoded":
-            return self.decode_image(frame.encoded)
+            return self._check_image(frame.encoded)
         if kind == "raw":
-            return self.decode_raw(frame.raw)
+            return self._check_raw(frame.raw)
         raise FrameError("frame carries no image (set `encoded` or `raw`)", "missing")
+
+    def decode(self, frame: pb.Frame, checked: Checked | None = None) -> np.ndarray:
+        """Model input from a frame; `checked` is `check(frame)` if the caller has it."""
+        checked = self.check(frame) if checked is None else checked
+        if checked.kind == "raw":
+            raw = frame.raw
+            image: np.ndarray = np.frombuffer(raw.data, np.uint8).reshape(raw.height, raw.width, 3)
+            if raw.format == pb.PIXEL_FORMAT_RGB:
+                image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+            return self.fit(image)
+        data = frame.encoded
+        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), checked.flag)
+        if decoded is None:
+            raise FrameError(
+                f"corrupt {checked.kind} image ({len(data)} bytes, "
+                f"{checked.width}x{checked.height})",
+                "corrupt",
+            )
+        return self.fit(decoded)
 
     def decode_image(self, data: bytes) -> np.ndarray:
         """A JPEG or PNG file's bytes -> model input."""
+        return self.decode(pb.Frame(encoded=data))
+
+    def decode_raw(self, raw: pb.RawImage) -> np.ndarray:
+        """Uncompressed BGR or RGB pixels -> model input."""
+        return self.decode(pb.Frame(raw=raw))
+
+    def _check_image(self, data: bytes) -> Checked:
         if not data:
             raise FrameError("image is empty (0 bytes)", "empty")
         if len(data) > self.max_bytes:
@@ -80,22 +125,17 @@ class FrameDecoder:
                 "too_many_bytes",
             )
         if data.startswith(_PNG_SIGNATURE):
-            kind, (width, height) = "PNG", _png_size(data)
-        elif data.startswith(_JPEG_SOI):
-            kind, (width, height) = "JPEG", _jpeg_size(data)
-        else:
-            raise FrameError(f"not a JPEG or PNG image ({len(data)} bytes)", "not_an_image")
-        self._check_pixels(width, height, kind)
-        flag = self._jpeg_reduction(width, height) if kind == "JPEG" else cv2.IMREAD_COLOR
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-        if image is None:
-            raise FrameError(
-                f"corrupt {kind} image ({len(data)} bytes, {width}x{height})", "corrupt"
-            )
-        return self.fit(image)
+            width, height = _png_size(data)
+            self._check_pixels(width, height, "PNG")
+            return Checked("PNG", width, height, cv2.IMREAD_COLOR)
+        if data.startswith(_JPEG_SOI):
+            width, height = _jpeg_size(data)
+            self._check_pixels(width, height, "JPEG")
+            factor, flag = self._jpeg_reduction(width, height)
+            return Checked("JPEG", -(-width // factor), -(-height // factor), flag)
+        raise FrameError(f"not a JPEG or PNG image ({len(data)} bytes)", "not_an_image")
 
-    def decode_raw(self, raw: pb.RawImage) -> np.ndarray:
-        """Uncompressed BGR or RGB pixels -> model input."""
+    def _check_raw(self, raw: pb.RawImage) -> Checked:
         if raw.format not in (pb.PIXEL_FORMAT_BGR, pb.PIXEL_FORMAT_RGB):
             raise FrameError(
                 f"raw image format must be PIXEL_FORMAT_BGR or PIXEL_FORMAT_RGB, got {raw.format}",
@@ -113,10 +153,7 @@ class FrameDecoder:
                 f"(width*height*3), got {len(raw.data)}",
                 "bad_raw",
             )
-        image: np.ndarray = np.frombuffer(raw.data, np.uint8).reshape(raw.height, raw.width, 3)
-        if raw.format == pb.PIXEL_FORMAT_RGB:
-            image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        return self.fit(image)
+        return Checked("raw", raw.width, raw.height, cv2.IMREAD_UNCHANGED)
 
     def fit(self, image: np.ndarray) -> np.ndarray:
         """Resizes a BGR image to the model's size (area-averaged when shrinking)."""
@@ -135,14 +172,14 @@ class FrameDecoder:
                 "too_many_pixels",
             )
 
-    def _jpeg_reduction(self, width: int, height: int) -> int:
+    def _jpeg_reduction(self, width: int, height: int) -> tuple[int, int]:
         # The largest libjpeg scale that still leaves twice the model's size;
         # min/max make it hold whichever way EXIF orientation turns the image.
         short, need = min(width, height), 2 * max(self.width, self.height)
         for factor, flag in _JPEG_REDUCED:
             if -(-short // factor) >= need:
-                return flag
-        return cv2.IMREAD_COLOR
+                return factor, flag
+        return 1, cv2.IMREAD_COLOR
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

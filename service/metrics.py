@@ -17,6 +17,7 @@ from actionstream.contract import ModelSpec
 # a millisecond on an idle server to a second when it is badly overloaded.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # One model step or one decode: sub-millisecond up to a slow large frame.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
@@ -41,9 +42,32 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.frames_dropped = Counter(
+            "actionstream_frames_dropped",
+            "Frames accepted but never run through the model, by reason: `resampled` (more "
+            "frames than the model's rate), `overload` (the oldest waiting frame, when "
+            "inference was behind), `stream_ended` (still waiting when the stream ended).",
+            ["reason"],
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "actionstream_batch_size",
+            "Streams stepped together in one batched model step.",
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.streams_ended = Counter(
+            "actionstream_streams_ended",
+            "Streams ended, by how: completed, cancelled (the client cancelled or vanished), "
+            "idle (sent nothing for idle_timeout), not_reading (took no prediction for "
+            "idle_timeout), invalid_frame, malformed, over_grpc_limit, refused (max_streams), "
+            "error (a server fault).",
+            ["reason"],
+            registry=registry,
+        )
         self.active_streams = Gauge(
             "actionstream_active_streams",
-            "Streams open now (StreamFrames and WatchSource).",
+            "Streams holding a place now (StreamFrames after its first frame, WatchSource).",
             registry=registry,
         )
         self.frame_latency = Histogram(
@@ -54,7 +78,7 @@ class Metrics:
         )
         self.inference = Histogram(
             "actionstream_inference_seconds",
-            "Time of one onnxruntime step.",
+            "Time of one onnxruntime step (of a whole batch).",
             buckets=STAGE_BUCKETS,
             registry=registry,
         )

@@ -21,8 +21,10 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from actionstream.service import logs
+from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
-from actionstream.service.inference import InferenceWorker
+from actionstream.service.frames import FrameDecoder
 from actionstream.service.metrics import Metrics, MetricsServer
 from actionstream.service.model import ModelError, OnnxStepModel
 from actionstream.service.servicer import ActionRecognition
@@ -51,7 +53,8 @@ class Server:
         cfg: ServeConfig,
         grpc_server: grpc.aio.Server,
         health: health_aio.HealthServicer,
-        worker: InferenceWorker,
+        servicer: ActionRecognition,
+        batcher: Batcher,
         port: int,
         metrics_server: MetricsServer | None,
     ) -> None:
@@ -59,7 +62,8 @@ class Server:
         self.port = port
         self._grpc = grpc_server
         self._health = health
-        self._worker = worker
+        self._servicer = servicer
+        self._batcher = batcher
         self._metrics_server = metrics_server
 
     @classmethod
@@ -78,7 +82,12 @@ class Server:
             model = await asyncio.to_thread(OnnxStepModel.load, cfg.model, cfg.threads)
         metrics = Metrics(registry if registry is not None else CollectorRegistry())
         metrics.describe_model(model.metadata)
-        worker = InferenceWorker(model, metrics)
+        meta = model.metadata
+        decoder = FrameDecoder(meta.height, meta.width, cfg.max_frame_bytes, cfg.max_frame_pixels)
+        batcher = Batcher(model, decoder, metrics, cfg.max_batch, cfg.max_batch_wait_ms / 1e3)
+        await asyncio.to_thread(batcher.warm_up)
+        batcher.start()
+        servicer = ActionRecognition(cfg, batcher, metrics)
 
         server = grpc.aio.server(
             options=[
@@ -86,11 +95,13 @@ class Server:
                 # Without this a second server on the same port would start and
                 # silently share its traffic instead of failing to bind.
                 ("grpc.so_reuseport", 0),
+                # Clients that vanish without closing their connection (power cut, network
+                # gone) are found by keepalive pings, so their streams end and free their place.
+                ("grpc.keepalive_time_ms", 20_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
             ]
         )
-        pb_grpc.add_ActionRecognitionServicer_to_server(
-            ActionRecognition(cfg, worker, metrics), server
-        )
+        pb_grpc.add_ActionRecognitionServicer_to_server(servicer, server)
         health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection(
@@ -100,7 +111,7 @@ class Server:
         try:
             port = server.add_insecure_port(address)
         except RuntimeError as e:
-            worker.close()
+            await batcher.stop()
             raise ServeError(f"cannot listen on {address}: {e}") from None
 
         metrics_server = None
@@ -111,17 +122,17 @@ class Server:
                 )
             except OSError as e:
                 await server.stop(None)
-                worker.close()
+                await batcher.stop()
                 address = _address(cfg.metrics_address, cfg.metrics_port)
                 raise ServeError(f"cannot serve metrics on {address}: {e}") from None
         await server.start()
         for name in ("", SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return cls(cfg, server, health, worker, port, metrics_server)
+        return cls(cfg, server, health, servicer, batcher, port, metrics_server)
 
     @property
     def model(self) -> OnnxStepModel:
-        return self._worker.model
+        return self._batcher.model
 
     @property
     def metrics_port(self) -> int | None:
@@ -134,7 +145,8 @@ class Server:
         """
         await self._health.enter_graceful_shutdown()
         await self._grpc.stop(self.cfg.grace_seconds if grace is None else grace)
-        await asyncio.to_thread(self._worker.close)
+        await self._servicer.close()
+        await self._batcher.stop()
         if self._metrics_server is not None:
             await asyncio.to_thread(self._metrics_server.close)
 
@@ -153,9 +165,7 @@ def run(cfg: ServeConfig) -> int:
     Returns the process exit code: 0 after a clean shutdown, 1 if the server
     could not start (the reason goes to stderr).
     """
-    logging.basicConfig(
-        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
     try:
         return asyncio.run(_serve(cfg))
     except (ModelError, ServeError) as e:

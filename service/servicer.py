@@ -1,38 +1,50 @@
-"""The ActionRecognition gRPC service: thin glue from requests to the model and back.
+"""The ActionRecognition gRPC service: thin glue from requests to the batcher and back.
 
-Per frame: decode in a worker thread (OpenCV releases the GIL, so decodes of
-different streams overlap), one model step on the inference thread, then the
-prediction. A bad frame ends its own RPC with a status naming the frame and
-the problem; other streams never notice.
+A StreamFrames call runs as two tasks. Its reader takes requests off the
+wire as fast as they come, checks each frame's headers, resamples by
+capture time and queues the frame on its stream (dropping the oldest when
+inference is behind); the handler hands each prediction the batcher
+produces to gRPC. Reading never waits for inference, so a stream is always
+answered for its most recent frames, and a stream never holds more than a
+few frames of work.
 
-Refusals end an RPC by raising `_Refused`, which `_outcome` turns into the
-call's status as the handler returns, rather than by `context.abort()`:
-grpc.aio sends an abort's status before the handler unwinds, so a client
-could see its error before the stream's slot was freed and the error counted.
+Refusals end an RPC by raising `_Refused`, which the handler turns into the
+call's status as it returns, rather than by `context.abort()`: grpc.aio sends
+an abort's status before the handler unwinds, so a client could see its
+error before the stream's slot was freed and the error counted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import typing
 from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
+from google.protobuf.message import DecodeError
 
+from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
 from actionstream.service.frames import FrameDecoder, FrameError, RejectReason
-from actionstream.service.inference import InferenceWorker
 from actionstream.service.metrics import Metrics
 from actionstream.service.sources import AsyncVideoSource, SourceError, SourceNotFound
-from actionstream.service.streams import Stream
+from actionstream.service.streams import FrameRejected, PendingFrame, Stream, printable
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
+
+
+class _Refused(Exception):
+    """Ends the RPC with `code` and `details`; `reason` labels the streams-ended metric."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, reason: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.reason = reason
 
 
 # A frame over --max-frame-bytes gets the code gRPC itself gives a message over
@@ -43,90 +55,199 @@ _REFUSAL_CODES: dict[RejectReason, grpc.StatusCode] = {
 } | {"too_many_bytes": grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-class _Refused(Exception):
-    """Ends the RPC with `code` and `details` (see the module docstring)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
+def _refusal(error: Exception) -> _Refused:
+    """The status a stream's failure ends its call with."""
+    if isinstance(error, _Refused):
+        return error
+    if isinstance(error, FrameRejected):
+        code = _REFUSAL_CODES[error.error.reason]
+        return _Refused(code, f"frame {error.sequence}: {error.error}", "invalid_frame")
+    raise error
 
 
 class ActionRecognition(pb_grpc.ActionRecognitionServicer):
     """Serves one model to many streams; each stream's state lives as long as its RPC."""
 
-    def __init__(self, cfg: ServeConfig, worker: InferenceWorker, metrics: Metrics) -> None:
+    def __init__(self, cfg: ServeConfig, batcher: Batcher, metrics: Metrics) -> None:
         self._cfg = cfg
-        self._worker = worker
+        self._batcher = batcher
         self._metrics = metrics
-        meta = worker.model.metadata
+        meta = batcher.model.metadata
+        self._meta = meta
         self._decoder = FrameDecoder(
             meta.height, meta.width, cfg.max_frame_bytes, cfg.max_frame_pixels
         )
-        self._active = 0
+        self._active = 0  # streams holding a place: they have sent a frame
+        self._open: dict[Stream, asyncio.Task[object] | None] = {}  # calls, for the idle sweep
+        self._sweeper: asyncio.Task[None] | None = None
+        m = metrics
+        self._received = m.frames_received
+        self._resampled = m.frames_dropped.labels("resampled")
+        self._overload = m.frames_dropped.labels("overload")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
 
     async def StreamFrames(
         self, request_iterator: AsyncIterator[pb.FrameRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Prediction]:
-        async with self._outcome("StreamFrames", context), self._admit():
-            stream: Stream | None = None
-            async for request in request_iterator:
-                received = time.perf_counter()
-                if stream is None:
-                    stream = self._open(request.options, context.peer())
-                    if not request.HasField("frame"):
-                        continue  # options alone
-                self._metrics.frames_received.inc()
-                sequence = stream.next_sequence(request.frame.sequence)
-                try:
-                    image = await asyncio.to_thread(self._decode, request.frame)
-                except FrameError as e:
-                    self._metrics.frames_rejected.labels(e.reason).inc()
-                    logger.info("stream %s: rejected frame %d: %s", stream.name, sequence, e)
-                    raise _Refused(_REFUSAL_CODES[e.reason], f"frame {sequence}: {e}") from e
-                timestamp_us = request.frame.timestamp_us
-                yield await self._predict(stream, image, sequence, timestamp_us, received)
-            if stream is not None:
-                logger.info("stream %s ended after %d frames", stream.name, stream.frames)
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep(), name="idle-sweep")
+        stream = self._new_stream(pb.StreamOptions(), context.peer())
+        self._open[stream] = asyncio.current_task()
+        reader = asyncio.create_task(self._read(request_iterator, stream))
+        reason = "error"
+        try:
+            while True:
+                if stream.outbox is not None:
+                    prediction, stream.outbox = stream.outbox, None
+                    stream.writing_since = time.monotonic()
+                    yield prediction
+                    stream.writing_since = None
+                    stream.answered += 1
+                    self._batcher.offer(stream)
+                elif stream.failure is not None:
+                    raise _refusal(stream.failure)
+                elif stream.finished:
+                    break
+                else:
+                    await stream.wakeup.wait()
+                    stream.wakeup.clear()
+            reason = "completed"
+        except _Refused as e:
+            reason = e.reason
+            self._count_error("StreamFrames", e.code)
+            context.set_code(e.code)
+            context.set_details(e.details)
+        except (asyncio.CancelledError, GeneratorExit):
+            reason = self._cancelled(stream)
+            raise
+        except Exception:
+            # A fault of the server's own: grpc answers UNKNOWN; the traceback is for us.
+            logger.exception("StreamFrames failed", extra=_about(stream))
+            self._count_error("StreamFrames", grpc.StatusCode.UNKNOWN)
+            raise
+        finally:
+            reader.cancel()
+            self._close(stream, reason)
+
+    async def _read(self, requests: AsyncIterator[pb.FrameRequest], stream: Stream) -> None:
+        """Takes requests off the wire into the stream's queue; never waits for inference."""
+        first = True
+        try:
+            async for request in requests:
+                stream.last_activity = time.monotonic()
+                if first:
+                    first = False
+                    if request.HasField("options"):
+                        self._configure(stream, request.options)
+                if request.HasField("frame"):
+                    self._accept(stream, request.frame)
+                    if stream.failure is not None:
+                        return
+        except DecodeError:
+            self._metrics.frames_rejected.labels("malformed").inc()
+            stream.fail(
+                _Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request {stream.frames + 1} is not a valid actionstream.v1.FrameRequest",
+                    "malformed",
+                )
+            )
+            return
+        stream.input_done = True
+        stream.wakeup.set()
+
+    def _accept(self, stream: Stream, frame: pb.Frame) -> None:
+        received = time.perf_counter()
+        self._received.inc()
+        sequence = stream.number(frame.sequence)
+        try:
+            checked = self._decoder.check(frame)
+        except FrameError as e:
+            self._metrics.frames_rejected.labels(e.reason).inc()
+            stream.fail(FrameRejected(sequence, e))
+            return
+        if stream.state is None:
+            try:
+                self._admit(stream)
+            except _Refused as e:
+                stream.fail(e)
+                return
+        if not stream.resampler.take(frame.timestamp_us or time.time_ns() // 1000):
+            stream.resampled_away()
+            self._resampled.inc()
+            return
+        heavy = checked.pixels > self._cfg.heavy_pixels
+        if not stream.push(PendingFrame(frame, checked, sequence, received, heavy)):
+            self._overload.inc()
+        self._batcher.offer(stream)
 
     async def WatchSource(
         self, request: pb.SourceRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Prediction]:
-        # A file is read as fast as the model steps through it; a camera or URL
-        # at its own rate. No reconnecting and no sharing between watchers yet.
-        async with self._outcome("WatchSource", context):
-            if not self._cfg.allow_sources:
-                raise _Refused(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    "WatchSource is disabled on this server, because it lets clients make the "
-                    "server open files, cameras and URLs; start it with --allow-sources "
-                    "(or ACTIONSTREAM_ALLOW_SOURCES=true) on a trusted network to enable it",
-                )
-            async with self._admit():
-                try:
-                    source = await AsyncVideoSource.open(request.source)
-                except SourceNotFound as e:
-                    raise _Refused(grpc.StatusCode.NOT_FOUND, str(e)) from e
-                except SourceError as e:
-                    raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
-                try:
-                    stream = self._open(request.options, request.source)
+        # A file is read as fast as the model steps through it (each frame waits for the
+        # previous prediction); a camera or URL at its own rate. No reconnecting and no
+        # sharing between watchers yet.
+        if not self._cfg.allow_sources:
+            self._count_error("WatchSource", grpc.StatusCode.PERMISSION_DENIED)
+            context.set_code(grpc.StatusCode.PERMISSION_DENIED)
+            context.set_details(
+                "WatchSource is disabled on this server, because it lets clients make the "
+                "server open files, cameras and URLs; start it with --allow-sources "
+                "(or ACTIONSTREAM_ALLOW_SOURCES=true) on a trusted network to enable it"
+            )
+            return
+        stream = self._new_stream(request.options, request.source)
+        reason = "error"
+        try:
+            self._admit(stream)
+            try:
+                source = await AsyncVideoSource.open(request.source)
+            except SourceNotFound as e:
+                raise _Refused(grpc.StatusCode.NOT_FOUND, str(e), "invalid_source") from e
+            except SourceError as e:
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_source") from e
+            try:
+                while (image := await source.read()) is not None:
                     # A source frame is "received" when OpenCV hands it over.
-                    while (frame := await source.read()) is not None:
-                        received = time.perf_counter()
-                        timestamp_us = time.time_ns() // 1000
-                        self._metrics.frames_received.inc()
-                        image = await asyncio.to_thread(self._fit, frame)
-                        sequence = stream.next_sequence(0)
-                        yield await self._predict(stream, image, sequence, timestamp_us, received)
-                    logger.info("source %s ended after %d frames", request.source, stream.frames)
-                finally:
-                    source.close()
+                    received = time.perf_counter()
+                    self._received.inc()
+                    frame = pb.Frame(timestamp_us=time.time_ns() // 1000)
+                    pending = PendingFrame(frame, None, stream.number(0), received, False)
+                    pending.image = await asyncio.to_thread(self._decoder.fit, image)
+                    stream.push(pending)
+                    self._batcher.offer(stream)
+                    while stream.outbox is None and stream.failure is None:
+                        await stream.wakeup.wait()
+                        stream.wakeup.clear()
+                    if stream.failure is not None:
+                        raise _refusal(stream.failure)
+                    answer, stream.outbox = stream.outbox, None
+                    if answer is not None:
+                        yield answer
+                        stream.answered += 1
+            finally:
+                source.close()
+            reason = "completed"
+        except _Refused as e:
+            reason = e.reason
+            self._count_error("WatchSource", e.code)
+            context.set_code(e.code)
+            context.set_details(e.details)
+        except (asyncio.CancelledError, GeneratorExit):
+            reason = "cancelled"
+            self._count_error("WatchSource", grpc.StatusCode.CANCELLED)
+            raise
+        finally:
+            self._close(stream, reason)
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
-        meta = self._worker.model.metadata
+        meta = self._meta
         return pb.ModelInfo(
             labels=meta.labels,
             input_width=meta.width,
@@ -136,71 +257,124 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             version=meta.version,
         )
 
-    def _open(self, options: pb.StreamOptions, default_name: str) -> Stream:
-        meta = self._worker.model.metadata
-        state = self._worker.model.zero_state(1)
-        stream = Stream.open(options, meta.labels, state, self._cfg.default_top_k, default_name)
-        logger.info("stream %s opened (top_k=%d)", stream.name, stream.top_k)
+    def _new_stream(self, options: pb.StreamOptions, default_name: str) -> Stream:
+        meta = self._meta
+        stream = Stream(
+            options.stream_name or default_name,
+            options.top_k or self._cfg.default_top_k,
+            meta.labels,
+            meta.background_label,
+            meta.fps,
+            self._cfg.queue_frames,
+        )
         return stream
 
-    def _decode(self, frame: pb.Frame) -> np.ndarray:
-        start = time.perf_counter()
-        image = self._decoder.decode(frame)
-        self._metrics.decode.observe(time.perf_counter() - start)
-        return image
+    def _configure(self, stream: Stream, options: pb.StreamOptions) -> None:
+        if options.stream_name:
+            stream.name = printable(options.stream_name)
+        if options.top_k:
+            stream.top_k = min(options.top_k, len(stream.labels))
 
-    def _fit(self, frame: np.ndarray) -> np.ndarray:
-        # OpenCV has already decoded a source's frame while reading it, so only resizing is timed.
-        start = time.perf_counter()
-        image = self._decoder.fit(frame)
-        self._metrics.decode.observe(time.perf_counter() - start)
-        return image
-
-    async def _predict(
-        self, stream: Stream, image: np.ndarray, sequence: int, timestamp_us: int, received: float
-    ) -> pb.Prediction:
-        logits = await self._worker.step(stream, image)
-        prediction = stream.prediction(logits, sequence, timestamp_us)
-        prediction.latency_seconds = time.perf_counter() - received
-        self._metrics.frames_processed.inc()
-        self._metrics.frame_latency.observe(prediction.latency_seconds)
-        self._metrics.predictions.labels(prediction.top[0].label).inc()
-        return prediction
-
-    @contextlib.asynccontextmanager
-    async def _admit(self) -> AsyncIterator[None]:
-        """Holds one of the max_streams places for the duration of the block."""
+    def _admit(self, stream: Stream) -> None:
+        """Gives the stream a place and its state: on its first frame, not when it opens."""
         if self._active >= self._cfg.max_streams:
             raise _Refused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the server is at its limit of {self._cfg.max_streams} concurrent streams "
                 "(max_streams); retry later",
+                "refused",
             )
         self._active += 1
         self._metrics.active_streams.inc()
-        try:
-            yield
-        finally:
+        stream.admitted = True
+        stream.state = self._batcher.model.zero_state(1)
+        logger.info(
+            "stream %d %s opened (top_k=%d)",
+            stream.id,
+            stream.name,
+            stream.top_k,
+            extra=_about(stream),
+        )
+
+    def _cancelled(self, stream: Stream) -> str:
+        """Why a call was cut short: expired by the sweep, refused by gRPC, or the client."""
+        if isinstance(stream.failure, _Refused):
+            self._count_error("StreamFrames", stream.failure.code)
+            return stream.failure.reason
+        if stream.input_done and stream.failure is None:
+            # gRPC refuses a message over its size limit by ending the call's input as if the
+            # client had half-closed, then cancelling the handler: the client gets
+            # RESOURCE_EXHAUSTED. A client that half-closes and then cancels looks the same.
+            self._metrics.frames_rejected.labels("over_grpc_limit").inc()
+            self._count_error("StreamFrames", grpc.StatusCode.RESOURCE_EXHAUSTED)
+            return "over_grpc_limit"
+        self._count_error("StreamFrames", grpc.StatusCode.CANCELLED)
+        return "cancelled"
+
+    def _close(self, stream: Stream, reason: str) -> None:
+        """Frees everything the stream held; counts how it ended."""
+        self._open.pop(stream, None)
+        waiting = len(stream.queue) + (stream.decoded is not None)
+        if waiting:
+            self._metrics.frames_dropped.labels("stream_ended").inc(waiting)
+        stream.queue.clear()
+        stream.decoded = None
+        stream.fail(_Refused(grpc.StatusCode.CANCELLED, "stream ended", reason))
+        self._metrics.streams_ended.labels(reason).inc()
+        # The state goes with the stream object; a batch in flight may still be writing it.
+        if stream.admitted:
+            stream.admitted = False
             self._active -= 1
             self._metrics.active_streams.dec()
+            logger.info(
+                "stream %d %s ended (%s) after %d frames, %d answered, %d dropped by overload",
+                stream.id,
+                stream.name,
+                reason,
+                stream.frames,
+                stream.answered,
+                stream.dropped_overload,
+                extra=_about(stream),
+            )
 
-    @contextlib.asynccontextmanager
-    async def _outcome(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-        """Turns a refusal into the RPC's status; counts every RPC that does not end OK."""
-        try:
-            yield
-        except _Refused as e:
-            self._count_error(method, e.code)
-            context.set_code(e.code)
-            context.set_details(e.details)
-        except asyncio.CancelledError:
-            self._count_error(method, grpc.StatusCode.CANCELLED)
-            raise
-        except Exception:
-            # grpc answers an unexpected exception with UNKNOWN; log it with its traceback.
-            logger.exception("%s failed", method)
-            self._count_error(method, grpc.StatusCode.UNKNOWN)
-            raise
+    async def _sweep(self) -> None:
+        """Ends streams that sent nothing, or took no prediction, for idle_timeout."""
+        timeout = self._cfg.idle_timeout_seconds
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = time.monotonic()
+            for stream, task in list(self._open.items()):
+                if stream.failure is not None:
+                    continue
+                if stream.writing_since is not None and now - stream.writing_since > timeout:
+                    stream.fail(
+                        _Refused(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"took no prediction for {timeout:g} s (idle_timeout_seconds); "
+                            "the stream was ended to free its place",
+                            "not_reading",
+                        )
+                    )
+                    # The handler is stuck in gRPC's write: only cancelling it ends the call.
+                    if task is not None:
+                        task.cancel()
+                elif (
+                    not stream.input_done
+                    and stream.writing_since is None
+                    and now - stream.last_activity > timeout
+                ):
+                    stream.fail(
+                        _Refused(
+                            grpc.StatusCode.DEADLINE_EXCEEDED,
+                            f"no frame for {timeout:g} s (idle_timeout_seconds); the stream "
+                            "was ended to free its place",
+                            "idle",
+                        )
+                    )
 
     def _count_error(self, method: str, code: grpc.StatusCode) -> None:
         self._metrics.rpc_errors.labels(method=method, code=code.name).inc()
+
+
+def _about(stream: Stream) -> dict[str, object]:
+    return {"stream": stream.name, "stream_id": stream.id}

@@ -1,18 +1,46 @@
-"""One stream's life on the server: its recurrent state, numbering and answers.
+"""One stream's life on the server: what it waits with, what it carries, what it answers.
 
-The state is a dict of arrays with a leading batch axis of 1, exactly the
-model's batch-first layout, so a cross-stream batcher can concatenate the
-states of ready streams along axis 0, run one step, and hand row i back to
-stream i without reshaping anything.
+A stream holds at most `queue_frames` frames waiting for inference; when a
+new frame arrives to a full queue the oldest waiting one is dropped, so an
+overloaded server answers fewer frames but always recent ones. Frames are
+first resampled by capture timestamp to the model's frame rate. The
+recurrent state (a dict of arrays with a leading batch axis of 1, the
+model's own layout) exists only once the first frame has arrived, so an
+opened call that never sends anything costs no model memory.
+
+Threads: the event loop owns everything here except `state`, `tracker` and
+`prediction()`, which the batcher's worker thread uses while the stream's
+frame is in a batch (`in_flight`); the loop does not touch them meanwhile.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
+import itertools
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
+from actionstream.service.frames import Checked, FrameError
 from actionstream.v1 import actionstream_pb2 as pb
+
+# Logs carry client-chosen names; this many characters of one is plenty to tell streams apart.
+NAME_LIMIT = 64
+_ids = itertools.count(1)
+
+
+def printable(text: str, limit: int = NAME_LIMIT) -> str:
+    """`text` cut to `limit` characters, with control and non-printable characters escaped.
+
+    Whatever a client sends can then go into a log line without forging
+    other lines (newlines), corrupting terminals (escapes) or filling disks.
+    """
+    cut = text[:limit]
+    safe = cut if cut.isprintable() else cut.encode("unicode_escape").decode("ascii")
+    return safe + "…" if len(text) > limit else safe
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -21,40 +49,208 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
-@dataclass
+class FrameRejected(Exception):
+    """A frame of this stream was refused; ends the stream with the frame's number."""
+
+    def __init__(self, sequence: int, error: FrameError) -> None:
+        super().__init__(f"frame {sequence}: {error}")
+        self.sequence = sequence
+        self.error = error
+
+
+class Resampler:
+    """Takes frames at the model's rate by their capture time (microseconds).
+
+    Frames are accepted on a grid one model period apart, each within a
+    quarter period before its slot, so a 30 fps camera feeds a 10 fps model
+    every third frame and a 10 fps camera with jitter feeds it every frame.
+    A slower camera is taken frame by frame (never sped up or repeated).
+    A timestamp earlier than the grid expects (reordered or repeated frames)
+    is skipped; one that jumps back by more than a second (the camera's clock
+    was reset) or forward by more than a period (a gap) restarts the grid.
+    """
+
+    _RESET_BACK_US = 1_000_000
+
+    def __init__(self, fps: float) -> None:
+        self._period = 1e6 / fps
+        self._due = -math.inf  # earliest time the next frame may have
+        self._last = 0
+
+    def take(self, t_us: int) -> bool:
+        restart = t_us < self._last - self._RESET_BACK_US or t_us >= self._due + self._period
+        self._last = t_us
+        if restart:
+            self._due = t_us + self._period
+            return True
+        if t_us < self._due - self._period / 4:
+            return False
+        self._due += self._period
+        return True
+
+
+class ActionTracker:
+    """The current action from per-frame probabilities: smoothed, with hysteresis.
+
+    Probabilities are averaged exponentially (time constant `TAU_S`); an
+    action starts when its smoothed probability reaches `ENTER` and is the
+    highest, and it lasts until its own falls below `EXIT`. The gap between
+    the two keeps a borderline score from flickering an action on and off.
+    """
+
+    TAU_S = 0.3
+    ENTER = 0.6
+    EXIT = 0.4
+
+    def __init__(self, labels: tuple[str, ...], background: str | None, fps: float) -> None:
+        self._labels = labels
+        self._background = background
+        self._idle = labels.index(background) if background in labels else None
+        self._alpha = 1 - math.exp(-1 / (fps * self.TAU_S))
+        self._smoothed: np.ndarray | None = None
+        self._current: int | None = None  # the action going on, None when none (or background)
+        self._since = 0  # sequence number it started on
+
+    @property
+    def action(self) -> str:
+        if self._current is None:
+            return self._background or ""
+        return self._labels[self._current]
+
+    def update(self, probs: np.ndarray, sequence: int) -> list[pb.ActionEvent]:
+        if self._smoothed is None:
+            self._smoothed = probs.copy()
+        else:
+            self._smoothed += self._alpha * (probs - self._smoothed)
+        s = self._smoothed
+        events: list[pb.ActionEvent] = []
+        if self._current is not None and s[self._current] < self.EXIT:
+            events.append(self._event(pb.ActionEvent.KIND_END, self._current))
+            self._current = None
+        best = int(s.argmax())
+        if best != self._current and s[best] >= self.ENTER:
+            if self._current is not None:
+                events.append(self._event(pb.ActionEvent.KIND_END, self._current))
+            self._current = None if best == self._idle else best
+            self._since = sequence
+            if self._current is not None:
+                events.append(self._event(pb.ActionEvent.KIND_START, self._current))
+        return events
+
+    def _event(self, kind: pb.ActionEvent.Kind, index: int) -> pb.ActionEvent:
+        return pb.ActionEvent(kind=kind, label=self._labels[index], start_sequence=self._since)
+
+
+@dataclass(slots=True)
+class PendingFrame:
+    """A frame between its arrival and its prediction."""
+
+    frame: pb.Frame
+    checked: Checked | None  # what its headers said (None for a source's frame)
+    sequence: int
+    received: float  # perf_counter() at arrival
+    heavy: bool  # decodes to more pixels than the batch's lane takes (see batcher.py)
+    image: np.ndarray | None = None  # decoded ahead, by the heavy lane or a source reader
+    skipped: int = 0  # frames of its stream dropped just before it (see Stream.push)
+
+
 class Stream:
-    """A live stream: its name, how many labels it wants, and its recurrent state."""
+    """A live stream: its queue of frames, its state once it has one, its next answer."""
 
-    name: str
-    top_k: int
-    labels: tuple[str, ...]
-    state: dict[str, np.ndarray]
-    frames: int = field(default=0, init=False)  # frames accepted so far
-
-    @classmethod
-    def open(
-        cls,
-        options: pb.StreamOptions,
+    def __init__(
+        self,
+        name: str,
+        top_k: int,
         labels: tuple[str, ...],
-        state: dict[str, np.ndarray],
-        default_top_k: int,
-        default_name: str,
-    ) -> Stream:
-        """A fresh stream from the client's options; 0 / empty fields take the defaults."""
-        top_k = min(options.top_k or default_top_k, len(labels))
-        return cls(options.stream_name or default_name, top_k, labels, state)
+        background: str | None,
+        fps: float,
+        queue_frames: int,
+    ) -> None:
+        self.id = next(_ids)
+        self.name = printable(name)
+        self.top_k = min(top_k, len(labels))
+        self.labels = labels
+        self.state: dict[str, np.ndarray] | None = None
+        self.admitted = False  # holds one of max_streams places (from its first frame)
+        self.tracker = ActionTracker(labels, background, fps)
+        self.resampler = Resampler(fps)
+        self.queue: deque[PendingFrame] = deque()
+        self.queue_frames = queue_frames
+        self.skipped = 0  # frames resampled away since the last one queued
+        self.dropped_overload = 0  # frames dropped because the queue was full, all told
+        self.frames = 0  # frames that arrived
+        self.answered = 0
+        self.last_sequence = 0
+        self.in_flight = False  # a frame of this stream is in a batch or the heavy lane
+        self.decoded: PendingFrame | None = None  # back from the heavy lane, next for a batch
+        self.outbox: pb.Prediction | None = None  # answered, not yet handed to gRPC
+        self.input_done = False
+        self.failure: Exception | None = None
+        self.wakeup = asyncio.Event()
+        self.last_activity = time.monotonic()
+        self.writing_since: float | None = None
 
-    def next_sequence(self, client_sequence: int) -> int:
-        """Counts a frame and names it: the client's number if it gave one, else 1, 2, 3, ..."""
+    def number(self, client_sequence: int) -> int:
+        """The frame's sequence number: the client's, or one more than the previous frame's."""
         self.frames += 1
-        return client_sequence or self.frames
+        self.last_sequence = client_sequence or self.last_sequence + 1
+        return self.last_sequence
 
-    def prediction(self, logits: np.ndarray, sequence: int, timestamp_us: int) -> pb.Prediction:
-        """The top-k answer for one frame's logits (C,); latency is filled in when sent."""
-        probs = softmax(logits.astype(np.float64))
+    def resampled_away(self) -> None:
+        """Counts a frame the resampler skipped; the next frame queued reports it."""
+        self.skipped += 1
+
+    def push(self, pending: PendingFrame) -> bool:
+        """Queues a frame; False if that dropped the oldest one waiting.
+
+        Each frame carries the drops just before it: the resampler's since the
+        previous frame queued, and, when the oldest waiting frame is dropped,
+        that frame and its own count pass to the frame now first in line.
+        """
+        pending.skipped, self.skipped = self.skipped, 0
+        self.queue.append(pending)
+        if len(self.queue) > self.queue_frames:
+            dropped = self.queue.popleft()
+            self.queue[0].skipped += dropped.skipped + 1
+            self.dropped_overload += 1
+            return False
+        return True
+
+    @property
+    def schedulable(self) -> bool:
+        """Has a frame for a batch and nothing between it and its client."""
+        return (
+            (self.decoded is not None or bool(self.queue))
+            and not self.in_flight
+            and self.outbox is None
+            and self.failure is None
+        )
+
+    @property
+    def finished(self) -> bool:
+        """The client is done sending and every frame it sent has been answered or dropped."""
+        return self.input_done and not self.queue and self.decoded is None and not self.in_flight
+
+    def take(self) -> PendingFrame:
+        """The next frame for a batch (schedulable must hold)."""
+        pending = self.decoded if self.decoded is not None else self.queue.popleft()
+        self.decoded = None
+        return pending
+
+    def fail(self, error: Exception) -> None:
+        if self.failure is None:
+            self.failure = error
+        self.wakeup.set()
+
+    def prediction(self, probs: np.ndarray, pending: PendingFrame) -> pb.Prediction:
+        """The answer for one frame's probabilities (C,); latency is filled in when sent."""
         best = np.argsort(-probs, kind="stable")[: self.top_k]
+        events = self.tracker.update(probs, pending.sequence)
         return pb.Prediction(
-            sequence=sequence,
-            timestamp_us=timestamp_us,
+            sequence=pending.sequence,
+            timestamp_us=pending.frame.timestamp_us,
+            skipped_frames=pending.skipped,
             top=[pb.LabelScore(label=self.labels[i], probability=float(probs[i])) for i in best],
+            action=self.tracker.action,
+            events=events,
         )

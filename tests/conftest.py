@@ -24,7 +24,11 @@ from actionstream.service.model import OnnxStepModel, bundled_model_path
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
-TEST_CONFIG = ServeConfig(host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=0.0)
+# A deep queue: tests send whole clips at once and expect every frame answered; the
+# real-time tests that are about dropping set their own.
+TEST_CONFIG = ServeConfig(
+    host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=0.0, queue_frames=1000
+)
 
 
 @pytest.fixture(scope="session")

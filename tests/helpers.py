@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 from collections.abc import Sequence
 
@@ -30,7 +31,17 @@ def png(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
-def frame_request(image_bytes: bytes, sequence: int = 0, timestamp_us: int = 0) -> pb.FrameRequest:
+# Capture times for frames that do not name one: a 10 fps camera whose clock every
+# request reads, so consecutive frames of any stream are at least a model period apart
+# and the server's resampling takes every one.
+_camera_clock = itertools.count(1_700_000_000_000_000, 100_000)
+
+
+def frame_request(
+    image_bytes: bytes, sequence: int = 0, timestamp_us: int | None = None
+) -> pb.FrameRequest:
+    if timestamp_us is None:
+        timestamp_us = next(_camera_clock)
     frame = pb.Frame(encoded=image_bytes, sequence=sequence, timestamp_us=timestamp_us)
     return pb.FrameRequest(frame=frame)
 

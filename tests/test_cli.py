@@ -40,7 +40,7 @@ def test_every_subcommand_has_help() -> None:
 def test_help_groups_the_settings() -> None:
     out = _run("serve", "--help").stdout
     sections = [line.rstrip(":") for line in out.splitlines() if line and line[0] != " "]
-    assert sections[-5:] == ["Model", "Network", "Limits", "Operation", "Other"]
+    assert sections[-6:] == ["Model", "Network", "Limits", "Real time", "Operation", "Other"]
     assert "--allow-sources / --no-allow-sources" in out
     train = _run("train", "--help").stdout
     assert all(f"\n{s}:\n" in train for s in ("Run", "Data", "Model", "Optimisation"))

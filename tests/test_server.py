@@ -41,7 +41,7 @@ def test_predictions_equal_the_onnx_model_run_directly(
     encoded = [jpeg(f) for f in render(24, seed=3)]
     requests = [pb.FrameRequest(options=pb.StreamOptions(top_k=4, stream_name="cam"))]
     requests += [
-        frame_request(data, timestamp_us=1_000 * (i + 7)) for i, data in enumerate(encoded)
+        frame_request(data, timestamp_us=100_000 * (i + 7)) for i, data in enumerate(encoded)
     ]
     predictions = list(stub.StreamFrames(iter(requests)))
 
@@ -50,7 +50,7 @@ def test_predictions_equal_the_onnx_model_run_directly(
     assert all(len(p.top) == 4 for p in predictions)
     # Server numbering 1, 2, 3, ... (the client sent 0), timestamps echoed, latency measured.
     assert [p.sequence for p in predictions] == list(range(1, 25))
-    assert [p.timestamp_us for p in predictions] == [1_000 * (i + 7) for i in range(24)]
+    assert [p.timestamp_us for p in predictions] == [100_000 * (i + 7) for i in range(24)]
     assert all(0 < p.latency_seconds < 5 for p in predictions)
 
 

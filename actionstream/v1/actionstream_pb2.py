@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"actionstream/v1/actionstream.proto\x12\x0f\x61\x63tionstream.v1\"3\n\rStreamOptions\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x13\n\x0bstream_name\x18\x02 \x01(\t\"e\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12,\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1c.actionstream.v1.PixelFormat\"u\n\x05\x46rame\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12(\n\x03raw\x18\x02 \x01(\x0b\x32\x19.actionstream.v1.RawImageH\x00\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x04 \x01(\x03\x42\x07\n\x05image\"f\n\x0c\x46rameRequest\x12/\n\x07options\x18\x01 \x01(\x0b\x32\x1e.actionstream.v1.StreamOptions\x12%\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x16.actionstream.v1.Frame\"P\n\rSourceRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12/\n\x07options\x18\x02 \x01(\x0b\x32\x1e.actionstream.v1.StreamOptions\"0\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"w\n\nPrediction\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x02 \x01(\x03\x12(\n\x03top\x18\x03 \x03(\x0b\x32\x1b.actionstream.v1.LabelScore\x12\x17\n\x0flatency_seconds\x18\x04 \x01(\x01\"\x15\n\x13GetModelInfoRequest\"~\n\tModelInfo\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x13\n\x0binput_width\x18\x02 \x01(\r\x12\x14\n\x0cinput_height\x18\x03 \x01(\r\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x02\x12\x18\n\x10\x62\x61\x63kground_label\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t*W\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10PIXEL_FORMAT_BGR\x10\x01\x12\x14\n\x10PIXEL_FORMAT_RGB\x10\x02\x32\x83\x02\n\x11\x41\x63tionRecognition\x12N\n\x0cStreamFrames\x12\x1d.actionstream.v1.FrameRequest\x1a\x1b.actionstream.v1.Prediction(\x01\x30\x01\x12L\n\x0bWatchSource\x12\x1e.actionstream.v1.SourceRequest\x1a\x1b.actionstream.v1.Prediction0\x01\x12P\n\x0cGetModelInfo\x12$.actionstream.v1.GetModelInfoRequest\x1a\x1a.actionstream.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"actionstream/v1/actionstream.proto\x12\x0f\x61\x63tionstream.v1\"3\n\rStreamOptions\x12\r\n\x05top_k\x18\x01 \x01(\r\x12\x13\n\x0bstream_name\x18\x02 \x01(\t\"e\n\x08RawImage\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12,\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x1c.actionstream.v1.PixelFormat\"u\n\x05\x46rame\x12\x11\n\x07\x65ncoded\x18\x01 \x01(\x0cH\x00\x12(\n\x03raw\x18\x02 \x01(\x0b\x32\x19.actionstream.v1.RawImageH\x00\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x04 \x01(\x03\x42\x07\n\x05image\"f\n\x0c\x46rameRequest\x12/\n\x07options\x18\x01 \x01(\x0b\x32\x1e.actionstream.v1.StreamOptions\x12%\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x16.actionstream.v1.Frame\"P\n\rSourceRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12/\n\x07options\x18\x02 \x01(\x0b\x32\x1e.actionstream.v1.StreamOptions\"0\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"\xa1\x01\n\x0b\x41\x63tionEvent\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.actionstream.v1.ActionEvent.Kind\x12\r\n\x05label\x18\x02 \x01(\t\x12\x16\n\x0estart_sequence\x18\x03 \x01(\x04\":\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0e\n\nKIND_START\x10\x01\x12\x0c\n\x08KIND_END\x10\x02\"\xcd\x01\n\nPrediction\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x14\n\x0ctimestamp_us\x18\x02 \x01(\x03\x12(\n\x03top\x18\x03 \x03(\x0b\x32\x1b.actionstream.v1.LabelScore\x12\x17\n\x0flatency_seconds\x18\x04 \x01(\x01\x12\x16\n\x0eskipped_frames\x18\x05 \x01(\r\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12,\n\x06\x65vents\x18\x07 \x03(\x0b\x32\x1c.actionstream.v1.ActionEvent\"\x15\n\x13GetModelInfoRequest\"~\n\tModelInfo\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x13\n\x0binput_width\x18\x02 \x01(\r\x12\x14\n\x0cinput_height\x18\x03 \x01(\r\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x02\x12\x18\n\x10\x62\x61\x63kground_label\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t*W\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x14\n\x10PIXEL_FORMAT_BGR\x10\x01\x12\x14\n\x10PIXEL_FORMAT_RGB\x10\x02\x32\x83\x02\n\x11\x41\x63tionRecognition\x12N\n\x0cStreamFrames\x12\x1d.actionstream.v1.FrameRequest\x1a\x1b.actionstream.v1.Prediction(\x01\x30\x01\x12L\n\x0bWatchSource\x12\x1e.actionstream.v1.SourceRequest\x1a\x1b.actionstream.v1.Prediction0\x01\x12P\n\x0cGetModelInfo\x12$.actionstream.v1.GetModelInfoRequest\x1a\x1a.actionstream.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'actionstream.v1.actionstream_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PIXELFORMAT']._serialized_start=838
-  _globals['_PIXELFORMAT']._serialized_end=925
+  _globals['_PIXELFORMAT']._serialized_start=1089
+  _globals['_PIXELFORMAT']._serialized_end=1176
   _globals['_STREAMOPTIONS']._serialized_start=55
   _globals['_STREAMOPTIONS']._serialized_end=106
   _globals['_RAWIMAGE']._serialized_start=108
@@ -45,12 +45,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SOURCEREQUEST']._serialized_end=514
   _globals['_LABELSCORE']._serialized_start=516
   _globals['_LABELSCORE']._serialized_end=564
-  _globals['_PREDICTION']._serialized_start=566
-  _globals['_PREDICTION']._serialized_end=685
-  _globals['_GETMODELINFOREQUEST']._serialized_start=687
-  _globals['_GETMODELINFOREQUEST']._serialized_end=708
-  _globals['_MODELINFO']._serialized_start=710
-  _globals['_MODELINFO']._serialized_end=836
-  _globals['_ACTIONRECOGNITION']._serialized_start=928
-  _globals['_ACTIONRECOGNITION']._serialized_end=1187
+  _globals['_ACTIONEVENT']._serialized_start=567
+  _globals['_ACTIONEVENT']._serialized_end=728
+  _globals['_ACTIONEVENT_KIND']._serialized_start=670
+  _globals['_ACTIONEVENT_KIND']._serialized_end=728
+  _globals['_PREDICTION']._serialized_start=731
+  _globals['_PREDICTION']._serialized_end=936
+  _globals['_GETMODELINFOREQUEST']._serialized_start=938
+  _globals['_GETMODELINFOREQUEST']._serialized_end=959
+  _globals['_MODELINFO']._serialized_start=961
+  _globals['_MODELINFO']._serialized_end=1087
+  _globals['_ACTIONRECOGNITION']._serialized_start=1179
+  _globals['_ACTIONRECOGNITION']._serialized_end=1438
 # @@protoc_insertion_point(module_scope)

@@ -72,17 +72,41 @@ class LabelScore(_message.Message):
     probability: float
     def __init__(self, label: _Optional[str] = ..., probability: _Optional[float] = ...) -> None: ...
 
+class ActionEvent(_message.Message):
+    __slots__ = ("kind", "label", "start_sequence")
+    class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        KIND_UNSPECIFIED: _ClassVar[ActionEvent.Kind]
+        KIND_START: _ClassVar[ActionEvent.Kind]
+        KIND_END: _ClassVar[ActionEvent.Kind]
+    KIND_UNSPECIFIED: ActionEvent.Kind
+    KIND_START: ActionEvent.Kind
+    KIND_END: ActionEvent.Kind
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    START_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    kind: ActionEvent.Kind
+    label: str
+    start_sequence: int
+    def __init__(self, kind: _Optional[_Union[ActionEvent.Kind, str]] = ..., label: _Optional[str] = ..., start_sequence: _Optional[int] = ...) -> None: ...
+
 class Prediction(_message.Message):
-    __slots__ = ("sequence", "timestamp_us", "top", "latency_seconds")
+    __slots__ = ("sequence", "timestamp_us", "top", "latency_seconds", "skipped_frames", "action", "events")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_US_FIELD_NUMBER: _ClassVar[int]
     TOP_FIELD_NUMBER: _ClassVar[int]
     LATENCY_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     timestamp_us: int
     top: _containers.RepeatedCompositeFieldContainer[LabelScore]
     latency_seconds: float
-    def __init__(self, sequence: _Optional[int] = ..., timestamp_us: _Optional[int] = ..., top: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., latency_seconds: _Optional[float] = ...) -> None: ...
+    skipped_frames: int
+    action: str
+    events: _containers.RepeatedCompositeFieldContainer[ActionEvent]
+    def __init__(self, sequence: _Optional[int] = ..., timestamp_us: _Optional[int] = ..., top: _Optional[_Iterable[_Union[LabelScore, _Mapping]]] = ..., latency_seconds: _Optional[float] = ..., skipped_frames: _Optional[int] = ..., action: _Optional[str] = ..., events: _Optional[_Iterable[_Union[ActionEvent, _Mapping]]] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()

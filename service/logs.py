@@ -1,0 +1,46 @@
+"""The server's log lines: plain text by default, or one JSON object a line.
+
+Lines about a stream carry its id and (escaped, bounded) name as `extra`
+fields, so the JSON form has them as keys a log pipeline can filter on; the
+text form has them in the message itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Literal
+
+LogFormat = Literal["text", "json"]
+# LogRecord's own attributes: everything else on a record came in through `extra`.
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message, then the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        # ensure_ascii: whatever a client put in a name stays on one line.
+        return json.dumps(line, ensure_ascii=True, default=str)
+
+
+def configure(level: str, fmt: LogFormat) -> None:
+    """Sends the root logger's lines to stderr at `level`, as text or JSON."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -1,0 +1,209 @@
+"""The real-time contract over real gRPC: batching, dropping, resampling, events, numbering."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from collections.abc import Callable, Sequence
+
+import grpc
+import numpy as np
+import pytest
+from background import BackgroundServer
+from helpers import LiveStream, frame_request, jpeg, png, render
+from prometheus_client.parser import text_string_to_metric_families
+
+from actionstream.service.model import OnnxStepModel
+from actionstream.service.streams import ActionTracker, Resampler
+from actionstream.v1 import actionstream_pb2 as pb
+from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
+
+Reference = Callable[[Sequence[np.ndarray]], np.ndarray]
+StartServer = Callable[..., BackgroundServer]
+
+
+def scrape(server: BackgroundServer) -> dict[str, float]:
+    assert server.metrics_port is not None
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(urllib.request.urlopen(url).read().decode()):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values
+
+
+def _stub(server: BackgroundServer) -> pb_grpc.ActionRecognitionStub:
+    return pb_grpc.ActionRecognitionStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+
+
+def _decoded(data: bytes) -> np.ndarray:
+    import cv2
+
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def test_batched_predictions_equal_unbatched(
+    start_server: StartServer, reference: Reference, model: OnnxStepModel
+) -> None:
+    # A long batch wait makes the 8 streams' frames meet in one batch each step.
+    server = start_server(max_batch=8, max_batch_wait_ms=40, metrics_port=0)
+    stub = _stub(server)
+    clips = [[jpeg(f) for f in render(10, seed=20 + i)] for i in range(8)]
+    got: list[list[pb.Prediction]] = [[] for _ in clips]
+
+    def run(i: int) -> None:
+        live = LiveStream(stub, pb.StreamOptions(top_k=9))
+        got[i] = [live.send(frame_request(data)) for data in clips[i]]
+        live.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(clips))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    labels = model.metadata.labels
+    for clip, predictions in zip(clips, got, strict=True):
+        expected = reference([_decoded(data) for data in clip])  # one stream, batch of 1
+        assert len(predictions) == len(clip)
+        for p, want in zip(predictions, expected, strict=True):
+            probs = {s.label: s.probability for s in p.top}
+            np.testing.assert_allclose([probs[label] for label in labels], want, atol=1e-4)
+    m = scrape(server)
+    mean_batch = m["actionstream_batch_size_sum"] / m["actionstream_batch_size_count"]
+    assert mean_batch > 2, "the streams were not batched together; the test proves nothing"
+
+
+def test_an_overloaded_stream_drops_its_oldest_frames_and_says_so(
+    start_server: StartServer,
+) -> None:
+    # The batcher waits a whole second before its first batch: by then all 20 frames
+    # have arrived, and a stream keeps only its newest 2 (queue_frames).
+    server = start_server(max_batch_wait_ms=1000, queue_frames=2, metrics_port=0)
+    frames = [png(f) for f in render(20, seed=30)]
+    predictions = list(_stub(server).StreamFrames(iter([frame_request(f) for f in frames])))
+    assert [p.sequence for p in predictions] == [19, 20]
+    assert [p.skipped_frames for p in predictions] == [18, 0]
+    m = scrape(server)
+    assert m["actionstream_frames_dropped_total{reason=overload}"] == 18
+    assert m["actionstream_frames_received_total"] == 20
+    assert m["actionstream_frames_processed_total"] == 2
+
+
+def test_frames_are_resampled_to_the_model_rate_by_capture_time(
+    stub: pb_grpc.ActionRecognitionStub,
+) -> None:
+    frames = [png(f) for f in render(12, seed=31)]
+    # A 30 fps camera feeding the 10 fps model: every third frame, two skipped before each.
+    t0 = 1_700_000_000_000_000
+    fast = [frame_request(f, timestamp_us=t0 + i * 33_333) for i, f in enumerate(frames)]
+    predictions = list(stub.StreamFrames(iter(fast)))
+    assert [p.sequence for p in predictions] == [1, 4, 7, 10]
+    assert [p.skipped_frames for p in predictions] == [0, 2, 2, 2]
+    # A 5 fps camera is taken frame by frame, not sped up.
+    slow = [frame_request(f, timestamp_us=t0 + i * 200_000) for i, f in enumerate(frames[:5])]
+    assert [p.sequence for p in stub.StreamFrames(iter(slow))] == [1, 2, 3, 4, 5]
+
+
+def test_resampler_handles_jitter_reordering_and_clock_resets() -> None:
+    r = Resampler(fps=10)
+    t0 = 1_700_000_000_000_000
+    # Jitter of +-20 ms around a 10 fps grid: every frame taken.
+    assert all(r.take(t0 + t) for t in (0, 120_000, 180_000, 310_000, 390_000))
+    # A repeated or reordered timestamp is skipped...
+    assert not r.take(t0 + 390_000)
+    assert not r.take(t0 + 350_000)
+    # ...a clock reset (more than a second back) starts over...
+    assert r.take(t0 - 5_000_000)
+    assert not r.take(t0 - 4_950_000)
+    assert r.take(t0 - 4_900_000)
+    # ...and so does a gap.
+    assert r.take(t0 + 60_000_000)
+
+
+def test_a_client_mixing_its_own_sequence_numbers_with_zeros_never_collides(
+    stub: pb_grpc.ActionRecognitionStub,
+) -> None:
+    frames = [png(f) for f in render(6, seed=32)]
+    numbers = [100, 0, 0, 200, 0, 7]
+    requests = [frame_request(f, sequence=n) for f, n in zip(frames, numbers, strict=True)]
+    assert [p.sequence for p in stub.StreamFrames(iter(requests))] == [100, 101, 102, 200, 201, 7]
+
+
+def test_action_events_follow_the_smoothed_action(
+    stub: pb_grpc.ActionRecognitionStub, model: OnnxStepModel
+) -> None:
+    from actionstream.training.synth import render_stream
+
+    video, labels = render_stream(120, seed=33)  # 12 s: several actions one after another
+    requests = [frame_request(png(f)) for f in video]
+    predictions = list(stub.StreamFrames(iter(requests)))
+    background = model.metadata.background_label or ""
+    current, starts = background, 0
+    for p in predictions:
+        for event in p.events:
+            if event.kind == pb.ActionEvent.KIND_END:
+                assert event.label == current
+                current = background
+            else:
+                assert event.kind == pb.ActionEvent.KIND_START
+                assert current == background
+                assert event.start_sequence == p.sequence
+                current, starts = event.label, starts + 1
+        assert p.action == current
+    truth = {model.metadata.labels[int(i)] for i in labels} - {background}
+    assert starts >= 2, "a 12 s feed of several actions started fewer than two"
+    seen = {e.label for p in predictions for e in p.events}
+    assert seen & truth
+
+
+def test_tracker_hysteresis_does_not_flicker() -> None:
+    labels = ("idle", "wave", "jump")
+    tracker = ActionTracker(labels, "idle", fps=10)
+    steady = np.array([0.05, 0.9, 0.05])
+    borderline = np.array([0.45, 0.5, 0.05])  # around the middle of ENTER and EXIT
+    events = [tracker.update(steady, i) for i in range(1, 11)]
+    assert [e.kind for es in events for e in es] == [pb.ActionEvent.KIND_START]
+    flicker = [tracker.update(borderline if i % 2 else steady, i) for i in range(11, 41)]
+    assert not any(flicker), "a score hovering between the thresholds switched the action"
+    ends = [tracker.update(np.array([0.9, 0.05, 0.05]), i) for i in range(41, 61)]
+    kinds = [(e.kind, e.label, e.start_sequence) for es in ends for e in es]
+    assert kinds == [(pb.ActionEvent.KIND_END, "wave", events.index(events[0]) + 1)]
+    assert tracker.action == "idle"
+
+
+@pytest.mark.parametrize("bad", [b"\xff\xff\xff", b"\x12\x05\x1a\x03abc\xff"])
+def test_a_malformed_message_is_invalid_argument_without_python_internals(
+    start_server: StartServer, bad: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_server(metrics_port=0)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        raw = channel.stream_stream(
+            "/actionstream.v1.ActionRecognition/StreamFrames",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            list(raw(iter([frame_request(png(render(1, seed=34)[0])).SerializeToString(), bad])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "request 2 is not a valid actionstream.v1.FrameRequest"
+    assert "Traceback" not in caplog.text and "DecodeError" not in caplog.text
+    m = scrape(server)
+    assert m["actionstream_frames_rejected_total{reason=malformed}"] == 1
+    assert m["actionstream_streams_ended_total{reason=malformed}"] == 1
+    assert m["actionstream_active_streams"] == 0
+
+
+def test_the_stream_name_is_escaped_and_bounded_in_logs(
+    stub: pb_grpc.ActionRecognitionStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    name = "cam\n2026-01-01 INFO forged: line\x1b[31m" + "x" * 100_000
+    requests = [pb.FrameRequest(options=pb.StreamOptions(stream_name=name))]
+    requests += [frame_request(png(f)) for f in render(2, seed=35)]
+    assert len(list(stub.StreamFrames(iter(requests)))) == 2
+    lines = [r.getMessage() for r in caplog.records if "stream" in r.getMessage()]
+    assert lines and all("\n" not in line and "\x1b" not in line for line in lines)
+    assert all(len(line) < 300 for line in lines)
+    assert any("cam\\n2026" in line for line in lines)
