@@ -52,6 +52,7 @@ class Batcher:
         metrics: Metrics,
         max_batch: int,
         max_wait: float,
+        decode_threads: int,
     ) -> None:
         self.model = model
         self._decoder = decoder
@@ -63,6 +64,10 @@ class Batcher:
         self._wake = asyncio.Event()
         self._heavy_wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+        self._helpers = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"decode-{k}")
+            for k in range(1, decode_threads)
+        ]
         self._heavy_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heavy")
         self._tasks: list[asyncio.Task[None]] = []
         self._state_names = [spec.input for spec in model.metadata.states]
@@ -87,6 +92,8 @@ class Batcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.to_thread(self._executor.shutdown, True)
         await asyncio.to_thread(self._heavy_executor.shutdown, True)
+        for helper in self._helpers:
+            await asyncio.to_thread(helper.shutdown, True)
 
     def offer(self, stream: Stream) -> None:
         """Lines `stream` up for a batch if it has a frame and nothing else in progress."""
@@ -129,23 +136,43 @@ class Batcher:
                 continue
             self._deliver(batch, results)
 
-    def _run(self, batch: list[tuple[Stream, PendingFrame]]) -> list[_Result]:
-        """On the worker thread: decode, gather, step, scatter. The loop leaves these alone."""
-        results: list[_Result | None] = [None] * len(batch)
-        images, rows = [], []
-        for i, (_, pending) in enumerate(batch):
+    def _decode(self, frames: list[PendingFrame]) -> list[np.ndarray | FrameError]:
+        out: list[np.ndarray | FrameError] = []
+        for pending in frames:
             if pending.image is not None:
-                images.append(pending.image)
-                rows.append(i)
+                out.append(pending.image)
                 continue
             start = time.perf_counter()
             try:
-                images.append(self._decoder.decode(pending.frame, pending.checked))
+                out.append(self._decoder.decode(pending.frame, pending.checked))
             except FrameError as e:
-                results[i] = e
+                out.append(e)
                 continue
             self._metrics.decode.observe(time.perf_counter() - start)
-            rows.append(i)
+        return out
+
+    def _run(self, batch: list[tuple[Stream, PendingFrame]]) -> list[_Result]:
+        """On the worker thread: decode, gather, step, scatter. The loop leaves these alone."""
+        frames = [pending for _, pending in batch]
+        # Decoding is most of a batch's work and OpenCV releases the GIL: the helper
+        # threads take a share each, so a batch decodes on every core at once.
+        share = -(-len(frames) // (len(self._helpers) + 1))
+        helped = [
+            helper.submit(self._decode, frames[k * share : (k + 1) * share])
+            for k, helper in enumerate(self._helpers, start=1)
+            if k * share < len(frames)
+        ]
+        decoded = self._decode(frames[:share])
+        for future in helped:
+            decoded += future.result()
+        results: list[_Result | None] = [None] * len(batch)
+        images, rows = [], []
+        for i, image in enumerate(decoded):
+            if isinstance(image, FrameError):
+                results[i] = image
+            else:
+                images.append(image)
+                rows.append(i)
         if rows:
             streams = [batch[i][0] for i in rows]
             state = {

@@ -58,10 +58,10 @@ class Metrics:
         )
         self.streams_ended = Counter(
             "actionstream_streams_ended",
-            "Streams ended, by how: completed, cancelled (the client cancelled or vanished), "
-            "idle (sent nothing for idle_timeout), not_reading (took no prediction for "
-            "idle_timeout), invalid_frame, malformed, over_grpc_limit, refused (max_streams), "
-            "error (a server fault).",
+            "Streams ended, by how: completed, cancelled (the client cancelled or vanished, "
+            "or gRPC refused a message over its size limit), idle (sent nothing for "
+            "idle_timeout), not_reading (took no prediction for idle_timeout), "
+            "invalid_frame, malformed, refused (max_streams), error (a server fault).",
             ["reason"],
             registry=registry,
         )

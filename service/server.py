@@ -84,7 +84,14 @@ class Server:
         metrics.describe_model(model.metadata)
         meta = model.metadata
         decoder = FrameDecoder(meta.height, meta.width, cfg.max_frame_bytes, cfg.max_frame_pixels)
-        batcher = Batcher(model, decoder, metrics, cfg.max_batch, cfg.max_batch_wait_ms / 1e3)
+        batcher = Batcher(
+            model,
+            decoder,
+            metrics,
+            cfg.max_batch,
+            cfg.max_batch_wait_ms / 1e3,
+            cfg.decode_threads,
+        )
         await asyncio.to_thread(batcher.warm_up)
         batcher.start()
         servicer = ActionRecognition(cfg, batcher, metrics)

@@ -111,6 +111,11 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 elif stream.failure is not None:
                     raise _refusal(stream.failure)
                 elif stream.finished:
+                    # A client that cancels or whose connection drops ends the input as a
+                    # half-close would, and then the handler is cancelled: one turn of the
+                    # loop lets that cancellation land here, to be counted as such. (When
+                    # it comes later, the stream is counted as completed.)
+                    await asyncio.sleep(0)
                     break
                 else:
                     await stream.wakeup.wait()
@@ -301,13 +306,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         if isinstance(stream.failure, _Refused):
             self._count_error("StreamFrames", stream.failure.code)
             return stream.failure.reason
-        if stream.input_done and stream.failure is None:
-            # gRPC refuses a message over its size limit by ending the call's input as if the
-            # client had half-closed, then cancelling the handler: the client gets
-            # RESOURCE_EXHAUSTED. A client that half-closes and then cancels looks the same.
-            self._metrics.frames_rejected.labels("over_grpc_limit").inc()
-            self._count_error("StreamFrames", grpc.StatusCode.RESOURCE_EXHAUSTED)
-            return "over_grpc_limit"
+        # A client that cancels, one whose connection dropped, and a message gRPC refused
+        # for its size (the client gets RESOURCE_EXHAUSTED) all reach the handler the
+        # same way in grpc.aio: the input ends, then the handler is cancelled.
         self._count_error("StreamFrames", grpc.StatusCode.CANCELLED)
         return "cancelled"
 

@@ -67,6 +67,10 @@ class LiveStream:
         self._requests.put(None)
         return list(self._responses)
 
+    def outcome(self) -> list[pb.Prediction]:
+        """Waits, without ending the request stream, for the server to end the call."""
+        return list(self._responses)
+
     def cancel(self) -> None:
         self._requests.put(None)
         self._responses.cancel()

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 import numpy as np
 import pytest
 from background import BackgroundServer
-from helpers import LiveStream, frame_request, jpeg, png, render
+from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
 from prometheus_client.parser import text_string_to_metric_families
 
 from actionstream.service.model import OnnxStepModel
@@ -207,3 +209,136 @@ def test_the_stream_name_is_escaped_and_bounded_in_logs(
     assert lines and all("\n" not in line and "\x1b" not in line for line in lines)
     assert all(len(line) < 300 for line in lines)
     assert any("cam\\n2026" in line for line in lines)
+
+
+def _wait_for(server: BackgroundServer, key: str, value: float, timeout: float = 20) -> None:
+    """Polls /metrics until `key` reaches `value` (the server counts as the call unwinds)."""
+    deadline = time.monotonic() + timeout
+    while scrape(server).get(key) != value:
+        if time.monotonic() > deadline:
+            pytest.fail(f"{key} never reached {value}: {scrape(server)}")
+        time.sleep(0.05)
+
+
+def test_a_stream_that_sends_nothing_holds_no_place_and_is_ended(
+    start_server: StartServer,
+) -> None:
+    server = start_server(max_streams=1, idle_timeout_seconds=0.5, metrics_port=0)
+    stub = _stub(server)
+    silent = [LiveStream(stub, pb.StreamOptions(stream_name=f"silent-{i}")) for i in range(5)]
+    # Five calls that never send a frame do not lock out the one place there is.
+    live = LiveStream(stub, pb.StreamOptions())
+    live.send(frame_request(png(render(1, seed=36)[0])))
+    assert scrape(server)["actionstream_active_streams"] == 1
+    live.close()
+    for call in silent:
+        with pytest.raises(grpc.RpcError) as err:
+            call.outcome()
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert err.value.details().startswith("no frame for 0.5 s (idle_timeout_seconds)")
+    _wait_for(server, "actionstream_streams_ended_total{reason=idle}", 5)
+    assert scrape(server)["actionstream_active_streams"] == 0
+
+
+def test_a_client_that_stops_reading_is_ended_and_freed(start_server: StartServer) -> None:
+    server = start_server(idle_timeout_seconds=0.5, metrics_port=0)
+    # Without BDP probing the client's receive window stays at 64 KB, so a client that
+    # reads nothing stalls the server's writes after a few hundred predictions.
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{server.port}", options=[("grpc.http2.bdp_probe", 0)]
+    )
+    image = png(render(1, seed=37)[0])
+    stop = threading.Event()
+
+    def requests() -> Iterator[pb.FrameRequest]:
+        yield pb.FrameRequest(options=pb.StreamOptions(top_k=9, stream_name="deaf"))
+        for _ in range(20_000):
+            if stop.is_set():
+                return
+            yield frame_request(image)
+            time.sleep(0.0005)
+
+    call = pb_grpc.ActionRecognitionStub(channel).StreamFrames(requests())  # never read
+    try:
+        _wait_for(server, "actionstream_streams_ended_total{reason=not_reading}", 1, timeout=60)
+        _wait_for(server, "actionstream_active_streams", 0)
+    finally:
+        stop.set()
+        call.cancel()
+        channel.close()
+
+
+def test_a_message_over_grpcs_own_limit_is_counted(start_server: StartServer) -> None:
+    server = start_server(max_frame_bytes=50_000, metrics_port=0)
+    stub = _stub(server)
+    good = frame_request(png(render(1, seed=38)[0]))
+    huge = pb.FrameRequest(frame=pb.Frame(encoded=bytes(500_000)))
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.StreamFrames(iter([good, huge])))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # grpc.aio shows the handler a refused message exactly as a cancelled call.
+    _wait_for(server, "actionstream_streams_ended_total{reason=cancelled}", 1)
+    m = scrape(server)
+    assert m["actionstream_rpc_errors_total{code=CANCELLED,method=StreamFrames}"] == 1
+    assert m["actionstream_active_streams"] == 0
+
+
+def test_a_client_that_vanishes_is_counted_and_freed(start_server: StartServer) -> None:
+    server = start_server(metrics_port=0)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    live = LiveStream(pb_grpc.ActionRecognitionStub(channel), pb.StreamOptions())
+    live.send(frame_request(png(render(1, seed=39)[0])))
+    channel.close()  # the connection goes, without the call being ended first
+    _wait_for(server, "actionstream_active_streams", 0)
+    # grpc.aio shows a vanished client as a half-close followed by a cancellation; which
+    # of the two the handler sees first is a race, so it is counted as one or the other.
+    m = scrape(server)
+    ended = [
+        m.get(f"actionstream_streams_ended_total{{reason={r}}}", 0)
+        for r in ("completed", "cancelled")
+    ]
+    assert sum(ended) == 1
+
+
+def test_expensive_frames_cannot_starve_other_streams(
+    start_server: StartServer, reference: Reference, model: OnnxStepModel
+) -> None:
+    server = start_server(metrics_port=0, queue_frames=2)
+    stub = _stub(server)
+    # A few KB of PNG that decodes to 3840x2160: the server's cost, not the client's.
+    bomb = png(np.full((2160, 3840, 3), 7, np.uint8))
+    start = time.perf_counter()
+    _decoded(bomb)
+    bomb_decode_s = time.perf_counter() - start
+    stop = threading.Event()
+
+    def attack() -> None:
+        def flood() -> Iterator[pb.FrameRequest]:
+            while not stop.is_set():
+                yield frame_request(bomb)
+                time.sleep(0.002)
+
+        with contextlib.suppress(grpc.RpcError):
+            for _ in stub.StreamFrames(flood()):
+                pass
+
+    attackers = [threading.Thread(target=attack) for _ in range(4)]
+    for t in attackers:
+        t.start()
+    try:
+        time.sleep(0.5)  # the heavy lane is busy from here on
+        clip = render(20, seed=40)
+        honest = LiveStream(stub, pb.StreamOptions(top_k=9))
+        predictions = [honest.send(frame_request(png(f))) for f in clip]
+        honest.close()
+    finally:
+        stop.set()
+        for t in attackers:
+            t.join()
+    assert_matches(predictions, reference(clip), model.metadata.labels)
+    assert all(p.skipped_frames == 0 for p in predictions)
+    # Had one of its frames shared a batch with a bomb, it would have waited for its decode.
+    worst = max(p.latency_seconds for p in predictions)
+    assert worst < bomb_decode_s, (worst, bomb_decode_s)
+    m = scrape(server)
+    assert m["actionstream_frames_dropped_total{reason=overload}"] > 0
