@@ -71,6 +71,9 @@ class Batcher:
         self._heavy_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heavy")
         self._tasks: list[asyncio.Task[None]] = []
         self._state_names = [spec.input for spec in model.metadata.states]
+        self._predicted = {
+            label: metrics.predictions.labels(label) for label in model.metadata.labels
+        }
 
     def warm_up(self) -> None:
         """One step at every batch size, so no live batch pays for a first run at its shape."""
@@ -193,6 +196,7 @@ class Batcher:
     def _deliver(self, batch: list[tuple[Stream, PendingFrame]], results: list[_Result]) -> None:
         now = time.perf_counter()
         metrics = self._metrics
+        predicted = self._predicted
         answered = 0
         for (stream, pending), result in zip(batch, results, strict=True):
             stream.in_flight = False
@@ -202,7 +206,7 @@ class Batcher:
                 continue
             result.latency_seconds = now - pending.received
             metrics.frame_latency.observe(result.latency_seconds)
-            metrics.predictions.labels(result.top[0].label).inc()
+            predicted[result.top[0].label].inc()
             stream.outbox = result
             stream.wakeup.set()
             answered += 1

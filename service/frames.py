@@ -60,6 +60,8 @@ class Checked:
     width: int  # as decoded (after libjpeg's reduced-scale decode for a JPEG)
     height: int
     flag: int  # cv2.imdecode's flag for an encoded image
+    # The encoded bytes, read once: each read of a protobuf bytes field is a fresh copy.
+    data: bytes = b""
 
     @property
     def pixels(self) -> int:
@@ -97,7 +99,7 @@ class FrameDecoder:
             if raw.format == pb.PIXEL_FORMAT_RGB:
                 image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
             return self.fit(image)
-        data = frame.encoded
+        data = checked.data
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), checked.flag)
         if decoded is None:
             raise FrameError(
@@ -127,12 +129,12 @@ class FrameDecoder:
         if data.startswith(_PNG_SIGNATURE):
             width, height = _png_size(data)
             self._check_pixels(width, height, "PNG")
-            return Checked("PNG", width, height, cv2.IMREAD_COLOR)
+            return Checked("PNG", width, height, cv2.IMREAD_COLOR, data)
         if data.startswith(_JPEG_SOI):
             width, height = _jpeg_size(data)
             self._check_pixels(width, height, "JPEG")
             factor, flag = self._jpeg_reduction(width, height)
-            return Checked("JPEG", -(-width // factor), -(-height // factor), flag)
+            return Checked("JPEG", -(-width // factor), -(-height // factor), flag, data)
         raise FrameError(f"not a JPEG or PNG image ({len(data)} bytes)", "not_an_image")
 
     def _check_raw(self, raw: pb.RawImage) -> Checked:
