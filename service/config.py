@@ -65,7 +65,7 @@ class ServeConfig:
         group="Limits",
     )
     max_batch: int = setting(
-        32, help="most streams stepped together in one batched model step", group="Real time"
+        16, help="most streams stepped together in one batched model step", group="Real time"
     )
     max_batch_wait_ms: float = setting(
         2.0,
@@ -80,7 +80,7 @@ class ServeConfig:
         group="Real time",
     )
     queue_frames: int = setting(
-        2,
+        1,
         help="frames a stream may have waiting for inference; a new one beyond that drops "
         "the oldest (counted, and reported in the next prediction)",
         group="Real time",

@@ -32,6 +32,7 @@ from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
+SWITCH_INTERVAL_S = 0.0005
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ActionRecognition"].full_name
 _HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -173,6 +174,10 @@ def run(cfg: ServeConfig) -> int:
     could not start (the reason goes to stderr).
     """
     logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
+    # The decode threads take the GIL back after every OpenCV call while the event
+    # loop holds it for gRPC; at Python's default 5 ms switch interval each of those
+    # waits could cost a batch 5 ms, so a batch of 30 frames took longer than its work.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         return asyncio.run(_serve(cfg))
     except (ModelError, ServeError) as e:
