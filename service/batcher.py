@@ -70,6 +70,7 @@ class Batcher:
         ]
         self._heavy_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="heavy")
         self._tasks: list[asyncio.Task[None]] = []
+        self._first_ready = 0.0  # when the oldest stream in line lined up
         self._state_names = [spec.input for spec in model.metadata.states]
         self._predicted = {
             label: metrics.predictions.labels(label) for label in model.metadata.labels
@@ -102,6 +103,8 @@ class Batcher:
         """Lines `stream` up for a batch if it has a frame and nothing else in progress."""
         if stream.schedulable and not stream.in_flight:
             stream.in_flight = True  # lined up counts: it must not line up twice
+            if not self._ready:
+                self._first_ready = time.monotonic()
             self._ready.append(stream)
             self._wake.set()
 
@@ -111,9 +114,11 @@ class Batcher:
             while not self._ready:
                 self._wake.clear()
                 await self._wake.wait()
-            if len(self._ready) < self._max_batch and self._max_wait > 0:
-                # The worker is idle: give other streams a moment to join this batch.
-                await asyncio.sleep(self._max_wait)
+            # Give other streams a moment to join, counted from when the first one lined
+            # up: under load the line formed while the last batch ran, so nobody waits.
+            wait = self._first_ready + self._max_wait - time.monotonic()
+            if len(self._ready) < self._max_batch and wait > 0:
+                await asyncio.sleep(wait)
             batch: list[tuple[Stream, PendingFrame]] = []
             while self._ready and len(batch) < self._max_batch:
                 stream = self._ready.popleft()
