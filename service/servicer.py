@@ -162,6 +162,10 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 )
             )
             return
+        except Exception as e:
+            # A fault of the server's own: the handler raises it (UNKNOWN, logged there).
+            stream.fail(e)
+            return
         stream.input_done = True
         stream.wakeup.set()
 
