@@ -27,8 +27,8 @@ class ServeConfig:
     )
     threads: int = setting(
         1,
-        help="onnxruntime intra-op threads; 0 lets onnxruntime choose. One leaves the other "
-        "cores to gRPC and decoding; batching gives the step its width",
+        help="onnxruntime intra-op threads; 0 lets it choose; 1 leaves the rest to gRPC "
+        "and decoding",
         group="Model",
     )
     default_top_k: int = setting(
@@ -94,8 +94,8 @@ class ServeConfig:
     )
     idle_timeout_seconds: float = setting(
         30.0,
-        help="a stream that sends no frame, or takes no prediction, for this long is ended "
-        "with DEADLINE_EXCEEDED and its place freed",
+        help="a stream that sends no frame, or takes no prediction, this long ends "
+        "(DEADLINE_EXCEEDED)",
         group="Real time",
     )
     grace_seconds: float = setting(
