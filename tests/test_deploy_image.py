@@ -38,6 +38,7 @@ from deploy_engine import (
     staged_wheels,
     wheels,
 )
+from helpers import LiveStream, frame_request
 from prometheus_client.parser import text_string_to_metric_families
 from videogen import class_folders
 
@@ -277,12 +278,13 @@ def test_a_stream_of_jpeg_frames_gets_predictions(
         info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
         bundled = json.loads((ROOT / "service" / "models" / "default.json").read_text())
         assert info.version == bundled["version"]
-        requests = [pb.FrameRequest(options=pb.StreamOptions(top_k=1, stream_name="docker"))]
-        requests += [
-            pb.FrameRequest(frame=pb.Frame(encoded=jpeg, sequence=i))
-            for i, jpeg in enumerate(frames, start=1)
+        # Like a camera: capture times a model period apart, one frame in flight (the
+        # server drops the oldest waiting frame of a burst, and resamples by capture time).
+        live = LiveStream(stub, pb.StreamOptions(top_k=1, stream_name="docker"))
+        predictions = [
+            live.send(frame_request(jpeg, sequence=i)) for i, jpeg in enumerate(frames, start=1)
         ]
-        predictions = list(stub.StreamFrames(iter(requests), timeout=60))
+        live.close()
     assert [p.sequence for p in predictions] == list(range(1, len(frames) + 1))
     top = [p.top[0].label for p in predictions]
     assert set(top) <= set(info.labels)
