@@ -195,8 +195,25 @@ def test_the_dashboard_shows_what_an_operator_watches() -> None:
         "histogram_quantile(0.5, sum by (le) (rate(actionstream_frame_latency_seconds_bucket",
         "histogram_quantile(0.99, sum by (le) (rate(actionstream_frame_latency_seconds_bucket",
         "actionstream_inference_seconds_bucket",
+        "rate(actionstream_frames_dropped_total",
+        "actionstream_batch_size_bucket",
     ):
         assert needed in exprs, needed
+
+
+def test_every_dashboard_series_is_one_the_service_exports() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from actionstream.service.metrics import Metrics
+
+    registry = CollectorRegistry()
+    Metrics(registry)
+    # Labelled families have no samples until used: name the series by their type.
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    suffixes |= {"gauge": ("",), "info": ("_info",)}
+    exported = {f.name + end for f in registry.collect() for end in suffixes[f.type]}
+    used = set(re.findall(r"actionstream_[a-z_]+", " ".join(e for _, e in _expressions())))
+    assert used <= exported, sorted(used - exported)
 
 
 # Grafana's built-in variables the dashboard may use, as Grafana would fill them in.
