@@ -7,9 +7,11 @@ and embedded servers each count from zero and never collide on names.
 from __future__ import annotations
 
 import threading
+import urllib.request
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 from actionstream.contract import ModelSpec
 
@@ -131,3 +133,17 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> dict[str, float]:
+    """Reads a /metrics endpoint as Prometheus would: {series: value}, each series
+    written `name{label=value,...}` with its labels sorted (bare `name` without)."""
+    url = f"http://{host}:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return values

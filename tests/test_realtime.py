@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
@@ -13,8 +12,8 @@ import numpy as np
 import pytest
 from background import BackgroundServer
 from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
-from prometheus_client.parser import text_string_to_metric_families
 
+from actionstream.service.metrics import scrape as scrape_metrics
 from actionstream.service.model import OnnxStepModel
 from actionstream.service.streams import ActionTracker, Resampler
 from actionstream.v1 import actionstream_pb2 as pb
@@ -26,13 +25,7 @@ StartServer = Callable[..., BackgroundServer]
 
 def scrape(server: BackgroundServer) -> dict[str, float]:
     assert server.metrics_port is not None
-    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(urllib.request.urlopen(url).read().decode()):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return values
+    return scrape_metrics(server.metrics_port)
 
 
 def _stub(server: BackgroundServer) -> pb_grpc.ActionRecognitionStub:

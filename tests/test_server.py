@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
-from prometheus_client.parser import text_string_to_metric_families
 
+from actionstream.service.metrics import scrape
 from actionstream.service.model import OnnxStepModel, bundled_model_path
 from actionstream.service.server import ServeError
 from actionstream.training.synth import render_stream, write_video
@@ -217,13 +216,7 @@ def test_a_port_in_use_is_refused(start_server: Callable[..., BackgroundServer])
 
 def _scrape(port: int | None) -> dict[str, float]:
     assert port is not None
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return values
+    return scrape(port)
 
 
 def test_metrics_count_every_frame(start_server: Callable[..., BackgroundServer]) -> None:
