@@ -15,9 +15,8 @@ from pathlib import Path
 import click
 
 from actionstream.command import config_command
-from actionstream.demo import DemoConfig
-from actionstream.service.client import StreamConfig
-from actionstream.service.config import ServeConfig
+from actionstream.demo_config import DemoConfig
+from actionstream.service.config import ServeConfig, StreamConfig
 from actionstream.service.healthcheck import HealthConfig
 from actionstream.training.config import (
     EvaluateConfig,

@@ -11,41 +11,19 @@ from __future__ import annotations
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from actionstream.demo_config import DemoConfig
 from actionstream.serve_process import ServeProcess, ServeProcessError
-from actionstream.service.client import StreamConfig, StreamError, StreamSummary, stream_source
-from actionstream.settings import setting
+from actionstream.service.client import StreamError, StreamSummary, stream_source
+from actionstream.service.config import StreamConfig
 from actionstream.training.synth import SynthConfig, render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
-
-# The demo feed's seed lies outside every range training draws from.
-_FEED_SEED = 2_000_000_007
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    model: str | None = setting(
-        None, help="ONNX model to serve; unset serves the bundled default model"
-    )
-    seconds: float = setting(30.0, help="length of the demo feed")
-    size: int = setting(192, help="demo camera frame side in pixels (the server resizes)")
-    seed: int = setting(_FEED_SEED, help="seed of the demo feed")
-    realtime: bool = setting(True, help="send at the feed's frame rate, like a live camera")
-    out: str = setting("build/demo", help="folder for the feed, its labels and the server log")
-    quiet: bool = setting(False, help="print the summary only")
-
-    def __post_init__(self) -> None:
-        if not self.seconds > 0:
-            raise ValueError(f"seconds must be positive, got {self.seconds}")
-        if self.size < 16:
-            raise ValueError(f"size must be at least 16 pixels, got {self.size}")
 
 
 def _model_info(target: str) -> pb.ModelInfo:

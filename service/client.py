@@ -23,44 +23,14 @@ import cv2
 import grpc
 import numpy as np
 
+from actionstream.service.config import StreamConfig
 from actionstream.service.sources import SourceError, VideoSource
 from actionstream.service.streams import Resampler
-from actionstream.settings import setting
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
 # Called for each prediction with the frame's true label (if known) and its latency in ms.
 PredictionCallback = Callable[[pb.Prediction, str | None, float], None]
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    """What `actionstream stream` sends where, and how."""
-
-    source: str = setting(
-        help="video file, camera index (e.g. 0) or stream URL to read frames from"
-    )
-    target: str = setting("127.0.0.1:50051", help="server address HOST:PORT")
-    labels: str | None = setting(
-        None, help="CSV of ground truth per source frame (frame,label) to score against"
-    )
-    realtime: bool = setting(
-        True,
-        help="send at the source's frame rate like a live camera; "
-        "--no-realtime sends as fast as the server answers",
-    )
-    max_frames: int = setting(0, help="stop after this many frames; 0 sends all")
-    jpeg_quality: int = setting(90, help="JPEG quality of the frames sent, 1-100")
-    top_k: int = setting(3, help="labels per prediction to ask the server for")
-    quiet: bool = setting(False, help="print the summary only, not every prediction")
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.jpeg_quality <= 100:
-            raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
-        if self.max_frames < 0:
-            raise ValueError(f"max_frames must be 0 (all) or more, got {self.max_frames}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
 
 
 @dataclass(frozen=True)

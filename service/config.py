@@ -1,8 +1,9 @@
-"""The server's settings: one frozen dataclass, every field a `serve` flag.
+"""The service's settings: `serve`'s and the `stream` client's, a frozen dataclass each.
 
-`actionstream serve` turns each field into `--field-name` and reads
-`ACTIONSTREAM_FIELD_NAME` from the environment (actionstream/command.py), so
-the help text here is the user's manual.
+`actionstream serve` turns each ServeConfig field into `--field-name` and
+reads `ACTIONSTREAM_FIELD_NAME` from the environment (actionstream/command.py),
+so the help text here is the user's manual. The module imports nothing heavy,
+so the command line builds its flags without loading OpenCV or onnxruntime.
 """
 
 from __future__ import annotations
@@ -173,3 +174,33 @@ class ServeConfig:
     def max_message_bytes(self) -> int:
         """gRPC's receive limit: anything larger is refused before it reaches the servicer."""
         return self.max_frame_bytes + MESSAGE_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """What `actionstream stream` sends where, and how."""
+
+    source: str = setting(
+        help="video file, camera index (e.g. 0) or stream URL to read frames from"
+    )
+    target: str = setting("127.0.0.1:50051", help="server address HOST:PORT")
+    labels: str | None = setting(
+        None, help="CSV of ground truth per source frame (frame,label) to score against"
+    )
+    realtime: bool = setting(
+        True,
+        help="send at the source's frame rate like a live camera; "
+        "--no-realtime sends as fast as the server answers",
+    )
+    max_frames: int = setting(0, help="stop after this many frames; 0 sends all")
+    jpeg_quality: int = setting(90, help="JPEG quality of the frames sent, 1-100")
+    top_k: int = setting(3, help="labels per prediction to ask the server for")
+    quiet: bool = setting(False, help="print the summary only, not every prediction")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
+        if self.max_frames < 0:
+            raise ValueError(f"max_frames must be 0 (all) or more, got {self.max_frames}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")

@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 from background import BackgroundServer
 
-from actionstream.service.client import (
-    StreamConfig,
-    StreamError,
-    read_labels,
-    run_stream,
-    stream_source,
-)
+from actionstream.service.client import StreamError, read_labels, run_stream, stream_source
+from actionstream.service.config import StreamConfig
 from actionstream.training.synth import render_stream, write_video
 
 

@@ -137,3 +137,14 @@ def test_installed_it_adds_one_name_and_serves_from_it(tmp_path: Path) -> None:
         finally:
             proc.terminate()
             assert proc.wait(timeout=15) == 0
+
+
+def test_the_command_line_loads_no_heavy_library_until_a_command_needs_it() -> None:
+    # `actionstream health` runs every 30 s in the container: it must stay cheap.
+    code = (
+        "import sys, actionstream.cli\n"
+        "heavy = [m for m in ('cv2', 'numpy', 'onnxruntime', 'torch') if m in sys.modules]\n"
+        "sys.exit(', '.join(heavy) or None)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
