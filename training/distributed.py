@@ -10,6 +10,7 @@ saves. Without torchrun's environment it is one process and none of this runs.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -55,6 +56,19 @@ def join(device: torch.device) -> tuple[Team, torch.device]:
     return Team(dist.get_rank(), dist.get_world_size()), device
 
 
-def leave(team: Team) -> None:
-    if team.size > 1:
-        dist.destroy_process_group()
+def leave(team: Team, finished: bool) -> None:
+    """Leaves the process group; after a finished run, together with the others.
+
+    A process that tore its group down while the leader was still saving, or
+    left the DistributedDataParallel wrapper (a reference cycle) for the
+    interpreter's final clean-up, could abort in gloo's threads at exit
+    ("terminate called without an active exception"): so every process waits
+    for the rest, frees the wrapper while the group is alive, then destroys it.
+    After a failure no process waits: the others may never arrive.
+    """
+    if team.size == 1:
+        return
+    if finished:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()

@@ -203,10 +203,13 @@ def main(cfg: TrainConfig, data: TrainingData | None = None) -> Checkpoint:
     return the checkpoint unsaved.
     """
     team, device = distributed.join(resolve_device(cfg.device))
+    finished = False
     try:
-        return _train(cfg, data, team, device)
+        ckpt = _train(cfg, data, team, device)
+        finished = True
+        return ckpt
     finally:
-        distributed.leave(team)
+        distributed.leave(team, finished)
 
 
 def _train(
