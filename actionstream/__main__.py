@@ -2,4 +2,7 @@ import sys
 
 from actionstream.cli import main
 
-sys.exit(main())
+# Guarded: `serve --workers` starts its workers with multiprocessing's spawn,
+# which imports this module again in each of them.
+if __name__ == "__main__":
+    sys.exit(main())

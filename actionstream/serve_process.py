@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 # Both ports on free loopback ports; later flags in `args` override these.
 LOOPBACK = (
@@ -67,13 +67,17 @@ class ServeProcess(contextlib.AbstractContextManager["ServeProcess"]):
                     f"the server was not ready within {startup_timeout:g} s; its log: {log.name}"
                 )
             time.sleep(0.02)
-        bound = json.loads(ready.read_text())
-        self.port: int = bound["port"]
-        self.metrics_port: int | None = bound["metrics_port"]
+        self.ready: dict[str, Any] = json.loads(ready.read_text())
+        self.port: int = self.ready["port"]
+        self.metrics_port: int | None = self.ready["metrics_port"]
 
     @property
     def pid(self) -> int:
         return self._proc.pid
+
+    def poll(self) -> int | None:
+        """The exit code once the server has exited, else None."""
+        return self._proc.poll()
 
     @property
     def target(self) -> str:

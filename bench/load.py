@@ -76,9 +76,16 @@ def render_frames(n: int = CLIP_FRAMES) -> list[bytes]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process (all its threads) has used so far."""
+    """User + system CPU time the process (all its threads) and its live child
+    processes (`serve --workers`) have used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    own = (int(fields[11]) + int(fields[12])) / TICKS
+    children = {
+        int(child)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for child in (task / "children").read_text().split()
+    }
+    return own + sum(cpu_seconds(child) for child in children)
 
 
 # --- the cameras (run in their own process) -------------------------------------------------

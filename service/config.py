@@ -99,6 +99,13 @@ class ServeConfig:
         "(DEADLINE_EXCEEDED)",
         group="Real time",
     )
+    workers: int = setting(
+        1,
+        help="server processes sharing the gRPC port (SO_REUSEPORT, Linux): one Python process "
+        "runs its gRPC and decoding under one lock, so it leaves other cores idle; each "
+        "process batches only its own streams and takes an equal share of max_streams",
+        group="Operation",
+    )
     grace_seconds: float = setting(
         5.0,
         help="on SIGTERM/SIGINT, how long open streams may finish before they are cut",
@@ -140,6 +147,7 @@ class ServeConfig:
             "decode_threads",
             "queue_frames",
             "heavy_pixels",
+            "workers",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

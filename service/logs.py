@@ -25,6 +25,7 @@ class JsonFormatter(logging.Formatter):
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
+            "pid": record.process,  # which of `serve --workers`' processes
             "message": record.getMessage(),
         }
         line.update((k, v) for k, v in vars(record).items() if k not in _STANDARD)
@@ -41,6 +42,9 @@ def configure(level: str, fmt: LogFormat) -> None:
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # The pid tells `serve --workers`' processes apart.
+        formatter = logging.Formatter(
+            "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+        )
     handler.setFormatter(formatter)
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

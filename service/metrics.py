@@ -10,7 +10,7 @@ import threading
 import urllib.request
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from actionstream.contract import ModelSpec
@@ -67,10 +67,13 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        # The multiprocess modes say how `serve --workers N` adds up its processes'
+        # values; a single process ignores them.
         self.active_streams = Gauge(
             "actionstream_active_streams",
             "Streams holding a place now (StreamFrames after its first frame, WatchSource).",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.frame_latency = Histogram(
             "actionstream_frame_latency_seconds",
@@ -102,17 +105,23 @@ class Metrics:
             ["method", "code"],
             registry=registry,
         )
-        self.model = Info("actionstream_model", "The model being served.", registry=registry)
+        # A gauge fixed at 1 rather than an Info: the same series, and one that
+        # prometheus_client's multiprocess mode (serve --workers) can collect.
+        self.model = Gauge(
+            "actionstream_model_info",
+            "The model being served (always 1; the labels describe it).",
+            ["version", "labels_count", "input_size", "fps"],
+            registry=registry,
+            multiprocess_mode="max",
+        )
 
     def describe_model(self, metadata: ModelSpec) -> None:
-        self.model.info(
-            {
-                "version": metadata.version,
-                "labels_count": str(len(metadata.labels)),
-                "input_size": f"{metadata.width}x{metadata.height}",
-                "fps": f"{metadata.fps:g}",
-            }
-        )
+        self.model.labels(
+            version=metadata.version,
+            labels_count=str(len(metadata.labels)),
+            input_size=f"{metadata.width}x{metadata.height}",
+            fps=f"{metadata.fps:g}",
+        ).set(1)
 
 
 class MetricsServer:

@@ -42,7 +42,7 @@ class ServeError(Exception):
     """The server cannot start, with the reason in words."""
 
 
-def _address(host: str, port: int) -> str:
+def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
@@ -73,11 +73,13 @@ class Server:
         cfg: ServeConfig,
         registry: CollectorRegistry | None = None,
         model: OnnxStepModel | None = None,
+        shared_port: bool = False,
     ) -> Server:
         """Loads the model (unless given one), binds the ports and starts serving.
 
-        `registry` receives the metrics (a fresh one if None). Raises ModelError
-        or ServeError with a readable reason.
+        `registry` receives the metrics (a fresh one if None). `shared_port`:
+        one of `serve --workers`' processes, binding the port with the others.
+        Raises ModelError or ServeError with a readable reason.
         """
         if model is None:
             model = await asyncio.to_thread(OnnxStepModel.load, cfg.model, cfg.threads)
@@ -101,8 +103,9 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 # Without this a second server on the same port would start and
-                # silently share its traffic instead of failing to bind.
-                ("grpc.so_reuseport", 0),
+                # silently share its traffic instead of failing to bind; only
+                # `--workers` processes share a port, on purpose.
+                ("grpc.so_reuseport", int(shared_port)),
                 # Clients that vanish without closing their connection (power cut, network
                 # gone) are found by keepalive pings, so their streams end and free their place.
                 ("grpc.keepalive_time_ms", 20_000),
@@ -115,12 +118,12 @@ class Server:
         reflection.enable_server_reflection(
             (SERVICE_NAME, _HEALTH_NAME, reflection.SERVICE_NAME), server
         )
-        address = _address(cfg.host, cfg.port)
+        where = address(cfg.host, cfg.port)
         try:
-            port = server.add_insecure_port(address)
+            port = server.add_insecure_port(where)
         except RuntimeError as e:
             await batcher.stop()
-            raise ServeError(f"cannot listen on {address}: {e}") from None
+            raise ServeError(f"cannot listen on {where}: {e}") from None
 
         metrics_server = None
         if cfg.metrics_enabled:
@@ -131,8 +134,8 @@ class Server:
             except OSError as e:
                 await server.stop(None)
                 await batcher.stop()
-                address = _address(cfg.metrics_address, cfg.metrics_port)
-                raise ServeError(f"cannot serve metrics on {address}: {e}") from None
+                where = address(cfg.metrics_address, cfg.metrics_port)
+                raise ServeError(f"cannot serve metrics on {where}: {e}") from None
         await server.start()
         for name in ("", SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -159,9 +162,10 @@ class Server:
             await asyncio.to_thread(self._metrics_server.close)
 
 
-def write_ready_file(path: Path, port: int, metrics_port: int | None) -> None:
-    """The bound ports as JSON, written whole or not at all (a reader never sees half)."""
-    ready = {"port": port, "metrics_port": metrics_port, "pid": os.getpid()}
+def write_ready_file(path: Path, port: int, metrics_port: int | None, **more: object) -> None:
+    """The bound ports (and `more`) as JSON, written whole or not at all (a reader
+    never sees half)."""
+    ready = {"port": port, "metrics_port": metrics_port, "pid": os.getpid(), **more}
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(ready) + "\n")
     tmp.replace(path)
@@ -174,19 +178,37 @@ def run(cfg: ServeConfig) -> int:
     could not start (the reason goes to stderr).
     """
     logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
-    # The decode threads take the GIL back after every OpenCV call while the event
-    # loop holds it for gRPC; at Python's default 5 ms switch interval each of those
-    # waits could cost a batch 5 ms, so a batch of 30 frames took longer than its work.
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
-        return asyncio.run(_serve(cfg))
+        if cfg.workers > 1:
+            from actionstream.service.workers import supervise
+
+            return supervise(cfg)
+        return _run_server(cfg, shared_port=False)
     except (ModelError, ServeError) as e:
         print(f"actionstream serve: {e}", file=sys.stderr)
         return 1
 
 
-async def _serve(cfg: ServeConfig) -> int:
-    server = await Server.start(cfg)
+def run_worker(cfg: ServeConfig) -> int:
+    """One of `serve --workers`' processes: a server on the port the others share."""
+    logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
+    try:
+        return _run_server(cfg, shared_port=True)
+    except (ModelError, ServeError) as e:
+        print(f"actionstream serve worker {os.getpid()}: {e}", file=sys.stderr)
+        return 1
+
+
+def _run_server(cfg: ServeConfig, shared_port: bool) -> int:
+    # The decode threads take the GIL back after every OpenCV call while the event
+    # loop holds it for gRPC; at Python's default 5 ms switch interval each of those
+    # waits could cost a batch 5 ms, so a batch of 30 frames took longer than its work.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    return asyncio.run(_serve(cfg, shared_port))
+
+
+async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
+    server = await Server.start(cfg, shared_port=shared_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -195,20 +217,23 @@ async def _serve(cfg: ServeConfig) -> int:
     metrics = (
         "metrics off"
         if server.metrics_port is None
-        else f"metrics on http://{_address(cfg.metrics_address, server.metrics_port)}/metrics"
+        else f"metrics on http://{address(cfg.metrics_address, server.metrics_port)}/metrics"
     )
     ready_file = Path(cfg.ready_file) if cfg.ready_file else None
     if ready_file is not None:
         try:
-            write_ready_file(ready_file, server.port, server.metrics_port)
+            write_ready_file(
+                ready_file, server.port, server.metrics_port, model=server.model.metadata.version
+            )
         except OSError as e:
             await server.stop(0)
             raise ServeError(f"cannot write the ready file {ready_file}: {e.strerror}") from None
-    print(
-        f"actionstream serving {server.model.metadata.version} on "
-        f"{_address(cfg.host, server.port)}, {metrics}",
-        flush=True,
-    )
+    if not shared_port:  # the workers' supervisor announces them, once
+        print(
+            f"actionstream serving {server.model.metadata.version} on "
+            f"{address(cfg.host, server.port)}, {metrics}",
+            flush=True,
+        )
     logger.info("model %s, onnxruntime providers %s", server.model.path, server.model.providers)
 
     await stop.wait()

@@ -58,6 +58,7 @@ def test_bad_setting_is_one_line_not_a_traceback() -> None:
         (["serve"], {"ACTIONSTREAM_PORT": "http"}, "'ACTIONSTREAM_PORT'): 'http' is not a valid"),
         (["serve"], {"ACTIONSTREAM_ALLOW_SOURCES": "maybe"}, "'maybe' is not a valid boolean"),
         (["serve", "--bogus"], {}, "No such option '--bogus'"),
+        (["serve"], {"ACTIONSTREAM_WORKERS": "0"}, "workers must be at least 1, got 0"),
         (["train", "--channels", "16,x"], {}, "not a comma-separated list of whole numbers"),
         (["stream"], {}, "actionstream stream: Missing option '--source'"),
         (["fly"], {}, "No such command 'fly'"),

@@ -1,0 +1,218 @@
+"""`actionstream serve --workers N`: N server processes on one port.
+
+One Python process runs gRPC's event loop and its decode threads under one
+interpreter lock, so under load it leaves the other cores of a machine idle.
+With `--workers N` the `serve` process becomes a supervisor, the way grpc's
+own multiprocessing example serves:
+
+- it reserves the port with a socket bound (not listening) with SO_REUSEPORT,
+  so port 0 resolves once and every worker binds the same one;
+- it starts N workers (multiprocessing, spawned: no gRPC state crosses a
+  fork), each a whole server of its own with its own model session, batcher
+  and health service; the kernel spreads new connections over them, and a
+  stream stays on the worker that accepted its connection;
+- it serves one /metrics for all of them from prometheus_client's
+  multiprocess files (counters and histograms add up, the active-streams
+  gauge sums the live workers);
+- it stops them together on SIGTERM or SIGINT, and stops the rest and exits
+  non-zero if one dies (so Docker or Kubernetes restart the whole server
+  rather than run it short of a worker).
+
+What it costs: each worker batches only its own streams (smaller batches at
+the same load), each holds its own copy of the model, and `--max-streams` is
+shared out equally, so a stream may be refused by a full worker while another
+has room.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from actionstream.service.config import ServeConfig
+from actionstream.service.server import ServeError, address, run_worker, write_ready_file
+
+logger = logging.getLogger(__name__)
+
+# A worker loads the model and warms every batch size before it is ready.
+STARTUP_TIMEOUT_S = 120.0
+# After the grace period a worker still has its own shutdown to finish.
+STOP_MARGIN_S = 10.0
+
+
+def supervise(cfg: ServeConfig) -> int:
+    """Runs `cfg.workers` servers on one port until SIGTERM/SIGINT; the exit code."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ServeError("--workers above 1 needs SO_REUSEPORT, which this system lacks")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    with tempfile.TemporaryDirectory(prefix="actionstream-serve-") as tmp:
+        metrics_dir = Path(tmp, "metrics")
+        metrics_dir.mkdir()
+        # Read by prometheus_client as it is imported, in each spawned worker.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        with _reserve_port(cfg.host, cfg.port) as reserved:
+            port = int(reserved.getsockname()[1])
+            return _supervise(cfg, port, metrics_dir, Path(tmp), stop)
+
+
+def _supervise(
+    cfg: ServeConfig, port: int, metrics_dir: Path, tmp: Path, stop: threading.Event
+) -> int:
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    from actionstream.service.metrics import MetricsServer
+
+    metrics_server = None
+    if cfg.metrics_enabled:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
+        try:
+            metrics_server = MetricsServer(registry, cfg.metrics_address, cfg.metrics_port)
+        except OSError as e:
+            where = address(cfg.metrics_address, cfg.metrics_port)
+            raise ServeError(f"cannot serve metrics on {where}: {e}") from None
+    share = -(-cfg.max_streams // cfg.workers)
+    context = multiprocessing.get_context("spawn")
+    workers: list[BaseProcess] = []
+    code = 0
+    try:
+        for i in range(cfg.workers):
+            worker_cfg = replace(
+                cfg,
+                port=port,
+                metrics_port=-1,
+                workers=1,
+                max_streams=share,
+                ready_file=str(tmp / f"worker-{i}.json"),
+            )
+            worker = context.Process(
+                target=run_worker, args=(worker_cfg,), name=f"actionstream-worker-{i}"
+            )
+            worker.start()
+            workers.append(worker)
+        ready = _wait_ready(workers, tmp, stop)
+        if ready is None:
+            return 0 if stop.is_set() else 1
+        metrics_port = None if metrics_server is None else metrics_server.port
+        if cfg.ready_file:
+            try:
+                write_ready_file(
+                    Path(cfg.ready_file),
+                    port,
+                    metrics_port,
+                    model=ready,
+                    workers=[w.pid for w in workers],
+                )
+            except OSError as e:
+                raise ServeError(
+                    f"cannot write the ready file {cfg.ready_file}: {e.strerror}"
+                ) from None
+        metrics = (
+            "metrics off"
+            if metrics_port is None
+            else f"metrics on http://{address(cfg.metrics_address, metrics_port)}/metrics"
+        )
+        print(
+            f"actionstream serving {ready} on {address(cfg.host, port)} from "
+            f"{cfg.workers} worker processes, {metrics}",
+            flush=True,
+        )
+        code = _watch(workers, stop)
+        return code
+    finally:
+        _stop_all(workers, cfg.grace_seconds + STOP_MARGIN_S, metrics_dir)
+        if metrics_server is not None:
+            metrics_server.close()
+        if cfg.ready_file:
+            Path(cfg.ready_file).unlink(missing_ok=True)
+        logger.info("stopped")
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """A socket holding `host:port` (port 0: a free one) for the workers to share."""
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise ServeError(f"cannot listen on {address(host, port)}: {e}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(where)
+    except OSError as e:
+        sock.close()
+        raise ServeError(f"cannot listen on {address(host, port)}: {e.strerror}") from None
+    return sock
+
+
+def _wait_ready(workers: list[BaseProcess], tmp: Path, stop: threading.Event) -> str | None:
+    """The served model's version once every worker is serving; None if one died
+    first, or a stop came, or they took too long."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    files = [tmp / f"worker-{i}.json" for i in range(len(workers))]
+    while not all(f.exists() for f in files):
+        for worker in workers:
+            if worker.exitcode is not None:
+                logger.error(
+                    "%s exited with %s while starting; stopping the others",
+                    worker.name,
+                    worker.exitcode,
+                )
+                return None
+        if stop.is_set():
+            return None
+        if time.monotonic() > deadline:
+            logger.error("the workers were not all serving within %gs", STARTUP_TIMEOUT_S)
+            return None
+        time.sleep(0.05)
+    return str(json.loads(files[0].read_text())["model"])
+
+
+def _watch(workers: list[BaseProcess], stop: threading.Event) -> int:
+    """Waits for a stop (0) or a worker that exits on its own (1)."""
+    sentinels = [w.sentinel for w in workers]
+    while not stop.is_set():
+        if multiprocessing.connection.wait(sentinels, timeout=0.2):
+            # A SIGINT from a terminal reaches the workers too, maybe before this process.
+            if stop.wait(0.5):
+                return 0
+            dead = next(w for w in workers if not w.is_alive())
+            logger.error(
+                "%s (pid %s) exited with %s; stopping the others",
+                *(dead.name, dead.pid, dead.exitcode),
+            )
+            return 1
+    logger.info("shutting down %d workers", len(workers))
+    return 0
+
+
+def _stop_all(workers: list[BaseProcess], timeout: float, metrics_dir: Path) -> None:
+    """SIGTERM to every live worker (each shuts down gracefully), SIGKILL after `timeout`."""
+    from prometheus_client import multiprocess
+
+    for worker in workers:
+        if worker.is_alive():
+            worker.terminate()
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            logger.error("%s did not stop within %gs; killing it", worker.name, timeout)
+            worker.kill()
+            worker.join()
+        if worker.pid is not None:
+            multiprocess.mark_process_dead(worker.pid, str(metrics_dir))

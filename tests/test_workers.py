@@ -1,0 +1,138 @@
+"""`actionstream serve --workers 2`: two real server processes sharing one port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+import grpc
+import numpy as np
+import pytest
+
+from actionstream.serve_process import ServeProcess, ServeProcessError
+from actionstream.service.metrics import scrape
+from actionstream.service.model import OnnxStepModel
+from actionstream.v1 import actionstream_pb2 as pb
+from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
+from tests.helpers import LiveStream, assert_matches, frame_request, jpeg, render
+
+pytestmark = pytest.mark.slow
+
+Reference = Callable[[Sequence[np.ndarray]], np.ndarray]
+STREAMS = 16  # all on one worker by chance: 2 in 2**16
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Iterator[IO[str]]:
+    with (tmp_path / "server.log").open("w+") as f:
+        yield f
+
+
+def _connections(pid: int, port: int) -> int:
+    """Established TCP connections process `pid` holds on its local `port`."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue  # closed since the listing
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port and fields[3] == "01" and fields[9] in inodes:
+                count += 1
+    return count
+
+
+def test_workers_share_the_port_and_keep_each_streams_state(
+    log: IO[str], reference: Reference, model: OnnxStepModel
+) -> None:
+    with ServeProcess(log, args=["--workers", "2"]) as server:
+        assert server.metrics_port is not None
+        channels = [
+            # A connection of its own per stream, as separate cameras have.
+            grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(STREAMS)
+        ]
+        try:
+            streams = [
+                LiveStream(pb_grpc.ActionRecognitionStub(c), pb.StreamOptions(top_k=9))
+                for c in channels
+            ]
+            clips = [render(6, seed=100 + i) for i in range(STREAMS)]
+            got: list[list[pb.Prediction]] = [[] for _ in range(STREAMS)]
+            for t in range(6):  # interleaved: every stream one frame, then the next frame
+                for clip, live, out in zip(clips, streams, got, strict=True):
+                    out.append(live.send(frame_request(jpeg(clip[t]))))
+            workers = _worker_pids(server)
+            held = [_connections(pid, server.port) for pid in workers]
+            values = scrape(server.metrics_port)
+            for live in streams:
+                live.close()
+        finally:
+            for c in channels:
+                c.close()
+        # The kernel spread the connections over both workers...
+        assert sum(held) == STREAMS and min(held) > 0, held
+        # ...and the one /metrics adds both up.
+        assert values["actionstream_active_streams"] == STREAMS
+        assert values["actionstream_frames_processed_total"] == STREAMS * 6
+        assert any(k.startswith("actionstream_model_info{") for k in values)
+        # Each stream's state stayed on the worker that holds its connection.
+        for clip, out in zip(clips, got, strict=True):
+            assert_matches(out, reference([_decoded(f) for f in clip]), model.metadata.labels)
+        assert server.stop() == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the server"
+
+
+def _decoded(image: np.ndarray) -> np.ndarray:
+    """What the server sees of a frame sent as JPEG: the decoded JPEG."""
+    import cv2
+
+    decoded: np.ndarray = cv2.imdecode(np.frombuffer(jpeg(image), np.uint8), cv2.IMREAD_COLOR)
+    return decoded
+
+
+def _worker_pids(server: ServeProcess) -> list[int]:
+    pids: list[int] = server.ready["workers"]
+    assert len(pids) == 2
+    return pids
+
+
+def test_a_dead_worker_stops_the_server_with_an_error(log: IO[str]) -> None:
+    with ServeProcess(log, args=["--workers", "2"]) as server:
+        first, second = _worker_pids(server)
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server.poll() == 1
+        assert not Path(f"/proc/{second}").exists()
+    log.seek(0)
+    assert f"exited with -{int(signal.SIGKILL)}; stopping the others" in log.read()
+
+
+def test_workers_never_join_a_port_another_server_holds(log: IO[str], tmp_path: Path) -> None:
+    second_log = (tmp_path / "second.log").open("w+")
+    with second_log, ServeProcess(log) as plain:
+        with pytest.raises(ServeProcessError, match="exited with 1"):
+            ServeProcess(second_log, args=["--workers", "2", "--port", str(plain.port)])
+        second_log.seek(0)
+        assert "cannot listen on 127.0.0.1:" in second_log.read()
+    # Nor does a plain server join the workers' port.
+    third_log = (tmp_path / "third.log").open("w+")
+    with third_log, ServeProcess(log, args=["--workers", "2"]) as workers:
+        with pytest.raises(ServeProcessError, match="exited with 1"):
+            ServeProcess(third_log, args=["--port", str(workers.port)])
+        with socket.create_connection(("127.0.0.1", workers.port), timeout=5):
+            pass  # still serving
