@@ -78,13 +78,17 @@ def render_frames(n: int = CLIP_FRAMES) -> list[bytes]:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process (all its threads) and its live child
     processes (`serve --workers`) have used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # a child that exited since it was listed
+        return 0.0
+    children: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children.update(int(c) for c in (task / "children").read_text().split())
+        except FileNotFoundError:  # a thread that ended since the listing
+            continue
     own = (int(fields[11]) + int(fields[12])) / TICKS
-    children = {
-        int(child)
-        for task in Path(f"/proc/{pid}/task").iterdir()
-        for child in (task / "children").read_text().split()
-    }
     return own + sum(cpu_seconds(child) for child in children)
 
 

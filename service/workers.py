@@ -58,7 +58,13 @@ def supervise(cfg: ServeConfig) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with tempfile.TemporaryDirectory(prefix="actionstream-serve-") as tmp:
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="actionstream-serve-")
+    except OSError as e:
+        raise ServeError(
+            f"--workers needs a writable temporary directory (TMPDIR, else /tmp): {e}"
+        ) from None
+    with scratch as tmp:
         metrics_dir = Path(tmp, "metrics")
         metrics_dir.mkdir()
         # Read by prometheus_client as it is imported, in each spawned worker.

@@ -34,13 +34,15 @@ def test_large_jpeg_is_resized_to_the_model_by_averaging() -> None:
     data = jpeg(_smooth_image(480, 640))
     out = DECODER.decode_image(data)
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
-    # The reduced-scale JPEG decode must agree with a full decode + area resize...
+    # The reduced-scale JPEG decode (1/4 here) must be close to a full decode + area
+    # resize (2.3 grey levels on average on this detailed image, 0.3 on camera-like
+    # frames)...
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     area = cv2.resize(decoded, (64, 64), interpolation=cv2.INTER_AREA)
-    assert np.abs(out.astype(int) - area).mean() < 1.5
-    # ...far better than point sampling would.
-    nearest = cv2.resize(decoded, (64, 64), interpolation=cv2.INTER_NEAREST)
-    assert np.abs(nearest.astype(int) - area).mean() > 3.0
+    assert np.abs(out.astype(int) - area).mean() < 3.0
+    # ...far closer than bilinear or point sampling (10 and 36 grey levels).
+    linear = cv2.resize(decoded, (64, 64), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(linear.astype(int) - area).mean() > 6.0
 
 
 def test_small_frames_are_enlarged() -> None:
