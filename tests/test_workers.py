@@ -13,13 +13,13 @@ from typing import IO
 import grpc
 import numpy as np
 import pytest
+from helpers import LiveStream, assert_matches, frame_request, jpeg, render
 
 from actionstream.serve_process import ServeProcess, ServeProcessError
 from actionstream.service.metrics import scrape
 from actionstream.service.model import OnnxStepModel
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
-from tests.helpers import LiveStream, assert_matches, frame_request, jpeg, render
 
 pytestmark = pytest.mark.slow
 
