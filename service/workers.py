@@ -33,6 +33,7 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -105,7 +106,7 @@ def _supervise(
                 ready_file=str(tmp / f"worker-{i}.json"),
             )
             worker = context.Process(
-                target=run_worker, args=(worker_cfg,), name=f"actionstream-worker-{i}"
+                target=_worker_main, args=(worker_cfg,), name=f"actionstream-worker-{i}"
             )
             worker.start()
             workers.append(worker)
@@ -145,6 +146,11 @@ def _supervise(
         if cfg.ready_file:
             Path(cfg.ready_file).unlink(missing_ok=True)
         logger.info("stopped")
+
+
+def _worker_main(cfg: ServeConfig) -> None:
+    # A process target's return value is lost: the exit code must be raised.
+    sys.exit(run_worker(cfg))
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:

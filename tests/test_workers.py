@@ -136,3 +136,15 @@ def test_workers_never_join_a_port_another_server_holds(log: IO[str], tmp_path: 
             ServeProcess(third_log, args=["--port", str(workers.port)])
         with socket.create_connection(("127.0.0.1", workers.port), timeout=5):
             pass  # still serving
+
+
+def test_a_model_the_workers_cannot_load_is_one_clear_failure(log: IO[str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ServeProcessError, match="exited with 1"):
+        ServeProcess(log, args=["--workers", "2", "--model", str(bad)])
+    log.seek(0)
+    text = log.read()
+    assert "bad.onnx: not a loadable ONNX model" in text
+    assert "exited with 1 while starting; stopping the others" in text
+    assert "Traceback" not in text
