@@ -357,6 +357,47 @@ def test_docker_stop_drains_and_exits_0_within_the_grace_period(
     assert "shutting down" in logs and logs.rstrip().endswith("stopped")
 
 
+def test_two_worker_processes_serve_behind_one_metrics_port_and_stop_together(
+    engine: Engine, images: Images, feed: tuple[list[bytes], list[str]]
+) -> None:
+    """ACTIONSTREAM_WORKERS=2 in the image: two servers on the port, supervised by PID 1."""
+    container = Container("actionstream-test-workers", _free_port(), _free_port())
+    engine.docker(
+        "run", "-d", "--name", container.name, "--network", "host",
+        "-e", "ACTIONSTREAM_HOST=127.0.0.1",
+        "-e", f"ACTIONSTREAM_PORT={container.port}",
+        "-e", f"ACTIONSTREAM_METRICS_PORT={container.metrics_port}",
+        "-e", "ACTIONSTREAM_WORKERS=2",
+        images.service,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while '"SERVING"' not in _grpcurl_health(container.target).stdout:
+            if time.monotonic() > deadline:
+                logs = engine.docker("logs", container.name, check=False)
+                pytest.fail(f"the workers did not serve:\n{logs.stderr}")
+            time.sleep(0.5)
+        frames = feed[0][:20]
+        for _ in range(4):  # four connections: the kernel may give them to either worker
+            with grpc.insecure_channel(
+                container.target, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as channel:
+                live = LiveStream(pb_grpc.ActionRecognitionStub(channel), pb.StreamOptions())
+                for i, jpeg in enumerate(frames, start=1):
+                    assert live.send(frame_request(jpeg, sequence=i)).sequence == i
+                live.close()
+        families = _scrape(container.metrics_port)
+        processed = families["actionstream_frames_processed"]
+        assert processed["actionstream_frames_processed_total{}"] == 4 * len(frames)
+        engine.docker("stop", "-t", "30", container.name)
+        state = _inspect(engine, container.name, ".State")
+        logs = engine.docker("logs", container.name).stderr
+        assert isinstance(state, dict) and state["ExitCode"] == 0, logs
+        assert logs.count("shutting down: open streams get") == 2, logs
+    finally:
+        engine.docker("rm", "-f", container.name, check=False)
+
+
 def test_the_train_image_trains_on_mounted_videos_and_the_service_image_serves_it(
     engine: Engine, images: Images, tmp_path: Path
 ) -> None:
