@@ -90,7 +90,7 @@ def export(cfg: ExportConfig) -> int:
 
 
 def serve(cfg: ServeConfig) -> int:
-    from actionstream.service.server import run
+    from actionstream.service.launch import run
 
     return run(cfg)
 

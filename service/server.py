@@ -1,14 +1,14 @@
 """The gRPC server around the servicer: health, reflection, metrics, shutdown.
 
-`run` is the `actionstream serve` process. `Server` is the same thing as an
-object on a running event loop, on any port including 0, with the ports
+`serve_here` is `actionstream serve` in one process, `run_worker` one of
+`--workers`' processes (service/launch.py chooses). `Server` is the same thing
+as an object on a running event loop, on any port including 0, with the ports
 actually bound readable afterwards (and written to `--ready-file`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -25,6 +25,7 @@ from actionstream.service import logs
 from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
 from actionstream.service.frames import FrameDecoder
+from actionstream.service.launch import ServeError, address, write_ready_file
 from actionstream.service.metrics import Metrics, MetricsServer
 from actionstream.service.model import ModelError, OnnxStepModel
 from actionstream.service.servicer import ActionRecognition
@@ -36,14 +37,6 @@ SWITCH_INTERVAL_S = 0.0005
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ActionRecognition"].full_name
 _HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-
-
-class ServeError(Exception):
-    """The server cannot start, with the reason in words."""
-
-
-def address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 class Server:
@@ -162,27 +155,10 @@ class Server:
             await asyncio.to_thread(self._metrics_server.close)
 
 
-def write_ready_file(path: Path, port: int, metrics_port: int | None, **more: object) -> None:
-    """The bound ports (and `more`) as JSON, written whole or not at all (a reader
-    never sees half)."""
-    ready = {"port": port, "metrics_port": metrics_port, "pid": os.getpid(), **more}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(ready) + "\n")
-    tmp.replace(path)
-
-
-def run(cfg: ServeConfig) -> int:
-    """`actionstream serve`: serves until SIGTERM or SIGINT, then shuts down gracefully.
-
-    Returns the process exit code: 0 after a clean shutdown, 1 if the server
-    could not start (the reason goes to stderr).
-    """
-    logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
+def serve_here(cfg: ServeConfig) -> int:
+    """One server in this process until SIGTERM/SIGINT; the exit code (1: it could not
+    start, the reason on stderr). Logging is configured by the caller."""
     try:
-        if cfg.workers > 1:
-            from actionstream.service.workers import supervise
-
-            return supervise(cfg)
         return _run_server(cfg, shared_port=False)
     except (ModelError, ServeError) as e:
         print(f"actionstream serve: {e}", file=sys.stderr)

@@ -42,7 +42,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from actionstream.service.config import ServeConfig
-from actionstream.service.server import ServeError, address, run_worker, write_ready_file
+from actionstream.service.launch import ServeError, address, write_ready_file
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ def _supervise(
 
 
 def _worker_main(cfg: ServeConfig) -> None:
+    from actionstream.service.server import run_worker  # in the worker: its first heavy import
+
     # A process target's return value is lost: the exit code must be raised.
     sys.exit(run_worker(cfg))
 

@@ -19,9 +19,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
 
+from actionstream.service.launch import ServeError
 from actionstream.service.metrics import scrape
 from actionstream.service.model import OnnxStepModel, bundled_model_path
-from actionstream.service.server import ServeError
 from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc

@@ -75,6 +75,7 @@ def test_workers_share_the_port_and_keep_each_streams_state(
                     out.append(live.send(frame_request(jpeg(clip[t]))))
             workers = _worker_pids(server)
             held = [_connections(pid, server.port) for pid in workers]
+            supervisor_maps = Path(f"/proc/{server.pid}/maps").read_text()
             values = scrape(server.metrics_port)
             for live in streams:
                 live.close()
@@ -87,6 +88,8 @@ def test_workers_share_the_port_and_keep_each_streams_state(
         assert values["actionstream_active_streams"] == STREAMS
         assert values["actionstream_frames_processed_total"] == STREAMS * 6
         assert any(k.startswith("actionstream_model_info{") for k in values)
+        # The supervisor loads neither onnxruntime nor OpenCV: the workers do the work.
+        assert "onnxruntime" not in supervisor_maps and "cv2" not in supervisor_maps
         # Each stream's state stayed on the worker that holds its connection.
         for clip, out in zip(clips, got, strict=True):
             assert_matches(out, reference([_decoded(f) for f in clip]), model.metadata.labels)

@@ -1,0 +1,51 @@
+"""How `actionstream serve` starts: one server in this process, or a supervisor
+of several (`--workers`). Nothing heavy is imported until it is known which,
+so a supervisor never loads onnxruntime or OpenCV it has no use for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from actionstream.service import logs
+from actionstream.service.config import ServeConfig
+
+
+class ServeError(Exception):
+    """The server cannot start, with the reason in words."""
+
+
+def address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def write_ready_file(path: Path, port: int, metrics_port: int | None, **more: object) -> None:
+    """The bound ports (and `more`) as JSON, written whole or not at all (a reader
+    never sees half)."""
+    ready = {"port": port, "metrics_port": metrics_port, "pid": os.getpid(), **more}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(ready) + "\n")
+    tmp.replace(path)
+
+
+def run(cfg: ServeConfig) -> int:
+    """`actionstream serve`: serves until SIGTERM or SIGINT, then shuts down gracefully.
+
+    Returns the process exit code: 0 after a clean shutdown, 1 if the server
+    could not start (the reason goes to stderr).
+    """
+    logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
+    if cfg.workers == 1:
+        from actionstream.service.server import serve_here
+
+        return serve_here(cfg)
+    from actionstream.service.workers import supervise
+
+    try:
+        return supervise(cfg)
+    except ServeError as e:
+        print(f"actionstream serve: {e}", file=sys.stderr)
+        return 1
