@@ -13,6 +13,7 @@ skipped, except in CI, where that is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -149,17 +150,18 @@ def _grpcurl_health(target: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def server(engine: Engine, images: Images) -> Iterator[Container]:
-    """The service image as `docker run` starts it, on free loopback ports of the host."""
-    container = Container("actionstream-test-serve", _free_port(), _free_port())
+@contextlib.contextmanager
+def _serving(engine: Engine, image: str, name: str, *env: str) -> Iterator[Container]:
+    """`docker run` of the service image on free loopback ports of the host, with the
+    extra `env` (NAME=value), once its health says SERVING; removed afterwards."""
+    container = Container(name, _free_port(), _free_port())
     engine.docker(
         "run", "-d", "--name", container.name, "--network", "host",
         "-e", "ACTIONSTREAM_HOST=127.0.0.1",
         "-e", f"ACTIONSTREAM_PORT={container.port}",
         "-e", f"ACTIONSTREAM_METRICS_PORT={container.metrics_port}",
-        "-e", f"ACTIONSTREAM_GRACE_SECONDS={GRACE_SECONDS}",
-        images.service,
+        *(arg for pair in env for arg in ("-e", pair)),
+        image,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -172,6 +174,14 @@ def server(engine: Engine, images: Images) -> Iterator[Container]:
         yield container
     finally:
         engine.docker("rm", "-f", container.name, check=False)
+
+
+@pytest.fixture(scope="module")
+def server(engine: Engine, images: Images) -> Iterator[Container]:
+    """The service image as `docker run` starts it."""
+    grace = f"ACTIONSTREAM_GRACE_SECONDS={GRACE_SECONDS}"
+    with _serving(engine, images.service, "actionstream-test-serve", grace) as container:
+        yield container
 
 
 def _inspect(engine: Engine, ref: str, template: str) -> object:
@@ -361,22 +371,8 @@ def test_two_worker_processes_serve_behind_one_metrics_port_and_stop_together(
     engine: Engine, images: Images, feed: tuple[list[bytes], list[str]]
 ) -> None:
     """ACTIONSTREAM_WORKERS=2 in the image: two servers on the port, supervised by PID 1."""
-    container = Container("actionstream-test-workers", _free_port(), _free_port())
-    engine.docker(
-        "run", "-d", "--name", container.name, "--network", "host",
-        "-e", "ACTIONSTREAM_HOST=127.0.0.1",
-        "-e", f"ACTIONSTREAM_PORT={container.port}",
-        "-e", f"ACTIONSTREAM_METRICS_PORT={container.metrics_port}",
-        "-e", "ACTIONSTREAM_WORKERS=2",
-        images.service,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while '"SERVING"' not in _grpcurl_health(container.target).stdout:
-            if time.monotonic() > deadline:
-                logs = engine.docker("logs", container.name, check=False)
-                pytest.fail(f"the workers did not serve:\n{logs.stderr}")
-            time.sleep(0.5)
+    name, workers = "actionstream-test-workers", "ACTIONSTREAM_WORKERS=2"
+    with _serving(engine, images.service, name, workers) as container:
         frames = feed[0][:20]
         for _ in range(4):  # four connections: the kernel may give them to either worker
             with grpc.insecure_channel(
@@ -394,8 +390,6 @@ def test_two_worker_processes_serve_behind_one_metrics_port_and_stop_together(
         logs = engine.docker("logs", container.name).stderr
         assert isinstance(state, dict) and state["ExitCode"] == 0, logs
         assert logs.count("shutting down: open streams get") == 2, logs
-    finally:
-        engine.docker("rm", "-f", container.name, check=False)
 
 
 def test_the_train_image_trains_on_mounted_videos_and_the_service_image_serves_it(
