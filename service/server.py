@@ -79,7 +79,9 @@ class Server:
         metrics = Metrics(registry if registry is not None else CollectorRegistry())
         metrics.describe_model(model.metadata)
         meta = model.metadata
-        decoder = FrameDecoder(meta.height, meta.width, cfg.max_frame_bytes, cfg.max_frame_pixels)
+        decoder = FrameDecoder(
+            meta.height, meta.width, cfg.max_frame_bytes, cfg.max_frame_pixels, cfg.jpeg_floor
+        )
         batcher = Batcher(
             model,
             decoder,
@@ -87,6 +89,7 @@ class Server:
             cfg.max_batch,
             cfg.max_batch_wait_ms / 1e3,
             cfg.decode_threads,
+            cfg.inference_nice,
         )
         await asyncio.to_thread(batcher.warm_up)
         batcher.start()

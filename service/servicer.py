@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 
 from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
-from actionstream.service.frames import FrameDecoder, FrameError, RejectReason
+from actionstream.service.frames import FrameError, RejectReason
 from actionstream.service.metrics import Metrics
 from actionstream.service.sources import AsyncVideoSource, SourceError, SourceNotFound
 from actionstream.service.streams import FrameRejected, PendingFrame, Stream, printable
@@ -74,9 +74,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._metrics = metrics
         meta = batcher.model.metadata
         self._meta = meta
-        self._decoder = FrameDecoder(
-            meta.height, meta.width, cfg.max_frame_bytes, cfg.max_frame_pixels
-        )
+        self._decoder = batcher.decoder  # `check` must foresee what the batcher decodes
         self._active = 0  # streams holding a place: they have sent a frame
         self._open: dict[Stream, asyncio.Task[object] | None] = {}  # calls, for the idle sweep
         self._sweeper: asyncio.Task[None] | None = None

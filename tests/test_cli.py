@@ -59,6 +59,8 @@ def test_bad_setting_is_one_line_not_a_traceback() -> None:
         (["serve"], {"ACTIONSTREAM_ALLOW_SOURCES": "maybe"}, "'maybe' is not a valid boolean"),
         (["serve", "--bogus"], {}, "No such option '--bogus'"),
         (["serve"], {"ACTIONSTREAM_WORKERS": "0"}, "workers must be at least 1, got 0"),
+        (["serve", "--jpeg-floor", "0"], {}, "jpeg_floor must be above 0 and at most 1"),
+        (["serve"], {"ACTIONSTREAM_INFERENCE_NICE": "-5"}, "inference_nice must be 0..19"),
         (["train", "--channels", "16,x"], {}, "not a comma-separated list of whole numbers"),
         (["stream"], {}, "actionstream stream: Missing option '--source'"),
         (["fly"], {}, "No such command 'fly'"),

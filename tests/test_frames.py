@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from helpers import jpeg, png, render
 
-from actionstream.service.frames import FrameDecoder, FrameError
+from actionstream.service.frames import JPEG_FLOOR, FrameDecoder, FrameError
+from actionstream.training.synth import SynthConfig, render_stream
 from actionstream.v1 import actionstream_pb2 as pb
 
 DECODER = FrameDecoder(height=64, width=64, max_bytes=1_000_000, max_pixels=1920 * 1080)
@@ -32,17 +33,61 @@ def test_png_and_jpeg_at_model_size_decode_exactly_as_opencv() -> None:
 
 def test_large_jpeg_is_resized_to_the_model_by_averaging() -> None:
     data = jpeg(_smooth_image(480, 640))
-    out = DECODER.decode_image(data)
+    sharp = FrameDecoder(64, 64, 1_000_000, 1920 * 1080, jpeg_floor=1.0)
+    out = sharp.decode_image(data)
     assert out.shape == (64, 64, 3) and out.dtype == np.uint8
-    # The reduced-scale JPEG decode (1/4 here) must be close to a full decode + area
-    # resize (2.3 grey levels on average on this detailed image, 0.3 on camera-like
-    # frames)...
+    # A reduced-scale decode that never enlarges (1/4 here) must be close to a full
+    # decode + area resize (2.3 grey levels on average on this detailed image)...
     decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     area = cv2.resize(decoded, (64, 64), interpolation=cv2.INTER_AREA)
     assert np.abs(out.astype(int) - area).mean() < 3.0
     # ...far closer than bilinear or point sampling (10 and 36 grey levels).
     linear = cv2.resize(decoded, (64, 64), interpolation=cv2.INTER_LINEAR)
     assert np.abs(linear.astype(int) - area).mean() > 6.0
+
+
+def _camera_frame(height: int, width: int) -> np.ndarray:
+    """A synthetic scene with a camera's sensor noise, as bench/load.py sends."""
+    video, _ = render_stream(1, seed=3, cfg=SynthConfig(size=width))
+    top = (width - height) // 2
+    noise = np.random.default_rng(0).normal(0, 5.6, (height, width, 3))
+    return np.clip(video[0, top : top + height] + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("floor", "size", "decoded"),
+    [
+        (JPEG_FLOOR, (640, 480), (80, 60)),  # 60 rows cover 7/8 of the model's 64
+        (1.0, (640, 480), (160, 120)),
+        (JPEG_FLOOR, (1920, 1080), (240, 135)),
+        (JPEG_FLOOR, (320, 240), (80, 60)),
+        (JPEG_FLOOR, (100, 80), (100, 80)),  # no reduced scale leaves enough
+    ],
+)
+def test_jpeg_decode_scale_follows_the_floor(
+    floor: float, size: tuple[int, int], decoded: tuple[int, int]
+) -> None:
+    decoder = FrameDecoder(64, 64, 1_000_000, 1920 * 1080, jpeg_floor=floor)
+    width, height = size
+    data = jpeg(_smooth_image(height, width))
+    checked = decoder.check(pb.Frame(encoded=data))
+    assert (checked.width, checked.height) == decoded
+    flag = checked.flag
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), flag).shape[:2] == decoded[::-1]
+    assert decoder.decode_image(data).shape == (64, 64, 3)
+
+
+def test_a_camera_frame_decoded_at_one_eighth_is_close_to_a_full_decode() -> None:
+    data = jpeg(_camera_frame(480, 640))
+    assert DECODER.check(pb.Frame(encoded=data)).width == 80  # the default floor: 1/8
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    area = cv2.resize(decoded, (64, 64), interpolation=cv2.INTER_AREA)
+    # 0.7 grey levels on average over bench/load.py's frames; bilinear from the full
+    # frame is several times further off.
+    difference = np.abs(DECODER.decode_image(data).astype(int) - area).mean()
+    assert difference < 1.5
+    linear = cv2.resize(decoded, (64, 64), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(linear.astype(int) - area).mean() > 2 * difference
 
 
 def test_small_frames_are_enlarged() -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -84,6 +87,31 @@ def test_an_overloaded_stream_drops_its_oldest_frames_and_says_so(
     assert m["actionstream_frames_dropped_total{reason=overload}"] == 18
     assert m["actionstream_frames_received_total"] == 20
     assert m["actionstream_frames_processed_total"] == 2
+
+
+def _nice(thread: threading.Thread) -> int:
+    stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+@pytest.mark.parametrize("nice", [7, 0])
+def test_decoding_and_inference_yield_the_cores_to_reading_and_answering(
+    start_server: StartServer, nice: int
+) -> None:
+    server = start_server(inference_nice=nice, decode_threads=2, max_batch_wait_ms=50)
+    stub = _stub(server)
+    # Two streams at once, so the batch has frames for the second decode thread too.
+    clips = [[frame_request(jpeg(f)) for f in render(6, seed=40 + i)] for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        counts = list(pool.map(lambda clip: len(list(stub.StreamFrames(iter(clip)))), clips))
+    assert counts == [6, 6]
+    threads = {t.name: t for t in threading.enumerate()}
+    inference = [t for name, t in threads.items() if name.startswith(("batch", "decode-"))]
+    assert any(name.startswith("batch") for name in threads), sorted(threads)
+    assert {_nice(t) for t in inference} == {nice}
+    # The event loop (gRPC reading and writing) keeps the process's own priority.
+    assert _nice(threads["actionstream-server"]) == 0
 
 
 def test_frames_are_resampled_to_the_model_rate_by_capture_time(
