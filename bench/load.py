@@ -285,13 +285,26 @@ class BareStages:
         return float(np.interp(batch, sizes, [self.step_ms[b] for b in sizes]))
 
 
-def time_bare_stages(jpegs: list[bytes]) -> BareStages:
+def _jpeg_floor(server_args: list[str]) -> float:
+    """The server's --jpeg-floor, so the bare decode works at the scale the server does."""
+    from actionstream.service.frames import JPEG_FLOOR
+
+    floor = JPEG_FLOOR
+    for i, arg in enumerate(server_args):
+        if arg == "--jpeg-floor" and i + 1 < len(server_args):
+            floor = float(server_args[i + 1])
+        elif arg.startswith("--jpeg-floor="):
+            floor = float(arg.split("=", 1)[1])
+    return floor
+
+
+def time_bare_stages(jpegs: list[bytes], jpeg_floor: float) -> BareStages:
     from actionstream.service.frames import FrameDecoder
     from actionstream.service.model import OnnxStepModel
 
     model = OnnxStepModel.load(threads=1)
     meta = model.metadata
-    decoder = FrameDecoder(meta.height, meta.width, 8 << 20, 4096 * 4096)
+    decoder = FrameDecoder(meta.height, meta.width, 8 << 20, 4096 * 4096, jpeg_floor)
     decode = statistics.median(
         _median_s(functools.partial(decoder.decode_image, data), 20) for data in jpegs
     )
@@ -375,7 +388,7 @@ def measure(
     echo_ms = echo_cpu / max(1, int(echo_run["answered"])) * 1e3  # type: ignore[call-overload]
     # Timed right after the level, not once for the run: this machine's speed drifts
     # by tens of percent over minutes, and the ratio must compare like with like.
-    bare = time_bare_stages(jpegs)
+    bare = time_bare_stages(jpegs, _jpeg_floor(server_args))
 
     sent, unsent = int(run["sent"]), int(run["unsent"])  # type: ignore[call-overload]
     answered, skipped = int(run["answered"]), int(run["skipped"])  # type: ignore[call-overload]
