@@ -84,7 +84,7 @@ class ServeConfig:
         0.875,
         help="a JPEG larger than the model is decoded by libjpeg at 1/2, 1/4 or 1/8 scale, the "
         "smallest that leaves this share of the model's input size, then resized: 0.875 "
-        "decodes a 640x480 frame for a 64x64 model at 1/8 (a third less CPU than 1/4, the "
+        "decodes a 640x480 frame for a 64x64 model at 1/8 (28% less CPU than 1/4, the "
         "image a little softer); 1.0 never enlarges after a reduced decode",
         group="Real time",
     )
