@@ -168,13 +168,19 @@ def serve_here(cfg: ServeConfig) -> int:
         return 1
 
 
-def run_worker(cfg: ServeConfig) -> int:
-    """One of `serve --workers`' processes: a server on the port the others share."""
+def run_worker(cfg: ServeConfig, error_file: Path) -> int:
+    """One of `serve --workers`' processes: a server on the port the others share.
+
+    Why it could not start goes to `error_file`, for the supervisor to report
+    once for all workers (they would all fail alike)."""
     logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
     try:
         return _run_server(cfg, shared_port=True)
     except (ModelError, ServeError) as e:
-        print(f"actionstream serve worker {os.getpid()}: {e}", file=sys.stderr)
+        try:
+            error_file.write_text(str(e))
+        except OSError:
+            print(f"actionstream serve worker {os.getpid()}: {e}", file=sys.stderr)
         return 1
 
 

@@ -94,7 +94,7 @@ def _supervise(
     share = -(-cfg.max_streams // cfg.workers)
     context = multiprocessing.get_context("spawn")
     workers: list[BaseProcess] = []
-    code = 0
+    ready = None
     try:
         for i in range(cfg.workers):
             worker_cfg = replace(
@@ -106,7 +106,9 @@ def _supervise(
                 ready_file=str(tmp / f"worker-{i}.json"),
             )
             worker = context.Process(
-                target=_worker_main, args=(worker_cfg,), name=f"actionstream-worker-{i}"
+                target=_worker_main,
+                args=(worker_cfg, tmp / f"worker-{i}.error"),
+                name=f"actionstream-worker-{i}",
             )
             worker.start()
             workers.append(worker)
@@ -137,22 +139,22 @@ def _supervise(
             f"{cfg.workers} worker processes, {metrics}",
             flush=True,
         )
-        code = _watch(workers, stop)
-        return code
+        return _watch(workers, stop)
     finally:
         _stop_all(workers, cfg.grace_seconds + STOP_MARGIN_S, metrics_dir)
         if metrics_server is not None:
             metrics_server.close()
         if cfg.ready_file:
             Path(cfg.ready_file).unlink(missing_ok=True)
-        logger.info("stopped")
+        if ready is not None:  # a server that never started says why, and only that
+            logger.info("stopped")
 
 
-def _worker_main(cfg: ServeConfig) -> None:
+def _worker_main(cfg: ServeConfig, error_file: Path) -> None:
     from actionstream.service.server import run_worker  # in the worker: its first heavy import
 
     # A process target's return value is lost: the exit code must be raised.
-    sys.exit(run_worker(cfg))
+    sys.exit(run_worker(cfg, error_file))
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
@@ -175,12 +177,16 @@ def _reserve_port(host: str, port: int) -> socket.socket:
 
 def _wait_ready(workers: list[BaseProcess], tmp: Path, stop: threading.Event) -> str | None:
     """The served model's version once every worker is serving; None if one died
-    first, or a stop came, or they took too long."""
+    first, or a stop came, or they took too long. Raises ServeError with the
+    reason a worker gave for not starting (a model it cannot load, say)."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     files = [tmp / f"worker-{i}.json" for i in range(len(workers))]
     while not all(f.exists() for f in files):
-        for worker in workers:
+        for i, worker in enumerate(workers):
             if worker.exitcode is not None:
+                reason = tmp / f"worker-{i}.error"
+                if reason.exists():
+                    raise ServeError(reason.read_text())
                 logger.error(
                     "%s exited with %s while starting; stopping the others",
                     worker.name,
