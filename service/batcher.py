@@ -57,8 +57,14 @@ _Result = pb.Prediction | FrameError
 def _lower_priority(nice: int) -> None:
     """Makes the calling thread `nice` steps less favoured by the scheduler (Linux, where a
     thread is a task of its own; elsewhere setpriority would reach the whole process)."""
-    if nice and sys.platform == "linux":
+    if not nice or sys.platform != "linux":
+        return
+    try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as e:
+        # A sandbox that forbids it costs the priority, never the thread: an initializer
+        # that raises would leave its pool broken and every batch failing.
+        logger.warning("could not lower the priority of a decode thread (%s); serving on", e)
 
 
 class Batcher:

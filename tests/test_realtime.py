@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -112,6 +113,20 @@ def test_decoding_and_inference_yield_the_cores_to_reading_and_answering(
     assert {_nice(t) for t in inference} == {nice}
     # The event loop (gRPC reading and writing) keeps the process's own priority.
     assert _nice(threads["actionstream-server"]) == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+def test_a_sandbox_that_forbids_niceness_costs_the_priority_not_the_service(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def forbidden(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", forbidden)
+    server = start_server(inference_nice=5)
+    clip = [frame_request(jpeg(f)) for f in render(4, seed=42)]
+    assert len(list(_stub(server).StreamFrames(iter(clip)))) == 4
+    assert "could not lower the priority of a decode thread" in caplog.text
 
 
 def test_frames_are_resampled_to_the_model_rate_by_capture_time(
