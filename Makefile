@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint protos model bench serve clean prometheus-tools docker-tools
+.PHONY: demo test lint protos model bench load serve clean prometheus-tools docker-tools swarm-tools
 
 # The service alone (no torch): all that serving and the demo need.
 $(VENV)/.service: pyproject.toml
@@ -24,7 +24,7 @@ $(VENV)/.dev: $(VENV)/.service
 demo: $(VENV)/.service
 	$(BIN)/actionstream demo
 
-test: $(VENV)/.dev prometheus-tools docker-tools
+test: $(VENV)/.dev prometheus-tools docker-tools swarm-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest
@@ -47,6 +47,18 @@ docker-tools:
 	     --no-install-recommends docker.io debootstrap >/dev/null; } \
 	  || echo "docker.io and debootstrap not installed: the image tests will be skipped"
 
+# g++ and gRPC's C++ files, for bench/load.py's C++ camera swarm (bench/cameras) and
+# its test. Installed when we are root with apt (as in CI); elsewhere its test skips
+# and the bench falls back to Python cameras.
+swarm-tools:
+	@{ command -v g++ && command -v pkg-config && command -v grpc_cpp_plugin \
+	   && pkg-config --exists grpc++ protobuf; } >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     --no-install-recommends g++ make pkg-config libgrpc++-dev libprotobuf-dev \
+	     protobuf-compiler-grpc >/dev/null; } \
+	  || echo "gRPC's C++ files not installed: the C++ camera swarm's test will be skipped"
+
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -66,6 +78,11 @@ model: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) bench/step_latency.py
 	$(PY) bench/serve_throughput.py
+
+# Live cameras against the server, one process then two (minutes; a quiet machine).
+load: $(VENV)/.dev swarm-tools
+	$(PY) bench/load.py
+	$(PY) bench/load.py --plot docs/load.png --server-arg=--workers --server-arg=2
 
 serve: $(VENV)/.service
 	$(BIN)/actionstream serve

@@ -6,7 +6,11 @@
 640×480 JPEG frames (about 67 KB, like a real camera's) at 10 fps from
 another process, on a fixed clock whatever the server answers: a camera does
 not wait for predictions, so an overloaded server shows up as drops or as
-latency, never as a politely slower client. For each N it prints
+latency, never as a politely slower client. The cameras are the C++ swarm in
+bench/cameras where it builds (g++ and gRPC's C++ files; `make swarm-tools`),
+else Python's grpc.aio (`--swarm` chooses): on a machine the server shares,
+the C++ ones leave it about a sixth of a core more at 100 cameras. For each N
+it prints
 
 - frames sent, answered, skipped by the server (reported in the Prediction)
   and never answered by the end of the run,
@@ -32,6 +36,7 @@ import asyncio
 import functools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -187,7 +192,7 @@ async def _generate(target: str, cameras: int, fps: float, seconds: float) -> di
 
 
 def run_cameras(target: str, cameras: int, fps: float, seconds: float) -> dict[str, object]:
-    """Runs the cameras in a child process (its own GIL and CPU account); returns its log."""
+    """Runs the Python cameras in a child process (its own GIL and CPU account); returns its log."""
     done = subprocess.run(
         [
             sys.executable,
@@ -205,10 +210,64 @@ def run_cameras(target: str, cameras: int, fps: float, seconds: float) -> dict[s
         text=True,
         check=True,
     )
-    result: dict[str, object] = json.loads(done.stdout)
+    return _checked(json.loads(done.stdout), cameras)
+
+
+def _checked(result: dict[str, object], cameras: int) -> dict[str, object]:
     if result["refused"]:
         raise SystemExit(f"the server refused {result['refused']} of {cameras} cameras")
     return result
+
+
+# --- the same cameras in C++ (bench/cameras) ------------------------------------------------
+
+SWARM_DIR = Path(__file__).resolve().parent / "cameras"
+
+
+class SwarmUnavailable(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class CppSwarm:
+    """bench/cameras/cameras.cc: the cameras above at about half their CPU.
+
+    On a 2-core machine the cameras' CPU is taken from the server under test
+    (the Python ones use about a third of a core at 100 cameras, the C++ ones
+    a sixth); real cameras are other machines.
+    """
+
+    binary: Path
+    frames: list[Path]  # the clip, as JPEG files
+
+    @classmethod
+    def build(cls, jpegs: list[bytes], clip_dir: Path) -> CppSwarm:
+        """Builds the swarm (g++, pkg-config and gRPC's C++ files needed) and writes the clip."""
+        tools = ("g++", "pkg-config", "protoc", "grpc_cpp_plugin")
+        missing = [tool for tool in tools if not shutil.which(tool)]
+        if missing:
+            raise SwarmUnavailable(f"{', '.join(missing)} not found")
+        done = subprocess.run(
+            ["make", "-s", "-C", str(SWARM_DIR)], capture_output=True, text=True, check=False
+        )
+        if done.returncode:
+            raise SwarmUnavailable(f"make -C {SWARM_DIR} failed: {done.stderr.strip()[-500:]}")
+        frames = []
+        for i, jpeg in enumerate(jpegs):
+            path = clip_dir / f"{i:03d}.jpg"
+            path.write_bytes(jpeg)
+            frames.append(path)
+        return cls(SWARM_DIR.parents[1] / "build" / "cameras" / "cameras", frames)
+
+    def run(self, target: str, cameras: int, fps: float, seconds: float) -> dict[str, object]:
+        argv = [str(self.binary), target, str(cameras), str(fps), str(seconds)]
+        done = subprocess.run(
+            [*argv, *map(str, self.frames)], stdout=subprocess.PIPE, text=True, check=True
+        )
+        return _checked(json.loads(done.stdout), cameras)
+
+
+Cameras = Callable[[str, int, float, float], dict[str, object]]
 
 
 # --- the bare gRPC echo (run in its own process) ------------------------------------------
@@ -364,12 +423,17 @@ def _percentiles(latencies: list[list[float]], seconds: float) -> tuple[float, .
 
 
 def measure(
-    cameras: int, fps: float, seconds: float, jpegs: list[bytes], server_args: list[str]
+    cameras: int,
+    fps: float,
+    seconds: float,
+    jpegs: list[bytes],
+    server_args: list[str],
+    swarm: Cameras = run_cameras,
 ) -> Level:
     with tempfile.TemporaryFile("w+") as log, ServeProcess(log, args=server_args) as server:
         assert server.metrics_port is not None
         before, cpu0 = scrape(server.metrics_port), cpu_seconds(server.pid)
-        run = run_cameras(server.target, cameras, fps, seconds)
+        run = swarm(server.target, cameras, fps, seconds)
         cpu = cpu_seconds(server.pid) - cpu0
         after = scrape(server.metrics_port)
     processed = after["actionstream_frames_processed_total"] - before.get(
@@ -381,7 +445,7 @@ def measure(
     echo = EchoProcess()
     try:
         echo_cpu0 = cpu_seconds(echo.pid)
-        echo_run = run_cameras(echo.target, cameras, fps, min(seconds, 5.0))
+        echo_run = swarm(echo.target, cameras, fps, min(seconds, 5.0))
         echo_cpu = cpu_seconds(echo.pid) - echo_cpu0
     finally:
         echo.stop()
@@ -454,6 +518,13 @@ def main() -> None:
         default=["--max-streams", "1000"],
         help="extra `serve` argument (repeatable; the default lifts max_streams above N)",
     )
+    parser.add_argument(
+        "--swarm",
+        choices=("auto", "cpp", "python"),
+        default="auto",
+        help="the cameras: bench/cameras (C++, built on first use; needs g++ and gRPC's C++ "
+        "files), Python's grpc.aio, or auto: C++ where it builds",
+    )
     parser.add_argument("--generate", help=argparse.SUPPRESS)  # TARGET: be the cameras
     parser.add_argument("--serve-echo", type=Path, help=argparse.SUPPRESS)  # PORT_FILE
     args = parser.parse_args()
@@ -469,6 +540,30 @@ def main() -> None:
     jpegs = render_frames()
     size_kb = statistics.mean(len(j) for j in jpegs) / 1e3
     print(f"{WIDTH}x{HEIGHT} JPEG frames, {size_kb:.0f} KB on average, {args.fps:g} fps a camera")
+    with tempfile.TemporaryDirectory() as clip_dir:
+        levels = run_levels(args, jpegs, _choose_cameras(args.swarm, jpegs, Path(clip_dir)))
+    held = [lv.cameras for lv in levels if lv.held]
+    print(f"largest N held with no drops: {max(held) if held else 'none'}")
+    if args.plot and plot(levels, args.plot):
+        print(f"plot: {args.plot}")
+
+
+def _choose_cameras(swarm: str, jpegs: list[bytes], clip_dir: Path) -> Cameras:
+    if swarm == "python":
+        print("cameras: Python (grpc.aio)")
+        return run_cameras
+    try:
+        cameras = CppSwarm.build(jpegs, clip_dir).run
+    except SwarmUnavailable as e:
+        if swarm == "cpp":
+            raise SystemExit(f"the C++ camera swarm is unavailable: {e}") from None
+        print(f"cameras: Python (the C++ swarm is unavailable: {e})")
+        return run_cameras
+    print("cameras: the C++ swarm (bench/cameras)")
+    return cameras
+
+
+def run_levels(args: argparse.Namespace, jpegs: list[bytes], cameras: Cameras) -> list[Level]:
     print("bare = decode + resize, a step at the server's mean batch, a bare gRPC echo")
     print(
         f"{'N':>4} {'sent':>6} {'answered':>8} {'skipped':>7} {'dropped':>7} {'p50 ms':>7} "
@@ -477,7 +572,7 @@ def main() -> None:
     )
     levels = []
     for n in (int(s) for s in args.cameras.split(",")):
-        lv = measure(n, args.fps, args.seconds, jpegs, args.server_arg)
+        lv = measure(n, args.fps, args.seconds, jpegs, args.server_arg, cameras)
         levels.append(lv)
         print(
             f"{n:>4} {lv.scheduled:>6} {lv.answered:>8} {lv.skipped:>7} {lv.dropped:>7} "
@@ -488,10 +583,7 @@ def main() -> None:
             f"{lv.bare_ms:>7.3f} {lv.ratio:>5.2f}x {lv.generator_cpu:>9.2f}",
             flush=True,
         )
-    held = [lv.cameras for lv in levels if lv.held]
-    print(f"largest N held with no drops: {max(held) if held else 'none'}")
-    if args.plot and plot(levels, args.plot):
-        print(f"plot: {args.plot}")
+    return levels
 
 
 if __name__ == "__main__":
