@@ -15,8 +15,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <exception>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -155,9 +157,21 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string target = argv[1];
-  const int cameras = std::stoi(argv[2]);
-  const double fps = std::stod(argv[3]);
-  const double seconds = std::stod(argv[4]);
+  int cameras = 0;
+  double fps = 0, seconds = 0;
+  try {
+    cameras = std::stoi(argv[2]);
+    fps = std::stod(argv[3]);
+    seconds = std::stod(argv[4]);
+  } catch (const std::exception&) {
+    cameras = 0;
+  }
+  auto positive = [](double x) { return x > 0 && std::isfinite(x); };
+  if (cameras <= 0 || !positive(fps) || !positive(seconds)) {
+    std::fprintf(stderr, "cameras: CAMERAS, FPS and SECONDS must be positive, got %s %s %s\n",
+                 argv[2], argv[3], argv[4]);
+    return 2;
+  }
   std::vector<std::string> jpegs;
   for (int i = 5; i < argc; ++i) jpegs.push_back(ReadFile(argv[i]));
 
