@@ -1,6 +1,7 @@
 """Live cameras against the real server: open loop, rising N, where it stops keeping up.
 
     python bench/load.py [--cameras 20,40,60,80,100,150,200] [--seconds 10] [--plot load.png]
+                         [--repeat N] [--swarm auto|cpp|python] [--server-arg=ARG ...]
 
 `actionstream serve` runs in a process of its own and N cameras push
 640×480 JPEG frames (about 67 KB, like a real camera's) at 10 fps from
@@ -25,8 +26,9 @@ it prints
   only answers each frame, driven by the same cameras, its CPU read the same
   way),
 
-and finally the largest N held with nothing dropped. With matplotlib
-installed, `--plot` writes latency against N as a PNG.
+and finally the largest N held with nothing dropped. Near the limit one run
+says little: `--repeat N` runs each level N times and counts the runs held.
+With matplotlib installed, `--plot` writes latency against N as a PNG.
 """
 
 from __future__ import annotations
