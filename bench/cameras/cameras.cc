@@ -54,7 +54,8 @@ double CpuSeconds() {
 // One camera: one channel, one StreamFrames call. gRPC runs the callbacks on its own
 // threads; the scheduler thread starts writes. At most one write is in flight, so a frame
 // that falls due while the previous one is still being written is not sent, as a camera
-// with no queue would lose it.
+// with no queue would lose it. A hold keeps the call from finishing (OnDone) while the
+// scheduler may still start a write on it, even if the server ends the call early.
 class Camera : public grpc::ClientBidiReactor<pb::FrameRequest, pb::Prediction> {
  public:
   Camera(int index, const std::string& target, double t0) : t0_(t0) {
@@ -68,12 +69,13 @@ class Camera : public grpc::ClientBidiReactor<pb::FrameRequest, pb::Prediction> 
     writing_ = true;
     StartWrite(&request_);
     StartRead(&prediction_);
+    AddHold();  // released by Cancel(), once the scheduler is done with this camera
     StartCall();
   }
 
   // From the scheduler thread: sends the frame due at `due`, or counts it as lost.
   void Send(const std::string& jpeg, uint64_t sequence, double due) {
-    if (done_ || writing_.exchange(true)) {
+    if (writing_.exchange(true)) {
       ++unsent;
       return;
     }
@@ -86,7 +88,10 @@ class Camera : public grpc::ClientBidiReactor<pb::FrameRequest, pb::Prediction> 
     StartWrite(&request_);
   }
 
-  void Cancel() { context_.TryCancel(); }
+  void Cancel() {
+    context_.TryCancel();
+    RemoveHold();
+  }
 
   void WaitDone() {
     std::unique_lock<std::mutex> lock(mu_);
@@ -98,7 +103,9 @@ class Camera : public grpc::ClientBidiReactor<pb::FrameRequest, pb::Prediction> 
       if (sent_options_) ++sent;
       sent_options_ = true;
       writing_ = false;
-    }  // not ok: the call is over; writing_ stays set so nothing more is written
+    } else if (sent_options_) {
+      ++unsent;  // the call is over; writing_ stays set, so the rest count as unsent too
+    }
   }
 
   void OnReadDone(bool ok) override {
@@ -119,7 +126,7 @@ class Camera : public grpc::ClientBidiReactor<pb::FrameRequest, pb::Prediction> 
 
   // Read by the main thread once the call is done.
   int sent = 0;
-  int unsent = 0;
+  std::atomic<int> unsent{0};  // counted by the scheduler and by OnWriteDone
   int answered = 0;
   int skipped = 0;
   double late_send_ms = 0;
