@@ -51,7 +51,9 @@ from actionstream.v1 import actionstream_pb2 as pb
 HEAVY_SHARE = 0.25
 logger = logging.getLogger(__name__)
 
-_Result = pb.Prediction | FrameError
+# A frame's outcome: its prediction, the client's mistake (FrameError), or a fault of the
+# server's own with that one stream (any other exception), which ends only that stream.
+_Result = pb.Prediction | FrameError | Exception
 
 
 def _lower_priority(nice: int) -> None:
@@ -163,7 +165,7 @@ class Batcher:
             try:
                 results = await loop.run_in_executor(self._executor, self._run, batch)
             except Exception as e:
-                # A fault of the server's own: these streams end (UNKNOWN), the others go on.
+                # A fault of the server's own: these streams end (INTERNAL), the others go on.
                 logger.exception("batch of %d failed", len(batch))
                 for stream, _ in batch:
                     stream.in_flight = False
@@ -222,7 +224,10 @@ class Batcher:
             for j, (i, stream) in enumerate(zip(rows, streams, strict=True)):
                 # Copies, not views: a view would keep the whole batch's arrays alive.
                 stream.state = {key: value[j : j + 1].copy() for key, value in new_state.items()}
-                results[i] = stream.prediction(probs[j], batch[i][1])
+                try:
+                    results[i] = stream.prediction(probs[j], batch[i][1])
+                except Exception as e:
+                    results[i] = e  # this stream ends; the others in the batch are answered
         return results  # type: ignore[return-value]
 
     def _deliver(self, batch: list[tuple[Stream, PendingFrame]], results: list[_Result]) -> None:
@@ -235,6 +240,9 @@ class Batcher:
             if isinstance(result, FrameError):
                 metrics.frames_rejected.labels(result.reason).inc()
                 stream.fail(FrameRejected(pending.sequence, result))
+                continue
+            if isinstance(result, Exception):
+                stream.fail(result)  # its handler logs it and ends the call with INTERNAL
                 continue
             result.latency_seconds = now - pending.received
             metrics.frame_latency.observe(result.latency_seconds)

@@ -128,10 +128,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             reason = self._cancelled(stream)
             raise
         except Exception:
-            # A fault of the server's own: grpc answers UNKNOWN; the traceback is for us.
-            logger.exception("StreamFrames failed", extra=_about(stream))
-            self._count_error("StreamFrames", grpc.StatusCode.UNKNOWN)
-            raise
+            self._internal_error("StreamFrames", stream, context)
         finally:
             reader.cancel()
             self._close(stream, reason)
@@ -161,7 +158,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             )
             return
         except Exception as e:
-            # A fault of the server's own: the handler raises it (UNKNOWN, logged there).
+            # A fault of the server's own: the handler raises it (INTERNAL, logged there).
             stream.fail(e)
             return
         stream.input_done = True
@@ -248,6 +245,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             reason = "cancelled"
             self._count_error("WatchSource", grpc.StatusCode.CANCELLED)
             raise
+        except Exception:
+            self._internal_error("WatchSource", stream, context)
         finally:
             self._close(stream, reason)
 
@@ -374,6 +373,18 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                             "idle",
                         )
                     )
+
+    def _internal_error(
+        self, method: str, stream: Stream, context: grpc.aio.ServicerContext
+    ) -> None:
+        """Ends a call that a fault of the server's own broke: the traceback goes to the log,
+        the client gets INTERNAL and the stream's id to quote, never the exception's text."""
+        logger.exception("%s failed", method, extra=_about(stream))
+        self._count_error(method, grpc.StatusCode.INTERNAL)
+        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_details(
+            f"internal server error; the server's log has it under stream id {stream.id}"
+        )
 
     def _count_error(self, method: str, code: grpc.StatusCode) -> None:
         self._metrics.rpc_errors.labels(method=method, code=code.name).inc()

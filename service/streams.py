@@ -29,6 +29,9 @@ from actionstream.v1 import actionstream_pb2 as pb
 
 # Logs carry client-chosen names; this many characters of one is plenty to tell streams apart.
 NAME_LIMIT = 64
+# Sequence numbers are uint64 on the wire; the server's own count wraps from here to 1 (0 is
+# "unset"), so a client that sends the largest number and then a 0 cannot overflow the field.
+SEQUENCE_MAX = 2**64 - 1
 _ids = itertools.count(1)
 
 
@@ -193,7 +196,7 @@ class Stream:
     def number(self, client_sequence: int) -> int:
         """The frame's sequence number: the client's, or one more than the previous frame's."""
         self.frames += 1
-        self.last_sequence = client_sequence or self.last_sequence + 1
+        self.last_sequence = client_sequence or self.last_sequence % SEQUENCE_MAX + 1
         return self.last_sequence
 
     def resampled_away(self) -> None:

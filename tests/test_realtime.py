@@ -19,7 +19,7 @@ from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
 
 from actionstream.service.metrics import scrape as scrape_metrics
 from actionstream.service.model import OnnxStepModel
-from actionstream.service.streams import ActionTracker, Resampler
+from actionstream.service.streams import ActionTracker, PendingFrame, Resampler, Stream
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -160,13 +160,71 @@ def test_resampler_handles_jitter_reordering_and_clock_resets() -> None:
     assert r.take(t0 + 60_000_000)
 
 
-def test_a_client_mixing_its_own_sequence_numbers_with_zeros_never_collides(
+def test_frames_without_a_sequence_number_continue_from_the_frame_before(
     stub: pb_grpc.ActionRecognitionStub,
 ) -> None:
     frames = [png(f) for f in render(6, seed=32)]
     numbers = [100, 0, 0, 200, 0, 7]
     requests = [frame_request(f, sequence=n) for f, n in zip(frames, numbers, strict=True)]
     assert [p.sequence for p in stub.StreamFrames(iter(requests))] == [100, 101, 102, 200, 201, 7]
+
+
+def test_the_servers_numbers_wrap_to_one_after_the_largest_uint64(
+    stub: pb_grpc.ActionRecognitionStub,
+) -> None:
+    # 2^64 does not fit the field: numbering on from the largest value once ended the stream
+    # with a server error, and every other stream that shared its batch.
+    frames = [png(f) for f in render(3, seed=34)]
+    numbers = [2**64 - 1, 0, 0]
+    requests = [frame_request(f, sequence=n) for f, n in zip(frames, numbers, strict=True)]
+    assert [p.sequence for p in stub.StreamFrames(iter(requests))] == [2**64 - 1, 1, 2]
+
+
+def test_a_server_fault_with_one_stream_ends_that_stream_alone(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fault of our own, injected where the batch's per-stream work happens, for one stream.
+    answer = Stream.prediction
+
+    def faulty(self: Stream, probs: np.ndarray, pending: PendingFrame) -> pb.Prediction:
+        if self.name == "doomed" and pending.sequence == 3:
+            raise RuntimeError("injected fault")
+        return answer(self, probs, pending)
+
+    monkeypatch.setattr(Stream, "prediction", faulty)
+    # A long batch wait makes the four streams' frames meet in one batch each step.
+    server = start_server(max_batch=4, max_batch_wait_ms=40, metrics_port=0)
+    stub = _stub(server)
+    names = ["doomed", "a", "b", "c"]
+    clips = [[jpeg(f) for f in render(6, seed=40 + i)] for i in range(len(names))]
+    answered: dict[str, list[int]] = {}
+    errors: dict[str, grpc.RpcError] = {}
+
+    def run(name: str, clip: list[bytes]) -> None:
+        live = LiveStream(stub, pb.StreamOptions(stream_name=name))
+        answered[name] = []
+        try:
+            for data in clip:
+                answered[name].append(live.send(frame_request(data)).sequence)
+            live.close()
+        except grpc.RpcError as e:
+            errors[name] = e
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(run, names, clips))
+
+    assert answered == {"doomed": [1, 2], "a": [1, 2, 3, 4, 5, 6], "b": [1, 2, 3, 4, 5, 6],
+                        "c": [1, 2, 3, 4, 5, 6]}  # fmt: skip
+    assert list(errors) == ["doomed"]
+    error = errors["doomed"]
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert "internal server error" in error.details()
+    assert "RuntimeError" not in error.details() and "injected" not in error.details()
+    assert "injected fault" in caplog.text  # the traceback is the operator's
+    metrics = scrape(server)
+    assert metrics["actionstream_rpc_errors_total{code=INTERNAL,method=StreamFrames}"] == 1
+    # The streams did share batches, so the fault met the others' frames in its batch.
+    assert metrics["actionstream_batch_size_sum"] > metrics["actionstream_batch_size_count"]
 
 
 def test_action_events_follow_the_smoothed_action(
