@@ -35,6 +35,15 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=True, default=str)
 
 
+def announce(message: str, fmt: str) -> None:
+    """The line that says the server is up: on stdout for a person reading a terminal, or
+    as a log line when the logs are JSON, so that a log pipeline sees only JSON."""
+    if fmt == "json":
+        logging.getLogger("actionstream").info("%s", message)
+    else:
+        print(message, flush=True)
+
+
 def configure(level: str, fmt: LogFormat) -> None:
     """Sends the root logger's lines to stderr at `level`, as text or JSON."""
     handler = logging.StreamHandler()

@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+import cv2
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
@@ -189,6 +190,10 @@ def _run_server(cfg: ServeConfig, shared_port: bool) -> int:
     # loop holds it for gRPC; at Python's default 5 ms switch interval each of those
     # waits could cost a batch 5 ms, so a batch of 30 frames took longer than its work.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    # OpenCV warns about some corrupt images (a truncated PNG) on stderr, in a format of its
+    # own that breaks JSON logs; the client is told why its frame was refused and the
+    # rejected-frames metric counts it, so its warnings add nothing. Its errors still show.
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     return asyncio.run(_serve(cfg, shared_port))
 
 
@@ -214,10 +219,10 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
             await server.stop(0)
             raise ServeError(f"cannot write the ready file {ready_file}: {e.strerror}") from None
     if not shared_port:  # the workers' supervisor announces them, once
-        print(
+        logs.announce(
             f"actionstream serving {server.model.metadata.version} on "
             f"{address(cfg.host, server.port)}, {metrics}",
-            flush=True,
+            cfg.log_format,
         )
     logger.info("model %s, onnxruntime providers %s", server.model.path, server.model.providers)
 

@@ -41,6 +41,7 @@ from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from actionstream.service import logs
 from actionstream.service.config import ServeConfig
 from actionstream.service.launch import ServeError, address, write_ready_file
 
@@ -134,10 +135,10 @@ def _supervise(
             if metrics_port is None
             else f"metrics on http://{address(cfg.metrics_address, metrics_port)}/metrics"
         )
-        print(
+        logs.announce(
             f"actionstream serving {ready} on {address(cfg.host, port)} from "
             f"{cfg.workers} worker processes, {metrics}",
-            flush=True,
+            cfg.log_format,
         )
         return _watch(workers, stop)
     finally:

@@ -70,6 +70,30 @@ def test_serve_process_with_grpcurl(log: IO[str]) -> None:
         assert _terminate(server, signal.SIGTERM) == 0
 
 
+def test_json_logs_stay_json_lines_when_frames_are_corrupt(log: IO[str]) -> None:
+    import cv2
+    import numpy as np
+
+    from actionstream.v1 import actionstream_pb2 as pb
+    from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
+
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
+    png = cv2.imencode(".png", image)[1].tobytes()
+    truncated = pb.FrameRequest(frame=pb.Frame(encoded=png[: len(png) // 2]))
+    with ServeProcess(log, args=["--log-format", "json"]) as server:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = pb_grpc.ActionRecognitionStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.StreamFrames(iter([truncated]), timeout=10))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _terminate(server, signal.SIGTERM) == 0
+    log.seek(0)
+    lines = log.read().splitlines()
+    assert lines
+    for line in lines:  # OpenCV's own warning about the truncated PNG is not among them
+        assert isinstance(json.loads(line), dict), line
+
+
 def test_a_server_with_metrics_off_starts_and_says_so(log: IO[str], tmp_path: Path) -> None:
     # The stdout handshake this replaced could not start such a server at all.
     with ServeProcess(log, args=["--metrics-port", "-1"]) as server:
