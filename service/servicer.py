@@ -55,6 +55,10 @@ _REFUSAL_CODES: dict[RejectReason, grpc.StatusCode] = {
 } | {"too_many_bytes": grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
+# Stream ends whose reason the log line spells out: the client's mistakes.
+_TOLD_WHY = frozenset({"invalid_frame", "malformed"})
+
+
 def _refusal(error: Exception) -> _Refused:
     """The status a stream's failure ends its call with."""
     if isinstance(error, _Refused):
@@ -321,6 +325,16 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             self._metrics.frames_dropped.labels("stream_ended").inc(waiting)
         stream.queue.clear()
         stream.decoded = None
+        # What the client was told, for the log: an operator can then tell which camera
+        # sends bad frames. Server-made text (numbers, fixed words), bounded all the same.
+        told = stream.failure
+        if isinstance(told, FrameRejected):
+            told = _refusal(told)
+        why = (
+            f": {printable(told.details, 200)}"
+            if isinstance(told, _Refused) and reason in _TOLD_WHY
+            else ""
+        )
         stream.fail(_Refused(grpc.StatusCode.CANCELLED, "stream ended", reason))
         self._metrics.streams_ended.labels(reason).inc()
         # The state goes with the stream object; a batch in flight may still be writing it.
@@ -329,13 +343,23 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             self._active -= 1
             self._metrics.active_streams.dec()
             logger.info(
-                "stream %d %s ended (%s) after %d frames, %d answered, %d dropped by overload",
+                "stream %d %s ended (%s%s) after %d frames, %d answered, %d dropped by overload",
                 stream.id,
                 stream.name,
                 reason,
+                why,
                 stream.frames,
                 stream.answered,
                 stream.dropped_overload,
+                extra=_about(stream),
+            )
+        elif why:  # refused on its first request, before it took a place
+            logger.info(
+                "stream %d %s refused (%s%s)",
+                stream.id,
+                stream.name,
+                reason,
+                why,
                 extra=_about(stream),
             )
 

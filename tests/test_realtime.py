@@ -273,6 +273,7 @@ def test_tracker_hysteresis_does_not_flicker() -> None:
 def test_a_malformed_message_is_invalid_argument_without_python_internals(
     start_server: StartServer, bad: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level("INFO")
     server = start_server(metrics_port=0)
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         raw = channel.stream_stream(
@@ -285,10 +286,28 @@ def test_a_malformed_message_is_invalid_argument_without_python_internals(
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details() == "request 2 is not a valid actionstream.v1.FrameRequest"
     assert "Traceback" not in caplog.text and "DecodeError" not in caplog.text
+    # The operator's log says which stream it was and what its client was told.
+    assert "ended (malformed: request 2 is not a valid actionstream.v1.FrameRequest)" in (
+        caplog.text
+    )
     m = scrape(server)
     assert m["actionstream_frames_rejected_total{reason=malformed}"] == 1
     assert m["actionstream_streams_ended_total{reason=malformed}"] == 1
     assert m["actionstream_active_streams"] == 0
+
+
+def test_a_stream_refused_on_its_first_frame_is_logged_with_the_reason(
+    stub: pb_grpc.ActionRecognitionStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    requests = [pb.FrameRequest(options=pb.StreamOptions(stream_name="cam-7"))]
+    requests += [pb.FrameRequest(frame=pb.Frame(encoded=b"GIF89a"))]
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.StreamFrames(iter(requests)))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "cam-7 refused (invalid_frame: frame 1: not a JPEG or PNG image (6 bytes))" in (
+        caplog.text
+    )
 
 
 def test_the_stream_name_is_escaped_and_bounded_in_logs(
