@@ -55,6 +55,8 @@ _REFUSAL_CODES: dict[RejectReason, grpc.StatusCode] = {
 } | {"too_many_bytes": grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
+# Trailing metadata of a completed StreamFrames call: frames dropped after the last prediction.
+SKIPPED_TRAILER = "actionstream-skipped-frames"
 # Stream ends whose reason the log line spells out: the client's mistakes.
 _TOLD_WHY = frozenset({"invalid_frame", "malformed"})
 
@@ -123,6 +125,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     await stream.wakeup.wait()
                     stream.wakeup.clear()
             reason = "completed"
+            # Frames resampled away after the last one answered have no prediction to
+            # report them; the trailer does, so a client's counts add up.
+            context.set_trailing_metadata(((SKIPPED_TRAILER, str(stream.skipped)),))
         except _Refused as e:
             reason = e.reason
             self._count_error("StreamFrames", e.code)

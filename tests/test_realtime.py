@@ -136,9 +136,12 @@ def test_frames_are_resampled_to_the_model_rate_by_capture_time(
     # A 30 fps camera feeding the 10 fps model: every third frame, two skipped before each.
     t0 = 1_700_000_000_000_000
     fast = [frame_request(f, timestamp_us=t0 + i * 33_333) for i, f in enumerate(frames)]
-    predictions = list(stub.StreamFrames(iter(fast)))
+    call = stub.StreamFrames(iter(fast))
+    predictions = list(call)
     assert [p.sequence for p in predictions] == [1, 4, 7, 10]
     assert [p.skipped_frames for p in predictions] == [0, 2, 2, 2]
+    # Frames 11 and 12 were skipped after the last prediction: the trailer counts them.
+    assert dict(call.trailing_metadata())["actionstream-skipped-frames"] == "2"
     # A 5 fps camera is taken frame by frame, not sped up.
     slow = [frame_request(f, timestamp_us=t0 + i * 200_000) for i, f in enumerate(frames[:5])]
     assert [p.sequence for p in stub.StreamFrames(iter(slow))] == [1, 2, 3, 4, 5]
