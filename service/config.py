@@ -53,6 +53,13 @@ class ServeConfig:
         help="concurrent streams (StreamFrames + WatchSource); more get RESOURCE_EXHAUSTED",
         group="Limits",
     )
+    max_waiting_calls: int = setting(
+        256,
+        help="StreamFrames calls that have sent no frame yet (they hold no place, but memory: "
+        "about 25 KB each); a call that opens beyond this ends the one waiting longest "
+        "(RESOURCE_EXHAUSTED)",
+        group="Limits",
+    )
     max_frame_bytes: int = setting(
         8 * 1024 * 1024,
         help="largest frame payload (encoded image or raw pixels) in bytes; "
@@ -155,6 +162,7 @@ class ServeConfig:
             )
         for name in (
             "max_streams",
+            "max_waiting_calls",
             "max_frame_bytes",
             "max_frame_pixels",
             "default_top_k",

@@ -63,7 +63,8 @@ class Metrics:
             "Streams ended, by how: completed, cancelled (the client cancelled or vanished, "
             "or gRPC refused a message over its size limit), idle (sent nothing for "
             "idle_timeout), not_reading (took no prediction for idle_timeout), "
-            "invalid_frame, malformed, refused (max_streams), error (a server fault).",
+            "invalid_frame, malformed, refused (max_streams), evicted (waited longest for "
+            "a first frame when max_waiting_calls was reached), error (a server fault).",
             ["reason"],
             registry=registry,
         )
@@ -72,6 +73,12 @@ class Metrics:
         self.active_streams = Gauge(
             "actionstream_active_streams",
             "Streams holding a place now (StreamFrames after its first frame, WatchSource).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.waiting_calls = Gauge(
+            "actionstream_waiting_calls",
+            "StreamFrames calls open without a first frame yet (they hold no place).",
             registry=registry,
             multiprocess_mode="livesum",
         )

@@ -83,6 +83,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._decoder = batcher.decoder  # `check` must foresee what the batcher decodes
         self._active = 0  # streams holding a place: they have sent a frame
         self._open: dict[Stream, asyncio.Task[object] | None] = {}  # calls, for the idle sweep
+        # StreamFrames calls with no frame yet, oldest first: they hold no place, so nothing
+        # else bounds how many there are, and each costs memory until the idle timeout.
+        self._waiting: dict[Stream, None] = {}
         self._sweeper: asyncio.Task[None] | None = None
         m = metrics
         self._received = m.frames_received
@@ -101,6 +104,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             self._sweeper = asyncio.create_task(self._sweep(), name="idle-sweep")
         stream = self._new_stream(pb.StreamOptions(), context.peer())
         self._open[stream] = asyncio.current_task()
+        self._make_room_to_wait()
+        self._waiting[stream] = None
+        self._metrics.waiting_calls.inc()
         reader = asyncio.create_task(self._read(request_iterator, stream))
         reason = "error"
         try:
@@ -290,8 +296,32 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         if options.top_k:
             stream.top_k = min(options.top_k, len(stream.labels))
 
+    def _make_room_to_wait(self) -> None:
+        """Ends the call that has waited longest for a first frame if max_waiting_calls wait.
+
+        The oldest goes, not the newcomer: a camera sends its first frame as soon as its
+        call opens, so a flood of silent calls evicts its own, never an honest one."""
+        cap = self._cfg.max_waiting_calls
+        while len(self._waiting) >= cap:
+            oldest = next(iter(self._waiting))
+            self._stop_waiting(oldest)
+            oldest.fail(
+                _Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"no frame yet, and the server was at its limit of {cap} calls waiting "
+                    "for a first frame (max_waiting_calls): the longest-waiting call was "
+                    "ended to make room",
+                    "evicted",
+                )
+            )
+
+    def _stop_waiting(self, stream: Stream) -> None:
+        if self._waiting.pop(stream, False) is None:  # it was waiting
+            self._metrics.waiting_calls.dec()
+
     def _admit(self, stream: Stream) -> None:
         """Gives the stream a place and its state: on its first frame, not when it opens."""
+        self._stop_waiting(stream)
         if self._active >= self._cfg.max_streams:
             raise _Refused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -325,6 +355,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
     def _close(self, stream: Stream, reason: str) -> None:
         """Frees everything the stream held; counts how it ended."""
         self._open.pop(stream, None)
+        self._stop_waiting(stream)
         waiting = len(stream.queue) + (stream.decoded is not None)
         if waiting:
             self._metrics.frames_dropped.labels("stream_ended").inc(waiting)

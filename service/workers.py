@@ -93,6 +93,7 @@ def _supervise(
             where = address(cfg.metrics_address, cfg.metrics_port)
             raise ServeError(f"cannot serve metrics on {where}: {e}") from None
     share = -(-cfg.max_streams // cfg.workers)
+    waiting_share = -(-cfg.max_waiting_calls // cfg.workers)
     context = multiprocessing.get_context("spawn")
     workers: list[BaseProcess] = []
     ready = None
@@ -104,6 +105,7 @@ def _supervise(
                 metrics_port=-1,
                 workers=1,
                 max_streams=share,
+                max_waiting_calls=waiting_share,
                 ready_file=str(tmp / f"worker-{i}.json"),
             )
             worker = context.Process(

@@ -356,6 +356,40 @@ def test_a_stream_that_sends_nothing_holds_no_place_and_is_ended(
     assert scrape(server)["actionstream_active_streams"] == 0
 
 
+def test_calls_waiting_for_a_first_frame_are_bounded_oldest_out(
+    start_server: StartServer,
+) -> None:
+    # Silent calls hold no place, but each costs memory until the idle timeout: a flood of
+    # them would grow the server without bound. Past the cap the longest-waiting one goes.
+    server = start_server(max_waiting_calls=3, idle_timeout_seconds=60, metrics_port=0)
+    stub = _stub(server)
+    silent = []
+    for i in range(5):
+        silent.append(LiveStream(stub, pb.StreamOptions(stream_name=f"silent-{i}")))
+        _wait_for(server, "actionstream_waiting_calls", min(i + 1, 3))
+    for call in silent[:2]:
+        with pytest.raises(grpc.RpcError) as err:
+            call.outcome()
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "limit of 3 calls waiting for a first frame (max_waiting_calls)" in (
+            err.value.details()
+        )
+    _wait_for(server, "actionstream_streams_ended_total{reason=evicted}", 2)
+    # A camera that opens at the cap makes room (the oldest silent call goes) and is served.
+    live = LiveStream(stub, pb.StreamOptions())
+    live.send(frame_request(png(render(1, seed=39)[0])))
+    assert live.close() == []
+    _wait_for(server, "actionstream_streams_ended_total{reason=evicted}", 3)
+    assert scrape(server)["actionstream_streams_ended_total{reason=completed}"] == 1
+    with pytest.raises(grpc.RpcError) as err:
+        silent[2].outcome()
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert scrape(server)["actionstream_waiting_calls"] == 2  # it stopped waiting once it sent
+    for call in silent[3:]:
+        call.cancel()
+    _wait_for(server, "actionstream_waiting_calls", 0)
+
+
 def test_a_client_that_stops_reading_is_ended_and_freed(start_server: StartServer) -> None:
     server = start_server(idle_timeout_seconds=0.5, metrics_port=0)
     # Without BDP probing the client's receive window stays at 64 KB, so a client that
