@@ -39,7 +39,7 @@ def _serve_variables() -> frozenset[str]:
     """The ACTIONSTREAM_* variables `actionstream serve --help` says it reads."""
     shown = _run(BIN / "actionstream", "serve", "--help")
     assert shown.returncode == 0, shown.stderr
-    names = frozenset(re.findall(r"env var:\s+(ACTIONSTREAM_[A-Z0-9_]+)", shown.stdout))
+    names = frozenset(re.findall(r"env\s+var:\s+(ACTIONSTREAM_[A-Z0-9_]+)", shown.stdout))
     assert {"ACTIONSTREAM_PORT", "ACTIONSTREAM_GRACE_SECONDS"} <= names, shown.stdout
     return names
 
