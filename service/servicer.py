@@ -300,7 +300,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         """Ends the call that has waited longest for a first frame if max_waiting_calls wait.
 
         The oldest goes, not the newcomer: a camera sends its first frame as soon as its
-        call opens, so a flood of silent calls evicts its own, never an honest one."""
+        call opens, so a flood of silent calls evicts its own calls, not a camera's (unless
+        the flood opens max_waiting_calls calls in the moment between the two)."""
         cap = self._cfg.max_waiting_calls
         while len(self._waiting) >= cap:
             oldest = next(iter(self._waiting))
