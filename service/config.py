@@ -53,11 +53,12 @@ class ServeConfig:
         help="concurrent streams (StreamFrames + WatchSource); more get RESOURCE_EXHAUSTED",
         group="Limits",
     )
-    max_waiting_calls: int = setting(
-        256,
+    max_waiting_calls: int | None = setting(
+        None,
         help="StreamFrames calls that have sent no frame yet (they hold no place, but memory: "
         "about 25 KB each); a call that opens beyond this ends the one waiting longest "
-        "(RESOURCE_EXHAUSTED)",
+        "(RESOURCE_EXHAUSTED); unset: 4 x max_streams, so that cameras reconnecting all at "
+        "once are not cut",
         group="Limits",
     )
     max_frame_bytes: int = setting(
@@ -160,9 +161,10 @@ class ServeConfig:
                 f"metrics_port must be 0..65535 (0 picks a free one) or -1 (off), "
                 f"got {self.metrics_port}"
             )
+        if self.max_waiting_calls is not None and self.max_waiting_calls < 1:
+            raise ValueError(f"max_waiting_calls must be at least 1, got {self.max_waiting_calls}")
         for name in (
             "max_streams",
-            "max_waiting_calls",
             "max_frame_bytes",
             "max_frame_pixels",
             "default_top_k",
@@ -204,6 +206,11 @@ class ServeConfig:
     @property
     def metrics_enabled(self) -> bool:
         return self.metrics_port >= 0
+
+    @property
+    def waiting_calls_cap(self) -> int:
+        """How many calls may wait for a first frame: as set, or four per place."""
+        return self.max_waiting_calls or 4 * self.max_streams
 
     @property
     def max_message_bytes(self) -> int:

@@ -302,7 +302,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         The oldest goes, not the newcomer: a camera sends its first frame as soon as its
         call opens, so a flood of silent calls evicts its own calls, not a camera's (unless
         the flood opens max_waiting_calls calls in the moment between the two)."""
-        cap = self._cfg.max_waiting_calls
+        cap = self._cfg.waiting_calls_cap
         while len(self._waiting) >= cap:
             oldest = next(iter(self._waiting))
             self._stop_waiting(oldest)

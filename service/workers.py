@@ -93,7 +93,10 @@ def _supervise(
             where = address(cfg.metrics_address, cfg.metrics_port)
             raise ServeError(f"cannot serve metrics on {where}: {e}") from None
     share = -(-cfg.max_streams // cfg.workers)
-    waiting_share = -(-cfg.max_waiting_calls // cfg.workers)
+    # Unset, each worker derives its own from its share of max_streams.
+    waiting_share = (
+        None if cfg.max_waiting_calls is None else -(-cfg.max_waiting_calls // cfg.workers)
+    )
     context = multiprocessing.get_context("spawn")
     workers: list[BaseProcess] = []
     ready = None

@@ -339,7 +339,10 @@ def _wait_for(server: BackgroundServer, key: str, value: float, timeout: float =
 def test_a_stream_that_sends_nothing_holds_no_place_and_is_ended(
     start_server: StartServer,
 ) -> None:
-    server = start_server(max_streams=1, idle_timeout_seconds=0.5, metrics_port=0)
+    # Room for them all to wait (see the next tests for what happens past it).
+    server = start_server(
+        max_streams=1, max_waiting_calls=16, idle_timeout_seconds=0.5, metrics_port=0
+    )
     stub = _stub(server)
     silent = [LiveStream(stub, pb.StreamOptions(stream_name=f"silent-{i}")) for i in range(5)]
     # Five calls that never send a frame do not lock out the one place there is.
@@ -386,6 +389,20 @@ def test_calls_waiting_for_a_first_frame_are_bounded_oldest_out(
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert scrape(server)["actionstream_waiting_calls"] == 2  # it stopped waiting once it sent
     for call in silent[3:]:
+        call.cancel()
+    _wait_for(server, "actionstream_waiting_calls", 0)
+
+
+def test_by_default_four_calls_per_place_may_wait_for_a_first_frame(
+    start_server: StartServer,
+) -> None:
+    # Cameras reconnecting all at once open their calls before any first frame is read.
+    server = start_server(max_streams=2, idle_timeout_seconds=60, metrics_port=0)
+    stub = _stub(server)
+    calls = [LiveStream(stub, pb.StreamOptions()) for _ in range(9)]
+    _wait_for(server, "actionstream_streams_ended_total{reason=evicted}", 1)
+    assert scrape(server)["actionstream_waiting_calls"] == 8
+    for call in calls:
         call.cancel()
     _wait_for(server, "actionstream_waiting_calls", 0)
 
