@@ -22,7 +22,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from actionstream.service import logs
+from actionstream.service import logs, native_stderr
 from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
 from actionstream.service.frames import FrameDecoder
@@ -194,6 +194,8 @@ def _run_server(cfg: ServeConfig, shared_port: bool) -> int:
     # own that breaks JSON logs; the client is told why its frame was refused and the
     # rejected-frames metric counts it, so its warnings add nothing. Its errors still show.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    # The image libraries under it print straight to stderr; their lines become log lines.
+    native_stderr.capture()
     return asyncio.run(_serve(cfg, shared_port))
 
 

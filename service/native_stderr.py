@@ -1,0 +1,60 @@
+"""What native libraries print on stderr, turned into the server's own log lines.
+
+libpng and libjpeg, under OpenCV, write a line straight to file descriptor 2
+for every damaged image they meet ("Corrupt JPEG data: ...", "libpng error:
+..."), whatever OpenCV's own log level. That is plain text in a JSON log, and
+as many lines as a client sends damaged frames. In the server process fd 2
+becomes a pipe: a thread reads it and logs each line through `logging`, so it
+comes out in the log's format, at most `per_second` lines a second, counting
+the rest. Python's own stderr (tracebacks, the log itself) keeps the real one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+
+logger = logging.getLogger("actionstream.native")
+LINE_LIMIT = 500  # characters of one native line that reach the log
+
+
+def capture(per_second: int = 10) -> None:
+    """Routes fd 2 through the relay thread; call once, before serving."""
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    previous = sys.stderr
+    sys.stderr = os.fdopen(real, "w", buffering=1, errors="backslashreplace")
+    # Handlers made before this point hold the old stream, which now leads into the
+    # pipe: a log line would come back round as a native one.
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is previous:
+            handler.setStream(sys.stderr)
+    threading.Thread(
+        target=_relay, args=(read_end, per_second), name="native-stderr", daemon=True
+    ).start()
+
+
+def _relay(read_end: int, per_second: int) -> None:
+    second, logged, held_back = int(time.monotonic()), 0, 0
+    with os.fdopen(read_end, "rb") as pipe:
+        for raw in pipe:
+            line = raw.decode("utf-8", "backslashreplace").strip()
+            if not line:
+                continue
+            now = int(time.monotonic())
+            if now != second:
+                if held_back:
+                    logger.warning("%d more lines from native libraries were not logged", held_back)
+                second, logged, held_back = now, 0, 0
+            if logged < per_second:
+                logged += 1
+                text = line if line.isprintable() else line.encode("unicode_escape").decode()
+                logger.warning("%s", text[:LINE_LIMIT])
+            else:
+                held_back += 1
