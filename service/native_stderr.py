@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import sys
 import threading
 import time
@@ -41,20 +42,45 @@ def capture(per_second: int = 10) -> None:
 
 
 def _relay(read_end: int, per_second: int) -> None:
-    second, logged, held_back = int(time.monotonic()), 0, 0
-    with os.fdopen(read_end, "rb") as pipe:
-        for raw in pipe:
+    limit = _RateLimit(per_second)
+    pending = b""
+    while True:
+        # Wake at least once a second, so lines held back are counted even when none follow.
+        readable, _, _ = select.select([read_end], [], [], 1.0)
+        if not readable:
+            limit.tick()
+            continue
+        chunk = os.read(read_end, 65536)
+        if not chunk:
+            return
+        *lines, pending = (pending + chunk).split(b"\n")
+        for raw in lines:
             line = raw.decode("utf-8", "backslashreplace").strip()
-            if not line:
-                continue
-            now = int(time.monotonic())
-            if now != second:
-                if held_back:
-                    logger.warning("%d more lines from native libraries were not logged", held_back)
-                second, logged, held_back = now, 0, 0
-            if logged < per_second:
-                logged += 1
-                text = line if line.isprintable() else line.encode("unicode_escape").decode()
-                logger.warning("%s", text[:LINE_LIMIT])
-            else:
-                held_back += 1
+            if line:
+                limit.log(line if line.isprintable() else line.encode("unicode_escape").decode())
+
+
+class _RateLimit:
+    """At most `per_second` lines logged in each second; how many more, once it is over."""
+
+    def __init__(self, per_second: int) -> None:
+        self._per_second = per_second
+        self._second = int(time.monotonic())
+        self._logged = 0
+        self._held_back = 0
+
+    def tick(self) -> None:
+        now = int(time.monotonic())
+        if now == self._second:
+            return
+        if self._held_back:
+            logger.warning("%d more lines from native libraries were not logged", self._held_back)
+        self._second, self._logged, self._held_back = now, 0, 0
+
+    def log(self, line: str) -> None:
+        self.tick()
+        if self._logged < self._per_second:
+            self._logged += 1
+            logger.warning("%s", line[:LINE_LIMIT])
+        else:
+            self._held_back += 1
