@@ -84,8 +84,9 @@ class ServeConfig:
     )
     decode_threads: int = setting(
         2,
-        help="threads a batch's frames are decoded on side by side (one per core suits most "
-        "machines)",
+        help="batch threads (one per core suits most machines): a batch's frames are decoded "
+        "on all that are free, and once a full batch waits, a second batch runs beside the "
+        "first",
         group="Real time",
     )
     jpeg_floor: float = setting(

@@ -74,6 +74,50 @@ def test_batched_predictions_equal_unbatched(
     assert mean_batch > 2, "the streams were not batched together; the test proves nothing"
 
 
+@pytest.mark.parametrize(("streams", "max_batch", "overlapping"), [(8, 2, 2), (2, 4, 1)])
+def test_a_second_batch_runs_beside_the_first_only_when_a_full_batch_waits(
+    start_server: StartServer,
+    model: OnnxStepModel,
+    monkeypatch: pytest.MonkeyPatch,
+    streams: int,
+    max_batch: int,
+    overlapping: int,
+) -> None:
+    # The real model, slowed down so that batches last long enough to meet.
+    lock, running, most = threading.Lock(), [0], [0]
+    step = model.step
+
+    def slow_step(frames: np.ndarray, state: dict[str, np.ndarray]) -> object:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.03)
+            return step(frames, state)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(model, "step", slow_step)
+    server = start_server(max_batch=max_batch, decode_threads=2, max_batch_wait_ms=1)
+    stub = _stub(server)
+    clips = [[jpeg(f) for f in render(8, seed=50 + i)] for i in range(streams)]
+    got: list[list[int]] = [[] for _ in clips]
+
+    def run(i: int) -> None:
+        live = LiveStream(stub, pb.StreamOptions())
+        got[i] = [live.send(frame_request(data)).sequence for data in clips[i]]
+        live.close()
+
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(run, range(streams)))
+    # Every stream's frames answered in order, whichever batch thread stepped them.
+    assert got == [list(range(1, 9))] * streams
+    # 8 streams keep a full batch of 2 waiting while one runs: a second one starts.
+    # 2 streams never fill a batch of 4: one batch at a time, so the next one grows.
+    assert most[0] == overlapping
+
+
 def test_an_overloaded_stream_drops_its_oldest_frames_and_says_so(
     start_server: StartServer,
 ) -> None:
@@ -108,8 +152,8 @@ def test_decoding_and_inference_yield_the_cores_to_reading_and_answering(
         counts = list(pool.map(lambda clip: len(list(stub.StreamFrames(iter(clip)))), clips))
     assert counts == [6, 6]
     threads = {t.name: t for t in threading.enumerate()}
-    inference = [t for name, t in threads.items() if name.startswith(("batch", "decode-"))]
-    assert any(name.startswith("batch") for name in threads), sorted(threads)
+    inference = [t for name, t in threads.items() if name.startswith("batch-")]
+    assert len(inference) == 2, sorted(threads)
     assert {_nice(t) for t in inference} == {nice}
     # The event loop (gRPC reading and writing) keeps the process's own priority.
     assert _nice(threads["actionstream-server"]) == 0
