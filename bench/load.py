@@ -21,10 +21,17 @@ it prints
 - the server's CPU seconds per answered frame, read from the server process
   (/proc), and its mean batch size from /metrics,
 - that CPU cost divided by the bare work on the same frames, timed in the
-  same run: reduced-scale decode + resize, a model step at the batch size the
-  server used, and a bare grpc.aio echo of the same messages (a server that
-  only answers each frame, driven by the same cameras, its CPU read the same
-  way),
+  same run: reduced-scale decode + resize of as many frames of the clip as
+  the server's mean batch, then their model step, back to back on one thread
+  (the work as a batch does it: each stage runs after the other has had the
+  core's caches), and a bare grpc.aio echo of the same messages (a server that
+  reads every frame and answers as large a share of them as the server did,
+  driven by the same cameras, its CPU read the same way; an overloaded server
+  still reads the frames it drops, so both sides count that reading),
+- the same ratio with the decode and the step timed apart, each back to back
+  on one frame and one batch ("apart": the bench's yardstick before; on this
+  machine it leaves out 0.04-0.15 ms a frame that the decoder and the model
+  cost each other through the caches),
 
 and finally the largest N held with nothing dropped. Near the limit one run
 says little: `--repeat N` runs each level N times and counts the runs held.
@@ -35,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import shutil
@@ -276,26 +282,35 @@ Cameras = Callable[[str, int, float, float], dict[str, object]]
 
 
 class Echo(pb_grpc.ActionRecognitionServicer):
-    """Answers every frame with a fixed three-label prediction: gRPC's share of a frame."""
+    """Reads every frame and answers `share` of them with a fixed three-label prediction:
+    gRPC's part of the server's work, when the server answered that share of the frames."""
 
     _TOP: ClassVar = [
         pb.LabelScore(label=f"label_{i}", probability=0.5 / (i + 1)) for i in range(3)
     ]
 
+    def __init__(self, share: float = 1.0) -> None:
+        self.share = share
+
     async def StreamFrames(
         self, request_iterator: AsyncIterator[pb.FrameRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Prediction]:
+        read = 0
         async for request in request_iterator:
             if request.HasField("frame"):
+                read += 1
+                # Spread evenly: frame n is answered when n * share crosses a whole number.
+                if int(read * self.share) == int((read - 1) * self.share):
+                    continue
                 frame = request.frame
                 yield pb.Prediction(
                     sequence=frame.sequence, timestamp_us=frame.timestamp_us, top=self._TOP
                 )
 
 
-async def _serve_echo(port_file: Path) -> None:
+async def _serve_echo(port_file: Path, share: float) -> None:
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 9 << 20)])
-    pb_grpc.add_ActionRecognitionServicer_to_server(Echo(), server)
+    pb_grpc.add_ActionRecognitionServicer_to_server(Echo(share), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     port_file.write_text(str(port))
@@ -303,10 +318,12 @@ async def _serve_echo(port_file: Path) -> None:
 
 
 class EchoProcess:
-    def __init__(self) -> None:
+    def __init__(self, share: float = 1.0) -> None:
         self._dir = tempfile.TemporaryDirectory()
         port_file = Path(self._dir.name) / "port"
-        self._proc = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(port_file)])
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve-echo", str(port_file), "--echo-share", str(share)]
+        )
         deadline = time.monotonic() + 30
         while not port_file.exists() or not port_file.read_text():
             if time.monotonic() > deadline or self._proc.poll() is not None:
@@ -325,25 +342,24 @@ class EchoProcess:
 # --- the bare stages, timed in this process ----------------------------------------------
 
 
-def _median_s(fn: Callable[[], object], runs: int) -> float:
-    for _ in range(5):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return statistics.median(samples)
-
-
 @dataclass(frozen=True)
 class BareStages:
-    decode_ms: float  # reduced-scale decode + resize, per frame, median over the clip
-    step_ms: dict[int, float]  # batch size -> one step's cost per frame
+    decode_ms: float  # decode + resize alone, back to back on one frame, median over the clip
+    step_ms: dict[int, float]  # batch size -> one step alone, back to back, per frame
+    # batch size -> decode that many frames of the clip, then step them, per frame: the
+    # work as a batch does it, each stage after the other has had the core's caches
+    batch_ms: dict[int, float]
 
     def step_at(self, batch: float) -> float:
-        sizes = sorted(self.step_ms)
-        return float(np.interp(batch, sizes, [self.step_ms[b] for b in sizes]))
+        return _interpolate(self.step_ms, batch)
+
+    def batch_at(self, batch: float) -> float:
+        return _interpolate(self.batch_ms, batch)
+
+
+def _interpolate(by_size: dict[int, float], batch: float) -> float:
+    sizes = sorted(by_size)
+    return float(np.interp(batch, sizes, [by_size[b] for b in sizes]))
 
 
 def _jpeg_floor(server_args: list[str]) -> float:
@@ -359,24 +375,53 @@ def _jpeg_floor(server_args: list[str]) -> float:
     return floor
 
 
-def time_bare_stages(jpegs: list[bytes], jpeg_floor: float) -> BareStages:
+def time_bare_stages(
+    jpegs: list[bytes], jpeg_floor: float, batch: float, rounds: int = 100
+) -> BareStages:
+    """The bare work at the batch sizes either side of `batch`, timed in interleaved
+    rounds so that this machine's drift over the seconds it takes touches every figure
+    alike."""
     from actionstream.service.frames import FrameDecoder
     from actionstream.service.model import OnnxStepModel
 
     model = OnnxStepModel.load(threads=1)
     meta = model.metadata
     decoder = FrameDecoder(meta.height, meta.width, 8 << 20, 4096 * 4096, jpeg_floor)
-    decode = statistics.median(
-        _median_s(functools.partial(decoder.decode_image, data), 20) for data in jpegs
-    )
     image = decoder.decode_image(jpegs[0])
-    steps = {}
-    for batch in (1, 2, 4, 8, 16, 32, 64):
-        frames = np.repeat(image[np.newaxis], batch, axis=0)
-        state = model.zero_state(batch)
-        step = functools.partial(model.step, frames, state)
-        steps[batch] = _median_s(step, 100) / batch * 1e3
-    return BareStages(decode * 1e3, steps)
+    sizes = sorted({max(1, int(np.floor(batch))), max(1, int(np.ceil(batch)))})
+    repeated = {b: np.repeat(image[np.newaxis], b, axis=0) for b in sizes}
+    states = {b: model.zero_state(b) for b in sizes}
+    decodes: list[float] = []
+    steps: dict[int, list[float]] = {b: [] for b in sizes}
+    batches: dict[int, list[float]] = {b: [] for b in sizes}
+    k = 0
+    for r in range(rounds + 3):  # the first 3 rounds warm up
+        data = jpegs[r % len(jpegs)]
+        decoder.decode_image(data)
+        t = time.perf_counter()
+        decoder.decode_image(data)  # the same frame again, back to back
+        decode = time.perf_counter() - t
+        for b in sizes:
+            model.step(repeated[b], states[b])
+            t = time.perf_counter()
+            model.step(repeated[b], states[b])  # the same step again, back to back
+            step = time.perf_counter() - t
+            # As a batch does it: that many fresh frames of the clip, then their step.
+            t = time.perf_counter()
+            images = [decoder.decode_image(jpegs[(k + i) % len(jpegs)]) for i in range(b)]
+            model.step(np.stack(images), states[b])
+            whole = time.perf_counter() - t
+            k += b
+            if r >= 3:
+                steps[b].append(step / b)
+                batches[b].append(whole / b)
+        if r >= 3:
+            decodes.append(decode)
+    return BareStages(
+        statistics.median(decodes) * 1e3,
+        {b: statistics.median(v) * 1e3 for b, v in steps.items()},
+        {b: statistics.median(v) * 1e3 for b, v in batches.items()},
+    )
 
 
 # --- one load level against the real server -----------------------------------------------
@@ -396,8 +441,10 @@ class Level:
     server_ms_per_frame: float
     batch: float
     echo_ms_per_frame: float
-    bare_ms: float
-    decode_ms: float  # the bare decode + resize alone, part of bare_ms
+    work_ms: float  # decode + step timed as a batch of the server's mean size, per frame
+    bare_ms: float  # work_ms + echo_ms_per_frame
+    decode_ms: float  # the decode + resize alone, back to back
+    apart_ms: float  # the stages timed apart, each back to back: decode + step + echo
     generator_cpu: float  # cores the cameras used
     late_send_ms: float
 
@@ -408,6 +455,10 @@ class Level:
     @property
     def ratio(self) -> float:
         return self.server_ms_per_frame / self.bare_ms
+
+    @property
+    def ratio_apart(self) -> float:
+        return self.server_ms_per_frame / self.apart_ms
 
 
 def _percentiles(latencies: list[list[float]], seconds: float) -> tuple[float, ...]:
@@ -470,7 +521,10 @@ def measure(
     served = serve_cameras(cameras, fps, seconds, server_args, swarm)
     run, cpu, processed, batch = served.run, served.cpu_s, served.processed, served.batch
 
-    echo = EchoProcess()
+    # The echo reads every frame the cameras send and answers the share the server
+    # answered: an overloaded server still reads the frames it drops, and so does the echo.
+    share = min(1.0, int(run["answered"]) / max(1, int(run["sent"])))  # type: ignore[call-overload]
+    echo = EchoProcess(share)
     try:
         echo_cpu0 = cpu_seconds(echo.pid)
         echo_run = swarm(echo.target, cameras, fps, min(seconds, 5.0))
@@ -480,12 +534,12 @@ def measure(
     echo_ms = echo_cpu / max(1, int(echo_run["answered"])) * 1e3  # type: ignore[call-overload]
     # Timed right after the level, not once for the run: this machine's speed drifts
     # by tens of percent over minutes, and the ratio must compare like with like.
-    bare = time_bare_stages(jpegs, _jpeg_floor(server_args))
+    bare = time_bare_stages(jpegs, _jpeg_floor(server_args), batch)
 
     sent, unsent = int(run["sent"]), int(run["unsent"])  # type: ignore[call-overload]
     answered, skipped = int(run["answered"]), int(run["skipped"])  # type: ignore[call-overload]
     p50, p99, p99a, p99b = _percentiles(run["latencies"], seconds)  # type: ignore[arg-type]
-    bare_ms = bare.decode_ms + bare.step_at(batch) + echo_ms
+    work_ms = bare.batch_at(batch)
     return Level(
         cameras=cameras,
         scheduled=sent + unsent,
@@ -499,8 +553,10 @@ def measure(
         server_ms_per_frame=cpu / max(1.0, processed) * 1e3,
         batch=batch,
         echo_ms_per_frame=echo_ms,
-        bare_ms=bare_ms,
+        work_ms=work_ms,
+        bare_ms=work_ms + echo_ms,
         decode_ms=bare.decode_ms,
+        apart_ms=bare.decode_ms + bare.step_at(batch) + echo_ms,
         generator_cpu=float(run["cpu_s"]) / (seconds + 1 + DRAIN_S),  # type: ignore[arg-type]
         late_send_ms=float(run["late_send_ms"]),  # type: ignore[arg-type]
     )
@@ -562,12 +618,13 @@ def main() -> None:
     )
     parser.add_argument("--generate", help=argparse.SUPPRESS)  # TARGET: be the cameras
     parser.add_argument("--serve-echo", type=Path, help=argparse.SUPPRESS)  # PORT_FILE
+    parser.add_argument("--echo-share", type=float, default=1.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error(f"--repeat must be at least 1, got {args.repeat}")
 
     if args.serve_echo:
-        asyncio.run(_serve_echo(args.serve_echo))
+        asyncio.run(_serve_echo(args.serve_echo, args.echo_share))
         return
     if args.generate:
         log = _generate(args.generate, int(args.cameras), args.fps, args.seconds)
@@ -601,11 +658,16 @@ def _choose_cameras(swarm: str, jpegs: list[bytes], clip_dir: Path) -> Cameras:
 
 
 def run_levels(args: argparse.Namespace, jpegs: list[bytes], cameras: Cameras) -> list[Level]:
-    print("bare = decode + resize, a step at the server's mean batch, a bare gRPC echo")
+    print(
+        "work = decode + resize of a batch of the server's mean size, then its step; "
+        "echo = a bare gRPC echo reading every frame, answering the share the server "
+        "answered; bare = work + echo; apart = the stages timed apart, each back to back"
+    )
     print(
         f"{'N':>4} {'sent':>6} {'answered':>8} {'skipped':>7} {'dropped':>7} {'p50 ms':>7} "
         f"{'p99 ms':>7} {'p99 1st/2nd half':>16} {'server ms/frame':>15} {'batch':>5} "
-        f"{'decode ms':>9} {'echo ms':>7} {'bare ms':>7} {'ratio':>6} {'gen cores':>9}"
+        f"{'decode ms':>9} {'work ms':>7} {'echo ms':>7} {'bare ms':>7} {'ratio':>6} "
+        f"{'apart':>6} {'gen cores':>9}"
     )
     levels = []
     for n in (int(s) for s in args.cameras.split(",")):
@@ -616,8 +678,8 @@ def run_levels(args: argparse.Namespace, jpegs: list[bytes], cameras: Cameras) -
             f"{lv.p50_ms:>7.1f} {lv.p99_ms:>7.1f} "
             f"{lv.p99_first_ms:>7.0f} / {lv.p99_second_ms:<6.0f} "
             f"{lv.server_ms_per_frame:>15.3f} {lv.batch:>5.1f} {lv.decode_ms:>9.3f} "
-            f"{lv.echo_ms_per_frame:>7.3f} "
-            f"{lv.bare_ms:>7.3f} {lv.ratio:>5.2f}x {lv.generator_cpu:>9.2f}",
+            f"{lv.work_ms:>7.3f} {lv.echo_ms_per_frame:>7.3f} {lv.bare_ms:>7.3f} "
+            f"{lv.ratio:>5.2f}x {lv.ratio_apart:>5.2f}x {lv.generator_cpu:>9.2f}",
             flush=True,
         )
         if args.repeat > 1:

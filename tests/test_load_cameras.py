@@ -91,3 +91,18 @@ def test_cameras_the_server_refuses_stop_the_bench(cameras: Cameras, log: IO[str
         pytest.raises(SystemExit, match=f"the server refused 2 of {CAMERAS} cameras"),
     ):
         cameras(server.target, CAMERAS, FPS, 1.0)
+
+
+def test_the_bare_echo_reads_every_frame_and_answers_the_share_asked(
+    cameras: Cameras, load: ModuleType
+) -> None:
+    # The ratio's gRPC part when the server answered a quarter of the frames: the echo
+    # must read all of them and answer every fourth, spread evenly over each stream.
+    echo = load.EchoProcess(0.25)
+    try:
+        result = cameras(echo.target, CAMERAS, FPS, SECONDS)
+    finally:
+        echo.stop()
+    due = CAMERAS * int(FPS * SECONDS)
+    assert (result["sent"], result["unsent"]) == (due, 0)
+    assert result["answered"] == due // 4
