@@ -7,10 +7,16 @@ as many lines as a client sends damaged frames. In the server process fd 2
 becomes a pipe: a thread reads it and logs each line through `logging`, so it
 comes out in the log's format, at most `per_second` lines a second, counting
 the rest. Python's own stderr (tracebacks, the log itself) keeps the real one.
+
+A pipe read by a thread of the same process dies with it: whatever native
+code writes to fd 2 as the process crashes can be lost. So faulthandler is
+switched on, writing to the real stderr: a crash (SIGSEGV, SIGABRT, SIGBUS,
+SIGFPE, SIGILL) leaves every thread's Python traceback there.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import select
@@ -31,6 +37,7 @@ def capture(per_second: int = 10) -> None:
     os.close(write_end)
     previous = sys.stderr
     sys.stderr = os.fdopen(real, "w", buffering=1, errors="backslashreplace")
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     # Handlers made before this point hold the old stream, which now leads into the
     # pipe: a log line would come back round as a native one.
     for handler in logging.getLogger().handlers:

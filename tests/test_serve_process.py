@@ -120,6 +120,18 @@ def test_json_logs_stay_json_lines_when_frames_are_corrupt(log: IO[str]) -> None
     assert not any(r["message"].startswith("[ WARN") for r in native)  # OpenCV's own: off
 
 
+def test_a_server_that_crashes_leaves_its_threads_tracebacks(log: IO[str]) -> None:
+    # fd 2 is a pipe to a thread of the server's own (see native_stderr.py), which dies
+    # with it: the crash report must go to the real stderr.
+    with ServeProcess(log) as server:
+        os.kill(server.pid, signal.SIGSEGV)
+        assert server.stop() == -signal.SIGSEGV
+    log.seek(0)
+    text = log.read()
+    assert "Fatal Python error: Segmentation fault" in text
+    assert "Current thread" in text and "serve" in text  # the stacks, down to the CLI
+
+
 def test_a_server_with_metrics_off_starts_and_says_so(log: IO[str], tmp_path: Path) -> None:
     # The stdout handshake this replaced could not start such a server at all.
     with ServeProcess(log, args=["--metrics-port", "-1"]) as server:
