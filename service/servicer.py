@@ -150,14 +150,26 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
 
     async def _read(self, requests: AsyncIterator[pb.FrameRequest], stream: Stream) -> None:
         """Takes requests off the wire into the stream's queue; never waits for inference."""
-        first = True
+        read = 0
         try:
             async for request in requests:
+                read += 1
+                if read == 1 and request.HasField("options"):
+                    self._configure(stream, request.options)
+                elif not request.HasField("frame"):
+                    # Nothing to act on: refused, or empty requests could hold a call open
+                    # past the idle timeout without a frame.
+                    self._metrics.frames_rejected.labels("missing").inc()
+                    stream.fail(
+                        _Refused(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"request {read} carries no frame (only a stream's first request "
+                            "may carry options alone)",
+                            "malformed",
+                        )
+                    )
+                    return
                 stream.last_activity = time.monotonic()
-                if first:
-                    first = False
-                    if request.HasField("options"):
-                        self._configure(stream, request.options)
                 if request.HasField("frame"):
                     self._accept(stream, request.frame)
                     if stream.failure is not None:
@@ -167,7 +179,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             stream.fail(
                 _Refused(
                     grpc.StatusCode.INVALID_ARGUMENT,
-                    f"request {stream.frames + 1} is not a valid actionstream.v1.FrameRequest",
+                    f"request {read + 1} is not a valid actionstream.v1.FrameRequest",
                     "malformed",
                 )
             )

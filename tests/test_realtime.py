@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import sys
 import threading
 import time
@@ -339,6 +340,43 @@ def test_a_malformed_message_is_invalid_argument_without_python_internals(
     )
     m = scrape(server)
     assert m["actionstream_frames_rejected_total{reason=malformed}"] == 1
+    assert m["actionstream_streams_ended_total{reason=malformed}"] == 1
+    assert m["actionstream_active_streams"] == 0
+
+
+@pytest.mark.parametrize(
+    ("requests", "refused"),
+    [
+        ([pb.FrameRequest()], 1),  # nothing at all
+        ([pb.FrameRequest(options=pb.StreamOptions(top_k=2)), "frame", pb.FrameRequest()], 3),
+        # Options count only in a stream's first request; later alone they carry nothing.
+        (["frame", pb.FrameRequest(options=pb.StreamOptions(top_k=2))], 2),
+    ],
+)
+def test_a_request_with_no_frame_is_refused_unless_it_opens_the_stream_with_options(
+    start_server: StartServer, requests: list[pb.FrameRequest | str], refused: int
+) -> None:
+    server = start_server(metrics_port=0)
+    frame = frame_request(png(render(1, seed=35)[0]))
+    outbox: queue.Queue[pb.FrameRequest | None] = queue.Queue()
+    responses = _stub(server).StreamFrames(iter(outbox.get, None), timeout=10)
+    answered = 0
+    with pytest.raises(grpc.RpcError) as err:
+        for request in requests:
+            outbox.put(frame if request == "frame" else request)  # type: ignore[arg-type]
+            if request == "frame":
+                next(responses)  # each frame is answered before the next request goes
+                answered += 1
+        next(responses)
+    outbox.put(None)
+    assert answered == requests.count("frame")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == (
+        f"request {refused} carries no frame (only a stream's first request may carry "
+        "options alone)"
+    )
+    m = scrape(server)
+    assert m["actionstream_frames_rejected_total{reason=missing}"] == 1
     assert m["actionstream_streams_ended_total{reason=malformed}"] == 1
     assert m["actionstream_active_streams"] == 0
 
