@@ -109,6 +109,10 @@ class Batcher:
         # Each runs a batch of its own, or decodes a share of another's.
         self._threads = [thread_pool(f"batch-{k}") for k in range(decode_threads)]
         self._busy = [False] * decode_threads  # running a batch of its own
+        # The number of the batch it decodes a share of, until that share is done: a
+        # thread holding a share takes no batch, or the share would wait behind it.
+        self._lent: list[int | None] = [None] * decode_threads
+        self._batches_made = 0
         self._running: set[asyncio.Task[None]] = set()
         self._heavy_executor = thread_pool("heavy")
         self._tasks: list[asyncio.Task[None]] = []
@@ -149,13 +153,16 @@ class Batcher:
             self._ready.append(stream)
             self._wake.set()
 
+    def _idle_threads(self) -> list[int]:
+        return [k for k, busy in enumerate(self._busy) if not busy and self._lent[k] is None]
+
     def _free_thread(self) -> int | None:
         """The batch thread the next batch runs on, or None while it should wait: a
         second batch starts beside a running one only when the line holds a full batch."""
-        free = [k for k, busy in enumerate(self._busy) if not busy]
-        if not free or (len(free) < len(self._busy) and len(self._ready) < self._max_batch):
+        idle = self._idle_threads()
+        if not idle or (len(idle) < len(self._threads) and len(self._ready) < self._max_batch):
             return None
-        return free[0]
+        return idle[0]
 
     async def _batches(self) -> None:
         loop = asyncio.get_running_loop()
@@ -184,10 +191,16 @@ class Batcher:
                 continue
             # Only this task takes batch threads, so the one found free above still is
             # (the line may have shrunk meanwhile: failed or heavy streams left it).
-            k = self._busy.index(False)
-            helpers = [t for j, t in enumerate(self._threads) if j != k and not self._busy[j]]
+            k, *others = self._idle_threads()
+            # The other idle threads decode a share of this batch, unless a full batch is
+            # waiting for them.
+            helpers = others if len(self._ready) < self._max_batch else []
+            self._batches_made += 1
+            number = self._batches_made
             self._busy[k] = True
-            task = asyncio.create_task(self._step(loop, k, batch, helpers))
+            for j in helpers:
+                self._lent[j] = number
+            task = asyncio.create_task(self._step(loop, k, number, batch, helpers))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
@@ -195,11 +208,14 @@ class Batcher:
         self,
         loop: asyncio.AbstractEventLoop,
         k: int,
+        number: int,
         batch: list[tuple[Stream, PendingFrame]],
-        helpers: list[ThreadPoolExecutor],
+        helpers: list[int],
     ) -> None:
         try:
-            results = await loop.run_in_executor(self._threads[k], self._run, batch, helpers)
+            results = await loop.run_in_executor(
+                self._threads[k], self._run, batch, number, helpers, loop
+            )
         except Exception as e:
             # A fault of the server's own: these streams end (INTERNAL), the others go on.
             logger.exception("batch of %d failed", len(batch))
@@ -210,7 +226,14 @@ class Batcher:
             self._deliver(batch, results)
         finally:
             self._busy[k] = False
-            self._wake.set()
+            self._return(number, helpers)
+
+    def _return(self, number: int, helpers: list[int]) -> None:
+        """On the loop: the helpers' shares of batch `number` are done."""
+        for j in helpers:
+            if self._lent[j] == number:
+                self._lent[j] = None
+        self._wake.set()
 
     def _decode(self, frames: list[PendingFrame]) -> list[np.ndarray | FrameError]:
         out: list[np.ndarray | FrameError] = []
@@ -228,21 +251,28 @@ class Batcher:
         return out
 
     def _run(
-        self, batch: list[tuple[Stream, PendingFrame]], helpers: list[ThreadPoolExecutor]
+        self,
+        batch: list[tuple[Stream, PendingFrame]],
+        number: int,
+        helpers: list[int],
+        loop: asyncio.AbstractEventLoop,
     ) -> list[_Result]:
-        """On the worker thread: decode, gather, step, scatter. The loop leaves these alone."""
+        """On a batch thread: decode, gather, step, scatter. The loop leaves these alone."""
         frames = [pending for _, pending in batch]
         # Decoding is most of a batch's work and OpenCV releases the GIL: the helper
         # threads take a share each, so a batch decodes on every core at once.
         share = -(-len(frames) // (len(helpers) + 1))
         helped = [
-            helper.submit(self._decode, frames[k * share : (k + 1) * share])
-            for k, helper in enumerate(helpers, start=1)
-            if k * share < len(frames)
+            self._threads[j].submit(self._decode, frames[i * share : (i + 1) * share])
+            for i, j in enumerate(helpers, start=1)
+            if i * share < len(frames)
         ]
         decoded = self._decode(frames[:share])
         for future in helped:
             decoded += future.result()
+        if helpers:
+            # Free to take a batch of their own while this one steps.
+            loop.call_soon_threadsafe(self._return, number, helpers)
         results: list[_Result | None] = [None] * len(batch)
         images, rows = [], []
         for i, image in enumerate(decoded):

@@ -46,8 +46,9 @@ class OnnxStepModel:
     """One step of the recurrence: (frames, state) -> (logits, next state), batch-first.
 
     Frames and every state tensor share the leading batch axis N, so several
-    streams can be stacked into one call. Calls are not serialised here: the
-    server gives the model one thread of its own.
+    streams can be stacked into one call. onnxruntime runs calls from several
+    threads at once safely; the server's batch threads may step two batches
+    side by side.
     """
 
     def __init__(self, session: ort.InferenceSession, metadata: ModelSpec, path: Path) -> None:
