@@ -154,8 +154,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         try:
             async for request in requests:
                 read += 1
-                if read == 1 and request.HasField("options"):
-                    self._configure(stream, request.options)
+                if read == 1:
+                    if request.HasField("options"):
+                        self._configure(stream, request.options)
                 elif not request.HasField("frame"):
                     # Nothing to act on: refused, or empty requests could hold a call open
                     # past the idle timeout without a frame.
@@ -164,7 +165,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                         _Refused(
                             grpc.StatusCode.INVALID_ARGUMENT,
                             f"request {read} carries no frame (only a stream's first request "
-                            "may carry options alone)",
+                            "may come without one)",
                             "malformed",
                         )
                     )
