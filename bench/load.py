@@ -577,7 +577,8 @@ def plot(levels: list[Level], path: Path) -> bool:
     for lv in levels:
         if lv.dropped:
             share = lv.dropped / lv.scheduled
-            ax.annotate(f"{share:.0%} dropped", (lv.cameras, lv.p99_ms), fontsize=8)
+            label = f"{share:.0%} dropped" if share >= 0.01 else f"{lv.dropped} dropped"
+            ax.annotate(label, (lv.cameras, lv.p99_ms), fontsize=8)
     ax.set_yscale("log")
     ax.set_xlabel("cameras (640×480 JPEG, 10 fps each)")
     ax.set_ylabel("capture → prediction (ms)")
