@@ -23,6 +23,14 @@ own until that share is done, or the share would wait behind a whole batch.
 Two batches never hold a frame of the same stream, so each stream's frames
 are still stepped in order.
 
+The event loop starts batches, except one: a batch thread that finishes
+while a full batch waits takes that batch off the line itself (under a lock
+shared with the loop) and hands its finished batch's answers to the loop. A
+loaded loop is busy reading frames, and waiting for its turn there had each
+batch thread idle 11-15% of the time at 100 cameras; taking the batch
+itself, one process answered every frame within p99 100 ms in 4 of 5 runs,
+against 1 of 5 just before.
+
 A frame whose decoded size is above `heavy_pixels` (a 4K PNG, say: 100 ms
 and more to decode, against about 0.6 ms for a 640×480 JPEG decoded at
 reduced scale) would hold up every stream in its batch for that long. Such
@@ -45,13 +53,14 @@ and 310 ms in two at 0.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -101,9 +110,14 @@ class Batcher:
         self._max_batch = max_batch
         self._max_wait = max_wait
         self._ready: deque[Stream] = deque()
+        # Guards the line and the frame queues of the streams in it: the loop adds to
+        # them, and a batch thread may take its next batch off the line itself.
+        self._lock = threading.Lock()
         self._heavy: deque[tuple[Stream, PendingFrame]] = deque()
-        self._wake = asyncio.Event()
         self._heavy_wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None  # ends the wait for a batch to fill
+        self._closed = False
 
         def thread_pool(name: str) -> ThreadPoolExecutor:
             return ThreadPoolExecutor(1, name, initializer=_lower_priority, initargs=(nice,))
@@ -115,7 +129,7 @@ class Batcher:
         # thread holding a share takes no batch, or the share would wait behind it.
         self._lent: list[int | None] = [None] * decode_threads
         self._batches_made = 0
-        self._running: set[asyncio.Task[None]] = set()
+        self._running: set[Future[None]] = set()
         self._heavy_executor = thread_pool("heavy")
         self._tasks: list[asyncio.Task[None]] = []
         self._first_ready = 0.0  # when the oldest stream in line lined up
@@ -132,28 +146,55 @@ class Batcher:
             self.model.step(frames, self.model.zero_state(n))
 
     def start(self) -> None:
-        """Starts the batching and heavy-lane tasks on the running loop."""
-        self._tasks = [
-            asyncio.create_task(self._batches(), name="batcher"),
-            asyncio.create_task(self._heavy_lane(), name="heavy-lane"),
-        ]
+        """Binds the batcher to the running loop and starts the heavy lane."""
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [asyncio.create_task(self._heavy_lane(), name="heavy-lane")]
 
     async def stop(self) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*self._running, return_exceptions=True)
+        await asyncio.gather(*map(asyncio.wrap_future, self._running), return_exceptions=True)
         for executor in (*self._threads, self._heavy_executor):
             await asyncio.to_thread(executor.shutdown, True)
 
+    def push(self, stream: Stream, pending: PendingFrame) -> bool:
+        """Queues a stream's new frame and lines the stream up; False if that dropped the
+        oldest frame it had waiting (see Stream.push)."""
+        with self._lock:
+            kept = stream.push(pending)
+            lined_up = self._line_up(stream)
+        if lined_up:
+            self._dispatch()
+        return kept
+
     def offer(self, stream: Stream) -> None:
         """Lines `stream` up for a batch if it has a frame and nothing else in progress."""
-        if stream.schedulable and not stream.in_flight:
-            stream.in_flight = True  # lined up counts: it must not line up twice
-            if not self._ready:
-                self._first_ready = time.monotonic()
-            self._ready.append(stream)
-            self._wake.set()
+        with self._lock:
+            lined_up = self._line_up(stream)
+        if lined_up:
+            self._dispatch()
+
+    def drain(self, stream: Stream) -> int:
+        """Drops the frames an ending stream still has waiting; returns how many."""
+        with self._lock:
+            waiting = len(stream.queue) + (stream.decoded is not None)
+            stream.queue.clear()
+            stream.decoded = None
+        return waiting
+
+    def _line_up(self, stream: Stream) -> bool:
+        # Holding the lock.
+        if not stream.schedulable or stream.in_flight:
+            return False
+        stream.in_flight = True  # lined up counts: it must not line up twice
+        if not self._ready:
+            self._first_ready = time.monotonic()
+        self._ready.append(stream)
+        return True
 
     def _idle_threads(self) -> list[int]:
         return [k for k, busy in enumerate(self._busy) if not busy and self._lent[k] is None]
@@ -166,76 +207,124 @@ class Batcher:
             return None
         return idle[0]
 
-    async def _batches(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            while not self._ready or self._free_thread() is None:
-                self._wake.clear()
-                await self._wake.wait()
+    def _dispatch(self) -> None:
+        """On the loop, whenever the line or a thread changes: starts what may start now."""
+        while not self._closed and self._ready and (k := self._free_thread()) is not None:
             # Give other streams a moment to join, counted from when the first one lined
             # up: under load the line formed while the last batch ran, so nobody waits.
             wait = self._first_ready + self._max_wait - time.monotonic()
             if len(self._ready) < self._max_batch and wait > 0:
-                await asyncio.sleep(wait)
-            batch: list[tuple[Stream, PendingFrame]] = []
-            while self._ready and len(batch) < self._max_batch:
-                stream = self._ready.popleft()
-                if stream.failure is not None:
-                    stream.in_flight = False
-                    continue
-                pending = stream.take()
-                if pending.heavy and pending.image is None:
-                    self._heavy.append((stream, pending))
-                    self._heavy_wake.set()
-                    continue
-                batch.append((stream, pending))
-            if not batch:
-                continue
-            # Only this task takes batch threads, so the one found free above still is
-            # (the line may have shrunk meanwhile: failed or heavy streams left it).
-            k, *others = self._idle_threads()
-            # The other idle threads decode a share of this batch, unless a full batch is
-            # waiting for them.
-            helpers = others if len(self._ready) < self._max_batch else []
-            self._batches_made += 1
-            number = self._batches_made
-            self._busy[k] = True
-            for j in helpers:
-                self._lent[j] = number
-            task = asyncio.create_task(self._step(loop, k, number, batch, helpers))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+                if self._timer is None:
+                    assert self._loop is not None, "start() binds the batcher to its loop"
+                    self._timer = self._loop.call_later(wait, self._waited)
+                return
+            with self._lock:
+                batch, heavy = self._take()
+            self._to_heavy_lane(heavy)
+            if batch:
+                self._submit(k, batch)
 
-    async def _step(
+    def _waited(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _take(self) -> tuple[list[tuple[Stream, PendingFrame]], list[tuple[Stream, PendingFrame]]]:
+        """Holding the lock: up to max_batch streams' next frames off the line, and the
+        heavy ones among them apart."""
+        batch: list[tuple[Stream, PendingFrame]] = []
+        heavy: list[tuple[Stream, PendingFrame]] = []
+        while self._ready and len(batch) < self._max_batch:
+            stream = self._ready.popleft()
+            if stream.failure is not None or (stream.decoded is None and not stream.queue):
+                stream.in_flight = False  # it ended while in line
+                continue
+            pending = stream.take()
+            if pending.heavy and pending.image is None:
+                heavy.append((stream, pending))
+            else:
+                batch.append((stream, pending))
+        return batch, heavy
+
+    def _to_heavy_lane(self, heavy: list[tuple[Stream, PendingFrame]]) -> None:
+        """On the loop."""
+        if heavy:
+            self._heavy.extend(heavy)
+            self._heavy_wake.set()
+
+    def _submit(self, k: int, batch: list[tuple[Stream, PendingFrame]]) -> None:
+        """Starts `batch` on batch thread `k`, with the other idle threads decoding a share
+        of it unless a full batch is waiting for them."""
+        loop = self._loop
+        assert loop is not None, "start() binds the batcher to its loop"
+        others = [j for j in self._idle_threads() if j != k]
+        helpers = others if len(self._ready) < self._max_batch else []
+        self._batches_made += 1
+        number = self._batches_made
+        self._busy[k] = True
+        for j in helpers:
+            self._lent[j] = number
+        future = self._threads[k].submit(self._work, loop, batch, number, helpers)
+        self._running.add(future)
+
+        def finished(done: Future[None]) -> None:  # on the batch thread
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody left to answer
+                loop.call_soon_threadsafe(self._finished, k, number, helpers, done)
+
+        future.add_done_callback(finished)
+
+    def _work(
         self,
         loop: asyncio.AbstractEventLoop,
-        k: int,
-        number: int,
         batch: list[tuple[Stream, PendingFrame]],
+        number: int,
         helpers: list[int],
     ) -> None:
-        try:
-            results = await loop.run_in_executor(
-                self._threads[k], self._run, batch, number, helpers, loop
-            )
-        except Exception as e:
+        """On a batch thread: runs `batch`, and the next one as long as a full one waits
+        (see the module's docstring); each batch's answers go to the loop as it ends."""
+        while True:
+            try:
+                outcome: list[_Result] | Exception = self._run(loop, batch, number, helpers)
+            except Exception as e:
+                outcome = e
+            following: list[tuple[Stream, PendingFrame]] = []
+            heavy: list[tuple[Stream, PendingFrame]] = []
+            if not self._closed and len(self._ready) >= self._max_batch:
+                with self._lock:
+                    following, heavy = self._take()
+            loop.call_soon_threadsafe(self._settle, batch, outcome, heavy)
+            if not following:
+                return
+            batch, helpers = following, []
+
+    def _settle(
+        self,
+        batch: list[tuple[Stream, PendingFrame]],
+        outcome: list[_Result] | Exception,
+        heavy: list[tuple[Stream, PendingFrame]],
+    ) -> None:
+        """On the loop: answers a batch's streams."""
+        self._to_heavy_lane(heavy)
+        if isinstance(outcome, Exception):
             # A fault of the server's own: these streams end (INTERNAL), the others go on.
-            logger.exception("batch of %d failed", len(batch))
+            logger.error("batch of %d failed", len(batch), exc_info=outcome)
             for stream, _ in batch:
                 stream.in_flight = False
-                stream.fail(e)
+                stream.fail(outcome)
         else:
-            self._deliver(batch, results)
-        finally:
-            self._busy[k] = False
-            self._return(number, helpers)
+            self._deliver(batch, outcome)
+
+    def _finished(self, k: int, number: int, helpers: list[int], future: Future[None]) -> None:
+        """On the loop: batch thread `k` has nothing left to run; hands it the next batch."""
+        self._running.discard(future)
+        self._busy[k] = False
+        self._return(number, helpers)
 
     def _return(self, number: int, helpers: list[int]) -> None:
         """On the loop: the helpers' shares of batch `number` are done."""
         for j in helpers:
             if self._lent[j] == number:
                 self._lent[j] = None
-        self._wake.set()
+        self._dispatch()
 
     def _decode(self, frames: list[PendingFrame]) -> list[np.ndarray | FrameError]:
         out: list[np.ndarray | FrameError] = []
@@ -254,10 +343,10 @@ class Batcher:
 
     def _run(
         self,
+        loop: asyncio.AbstractEventLoop,
         batch: list[tuple[Stream, PendingFrame]],
         number: int,
         helpers: list[int],
-        loop: asyncio.AbstractEventLoop,
     ) -> list[_Result]:
         """On a batch thread: decode, gather, step, scatter. The loop leaves these alone."""
         frames = [pending for _, pending in batch]
@@ -317,9 +406,13 @@ class Batcher:
             if isinstance(result, Exception):
                 stream.fail(result)  # its handler logs it and ends the call with INTERNAL
                 continue
-            result.latency_seconds = now - pending.received
-            metrics.frame_latency.observe(result.latency_seconds)
-            predicted[result.top[0].label].inc()
+            try:
+                result.latency_seconds = now - pending.received
+                metrics.frame_latency.observe(result.latency_seconds)
+                predicted[result.top[0].label].inc()
+            except Exception as e:  # a fault of ours with this stream: the rest are answered
+                stream.fail(e)
+                continue
             stream.outbox = result
             stream.wakeup.set()
             answered += 1

@@ -213,9 +213,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             self._resampled.inc()
             return
         heavy = checked.pixels > self._cfg.heavy_pixels
-        if not stream.push(PendingFrame(frame, checked, sequence, received, heavy)):
+        if not self._batcher.push(stream, PendingFrame(frame, checked, sequence, received, heavy)):
             self._overload.inc()
-        self._batcher.offer(stream)
 
     async def WatchSource(
         self, request: pb.SourceRequest, context: grpc.aio.ServicerContext
@@ -250,8 +249,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     frame = pb.Frame(timestamp_us=time.time_ns() // 1000)
                     pending = PendingFrame(frame, None, stream.number(0), received, False)
                     pending.image = await asyncio.to_thread(self._decoder.fit, image)
-                    stream.push(pending)
-                    self._batcher.offer(stream)
+                    self._batcher.push(stream, pending)
                     while stream.outbox is None and stream.failure is None:
                         await stream.wakeup.wait()
                         stream.wakeup.clear()
@@ -370,11 +368,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         """Frees everything the stream held; counts how it ended."""
         self._open.pop(stream, None)
         self._stop_waiting(stream)
-        waiting = len(stream.queue) + (stream.decoded is not None)
+        waiting = self._batcher.drain(stream)
         if waiting:
             self._metrics.frames_dropped.labels("stream_ended").inc(waiting)
-        stream.queue.clear()
-        stream.decoded = None
         # What the client was told, for the log: an operator can then tell which camera
         # sends bad frames. Server-made text (numbers, fixed words), bounded all the same.
         told = stream.failure

@@ -11,6 +11,9 @@ opened call that never sends anything costs no model memory.
 Threads: the event loop owns everything here except `state`, `tracker` and
 `prediction()`, which the batcher's worker thread uses while the stream's
 frame is in a batch (`in_flight`); the loop does not touch them meanwhile.
+While a stream is lined up for a batch, a batch thread may take its next
+frame, so its `queue`, `decoded` and `in_flight` change only under the
+batcher's lock then (Batcher.push, offer and drain).
 """
 
 from __future__ import annotations

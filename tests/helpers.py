@@ -62,6 +62,10 @@ class LiveStream:
         self._requests.put(request)
         return next(self._responses)  # type: ignore[no-any-return]
 
+    def put(self, request: pb.FrameRequest) -> None:
+        """Sends a request without waiting for its prediction."""
+        self._requests.put(request)
+
     def close(self) -> list[pb.Prediction]:
         """Ends the request stream; returns any predictions still to come."""
         self._requests.put(None)

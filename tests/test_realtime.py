@@ -135,6 +135,37 @@ def test_an_overloaded_stream_drops_its_oldest_frames_and_says_so(
     assert m["actionstream_frames_processed_total"] == 2
 
 
+def _until(server: BackgroundServer, key: str, value: float, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while scrape(server).get(key, 0.0) != value:
+        assert time.monotonic() < deadline, f"{key} never reached {value}"
+        time.sleep(0.01)
+
+
+def test_a_stream_that_ends_while_in_line_costs_the_others_nothing(
+    start_server: StartServer,
+) -> None:
+    # The batcher waits a second for its first batch to fill, so the first stream's
+    # frame is still in line when its client cancels.
+    server = start_server(max_batch_wait_ms=1000, metrics_port=0)
+    stub = _stub(server)
+    frames = [png(f) for f in render(2, seed=31)]
+    gone = LiveStream(stub, pb.StreamOptions())
+    gone.put(frame_request(frames[0]))
+    _until(server, "actionstream_frames_received_total", 1)
+    gone.cancel()
+    _until(server, "actionstream_streams_ended_total{reason=cancelled}", 1)
+    # The next stream is answered: the one that left the line took nothing with it.
+    with ThreadPoolExecutor(1) as pool:
+        live = LiveStream(stub, pb.StreamOptions())
+        answer = pool.submit(live.send, frame_request(frames[1])).result(timeout=10)
+        assert answer.sequence == 1
+        live.close()
+    m = scrape(server)
+    assert m["actionstream_frames_dropped_total{reason=stream_ended}"] == 1
+    assert m["actionstream_frames_processed_total"] == 1
+
+
 def _nice(thread: threading.Thread) -> int:
     stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[16])
