@@ -81,8 +81,8 @@ bench: $(VENV)/.dev
 
 # Live cameras against the server, one process then two (minutes; a quiet machine).
 load: $(VENV)/.dev swarm-tools
-	$(PY) bench/load.py
-	$(PY) bench/load.py --plot docs/load.png --server-arg=--workers --server-arg=2
+	$(PY) bench/load.py --plot docs/load.png
+	$(PY) bench/load.py --server-arg=--workers --server-arg=2
 
 serve: $(VENV)/.service
 	$(BIN)/actionstream serve
