@@ -53,6 +53,7 @@ and 310 ms in two at 0.)
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -208,21 +209,30 @@ class Batcher:
         return idle[0]
 
     def _dispatch(self) -> None:
-        """On the loop, whenever the line or a thread changes: starts what may start now."""
-        while not self._closed and self._ready and (k := self._free_thread()) is not None:
-            # Give other streams a moment to join, counted from when the first one lined
-            # up: under load the line formed while the last batch ran, so nobody waits.
-            wait = self._first_ready + self._max_wait - time.monotonic()
-            if len(self._ready) < self._max_batch and wait > 0:
-                if self._timer is None:
-                    assert self._loop is not None, "start() binds the batcher to its loop"
-                    self._timer = self._loop.call_later(wait, self._waited)
-                return
+        """On the loop, whenever the line or a thread changes: starts what may start now.
+
+        Decides under the lock, since a batch thread may take from the line meanwhile.
+        """
+        while not self._closed:
             with self._lock:
+                if not self._ready or (k := self._free_thread()) is None:
+                    return
+                # Give other streams a moment to join, counted from when the first one
+                # lined up: under load the line formed while the last batch ran, so
+                # nobody waits.
+                wait = self._first_ready + self._max_wait - time.monotonic()
+                if len(self._ready) < self._max_batch and wait > 0:
+                    if self._timer is None:
+                        assert self._loop is not None, "start() binds the batcher to its loop"
+                        self._timer = self._loop.call_later(wait, self._waited)
+                    return
                 batch, heavy = self._take()
+                # The other idle threads decode a share of it, unless a full batch is
+                # waiting for them.
+                full_waits = len(self._ready) >= self._max_batch
             self._to_heavy_lane(heavy)
             if batch:
-                self._submit(k, batch)
+                self._submit(k, batch, [] if full_waits else self._idle_threads())
 
     def _waited(self) -> None:
         self._timer = None
@@ -251,13 +261,12 @@ class Batcher:
             self._heavy.extend(heavy)
             self._heavy_wake.set()
 
-    def _submit(self, k: int, batch: list[tuple[Stream, PendingFrame]]) -> None:
-        """Starts `batch` on batch thread `k`, with the other idle threads decoding a share
-        of it unless a full batch is waiting for them."""
+    def _submit(self, k: int, batch: list[tuple[Stream, PendingFrame]], idle: list[int]) -> None:
+        """Starts `batch` on batch thread `k`; the `idle` threads other than k decode a
+        share of it."""
         loop = self._loop
         assert loop is not None, "start() binds the batcher to its loop"
-        others = [j for j in self._idle_threads() if j != k]
-        helpers = others if len(self._ready) < self._max_batch else []
+        helpers = [j for j in idle if j != k]
         self._batches_made += 1
         number = self._batches_made
         self._busy[k] = True
@@ -288,8 +297,8 @@ class Batcher:
                 outcome = e
             following: list[tuple[Stream, PendingFrame]] = []
             heavy: list[tuple[Stream, PendingFrame]] = []
-            if not self._closed and len(self._ready) >= self._max_batch:
-                with self._lock:
+            with self._lock:
+                if not self._closed and len(self._ready) >= self._max_batch:
                     following, heavy = self._take()
             loop.call_soon_threadsafe(self._settle, batch, outcome, heavy)
             if not following:
@@ -358,12 +367,16 @@ class Batcher:
             for i, j in enumerate(helpers, start=1)
             if i * share < len(frames)
         ]
-        decoded = self._decode(frames[:share])
-        for future in helped:
-            decoded += future.result()
-        if helpers:
-            # Free to take a batch of their own while this one steps.
-            loop.call_soon_threadsafe(self._return, number, helpers)
+        try:
+            decoded = self._decode(frames[:share])
+            for future in helped:
+                decoded += future.result()
+        finally:
+            if helpers:
+                # Free to take a batch of their own while this one steps (or, after a
+                # fault, once their shares are done: a share must not wait behind them).
+                concurrent.futures.wait(helped)
+                loop.call_soon_threadsafe(self._return, number, helpers)
         results: list[_Result | None] = [None] * len(batch)
         images, rows = [], []
         for i, image in enumerate(decoded):
@@ -434,6 +447,12 @@ class Batcher:
                 self._metrics.frames_rejected.labels(e.reason).inc()
                 stream.in_flight = False
                 stream.fail(FrameRejected(pending.sequence, e))
+                continue
+            except Exception as e:
+                # A fault of the server's own: this stream ends (INTERNAL); the lane
+                # goes on for the others.
+                stream.in_flight = False
+                stream.fail(e)
                 continue
             spent = time.perf_counter() - start
             self._metrics.decode.observe(spent)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -18,6 +19,7 @@ import pytest
 from background import BackgroundServer
 from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
 
+from actionstream.service.frames import FrameDecoder
 from actionstream.service.metrics import scrape as scrape_metrics
 from actionstream.service.model import OnnxStepModel
 from actionstream.service.streams import ActionTracker, PendingFrame, Resampler, Stream
@@ -580,6 +582,30 @@ def test_a_client_that_vanishes_is_counted_and_freed(start_server: StartServer) 
         for r in ("completed", "cancelled")
     ]
     assert sum(ended) == 1
+
+
+def test_a_fault_in_the_heavy_lane_ends_only_that_stream(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every 64x64 test frame counts as heavy here, so each one takes the heavy lane.
+    server = start_server(heavy_pixels=32 * 32, metrics_port=0)
+    decode = FrameDecoder.decode
+    faults = iter([True])
+
+    def faulty_once(self: FrameDecoder, *args: Any) -> np.ndarray:
+        if next(faults, False):
+            raise RuntimeError("a decoder fault")
+        return decode(self, *args)
+
+    monkeypatch.setattr(FrameDecoder, "decode", faulty_once)
+    stub = _stub(server)
+    frames = [png(f) for f in render(3, seed=32)]
+    with pytest.raises(grpc.RpcError) as ended:
+        list(stub.StreamFrames(iter([frame_request(frames[0])]), timeout=10))
+    assert ended.value.code() == grpc.StatusCode.INTERNAL
+    # The lane goes on: the next stream's heavy frames are answered.
+    answers = list(stub.StreamFrames(iter(frame_request(f) for f in frames[1:]), timeout=10))
+    assert [a.sequence for a in answers] == [1, 2]
 
 
 def test_expensive_frames_cannot_starve_other_streams(
