@@ -17,7 +17,9 @@ it prints
   and never answered by the end of the run,
 - capture-to-prediction latency p50/p99 (the frame's capture timestamp to the
   prediction arriving at the camera), over the first and second half of the
-  run separately, so a server that falls further behind shows as growth,
+  run separately, so a server that falls further behind shows as growth;
+  frames sent in the first second are left out of the latency (each stream's
+  first frames pay for setting it up) but counted as answered or dropped,
 - the server's CPU seconds per answered frame, read from the server process
   (/proc), and its mean batch size from /metrics,
 - that CPU cost divided by the bare work on the same frames, timed in the
