@@ -28,7 +28,8 @@ class ServeConfig:
     )
     threads: int = setting(
         1,
-        help="onnxruntime intra-op threads; 0 lets it choose; 1 leaves the rest to gRPC "
+        help="onnxruntime intra-op threads; 0 lets it choose (its pool spins on every core: "
+        "at 100 cameras on 2 cores it doubled the CPU a frame); 1 leaves the rest to gRPC "
         "and decoding",
         group="Model",
     )
