@@ -1,4 +1,5 @@
-"""A real Prometheus scrapes a real server; the shipped config and alerts are valid.
+"""A real Prometheus scrapes a real server; the shipped config and alerts are valid, and the
+overload alert fires on what an overloaded server exports.
 
 Needs Debian's `prometheus` package (`make test` installs it where it can).
 Without it these tests are skipped, except in CI, where that is a failure.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from background import BackgroundServer
 from helpers import frame_request, jpeg, render
 
@@ -132,3 +134,53 @@ def test_prometheus_scrapes_what_the_server_did(
     assert float(up[0]["value"][1]) == 1
     latency = _query(url, "actionstream_frame_latency_seconds_count")
     assert float(latency[0]["value"][1]) == 12
+
+
+def _alert(name: str) -> str:
+    """The expression of one shipped alert, as Prometheus would load it."""
+    groups = yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"]
+    (expr,) = [r["expr"] for g in groups for r in g["rules"] if r.get("alert") == name]
+    return str(expr)
+
+
+def _poll(url: str, expr: str, done: Callable[[list[dict]], bool]) -> list[dict]:
+    deadline = time.monotonic() + 45
+    result = _query(url, expr)
+    while not done(result) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        result = _query(url, expr)
+    return result
+
+
+@pytest.mark.slow
+def test_the_overload_alert_fires_on_what_an_overloaded_server_exports(
+    start_server: Callable[..., BackgroundServer], prometheus: Callable[[int], str]
+) -> None:
+    # An overloaded server keeps its latency and drops frames instead, so this alert is
+    # the one that must see it: its shipped expression, over a real scrape of a real
+    # server that drops 18 of 20 frames. The batcher waits a second before its first
+    # batch; by then every frame has arrived, and the stream keeps its newest two.
+    server = start_server(
+        metrics_host="127.0.0.1", metrics_port=0, max_batch_wait_ms=1000, queue_frames=2
+    )
+    assert server.metrics_port is not None
+    url = prometheus(server.metrics_port)
+    # A scrape from before the drops, so that rate() sees them happen.
+    before = _poll(url, 'actionstream_frames_dropped_total{reason="overload"}', lambda r: bool(r))
+    assert before and float(before[0]["value"][1]) == 0, before
+
+    frames = [jpeg(f) for f in render(20, seed=30)]
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        answered = list(stub.StreamFrames(iter([frame_request(f) for f in frames])))
+    assert len(answered) == 2
+
+    # Until a scrape from after the stream's end (one in between may have seen 1 answered).
+    firing = _poll(
+        url,
+        _alert("ActionstreamOverloaded"),
+        lambda r: bool(r) and float(r[0]["value"][1]) == pytest.approx(18 / 20, abs=0.01),
+    )
+    assert firing, "the alert's expression found nothing to fire on"
+    assert firing[0]["metric"] == {"instance": f"127.0.0.1:{server.metrics_port}"}
+    assert float(firing[0]["value"][1]) == pytest.approx(18 / 20, abs=0.01)
