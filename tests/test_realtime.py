@@ -486,7 +486,11 @@ def test_calls_waiting_for_a_first_frame_are_bounded_oldest_out(
     silent = []
     for i in range(5):
         silent.append(LiveStream(stub, pb.StreamOptions(stream_name=f"silent-{i}")))
-        _wait_for(server, "actionstream_waiting_calls", min(i + 1, 3))
+        # Each call seen by the server before the next opens, so "oldest" is known.
+        if i < 3:
+            _wait_for(server, "actionstream_waiting_calls", i + 1)
+        else:
+            _wait_for(server, "actionstream_streams_ended_total{reason=evicted}", i - 2)
     for call in silent[:2]:
         with pytest.raises(grpc.RpcError) as err:
             call.outcome()
