@@ -62,6 +62,7 @@ import grpc
 import numpy as np
 
 from actionstream.serve_process import ServeProcess
+from actionstream.service import grpc_listener
 from actionstream.service.metrics import scrape
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -323,8 +324,13 @@ class EchoProcess:
     def __init__(self, share: float = 1.0) -> None:
         self._dir = tempfile.TemporaryDirectory()
         port_file = Path(self._dir.name) / "port"
+        # gRPC configured as `actionstream serve` configures it, so the echo is gRPC's part
+        # of the server's work and not of another setup's.
+        env = dict(os.environ)
+        grpc_listener.prefer_iomgr(env)
         self._proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve-echo", str(port_file), "--echo-share", str(share)]
+            [sys.executable, __file__, "--serve-echo", str(port_file), "--echo-share", str(share)],
+            env=env,
         )
         deadline = time.monotonic() + 30
         while not port_file.exists() or not port_file.read_text():

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from actionstream.settings import setting
 
 
@@ -39,6 +36,11 @@ class HealthConfig:
 
 def check(cfg: HealthConfig) -> tuple[bool, str]:
     """(serving, what was seen)."""
+    # Here, not at the top: the command line imports this module, and `serve` must choose
+    # gRPC's listener before grpc loads (service/grpc_listener.py).
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     with grpc.insecure_channel(cfg.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service=cfg.service)

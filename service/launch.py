@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from actionstream.service import logs
+from actionstream.service import grpc_listener, logs
 from actionstream.service.config import ServeConfig
 
 
@@ -38,6 +38,10 @@ def run(cfg: ServeConfig) -> int:
     could not start (the reason goes to stderr).
     """
     logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
+    # gRPC reads its experiments once, as it loads: only a process that has not loaded it
+    # yet (and the workers it starts) can still choose the listener.
+    if "grpc" not in sys.modules:
+        grpc_listener.prefer_iomgr(os.environ)
     if cfg.workers == 1:
         from actionstream.service.server import serve_here
 

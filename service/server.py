@@ -22,7 +22,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from actionstream.service import logs, native_stderr
+from actionstream.service import grpc_listener, logs, native_stderr
 from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
 from actionstream.service.frames import FrameDecoder
@@ -226,7 +226,12 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
             f"{address(cfg.host, server.port)}, {metrics}",
             cfg.log_format,
         )
-    logger.info("model %s, onnxruntime providers %s", server.model.path, server.model.providers)
+    logger.info(
+        "model %s, onnxruntime providers %s, gRPC listener %s",
+        server.model.path,
+        server.model.providers,
+        grpc_listener.listener(os.environ),
+    )
 
     await stop.wait()
     logger.info("shutting down: open streams get %gs to finish", cfg.grace_seconds)

@@ -6,6 +6,14 @@ but each gets its own Prometheus registry, so counts start at zero.
 
 from __future__ import annotations
 
+import os
+
+from actionstream.service import grpc_listener
+
+# Before anything loads gRPC (it reads its experiments once): the servers in these tests
+# read their connections as `actionstream serve`'s do.
+grpc_listener.prefer_iomgr(os.environ)
+
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
