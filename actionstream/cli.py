@@ -16,8 +16,7 @@ import click
 
 from actionstream.command import config_command
 from actionstream.demo_config import DemoConfig
-from actionstream.service.config import ServeConfig, StreamConfig
-from actionstream.service.healthcheck import HealthConfig
+from actionstream.service.config import HealthConfig, ServeConfig, StreamConfig
 from actionstream.training.config import (
     EvaluateConfig,
     ExportConfig,

@@ -1,9 +1,11 @@
-"""The service's settings: `serve`'s and the `stream` client's, a frozen dataclass each.
+"""The service's settings: `serve`'s, the `stream` client's and `health`'s, a frozen
+dataclass each.
 
 `actionstream serve` turns each ServeConfig field into `--field-name` and
 reads `ACTIONSTREAM_FIELD_NAME` from the environment (actionstream/command.py),
 so the help text here is the user's manual. The module imports nothing heavy,
-so the command line builds its flags without loading OpenCV or onnxruntime.
+so the command line builds its flags without loading OpenCV, onnxruntime or
+gRPC (which `serve` configures before it loads: service/grpc_listener.py).
 """
 
 from __future__ import annotations
@@ -248,3 +250,24 @@ class StreamConfig:
             raise ValueError(f"max_frames must be 0 (all) or more, got {self.max_frames}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Which server to ask, and how long to wait."""
+
+    host: str = setting("127.0.0.1", help="server address")
+    port: int = setting(50051, help="server gRPC port")
+    service: str = setting("", help="service to ask about; empty asks about the whole server")
+    timeout: float = setting(3.0, help="seconds to wait for the answer")
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be 1..65535, got {self.port}")
+        if not self.timeout > 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout}")
+
+    @property
+    def target(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"

@@ -8,39 +8,14 @@ by environment it asks the server it sits beside.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from actionstream.settings import setting
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    """Which server to ask, and how long to wait."""
-
-    host: str = setting("127.0.0.1", help="server address")
-    port: int = setting(50051, help="server gRPC port")
-    service: str = setting("", help="service to ask about; empty asks about the whole server")
-    timeout: float = setting(3.0, help="seconds to wait for the answer")
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.port <= 65535:
-            raise ValueError(f"port must be 1..65535, got {self.port}")
-        if not self.timeout > 0:
-            raise ValueError(f"timeout must be positive, got {self.timeout}")
-
-    @property
-    def target(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+from actionstream.service.config import HealthConfig
 
 
 def check(cfg: HealthConfig) -> tuple[bool, str]:
     """(serving, what was seen)."""
-    # Here, not at the top: the command line imports this module, and `serve` must choose
-    # gRPC's listener before grpc loads (service/grpc_listener.py).
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
     with grpc.insecure_channel(cfg.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         request = health_pb2.HealthCheckRequest(service=cfg.service)

@@ -39,7 +39,7 @@ def run(cfg: ServeConfig) -> int:
     """
     logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
     # gRPC reads its experiments once, as it loads: only a process that has not loaded it
-    # yet (and the workers it starts) can still choose the listener.
+    # yet can still choose the listener, for itself and for the workers it starts.
     if "grpc" not in sys.modules:
         grpc_listener.prefer_iomgr(os.environ)
     if cfg.workers == 1:

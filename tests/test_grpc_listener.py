@@ -26,6 +26,11 @@ def test_serve_turns_the_event_engine_listener_off_beside_other_experiments() ->
     grpc_listener.prefer_iomgr(environ)
     assert environ == {"GRPC_EXPERIMENTS": "tcp_rcv_lowat,-event_engine_listener"}
 
+    # gRPC takes one "-" off: this names an experiment it does not know, not ours.
+    environ = {"GRPC_EXPERIMENTS": "--event_engine_listener"}
+    grpc_listener.prefer_iomgr(environ)
+    assert grpc_listener.listener(environ) == "iomgr"
+
 
 @pytest.mark.parametrize(
     ("operator", "listener"),
@@ -52,12 +57,12 @@ def test_the_command_line_loads_no_grpc_before_serve_chooses() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def _serve_and_connect(log_path: Path, experiments: str) -> str:
-    """Starts a real `actionstream serve` whose environment has GRPC_EXPERIMENTS set to
-    `experiments` and gRPC's own tracing of its TCP layer on, connects once, and returns
-    its log."""
+def _serve_and_connect(log_path: Path, experiments: str, *args: str) -> str:
+    """Starts a real `actionstream serve ARGS` whose environment has GRPC_EXPERIMENTS set
+    to `experiments` and gRPC's own tracing of its TCP layer on, connects once, and
+    returns its log."""
     env = {"GRPC_EXPERIMENTS": experiments, "GRPC_VERBOSITY": "debug", "GRPC_TRACE": "tcp"}
-    with log_path.open("w+") as log, ServeProcess(log, env=env) as server:
+    with log_path.open("w+") as log, ServeProcess(log, args=list(args), env=env) as server:
         # The server relays native log lines at 10 a second; let its start-up lines pass.
         time.sleep(1.2)
         with grpc.insecure_channel(server.target) as channel:
@@ -69,14 +74,21 @@ def _serve_and_connect(log_path: Path, experiments: str) -> str:
 
 
 @pytest.mark.slow
-def test_serve_reads_connections_with_the_iomgr_listener(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_reads_connections_with_the_iomgr_listener(tmp_path: Path, workers: int) -> None:
     # An empty GRPC_EXPERIMENTS, as on a fresh machine (this test process sets its own).
-    log = _serve_and_connect(tmp_path / "iomgr.log", "")
+    log = _serve_and_connect(tmp_path / "serve.log", "", "--workers", str(workers))
     assert "Unknown experiment" not in log, "this grpcio no longer has the experiment"
-    assert "gRPC listener iomgr" in log
-    # iomgr's listener is tcp_server_posix.cc, and its connections tcp_posix.cc.
+    assert log.count("gRPC listener iomgr") == workers, log
+    # gRPC's own trace: iomgr's listener is tcp_server_posix.cc and its connections
+    # tcp_posix.cc; the EventEngine's connections log from endpoint.cc.
     assert "tcp_server_posix.cc" in log and "SERVER_CONNECT" in log, log
+    assert "endpoint.cc:" not in log, log
 
-    log = _serve_and_connect(tmp_path / "event_engine.log", "event_engine_listener")
+
+@pytest.mark.slow
+def test_an_operator_can_keep_grpcs_event_engine_listener(tmp_path: Path) -> None:
+    log = _serve_and_connect(tmp_path / "serve.log", "event_engine_listener")
     assert "gRPC listener EventEngine" in log
-    assert "tcp_server_posix.cc" not in log, log
+    assert "endpoint.cc:" in log, log
+    assert "tcp_server_posix.cc" not in log and "tcp_posix.cc" not in log, log
