@@ -23,12 +23,15 @@ VARIABLE = "GRPC_EXPERIMENTS"
 EXPERIMENT = "event_engine_listener"
 
 
+def _names(environ: Mapping[str, str]) -> list[str]:
+    return [name.strip() for name in environ.get(VARIABLE, "").split(",") if name.strip()]
+
+
 def _mentions(environ: Mapping[str, str]) -> list[str]:
     """The experiment's mentions in GRPC_EXPERIMENTS, in order, each "on" or "off"."""
-    names = (name.strip() for name in environ.get(VARIABLE, "").split(","))
     return [
         "off" if name.startswith("-") else "on"
-        for name in names
+        for name in _names(environ)
         if name.removeprefix("-") == EXPERIMENT
     ]
 
@@ -37,8 +40,7 @@ def prefer_iomgr(environ: MutableMapping[str, str]) -> None:
     """Turns gRPC's EventEngine listener off in `environ`, unless its GRPC_EXPERIMENTS
     already names that experiment either way."""
     if not _mentions(environ):
-        named = [name.strip() for name in environ.get(VARIABLE, "").split(",") if name.strip()]
-        environ[VARIABLE] = ",".join([*named, f"-{EXPERIMENT}"])
+        environ[VARIABLE] = ",".join([*_names(environ), f"-{EXPERIMENT}"])
 
 
 def listener(environ: Mapping[str, str]) -> str:
