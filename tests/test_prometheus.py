@@ -106,6 +106,15 @@ def _query(url: str, expr: str) -> list[dict]:
         return []  # Prometheus not listening yet
 
 
+def _poll(url: str, expr: str, done: Callable[[list[dict]], bool]) -> list[dict]:
+    deadline = time.monotonic() + 45
+    result = _query(url, expr)
+    while not done(result) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        result = _query(url, expr)
+    return result
+
+
 @pytest.mark.slow
 def test_prometheus_scrapes_what_the_server_did(
     start_server: Callable[..., BackgroundServer], prometheus: Callable[[int], str]
@@ -122,13 +131,11 @@ def test_prometheus_scrapes_what_the_server_did(
         answered = list(stub.StreamFrames(iter(requests)))
     assert len(answered) == 12
 
-    deadline = time.monotonic() + 45
-    processed: list[dict] = []
-    while time.monotonic() < deadline:
-        processed = _query(url, "actionstream_frames_processed_total")
-        if processed and float(processed[0]["value"][1]) == 12:
-            break
-        time.sleep(0.5)
+    processed = _poll(
+        url,
+        "actionstream_frames_processed_total",
+        lambda r: bool(r) and float(r[0]["value"][1]) == 12,
+    )
     assert processed and float(processed[0]["value"][1]) == 12, processed
     assert processed[0]["metric"]["job"] == "actionstream"
     up = _query(url, 'up{job="actionstream"}')
@@ -142,15 +149,6 @@ def _alert(name: str) -> str:
     groups = yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"]
     (expr,) = [r["expr"] for g in groups for r in g["rules"] if r.get("alert") == name]
     return str(expr)
-
-
-def _poll(url: str, expr: str, done: Callable[[list[dict]], bool]) -> list[dict]:
-    deadline = time.monotonic() + 45
-    result = _query(url, expr)
-    while not done(result) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        result = _query(url, expr)
-    return result
 
 
 @pytest.mark.slow
