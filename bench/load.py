@@ -24,16 +24,19 @@ it prints
   (/proc), and its mean batch size from /metrics,
 - that CPU cost divided by the bare work on the same frames, timed in the
   same run: reduced-scale decode + resize of as many frames of the clip as
-  the server's mean batch, then their model step, back to back on one thread
-  (the work as a batch does it: each stage runs after the other has had the
-  core's caches), and a bare grpc.aio echo of the same messages (a server that
-  reads every frame and answers as large a share of them as the server did,
-  driven by the same cameras, its CPU read the same way; an overloaded server
-  still reads the frames it drops, so both sides count that reading),
+  the server's mean batch, then their model step, on one thread (the work as
+  a batch does it: each stage runs after the other has had the core's
+  caches), one such batch as often as the server formed one, idle in
+  between (work after an idle spell costs more on this machine, and a server
+  at light load cannot avoid it), timed over 8 s; and a bare grpc.aio echo
+  of the same messages (a server that reads every frame and answers as large
+  a share of them as the server did, driven by the same cameras for as long,
+  its CPU read the same way; an overloaded server still reads the frames it
+  drops, so both sides count that reading),
 - the same ratio with the decode and the step timed apart, each back to back
-  on one frame and one batch ("apart": the bench's yardstick before; on this
-  machine it leaves out 0.04-0.15 ms a frame that the decoder and the model
-  cost each other through the caches),
+  on one frame and one batch ("apart": the bench's first yardstick; it
+  leaves out what the decoder and the model cost each other through the
+  caches, and what idling costs),
 
 and finally the largest N held with nothing dropped. Near the limit one run
 says little: `--repeat N` runs each level N times and counts the runs held.
@@ -73,6 +76,7 @@ WIDTH, HEIGHT = 640, 480
 NOISE_STD = 5.6
 CLIP_FRAMES = 40
 DRAIN_S = 1.0  # after the last frame: how long answers may still arrive
+BARE_SPAN_S = 8.0  # how long the bare stages are timed for, after each level
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -384,11 +388,26 @@ def _jpeg_floor(server_args: list[str]) -> float:
 
 
 def time_bare_stages(
-    jpegs: list[bytes], jpeg_floor: float, batch: float, rounds: int = 100
+    jpegs: list[bytes],
+    jpeg_floor: float,
+    batch: float,
+    seconds: float,
+    interval_s: float = 0.0,
+    slice_rounds: int = 20,
 ) -> BareStages:
-    """The bare work at the batch sizes either side of `batch`, timed in interleaved
-    rounds so that this machine's drift over the seconds it takes touches every figure
-    alike."""
+    """The bare work at the batch sizes either side of `batch`, timed in slices for
+    `seconds`: each figure is the mean over the slices of the slice's median.
+
+    A batch is timed as the server's load paces it: one every `interval_s` (the
+    server's mean time between batches), the thread idle in between. On this machine
+    work after an idle spell costs more (a batch of 4 after 10-40 ms asleep, 0.89-0.94 ms
+    a frame against 0.77-0.80 back to back), and a server at light load meets that cost
+    with every batch whatever it does, as the echo meets it with every message. The
+    stages timed apart stay back to back.
+
+    Spread over `seconds` because this machine's speed moves by a sixth from one second
+    to the next while the server's CPU a frame is a mean over its whole run; each
+    slice's median keeps a stray interrupt out of it."""
     from actionstream.service.frames import FrameDecoder
     from actionstream.service.model import OnnxStepModel
 
@@ -399,36 +418,51 @@ def time_bare_stages(
     sizes = sorted({max(1, int(np.floor(batch))), max(1, int(np.ceil(batch)))})
     repeated = {b: np.repeat(image[np.newaxis], b, axis=0) for b in sizes}
     states = {b: model.zero_state(b) for b in sizes}
-    decodes: list[float] = []
+    decodes: list[float] = []  # one median a slice
     steps: dict[int, list[float]] = {b: [] for b in sizes}
     batches: dict[int, list[float]] = {b: [] for b in sizes}
     k = 0
-    for r in range(rounds + 3):  # the first 3 rounds warm up
-        data = jpegs[r % len(jpegs)]
-        decoder.decode_image(data)
-        t = time.perf_counter()
-        decoder.decode_image(data)  # the same frame again, back to back
-        decode = time.perf_counter() - t
+    deadline = time.monotonic() + seconds
+    while not decodes or time.monotonic() < deadline:
+        slice_decodes: list[float] = []
+        slice_steps: dict[int, list[float]] = {b: [] for b in sizes}
+        slice_batches: dict[int, list[float]] = {b: [] for b in sizes}
+        for r in range(slice_rounds + 1):  # the first round of a slice warms up
+            data = jpegs[k % len(jpegs)]
+            decoder.decode_image(data)
+            t = time.perf_counter()
+            decoder.decode_image(data)  # the same frame again, back to back
+            decode = time.perf_counter() - t
+            k += 1
+            for b in sizes:
+                model.step(repeated[b], states[b])
+                t = time.perf_counter()
+                model.step(repeated[b], states[b])  # the same step again, back to back
+                step = time.perf_counter() - t
+                if r:
+                    slice_steps[b].append(step / b)
+            if r:
+                slice_decodes.append(decode)
+        last = time.perf_counter()
+        for r in range(slice_rounds + 1):
+            for b in sizes:
+                time.sleep(max(0.0, last + interval_s - time.perf_counter()))
+                # As a batch does it: that many fresh frames of the clip, then their step.
+                last = t = time.perf_counter()
+                images = [decoder.decode_image(jpegs[(k + i) % len(jpegs)]) for i in range(b)]
+                model.step(np.stack(images), states[b])
+                whole = time.perf_counter() - t
+                k += b
+                if r:  # the first came straight after the stages above
+                    slice_batches[b].append(whole / b)
+        decodes.append(statistics.median(slice_decodes))
         for b in sizes:
-            model.step(repeated[b], states[b])
-            t = time.perf_counter()
-            model.step(repeated[b], states[b])  # the same step again, back to back
-            step = time.perf_counter() - t
-            # As a batch does it: that many fresh frames of the clip, then their step.
-            t = time.perf_counter()
-            images = [decoder.decode_image(jpegs[(k + i) % len(jpegs)]) for i in range(b)]
-            model.step(np.stack(images), states[b])
-            whole = time.perf_counter() - t
-            k += b
-            if r >= 3:
-                steps[b].append(step / b)
-                batches[b].append(whole / b)
-        if r >= 3:
-            decodes.append(decode)
+            steps[b].append(statistics.median(slice_steps[b]))
+            batches[b].append(statistics.median(slice_batches[b]))
     return BareStages(
-        statistics.median(decodes) * 1e3,
-        {b: statistics.median(v) * 1e3 for b, v in steps.items()},
-        {b: statistics.median(v) * 1e3 for b, v in batches.items()},
+        statistics.mean(decodes) * 1e3,
+        {b: statistics.mean(v) * 1e3 for b, v in steps.items()},
+        {b: statistics.mean(v) * 1e3 for b, v in batches.items()},
     )
 
 
@@ -491,6 +525,7 @@ class Served:
     cpu_s: float  # the server's CPU over the run
     processed: float  # frames the server answered, from /metrics
     batch: float  # its mean batch size
+    batches: float  # how many batches it stepped
 
     @property
     def scheduled(self) -> int:
@@ -513,9 +548,13 @@ def serve_cameras(
     processed = after["actionstream_frames_processed_total"] - before.get(
         "actionstream_frames_processed_total", 0.0
     )
-    batches = after.get("actionstream_batch_size_count", 0.0)
-    batch = after["actionstream_batch_size_sum"] / batches if batches else 1.0
-    return Served(run, cpu, processed, batch)
+    batches = after.get("actionstream_batch_size_count", 0.0) - before.get(
+        "actionstream_batch_size_count", 0.0
+    )
+    stepped = after.get("actionstream_batch_size_sum", 0.0) - before.get(
+        "actionstream_batch_size_sum", 0.0
+    )
+    return Served(run, cpu, processed, stepped / batches if batches else 1.0, batches)
 
 
 def measure(
@@ -535,14 +574,18 @@ def measure(
     echo = EchoProcess(share)
     try:
         echo_cpu0 = cpu_seconds(echo.pid)
-        echo_run = swarm(echo.target, cameras, fps, min(seconds, 5.0))
+        echo_run = swarm(echo.target, cameras, fps, seconds)
         echo_cpu = cpu_seconds(echo.pid) - echo_cpu0
     finally:
         echo.stop()
     echo_ms = echo_cpu / max(1, int(echo_run["answered"])) * 1e3  # type: ignore[call-overload]
-    # Timed right after the level, not once for the run: this machine's speed drifts
-    # by tens of percent over minutes, and the ratio must compare like with like.
-    bare = time_bare_stages(jpegs, _jpeg_floor(server_args), batch)
+    # Timed right after the level, not once for the run, and over most of a level's
+    # length: this machine's speed drifts by tens of percent over minutes and by a sixth
+    # from one second to the next, and the ratio must compare like with like.
+    # One thread doing all the server's batches would start one this often: the least
+    # idling the work allows (none once a batch takes longer than this).
+    interval = seconds / max(1.0, served.batches)
+    bare = time_bare_stages(jpegs, _jpeg_floor(server_args), batch, BARE_SPAN_S, interval)
 
     sent, unsent = int(run["sent"]), int(run["unsent"])  # type: ignore[call-overload]
     answered, skipped = int(run["answered"]), int(run["skipped"])  # type: ignore[call-overload]

@@ -14,10 +14,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -106,3 +107,21 @@ def test_the_bare_echo_reads_every_frame_and_answers_the_share_asked(
     due = CAMERAS * int(FPS * SECONDS)
     assert (result["sent"], result["unsent"]) == (due, 0)
     assert result["answered"] == due // 4
+
+
+def test_the_bare_batches_are_paced_as_the_server_paced_its_own(load: ModuleType) -> None:
+    # The yardstick idles between batches as a server at that load must: one slice of
+    # 4 timed batches (after a warm-up one), each 50 ms after the one before.
+    jpegs = load.render_frames(4)
+
+    def timed(interval_s: float) -> tuple[float, Any]:
+        start = time.monotonic()
+        bare = load.time_bare_stages(jpegs, 0.875, 2.0, 0.0, interval_s, slice_rounds=4)
+        return time.monotonic() - start, bare
+
+    back_to_back, _ = timed(0.0)
+    paced, bare = timed(0.05)
+    assert paced - back_to_back >= 0.9 * 4 * 0.05
+    assert set(bare.batch_ms) == set(bare.step_ms) == {2}
+    # A batch decodes its frames, then steps them.
+    assert bare.batch_ms[2] > bare.step_ms[2] > 0
