@@ -138,7 +138,7 @@ def build_cli() -> click.Group:
             "evaluate",
             EvaluateConfig,
             evaluate,
-            "Score a checkpoint on held-out synthetic streams, per frame and per clip.",
+            "Score a checkpoint on held-out streams and clips: synthetic, or your videos (--data).",
         ),
         config_command(
             "export",

@@ -64,7 +64,8 @@ class Metrics:
             "or gRPC refused a message over its size limit), idle (sent nothing for "
             "idle_timeout), not_reading (took no prediction for idle_timeout), "
             "invalid_frame, malformed, refused (max_streams), evicted (waited longest for "
-            "a first frame when max_waiting_calls was reached), error (a server fault).",
+            "a first frame when max_waiting_calls was reached), invalid_source (WatchSource could "
+            "not find or open its source), error (a server fault).",
             ["reason"],
             registry=registry,
         )
