@@ -24,19 +24,17 @@ it prints
   (/proc), and its mean batch size from /metrics,
 - that CPU cost divided by the bare work on the same frames, timed in the
   same run: reduced-scale decode + resize of as many frames of the clip as
-  the server's mean batch, then their model step, on one thread (the work as
-  a batch does it: each stage runs after the other has had the core's
-  caches), one such batch as often as the server formed one, idle in
-  between (work after an idle spell costs more on this machine, and a server
-  at light load cannot avoid it), timed over 8 s; and a bare grpc.aio echo
-  of the same messages (a server that reads every frame and answers as large
-  a share of them as the server did, driven by the same cameras for as long,
-  its CPU read the same way; an overloaded server still reads the frames it
-  drops, so both sides count that reading),
+  the server's mean batch, then their model step, back to back on one thread
+  for 8 s (the work as a batch does it: each stage runs after the other has
+  had the core's caches), and a bare grpc.aio echo of the same messages (a
+  server that reads every frame and answers as large a share of them as the
+  server did, driven by the same cameras for as long, its CPU read the same
+  way; an overloaded server still reads the frames it drops, so both sides
+  count that reading),
 - the same ratio with the decode and the step timed apart, each back to back
   on one frame and one batch ("apart": the bench's first yardstick; it
   leaves out what the decoder and the model cost each other through the
-  caches, and what idling costs),
+  caches),
 
 and finally the largest N held with nothing dropped. Near the limit one run
 says little: `--repeat N` runs each level N times and counts the runs held.
@@ -388,26 +386,15 @@ def _jpeg_floor(server_args: list[str]) -> float:
 
 
 def time_bare_stages(
-    jpegs: list[bytes],
-    jpeg_floor: float,
-    batch: float,
-    seconds: float,
-    interval_s: float = 0.0,
-    slice_rounds: int = 20,
+    jpegs: list[bytes], jpeg_floor: float, batch: float, seconds: float, slice_rounds: int = 20
 ) -> BareStages:
-    """The bare work at the batch sizes either side of `batch`, timed in slices for
-    `seconds`: each figure is the mean over the slices of the slice's median.
-
-    A batch is timed as the server's load paces it: one every `interval_s` (the
-    server's mean time between batches), the thread idle in between. On this machine
-    work after an idle spell costs more (a batch of 4 after 10-40 ms asleep, 0.89-0.94 ms
-    a frame against 0.77-0.80 back to back), and a server at light load meets that cost
-    with every batch whatever it does, as the echo meets it with every message. The
-    stages timed apart stay back to back.
+    """The bare work at the batch sizes either side of `batch`, timed back to back in
+    slices for `seconds`: each figure is the mean over the slices of the slice's median.
 
     Spread over `seconds` because this machine's speed moves by a sixth from one second
     to the next while the server's CPU a frame is a mean over its whole run; each
-    slice's median keeps a stray interrupt out of it."""
+    slice's median keeps a stray interrupt out of it. Within a slice the stages are
+    timed in interleaved rounds, so the drift touches every figure alike."""
     from actionstream.service.frames import FrameDecoder
     from actionstream.service.model import OnnxStepModel
 
@@ -433,28 +420,22 @@ def time_bare_stages(
             t = time.perf_counter()
             decoder.decode_image(data)  # the same frame again, back to back
             decode = time.perf_counter() - t
-            k += 1
             for b in sizes:
                 model.step(repeated[b], states[b])
                 t = time.perf_counter()
                 model.step(repeated[b], states[b])  # the same step again, back to back
                 step = time.perf_counter() - t
-                if r:
-                    slice_steps[b].append(step / b)
-            if r:
-                slice_decodes.append(decode)
-        last = time.perf_counter()
-        for r in range(slice_rounds + 1):
-            for b in sizes:
-                time.sleep(max(0.0, last + interval_s - time.perf_counter()))
                 # As a batch does it: that many fresh frames of the clip, then their step.
-                last = t = time.perf_counter()
+                t = time.perf_counter()
                 images = [decoder.decode_image(jpegs[(k + i) % len(jpegs)]) for i in range(b)]
                 model.step(np.stack(images), states[b])
                 whole = time.perf_counter() - t
                 k += b
-                if r:  # the first came straight after the stages above
+                if r:
+                    slice_steps[b].append(step / b)
                     slice_batches[b].append(whole / b)
+            if r:
+                slice_decodes.append(decode)
         decodes.append(statistics.median(slice_decodes))
         for b in sizes:
             steps[b].append(statistics.median(slice_steps[b]))
@@ -525,7 +506,6 @@ class Served:
     cpu_s: float  # the server's CPU over the run
     processed: float  # frames the server answered, from /metrics
     batch: float  # its mean batch size
-    batches: float  # how many batches it stepped
 
     @property
     def scheduled(self) -> int:
@@ -554,7 +534,7 @@ def serve_cameras(
     stepped = after.get("actionstream_batch_size_sum", 0.0) - before.get(
         "actionstream_batch_size_sum", 0.0
     )
-    return Served(run, cpu, processed, stepped / batches if batches else 1.0, batches)
+    return Served(run, cpu, processed, stepped / batches if batches else 1.0)
 
 
 def measure(
@@ -582,10 +562,7 @@ def measure(
     # Timed right after the level, not once for the run, and over most of a level's
     # length: this machine's speed drifts by tens of percent over minutes and by a sixth
     # from one second to the next, and the ratio must compare like with like.
-    # One thread doing all the server's batches would start one this often: the least
-    # idling the work allows (none once a batch takes longer than this).
-    interval = seconds / max(1.0, served.batches)
-    bare = time_bare_stages(jpegs, _jpeg_floor(server_args), batch, BARE_SPAN_S, interval)
+    bare = time_bare_stages(jpegs, _jpeg_floor(server_args), batch, BARE_SPAN_S)
 
     sent, unsent = int(run["sent"]), int(run["unsent"])  # type: ignore[call-overload]
     answered, skipped = int(run["answered"]), int(run["skipped"])  # type: ignore[call-overload]

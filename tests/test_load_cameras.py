@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import IO, Any
+from typing import IO
 
 import pytest
 
@@ -109,19 +109,14 @@ def test_the_bare_echo_reads_every_frame_and_answers_the_share_asked(
     assert result["answered"] == due // 4
 
 
-def test_the_bare_batches_are_paced_as_the_server_paced_its_own(load: ModuleType) -> None:
-    # The yardstick idles between batches as a server at that load must: one slice of
-    # 4 timed batches (after a warm-up one), each 50 ms after the one before.
+def test_the_bare_stages_are_timed_over_the_span_asked(load: ModuleType) -> None:
+    # The yardstick is a mean over seconds of this machine's speed, as the server's CPU
+    # is, not one short sample: asked for 0.6 s, it times slices until 0.6 s have passed.
     jpegs = load.render_frames(4)
-
-    def timed(interval_s: float) -> tuple[float, Any]:
-        start = time.monotonic()
-        bare = load.time_bare_stages(jpegs, 0.875, 2.0, 0.0, interval_s, slice_rounds=4)
-        return time.monotonic() - start, bare
-
-    back_to_back, _ = timed(0.0)
-    paced, bare = timed(0.05)
-    assert paced - back_to_back >= 0.9 * 4 * 0.05
-    assert set(bare.batch_ms) == set(bare.step_ms) == {2}
-    # A batch decodes its frames, then steps them.
-    assert bare.batch_ms[2] > bare.step_ms[2] > 0
+    start = time.monotonic()
+    bare = load.time_bare_stages(jpegs, 0.875, 2.5, 0.6, slice_rounds=2)
+    assert time.monotonic() - start >= 0.6
+    # The batch sizes either side of the mean, each decoded, then stepped.
+    assert set(bare.batch_ms) == set(bare.step_ms) == {2, 3}
+    assert all(bare.batch_ms[b] > bare.step_ms[b] > 0 for b in (2, 3))
+    assert bare.decode_ms > 0
