@@ -71,6 +71,7 @@ protos: $(VENV)/.dev
 # Reproduce the bundled default model: TrainConfig's defaults with the frame
 # shown beside its difference (--appearance), 12 epochs, seed 0.
 model: $(VENV)/.dev
+	rm -rf runs/default  # train refuses to start over an earlier run
 	$(BIN)/actionstream train --out runs/default --seed 0 --appearance --epochs 12
 	$(BIN)/actionstream export runs/default --out service/models/default.onnx
 	$(BIN)/actionstream evaluate runs/default

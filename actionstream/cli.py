@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from actionstream.command import config_command
 from actionstream.demo_config import DemoConfig
@@ -51,14 +52,24 @@ def synth(cfg: SynthVideoConfig) -> int:
 
 def train(cfg: TrainConfig) -> int:
     _needs_torch()
-    from actionstream.training.train import TrainingError
+    from actionstream.training.train import TrainingError, resume_config
     from actionstream.training.train import main as train_main
 
     try:
-        train_main(cfg)
+        if cfg.resume:  # the run's own settings, but for what this command line sets
+            train_main(resume_config(cfg, _given_on_command_line()))
+        else:
+            train_main(cfg)
     except TrainingError as e:
         raise click.ClickException(str(e)) from None
     return 0
+
+
+def _given_on_command_line() -> set[str]:
+    """The current command's settings that were set, not left at their defaults."""
+    ctx = click.get_current_context()
+    unset = (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    return {name for name in ctx.params if ctx.get_parameter_source(name) not in unset}
 
 
 def evaluate(cfg: EvaluateConfig) -> int:

@@ -23,9 +23,9 @@ import cv2
 import grpc
 import numpy as np
 
+from actionstream.resampling import Resampler
 from actionstream.service.config import StreamConfig
 from actionstream.service.sources import SourceError, VideoSource
-from actionstream.service.streams import Resampler
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from actionstream.resampling import Resampler
 from actionstream.service.frames import Checked, FrameError
 from actionstream.v1 import actionstream_pb2 as pb
 
@@ -62,37 +63,6 @@ class FrameRejected(Exception):
         super().__init__(f"frame {sequence}: {error}")
         self.sequence = sequence
         self.error = error
-
-
-class Resampler:
-    """Takes frames at the model's rate by their capture time (microseconds).
-
-    Frames are accepted on a grid one model period apart, each within a
-    quarter period before its slot, so a 30 fps camera feeds a 10 fps model
-    every third frame and a 10 fps camera with jitter feeds it every frame.
-    A slower camera is taken frame by frame (never sped up or repeated).
-    A timestamp earlier than the grid expects (reordered or repeated frames)
-    is skipped; one that jumps back by more than a second (the camera's clock
-    was reset) or forward by more than a period (a gap) restarts the grid.
-    """
-
-    _RESET_BACK_US = 1_000_000
-
-    def __init__(self, fps: float) -> None:
-        self._period = 1e6 / fps
-        self._due = -math.inf  # earliest time the next frame may have
-        self._last = 0
-
-    def take(self, t_us: int) -> bool:
-        restart = t_us < self._last - self._RESET_BACK_US or t_us >= self._due + self._period
-        self._last = t_us
-        if restart:
-            self._due = t_us + self._period
-            return True
-        if t_us < self._due - self._period / 4:
-            return False
-        self._due += self._period
-        return True
 
 
 class ActionTracker:

@@ -19,10 +19,11 @@ import pytest
 from background import BackgroundServer
 from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
 
+from actionstream.resampling import Resampler
 from actionstream.service.frames import FrameDecoder
 from actionstream.service.metrics import scrape as scrape_metrics
 from actionstream.service.model import OnnxStepModel
-from actionstream.service.streams import ActionTracker, PendingFrame, Resampler, Stream
+from actionstream.service.streams import ActionTracker, PendingFrame, Stream
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 

@@ -78,6 +78,12 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
     _actionstream("evaluate", str(run), "--data", str(unseen), "--cache", str(tmp_path / "cache"))
     report = json.loads((run / "evaluation.json").read_text())
     assert report["clips"] == 12 and sum(map(sum, report["confusion"])) == 12
+    # Without --data, evaluate would score the synthetic world's labels: refused in a line.
+    bare = subprocess.run(
+        [str(BIN / "actionstream"), "evaluate", str(run)], capture_output=True, text=True
+    )
+    assert bare.returncode == 1 and "give --data" in bare.stderr, bare.stderr
+    assert "Traceback" not in bare.stderr
     assert set(report["per_class_clip_accuracy"]) == set(LABELS)
     for plot in ("confusion.png", "per_class_accuracy.png", "training_curves.png"):
         assert (run / plot).read_bytes().startswith(b"\x89PNG"), plot

@@ -39,12 +39,21 @@ def _which(frames: np.ndarray) -> list[int]:
 def test_class_folders_give_labels_from_folder_names(tmp_path: Path) -> None:
     class_folders(tmp_path, ("left", "right"), 2)
     (tmp_path / "right" / "notes.txt").write_text("not a video")
-    refs = find_clips(tmp_path)
+    (tmp_path / "right" / ".DS_Store").write_bytes(b"\0")  # hidden: never data, never named
+    session = tmp_path / "left" / "session 2"
+    session.mkdir()
+    (tmp_path / "right" / "right_000.mp4").rename(session / "Clip.M4V")
+    said: list[str] = []
+    refs = find_clips(tmp_path, said.append)
     assert sorted((r.label, r.path.name) for r in refs) == [
+        ("left", "Clip.M4V"),  # subfolders and other containers count, under their label
         ("left", "left_000.mp4"),
         ("left", "left_001.avi"),
-        ("right", "right_000.mp4"),
         ("right", "right_001.avi"),
+    ]
+    assert said == [
+        f"ignored 1 file(s) that are not videos by their name (.mp4|.m4v|.avi|"
+        f".mkv|.webm|.mov|.mpg|.mpeg|.wmv|.ts): {Path('right', 'notes.txt')}"
     ]
 
 
@@ -77,12 +86,16 @@ def test_a_bad_manifest_says_which_line(tmp_path: Path, text: str, message: str)
 
 def test_frames_are_resampled_by_timestamp(tmp_path: Path) -> None:
     _numbered_video(tmp_path / "fast.avi", 30, 30.0)  # 1 s at 30 fps
+    _numbered_video(tmp_path / "mid.avi", 15, 15.0)  # 1 s at 15 fps
     _numbered_video(tmp_path / "slow.avi", 5, 5.0)  # 1 s at 5 fps
     prep = Preprocessing(16, 10.0)
     fast = decode_clip(ClipRef(tmp_path / "fast.avi", "x"), prep)
     assert _which(fast) == list(range(0, 30, 3))  # every third frame
+    # 15 fps on a 100-ms grid with 25 ms of tolerance, as the server takes a camera's.
+    mid = decode_clip(ClipRef(tmp_path / "mid.avi", "x"), prep)
+    assert _which(mid) == [0, 2, 3, 5, 6, 8, 9, 11, 12, 14]
     slow = decode_clip(ClipRef(tmp_path / "slow.avi", "x"), prep)
-    assert _which(slow) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]  # not sped up
+    assert _which(slow) == [0, 1, 2, 3, 4]  # each frame once, as the server steps it
     assert fast.shape == (10, 16, 16, 3) and fast.dtype == np.uint8
 
 
@@ -218,3 +231,32 @@ def test_a_split_file_fixes_the_held_out_videos(tmp_path: Path) -> None:
     sheet.write_text("path,split\n" + f"{rows[0]},val\n")
     with pytest.raises(DatasetError, match="no split for"):
         split_from_file(dataset, sheet)
+
+
+def test_a_split_that_leaves_a_label_untrained_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from actionstream.training.config import TrainConfig
+    from actionstream.training.train import TrainingError, load_data
+
+    class_folders(tmp_path / "data", ("left", "right", "up"), 3)
+    clips = sorted((tmp_path / "data").rglob("*_*.*"))
+    sheet = tmp_path / "split.csv"
+
+    def load(held_out: set[str]) -> list[str]:
+        rows = [
+            f"{p.relative_to(tmp_path)},{'val' if p.name in held_out else 'train'}" for p in clips
+        ]
+        sheet.write_text("path,split\n" + "\n".join(rows) + "\n")
+        said: list[str] = []
+        cfg = TrainConfig(data=str(tmp_path / "data"), split=str(sheet), cache=str(tmp_path / "c"))
+        load_data(cfg, said.append)
+        return said
+
+    every_right = {f"right_00{i}.{'avi' if i % 2 else 'mp4'}" for i in range(3)}
+    with pytest.raises(TrainingError, match=r"leaves no video to train on for label\(s\) right"):
+        load(every_right)
+    with pytest.raises(TrainingError, match="marks no usable video val"):
+        load(set())
+    # Every label trained, two unscored: training goes on and says so.
+    said = load({"left_000.mp4"})
+    assert any("no held-out video for label(s) right, up" in line for line in said), said

@@ -48,6 +48,11 @@ class Checkpoint:
         if path.is_dir():
             path = path / "checkpoint.pt"
         if not path.is_file():
+            if (path.parent / "last.pt").is_file():  # train's progress file: the run stopped
+                raise CheckpointError(
+                    f"{path}: no such checkpoint; the run in {path.parent} stopped before its "
+                    f"end (carry it on with `actionstream train --out {path.parent} --resume`)"
+                )
             raise CheckpointError(
                 f"{path}: no such checkpoint (train one with `actionstream train`)"
             )

@@ -52,8 +52,9 @@ class TrainConfig:
     )
     resume: bool = setting(
         False,
-        help="carry on the run in --out from its last finished epoch (same settings; "
-        "--minutes, --device and --threads may change)",
+        help="carry on the run in --out from its last saved epoch, with the settings it was "
+        "started with (only --minutes, --device, --threads and --cache may change); a run "
+        "that --minutes stopped goes on from the epoch after the one the clock cut short",
         group="Run",
     )
     minutes: float = setting(
@@ -64,8 +65,9 @@ class TrainConfig:
     # Data: untrimmed streams, each cut into BPTT chunks.
     data: str | None = setting(
         None,
-        help="your videos: a folder of class folders (DIR/<label>/*.mp4|avi|mkv|webm|mov) "
-        "or a CSV manifest (path,label[,start_s,end_s]); unset trains on the synthetic world",
+        help="your videos: a folder of class folders (DIR/<label>/..., videos in subfolders "
+        "too: .mp4 .m4v .avi .mkv .webm .mov .mpg .mpeg .wmv .ts) or a CSV manifest "
+        "(path,label[,start_s,end_s]); unset trains on the synthetic world",
         group="Data",
     )
     background: str | None = setting(
@@ -161,7 +163,10 @@ class TrainConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+            raise ValueError(
+                f"val_fraction must be above 0 and below 1, got {self.val_fraction}: training "
+                "keeps the epoch that does best on held-out videos, so some must be held out"
+            )
         if self.minutes < 0:
             raise ValueError(f"minutes must not be negative, got {self.minutes}")
         if self.init not in ("auto", "pretrained", "scratch"):

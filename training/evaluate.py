@@ -26,7 +26,7 @@ from actionstream.training.data import (
     synthetic_clips,
 )
 from actionstream.training.model import Recognizer
-from actionstream.training.synth import SynthConfig
+from actionstream.training.synth import LABELS, SynthConfig
 from actionstream.training.video_data import NO_AUGMENT, join_clips
 from actionstream.training.videos import (
     VIDEO_SUFFIXES,
@@ -175,6 +175,12 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     names = ckpt.labels
     metrics: dict[str, Any] = {"model": ckpt.version, "labels": list(names)}
     if cfg.data is None:
+        if tuple(names) != LABELS:
+            raise DatasetError(
+                f"{run} was trained on other labels than the synthetic world's "
+                f"({', '.join(names)}): give --data with videos it has not seen (class "
+                "folders, a manifest, or one video with a frame,label CSV)"
+            )
         synth = SynthConfig(size=ckpt.model_config.height, fps=ckpt.fps)
         n_frames = int(cfg.seconds * ckpt.fps)
         streams = render_streams(cfg.streams, n_frames, cfg.seed, synth, held_out=True)

@@ -35,7 +35,9 @@ def write_report(run: Path, metrics: dict[str, Any], names: Sequence[str]) -> li
 
 
 def _confusion(path: Path, confusion: np.ndarray, names: Sequence[str]) -> Path:
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(names), 1 + 0.6 * len(names)))
+    # At least wide enough for the title, however few the labels.
+    side = 0.6 * len(names)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 + side), max(3.5, 1 + side)))
     ax.imshow(confusion, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)

@@ -20,8 +20,8 @@ import csv
 import json
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Collection
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, score
 from actionstream.training.model import Recognizer, build_recognizer
 from actionstream.training.synth import SynthConfig
 from actionstream.training.video_data import VideoData, open_videos
-from actionstream.training.videos import DatasetError, split, split_from_file
+from actionstream.training.videos import DatasetError, VideoDataset, split, split_from_file
 
 
 class TrainingError(Exception):
@@ -140,8 +140,7 @@ def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingDat
         raise TrainingError(str(e)) from None
     counts = ", ".join(f"{label} {n}" for label, n in dataset.per_class().items())
     say(f"{len(train_idx)} clips to train on, {len(val_idx)} held out ({counts})")
-    if not val_idx:
-        raise TrainingError("no clip left to validate on: each label needs at least two videos")
+    _check_split(dataset, train_idx, val_idx, cfg.split, say)
     return VideoData(
         dataset,
         train_idx,
@@ -153,6 +152,41 @@ def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingDat
         cfg.val_frames,
         cfg.seed,
     )
+
+
+def _check_split(
+    dataset: VideoDataset,
+    train_idx: list[int],
+    val_idx: list[int],
+    split_file: str | None,
+    say: Callable[..., None],
+) -> None:
+    """Refuses a split that leaves a label untrainable or nothing to validate on; names the
+    labels that validation cannot score."""
+    by = f"{split_file} leaves" if split_file else "the split leaves"
+    untrained = [
+        label
+        for k, label in enumerate(dataset.labels)
+        if all(dataset.targets[i] != k for i in train_idx)
+    ]
+    if untrained:
+        raise TrainingError(f"{by} no video to train on for label(s) {', '.join(untrained)}")
+    if not val_idx:
+        raise TrainingError(
+            f"{split_file} marks no usable video val: nothing left to validate on"
+            if split_file
+            else "no clip left to validate on: each label needs at least two videos"
+        )
+    unscored = [
+        label
+        for k, label in enumerate(dataset.labels)
+        if all(dataset.targets[i] != k for i in val_idx)
+    ]
+    if unscored:
+        say(
+            f"warning: {by} no held-out video for label(s) {', '.join(unscored)}; "
+            "validation cannot tell how well the model knows them"
+        )
 
 
 def _initialise(net: Recognizer, init: str) -> str:
@@ -221,6 +255,18 @@ def _train(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
+    batches = cfg.train_streams // cfg.batch_size // team.size  # per process and epoch
+    if batches < 1:
+        raise TrainingError(
+            f"{cfg.train_streams} training streams make {cfg.train_streams // cfg.batch_size} "
+            f"batch(es) of {cfg.batch_size}, fewer than the {team.size} processes: raise "
+            "--train-streams or lower --batch-size"
+        )
+    out = Path(cfg.out)
+    # Checked before any data is read: a refusal should cost nothing.
+    if not cfg.resume:
+        _fresh(out)
+    saved = _resumable(out, cfg) if cfg.resume else None
     if data is None:
         t_data = time.perf_counter()
         data = load_data(cfg, say)  # before the run folder: bad data leaves nothing behind
@@ -238,22 +284,21 @@ def _train(
         dropout=cfg.dropout,
     )
     net = build_recognizer(model_cfg)
-    say(f"CNN starts from {_initialise(net, cfg.init)}")
+    if saved is None:  # a resumed run loads its own weights below
+        say(f"CNN starts from {_initialise(net, cfg.init)}")
     net = net.to(device)
     model: nn.Module = net
     if team.size > 1:
         model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
-    out = Path(cfg.out)  # made once data and model are sound: a refused run leaves nothing
-    saved = _resumable(out, cfg) if cfg.resume else None
-    if team.leader and saved is None:
+    if team.leader and saved is None:  # made once data and model are sound
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        (out / "train_config.json").write_text(json.dumps(resolved(cfg), indent=2) + "\n")
     where = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     together = f", data-parallel over {team.size} processes" if team.size > 1 else ""
     say(f"training on {device}{where}{together}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     chunks = math.ceil(cfg.stream_frames / cfg.bptt)
-    steps = cfg.epochs * (cfg.train_streams // cfg.batch_size // team.size) * chunks
+    steps = cfg.epochs * batches * chunks
     deadline = Deadline(cfg.minutes)
     sched: torch.optim.lr_scheduler.LRScheduler
     if cfg.minutes > 0:
@@ -272,8 +317,7 @@ def _train(
     first = 1
     if saved is not None:  # carry on where the run's last finished epoch left it
         net.load_state_dict(saved["weights"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["schedule"])
+        _restore_schedule(opt, sched, saved)
         rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(saved["torch_rng"])
         best, best_weights = saved["best"], saved["best_weights"]
@@ -356,23 +400,81 @@ class EpochLog:
 
 
 # What a resumed run may change: where and how long it runs, not what it learns.
-_RESUMABLE_CHANGES = {"resume", "minutes", "device", "threads"}
+_RESUMABLE_CHANGES = {"resume", "minutes", "device", "threads", "cache"}
 _PROGRESS = "last.pt"
+_CONFIG = "train_config.json"
+
+
+def resolved(cfg: TrainConfig) -> dict[str, Any]:
+    """`cfg` as train_config.json holds it: paths to data absolute, so the run can be
+    resumed, evaluated or repeated from any folder; tuples as lists, as JSON has them."""
+    paths = {
+        k: str(Path(v).resolve()) for k in ("data", "split", "cache") if (v := getattr(cfg, k))
+    }
+    return json.loads(json.dumps(asdict(cfg) | paths))
+
+
+def resume_config(cfg: TrainConfig, given: Collection[str]) -> TrainConfig:
+    """The settings the run in `cfg.out` was started with, but those named in `given`
+    (set on this command line) taken from `cfg`: `--resume` needs nothing repeated."""
+    path = Path(cfg.out) / _CONFIG
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"--resume: {cfg.out} holds no run to continue ({e})") from None
+    names = {f.name for f in fields(TrainConfig)}
+    merged = {k: v for k, v in before.items() if k in names}
+    merged |= {k: getattr(cfg, k) for k in given} | {"resume": True}
+    if isinstance(merged.get("channels"), list):
+        merged["channels"] = tuple(merged["channels"])
+    try:
+        return TrainConfig(**merged)
+    except (TypeError, ValueError) as e:
+        raise TrainingError(f"--resume: {path} does not hold valid settings ({e})") from None
+
+
+def _fresh(out: Path) -> None:
+    """Refuses to start a new run over an earlier one, whose results would stay beside it."""
+    for name in ("checkpoint.pt", _PROGRESS):
+        if (out / name).exists():
+            raise TrainingError(
+                f"{out} already holds a run ({name}); carry it on with --resume, or train "
+                "into another --out (or delete it first)"
+            )
 
 
 def _resumable(out: Path, cfg: TrainConfig) -> dict[str, Any]:
     """The progress `out` holds, if `cfg` may continue it; raises TrainingError if not."""
     try:
-        before = json.loads((out / "train_config.json").read_text())
+        before = json.loads((out / _CONFIG).read_text())
         saved: dict[str, Any] = torch.load(out / _PROGRESS, map_location="cpu", weights_only=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
         raise TrainingError(f"--resume: {out} holds no run to continue ({e})") from None
-    now = json.loads(json.dumps(asdict(cfg)))  # tuples as lists, as the file has them
+    now = resolved(cfg)
     changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and before.get(k) != now[k])
     if changed:
         detail = ", ".join(f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in changed)
         raise TrainingError(f"--resume: {out} was trained with other settings ({detail})")
     return saved
+
+
+def _restore_schedule(
+    opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, saved: dict[str, Any]
+) -> None:
+    """The optimiser as saved and the schedule at the saved step.
+
+    Only the step is carried, not the schedule's own state: with or without
+    `--minutes` the schedule is a different class (the clock joins the steps), and
+    either is a function of the step. The keys a schedule keeps in the optimiser's
+    parameter groups come from the one built now, since the saved run may have had
+    the other.
+    """
+    kept = [dict(group) for group in opt.param_groups]
+    opt.load_state_dict(saved["optimizer"])
+    for group, before in zip(opt.param_groups, kept, strict=True):
+        for key, value in before.items():
+            group.setdefault(key, value)
+    sched.last_epoch = saved["schedule"]["last_epoch"]
 
 
 def _save_progress(

@@ -197,5 +197,5 @@ def open_videos(
     report: Callable[[str], None] = print,
 ) -> VideoDataset:
     """Finds, decodes (or reads back from the cache) and checks a user's data set."""
-    refs = find_clips(data)
+    refs = find_clips(data, report)
     return load_dataset(refs, ClipCache(cache_dir, Preprocessing(size, fps)), min_frames, report)

@@ -2,19 +2,21 @@
 
 Two layouts:
 
-- a folder of class folders, `DIR/<label>/*.mp4|avi|mkv|webm|mov` (the
-  UCF101/HMDB51 layout): each file is one clip of its folder's label;
+- a folder of class folders, `DIR/<label>/...` (the UCF101/HMDB51 layout):
+  each video anywhere under a label's folder, subfolders included, is one
+  clip of that label;
 - a CSV manifest with a header `path,label[,start_s,end_s]`: each row is a clip,
   a whole file or a labelled segment of a long untrimmed video; paths are
   relative to the CSV.
 
 Each clip is decoded with OpenCV, resampled by timestamp to the model's frame
-rate (a 30 fps video gives every third frame, a 5 fps one is not sped up:
-frames repeat) and resized to the model's input. The result is cached as a
-.npy file keyed by the video's bytes and the preprocessing, so later epochs
-and later runs read it back (memory-mapped, never all at once) instead of
-decoding again. A video OpenCV cannot read, or that holds no frames in the
-asked span, is reported by name and skipped.
+rate by the rule the server applies to a camera (a 30 fps video gives every
+third frame, a 5 fps one every frame, once) and resized to the model's
+input. The result is cached as a .npy file keyed by the video's bytes and
+the preprocessing, so later epochs and later runs read it back
+(memory-mapped, never all at once) instead of decoding again. A video OpenCV
+cannot read, or that holds no frames in the asked span, is reported by name
+and skipped; so are files in class folders that are not videos.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from actionstream.resampling import Resampler
 from actionstream.training.data import LabelledClip
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+# Containers OpenCV's FFmpeg reads; a manifest may name any other file.
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".wmv", ".ts")
 # Bump when decoding or resampling changes, so old cache entries are not reused.
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"
 
 
 class DatasetError(Exception):
@@ -69,10 +73,10 @@ class Clip:
         return len(self.frames)
 
 
-def find_clips(data: Path) -> list[ClipRef]:
+def find_clips(data: Path, report: Callable[[str], None] = print) -> list[ClipRef]:
     """The clips a class-folder directory or a CSV manifest names; raises DatasetError."""
     if data.is_dir():
-        return _from_folders(data)
+        return _from_folders(data, report)
     if data.is_file() and data.suffix.lower() == ".csv":
         return _from_manifest(data)
     if not data.exists():
@@ -80,19 +84,35 @@ def find_clips(data: Path) -> list[ClipRef]:
     raise DatasetError(f"{data}: expected a folder of class folders or a .csv manifest")
 
 
-def _from_folders(root: Path) -> list[ClipRef]:
-    refs = [
-        ClipRef(path, folder.name)
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        for path in sorted(folder.iterdir())
-        if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file()
-    ]
+def _from_folders(root: Path, report: Callable[[str], None]) -> list[ClipRef]:
+    refs, others = [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p)):
+        for path in sorted(folder.rglob("*")):
+            if not path.is_file() or _hidden(path.relative_to(folder)):
+                continue
+            if path.suffix.lower() in VIDEO_SUFFIXES:
+                refs.append(ClipRef(path, folder.name))
+            else:
+                others.append(path.relative_to(root))
+    if others:
+        # Named, not silently dropped: a video in a format OpenCV reads but this list
+        # lacks can be given through a manifest, which takes any file.
+        names = ", ".join(str(p) for p in others[:5]) + (", ..." if len(others) > 5 else "")
+        report(
+            f"ignored {len(others)} file(s) that are not videos by their name "
+            f"({'|'.join(VIDEO_SUFFIXES)}): {names}"
+        )
     if not refs:
         raise DatasetError(
             f"{root}: no videos found; expected {root}/<label>/*"
             f"{'|'.join(VIDEO_SUFFIXES)} (one folder per class)"
         )
     return refs
+
+
+def _hidden(path: Path) -> bool:
+    """Dot files and folders (.DS_Store, .git, a sync tool's .tmp) are never data."""
+    return any(part.startswith(".") for part in path.parts)
 
 
 def _from_manifest(manifest: Path) -> list[ClipRef]:
@@ -167,9 +187,9 @@ def _file_digest(path: Path) -> str:
 def decode_clip(ref: ClipRef, prep: Preprocessing) -> np.ndarray:
     """(T, size, size, 3) uint8 BGR: `ref`'s span resampled to `prep.fps`; raises DatasetError.
 
-    Resampling is by timestamp: output frame k shows the last source frame at
-    or before start + k / fps, so the clip keeps its real duration whatever
-    the source's rate (faster sources are thinned, slower ones repeat frames).
+    Resampling is by timestamp, with the server's own rule (actionstream/resampling.py):
+    faster sources are thinned to the model's rate, slower ones give every frame once, so
+    a model is trained and scored on the frames it would be served.
     """
     return decode_indexed(ref, prep)[0]
 
@@ -182,13 +202,9 @@ def decode_indexed(ref: ClipRef, prep: Preprocessing) -> tuple[np.ndarray, np.nd
     source_fps = capture.get(cv2.CAP_PROP_FPS)
     if not (math.isfinite(source_fps) and source_fps > 0):
         source_fps = prep.fps
-    step = 1.0 / prep.fps
+    resampler = Resampler(prep.fps)
     out: list[np.ndarray] = []
     sources: list[int] = []
-    next_t = ref.start_s  # time of the next output frame
-    held: np.ndarray | None = None  # the last source frame read, not yet resized
-    fitted: np.ndarray | None = None  # `held` resized, once an output frame needs it
-    held_index = -1
     t = -math.inf
     try:
         for index in itertools.count():
@@ -201,21 +217,12 @@ def decode_indexed(ref: ClipRef, prep: Preprocessing) -> tuple[np.ndarray, np.nd
             t = max(t, pos if pos > 0 or index == 0 else index / source_fps)
             if ref.end_s is not None and t >= ref.end_s:
                 break
-            while held is not None and next_t < t - 1e-6:  # outputs before this frame show the last
-                fitted = _fit(held, prep.size) if fitted is None else fitted
-                out.append(fitted)
-                sources.append(held_index)
-                next_t += step
-            held, fitted, held_index = image, None, index
+            if t < ref.start_s - 1e-6 or not resampler.take(round(t * 1e6)):
+                continue
+            out.append(_fit(image, prep.size))
+            sources.append(index)
     finally:
         capture.release()
-    # The last frame lasts one source frame interval (or to the end of the span).
-    stop = t + 1.0 / source_fps if ref.end_s is None else min(ref.end_s, t + 1.0 / source_fps)
-    while held is not None and next_t < stop - 1e-6:
-        fitted = _fit(held, prep.size) if fitted is None else fitted
-        out.append(fitted)
-        sources.append(held_index)
-        next_t += step
     if not out:
         raise DatasetError(f"{ref.describe()}: no frames could be decoded")
     return np.stack(out), np.array(sources)

@@ -1,0 +1,46 @@
+"""Which frames of a source the model sees: one rule for training, evaluation and serving.
+
+A model is trained at one frame rate; cameras and files come at any other.
+`Resampler` decides, frame by frame from capture times, which frames to
+step: the server applies it to every stream, and training and evaluation to
+every decoded video, so a model is scored and trained on exactly the frames
+it would be served. Pure Python, no runtime: both sides import it.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class Resampler:
+    """Takes frames at the model's rate by their capture time (microseconds).
+
+    Frames are accepted on a grid one model period apart, each within a
+    quarter period before its slot, so a 30 fps camera feeds a 10 fps model
+    every third frame and a 10 fps camera with jitter feeds it every frame.
+    A slower camera is taken frame by frame: each frame is stepped once,
+    never repeated, so the model sees more motion per step than at its own
+    rate (a repeated frame would show its frame-difference input no motion
+    at all). A timestamp earlier than the grid expects (reordered or
+    repeated frames) is skipped; one that jumps back by more than a second
+    (the camera's clock was reset) or forward by more than a period (a gap)
+    restarts the grid.
+    """
+
+    _RESET_BACK_US = 1_000_000
+
+    def __init__(self, fps: float) -> None:
+        self._period = 1e6 / fps
+        self._due = -math.inf  # earliest time the next frame may have
+        self._last = 0
+
+    def take(self, t_us: int) -> bool:
+        restart = t_us < self._last - self._RESET_BACK_US or t_us >= self._due + self._period
+        self._last = t_us
+        if restart:
+            self._due = t_us + self._period
+            return True
+        if t_us < self._due - self._period / 4:
+            return False
+        self._due += self._period
+        return True
