@@ -31,9 +31,11 @@ batch thread idle 11-15% of the time at 100 cameras; taking the batch
 itself, one process answered every frame within p99 100 ms in 4 of 5 runs,
 against 1 of 5 just before.
 
-A frame whose decoded size is above `heavy_pixels` (a 4K PNG, say: 100 ms
-and more to decode, against about 0.6 ms for a 640×480 JPEG decoded at
-reduced scale) would hold up every stream in its batch for that long. Such
+A frame whose decoding costs more than a `heavy_pixels` image (a 4K PNG,
+say: 100 ms and more to decode, a 4K JPEG 21 ms even at 1/8 scale, against
+about 0.4-0.6 ms for a 640×480 JPEG decoded at reduced scale) would hold up
+every stream in its batch for that long (`Checked.work` estimates the cost
+from the header: full size, times half the scans of a progressive JPEG). Such
 frames are decoded in a lane of their own instead, one at a time, which
 then rests so that it uses at most `HEAVY_SHARE` of one core: a stream that
 sends them gets what that share buys (its own queue drops the rest), and
@@ -346,7 +348,7 @@ class Batcher:
                 out.append(self.decoder.decode(pending.frame, pending.checked))
             except FrameError as e:
                 out.append(e)
-                continue
+            # Refused frames too: a frame can cost much before the decoder gives up on it.
             self._metrics.decode.observe(time.perf_counter() - start)
         return out
 
@@ -444,6 +446,7 @@ class Batcher:
                     self._heavy_executor, self.decoder.decode, pending.frame, pending.checked
                 )
             except FrameError as e:
+                self._metrics.decode.observe(time.perf_counter() - start)
                 self._metrics.frames_rejected.labels(e.reason).inc()
                 stream.in_flight = False
                 stream.fail(FrameRejected(pending.sequence, e))

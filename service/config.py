@@ -115,9 +115,10 @@ class ServeConfig:
     )
     heavy_pixels: int = setting(
         1920 * 1080,
-        help="frames that decode to more pixels than this (after a JPEG's reduced-scale "
-        "decode) go to a lane of their own, limited to a quarter of one core, so that they "
-        "cannot hold up other streams",
+        help="frames whose decoding costs more than an image of this many pixels (a JPEG "
+        "counts its full size at any decode scale, a progressive one times half its scans) "
+        "go to a lane of their own, limited to a quarter of one core, so that they cannot "
+        "hold up other streams",
         group="Real time",
     )
     idle_timeout_seconds: float = setting(

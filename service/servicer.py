@@ -212,7 +212,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             stream.resampled_away()
             self._resampled.inc()
             return
-        heavy = checked.pixels > self._cfg.heavy_pixels
+        heavy = checked.work > self._cfg.heavy_pixels
         if not self._batcher.push(stream, PendingFrame(frame, checked, sequence, received, heavy)):
             self._overload.inc()
 

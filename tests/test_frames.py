@@ -178,3 +178,72 @@ def test_jpeg_dimensions_are_read_from_the_header() -> None:
     small = FrameDecoder(height=64, width=64, max_bytes=1_000_000, max_pixels=320 * 240)
     with pytest.raises(FrameError, match="JPEG image is 640x480 = 307200 pixels"):
         small.decode_image(jpeg(_smooth_image(480, 640)))
+
+
+def _checked(data: bytes) -> tuple[int, int, int]:
+    checked = DECODER.check(pb.Frame(encoded=data))
+    return checked.width, checked.height, checked.work
+
+
+def test_a_jpeg_costs_its_full_size_and_a_progressive_one_its_scans_too() -> None:
+    image = _smooth_image(1080, 1920)
+    # Decoded at 1/8 (240x135), but entropy decoding still reads every pixel.
+    assert _checked(jpeg(image)) == (240, 135, 1920 * 1080)
+    progressive = bytes(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1])
+    scans = progressive.count(b"\xff\xda")
+    assert scans >= 6  # libjpeg's progressive script
+    assert _checked(progressive) == (240, 135, 1920 * 1080 * scans // 2)
+    assert _checked(png(np.full((1080, 1920, 3), 7, np.uint8)))[2] == 1920 * 1080
+
+
+def test_a_progressive_jpeg_of_too_many_scans_is_refused() -> None:
+    # Each scan is another pass over the image: 1,000 of them took 5.4 s at 3840x2160,
+    # from a file of 75 KB. Repeating a valid scan makes such a file.
+    data = bytes(cv2.imencode(".jpg", _smooth_image(64, 64), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1])
+    last = data.rfind(b"\xff\xda")
+    bomb = data[:last] + data[last:-2] * 100 + data[-2:]
+    assert cv2.imdecode(np.frombuffer(bomb, np.uint8), cv2.IMREAD_COLOR) is not None
+    with pytest.raises(FrameError, match="more than 64 scans") as err:
+        DECODER.check(pb.Frame(encoded=bomb))
+    assert err.value.reason == "corrupt"
+
+
+def test_a_jpeg_header_walk_is_bounded() -> None:
+    # Two million empty APP0 segments before the frame header took 0.8 s to walk on
+    # the event loop; the walk gives up after a bounded number of them.
+    data = jpeg(render(1, seed=3)[0])
+    padded = data[:2] + b"\xff\xe0\x00\x02" * 5_000 + data[2:]
+    assert cv2.imdecode(np.frombuffer(padded, np.uint8), cv2.IMREAD_COLOR) is not None
+    with pytest.raises(FrameError, match="no valid frame header"):
+        DECODER.check(pb.Frame(encoded=padded))
+    filled = data[:2] + b"\xff" * 5_000 + data[2:]  # fill bytes are markers' padding
+    with pytest.raises(FrameError, match="no valid frame header"):
+        DECODER.check(pb.Frame(encoded=filled))
+    # A real file's few segments pass.
+    assert DECODER.check(pb.Frame(encoded=data[:2] + b"\xff\xe0\x00\x02" * 20 + data[2:]))
+
+
+def test_a_png_chunk_claiming_more_than_the_file_is_refused() -> None:
+    # OpenCV allocates a chunk's declared length before reading it: 75 bytes claiming a
+    # 2 GB IDAT made it allocate 2 GB.
+    good = png(render(1, seed=4)[0])
+    ihdr_end = 8 + 12 + 13
+    bomb = good[:ihdr_end] + (2**31 - 1).to_bytes(4, "big") + b"IDAT" + bytes(30)
+    with pytest.raises(FrameError, match="claims 2147483647 bytes") as err:
+        DECODER.check(pb.Frame(encoded=bomb))
+    assert err.value.reason == "corrupt"
+    empty = (0).to_bytes(4, "big") + b"tEXt" + zlib.crc32(b"tEXt").to_bytes(4, "big")
+    many = good[:ihdr_end] + empty * 2_000 + good[ihdr_end:]
+    with pytest.raises(FrameError, match="too many chunks"):
+        DECODER.check(pb.Frame(encoded=many))
+    # A real file's chunks pass, and so do a few more.
+    assert DECODER.check(pb.Frame(encoded=good[:ihdr_end] + empty * 50 + good[ihdr_end:]))
+
+
+def test_a_raw_frame_over_the_byte_limit_is_refused() -> None:
+    # gRPC's own message limit leaves room above max_frame_bytes; the frame's is ours.
+    small = FrameDecoder(height=64, width=64, max_bytes=10_000, max_pixels=1920 * 1080)
+    raw = pb.RawImage(data=bytes(64 * 64 * 3), width=64, height=64, format=pb.PIXEL_FORMAT_BGR)
+    with pytest.raises(FrameError, match=r"at most 10000 \(max_frame_bytes\)") as err:
+        small.check(pb.Frame(raw=raw))
+    assert err.value.reason == "too_many_bytes"
