@@ -64,6 +64,13 @@ class ServeConfig:
         "once are not cut",
         group="Limits",
     )
+    max_side_calls: int = setting(
+        64,
+        help="health Watch and reflection calls open at once (each stays open as long as its "
+        "client likes and holds about 20 KB); beyond this a new one gets RESOURCE_EXHAUSTED. "
+        "Cameras and health Check are not counted",
+        group="Limits",
+    )
     max_frame_bytes: int = setting(
         8 * 1024 * 1024,
         help="largest frame payload (encoded image or raw pixels) in bytes; "
@@ -166,6 +173,8 @@ class ServeConfig:
                 f"metrics_port must be 0..65535 (0 picks a free one) or -1 (off), "
                 f"got {self.metrics_port}"
             )
+        if self.max_side_calls < 1:
+            raise ValueError(f"max_side_calls must be at least 1, got {self.max_side_calls}")
         if self.max_waiting_calls is not None and self.max_waiting_calls < 1:
             raise ValueError(f"max_waiting_calls must be at least 1, got {self.max_waiting_calls}")
         for name in (
@@ -232,7 +241,10 @@ class StreamConfig:
     )
     target: str = setting("127.0.0.1:50051", help="server address HOST:PORT")
     labels: str | None = setting(
-        None, help="CSV of ground truth per source frame (frame,label) to score against"
+        None,
+        help="CSV of ground truth per source frame (frame,label, from 0) to score against; "
+        "refused before streaming if it names a label the model lacks, or leaves a frame of "
+        "a file unlabelled",
     )
     realtime: bool = setting(
         True,

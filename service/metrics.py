@@ -83,6 +83,12 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.side_calls = Gauge(
+            "actionstream_side_calls",
+            "Health Watch and reflection calls open now (capped at max_side_calls).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         self.frame_latency = Histogram(
             "actionstream_frame_latency_seconds",
             "Time from receiving a frame to sending its prediction.",

@@ -30,6 +30,7 @@ from actionstream.service.launch import ServeError, address, write_ready_file
 from actionstream.service.metrics import Metrics, MetricsServer
 from actionstream.service.model import ModelError, OnnxStepModel
 from actionstream.service.servicer import ActionRecognition
+from actionstream.service.side_calls import SideCallLimit
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -97,6 +98,7 @@ class Server:
         servicer = ActionRecognition(cfg, batcher, metrics)
 
         server = grpc.aio.server(
+            interceptors=[SideCallLimit(cfg.max_side_calls, metrics)],
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 # Without this a second server on the same port would start and

@@ -207,6 +207,49 @@ def test_health_turns_not_serving_on_shutdown(
     channel.close()
 
 
+def test_long_health_and_reflection_calls_are_capped(
+    start_server: Callable[..., BackgroundServer],
+) -> None:
+    # Watch and reflection calls stay open as long as their clients like and hold memory;
+    # nothing else bounds them. Cameras and health Check are never refused for them.
+    server = start_server(max_side_calls=3, metrics_port=0)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service="")
+    watches = [health.Watch(request) for _ in range(3)]
+    for watch in watches:
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    assert _scrape(server.metrics_port)["actionstream_side_calls"] == 3
+
+    with pytest.raises(grpc.RpcError) as err:
+        next(health.Watch(request))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_side_calls" in (err.value.details() or "")
+    with pytest.raises(grpc.RpcError) as err:
+        ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert health.Check(request).status == health_pb2.HealthCheckResponse.SERVING
+    stub = pb_grpc.ActionRecognitionStub(channel)
+    assert len(list(stub.StreamFrames(iter([frame_request(png(render(1, seed=5)[0]))])))) == 1
+
+    watches[0].cancel()  # a closed call frees its place at once
+    for _ in range(100):
+        if _scrape(server.metrics_port)["actionstream_side_calls"] == 2:
+            break
+        threading.Event().wait(0.05)
+    assert (
+        "actionstream.v1.ActionRecognition"
+        in ProtoReflectionDescriptorDatabase(channel).get_services()
+    )
+    m = _scrape(server.metrics_port)
+    assert m["actionstream_rpc_errors_total{code=RESOURCE_EXHAUSTED,method=Watch}"] == 1
+    key = "actionstream_rpc_errors_total{code=RESOURCE_EXHAUSTED,method=ServerReflectionInfo}"
+    assert m[key] == 1
+    for watch in watches[1:]:
+        watch.cancel()
+    channel.close()
+
+
 def test_a_port_in_use_is_refused(start_server: Callable[..., BackgroundServer]) -> None:
     # gRPC sets SO_REUSEPORT by default, which would let a second server share the port.
     first = start_server()
