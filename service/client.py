@@ -15,7 +15,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,11 +39,12 @@ class StreamSummary:
 
     frames_sent: int
     frames_answered: int
-    accuracy: float | None  # top-1 over answered frames with a known label; None without labels
+    accuracy: float | None  # top-1 over the scored frames; None without labels or none scored
     p50_ms: float | None  # send -> prediction received; None if nothing was answered
     p99_ms: float | None
     predictions: tuple[pb.Prediction, ...]
     interrupted: bool = False  # stopped with Ctrl-C before the source ended
+    frames_scored: int | None = None  # answered frames the labels cover; None without labels
 
 
 class StreamError(Exception):
@@ -51,28 +52,153 @@ class StreamError(Exception):
 
 
 def read_labels(path: Path) -> dict[int, str]:
-    """Ground truth from a `frame,label` CSV, as `actionstream synth` writes it."""
+    """Ground truth from a `frame,label` CSV, as `actionstream synth` writes it.
+
+    Frame numbers are the source's, from 0. Raises StreamError, in one line, for a
+    file that cannot be read or is not such a CSV.
+    """
     try:
         with path.open(newline="") as f:
-            return {int(row["frame"]): row["label"] for row in csv.DictReader(f)}
+            reader = csv.DictReader(f)
+            if not {"frame", "label"} <= set(reader.fieldnames or ()):
+                raise StreamError(f"{path}: expected a CSV with columns frame,label")
+            labels: dict[int, str] = {}
+            for row in reader:
+                where = f"{path}, line {reader.line_num}"
+                frame, label = row["frame"], row["label"]
+                try:
+                    labels[int(frame)] = label
+                except (TypeError, ValueError):
+                    raise StreamError(f"{where}: frame {frame!r} is not a whole number") from None
+                if not label:
+                    raise StreamError(f"{where}: frame {frame} has no label")
+            return labels
     except OSError as e:
         raise StreamError(f"cannot read labels {path}: {e.strerror}") from None
-    except (KeyError, TypeError, ValueError):
-        raise StreamError(f"{path}: expected a CSV with columns frame,label") from None
+    except UnicodeDecodeError:
+        raise StreamError(f"{path}: not a text CSV (frame,label)") from None
+    except csv.Error as e:
+        raise StreamError(f"{path}: not a readable CSV ({e})") from None
+
+
+class _Feed:
+    """The source, read and encoded on gRPC's request thread, closed on the caller's.
+
+    gRPC pulls the requests on a daemon thread of its own that nothing joins, and
+    drops the request generator there once the call is over. OpenCV lets go of the
+    GIL inside read, encode and release; a thread still inside one when the
+    interpreter exits is ended as it takes the GIL back, by a forced unwind through
+    OpenCV's C++ frames: std::terminate, "terminate called without an active
+    exception", SIGABRT. So every OpenCV call on the source holds this lock, and
+    `close` (the caller's thread, before stream_source returns or raises) waits out
+    the one in flight, releases the capture, and refuses any later one.
+    """
+
+    def __init__(self, source: VideoSource) -> None:
+        self._source = source
+        self.fps = source.fps
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def read(self) -> np.ndarray | None:
+        """The next frame; None when the source has ended or the feed is closed."""
+        with self._lock:
+            return None if self._closed else self._source.read()
+
+    def encode(self, image: np.ndarray, quality: int, sequence: int) -> bytes | None:
+        """Frame `sequence` as JPEG; None when the feed is closed."""
+        with self._lock:
+            if self._closed:
+                return None
+            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise StreamError(f"frame {sequence}: OpenCV could not JPEG-encode it")
+        return jpeg.tobytes()
+
+    def close(self) -> None:
+        """Waits for a read or encode in flight (OpenCV's own timeouts bound a stuck
+        camera or URL), then releases the source; again is a no-op."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._source.close()
+
+
+def _frame_count(source: VideoSource) -> int | None:
+    """How many frames a file says it has; None for cameras and live URLs (no count)."""
+    # VideoSource keeps its capture private and has no count (service/sources.py).
+    count = source._capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    return int(count) if count > 0 else None
+
+
+def _spans(frames: list[int], most: int = 3) -> str:
+    """Sorted frame numbers as runs: "3, 7-9, 100-119" (the first `most` runs, then "...")."""
+    runs: list[list[int]] = []
+    for i in frames:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:most])
+    return text + (", ..." if len(runs) > most else "")
+
+
+def _check_coverage(path: str, truth: dict[int, str], frames: int) -> None:
+    """Refuses labels that leave any of the source frames 0..frames-1 unlabelled."""
+    missing = [i for i in range(frames) if i not in truth]
+    if missing:
+        raise StreamError(
+            f"{path}: no label for {len(missing)} of the {frames} source frames to stream "
+            f"(frame {_spans(missing)}); label every frame, or stream fewer with --max-frames"
+        )
+
+
+def _check_names(path: str, truth: dict[int, str], model_labels: Sequence[str]) -> None:
+    """Refuses labels the model cannot predict, as `actionstream evaluate` does."""
+    unknown = sorted(set(truth.values()) - set(model_labels))
+    if unknown:
+        raise StreamError(
+            f"{path}: label(s) {', '.join(map(repr, unknown))} are not the model's "
+            f"(it knows {', '.join(model_labels)})"
+        )
 
 
 def stream_source(
     cfg: StreamConfig, on_prediction: PredictionCallback | None = None
 ) -> StreamSummary:
-    """Streams `cfg.source` to `cfg.target` and returns the summary; raises StreamError."""
+    """Streams `cfg.source` to `cfg.target` and returns the summary; raises StreamError.
+
+    With `cfg.labels`, the CSV is checked before any frame is sent: every label must
+    be one of the model's, and, where the source says how many frames it has, every
+    frame to be streamed must have one.
+    """
     truth = read_labels(Path(cfg.labels)) if cfg.labels else None
     try:
         source = VideoSource(cfg.source)
     except SourceError as e:
         raise StreamError(f"cannot open source: {e}") from None
+    feed = _Feed(source)
+    try:
+        if truth is not None and cfg.labels is not None:
+            frames = _frame_count(source)
+            if frames is not None:
+                _check_coverage(cfg.labels, truth, min(frames, cfg.max_frames or frames))
+        with grpc.insecure_channel(cfg.target) as channel:
+            return _stream(cfg, feed, truth, channel, on_prediction)
+    finally:
+        feed.close()  # on this thread, before returning: see _Feed
 
+
+def _stream(
+    cfg: StreamConfig,
+    feed: _Feed,
+    truth: dict[int, str] | None,
+    channel: grpc.Channel,
+    on_prediction: PredictionCallback | None,
+) -> StreamSummary:
+    source_fps = feed.fps
     sent_at: dict[int, float] = {}
-    fps = source.fps if cfg.realtime else None
+    fps = source_fps if cfg.realtime else None
     start_us = time.time_ns() // 1000
     answered: queue.Queue[None] = queue.Queue()
     done = threading.Event()
@@ -80,82 +206,86 @@ def stream_source(
     def capture_us(sequence: int) -> int:
         # Sent faster than real time, a file's frames keep their own timeline; live, a
         # frame was captured when it was read.
-        if not cfg.realtime and source.fps:
-            return start_us + round((sequence - 1) * 1e6 / source.fps)
+        if not cfg.realtime and source_fps:
+            return start_us + round((sequence - 1) * 1e6 / source_fps)
         return time.time_ns() // 1000
 
     def requests(resampler: Resampler | None) -> Iterator[pb.FrameRequest]:
-        # Runs on a gRPC thread; owns the source from here on. As fast as the server
-        # answers (`resampler` set): one frame in flight, and only the frames the server
-        # would take at the model's rate, so none is dropped and none waits unanswered.
-        try:
-            yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=cfg.source))
-            start = time.perf_counter()
-            sequence = 0
-            while cfg.max_frames == 0 or sequence < cfg.max_frames:
-                image = source.read()
-                if image is None:
-                    return
-                sequence += 1
-                if fps is not None:
-                    time.sleep(max(0.0, start + (sequence - 1) / fps - time.perf_counter()))
-                timestamp_us = capture_us(sequence)
-                if resampler is not None and not resampler.take(timestamp_us):
-                    continue
-                ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
-                if not ok:
-                    raise StreamError(f"frame {sequence}: OpenCV could not JPEG-encode it")
-                frame = pb.Frame(
-                    encoded=jpeg.tobytes(), sequence=sequence, timestamp_us=timestamp_us
-                )
-                sent_at[sequence] = time.perf_counter()
-                yield pb.FrameRequest(frame=frame)
-                while resampler is not None and not done.is_set():
-                    with contextlib.suppress(queue.Empty):
-                        answered.get(timeout=0.1)
-                        break
-        finally:
-            source.close()
+        # Runs on a gRPC thread, which may still be here after the call is over; it
+        # touches the source only through `feed`, which stops it once closed. As fast as
+        # the server answers (`resampler` set): one frame in flight, and only the frames
+        # the server would take at the model's rate, so none is dropped and none waits
+        # unanswered.
+        yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=cfg.source))
+        start = time.perf_counter()
+        sequence = 0
+        while cfg.max_frames == 0 or sequence < cfg.max_frames:
+            image = feed.read()
+            if image is None or done.is_set():
+                return
+            sequence += 1
+            if fps is not None:
+                time.sleep(max(0.0, start + (sequence - 1) / fps - time.perf_counter()))
+            timestamp_us = capture_us(sequence)
+            if resampler is not None and not resampler.take(timestamp_us):
+                continue
+            jpeg = feed.encode(image, cfg.jpeg_quality, sequence)
+            if jpeg is None or done.is_set():
+                return
+            frame = pb.Frame(encoded=jpeg, sequence=sequence, timestamp_us=timestamp_us)
+            sent_at[sequence] = time.perf_counter()
+            yield pb.FrameRequest(frame=frame)
+            while resampler is not None and not done.is_set():
+                with contextlib.suppress(queue.Empty):
+                    answered.get(timeout=0.1)
+                    break
 
     predictions: list[pb.Prediction] = []
     latencies_ms: list[float] = []
-    correct = labelled = 0
+    correct = scored = 0
     interrupted = False
-    with grpc.insecure_channel(cfg.target) as channel:
-        stub = pb_grpc.ActionRecognitionStub(channel)
-        try:
-            resampler = None
+    call = None
+    stub = pb_grpc.ActionRecognitionStub(channel)
+    try:
+        resampler = None
+        if truth is not None or not cfg.realtime:
+            info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+            if truth is not None and cfg.labels is not None:
+                _check_names(cfg.labels, truth, info.labels)
             if not cfg.realtime:
-                resampler = Resampler(stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30).fps)
-            call = stub.StreamFrames(requests(resampler))
-            for prediction in call:
-                latency_ms = (time.perf_counter() - sent_at[prediction.sequence]) * 1e3
-                label = truth.get(prediction.sequence - 1) if truth is not None else None
-                if label is not None:
-                    labelled += 1
-                    correct += prediction.top[0].label == label
-                predictions.append(prediction)
-                latencies_ms.append(latency_ms)
-                answered.put(None)
-                if on_prediction is not None:
-                    on_prediction(prediction, label, latency_ms)
-        except KeyboardInterrupt:
+                resampler = Resampler(info.fps)
+        call = stub.StreamFrames(requests(resampler))
+        for prediction in call:
+            latency_ms = (time.perf_counter() - sent_at[prediction.sequence]) * 1e3
+            label = truth.get(prediction.sequence - 1) if truth is not None else None
+            if label is not None:
+                scored += 1
+                correct += prediction.top[0].label == label
+            predictions.append(prediction)
+            latencies_ms.append(latency_ms)
+            answered.put(None)
+            if on_prediction is not None:
+                on_prediction(prediction, label, latency_ms)
+    except KeyboardInterrupt:
+        if call is not None:
             call.cancel()
-            interrupted = True
-        except grpc.RpcError as e:
-            raise StreamError(_describe(e, cfg.target)) from None
-        finally:
-            done.set()
+        interrupted = True
+    except grpc.RpcError as e:
+        raise StreamError(_describe(e, cfg.target)) from None
+    finally:
+        done.set()
+        feed.close()
 
     p50, p99 = np.percentile(latencies_ms, [50, 99]) if latencies_ms else (None, None)
     return StreamSummary(
         frames_sent=len(sent_at),
         frames_answered=len(predictions),
-        accuracy=correct / labelled if truth is not None and labelled else None,
+        accuracy=correct / scored if scored else None,
         p50_ms=None if p50 is None else float(p50),
         p99_ms=None if p99 is None else float(p99),
         predictions=tuple(predictions),
         interrupted=interrupted,
+        frames_scored=scored if truth is not None else None,
     )
 
 
@@ -176,8 +306,16 @@ def _print_prediction(prediction: pb.Prediction, truth: str | None, latency_ms: 
 
 def print_summary(summary: StreamSummary) -> None:
     print(f"frames: {summary.frames_sent} sent, {summary.frames_answered} answered")
-    if summary.accuracy is not None:
-        print(f"accuracy: {summary.accuracy:.1%} (top-1, per frame)")
+    scored, answered = summary.frames_scored, summary.frames_answered
+    if scored is not None and answered:
+        if summary.accuracy is None:
+            print(f"accuracy: not scored: none of the {answered} answered frames has a label")
+        else:
+            unlabelled = f"; {answered - scored} had no label" if scored < answered else ""
+            print(
+                f"accuracy: {summary.accuracy:.1%} (top-1, per frame; "
+                f"scored {scored} of {answered} answered frames{unlabelled})"
+            )
     if summary.p50_ms is not None and summary.p99_ms is not None:
         print(
             f"latency (send to prediction): p50 {summary.p50_ms:.1f} ms, "
