@@ -229,3 +229,38 @@ def test_too_few_batches_for_the_processes_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="fewer than the 2 processes"):
         _train(cfg, None, Team(rank=0, size=2), torch.device("cpu"))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_can_start_from_an_earlier_one(tmp_path: Path) -> None:
+    # Fine-tuning: an earlier run's CNN always, its cell when it fits, its head only when
+    # it knows the same labels in the same order.
+    torch = pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.model import build_recognizer
+    from actionstream.training.train import TrainingError, _initialise, main
+
+    first = tmp_path / "first"
+    main(dataclasses.replace(TINY, out=str(first), epochs=1))
+    before = Checkpoint.load(first)
+
+    def start(labels: tuple[str, ...], **changes: object) -> tuple[str, dict[str, object]]:
+        cfg = dataclasses.replace(before.model_config, num_classes=len(labels), **changes)
+        net = build_recognizer(cfg)
+        said = _initialise(net, str(first), labels)
+        return said, net.state_dict()
+
+    said, weights = start(before.labels)
+    assert "CNN, GRU cell, head" in said
+    for name, tensor in before.state_dict.items():
+        assert torch.equal(weights[name], tensor), name
+    said, weights = start(("a", "b", "c"))
+    assert "head fresh" in said
+    assert torch.equal(weights["encoder.proj.0.weight"], before.state_dict["encoder.proj.0.weight"])
+    said, _ = start(before.labels, hidden=32)
+    assert "cell and head fresh" in said
+    with pytest.raises(TrainingError, match="its CNN does not fit this model"):
+        start(before.labels, channels=(8, 32))
+    with pytest.raises(ValueError, match="no such file or folder"):
+        dataclasses.replace(TINY, init=str(tmp_path / "nothing"))

@@ -15,6 +15,8 @@ from actionstream.settings import setting
 
 # A run folder, as `train` writes it and `evaluate` / `export` read it.
 DEFAULT_RUN = "runs/default"
+# `--init` by name; anything else is a run folder or checkpoint to start from.
+INIT_CHOICES = ("auto", "pretrained", "scratch")
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,9 @@ class TrainConfig:
     init: str = setting(
         "auto",
         help="where the CNN starts: pretrained (the motion encoder learnt from the synthetic "
-        "world, which ships with the package), scratch, or auto (pretrained when the model's "
-        "encoder has its shape, else scratch)",
+        "world, which ships with the package), scratch, auto (pretrained when the model's "
+        "encoder has its shape, else scratch), or a run folder or checkpoint.pt of yours to "
+        "fine-tune from (its CNN, its cell when it fits, its head when its labels are these)",
         group="Run",
     )
     resume: bool = setting(
@@ -169,8 +172,11 @@ class TrainConfig:
             )
         if self.minutes < 0:
             raise ValueError(f"minutes must not be negative, got {self.minutes}")
-        if self.init not in ("auto", "pretrained", "scratch"):
-            raise ValueError(f"init must be auto, pretrained or scratch, got {self.init!r}")
+        if self.init not in INIT_CHOICES and not Path(self.init).exists():
+            raise ValueError(
+                f"init must be auto, pretrained, scratch or a run folder or checkpoint, got "
+                f"{self.init!r} (no such file or folder)"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.boundary_ignore < 0 or self.weight_decay < 0 or self.threads < 0:

@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from actionstream.contract import ModelConfig
 from actionstream.training import distributed, pretrained
-from actionstream.training.checkpoint import Checkpoint
-from actionstream.training.config import TrainConfig
+from actionstream.training.checkpoint import Checkpoint, CheckpointError
+from actionstream.training.config import INIT_CHOICES, TrainConfig
 from actionstream.training.data import IGNORE, SyntheticData, TrainingData, loss_targets
 from actionstream.training.distributed import Team
 from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, score
@@ -189,8 +189,11 @@ def _check_split(
         )
 
 
-def _initialise(net: Recognizer, init: str) -> str:
-    """Loads the shipped motion encoder as `init` asks; says where the CNN starts."""
+def _initialise(net: Recognizer, init: str, labels: tuple[str, ...]) -> str:
+    """Loads the shipped motion encoder, or a run's weights, as `init` asks; says where
+    the network starts."""
+    if init not in INIT_CHOICES:
+        return _start_from_run(net, Path(init), labels)
     fits = pretrained.fits(net.cfg)
     if init == "pretrained" and not fits:
         raise TrainingError(
@@ -201,6 +204,46 @@ def _initialise(net: Recognizer, init: str) -> str:
         return "scratch"
     pretrained.load_into(net)
     return f"the pretrained motion encoder ({pretrained.encoder_path().name})"
+
+
+def _start_from_run(net: Recognizer, path: Path, labels: tuple[str, ...]) -> str:
+    """Copies an earlier run's weights into `net`, a part at a time: its CNN (which must
+    fit), its recurrent cell when that fits too, its head only when its labels are these,
+    in this order. Fine-tuning on new videos then starts from what that run learnt."""
+    try:
+        ckpt = Checkpoint.load(path)
+    except CheckpointError as e:
+        raise TrainingError(f"--init: {e}") from None
+    own = net.state_dict()
+
+    def fitting(part: str) -> dict[str, torch.Tensor] | None:
+        mine = {k: v for k, v in own.items() if k.startswith(part + ".")}
+        theirs = {k: v for k, v in ckpt.state_dict.items() if k.startswith(part + ".")}
+        if mine.keys() != theirs.keys():
+            return None
+        return theirs if all(theirs[k].shape == v.shape for k, v in mine.items()) else None
+
+    encoder = fitting("encoder")
+    if encoder is None or ckpt.model_config.appearance != net.cfg.appearance:
+        raise TrainingError(
+            f"--init {path}: its CNN does not fit this model; train with its settings "
+            f"(--size {ckpt.model_config.height}, --channels "
+            f"{','.join(map(str, ckpt.model_config.channels))}, --embed "
+            f"{ckpt.model_config.embed}{', --appearance' if ckpt.model_config.appearance else ''})"
+        )
+    taken, parts = dict(encoder), ["CNN"]
+    cell = fitting("cell") if ckpt.model_config.cell == net.cfg.cell else None
+    if cell is not None:
+        taken |= cell
+        parts.append(f"{net.cfg.cell.upper()} cell")
+    head = fitting("head") if tuple(ckpt.labels) == tuple(labels) else None
+    if head is not None:
+        taken |= head
+        parts.append("head")
+    net.load_state_dict(taken, strict=False)
+    fresh = [p for p in ("cell", "head") if not any(k.startswith(p + ".") for k in taken)]
+    rest = f"; {' and '.join(fresh)} fresh" if fresh else ""
+    return f"{path} ({', '.join(parts)}{rest})"
 
 
 def synthetic_data(cfg: TrainConfig) -> SyntheticData:
@@ -285,7 +328,7 @@ def _train(
     )
     net = build_recognizer(model_cfg)
     if saved is None:  # a resumed run loads its own weights below
-        say(f"CNN starts from {_initialise(net, cfg.init)}")
+        say(f"CNN starts from {_initialise(net, cfg.init, data.labels)}")
     net = net.to(device)
     model: nn.Module = net
     if team.size > 1:
@@ -411,6 +454,8 @@ def resolved(cfg: TrainConfig) -> dict[str, Any]:
     paths = {
         k: str(Path(v).resolve()) for k in ("data", "split", "cache") if (v := getattr(cfg, k))
     }
+    if cfg.init not in INIT_CHOICES:  # a run to start from
+        paths["init"] = str(Path(cfg.init).resolve())
     return json.loads(json.dumps(asdict(cfg) | paths))
 
 
