@@ -124,13 +124,6 @@ class _Feed:
                 self._source.close()
 
 
-def _frame_count(source: VideoSource) -> int | None:
-    """How many frames a file says it has; None for cameras and live URLs (no count)."""
-    # VideoSource keeps its capture private and has no count (service/sources.py).
-    count = source._capture.get(cv2.CAP_PROP_FRAME_COUNT)
-    return int(count) if count > 0 else None
-
-
 def _spans(frames: list[int], most: int = 3) -> str:
     """Sorted frame numbers as runs: "3, 7-9, 100-119" (the first `most` runs, then "...")."""
     runs: list[list[int]] = []
@@ -180,7 +173,7 @@ def stream_source(
     feed = _Feed(source)
     try:
         if truth is not None and cfg.labels is not None:
-            frames = _frame_count(source)
+            frames = source.frame_count
             if frames is not None:
                 _check_coverage(cfg.labels, truth, min(frames, cfg.max_frames or frames))
         with grpc.insecure_channel(cfg.target) as channel:

@@ -109,7 +109,7 @@ class Server:
                 # gone) are found by keepalive pings, so their streams end and free their place.
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
-            ]
+            ],
         )
         pb_grpc.add_ActionRecognitionServicer_to_server(servicer, server)
         health = health_aio.HealthServicer()

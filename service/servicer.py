@@ -23,13 +23,22 @@ import typing
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
 from actionstream.service.frames import FrameError, RejectReason
 from actionstream.service.metrics import Metrics
-from actionstream.service.sources import AsyncVideoSource, SourceError, SourceNotFound
+from actionstream.service.sources import (
+    AsyncVideoSource,
+    SourceBusy,
+    SourceError,
+    SourceLimits,
+    SourceNotFound,
+    SourceOpener,
+    SourceTimeout,
+)
 from actionstream.service.streams import FrameRejected, PendingFrame, Stream, printable
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -59,6 +68,10 @@ _REFUSAL_CODES: dict[RejectReason, grpc.StatusCode] = {
 SKIPPED_TRAILER = "actionstream-skipped-frames"
 # Stream ends whose reason the log line spells out: the client's mistakes.
 _TOLD_WHY = frozenset({"invalid_frame", "malformed"})
+# The longest a WatchSource open may take, below the idle timeout when that is longer: an
+# open holds FFmpeg's process-wide open lock, so every other open waits out a slow one,
+# and a camera or stream that answers at all opens well within this.
+_SOURCE_OPEN_TIMEOUT_S = 10.0
 
 
 def _refusal(error: Exception) -> _Refused:
@@ -87,12 +100,22 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         # else bounds how many there are, and each costs memory until the idle timeout.
         self._waiting: dict[Stream, None] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        # WatchSource's sources: as many threads again as places may outlive their calls.
+        self._sources = SourceOpener(
+            SourceLimits(
+                open_timeout_s=min(cfg.idle_timeout_seconds, _SOURCE_OPEN_TIMEOUT_S),
+                read_timeout_s=cfg.idle_timeout_seconds,
+                max_pixels=cfg.max_frame_pixels,
+            ),
+            max_threads=2 * cfg.max_streams,
+        )
         m = metrics
         self._received = m.frames_received
         self._resampled = m.frames_dropped.labels("resampled")
         self._overload = m.frames_dropped.labels("overload")
 
     async def close(self) -> None:
+        self._sources.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
@@ -235,14 +258,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         reason = "error"
         try:
             self._admit(stream)
+            source = await self._open_source(request.source)
             try:
-                source = await AsyncVideoSource.open(request.source)
-            except SourceNotFound as e:
-                raise _Refused(grpc.StatusCode.NOT_FOUND, str(e), "invalid_source") from e
-            except SourceError as e:
-                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_source") from e
-            try:
-                while (image := await source.read()) is not None:
+                while (image := await _read_source(source)) is not None:
                     # A source frame is "received" when OpenCV hands it over.
                     received = time.perf_counter()
                     self._received.inc()
@@ -275,6 +293,19 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             self._internal_error("WatchSource", stream, context)
         finally:
             self._close(stream, reason)
+
+    async def _open_source(self, source: str) -> AsyncVideoSource:
+        """The opened source, or the status that says why not (quoting it cut short)."""
+        try:
+            return await self._sources.open(source)
+        except SourceBusy as e:
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "refused") from e
+        except SourceTimeout as e:
+            raise _Refused(grpc.StatusCode.DEADLINE_EXCEEDED, str(e), "invalid_source") from e
+        except SourceNotFound as e:
+            raise _Refused(grpc.StatusCode.NOT_FOUND, str(e), "invalid_source") from e
+        except SourceError as e:
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_source") from e
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
@@ -458,6 +489,14 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
 
     def _count_error(self, method: str, code: grpc.StatusCode) -> None:
         self._metrics.rpc_errors.labels(method=method, code=code.name).inc()
+
+
+async def _read_source(source: AsyncVideoSource) -> np.ndarray | None:
+    """A watched source's next frame; a frame over max_frame_pixels ends the call."""
+    try:
+        return await source.read()
+    except SourceError as e:
+        raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_source") from e
 
 
 def _about(stream: Stream) -> dict[str, object]:

@@ -3,17 +3,44 @@
 Shared by WatchSource (the server reads the source) and the `stream` client
 (the client reads it and pushes frames). Opening and reading block, so async
 callers run them in a thread.
+
+The server opens sources for clients it does not know, so it gives them
+`SourceLimits`: bounded text, network URLs and regular files only, OpenCV's
+open and read timeouts, and a frame size limit. OpenCV's FFmpeg backend opens
+one source at a time in the whole process (a lock held through
+avformat_open_input and avformat_find_stream_info; reading does not take it),
+so one open that hangs holds up every other: `SourceOpener` bounds how long
+and how many.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+import os
+import stat
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from actionstream.service.streams import printable
+
+# Longer sources are refused unread: no path or camera URL needs more, and a source is
+# quoted (cut short) in statuses and logs, where the whole of a long one would not fit.
+MAX_SOURCE_CHARS = 4096
+# Camera indexes, a backend's offset included (CAP_V4L2 + 1 = 201), are below this; a
+# longer run of digits is no camera, and int() or OpenCV would raise on it.
+_CAMERA_INDEX_LIMIT = 10_000
+# URL schemes the server opens: network streams. FFmpeg's other protocols read local files
+# and pipes ("file:", "pipe:", and wrappers such as "cache:" or "async:" around them), where
+# a FIFO or a device blocks an open in the kernel, past any timeout; files are given as paths.
+NETWORK_SCHEMES = frozenset(
+    {"http", "https", "rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp"}
+)
 
 
 class SourceError(Exception):
@@ -24,26 +51,60 @@ class SourceNotFound(SourceError):
     """Nothing is there: no such file, camera or reachable URL."""
 
 
+class SourceTimeout(SourceError):
+    """The source did not open in time, its wait for its turn included."""
+
+
+class SourceBusy(SourceError):
+    """The server has as many threads busy with sources as it allows; retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceLimits:
+    """What the server allows a source it opens for a client; the `stream` client sets none."""
+
+    open_timeout_s: float  # OpenCV's open timeout; a call waiting its turn gets twice this
+    read_timeout_s: float  # OpenCV's wait for each frame of a file or stream
+    max_pixels: int  # the largest frame, width * height
+
+
+def is_url(source: str) -> bool:
+    return "://" in source
+
+
+def check_text(source: str) -> None:
+    """Refuses, on its text alone, a source the server will not open for a client."""
+    if len(source) > MAX_SOURCE_CHARS:
+        raise SourceError(
+            f"source is {len(source)} characters long; the server takes at most {MAX_SOURCE_CHARS}"
+        )
+    if is_url(source):
+        scheme = source.split("://", 1)[0].lower()
+        if scheme not in NETWORK_SCHEMES:
+            raise SourceError(
+                f"cannot open {printable(source)}: the server opens network streams "
+                f"({', '.join(sorted(NETWORK_SCHEMES))}) by URL and local files by path"
+            )
+
+
 class VideoSource:
     """An open cv2.VideoCapture; `source` is "0" (camera index), a path, or a URL."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, limits: SourceLimits | None = None) -> None:
         """Opens the source now; raises SourceError (or SourceNotFound) if it cannot."""
         if not source.strip():
             raise SourceError("source is empty; give a camera index, a video file or a URL")
+        if limits is not None:
+            check_text(source)
         self.source = source
-        if source.isdigit():
-            self._capture = cv2.VideoCapture(int(source))
-            if not self._capture.isOpened():
-                raise SourceNotFound(f"camera {source} could not be opened")
-            return
-        if "://" not in source and not Path(source).exists():
-            raise SourceNotFound(f"no such video file: {source}")
-        self._capture = cv2.VideoCapture(source)
-        if not self._capture.isOpened():
-            if "://" in source:
-                raise SourceNotFound(f"could not open stream {source}")
-            raise SourceError(f"OpenCV cannot read {source} as a video")
+        self._max_pixels = limits.max_pixels if limits is not None else None
+        # ASCII digits only: "²".isdigit() is true, yet int() refuses it.
+        if source.isascii() and source.isdigit():
+            self._capture = _open_camera(source, limits)
+        else:
+            self._capture = _open_named(source, limits)
+        if self._max_pixels is not None:
+            self._check_reported_size()
 
     @property
     def fps(self) -> float | None:
@@ -51,13 +112,106 @@ class VideoSource:
         fps = float(self._capture.get(cv2.CAP_PROP_FPS))
         return fps if math.isfinite(fps) and fps > 0 else None
 
+    @property
+    def frame_count(self) -> int | None:
+        """How many frames a file says it has; None for cameras and live URLs."""
+        count = self._capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        return int(count) if math.isfinite(count) and count > 0 else None
+
     def read(self) -> np.ndarray | None:
         """The next frame as uint8 (H, W, 3) BGR, or None when the source has ended."""
         ok, frame = self._capture.read()
-        return frame if ok else None
+        if not ok:
+            return None
+        # For a backend that hands out frames at the size they come in: OpenCV's FFmpeg
+        # backend scales each to the size the stream had when it opened.
+        if self._max_pixels is not None:
+            self._check_pixels(frame.shape[1], frame.shape[0], "sent a frame of")
+        return frame
 
     def close(self) -> None:
         self._capture.release()
+
+    def _check_reported_size(self) -> None:
+        # Before any frame is decoded: the size FFmpeg read from the container or stream
+        # header (0 when it does not know; each frame is checked as it is read anyway).
+        width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        try:
+            self._check_pixels(width, height, "has frames of")
+        except SourceError:
+            self.close()
+            raise
+
+    def _check_pixels(self, width: int, height: int, what: str) -> None:
+        if self._max_pixels is not None and width * height > self._max_pixels:
+            raise SourceError(
+                f"{printable(self.source)} {what} {width}x{height} = "
+                f"{width * height} pixels; the server accepts at most {self._max_pixels} "
+                "(max_frame_pixels)"
+            )
+
+
+def _quote(source: str, limits: SourceLimits | None) -> str:
+    """The source as an error quotes it: the server's cut short and escaped (its errors
+    reach statuses and logs), the `stream` client's own as its user gave it."""
+    return printable(source) if limits is not None else source
+
+
+def _open_camera(source: str, limits: SourceLimits | None) -> cv2.VideoCapture:
+    quoted = _quote(source, limits)
+    digits = source.lstrip("0") or "0"
+    # Checked as text: int() refuses over 4300 digits, and OpenCV an index over a C long.
+    if len(digits) > len(str(_CAMERA_INDEX_LIMIT - 1)):
+        raise SourceError(f"{quoted} is no camera index (they are below {_CAMERA_INDEX_LIMIT})")
+    capture = cv2.VideoCapture(int(digits))
+    if not capture.isOpened():
+        raise SourceNotFound(f"camera {quoted} could not be opened")
+    return capture
+
+
+def _open_named(source: str, limits: SourceLimits | None) -> cv2.VideoCapture:
+    """Opens a file or URL; under limits, FFmpeg with timeouts, and regular files only."""
+    quoted = _quote(source, limits)
+    if not is_url(source):
+        _check_file(source, limits)
+    if limits is None:
+        capture = cv2.VideoCapture(source)
+    else:
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            max(1, round(limits.open_timeout_s * 1000)),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            max(1, round(limits.read_timeout_s * 1000)),
+        ]
+        # FFmpeg alone: it reads every file and URL the server takes, and takes timeouts.
+        capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+    if not capture.isOpened():
+        if is_url(source) and limits is not None:
+            raise SourceNotFound(
+                f"could not open stream {quoted}: refused, not a video, or no answer "
+                f"within {limits.open_timeout_s:g} s"
+            )
+        if is_url(source):
+            raise SourceNotFound(f"could not open stream {quoted}")
+        raise SourceError(f"OpenCV cannot read {quoted} as a video")
+    return capture
+
+
+def _check_file(path: str, limits: SourceLimits | None) -> None:
+    """Refuses a path that names nothing, or (for the server) no regular file."""
+    quoted = _quote(path, limits)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise SourceNotFound(f"no such video file: {quoted}") from None
+    except (OSError, ValueError) as e:  # a name too long, a NUL byte, no permission, ...
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise SourceError(f"cannot open {quoted}: {reason}") from None
+    # A FIFO with no writer, or a device, blocks OpenCV's open in the kernel, holding
+    # FFmpeg's process-wide open lock, for as long as it likes.
+    if limits is not None and not stat.S_ISREG(mode):
+        raise SourceError(f"{quoted} is not a regular file")
 
 
 class AsyncVideoSource:
@@ -68,20 +222,15 @@ class AsyncVideoSource:
     behaviour, so the release is queued behind the read on the same thread.
     """
 
-    def __init__(self, source: VideoSource, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        source: VideoSource,
+        executor: ThreadPoolExecutor,
+        on_closed: Callable[[], None] = lambda: None,
+    ) -> None:
         self._source = source
         self._executor = executor
-
-    @classmethod
-    async def open(cls, source: str) -> AsyncVideoSource:
-        """Opens `source` like VideoSource does, off the event loop."""
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source")
-        try:
-            opened = await asyncio.get_running_loop().run_in_executor(executor, VideoSource, source)
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(opened, executor)
+        self._on_closed = on_closed
 
     async def read(self) -> np.ndarray | None:
         """The next frame, or None when the source has ended."""
@@ -89,5 +238,85 @@ class AsyncVideoSource:
 
     def close(self) -> None:
         """Releases the source once any read in flight has returned; does not wait for it."""
-        self._executor.submit(self._source.close)
+        self._executor.submit(self._release)
         self._executor.shutdown(wait=False)
+
+    def _release(self) -> None:
+        try:
+            self._source.close()
+        finally:
+            self._on_closed()
+
+
+class SourceOpener:
+    """Opens sources for a server's WatchSource calls, within bounds a caller cannot stretch.
+
+    Network opens take turns on one thread of their own, so at most one of them holds
+    FFmpeg's open lock ahead of a file's open, and one whose call ended while it waited
+    never starts. Each gives up after `open_timeout_s` (OpenCV's clock, from when it
+    starts); a call gives up after twice that (its own clock, waiting included), which
+    is time for one open ahead of it and its own, and catches an open that overruns
+    OpenCV's clock (a slow DNS lookup does). A thread inside OpenCV cannot be stopped:
+    after its call is cancelled or gives up, an open or read in flight runs on to its
+    timeout. Each source holds one thread until then, and `max_threads` bounds those;
+    calls beyond get SourceBusy.
+    """
+
+    def __init__(self, limits: SourceLimits, max_threads: int) -> None:
+        self._limits = limits
+        self._max_threads = max_threads
+        self._lock = threading.Lock()
+        self._threads = 0  # sources' threads not yet done, their calls' or left over
+        self._network = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-open")
+
+    async def open(self, source: str) -> AsyncVideoSource:
+        """Opens `source` under the limits; raises SourceError or one of its kinds."""
+        check_text(source)
+        self._hold_thread()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source")
+        opener = self._network if is_url(source) else executor
+        future = opener.submit(VideoSource, source, self._limits)
+        deadline_s = 2 * self._limits.open_timeout_s
+        try:
+            async with asyncio.timeout(deadline_s):
+                opened = await asyncio.wrap_future(future)
+        except BaseException as e:
+            self._abandon(future, executor)
+            if isinstance(e, TimeoutError):
+                raise SourceTimeout(
+                    f"{printable(source)} did not open within {deadline_s:g} s (opens of "
+                    "URLs take turns, and one that hangs holds up all others)"
+                ) from None
+            raise
+        return AsyncVideoSource(opened, executor, self._free_thread)
+
+    def close(self) -> None:
+        """Drops network opens still waiting; one in flight runs on to its timeout."""
+        self._network.shutdown(wait=False, cancel_futures=True)
+
+    def _hold_thread(self) -> None:
+        with self._lock:
+            if self._threads >= self._max_threads:
+                raise SourceBusy(
+                    f"the server has {self._threads} threads busy with sources, its limit "
+                    "(opens and reads, counting those that run on after their call ended, "
+                    "until their timeout); retry later"
+                )
+            self._threads += 1
+
+    def _free_thread(self) -> None:
+        with self._lock:
+            self._threads -= 1
+
+    def _abandon(self, future: Future[VideoSource], executor: ThreadPoolExecutor) -> None:
+        """Lets go of an open whose call has gone: not started, it never will; started,
+        whatever it opens is released by the thread it runs on, which is then let go."""
+        future.cancel()
+        future.add_done_callback(_release_late)
+        executor.submit(self._free_thread)  # after the open, when it runs on this thread
+        executor.shutdown(wait=False)
+
+
+def _release_late(future: Future[VideoSource]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()

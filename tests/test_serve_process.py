@@ -78,8 +78,11 @@ def test_json_logs_stay_json_lines_when_frames_are_corrupt(log: IO[str]) -> None
     from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
     image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), np.uint8)
-    png = cv2.imencode(".png", image)[1].tobytes()
-    truncated = pb.FrameRequest(frame=pb.Frame(encoded=png[: len(png) // 2]))
+    # A flipped byte in the image data: the chunks are whole (the server's own check
+    # passes), and libpng finds the CRC wrong and says so on stderr.
+    png = bytearray(cv2.imencode(".png", image)[1].tobytes())
+    png[png.find(b"IDAT") + 104] ^= 0xFF
+    damaged_png = pb.FrameRequest(frame=pb.Frame(encoded=bytes(png)))
     # Damaged entropy data that still decodes: libjpeg prints a line for each such frame.
     damaged = bytearray(cv2.imencode(".jpg", image)[1].tobytes())
     damaged[len(damaged) // 2 : len(damaged) // 2 + 40] = bytes(40)
@@ -96,7 +99,7 @@ def test_json_logs_stay_json_lines_when_frames_are_corrupt(log: IO[str]) -> None
         with grpc.insecure_channel(server.target) as channel:
             stub = pb_grpc.ActionRecognitionStub(channel)
             with pytest.raises(grpc.RpcError) as refused:
-                list(stub.StreamFrames(iter([truncated]), timeout=10))
+                list(stub.StreamFrames(iter([damaged_png]), timeout=10))
             started = time.monotonic()
             answered = list(stub.StreamFrames(frames(), timeout=30))
             seconds = time.monotonic() - started
@@ -116,7 +119,7 @@ def test_json_logs_stay_json_lines_when_frames_are_corrupt(log: IO[str]) -> None
     assert corrupt
     assert len(corrupt) <= 10 * (int(seconds) + 2)
     assert len(corrupt) + sum(held_back) == len(answered)
-    assert any(r["message"].startswith("libpng error") for r in native)  # the truncated PNG
+    assert any(r["message"].startswith("libpng error") for r in native)  # the damaged PNG
     assert not any(r["message"].startswith("[ WARN") for r in native)  # OpenCV's own: off
 
 

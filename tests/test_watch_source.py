@@ -1,0 +1,293 @@
+"""WatchSource against sources that misbehave: a real server on 127.0.0.1:0, real gRPC,
+real OpenCV and FFmpeg. The hanging source is a socket on 127.0.0.1 that accepts
+connections (in the kernel's backlog) and never answers; the camera is a small HTTP MJPEG
+server on 127.0.0.1 that sends a few frames and then falls silent.
+
+Not tested here: a frame that grows past max_frame_pixels after the source opened. OpenCV's
+FFmpeg backend scales every frame to the size the stream had when it opened, so such a
+frame reaches the server's own check at that size (FFmpeg has decoded it at full size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from background import BackgroundServer
+from helpers import jpeg, render
+
+from actionstream.service.metrics import scrape
+from actionstream.training.synth import render_stream, write_video
+from actionstream.v1 import actionstream_pb2 as pb
+from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
+
+StartServer = Callable[..., BackgroundServer]
+# The idle timeout of these servers, and so their sources' open and read timeout.
+TIMEOUT_S = 2.0
+
+
+@dataclass
+class Outcome:
+    """How one WatchSource call ended, and when."""
+
+    predictions: list[pb.Prediction] = field(default_factory=list)
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    details: str = ""
+    seconds: float = 0.0
+
+
+def watch(server: BackgroundServer, source: str, deadline_s: float = 10.0) -> Outcome:
+    outcome = Outcome()
+    start = time.monotonic()
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        try:
+            for p in stub.WatchSource(pb.SourceRequest(source=source), timeout=deadline_s):
+                outcome.predictions.append(p)
+        except grpc.RpcError as e:
+            outcome.code, outcome.details = e.code(), e.details() or ""
+    outcome.seconds = time.monotonic() - start
+    return outcome
+
+
+def metrics(server: BackgroundServer) -> dict[str, float]:
+    assert server.metrics_port is not None
+    return scrape(server.metrics_port)
+
+
+def source_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("source")]
+
+
+@pytest.fixture
+def watcher(start_server: StartServer) -> BackgroundServer:
+    return start_server(allow_sources=True, metrics_port=0, idle_timeout_seconds=TIMEOUT_S)
+
+
+@pytest.fixture
+def video(tmp_path: Path) -> Path:
+    frames, labels = render_stream(10, seed=5)
+    write_video(frames, labels, tmp_path / "clip.avi", fps=10.0)
+    return tmp_path / "clip.avi"
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """An http:// URL on 127.0.0.1 that takes connections and never says a word."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/cam.mjpg"
+    listener.close()
+
+
+@pytest.fixture
+def closed_address() -> str:
+    """host:port on 127.0.0.1 where nothing listens (a port just let go)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        return f"127.0.0.1:{listener.getsockname()[1]}"
+
+
+class MjpegCamera:
+    """An HTTP MJPEG camera on 127.0.0.1: sends each client `frames`, then holds on, silent."""
+
+    def __init__(self, frames: Sequence[np.ndarray]) -> None:
+        self._parts = [
+            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
+            % (len(data), data)
+            for data in map(jpeg, frames)
+        ]
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._connections: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/cam.mjpg"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+                self._connections.append(connection)
+                connection.recv(65536)
+                connection.sendall(
+                    b"HTTP/1.0 200 OK\r\n"
+                    b"Content-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
+                    + b"".join(self._parts)
+                )
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._listener.close()
+        for connection in self._connections:
+            connection.close()
+
+
+@pytest.fixture
+def make_camera() -> Iterator[Callable[[Sequence[np.ndarray]], MjpegCamera]]:
+    cameras: list[MjpegCamera] = []
+
+    def make(frames: Sequence[np.ndarray]) -> MjpegCamera:
+        cameras.append(MjpegCamera(frames))
+        return cameras[-1]
+
+    yield make
+    for camera in cameras:
+        camera.close()
+
+
+@pytest.mark.parametrize(
+    ("source", "code"),
+    [
+        # A digit to str.isdigit(), not to int().
+        pytest.param("²", grpc.StatusCode.NOT_FOUND, id="superscript"),
+        # Over a C long, for OpenCV; over int()'s 4300 digits.
+        pytest.param("9" * 20, grpc.StatusCode.INVALID_ARGUMENT, id="20-digits"),
+        pytest.param("9" * 5000, grpc.StatusCode.INVALID_ARGUMENT, id="5000-digits"),
+        pytest.param("/" + "a" * 300, grpc.StatusCode.INVALID_ARGUMENT, id="ENAMETOOLONG"),
+        pytest.param("/" + "a" * 5000, grpc.StatusCode.INVALID_ARGUMENT, id="5000-path"),
+        pytest.param("/" + "A" * 1_000_000, grpc.StatusCode.INVALID_ARGUMENT, id="1M-path"),
+        pytest.param(
+            "/x\n2026-01-01 00:00:00,000 INFO forged line", grpc.StatusCode.NOT_FOUND, id="newline"
+        ),
+        # All of it quoted, the status would exceed gRPC's 16 KiB metadata limit.
+        pytest.param(
+            "http://CLOSED/" + "a" * 20_000, grpc.StatusCode.INVALID_ARGUMENT, id="20000-url"
+        ),
+        pytest.param("http://CLOSED/" + "a" * 4000, grpc.StatusCode.NOT_FOUND, id="4000-url"),
+    ],
+)
+def test_odd_sources_end_with_a_clear_status_and_a_short_log(
+    watcher: BackgroundServer,
+    caplog: pytest.LogCaptureFixture,
+    closed_address: str,
+    source: str,
+    code: grpc.StatusCode,
+) -> None:
+    caplog.set_level(logging.INFO)
+    outcome = watch(watcher, source.replace("CLOSED", closed_address))
+    assert (outcome.code, outcome.predictions) == (code, [])
+    assert len(outcome.details) < 300  # the source quoted cut short, escaped
+    assert "\n" not in outcome.details
+    m = metrics(watcher)
+    assert m["actionstream_streams_ended_total{reason=invalid_source}"] == 1
+    assert m.get("actionstream_streams_ended_total{reason=error}", 0) == 0
+    assert [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR] == []
+    # Every line that quotes the client is cut to 64 characters (plus the server's words).
+    assert all(len(r.getMessage()) < 300 for r in caplog.records)
+    assert not any(line.startswith("2026-01-01") for line in caplog.text.splitlines())
+
+
+def test_local_sources_other_than_regular_files_are_refused(
+    watcher: BackgroundServer, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    try:
+        # Opened, a FIFO with no writer would block OpenCV in the kernel for good.
+        outcome = watch(watcher, str(fifo), deadline_s=5)
+        assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a regular file" in outcome.details
+        # The same, reached through FFmpeg's own protocols.
+        for url in [f"file://{fifo}", f"cache:file://{fifo}"]:
+            outcome = watch(watcher, url, deadline_s=5)
+            assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert "by path" in outcome.details
+    finally:
+        # A reader blocked on the FIFO (without the check) is let go.
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_hanging_url_ends_at_the_idle_timeout_and_frees_its_place(
+    start_server: StartServer, silent_url: str, video: Path
+) -> None:
+    server = start_server(
+        allow_sources=True, metrics_port=0, idle_timeout_seconds=TIMEOUT_S, max_streams=1
+    )
+    outcome = watch(server, silent_url)
+    assert outcome.code == grpc.StatusCode.NOT_FOUND
+    assert f"no answer within {TIMEOUT_S:g} s" in outcome.details
+    assert outcome.seconds < TIMEOUT_S + 1.5
+    assert metrics(server)["actionstream_active_streams"] == 0
+    assert len(watch(server, str(video)).predictions) == 10
+
+
+def test_cancelled_hanging_opens_do_not_hold_up_a_file(
+    start_server: StartServer, silent_url: str, video: Path
+) -> None:
+    # One place only: a cancelled call that kept its place would refuse the file outright.
+    server = start_server(allow_sources=True, idle_timeout_seconds=TIMEOUT_S, max_streams=1)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        for _ in range(2):
+            call = stub.WatchSource(pb.SourceRequest(source=silent_url), timeout=30)
+            time.sleep(0.3)
+            call.cancel()
+        start = time.monotonic()
+        first = next(stub.WatchSource(pb.SourceRequest(source=str(video)), timeout=10))
+    # The first hanging open holds FFmpeg's open lock to its timeout; the second, cancelled
+    # while it waited its turn, never started.
+    assert first.sequence == 1
+    assert time.monotonic() - start < TIMEOUT_S + 1.0
+
+
+def test_cancelled_opens_leave_at_most_one_thread_behind(
+    watcher: BackgroundServer, silent_url: str
+) -> None:
+    before = len(source_threads())
+    with grpc.insecure_channel(f"127.0.0.1:{watcher.port}") as channel:
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        for _ in range(20):
+            call = stub.WatchSource(pb.SourceRequest(source=silent_url), timeout=30)
+            time.sleep(0.1)
+            call.cancel()
+    time.sleep(0.5)
+    # The one open in flight, on the server's opening thread, runs to its timeout.
+    assert len(source_threads()) - before <= 1
+    assert metrics(watcher)["actionstream_active_streams"] == 0
+
+
+def test_reads_that_outlive_their_calls_are_bounded(
+    start_server: StartServer, make_camera: Callable[[Sequence[np.ndarray]], MjpegCamera]
+) -> None:
+    # max_streams 1: at most 2 threads for sources, the live call's and one left over.
+    read_timeout_s = 4.0  # ample time for the calls below, while the first read lingers
+    server = start_server(allow_sources=True, idle_timeout_seconds=read_timeout_s, max_streams=1)
+    camera = make_camera(list(render(3, seed=1)))
+
+    def three_frames_then_cancel(stub: pb_grpc.ActionRecognitionStub) -> None:
+        call = stub.WatchSource(pb.SourceRequest(source=camera.url), timeout=30)
+        assert len([next(call) for _ in range(3)]) == 3
+        time.sleep(0.3)  # the server now waits in OpenCV for a fourth frame
+        call.cancel()
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        start = time.monotonic()
+        three_frames_then_cancel(stub)
+        three_frames_then_cancel(stub)
+        refused = watch(server, camera.url)
+        assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "threads busy with sources" in refused.details
+        assert time.monotonic() - start < read_timeout_s  # the first read still lingered
+        time.sleep(read_timeout_s + 0.5)  # the reads left over time out
+        three_frames_then_cancel(stub)
+
+
+def test_a_file_over_max_frame_pixels_is_refused_before_a_frame_is_read(
+    start_server: StartServer, video: Path
+) -> None:
+    server = start_server(allow_sources=True, metrics_port=0, max_frame_pixels=64 * 64 - 1)
+    outcome = watch(server, str(video))
+    assert (outcome.code, outcome.predictions) == (grpc.StatusCode.INVALID_ARGUMENT, [])
+    assert "has frames of 64x64 = 4096 pixels" in outcome.details  # as the file reports
+    assert "max_frame_pixels" in outcome.details
+    assert metrics(server)["actionstream_frames_received_total"] == 0
