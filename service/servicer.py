@@ -123,10 +123,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
     async def StreamFrames(
         self, request_iterator: AsyncIterator[pb.FrameRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Prediction]:
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep(), name="idle-sweep")
         stream = self._new_stream(pb.StreamOptions(), context.peer())
-        self._open[stream] = asyncio.current_task()
+        self._watch_idle(stream)
         self._make_room_to_wait()
         self._waiting[stream] = None
         self._metrics.waiting_calls.inc()
@@ -163,7 +161,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             context.set_code(e.code)
             context.set_details(e.details)
         except (asyncio.CancelledError, GeneratorExit):
-            reason = self._cancelled(stream)
+            reason = self._cancelled(stream, "StreamFrames")
             raise
         except Exception:
             self._internal_error("StreamFrames", stream, context)
@@ -255,6 +253,10 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             )
             return
         stream = self._new_stream(request.options, request.source)
+        # Its frames come from the source, not the client: only a client that takes no
+        # prediction is idle here.
+        stream.input_done = True
+        self._watch_idle(stream)
         reason = "error"
         try:
             self._admit(stream)
@@ -275,7 +277,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                         raise _refusal(stream.failure)
                     answer, stream.outbox = stream.outbox, None
                     if answer is not None:
+                        stream.writing_since = time.monotonic()
                         yield answer
+                        stream.writing_since = None
                         stream.answered += 1
             finally:
                 source.close()
@@ -286,8 +290,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             context.set_code(e.code)
             context.set_details(e.details)
         except (asyncio.CancelledError, GeneratorExit):
-            reason = "cancelled"
-            self._count_error("WatchSource", grpc.StatusCode.CANCELLED)
+            reason = self._cancelled(stream, "WatchSource")
             raise
         except Exception:
             self._internal_error("WatchSource", stream, context)
@@ -384,15 +387,15 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             extra=_about(stream),
         )
 
-    def _cancelled(self, stream: Stream) -> str:
+    def _cancelled(self, stream: Stream, method: str) -> str:
         """Why a call was cut short: expired by the sweep, refused by gRPC, or the client."""
         if isinstance(stream.failure, _Refused):
-            self._count_error("StreamFrames", stream.failure.code)
+            self._count_error(method, stream.failure.code)
             return stream.failure.reason
         # A client that cancels, one whose connection dropped, and a message gRPC refused
         # for its size (the client gets RESOURCE_EXHAUSTED) all reach the handler the
         # same way in grpc.aio: the input ends, then the handler is cancelled.
-        self._count_error("StreamFrames", grpc.StatusCode.CANCELLED)
+        self._count_error(method, grpc.StatusCode.CANCELLED)
         return "cancelled"
 
     def _close(self, stream: Stream, reason: str) -> None:
@@ -439,6 +442,12 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 why,
                 extra=_about(stream),
             )
+
+    def _watch_idle(self, stream: Stream) -> None:
+        """Puts the call's stream under the idle sweep (started with the first call)."""
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep(), name="idle-sweep")
+        self._open[stream] = asyncio.current_task()
 
     async def _sweep(self) -> None:
         """Ends streams that sent nothing, or took no prediction, for idle_timeout."""

@@ -291,3 +291,34 @@ def test_a_file_over_max_frame_pixels_is_refused_before_a_frame_is_read(
     assert "has frames of 64x64 = 4096 pixels" in outcome.details  # as the file reports
     assert "max_frame_pixels" in outcome.details
     assert metrics(server)["actionstream_frames_received_total"] == 0
+
+
+def test_a_watcher_that_stops_reading_is_ended_and_freed(
+    watcher: BackgroundServer, tmp_path: Path
+) -> None:
+    # As for StreamFrames: without BDP probing the client's window stays at 64 KB, so a
+    # client that reads nothing stalls the server's writes after a few hundred predictions.
+    import cv2
+
+    path = tmp_path / "long.avi"
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (32, 32))
+    for i in range(3000):
+        out.write(np.full((32, 32, 3), i % 256, np.uint8))
+    out.release()
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{watcher.port}", options=[("grpc.http2.bdp_probe", 0)]
+    )
+    call = pb_grpc.ActionRecognitionStub(channel).WatchSource(
+        pb.SourceRequest(source=str(path))
+    )  # never read
+    try:
+        deadline = time.monotonic() + 60
+        key = "actionstream_streams_ended_total{reason=not_reading}"
+        while metrics(watcher).get(key, 0) < 1:
+            assert time.monotonic() < deadline, metrics(watcher)
+            time.sleep(0.2)
+        assert metrics(watcher)["actionstream_active_streams"] == 0
+        assert metrics(watcher)["actionstream_frames_processed_total"] < 3000
+    finally:
+        call.cancel()
+        channel.close()
