@@ -60,6 +60,16 @@ def watch(server: BackgroundServer, source: str, deadline_s: float = 10.0) -> Ou
     return outcome
 
 
+def _open_and_cancel(
+    stub: pb_grpc.ActionRecognitionStub, source: str, times: int, after_s: float
+) -> None:
+    """Watches `source` and cancels the call `after_s` later, `times` times over."""
+    for _ in range(times):
+        call = stub.WatchSource(pb.SourceRequest(source=source), timeout=30)
+        time.sleep(after_s)
+        call.cancel()
+
+
 def metrics(server: BackgroundServer) -> dict[str, float]:
     assert server.metrics_port is not None
     return scrape(server.metrics_port)
@@ -227,10 +237,7 @@ def test_cancelled_hanging_opens_do_not_hold_up_a_file(
     server = start_server(allow_sources=True, idle_timeout_seconds=TIMEOUT_S, max_streams=1)
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.ActionRecognitionStub(channel)
-        for _ in range(2):
-            call = stub.WatchSource(pb.SourceRequest(source=silent_url), timeout=30)
-            time.sleep(0.3)
-            call.cancel()
+        _open_and_cancel(stub, silent_url, times=2, after_s=0.3)
         start = time.monotonic()
         first = next(stub.WatchSource(pb.SourceRequest(source=str(video)), timeout=10))
     # The first hanging open holds FFmpeg's open lock to its timeout; the second, cancelled
@@ -244,11 +251,7 @@ def test_cancelled_opens_leave_at_most_one_thread_behind(
 ) -> None:
     before = len(source_threads())
     with grpc.insecure_channel(f"127.0.0.1:{watcher.port}") as channel:
-        stub = pb_grpc.ActionRecognitionStub(channel)
-        for _ in range(20):
-            call = stub.WatchSource(pb.SourceRequest(source=silent_url), timeout=30)
-            time.sleep(0.1)
-            call.cancel()
+        _open_and_cancel(pb_grpc.ActionRecognitionStub(channel), silent_url, 20, after_s=0.1)
     time.sleep(0.5)
     # The one open in flight, on the server's opening thread, runs to its timeout.
     assert len(source_threads()) - before <= 1
