@@ -33,7 +33,7 @@ against 1 of 5 just before.
 
 A frame whose decoding costs more than a `heavy_pixels` image (a 4K PNG,
 say: 100 ms and more to decode, a 4K JPEG 21 ms even at 1/8 scale, against
-about 0.4-0.6 ms for a 640×480 JPEG decoded at reduced scale) would hold up
+about 0.4-0.7 ms for a 640×480 JPEG decoded at reduced scale) would hold up
 every stream in its batch for that long (`Checked.work` estimates the cost
 from the header: full size, times half the scans of a progressive JPEG). Such
 frames are decoded in a lane of their own instead, one at a time, which
@@ -446,21 +446,20 @@ class Batcher:
                     self._heavy_executor, self.decoder.decode, pending.frame, pending.checked
                 )
             except FrameError as e:
-                self._metrics.decode.observe(time.perf_counter() - start)
                 self._metrics.frames_rejected.labels(e.reason).inc()
                 stream.in_flight = False
                 stream.fail(FrameRejected(pending.sequence, e))
-                continue
             except Exception as e:
                 # A fault of the server's own: this stream ends (INTERNAL); the lane
                 # goes on for the others.
                 stream.in_flight = False
                 stream.fail(e)
-                continue
+            else:
+                stream.decoded = pending
+                stream.in_flight = False
+                self.offer(stream)
             spent = time.perf_counter() - start
             self._metrics.decode.observe(spent)
-            stream.decoded = pending
-            stream.in_flight = False
-            self.offer(stream)
-            # Rest, so the lane's share of one core stays at HEAVY_SHARE whatever it is sent.
+            # Rest, so the lane's share of one core stays at HEAVY_SHARE whatever it is
+            # sent, frames the decoder gave up on late included.
             await asyncio.sleep(spent * (1 / HEAVY_SHARE - 1))

@@ -136,13 +136,19 @@ def _spans(frames: list[int], most: int = 3) -> str:
     return text + (", ..." if len(runs) > most else "")
 
 
-def _check_coverage(path: str, truth: dict[int, str], frames: int) -> None:
-    """Refuses labels that leave any of the source frames 0..frames-1 unlabelled."""
+def _warn_uncovered(path: str, truth: dict[int, str], frames: int) -> None:
+    """Warns, before streaming, of source frames 0..frames-1 the labels leave out.
+
+    A warning, not a refusal: the count is the container's, which some estimate from
+    duration and frame rate, and a frame that is never read needs no label. The
+    summary says how many answered frames were scored.
+    """
     missing = [i for i in range(frames) if i not in truth]
     if missing:
-        raise StreamError(
-            f"{path}: no label for {len(missing)} of the {frames} source frames to stream "
-            f"(frame {_spans(missing)}); label every frame, or stream fewer with --max-frames"
+        print(
+            f"warning: {path}: no label for {len(missing)} of the {frames} source frames to "
+            f"stream (frame {_spans(missing)}); they will not be scored",
+            file=sys.stderr,
         )
 
 
@@ -162,8 +168,8 @@ def stream_source(
     """Streams `cfg.source` to `cfg.target` and returns the summary; raises StreamError.
 
     With `cfg.labels`, the CSV is checked before any frame is sent: every label must
-    be one of the model's, and, where the source says how many frames it has, every
-    frame to be streamed must have one.
+    be one of the model's; where the source says how many frames it has, frames to be
+    streamed without a label are warned of.
     """
     truth = read_labels(Path(cfg.labels)) if cfg.labels else None
     try:
@@ -175,7 +181,7 @@ def stream_source(
         if truth is not None and cfg.labels is not None:
             frames = source.frame_count
             if frames is not None:
-                _check_coverage(cfg.labels, truth, min(frames, cfg.max_frames or frames))
+                _warn_uncovered(cfg.labels, truth, min(frames, cfg.max_frames or frames))
         with grpc.insecure_channel(cfg.target) as channel:
             return _stream(cfg, feed, truth, channel, on_prediction)
     finally:

@@ -243,8 +243,8 @@ class StreamConfig:
     labels: str | None = setting(
         None,
         help="CSV of ground truth per source frame (frame,label, from 0) to score against; "
-        "refused before streaming if it names a label the model lacks, or leaves a frame of "
-        "a file unlabelled",
+        "refused before streaming if it names a label the model lacks; frames of a file "
+        "it leaves unlabelled are warned of, and not scored",
     )
     realtime: bool = setting(
         True,

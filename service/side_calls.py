@@ -3,8 +3,8 @@
 A health `Watch` call stays open until its client goes, and so does a
 reflection stream that never sends: each holds about 20 KB of server memory.
 They take no place among `--max-streams` and never reach the servicer, so
-nothing else bounds them: 4,372 silent Watch calls took the server from 110
-to 198 MB, 19,173 reflection calls to 480 MB. At `--max-side-calls` open
+nothing else bounds them: 5,000 silent Watch calls took the server from 110
+to 198 MB, 20,000 reflection calls to 480 MB. At `--max-side-calls` open
 ones, a new one ends at once with RESOURCE_EXHAUSTED. Cameras, unary health
 `Check` (what Docker and Kubernetes probes use) and `GetModelInfo` are never
 capped here.

@@ -109,6 +109,7 @@ def _supervise(
                 workers=1,
                 max_streams=share,
                 max_waiting_calls=waiting_share,
+                max_side_calls=-(-cfg.max_side_calls // cfg.workers),
                 ready_file=str(tmp / f"worker-{i}.json"),
             )
             worker = context.Process(

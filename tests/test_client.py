@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import functools
 import http.server
 import socket
@@ -176,33 +177,30 @@ def test_labels_the_model_lacks_are_refused_before_streaming(
     assert result.stderr.count("\n") == 1
 
 
-def test_labels_that_miss_frames_of_a_file_are_refused_before_streaming(
+def test_labels_that_miss_frames_of_a_file_are_warned_of_before_streaming(
     server: BackgroundServer, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     labels = _first_labels(video, tmp_path / "first10.csv", 10)  # the video has 30 frames
     cfg = StreamConfig(
-        source=str(video), target=f"127.0.0.1:{server.port}", labels=str(labels), realtime=False
-    )
-    assert run_stream(cfg) == 1
-    out, err = capsys.readouterr()
-    assert out == ""
-    assert err == (
-        f"actionstream stream: {labels}: no label for 20 of the 30 source frames to stream "
-        "(frame 10-29); label every frame, or stream fewer with --max-frames\n"
-    )
-    # The frames it does label can be streamed, and the summary says how many were scored.
-    with_max = StreamConfig(
         source=str(video),
         target=f"127.0.0.1:{server.port}",
         labels=str(labels),
         realtime=False,
-        max_frames=10,
         quiet=True,
     )
-    assert run_stream(with_max) == 0
-    accuracy = [line for line in capsys.readouterr().out.splitlines() if "accuracy" in line]
+    assert run_stream(cfg) == 0
+    out, err = capsys.readouterr()
+    assert err == (
+        f"warning: {labels}: no label for 20 of the 30 source frames to stream "
+        "(frame 10-29); they will not be scored\n"
+    )
+    accuracy = [line for line in out.splitlines() if "accuracy" in line]
     assert len(accuracy) == 1
-    assert accuracy[0].endswith("(top-1, per frame; scored 10 of 10 answered frames)")
+    assert accuracy[0].endswith("scored 10 of 30 answered frames; 20 had no label)")
+    # Streaming only the labelled frames leaves nothing to warn of.
+    assert run_stream(dataclasses.replace(cfg, max_frames=10)) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and "scored 10 of 10 answered frames)" in out
 
 
 @pytest.fixture(scope="module")

@@ -185,11 +185,12 @@ def test_resume_takes_the_runs_own_settings_and_refuses_changes(
     saved = json.loads((out / "train_config.json").read_text())
     assert Path(saved["cache"]).is_absolute()
     # Settings not given come from the run; given ones are compared with it.
-    monkeypatch.chdir(tmp_path)
-    cfg = resume_config(TrainConfig(out="run", resume=True, cache="elsewhere"), {"resume", "cache"})
+    monkeypatch.chdir(tmp_path)  # the folder spelt another way, from another folder
+    given = {"out", "resume", "cache"}
+    cfg = resume_config(TrainConfig(out="./run/", resume=True, cache="elsewhere"), given)
     assert cfg.train_streams == 32 and cfg.cache == "elsewhere"
     main(cfg)  # another cache is allowed: it does not change what the run learns
-    changed = resume_config(TrainConfig(out="run", resume=True, hidden=32), {"resume", "hidden"})
+    changed = resume_config(TrainConfig(out="run", resume=True, hidden=32), {"out", "hidden"})
     with pytest.raises(TrainingError, match="hidden: 16 then, 32 now"):
         main(changed)
     with pytest.raises(TrainingError, match="holds no run to continue"):

@@ -98,6 +98,36 @@ def test_workers_share_the_port_and_keep_each_streams_state(
         assert not Path(f"/proc/{pid}").exists(), f"worker {pid} outlived the server"
 
 
+def test_workers_share_the_side_call_cap(log: IO[str]) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    # Two Watch calls in all, one per worker: the cap is the server's, not each process's.
+    with ServeProcess(log, args=["--workers", "2", "--max-side-calls", "2"]) as server:
+        channels = [
+            grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(12)
+        ]
+        request = health_pb2.HealthCheckRequest(service="")
+        held, refused = [], 0
+        try:
+            for channel in channels:
+                watch = health_pb2_grpc.HealthStub(channel).Watch(request)
+                try:
+                    next(watch)
+                    held.append(watch)
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    refused += 1
+        finally:
+            for watch in held:
+                watch.cancel()
+            for channel in channels:
+                channel.close()
+        # At most one a worker; two unless all 12 connections landed on one (2 in 2**12).
+        assert len(held) <= 2 and refused >= 10
+        assert server.stop() == 0
+
+
 def _decoded(image: np.ndarray) -> np.ndarray:
     """What the server sees of a frame sent as JPEG: the decoded JPEG."""
     import cv2

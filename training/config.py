@@ -172,7 +172,8 @@ class TrainConfig:
             )
         if self.minutes < 0:
             raise ValueError(f"minutes must not be negative, got {self.minutes}")
-        if self.init not in INIT_CHOICES and not Path(self.init).exists():
+        # A resumed run has its weights already: the run it started from may be gone.
+        if self.init not in INIT_CHOICES and not self.resume and not Path(self.init).exists():
             raise ValueError(
                 f"init must be auto, pretrained, scratch or a run folder or checkpoint, got "
                 f"{self.init!r} (no such file or folder)"

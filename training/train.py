@@ -449,14 +449,18 @@ _CONFIG = "train_config.json"
 
 
 def resolved(cfg: TrainConfig) -> dict[str, Any]:
-    """`cfg` as train_config.json holds it: paths to data absolute, so the run can be
-    resumed, evaluated or repeated from any folder; tuples as lists, as JSON has them."""
-    paths = {
-        k: str(Path(v).resolve()) for k in ("data", "split", "cache") if (v := getattr(cfg, k))
-    }
-    if cfg.init not in INIT_CHOICES:  # a run to start from
-        paths["init"] = str(Path(cfg.init).resolve())
-    return json.loads(json.dumps(asdict(cfg) | paths))
+    """`cfg` as train_config.json holds it: paths absolute, so the run can be resumed,
+    evaluated or repeated from any folder; tuples as lists, as JSON has them."""
+    return _absolute(json.loads(json.dumps(asdict(cfg))))
+
+
+def _absolute(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with its paths made absolute (from here, for a file written with them
+    relative), so that two spellings of one folder compare equal."""
+    paths = [k for k in ("out", "data", "split", "cache") if settings.get(k)]
+    if settings.get("init") not in (None, *INIT_CHOICES):  # a run to start from
+        paths.append("init")
+    return settings | {k: str(Path(settings[k]).resolve()) for k in paths}
 
 
 def resume_config(cfg: TrainConfig, given: Collection[str]) -> TrainConfig:
@@ -495,7 +499,7 @@ def _resumable(out: Path, cfg: TrainConfig) -> dict[str, Any]:
         saved: dict[str, Any] = torch.load(out / _PROGRESS, map_location="cpu", weights_only=True)
     except (OSError, ValueError, RuntimeError) as e:
         raise TrainingError(f"--resume: {out} holds no run to continue ({e})") from None
-    now = resolved(cfg)
+    now, before = resolved(cfg), _absolute(before)
     changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and before.get(k) != now[k])
     if changed:
         detail = ", ".join(f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in changed)
