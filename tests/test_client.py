@@ -35,15 +35,20 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_stream_a_labelled_video(server: BackgroundServer, video: Path) -> None:
-    labels = video.with_suffix(".csv")
-    cfg = StreamConfig(
-        source=str(video),
+def _scored(server: BackgroundServer, source: str, labels: Path) -> StreamConfig:
+    """`stream --source SOURCE --labels LABELS --no-realtime --quiet` against `server`."""
+    return StreamConfig(
+        source=source,
         target=f"127.0.0.1:{server.port}",
         labels=str(labels),
         realtime=False,
         quiet=True,
     )
+
+
+def test_stream_a_labelled_video(server: BackgroundServer, video: Path) -> None:
+    labels = video.with_suffix(".csv")
+    cfg = _scored(server, str(video), labels)
     summary = stream_source(cfg)
     assert summary.frames_sent == summary.frames_answered == 30
     assert [p.sequence for p in summary.predictions] == list(range(1, 31))
@@ -118,13 +123,8 @@ def test_stream_a_video_from_an_http_url(server: BackgroundServer, video: Path) 
         thread = threading.Thread(target=web.serve_forever, daemon=True)
         thread.start()
         try:
-            cfg = StreamConfig(
-                source=f"http://127.0.0.1:{web.server_address[1]}/{video.name}",
-                target=f"127.0.0.1:{server.port}",
-                labels=str(video.with_suffix(".csv")),
-                realtime=False,
-                quiet=True,
-            )
+            source = f"http://127.0.0.1:{web.server_address[1]}/{video.name}"
+            cfg = _scored(server, source, video.with_suffix(".csv"))
             summary = stream_source(cfg)
         finally:
             web.shutdown()
@@ -181,13 +181,7 @@ def test_labels_that_miss_frames_of_a_file_are_warned_of_before_streaming(
     server: BackgroundServer, video: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     labels = _first_labels(video, tmp_path / "first10.csv", 10)  # the video has 30 frames
-    cfg = StreamConfig(
-        source=str(video),
-        target=f"127.0.0.1:{server.port}",
-        labels=str(labels),
-        realtime=False,
-        quiet=True,
-    )
+    cfg = _scored(server, str(video), labels)
     assert run_stream(cfg) == 0
     out, err = capsys.readouterr()
     assert err == (
@@ -223,13 +217,7 @@ def test_a_source_without_a_frame_count_reports_what_was_scored(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     labels = _first_labels(video, tmp_path / "first15.csv", 15)
-    cfg = StreamConfig(
-        source=str(mjpeg),
-        target=f"127.0.0.1:{server.port}",
-        labels=str(labels),
-        realtime=False,
-        quiet=True,
-    )
+    cfg = _scored(server, str(mjpeg), labels)
     summary = stream_source(cfg)
     scored = sum(p.sequence <= 15 for p in summary.predictions)
     assert 0 < scored < summary.frames_answered
