@@ -484,7 +484,7 @@ class Level:
         return self.server_ms_per_frame / self.apart_ms
 
 
-def _percentiles(latencies: list[list[float]], seconds: float) -> tuple[float, ...]:
+def percentiles(latencies: list[list[float]], seconds: float) -> tuple[float, ...]:
     if not latencies:
         return (float("nan"),) * 4
     arr = np.array(latencies)
@@ -566,7 +566,7 @@ def measure(
 
     sent, unsent = int(run["sent"]), int(run["unsent"])  # type: ignore[call-overload]
     answered, skipped = int(run["answered"]), int(run["skipped"])  # type: ignore[call-overload]
-    p50, p99, p99a, p99b = _percentiles(run["latencies"], seconds)  # type: ignore[arg-type]
+    p50, p99, p99a, p99b = percentiles(run["latencies"], seconds)  # type: ignore[arg-type]
     work_ms = bare.batch_at(batch)
     return Level(
         cameras=cameras,
@@ -664,14 +664,14 @@ def main() -> None:
     size_kb = statistics.mean(len(j) for j in jpegs) / 1e3
     print(f"{WIDTH}x{HEIGHT} JPEG frames, {size_kb:.0f} KB on average, {args.fps:g} fps a camera")
     with tempfile.TemporaryDirectory() as clip_dir:
-        levels = run_levels(args, jpegs, _choose_cameras(args.swarm, jpegs, Path(clip_dir)))
+        levels = run_levels(args, jpegs, choose_cameras(args.swarm, jpegs, Path(clip_dir)))
     held = [lv.cameras for lv in levels if lv.held]
     print(f"largest N held with no drops: {max(held) if held else 'none'}")
     if args.plot and plot(levels, args.plot):
         print(f"plot: {args.plot}")
 
 
-def _choose_cameras(swarm: str, jpegs: list[bytes], clip_dir: Path) -> Cameras:
+def choose_cameras(swarm: str, jpegs: list[bytes], clip_dir: Path) -> Cameras:
     if swarm == "python":
         print("cameras: Python (grpc.aio)")
         return run_cameras
@@ -721,7 +721,7 @@ def repeat_level(n: int, args: argparse.Namespace, cameras: Cameras, first_held:
     held = int(first_held)
     for k in range(2, args.repeat + 1):
         served = serve_cameras(n, args.fps, args.seconds, args.server_arg, cameras)
-        _, p99, _, _ = _percentiles(served.run["latencies"], args.seconds)  # type: ignore[arg-type]
+        _, p99, _, _ = percentiles(served.run["latencies"], args.seconds)  # type: ignore[arg-type]
         held += served.dropped == 0
         print(
             f"      run {k}: {served.run['answered']} of {served.scheduled} answered, "

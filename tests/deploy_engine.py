@@ -24,6 +24,7 @@ import time
 import tomllib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -357,3 +358,47 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# --- the images -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Images:
+    base: str
+    service: str
+    train: str | None  # None when only the service image was built
+
+
+def build_images(engine: Engine, tag: str, train: bool = True) -> Images:
+    """Imports the debootstrap base and builds deploy/Dockerfile on it offline: the
+    service image as `tag` and, with `train`, the train image as `tag`-train."""
+    tarball = base_tarball()
+    base = f"{tag}-base:{tarball.stem}"
+    engine.docker("import", "--change", 'CMD ["python3"]', tarball, base)
+    python = engine.docker(
+        "run", "--rm", "--network", "none", base, "python3", "-c",
+        "import sys; print('%d.%d' % sys.version_info[:2])",
+    ).stdout.strip()  # fmt: skip
+    host_python = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if python != host_python:
+        raise EngineError(
+            f"the base has Python {python}, this venv {host_python}: pip downloads wheels for "
+            "the host's Python, so build the venv with the Python of the apt release"
+        )
+    build: list[str | Path] = ["build", "--network", "none", "-f", DOCKERFILE]
+    build += ["--build-arg", f"BASE_IMAGE={base}", "--build-arg", "PIP_NO_INDEX=1"]
+    with staged_wheels(wheels()):
+        started = time.monotonic()
+        if train:
+            engine.docker(*build, "--target", "train", "-t", f"{tag}-train", ROOT)
+        built_train = time.monotonic()
+        # With the train image built first, every stage but the last two is cached by now.
+        engine.docker(*build, "-t", tag, ROOT)
+        built = time.monotonic()
+    what = f"train target {built_train - started:.0f} s, then " if train else ""
+    print(
+        f"\nbuilt on {engine.storage_driver} in {engine.dir}: "
+        f"{what}the service image {built - built_train:.0f} s"
+    )
+    return Images(base=base, service=tag, train=f"{tag}-train" if train else None)

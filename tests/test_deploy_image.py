@@ -14,6 +14,7 @@ skipped, except in CI, where that is a failure.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import queue
@@ -32,13 +33,7 @@ from pathlib import Path
 import cv2
 import grpc
 import pytest
-from deploy_engine import (
-    ROOT,
-    Engine,
-    base_tarball,
-    staged_wheels,
-    wheels,
-)
+from deploy_engine import ROOT, Engine, Images, build_images
 from helpers import LiveStream, frame_request
 from prometheus_client.parser import text_string_to_metric_families
 from videogen import class_folders
@@ -76,43 +71,9 @@ def engine() -> Iterator[Engine]:
         yield e
 
 
-@dataclass(frozen=True)
-class Images:
-    base: str
-    service: str
-    train: str
-
-
 @pytest.fixture(scope="module")
 def images(engine: Engine) -> Images:
-    tarball = base_tarball()
-    base = f"actionstream-test-base:{tarball.stem}"
-    engine.docker("import", "--change", 'CMD ["python3"]', tarball, base)
-    python = engine.docker(
-        "run", "--rm", "--network", "none", base, "python3", "-c",
-        "import sys; print('%d.%d' % sys.version_info[:2])",
-    ).stdout.strip()  # fmt: skip
-    host_python = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    assert python == host_python, (
-        f"the base has Python {python}, this venv {host_python}: pip downloads wheels for the "
-        "host's Python, so build the venv with the Python of the apt release"
-    )
-
-    build: list[str | Path] = ["build", "--network", "none", "-f", DEPLOY / "Dockerfile"]
-    build += ["--build-arg", f"BASE_IMAGE={base}", "--build-arg", "PIP_NO_INDEX=1"]
-    with staged_wheels(wheels()):
-        started = time.monotonic()
-        engine.docker(*build, "--target", "train", "-t", "actionstream-test-train", ROOT)
-        built_train = time.monotonic()
-        # Every stage but the last two is in the builder's cache by now.
-        engine.docker(*build, "-t", "actionstream-test", ROOT)
-        built = time.monotonic()
-    print(
-        f"\nbuilt on {engine.storage_driver} in {engine.dir}: "
-        f"train target {built_train - started:.0f} s, "
-        f"then the service image {built - built_train:.0f} s"
-    )
-    return Images(base=base, service="actionstream-test", train="actionstream-test-train")
+    return build_images(engine, "actionstream-test")
 
 
 def _free_port() -> int:
@@ -367,6 +328,31 @@ def test_docker_stop_drains_and_exits_0_within_the_grace_period(
     assert "shutting down" in logs and logs.rstrip().endswith("stopped")
 
 
+def test_the_container_bench_reads_cpu_and_memory_from_the_containers_cgroup(
+    engine: Engine, images: Images
+) -> None:
+    """bench/container.py, one short level: the figures the README's sizing rests on."""
+    spec = importlib.util.spec_from_file_location("container", ROOT / "bench" / "container.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["container"] = bench  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    load = sys.modules["load"]  # imported by the bench from bench/
+
+    cameras, seconds = 4, 3.0
+    pod = bench.Pod(cpus=1.0, memory="512m")
+    level = bench.measure(engine, images.service, pod, cameras, seconds, load.run_cameras, 10.0)
+    assert level.scheduled == level.answered == cameras * 30
+    assert 0.0 < level.p50_ms <= level.p99_ms < 1000.0
+    # A few cameras cost the container some of its core, never more than its limit.
+    assert 0.01 < level.cores <= 1.05
+    assert 0.1 < level.ms_per_frame < 50.0
+    # The interpreter, onnxruntime and the model at rest; the peak counts the run on top,
+    # all under the limit (docker --memory=512m) the container was given.
+    assert 40 < level.rest_mib <= level.peak_mib < 512
+    assert 20 < level.rss_mib < level.peak_mib
+
+
 def test_two_worker_processes_serve_behind_one_metrics_port_and_stop_together(
     engine: Engine, images: Images, feed: tuple[list[bytes], list[str]]
 ) -> None:
@@ -396,6 +382,7 @@ def test_the_train_image_trains_on_mounted_videos_and_the_service_image_serves_i
     engine: Engine, images: Images, tmp_path: Path
 ) -> None:
     """`docker run ... train --data /videos`, export, then the service image serves the model."""
+    assert images.train is not None
     help_text = engine.docker("run", "--rm", "--network", "none", images.train, "train", "--help")
     assert "--data" in help_text.stdout
     videos = class_folders(tmp_path / "videos", ("left", "right"), 4, seed=11)
