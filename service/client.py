@@ -26,11 +26,14 @@ import numpy as np
 from actionstream.resampling import Resampler
 from actionstream.service.config import StreamConfig
 from actionstream.service.sources import SourceError, VideoSource
+from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
 # Called for each prediction with the frame's true label (if known) and its latency in ms.
 PredictionCallback = Callable[[pb.Prediction, str | None, float], None]
+# Between tries to reach a server that went away mid-stream.
+RECONNECT_PAUSE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,17 @@ class StreamSummary:
     predictions: tuple[pb.Prediction, ...]
     interrupted: bool = False  # stopped with Ctrl-C before the source ended
     frames_scored: int | None = None  # answered frames the labels cover; None without labels
+    frames_skipped: int = 0  # sent, and skipped by the server (resampled to the model's rate)
+    reconnects: int = 0  # new calls opened after the server went away
 
 
 class StreamError(Exception):
-    """An expected failure (bad source, unreachable server, refused stream), in words."""
+    """An expected failure (bad source, unreachable server, refused stream), in words;
+    `summary` is how the stream went until then, when some of it was answered."""
+
+    def __init__(self, message: str, summary: StreamSummary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def read_labels(path: Path) -> dict[int, str]:
@@ -200,7 +210,9 @@ def _stream(
     fps = source_fps if cfg.realtime else None
     start_us = time.time_ns() // 1000
     answered: queue.Queue[None] = queue.Queue()
-    done = threading.Event()
+    done = threading.Event()  # the whole stream is over: every request generator stops
+    source_ended = threading.Event()
+    sequence = 0  # the last frame read, over every call: a new call goes on from it
 
     def capture_us(sequence: int) -> int:
         # Sent faster than real time, a file's frames keep their own timeline; live, a
@@ -209,19 +221,26 @@ def _stream(
             return start_us + round((sequence - 1) * 1e6 / source_fps)
         return time.time_ns() // 1000
 
-    def requests(resampler: Resampler | None) -> Iterator[pb.FrameRequest]:
+    def requests(
+        resampler: Resampler | None, call_over: threading.Event
+    ) -> Iterator[pb.FrameRequest]:
         # Runs on a gRPC thread, which may still be here after the call is over; it
         # touches the source only through `feed`, which stops it once closed. As fast as
         # the server answers (`resampler` set): one frame in flight, and only the frames
         # the server would take at the model's rate, so none is dropped and none waits
         # unanswered.
+        nonlocal sequence
         yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=cfg.source))
-        start = time.perf_counter()
-        sequence = 0
+        # Paced from where this call starts: after a reconnection a file goes on at its
+        # rate rather than rushing to catch up on the time the server was away.
+        start = time.perf_counter() - (sequence / fps if fps else 0.0)
         while cfg.max_frames == 0 or sequence < cfg.max_frames:
             image = feed.read()
-            if image is None or done.is_set():
+            if image is None:
+                source_ended.set()
                 return
+            if done.is_set() or call_over.is_set():
+                return  # a frame read as its call ended is lost, as a live camera's would be
             sequence += 1
             if fps is not None:
                 time.sleep(max(0.0, start + (sequence - 1) / fps - time.perf_counter()))
@@ -229,20 +248,37 @@ def _stream(
             if resampler is not None and not resampler.take(timestamp_us):
                 continue
             jpeg = feed.encode(image, cfg.jpeg_quality, sequence)
-            if jpeg is None or done.is_set():
+            if jpeg is None or done.is_set() or call_over.is_set():
                 return
             frame = pb.Frame(encoded=jpeg, sequence=sequence, timestamp_us=timestamp_us)
             sent_at[sequence] = time.perf_counter()
             yield pb.FrameRequest(frame=frame)
-            while resampler is not None and not done.is_set():
+            while resampler is not None and not (done.is_set() or call_over.is_set()):
                 with contextlib.suppress(queue.Empty):
                     answered.get(timeout=0.1)
                     break
+        source_ended.set()  # --max-frames reached
 
     predictions: list[pb.Prediction] = []
     latencies_ms: list[float] = []
-    correct = scored = 0
+    correct = scored = skipped = reconnects = 0
     interrupted = False
+
+    def summary() -> StreamSummary:
+        p50, p99 = np.percentile(latencies_ms, [50, 99]) if latencies_ms else (None, None)
+        return StreamSummary(
+            frames_sent=len(sent_at),
+            frames_answered=len(predictions),
+            accuracy=correct / scored if scored else None,
+            p50_ms=None if p50 is None else float(p50),
+            p99_ms=None if p99 is None else float(p99),
+            predictions=tuple(predictions),
+            interrupted=interrupted,
+            frames_scored=scored if truth is not None else None,
+            frames_skipped=skipped,
+            reconnects=reconnects,
+        )
+
     call = None
     stub = pb_grpc.ActionRecognitionStub(channel)
     try:
@@ -253,44 +289,86 @@ def _stream(
                 _check_names(cfg.labels, truth, info.labels)
             if not cfg.realtime:
                 resampler = Resampler(info.fps)
-        call = stub.StreamFrames(requests(resampler))
-        for prediction in call:
-            latency_ms = (time.perf_counter() - sent_at[prediction.sequence]) * 1e3
-            label = truth.get(prediction.sequence - 1) if truth is not None else None
-            if label is not None:
-                scored += 1
-                correct += prediction.top[0].label == label
-            predictions.append(prediction)
-            latencies_ms.append(latency_ms)
-            answered.put(None)
-            if on_prediction is not None:
-                on_prediction(prediction, label, latency_ms)
+        retry_until: float | None = None  # set while the server is away
+        while True:
+            call_over = threading.Event()
+            call = stub.StreamFrames(requests(resampler, call_over))
+            try:
+                for prediction in call:
+                    retry_until = None
+                    latency_ms = (time.perf_counter() - sent_at[prediction.sequence]) * 1e3
+                    label = truth.get(prediction.sequence - 1) if truth is not None else None
+                    if label is not None:
+                        scored += 1
+                        correct += prediction.top[0].label == label
+                    predictions.append(prediction)
+                    latencies_ms.append(latency_ms)
+                    skipped += prediction.skipped_frames
+                    answered.put(None)
+                    if on_prediction is not None:
+                        on_prediction(prediction, label, latency_ms)
+                skipped += _trailer_skipped(call)
+                break
+            except grpc.RpcError as e:
+                call_over.set()
+                if not _may_reconnect(e, cfg, bool(predictions), source_ended.is_set()):
+                    raise
+                if retry_until is None:
+                    retry_until = time.monotonic() + cfg.reconnect_seconds
+                    print(
+                        f"actionstream stream: the server ended the stream "
+                        f"({e.code().name}: {e.details()}); reconnecting for up to "
+                        f"{cfg.reconnect_seconds:g} s (a new stream starts from a zero state)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                if time.monotonic() >= retry_until:
+                    raise StreamError(
+                        f"{_describe(e, cfg.target, bool(predictions))}; gave up reconnecting "
+                        f"after {cfg.reconnect_seconds:g} s",
+                        summary(),
+                    ) from None
+                time.sleep(min(RECONNECT_PAUSE_S, max(0.0, retry_until - time.monotonic())))
+                reconnects += 1
     except KeyboardInterrupt:
         if call is not None:
             call.cancel()
         interrupted = True
     except grpc.RpcError as e:
-        raise StreamError(_describe(e, cfg.target)) from None
+        raise StreamError(
+            _describe(e, cfg.target, bool(predictions)), summary() if predictions else None
+        ) from None
     finally:
         done.set()
         feed.close()
+    return summary()
 
-    p50, p99 = np.percentile(latencies_ms, [50, 99]) if latencies_ms else (None, None)
-    return StreamSummary(
-        frames_sent=len(sent_at),
-        frames_answered=len(predictions),
-        accuracy=correct / scored if scored else None,
-        p50_ms=None if p50 is None else float(p50),
-        p99_ms=None if p99 is None else float(p99),
-        predictions=tuple(predictions),
-        interrupted=interrupted,
-        frames_scored=scored if truth is not None else None,
+
+def _trailer_skipped(call: grpc.Call) -> int:
+    """Frames the server skipped after its last answer, from the call's trailer."""
+    for key, value in call.trailing_metadata() or ():
+        if key == SKIPPED_FRAMES and isinstance(value, str) and value.isdigit():
+            return int(value)
+    return 0
+
+
+def _may_reconnect(
+    error: grpc.RpcError, cfg: StreamConfig, streamed: bool, source_ended: bool
+) -> bool:
+    # UNAVAILABLE once frames were answered: the server went away (restarted, drained,
+    # its pod replaced), and a new call may reach it or its successor. Before any
+    # answer it is a wrong address or a server that is down: said at once.
+    return (
+        error.code() == grpc.StatusCode.UNAVAILABLE
+        and cfg.reconnect_seconds > 0
+        and streamed
+        and not source_ended
     )
 
 
-def _describe(error: grpc.RpcError, target: str) -> str:
+def _describe(error: grpc.RpcError, target: str, streamed: bool = False) -> str:
     code, details = error.code(), error.details()
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE and not streamed:
         return f"cannot reach the server at {target}: {details}"
     return f"the server ended the stream with {code.name}: {details}"
 
@@ -304,7 +382,18 @@ def _print_prediction(prediction: pb.Prediction, truth: str | None, latency_ms: 
 
 
 def print_summary(summary: StreamSummary) -> None:
-    print(f"frames: {summary.frames_sent} sent, {summary.frames_answered} answered")
+    frames = f"frames: {summary.frames_sent} sent, {summary.frames_answered} answered"
+    if summary.frames_skipped:
+        frames += (
+            f", {summary.frames_skipped} skipped by the server (above the model's frame rate, "
+            "or behind when it was busy)"
+        )
+    print(frames)
+    if summary.reconnects:
+        print(
+            f"reconnected: {summary.reconnects} new call(s) after the server went away "
+            "(each new stream started from a zero state)"
+        )
     scored, answered = summary.frames_scored, summary.frames_answered
     if scored is not None and answered:
         if summary.accuracy is None:
@@ -327,6 +416,8 @@ def run_stream(cfg: StreamConfig) -> int:
     try:
         summary = stream_source(cfg, None if cfg.quiet else _print_prediction)
     except StreamError as e:
+        if e.summary is not None:
+            print_summary(e.summary)
         print(f"actionstream stream: {e}", file=sys.stderr)
         return 1
     print_summary(summary)

@@ -74,7 +74,9 @@ class ServeConfig:
     max_frame_bytes: int = setting(
         8 * 1024 * 1024,
         help="largest frame payload (encoded image or raw pixels) in bytes; "
-        "larger frames get RESOURCE_EXHAUSTED",
+        "larger frames get RESOURCE_EXHAUSTED (gRPC's own message limit, which its message "
+        "quotes, is 64 KiB above it, for the rest of the request); a raw 3840x2160 frame is "
+        "24.9 MB, so raw frames that large need this raised",
         group="Limits",
     )
     max_frame_pixels: int = setting(
@@ -161,7 +163,8 @@ class ServeConfig:
     ready_file: str | None = setting(
         None,
         help="once serving, write the bound ports here as JSON "
-        '({"port": ..., "metrics_port": ... or null, "pid": ...}), for scripts and tests',
+        '({"port": ..., "metrics_port": ... or null, "pid": ..., "model": ..., and with '
+        '--workers their "workers" pids), for scripts and tests; removed at exit',
         group="Operation",
     )
 
@@ -232,6 +235,25 @@ class ServeConfig:
         return self.max_frame_bytes + MESSAGE_OVERHEAD_BYTES
 
 
+# gRPC's own target forms, taken as they are (dns:///host:port, unix:/path, ...).
+_TARGET_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+
+
+def check_target(target: str) -> None:
+    """Refuses a server address that gRPC would take another way than meant: HOST
+    without a port (gRPC dials 443), a bare IPv6 address, a port out of range."""
+    if target.startswith(_TARGET_SCHEMES):
+        return
+    host, colon, port = target.rpartition(":")
+    example = "e.g. 127.0.0.1:50051, [::1]:50051 or dns:///name:50051"
+    if not colon or not host or not port.isdigit() or not port.isascii():
+        raise ValueError(f"target must be HOST:PORT ({example}), got {target!r}")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError(f"an IPv6 target needs brackets ({example}), got {target!r}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"target port must be 1..65535, got {target!r}")
+
+
 @dataclass(frozen=True)
 class StreamConfig:
     """What `actionstream stream` sends where, and how."""
@@ -253,7 +275,14 @@ class StreamConfig:
     )
     max_frames: int = setting(0, help="stop after this many frames; 0 sends all")
     jpeg_quality: int = setting(90, help="JPEG quality of the frames sent, 1-100")
-    top_k: int = setting(3, help="labels per prediction to ask the server for")
+    top_k: int = setting(
+        0, help="labels per prediction to ask the server for; 0 takes the server's default"
+    )
+    reconnect_seconds: float = setting(
+        30.0,
+        help="when the server goes away mid-stream (restart, rollout), keep opening new "
+        "calls for this long and go on streaming; 0 ends the stream instead",
+    )
     quiet: bool = setting(False, help="print the summary only, not every prediction")
 
     def __post_init__(self) -> None:
@@ -261,8 +290,13 @@ class StreamConfig:
             raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
         if self.max_frames < 0:
             raise ValueError(f"max_frames must be 0 (all) or more, got {self.max_frames}")
-        if self.top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be 0 (the server's default) or more, got {self.top_k}")
+        if not self.reconnect_seconds >= 0:
+            raise ValueError(
+                f"reconnect_seconds must be 0 (never) or more, got {self.reconnect_seconds}"
+            )
+        check_target(self.target)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,8 @@ class Checked:
     work: int = 0
     # The encoded bytes, read once: each read of a protobuf bytes field is a fresh copy.
     data: bytes = b""
+    # The image's own size, as its header gives it (for what errors tell the client).
+    header_size: tuple[int, int] = (0, 0)
 
     @property
     def pixels(self) -> int:
@@ -125,10 +127,9 @@ class FrameDecoder:
         data = checked.data
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), checked.flag)
         if decoded is None:
+            width, height = checked.header_size
             raise FrameError(
-                f"corrupt {checked.kind} image ({len(data)} bytes, "
-                f"{checked.width}x{checked.height})",
-                "corrupt",
+                f"corrupt {checked.kind} image ({len(data)} bytes, {width}x{height})", "corrupt"
             )
         return self.fit(decoded)
 
@@ -153,7 +154,9 @@ class FrameDecoder:
             width, height = _png_size(data)
             self._check_pixels(width, height, "PNG")
             _check_png_chunks(data)
-            return Checked("PNG", width, height, cv2.IMREAD_COLOR, width * height, data)
+            return Checked(
+                "PNG", width, height, cv2.IMREAD_COLOR, width * height, data, (width, height)
+            )
         if data.startswith(_JPEG_SOI):
             width, height, progressive = _jpeg_header(data)
             self._check_pixels(width, height, "JPEG")
@@ -169,13 +172,19 @@ class FrameDecoder:
                 passes = max(2, scans) / 2
             factor, flag = self._jpeg_reduction(width, height)
             work = int(width * height * passes)
-            return Checked("JPEG", -(-width // factor), -(-height // factor), flag, work, data)
+            reduced = (-(-width // factor), -(-height // factor))
+            return Checked("JPEG", *reduced, flag, work, data, (width, height))
         raise FrameError(f"not a JPEG or PNG image ({len(data)} bytes)", "not_an_image")
 
     def _check_raw(self, raw: pb.RawImage) -> Checked:
         if raw.format not in (pb.PIXEL_FORMAT_BGR, pb.PIXEL_FORMAT_RGB):
+            name = (
+                pb.PixelFormat.Name(raw.format)
+                if raw.format in pb.PixelFormat.values()
+                else str(raw.format)
+            )
             raise FrameError(
-                f"raw image format must be PIXEL_FORMAT_BGR or PIXEL_FORMAT_RGB, got {raw.format}",
+                f"raw image format must be PIXEL_FORMAT_BGR or PIXEL_FORMAT_RGB, got {name}",
                 "bad_raw",
             )
         if raw.width == 0 or raw.height == 0:

@@ -22,6 +22,10 @@ def check(cfg: HealthConfig) -> tuple[bool, str]:
         try:
             reply = stub.Check(request, timeout=cfg.timeout)
         except grpc.RpcError as e:
-            return False, f"{cfg.target}: {e.code().name}: {e.details()}"
+            details = e.details()
+            if not details and e.code() == grpc.StatusCode.NOT_FOUND:
+                # grpc's health servicer gives no details for a name it does not know.
+                details = f"the server has no health status for service {cfg.service!r}"
+            return False, f"{cfg.target}: {e.code().name}: {details}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     return reply.status == health_pb2.HealthCheckResponse.SERVING, f"{cfg.target}: {status}"

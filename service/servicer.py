@@ -40,6 +40,7 @@ from actionstream.service.sources import (
     SourceTimeout,
 )
 from actionstream.service.streams import FrameRejected, PendingFrame, Stream, printable
+from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -64,8 +65,6 @@ _REFUSAL_CODES: dict[RejectReason, grpc.StatusCode] = {
 } | {"too_many_bytes": grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-# Trailing metadata of a completed StreamFrames call: frames dropped after the last prediction.
-SKIPPED_TRAILER = "actionstream-skipped-frames"
 # Stream ends whose reason the log line spells out: the client's mistakes.
 _TOLD_WHY = frozenset({"invalid_frame", "malformed"})
 # The longest a WatchSource open may take, below the idle timeout when that is longer: an
@@ -154,7 +153,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             reason = "completed"
             # Frames resampled away after the last one answered have no prediction to
             # report them; the trailer does, so a client's counts add up.
-            context.set_trailing_metadata(((SKIPPED_TRAILER, str(stream.skipped)),))
+            context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
         except _Refused as e:
             reason = e.reason
             self._count_error("StreamFrames", e.code)
@@ -229,6 +228,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             except _Refused as e:
                 stream.fail(e)
                 return
+        if frame.timestamp_us and not stream.clock.done:
+            self._check_clock(stream, frame.timestamp_us)
         if not stream.resampler.take(frame.timestamp_us or time.time_ns() // 1000):
             stream.resampled_away()
             self._resampled.inc()
@@ -236,6 +237,22 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         heavy = checked.work > self._cfg.heavy_pixels
         if not self._batcher.push(stream, PendingFrame(frame, checked, sequence, received, heavy)):
             self._overload.inc()
+
+    @staticmethod
+    def _check_clock(stream: Stream, timestamp_us: int) -> None:
+        slow = stream.clock.slow(timestamp_us, time.monotonic())
+        if slow is not None:
+            advance_ms, seconds = slow
+            logger.warning(
+                "stream %d %s: its capture timestamps advanced %.1f ms over %.1f s of "
+                "frames arriving; timestamp_us is in microseconds, and frames closer than "
+                "the model's period are skipped as resampled (are they in milliseconds?)",
+                stream.id,
+                stream.name,
+                advance_ms,
+                seconds,
+                extra=_about(stream),
+            )
 
     async def WatchSource(
         self, request: pb.SourceRequest, context: grpc.aio.ServicerContext
@@ -475,11 +492,13 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     and stream.writing_since is None
                     and now - stream.last_activity > timeout
                 ):
+                    # A call without a first frame holds no place, only a waiting slot.
+                    freed = "its place" if stream.admitted else "its slot among waiting calls"
                     stream.fail(
                         _Refused(
                             grpc.StatusCode.DEADLINE_EXCEEDED,
                             f"no frame for {timeout:g} s (idle_timeout_seconds); the stream "
-                            "was ended to free its place",
+                            f"was ended to free {freed}",
                             "idle",
                         )
                     )

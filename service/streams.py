@@ -130,6 +130,43 @@ class PendingFrame:
     skipped: int = 0  # frames of its stream dropped just before it (see Stream.push)
 
 
+class ClockCheck:
+    """Whether a stream's capture timestamps could be microseconds, judged once.
+
+    A camera that sends milliseconds in `timestamp_us` claims a thousand frames
+    a second: the resampler then keeps one frame in a hundred and drops the rest
+    as `resampled`, by the contract and without an error. So once a stream has
+    sent for a while, its timestamps' advance is set against the time its frames
+    took to arrive; one far slower (a hundredth or less) is worth a warning.
+    Faster is left alone: a file sent faster than real time does that rightly.
+    """
+
+    MIN_FRAMES = 10
+    MIN_SECONDS = 2.0
+    SLOWEST = 0.01  # timestamp advance per second of arrivals, below which it warns
+
+    def __init__(self) -> None:
+        self.done = False
+        self._first: tuple[int, float] | None = None  # (timestamp_us, arrival)
+        self._frames = 0
+
+    def slow(self, timestamp_us: int, arrival: float) -> tuple[float, float] | None:
+        """Once judged: (ms the timestamps advanced, seconds of arrivals) when they
+        advanced too slowly to be microseconds, else None (and nothing more to do)."""
+        if self._first is None:
+            self._first = (timestamp_us, arrival)
+        self._frames += 1
+        first_us, first_arrival = self._first
+        seconds = arrival - first_arrival
+        if self._frames < self.MIN_FRAMES or seconds < self.MIN_SECONDS:
+            return None
+        self.done = True
+        advance_us = timestamp_us - first_us
+        if 0 <= advance_us < self.SLOWEST * seconds * 1e6:
+            return advance_us / 1e3, seconds
+        return None
+
+
 class Stream:
     """A live stream: its queue of frames, its state once it has one, its next answer."""
 
@@ -165,6 +202,7 @@ class Stream:
         self.wakeup = asyncio.Event()
         self.last_activity = time.monotonic()
         self.writing_since: float | None = None
+        self.clock = ClockCheck()
 
     def number(self, client_sequence: int) -> int:
         """The frame's sequence number: the client's, or one more than the previous frame's."""

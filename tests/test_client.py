@@ -7,12 +7,13 @@ import csv
 import dataclasses
 import functools
 import http.server
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -98,6 +99,93 @@ def test_unreachable_server_is_a_clear_error(
     err = capsys.readouterr().err
     assert f"actionstream stream: cannot reach the server at {target}" in err
     assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    frames, labels = render_stream(50, seed=13)
+    path = tmp_path_factory.mktemp("long") / "feed.avi"
+    write_video(frames, labels, path, fps=10.0)
+    return path
+
+
+def _stream_in_background(cfg: StreamConfig) -> tuple[threading.Thread, dict[str, object]]:
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = stream_source(cfg)
+        except StreamError as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_live_stream_goes_on_when_the_server_comes_back(
+    start_server: Callable[..., BackgroundServer],
+    long_video: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # As a pod rollout does it: the server goes away mid-stream, and after a second
+    # another listens at the same address.
+    first = start_server()
+    cfg = StreamConfig(source=str(long_video), target=f"127.0.0.1:{first.port}", quiet=True)
+    thread, outcome = _stream_in_background(cfg)
+    time.sleep(1.5)  # about 15 frames of the 5-second feed answered
+    first.stop(grace=0.0)
+    time.sleep(1.0)
+    start_server(port=first.port)
+    thread.join(timeout=30)
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    summary = outcome["summary"]
+    assert isinstance(summary, client.StreamSummary)
+    assert summary.reconnects >= 1
+    sequences = [p.sequence for p in summary.predictions]
+    assert sequences == sorted(set(sequences))  # one answer a frame, in order, over both calls
+    # Both servers answered: frames before the outage and to the end of the feed.
+    assert sequences[0] <= 5 and sequences[-1] == 50
+    assert 40 <= summary.frames_answered <= summary.frames_sent <= 50
+    err = capsys.readouterr().err
+    assert "the server ended the stream (UNAVAILABLE" in err
+    assert "reconnecting for up to 30 s" in err
+
+
+def _run_into(cfg: StreamConfig, outcome: dict[str, int]) -> None:
+    outcome["rc"] = run_stream(cfg)
+
+
+def test_a_server_that_stays_away_ends_the_stream_with_its_summary(
+    start_server: Callable[..., BackgroundServer],
+    long_video: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    server = start_server()
+    target = f"127.0.0.1:{server.port}"
+    for reconnect in (0.0, 2.0):
+        cfg = StreamConfig(
+            source=str(long_video), target=target, quiet=True, reconnect_seconds=reconnect
+        )
+        outcome: dict[str, int] = {}
+        thread = threading.Thread(target=functools.partial(_run_into, cfg, outcome))
+        thread.start()
+        time.sleep(1.0)
+        server.stop(grace=0.0)
+        started = time.monotonic()
+        thread.join(timeout=30)
+        assert outcome == {"rc": 1}
+        out, err = capsys.readouterr()
+        # What was streamed is summed up, and the error says the server ended the stream:
+        # it was reached, not unreachable.
+        assert re.search(r"frames: \d+ sent, \d+ answered", out), out
+        assert "actionstream stream: the server ended the stream with UNAVAILABLE" in err
+        if reconnect:
+            assert f"gave up reconnecting after {reconnect:g} s" in err
+            assert reconnect <= time.monotonic() - started < reconnect + 5
+        else:
+            assert "reconnecting" not in err
+        server = start_server(port=server.port)
 
 
 def test_unopenable_source_is_a_clear_error(

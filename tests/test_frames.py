@@ -142,7 +142,12 @@ def _bomb_png(width: int, height: int) -> bytes:
         (
             pb.Frame(raw=pb.RawImage(data=bytes(12288), width=64, height=64)),
             "bad_raw",
-            "format must be PIXEL_FORMAT_BGR or PIXEL_FORMAT_RGB",
+            "format must be PIXEL_FORMAT_BGR or PIXEL_FORMAT_RGB, got PIXEL_FORMAT_UNSPECIFIED",
+        ),
+        (
+            pb.Frame(raw=pb.RawImage(data=bytes(12288), width=64, height=64, format=7)),
+            "bad_raw",
+            "format must be PIXEL_FORMAT_BGR or PIXEL_FORMAT_RGB, got 7",
         ),
         (
             pb.Frame(raw=pb.RawImage(width=4000, height=3000, format=pb.PIXEL_FORMAT_RGB)),
@@ -162,6 +167,14 @@ def test_truncated_jpeg_is_refused() -> None:
     with pytest.raises(FrameError, match="corrupt JPEG image") as err:
         DECODER.decode_image(data[:200])
     assert err.value.reason == "corrupt"
+
+
+def test_a_corrupt_frame_is_named_by_its_own_size_not_the_reduced_decode() -> None:
+    image = cv2.resize(render(1, seed=2)[0], (640, 480))
+    data = jpeg(image)
+    assert DECODER.check(pb.Frame(encoded=data)).width < 640  # decoded at reduced scale
+    with pytest.raises(FrameError, match=r"corrupt JPEG image \(\d+ bytes, 640x480\)"):
+        DECODER.decode_image(data[:1500])
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:

@@ -23,7 +23,7 @@ from actionstream.resampling import Resampler
 from actionstream.service.frames import FrameDecoder
 from actionstream.service.metrics import scrape as scrape_metrics
 from actionstream.service.model import OnnxStepModel
-from actionstream.service.streams import ActionTracker, PendingFrame, Stream
+from actionstream.service.streams import ActionTracker, ClockCheck, PendingFrame, Stream
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -240,6 +240,38 @@ def test_resampler_handles_jitter_reordering_and_clock_resets() -> None:
     assert r.take(t0 - 4_900_000)
     # ...and so does a gap.
     assert r.take(t0 + 60_000_000)
+
+
+def test_timestamps_too_slow_to_be_microseconds_are_judged_once() -> None:
+    # Milliseconds in timestamp_us at 10 fps: 100 "us" a frame against 100 ms of arrivals.
+    check = ClockCheck()
+    verdicts = [check.slow(1_700_000_000_000 + i * 100, i * 0.1) for i in range(25)]
+    assert verdicts[:20] == [None] * 20  # two seconds of frames before judging
+    assert verdicts[20] == pytest.approx((2.0, 2.0)) and check.done
+    # Microseconds, a file sent ten times faster than real time, or nanoseconds: no warning.
+    for per_frame_us, per_frame_s in ((100_000, 0.1), (100_000, 0.01), (100_000_000, 0.1)):
+        check = ClockCheck()
+        assert all(check.slow(i * per_frame_us, i * per_frame_s) is None for i in range(300))
+        assert check.done
+
+
+def test_a_stream_whose_timestamps_look_like_milliseconds_is_warned_of(
+    stub: pb_grpc.ActionRecognitionStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    image = png(render(1, seed=38)[0])
+    stream = LiveStream(stub, pb.StreamOptions(stream_name="cam-ms"))
+    t0_ms = 1_700_000_000_000
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < ClockCheck.MIN_SECONDS + 0.3:
+        stream.put(frame_request(image, timestamp_us=t0_ms + i * 100))  # ms, at 10 fps
+        i += 1
+        time.sleep(0.1)
+    predictions = stream.close()
+    assert len(predictions) <= 2  # the rest skipped as resampled, as the contract says
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "cam-ms: its capture timestamps advanced" in warnings[0]
+    assert "(are they in milliseconds?)" in warnings[0]
 
 
 def test_frames_without_a_sequence_number_continue_from_the_frame_before(
@@ -493,9 +525,21 @@ def test_a_stream_that_sends_nothing_holds_no_place_and_is_ended(
         with pytest.raises(grpc.RpcError) as err:
             call.outcome()
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert err.value.details().startswith("no frame for 0.5 s (idle_timeout_seconds)")
+        assert err.value.details() == (
+            "no frame for 0.5 s (idle_timeout_seconds); the stream was ended to free its slot "
+            "among waiting calls"
+        )
     _wait_for(server, "actionstream_streams_ended_total{reason=idle}", 5)
     assert scrape(server)["actionstream_active_streams"] == 0
+    # One that sent a frame and then fell silent held the place, and gives it back.
+    stalled = LiveStream(stub, pb.StreamOptions(stream_name="stalled"))
+    stalled.send(frame_request(png(render(1, seed=37)[0])))
+    with pytest.raises(grpc.RpcError) as err:
+        stalled.outcome()
+    assert err.value.details() == (
+        "no frame for 0.5 s (idle_timeout_seconds); the stream was ended to free its place"
+    )
+    _wait_for(server, "actionstream_active_streams", 0)
 
 
 def test_calls_waiting_for_a_first_frame_are_bounded_oldest_out(

@@ -166,6 +166,16 @@ def test_serve_reads_its_settings_from_the_environment(log: IO[str]) -> None:
             timeout=30,
         )
         assert done.returncode == 0 and "SERVING" in done.stdout, done.stderr
+        unknown = subprocess.run(
+            [str(BIN / "actionstream"), "health", "--port", str(server.port), "--service", "x.Y"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert unknown.returncode == 1
+        assert unknown.stdout.strip() == (
+            f"127.0.0.1:{server.port}: NOT_FOUND: the server has no health status for service 'x.Y'"
+        )
         assert _terminate(server, signal.SIGINT) == 0
     # The ready file goes with the server; `health` then says it is unreachable.
     done = subprocess.run(
