@@ -21,7 +21,8 @@ prints
   throttled,
 - its memory: at rest (serving, before the first camera) and the peak over
   the run, as the memory cgroup counts it against the limit (page cache
-  included), and the resident memory of its processes at the end.
+  included), and the anonymous memory of its processes at the end (their
+  resident memory less what is mapped from files).
 
 The cameras share the machine's cores with the container: on a 2-core
 machine `--cpus 2` is no limit at all and the cameras' CPU is taken from it.

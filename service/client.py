@@ -34,6 +34,10 @@ from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 PredictionCallback = Callable[[pb.Prediction, str | None, float], None]
 # Between tries to reach a server that went away mid-stream.
 RECONNECT_PAUSE_S = 1.0
+# Pings that find a server gone without a word (its node lost, the network cut): no
+# connection reset comes then, and without them the call would wait on TCP for many
+# minutes. The server takes pings this often (grpc.http2.min_ping_interval_without_data_ms).
+KEEPALIVE = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
 
 
 @dataclass(frozen=True)
@@ -192,7 +196,7 @@ def stream_source(
             frames = source.frame_count
             if frames is not None:
                 _warn_uncovered(cfg.labels, truth, min(frames, cfg.max_frames or frames))
-        with grpc.insecure_channel(cfg.target) as channel:
+        with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
             return _stream(cfg, feed, truth, channel, on_prediction)
     finally:
         feed.close()  # on this thread, before returning: see _Feed
@@ -239,9 +243,11 @@ def _stream(
             if image is None:
                 source_ended.set()
                 return
+            # Numbered as read, so that frame n of the source is sequence n whatever is
+            # lost: --labels scores by it.
+            sequence += 1
             if done.is_set() or call_over.is_set():
                 return  # a frame read as its call ended is lost, as a live camera's would be
-            sequence += 1
             if fps is not None:
                 time.sleep(max(0.0, start + (sequence - 1) / fps - time.perf_counter()))
             timestamp_us = capture_us(sequence)
@@ -279,21 +285,23 @@ def _stream(
             reconnects=reconnects,
         )
 
+    def model_rate() -> Resampler | None:
+        # Asked again on every call: after a rollout the server may run another model.
+        if truth is None and cfg.realtime:
+            return None
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+        if truth is not None and cfg.labels is not None:
+            _check_names(cfg.labels, truth, info.labels)
+        return None if cfg.realtime else Resampler(info.fps)
+
     call = None
     stub = pb_grpc.ActionRecognitionStub(channel)
     try:
-        resampler = None
-        if truth is not None or not cfg.realtime:
-            info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
-            if truth is not None and cfg.labels is not None:
-                _check_names(cfg.labels, truth, info.labels)
-            if not cfg.realtime:
-                resampler = Resampler(info.fps)
         retry_until: float | None = None  # set while the server is away
         while True:
             call_over = threading.Event()
-            call = stub.StreamFrames(requests(resampler, call_over))
             try:
+                call = stub.StreamFrames(requests(model_rate(), call_over))
                 for prediction in call:
                     retry_until = None
                     latency_ms = (time.perf_counter() - sent_at[prediction.sequence]) * 1e3
@@ -311,7 +319,10 @@ def _stream(
                 break
             except grpc.RpcError as e:
                 call_over.set()
-                if not _may_reconnect(e, cfg, bool(predictions), source_ended.is_set()):
+                reconnecting = retry_until is not None
+                if not _may_reconnect(
+                    e, cfg, bool(predictions), source_ended.is_set(), reconnecting
+                ):
                     raise
                 if retry_until is None:
                     retry_until = time.monotonic() + cfg.reconnect_seconds
@@ -324,8 +335,9 @@ def _stream(
                     )
                 if time.monotonic() >= retry_until:
                     raise StreamError(
-                        f"{_describe(e, cfg.target, bool(predictions))}; gave up reconnecting "
-                        f"after {cfg.reconnect_seconds:g} s",
+                        f"the server went away mid-stream and no new stream could be opened "
+                        f"within {cfg.reconnect_seconds:g} s; gave up reconnecting (last: "
+                        f"{e.code().name}: {e.details()})",
                         summary(),
                     ) from None
                 time.sleep(min(RECONNECT_PAUSE_S, max(0.0, retry_until - time.monotonic())))
@@ -353,13 +365,19 @@ def _trailer_skipped(call: grpc.Call) -> int:
 
 
 def _may_reconnect(
-    error: grpc.RpcError, cfg: StreamConfig, streamed: bool, source_ended: bool
+    error: grpc.RpcError, cfg: StreamConfig, streamed: bool, source_ended: bool, reconnecting: bool
 ) -> bool:
     # UNAVAILABLE once frames were answered: the server went away (restarted, drained,
     # its pod replaced), and a new call may reach it or its successor. Before any
-    # answer it is a wrong address or a server that is down: said at once.
+    # answer it is a wrong address or a server that is down: said at once. While
+    # reconnecting, a server that is full (RESOURCE_EXHAUSTED: every place taken, as
+    # the pods left during a rollout may be) may have room at the next try.
+    code = error.code()
     return (
-        error.code() == grpc.StatusCode.UNAVAILABLE
+        (
+            code == grpc.StatusCode.UNAVAILABLE
+            or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and reconnecting)
+        )
         and cfg.reconnect_seconds > 0
         and streamed
         and not source_ended

@@ -235,14 +235,18 @@ class ServeConfig:
         return self.max_frame_bytes + MESSAGE_OVERHEAD_BYTES
 
 
-# gRPC's own target forms, taken as they are (dns:///host:port, unix:/path, ...).
-_TARGET_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")
+# gRPC's own target forms (its name resolvers), taken as they are: dns:///host:port,
+# unix:/path, xds:///service, ...
+_TARGET_SCHEMES = (
+    "dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:", "xds:", "passthrough:",
+    "google-c2p:",
+)  # fmt: skip
 
 
 def check_target(target: str) -> None:
     """Refuses a server address that gRPC would take another way than meant: HOST
     without a port (gRPC dials 443), a bare IPv6 address, a port out of range."""
-    if target.startswith(_TARGET_SCHEMES):
+    if target.lower().startswith(_TARGET_SCHEMES):
         return
     host, colon, port = target.rpartition(":")
     example = "e.g. 127.0.0.1:50051, [::1]:50051 or dns:///name:50051"

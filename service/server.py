@@ -109,6 +109,10 @@ class Server:
                 # gone) are found by keepalive pings, so their streams end and free their place.
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
+                # And clients may ping it as often (`actionstream stream` does, every 20 s,
+                # to find a server gone without a reset): gRPC's default takes pings more
+                # often than every 5 minutes, on a quiet connection, as abuse.
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
         pb_grpc.add_ActionRecognitionServicer_to_server(servicer, server)

@@ -47,10 +47,19 @@ from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 
+# How a stream ended: the streams-ended metric's label (README, "Metrics").
+EndReason = typing.Literal[
+    "completed", "cancelled", "idle", "not_reading", "evicted", "invalid_frame", "malformed",
+    "refused", "invalid_source", "error",
+]  # fmt: skip
+# Frames accepted and never stepped: the frames-dropped metric's label.
+DropReason = typing.Literal["resampled", "overload", "stream_ended"]
+
+
 class _Refused(Exception):
     """Ends the RPC with `code` and `details`; `reason` labels the streams-ended metric."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, reason: str) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, reason: EndReason) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
@@ -109,6 +118,14 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             max_threads=2 * cfg.max_streams,
         )
         m = metrics
+        # Every label value exported from the start, at 0: rate() and increase() see
+        # a series' first event only against a sample from before it.
+        for end in typing.get_args(EndReason):
+            m.streams_ended.labels(end)
+        for drop in typing.get_args(DropReason):
+            m.frames_dropped.labels(drop)
+        for reject in (*typing.get_args(RejectReason), "malformed"):  # + not a FrameRequest
+            m.frames_rejected.labels(reject)
         self._received = m.frames_received
         self._resampled = m.frames_dropped.labels("resampled")
         self._overload = m.frames_dropped.labels("overload")
@@ -128,7 +145,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._waiting[stream] = None
         self._metrics.waiting_calls.inc()
         reader = asyncio.create_task(self._read(request_iterator, stream))
-        reason = "error"
+        reason: EndReason = "error"
         try:
             while True:
                 if stream.outbox is not None:
@@ -274,7 +291,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         # prediction is idle here.
         stream.input_done = True
         self._watch_idle(stream)
-        reason = "error"
+        reason: EndReason = "error"
         try:
             self._admit(stream)
             source = await self._open_source(request.source)
@@ -404,7 +421,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             extra=_about(stream),
         )
 
-    def _cancelled(self, stream: Stream, method: str) -> str:
+    def _cancelled(self, stream: Stream, method: str) -> EndReason:
         """Why a call was cut short: expired by the sweep, refused by gRPC, or the client."""
         if isinstance(stream.failure, _Refused):
             self._count_error(method, stream.failure.code)
@@ -415,7 +432,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._count_error(method, grpc.StatusCode.CANCELLED)
         return "cancelled"
 
-    def _close(self, stream: Stream, reason: str) -> None:
+    def _close(self, stream: Stream, reason: EndReason) -> None:
         """Frees everything the stream held; counts how it ended."""
         self._open.pop(stream, None)
         self._stop_waiting(stream)

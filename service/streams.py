@@ -133,9 +133,9 @@ class PendingFrame:
 class ClockCheck:
     """Whether a stream's capture timestamps could be microseconds, judged once.
 
-    A camera that sends milliseconds in `timestamp_us` claims a thousand frames
-    a second: the resampler then keeps one frame in a hundred and drops the rest
-    as `resampled`, by the contract and without an error. So once a stream has
+    A camera that sends milliseconds in `timestamp_us` claims a thousand times
+    its frame rate: the resampler then keeps about one frame in a thousand and
+    drops the rest as `resampled`, by the contract and without an error. So once a stream has
     sent for a while, its timestamps' advance is set against the time its frames
     took to arrive; one far slower (a hundredth or less) is worth a warning.
     Faster is left alone: a file sent faster than real time does that rightly.

@@ -63,6 +63,9 @@ def test_bad_setting_is_one_line_not_a_traceback() -> None:
         (["serve"], {"ACTIONSTREAM_INFERENCE_NICE": "-5"}, "inference_nice must be 0..19"),
         (["train", "--channels", "16,x"], {}, "not a comma-separated list of whole numbers"),
         (["stream"], {}, "actionstream stream: Missing option '--source'"),
+        (["stream", "--source", "0", "--target", "127.0.0.1"], {}, "target must be HOST:PORT"),
+        (["stream", "--source", "0", "--target", "::1:50051"], {}, "IPv6 target needs brackets"),
+        (["stream", "--source", "0", "--reconnect-seconds", "-1"], {}, "reconnect_seconds must"),
         (["fly"], {}, "No such command 'fly'"),
     ):
         result = _run(*argv, env=env)

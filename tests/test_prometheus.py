@@ -1,5 +1,5 @@
 """A real Prometheus scrapes a real server; the shipped config and alerts are valid, and the
-overload alert fires on what an overloaded server exports.
+overload and full alerts fire on what an overloaded or a full server exports.
 
 Needs Debian's `prometheus` package (`make test` installs it where it can).
 Without it these tests are skipped, except in CI, where that is a failure.
@@ -22,7 +22,7 @@ import grpc
 import pytest
 import yaml
 from background import BackgroundServer
-from helpers import frame_request, jpeg, render
+from helpers import LiveStream, frame_request, jpeg, render
 
 from actionstream.service.metrics import scrape
 from actionstream.v1 import actionstream_pb2 as pb
@@ -188,3 +188,30 @@ def test_the_overload_alert_fires_on_what_an_overloaded_server_exports(
     assert firing, "the alert's expression found nothing to fire on"
     assert firing[0]["metric"] == {"instance": f"127.0.0.1:{server.metrics_port}"}
     assert float(firing[0]["value"][1]) == pytest.approx(share, abs=0.01)
+
+
+@pytest.mark.slow
+def test_the_full_alert_fires_on_what_a_full_server_exports(
+    start_server: Callable[..., BackgroundServer], prometheus: Callable[[int], str]
+) -> None:
+    # One place, taken: the next camera is turned away, and the shipped expression over a
+    # real scrape of the server sees it.
+    server = start_server(metrics_host="127.0.0.1", metrics_port=0, max_streams=1)
+    assert server.metrics_port is not None
+    url = prometheus(server.metrics_port)
+    before = _poll(url, "actionstream_active_streams", lambda r: bool(r))
+    assert before and float(before[0]["value"][1]) == 0, before
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        holder = LiveStream(stub, pb.StreamOptions(stream_name="holder"))
+        holder.send(frame_request(jpeg(render(1, seed=31)[0])))
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.StreamFrames(iter([frame_request(jpeg(render(1, seed=32)[0]))])))
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        firing = _poll(url, _alert("ActionstreamFull"), lambda r: bool(r))
+        holder.close()
+    assert firing, "the alert's expression found nothing to fire on"
+    assert firing[0]["metric"] == {"instance": f"127.0.0.1:{server.metrics_port}"}
+    assert float(firing[0]["value"][1]) > 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -19,9 +21,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
 
+from actionstream.service.frames import RejectReason
 from actionstream.service.launch import ServeError
 from actionstream.service.metrics import scrape
 from actionstream.service.model import OnnxStepModel, bundled_model_path
+from actionstream.service.servicer import DropReason, EndReason
 from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -260,6 +264,36 @@ def test_a_port_in_use_is_refused(start_server: Callable[..., BackgroundServer])
 def _scrape(port: int | None) -> dict[str, float]:
     assert port is not None
     return scrape(port)
+
+
+def _readme_reasons(metric: str) -> set[str]:
+    """The label values the README's metric table gives `metric`: its backticked words."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith(f"| `{metric}{{reason}}`")]
+    return {word for word in re.findall(r"`([a-z_]+)`", row)}
+
+
+@pytest.mark.parametrize(
+    ("metric", "reasons"),
+    [
+        ("actionstream_streams_ended_total", typing.get_args(EndReason)),
+        ("actionstream_frames_dropped_total", typing.get_args(DropReason)),
+        ("actionstream_frames_rejected_total", (*typing.get_args(RejectReason), "malformed")),
+    ],
+)
+def test_every_reason_is_exported_at_zero_from_the_start_and_documented(
+    start_server: Callable[..., BackgroundServer], metric: str, reasons: tuple[str, ...]
+) -> None:
+    # rate() and increase() count a series' first event only against a sample before it:
+    # an alert on the first streams ever refused needs the series there at 0.
+    server = start_server(metrics_port=0)
+    exported = {
+        key.split("reason=", 1)[1].rstrip("}"): value
+        for key, value in scrape(server.metrics_port).items()
+        if key.startswith(f"{metric}{{reason=")
+    }
+    assert exported == dict.fromkeys(reasons, 0.0)
+    assert _readme_reasons(metric) == set(reasons)
 
 
 def test_metrics_count_every_frame(start_server: Callable[..., BackgroundServer]) -> None:
