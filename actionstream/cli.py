@@ -177,9 +177,10 @@ def build_cli() -> click.Group:
             HealthConfig,
             health,
             "Ask a server's gRPC health service whether it is SERVING (exit 0 if so).\n\n"
-            "The port reads ACTIONSTREAM_PORT like `serve`, for container health checks.",
+            "The host and port read ACTIONSTREAM_HOST and ACTIONSTREAM_PORT like `serve`, "
+            "so that a container's health check asks the server beside it.",
             env_prefix=ENV_PREFIX,
-            env_fields=("port",),
+            env_fields=("host", "port"),
         ),
         config_command(
             "demo",

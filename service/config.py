@@ -307,7 +307,10 @@ class StreamConfig:
 class HealthConfig:
     """Which server to ask, and how long to wait."""
 
-    host: str = setting("127.0.0.1", help="server address")
+    host: str = setting(
+        "127.0.0.1",
+        help="server address; a listen-on-everything address (0.0.0.0, ::) asks this machine",
+    )
     port: int = setting(50051, help="server gRPC port")
     service: str = setting("", help="service to ask about; empty asks about the whole server")
     timeout: float = setting(3.0, help="seconds to wait for the answer")
@@ -320,5 +323,8 @@ class HealthConfig:
 
     @property
     def target(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        # Read from ACTIONSTREAM_HOST beside the server it checks, the address may be the
+        # one the server listens on rather than one to dial.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        host = f"[{host}]" if ":" in host else host
         return f"{host}:{self.port}"

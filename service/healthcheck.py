@@ -1,9 +1,10 @@
 """`actionstream health`: asks a server's grpc.health.v1 service whether it is SERVING.
 
 Made for container health checks and scripts: the exit code is the answer
-(0 serving, 1 anything else), with one line saying what was seen. Its port
-reads ACTIONSTREAM_PORT like `serve` does, so inside a container configured
-by environment it asks the server it sits beside.
+(0 serving, 1 anything else), with one line saying what was seen. Its host
+and port read ACTIONSTREAM_HOST and ACTIONSTREAM_PORT like `serve` does, so
+inside a container configured by environment it asks the server it sits
+beside (a listen-on-everything host means this machine).
 """
 
 from __future__ import annotations

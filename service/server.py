@@ -29,6 +29,7 @@ from actionstream.service.frames import FrameDecoder
 from actionstream.service.launch import ServeError, address, write_ready_file
 from actionstream.service.metrics import Metrics, MetricsServer
 from actionstream.service.model import ModelError, OnnxStepModel
+from actionstream.service.processes import Processes
 from actionstream.service.servicer import ActionRecognition
 from actionstream.service.side_calls import SideCallLimit
 from actionstream.v1 import actionstream_pb2 as pb
@@ -78,7 +79,13 @@ class Server:
         """
         if model is None:
             model = await asyncio.to_thread(OnnxStepModel.load, cfg.model, cfg.threads)
-        metrics = Metrics(registry if registry is not None else CollectorRegistry())
+        if registry is None:
+            registry = CollectorRegistry()
+            # Its own registry: the process's figures belong on it (a worker's are the
+            # supervisor's to sum).
+            if not shared_port:
+                registry.register(Processes(lambda: [os.getpid()]))
+        metrics = Metrics(registry)
         metrics.describe_model(model.metadata)
         meta = model.metadata
         decoder = FrameDecoder(

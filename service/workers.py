@@ -82,11 +82,15 @@ def _supervise(
     from prometheus_client import CollectorRegistry, multiprocess
 
     from actionstream.service.metrics import MetricsServer
+    from actionstream.service.processes import Processes
 
     metrics_server = None
+    workers: list[BaseProcess] = []
     if cfg.metrics_enabled:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
+        # The supervisor and whichever workers are running now (read at each scrape).
+        registry.register(Processes(lambda: [os.getpid(), *(w.pid for w in workers if w.pid)]))
         try:
             metrics_server = MetricsServer(registry, cfg.metrics_address, cfg.metrics_port)
         except OSError as e:
@@ -98,7 +102,6 @@ def _supervise(
         None if cfg.max_waiting_calls is None else -(-cfg.max_waiting_calls // cfg.workers)
     )
     context = multiprocessing.get_context("spawn")
-    workers: list[BaseProcess] = []
     ready = None
     try:
         for i in range(cfg.workers):

@@ -279,6 +279,29 @@ def test_kubernetes_validate_rejects_a_broken_manifest(tmp_path: Path) -> None:
     assert _run(BIN / "kubernetes-validate", "--strict", path).returncode != 0
 
 
+def test_the_kubernetes_scrape_job_finds_the_pods_under_the_job_the_alerts_name() -> None:
+    # Debian's promtool is built without Kubernetes discovery, so this one is checked
+    # against the manifests and the rules by hand: the alerts select job="actionstream",
+    # and ActionstreamDown can only fire on a job of that name.
+    config = yaml.safe_load((DEPLOY / "prometheus" / "kubernetes.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["job_name"] == "actionstream" and job["kubernetes_sd_configs"] == [{"role": "pod"}]
+    rules = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    assert 'up{job="actionstream"} == 0' in rules
+    assert config["rule_files"] == ["alerts.yml"]
+    keep = {
+        r["source_labels"][0]: r["regex"]
+        for r in job["relabel_configs"]
+        if r.get("action") == "keep"
+    }
+    pod = _manifests()["Deployment/actionstream"]["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    label = keep["__meta_kubernetes_pod_label_app_kubernetes_io_name"]
+    assert pod["metadata"]["labels"]["app.kubernetes.io/name"] == label
+    port = keep["__meta_kubernetes_pod_container_port_name"]
+    assert port in {p["name"] for p in container["ports"]} and port == "metrics"
+
+
 def test_manifests_fit_together() -> None:
     manifests = _manifests()
     deployment = manifests["Deployment/actionstream"]

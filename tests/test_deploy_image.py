@@ -329,9 +329,14 @@ def test_docker_stop_drains_and_exits_0_within_the_grace_period(
 
 
 def test_the_container_bench_reads_cpu_and_memory_from_the_containers_cgroup(
-    engine: Engine, images: Images
+    engine: Engine, images: Images, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """bench/container.py, one short level: the figures the README's sizing rests on."""
+    # The bench puts bench/ and tests/ first on sys.path to import its neighbours: for
+    # this test only.
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("container", "load"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     spec = importlib.util.spec_from_file_location("container", ROOT / "bench" / "container.py")
     assert spec is not None and spec.loader is not None
     bench = importlib.util.module_from_spec(spec)

@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from actionstream.serve_process import ServeProcess, ServeProcessError
+from actionstream.service.metrics import scrape
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +68,11 @@ def test_serve_process_with_grpcurl(log: IO[str]) -> None:
         url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=5).read().decode()
         assert "actionstream_active_streams 0.0" in text
+        # The process's own figures, as any exporter gives them.
+        values = scrape(server.metrics_port)
+        assert values["process_resident_memory_bytes"] > 50e6  # onnxruntime, the model, OpenCV
+        assert values["process_cpu_seconds_total"] > 0 and values["process_open_fds"] > 3
+        assert abs(values["process_start_time_seconds"] - time.time()) < 120
         assert _terminate(server, signal.SIGTERM) == 0
 
 
@@ -166,6 +172,18 @@ def test_serve_reads_its_settings_from_the_environment(log: IO[str]) -> None:
             timeout=30,
         )
         assert done.returncode == 0 and "SERVING" in done.stdout, done.stderr
+        # The host too, as the container's health check finds it beside the server: a
+        # listen-on-everything address means this machine, any other is dialled.
+        for host, serving in (("0.0.0.0", True), ("127.0.0.2", False)):
+            beside = {"ACTIONSTREAM_HOST": host, "ACTIONSTREAM_PORT": str(server.port)}
+            asked = subprocess.run(
+                [str(BIN / "actionstream"), "health", "--timeout", "2"],
+                env={**os.environ, **beside},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert (asked.returncode == 0) == serving, (host, asked.stdout, asked.stderr)
         unknown = subprocess.run(
             [str(BIN / "actionstream"), "health", "--port", str(server.port), "--service", "x.Y"],
             capture_output=True,
@@ -185,6 +203,28 @@ def test_serve_reads_its_settings_from_the_environment(log: IO[str]) -> None:
         timeout=30,
     )
     assert done.returncode == 1 and "UNAVAILABLE" in done.stdout
+
+
+@pytest.mark.parametrize("setting", [None, "0"])
+def test_onnxruntime_reports_nothing_unless_an_operator_asks(
+    log: IO[str], tmp_path: Path, setting: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # onnxruntime's telemetry, on by default in its PyPI builds, writes a device id under
+    # $HOME as it starts (and looks up an events host): a home it writes nothing to is a
+    # server that sent nothing. ORT_DISABLE_TELEMETRY=0 is an operator opting back in.
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home)}
+    monkeypatch.delenv("ORT_DISABLE_TELEMETRY", raising=False)  # as a fresh shell has it
+    if setting is not None:
+        env["ORT_DISABLE_TELEMETRY"] = setting
+    with ServeProcess(log, env=env) as server:
+        assert _health(server.target) == health_pb2.HealthCheckResponse.SERVING
+        written = sorted(p.name for p in home.rglob("*") if p.is_file())
+    if setting is None:
+        assert written == []
+    else:
+        assert "deviceid" in written  # what the test would see, were it on
 
 
 def test_a_server_that_cannot_start_is_reported_not_waited_for(log: IO[str]) -> None:

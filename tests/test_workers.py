@@ -53,6 +53,11 @@ def _connections(pid: int, port: int) -> int:
     return count
 
 
+def _rss(pid: int) -> int:
+    pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
 def test_workers_share_the_port_and_keep_each_streams_state(
     log: IO[str], reference: Reference, model: OnnxStepModel
 ) -> None:
@@ -77,6 +82,7 @@ def test_workers_share_the_port_and_keep_each_streams_state(
             held = [_connections(pid, server.port) for pid in workers]
             supervisor_maps = Path(f"/proc/{server.pid}/maps").read_text()
             values = scrape(server.metrics_port)
+            resident = [_rss(pid) for pid in (server.pid, *workers)]
             for live in streams:
                 live.close()
         finally:
@@ -88,6 +94,10 @@ def test_workers_share_the_port_and_keep_each_streams_state(
         assert values["actionstream_active_streams"] == STREAMS
         assert values["actionstream_frames_processed_total"] == STREAMS * 6
         assert any(k.startswith("actionstream_model_info{") for k in values)
+        # process_* covers the supervisor and its workers together (a worker's model alone
+        # is about 100 MB), read as the kernel counts each.
+        assert values["process_resident_memory_bytes"] == pytest.approx(sum(resident), rel=0.1)
+        assert values["process_resident_memory_bytes"] > 2 * 100e6
         # The supervisor loads neither onnxruntime nor OpenCV: the workers do the work.
         assert "onnxruntime" not in supervisor_maps and "cv2" not in supervisor_maps
         # Each stream's state stayed on the worker that holds its connection.
