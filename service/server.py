@@ -165,6 +165,7 @@ class Server:
         `grace` defaults to the config's grace_seconds.
         """
         await self._health.enter_graceful_shutdown()
+        self._servicer.shutting_down()
         await self._grpc.stop(self.cfg.grace_seconds if grace is None else grace)
         await self._servicer.close()
         await self._batcher.stop()

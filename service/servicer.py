@@ -49,8 +49,8 @@ logger = logging.getLogger(__name__)
 
 # How a stream ended: the streams-ended metric's label (README, "Metrics").
 EndReason = typing.Literal[
-    "completed", "cancelled", "idle", "not_reading", "evicted", "invalid_frame", "malformed",
-    "refused", "invalid_source", "error",
+    "completed", "cancelled", "shutdown", "idle", "not_reading", "evicted", "invalid_frame",
+    "malformed", "refused", "invalid_source", "error",
 ]  # fmt: skip
 # Frames accepted and never stepped: the frames-dropped metric's label.
 DropReason = typing.Literal["resampled", "overload", "stream_ended"]
@@ -127,8 +127,13 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         for reject in (*typing.get_args(RejectReason), "malformed"):  # + not a FrameRequest
             m.frames_rejected.labels(reject)
         self._received = m.frames_received
+        self._shutting_down = False
         self._resampled = m.frames_dropped.labels("resampled")
         self._overload = m.frames_dropped.labels("overload")
+
+    def shutting_down(self) -> None:
+        """From now on, a call cut short was cut by the server's shutdown, not its client."""
+        self._shutting_down = True
 
     async def close(self) -> None:
         self._sources.close()
@@ -426,6 +431,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         if isinstance(stream.failure, _Refused):
             self._count_error(method, stream.failure.code)
             return stream.failure.reason
+        if self._shutting_down:  # past the grace period: the client got UNAVAILABLE
+            self._count_error(method, grpc.StatusCode.UNAVAILABLE)
+            return "shutdown"
         # A client that cancels, one whose connection dropped, and a message gRPC refused
         # for its size (the client gets RESOURCE_EXHAUSTED) all reach the handler the
         # same way in grpc.aio: the input ends, then the handler is cancelled.

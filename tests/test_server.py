@@ -20,7 +20,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
+from prometheus_client import CollectorRegistry
 
+from actionstream.service.config import ServeConfig
 from actionstream.service.frames import RejectReason
 from actionstream.service.launch import ServeError
 from actionstream.service.metrics import scrape
@@ -294,6 +296,31 @@ def test_every_reason_is_exported_at_zero_from_the_start_and_documented(
     }
     assert exported == dict.fromkeys(reasons, 0.0)
     assert _readme_reasons(metric) == set(reasons)
+
+
+def test_streams_cut_by_shutdown_are_counted_as_such(model: OnnxStepModel) -> None:
+    # Not as `cancelled`, which is the client's doing: a rollout must not look like
+    # cameras dropping out.
+    registry = CollectorRegistry()
+    cfg = ServeConfig(host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=0.0)
+    server = BackgroundServer(cfg, registry, model)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            live = LiveStream(pb_grpc.ActionRecognitionStub(channel), pb.StreamOptions())
+            live.send(frame_request(jpeg(render(1, seed=40)[0])))
+            server.stop(grace=0.0)
+            with pytest.raises(grpc.RpcError) as err:
+                live.outcome()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()
+
+    def ended(reason: str) -> float | None:
+        return registry.get_sample_value("actionstream_streams_ended_total", {"reason": reason})
+
+    assert (ended("shutdown"), ended("cancelled")) == (1.0, 0.0)
+    errors = {"method": "StreamFrames", "code": "UNAVAILABLE"}
+    assert registry.get_sample_value("actionstream_rpc_errors_total", errors) == 1.0
 
 
 def test_metrics_count_every_frame(start_server: Callable[..., BackgroundServer]) -> None:
