@@ -210,17 +210,20 @@ def test_onnxruntime_reports_nothing_unless_an_operator_asks(
     log: IO[str], tmp_path: Path, setting: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # onnxruntime's telemetry, on by default in its PyPI builds, writes a device id under
-    # $HOME as it starts (and looks up an events host): a home it writes nothing to is a
-    # server that sent nothing. ORT_DISABLE_TELEMETRY=0 is an operator opting back in.
-    home = tmp_path / "home"
+    # $XDG_CACHE_HOME (else ~/.cache) as it starts (and looks up an events host): a cache
+    # and home it writes nothing to is a server that sent nothing. Both are pointed here, as
+    # a CI runner may set XDG_CACHE_HOME elsewhere. ORT_DISABLE_TELEMETRY=0 is an operator
+    # opting back in.
+    home, cache = tmp_path / "home", tmp_path / "cache"
     home.mkdir()
-    env = {"HOME": str(home)}
+    cache.mkdir()
+    env = {"HOME": str(home), "XDG_CACHE_HOME": str(cache)}
     monkeypatch.delenv("ORT_DISABLE_TELEMETRY", raising=False)  # as a fresh shell has it
     if setting is not None:
         env["ORT_DISABLE_TELEMETRY"] = setting
     with ServeProcess(log, env=env) as server:
         assert _health(server.target) == health_pb2.HealthCheckResponse.SERVING
-        written = sorted(p.name for p in home.rglob("*") if p.is_file())
+    written = sorted(p.name for d in (home, cache) for p in d.rglob("*") if p.is_file())
     if setting is None:
         assert written == []
     else:
