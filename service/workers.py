@@ -177,6 +177,10 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     except OSError as e:
         raise ServeError(f"cannot listen on {address(host, port)}: {e}") from None
     try:
+        # SO_REUSEADDR as gRPC sets it on its own listeners: without it, the connections a
+        # server on this port closed moments ago (TIME_WAIT, up to a minute) refuse the
+        # bind, so a restart from one worker to several would fail until they expire.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(where)
     except OSError as e:

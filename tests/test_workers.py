@@ -181,6 +181,37 @@ def test_workers_never_join_a_port_another_server_holds(log: IO[str], tmp_path: 
             pass  # still serving
 
 
+def _time_wait(port: int) -> int:
+    """Connections in TIME_WAIT whose local end is `port` (closed by this side)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "06":
+                count += 1
+    return count
+
+
+def test_workers_start_on_a_port_a_plain_server_just_left(log: IO[str], tmp_path: Path) -> None:
+    # An operator restarts a server with --workers 2 on its port. The old server cut
+    # its open stream as it stopped, so the connection waits out TIME_WAIT on the
+    # server's side of the port for up to a minute; the workers must start all the same.
+    with ServeProcess(log, args=["--grace-seconds", "0"]) as plain:
+        port = plain.port
+        with grpc.insecure_channel(plain.target) as channel:
+            live = LiveStream(pb_grpc.ActionRecognitionStub(channel), pb.StreamOptions())
+            live.send(frame_request(jpeg(render(1, seed=1)[0])))
+            assert plain.stop() == 0
+            with pytest.raises(grpc.RpcError):
+                live.outcome()
+    assert _time_wait(port) > 0  # what the restart meets
+    second_log = (tmp_path / "second.log").open("w+")
+    with second_log, ServeProcess(second_log, args=["--workers", "2", "--port", str(port)]) as w:
+        assert w.port == port
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+
+
 def test_a_model_the_workers_cannot_load_is_one_clear_failure(log: IO[str], tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
