@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from actionstream.service.source_allowlist import SourceAllowlist
 from actionstream.settings import setting
 
 # Room for the protobuf framing around a frame's bytes (sequence, timestamp,
@@ -160,6 +161,13 @@ class ServeConfig:
         "cameras and URLs; only on trusted networks",
         group="Operation",
     )
+    source_allowlist: str | None = setting(
+        None,
+        help="with --allow-sources, what WatchSource may open, comma-separated: absolute "
+        "folders (files inside them), URL prefixes (scheme://host[:port][/path]) and camera "
+        "indexes; others get PERMISSION_DENIED. Unset: anything the server can reach",
+        group="Operation",
+    )
     ready_file: str | None = setting(
         None,
         help="once serving, write the bound ports here as JSON "
@@ -169,6 +177,13 @@ class ServeConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.source_allowlist is not None:
+            if not self.allow_sources:
+                raise ValueError(
+                    "source_allowlist narrows what WatchSource opens, which is off: "
+                    "set allow_sources too"
+                )
+            SourceAllowlist.parse(self.source_allowlist)
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535 (0 picks a free one), got {self.port}")
         if not -1 <= self.metrics_port <= 65535:

@@ -30,11 +30,13 @@ from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
 from actionstream.service.frames import FrameError, RejectReason
 from actionstream.service.metrics import Metrics
+from actionstream.service.source_allowlist import SourceAllowlist
 from actionstream.service.sources import (
     AsyncVideoSource,
     SourceBusy,
     SourceError,
     SourceLimits,
+    SourceNotAllowed,
     SourceNotFound,
     SourceOpener,
     SourceTimeout,
@@ -116,6 +118,11 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 max_pixels=cfg.max_frame_pixels,
             ),
             max_threads=2 * cfg.max_streams,
+            allowlist=(
+                None
+                if cfg.source_allowlist is None
+                else SourceAllowlist.parse(cfg.source_allowlist)
+            ),
         )
         m = metrics
         # Every label value exported from the start, at 0: rate() and increase() see
@@ -344,6 +351,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "refused") from e
         except SourceTimeout as e:
             raise _Refused(grpc.StatusCode.DEADLINE_EXCEEDED, str(e), "invalid_source") from e
+        except SourceNotAllowed as e:
+            raise _Refused(grpc.StatusCode.PERMISSION_DENIED, str(e), "invalid_source") from e
         except SourceNotFound as e:
             raise _Refused(grpc.StatusCode.NOT_FOUND, str(e), "invalid_source") from e
         except SourceError as e:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from actionstream.service.source_allowlist import NotAllowed, SourceAllowlist
 from actionstream.service.streams import printable
 
 # Longer sources are refused unread: no path or camera URL needs more, and a source is
@@ -53,6 +54,10 @@ class SourceNotFound(SourceError):
 
 class SourceTimeout(SourceError):
     """The source did not open in time, its wait for its turn included."""
+
+
+class SourceNotAllowed(SourceError):
+    """The server's source allowlist does not name it."""
 
 
 class SourceBusy(SourceError):
@@ -262,8 +267,11 @@ class SourceOpener:
     calls beyond get SourceBusy.
     """
 
-    def __init__(self, limits: SourceLimits, max_threads: int) -> None:
+    def __init__(
+        self, limits: SourceLimits, max_threads: int, allowlist: SourceAllowlist | None = None
+    ) -> None:
         self._limits = limits
+        self._allowlist = allowlist
         self._max_threads = max_threads
         self._lock = threading.Lock()
         self._threads = 0  # sources' threads not yet done, their calls' or left over
@@ -272,6 +280,12 @@ class SourceOpener:
     async def open(self, source: str) -> AsyncVideoSource:
         """Opens `source` under the limits; raises SourceError or one of its kinds."""
         check_text(source)
+        if self._allowlist is not None:
+            try:
+                # A file is opened by its resolved path: a link swapped later cannot count.
+                source = self._allowlist.admit(source)
+            except NotAllowed as e:
+                raise SourceNotAllowed(f"cannot open {printable(source)}: {e}") from None
         self._hold_thread()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source")
         opener = self._network if is_url(source) else executor

@@ -325,3 +325,46 @@ def test_a_watcher_that_stops_reading_is_ended_and_freed(
     finally:
         call.cancel()
         channel.close()
+
+
+def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
+    start_server: StartServer,
+    tmp_path: Path,
+    make_camera: Callable[[Sequence[np.ndarray]], MjpegCamera],
+    closed_address: str,
+) -> None:
+    allowed, elsewhere = tmp_path / "allowed", tmp_path / "elsewhere"
+    allowed.mkdir()
+    elsewhere.mkdir()
+    frames, labels = render_stream(4, seed=5)
+    for folder in (allowed, elsewhere):
+        write_video(frames, labels, folder / "clip.avi", fps=10.0)
+    (allowed / "link.avi").symlink_to(elsewhere / "clip.avi")
+    camera = make_camera(list(render(3, seed=1)))
+    port = camera.url.split(":")[2].split("/")[0]
+    server = start_server(
+        allow_sources=True,
+        metrics_port=0,
+        idle_timeout_seconds=TIMEOUT_S,
+        source_allowlist=f"{allowed}, http://127.0.0.1:{port}/cam.mjpg",
+    )
+    assert len(watch(server, str(allowed / "clip.avi")).predictions) == 4
+    # Three frames, then the camera falls silent and the read times out.
+    assert len(watch(server, camera.url).predictions) == 3
+    refused = {
+        "a file elsewhere": str(elsewhere / "clip.avi"),
+        "a link out of the folder": str(allowed / "link.avi"),
+        "a path that climbs out": f"{allowed}/../elsewhere/clip.avi",
+        "another port": f"http://{closed_address}/cam.mjpg",
+        "another path": camera.url.replace("/cam.mjpg", "/cam.mjpgx"),
+        "a path that climbs out of the prefix": camera.url + "/%2e%2e/admin",
+        "a camera": "0",
+    }
+    for what, source in refused.items():
+        outcome = watch(server, source)
+        assert outcome.code == grpc.StatusCode.PERMISSION_DENIED, (what, outcome)
+        assert "allowlist" in outcome.details, what
+        assert str(allowed) not in outcome.details  # the list itself is not told
+    m = metrics(server)
+    assert m["actionstream_streams_ended_total{reason=invalid_source}"] == len(refused)
+    assert m["actionstream_active_streams"] == 0
