@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import queue
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,8 @@ RECONNECT_PAUSE_S = 1.0
 # Pings that find a server gone without a word (its node lost, the network cut): no
 # connection reset comes then, and without them the call would wait on TCP for many
 # minutes. The server takes pings this often (grpc.http2.min_ping_interval_without_data_ms).
+# After Ctrl-C, how long the source may take to finish a read before it is left behind.
+INTERRUPTED_WAIT_S = 1.0
 KEEPALIVE = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
 
 
@@ -54,6 +58,10 @@ class StreamSummary:
     frames_scored: int | None = None  # answered frames the labels cover; None without labels
     frames_skipped: int = 0  # sent, and skipped by the server (resampled to the model's rate)
     reconnects: int = 0  # new calls opened after the server went away
+    # False when Ctrl-C left the source inside an OpenCV call (a stalled network source
+    # waits out OpenCV's 30-s timeout): end the process with os._exit, as `stream` does,
+    # since an interpreter that exits under that thread aborts.
+    source_released: bool = True
 
 
 class StreamError(Exception):
@@ -113,11 +121,16 @@ class _Feed:
         self.fps = source.fps
         self._lock = threading.Lock()
         self._closed = False
+        self._left = False  # close gave up waiting: the call in flight releases the source
 
     def read(self) -> np.ndarray | None:
         """The next frame; None when the source has ended or the feed is closed."""
         with self._lock:
-            return None if self._closed else self._source.read()
+            if self._closed:
+                return None
+            image = self._source.read()
+            self._release_if_left()
+            return image
 
     def encode(self, image: np.ndarray, quality: int, sequence: int) -> bytes | None:
         """Frame `sequence` as JPEG; None when the feed is closed."""
@@ -125,17 +138,32 @@ class _Feed:
             if self._closed:
                 return None
             ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            self._release_if_left()
         if not ok:
             raise StreamError(f"frame {sequence}: OpenCV could not JPEG-encode it")
         return jpeg.tobytes()
 
-    def close(self) -> None:
+    def close(self, wait_s: float | None = None) -> bool:
         """Waits for a read or encode in flight (OpenCV's own timeouts bound a stuck
-        camera or URL), then releases the source; again is a no-op."""
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._source.close()
+        camera or URL), then releases the source; again is a no-op. With `wait_s`, gives
+        up after that long and returns False: the call in flight releases the source
+        when it returns, and the process must not exit normally before then."""
+        if not self._lock.acquire(timeout=-1 if wait_s is None else wait_s):
+            self._left = True
+            # The call may have returned between the wait and the flag: then it is ours.
+            if not self._lock.acquire(blocking=False):
+                return False
+        try:
+            self._release_if_left(always=True)
+        finally:
+            self._lock.release()
+        return True
+
+    def _release_if_left(self, always: bool = False) -> None:
+        # Under the lock.
+        if (always or self._left) and not self._closed:
+            self._closed = True
+            self._source.close()
 
 
 def _spans(frames: list[int], most: int = 3) -> str:
@@ -186,10 +214,9 @@ def stream_source(
     streamed without a label are warned of.
     """
     truth = read_labels(Path(cfg.labels)) if cfg.labels else None
-    try:
-        source = VideoSource(cfg.source)
-    except SourceError as e:
-        raise StreamError(f"cannot open source: {e}") from None
+    source = _open(cfg.source)
+    if source is None:  # Ctrl-C while it opened
+        return StreamSummary(0, 0, None, None, None, (), interrupted=True, source_released=False)
     feed = _Feed(source)
     try:
         if truth is not None and cfg.labels is not None:
@@ -197,9 +224,44 @@ def stream_source(
             if frames is not None:
                 _warn_uncovered(cfg.labels, truth, min(frames, cfg.max_frames or frames))
         with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
-            return _stream(cfg, feed, truth, channel, on_prediction)
-    finally:
-        feed.close()  # on this thread, before returning: see _Feed
+            return _stream(cfg, feed, truth, channel, on_prediction)  # it closes the feed
+    except KeyboardInterrupt:
+        feed.close(0.0)  # Ctrl-C again: the caller must not wait, nor exit normally
+        raise
+    except BaseException:
+        feed.close()  # on this thread, before raising: see _Feed
+        raise
+
+
+def _open(name: str) -> VideoSource | None:
+    """The opened source; None after Ctrl-C, which a URL's open would hold off for up to
+    OpenCV's 30-s timeout were it on this thread. Raises StreamError if it cannot open."""
+    opened: Future[VideoSource] = Future()
+    lock = threading.Lock()  # whoever comes second closes a source opened too late
+    abandoned = False
+
+    def open_source() -> None:
+        try:
+            source = VideoSource(name)
+        except BaseException as e:
+            opened.set_exception(e)
+            return
+        with lock:
+            opened.set_result(source)
+            if abandoned:
+                source.close()
+
+    threading.Thread(target=open_source, name="source-open", daemon=True).start()
+    try:
+        return opened.result()
+    except SourceError as e:
+        raise StreamError(f"cannot open source: {e}") from None
+    except KeyboardInterrupt:
+        with lock:
+            abandoned = True
+            if opened.done() and opened.exception() is None:
+                opened.result().close()
+        return None
 
 
 def _stream(
@@ -269,6 +331,7 @@ def _stream(
     latencies_ms: list[float] = []
     correct = scored = skipped = reconnects = 0
     interrupted = False
+    released = True
 
     def summary() -> StreamSummary:
         p50, p99 = np.percentile(latencies_ms, [50, 99]) if latencies_ms else (None, None)
@@ -283,6 +346,7 @@ def _stream(
             frames_scored=scored if truth is not None else None,
             frames_skipped=skipped,
             reconnects=reconnects,
+            source_released=released,
         )
 
     def model_rate() -> Resampler | None:
@@ -352,7 +416,8 @@ def _stream(
         ) from None
     finally:
         done.set()
-        feed.close()
+        # After Ctrl-C, a read stuck on a stalled source is not waited out.
+        released = feed.close(INTERRUPTED_WAIT_S if interrupted else None)
     return summary()
 
 
@@ -433,10 +498,24 @@ def run_stream(cfg: StreamConfig) -> int:
     """`actionstream stream`: 0 when the source was streamed to the end, 1 on failure."""
     try:
         summary = stream_source(cfg, None if cfg.quiet else _print_prediction)
+    except KeyboardInterrupt:  # a second Ctrl-C, while the source was being let go
+        print("actionstream stream: interrupted", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
     except StreamError as e:
         if e.summary is not None:
             print_summary(e.summary)
         print(f"actionstream stream: {e}", file=sys.stderr)
         return 1
     print_summary(summary)
+    if not summary.source_released:
+        print(
+            "actionstream stream: stopped without waiting for the source, which was still "
+            "opening or reading (OpenCV gives up on a stalled one after 30 s)",
+            file=sys.stderr,
+        )
+        # A normal exit would unwind under the thread still inside OpenCV, and abort.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     return 130 if summary.interrupted else 0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import queue
+import socket
+import threading
 from collections.abc import Sequence
 
 import cv2
@@ -92,3 +94,37 @@ def assert_matches(
         np.testing.assert_allclose(
             [s.probability for s in prediction.top], p[best], atol=1e-5, err_msg=f"frame {t}"
         )
+
+
+class MjpegCamera:
+    """An HTTP MJPEG camera on 127.0.0.1: sends each client `frames`, then holds on, silent."""
+
+    def __init__(self, frames: Sequence[np.ndarray]) -> None:
+        self._parts = [
+            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
+            % (len(data), data)
+            for data in map(jpeg, frames)
+        ]
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._connections: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/cam.mjpg"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+                self._connections.append(connection)
+                connection.recv(65536)
+                connection.sendall(
+                    b"HTTP/1.0 200 OK\r\n"
+                    b"Content-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
+                    + b"".join(self._parts)
+                )
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._listener.close()
+        for connection in self._connections:
+            connection.close()

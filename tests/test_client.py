@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 import pytest
 from background import BackgroundServer
+from helpers import MjpegCamera, render
 
 from actionstream.serve_process import ServeProcess
 from actionstream.service import client
@@ -555,3 +556,66 @@ def test_an_unreachable_server_never_aborts_the_process(mp4: Path) -> None:
                 f"actionstream stream: cannot reach the server at {target}"
             )
     assert runs >= 15
+
+
+def _interrupt(server: BackgroundServer, source: str, after: str) -> tuple[int, str, str, float]:
+    """`actionstream stream` from `source`, sent SIGINT (Ctrl-C) once its stdout shows
+    `after` (or at once for ""); its exit code, stdout, stderr, and seconds to exit."""
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "actionstream", "stream"),
+            *("--target", f"127.0.0.1:{server.port}", "--source", source),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # As from a terminal: a shell's background job would have Ctrl-C ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out = ""
+    while after and after not in out:
+        line = proc.stdout.readline()
+        assert line, f"ended before {after!r}: {out}{proc.stderr.read()}"
+        out += line
+    time.sleep(1.0)  # into the stalled read or open
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=40)
+    return proc.returncode, out + rest, err, time.monotonic() - start
+
+
+@pytest.mark.parametrize("stall", ["reading", "opening"])
+def test_ctrl_c_leaves_a_stalled_source_at_once(
+    server: BackgroundServer, silent_url: str, stall: str
+) -> None:
+    # OpenCV waits 30 s for a stalled network source, and a thread inside OpenCV cannot be
+    # stopped: the client stops without it, and without the abort a normal exit would
+    # bring (std::terminate as the interpreter unwinds under that thread).
+    camera = MjpegCamera(list(render(5, seed=3)))
+    try:
+        source, after = (camera.url, "frame ") if stall == "reading" else (silent_url, "")
+        code, out, err, seconds = _interrupt(server, source, after)
+    finally:
+        camera.close()
+    assert code == 130, (out, err)
+    assert seconds < 10, seconds
+    assert "stopped without waiting for the source" in err
+    assert ("frames: 5 sent" if after else "frames: 0 sent, 0 answered") in out
+    assert "terminate" not in err and "Traceback" not in err
+
+
+def test_ctrl_c_mid_stream_prints_the_summary(server: BackgroundServer, video: Path) -> None:
+    code, out, err, seconds = _interrupt(server, str(video), "frame      3")
+    assert code == 130, (out, err)
+    assert re.search(r"frames: \d+ sent, \d+ answered", out)
+    assert "stopped without waiting" not in err and "Traceback" not in err
+    assert seconds < 10, seconds
+
+
+@pytest.fixture
+def silent_url() -> Iterator[str]:
+    """An http:// URL on 127.0.0.1 that takes connections and never says a word."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/cam.mjpg"
+    listener.close()

@@ -24,7 +24,7 @@ import grpc
 import numpy as np
 import pytest
 from background import BackgroundServer
-from helpers import jpeg, render
+from helpers import MjpegCamera, render
 
 from actionstream.service.metrics import scrape
 from actionstream.training.synth import render_stream, write_video
@@ -104,40 +104,6 @@ def closed_address() -> str:
     """host:port on 127.0.0.1 where nothing listens (a port just let go)."""
     with socket.create_server(("127.0.0.1", 0)) as listener:
         return f"127.0.0.1:{listener.getsockname()[1]}"
-
-
-class MjpegCamera:
-    """An HTTP MJPEG camera on 127.0.0.1: sends each client `frames`, then holds on, silent."""
-
-    def __init__(self, frames: Sequence[np.ndarray]) -> None:
-        self._parts = [
-            b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
-            % (len(data), data)
-            for data in map(jpeg, frames)
-        ]
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._connections: list[socket.socket] = []
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/cam.mjpg"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                connection, _ = self._listener.accept()
-                self._connections.append(connection)
-                connection.recv(65536)
-                connection.sendall(
-                    b"HTTP/1.0 200 OK\r\n"
-                    b"Content-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
-                    + b"".join(self._parts)
-                )
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._listener.close()
-        for connection in self._connections:
-            connection.close()
 
 
 @pytest.fixture
