@@ -24,15 +24,36 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import unquote
 
-# An authority (user:pass@host:port) of these characters only: one that holds others
-# (a backslash, spaces) may be split differently by FFmpeg than by urlsplit.
-_AUTHORITY = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=:@\[\]-]*")
+_URL = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#]*)"
+    r"(?P<path>[^?#]*)(?:\?(?P<query>[^#]*))?(?P<fragment>#.*)?",
+    re.DOTALL,
+)
+_USERINFO = re.compile(r"[A-Za-z0-9._~%!$&'()*+,;=:-]*")
+_HOST_PORT = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._~!$&'()*+,;=-]+))"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+# FFmpeg reads options from the query of these protocols' URLs itself.
+_OPTION_SCHEMES = frozenset({"tcp", "udp", "rtp", "srt", "rtmp", "rtmps"})
+_PLAYLIST_SUFFIXES = (".m3u8", ".m3u", ".hls")
+_PLAYLIST_STARTS = (b"#EXTM3U", b"ffconcat")
 
 
 class NotAllowed(ValueError):
     """A source, or an allowlist entry, the list refuses, with the reason in words."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Url:
+    scheme: str  # lower case
+    host: str  # lower case, IPv6 without brackets
+    port: int | None
+    path: str
+    query: str | None
+    credentials: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +63,10 @@ class _UrlPrefix:
     port: int | None  # None: any port
     path: str  # "" for the whole host, else "/a/b" with no trailing slash
 
-    def admits(self, url: SplitResult, port: int | None) -> bool:
-        if (url.scheme.lower(), url.hostname) != (self.scheme, self.host):
+    def admits(self, url: _Url) -> bool:
+        if (url.scheme, url.host) != (self.scheme, self.host):
             return False
-        if self.port is not None and port != self.port:
+        if self.port is not None and url.port != self.port:
             return False
         return not self.path or url.path == self.path or url.path.startswith(self.path + "/")
 
@@ -69,7 +90,7 @@ class SourceAllowlist:
                 cameras.add(int(entry))
             elif "://" in entry:
                 urls.append(_url_prefix(entry))
-            elif os.path.isabs(entry):
+            elif os.path.isabs(entry) and not has_control_characters(entry):
                 folders.append(os.path.realpath(entry))
             else:
                 raise NotAllowed(
@@ -83,52 +104,99 @@ class SourceAllowlist:
     def admit(self, source: str) -> str:
         """What to open for `source`: itself, or for a file its resolved path. Raises
         NotAllowed (the reason, never the list) when no entry admits it."""
+        if has_control_characters(source):
+            raise NotAllowed(
+                "that source holds a control character (the source allowlist refuses it)"
+            )
         if source.isascii() and source.isdigit():
             if int(source) in self.cameras:
                 return source
             raise NotAllowed("that camera is not on this server's source allowlist")
         if "://" in source:
-            _check_url(source, self.urls)
+            self._check_url(source)
             return source
         resolved = os.path.realpath(source)
-        for folder in self.folders:
-            if os.path.commonpath([folder, resolved]) == folder:
-                return resolved
-        raise NotAllowed("that file is in no folder on this server's source allowlist")
+        if not any(os.path.commonpath([f, resolved]) == f for f in self.folders):
+            raise NotAllowed("that file is in no folder on this server's source allowlist")
+        _check_not_playlist(resolved)
+        return resolved
+
+    def _check_url(self, source: str) -> None:
+        url = _split(source, "that URL", " (the source allowlist does not take it)")
+        if url.query is not None and url.scheme in _OPTION_SCHEMES:
+            raise NotAllowed(
+                f"that {url.scheme} URL carries options ('?'), which the source allowlist "
+                "does not take"
+            )
+        if not any(prefix.admits(url) for prefix in self.urls):
+            raise NotAllowed("that URL is under no prefix on this server's source allowlist")
+
+
+def has_control_characters(text: str) -> bool:
+    # Parsers part ways over them: Python's urlsplit drops tabs and newlines anywhere,
+    # FFmpeg reads a port as far as its digits go, and a NUL ends FFmpeg's string where
+    # Python's goes on. In a log line, a newline forges another.
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
 
 
 def _url_prefix(entry: str) -> _UrlPrefix:
-    try:
-        url = urlsplit(entry)
-        port = url.port
-    except ValueError as e:
-        raise NotAllowed(f"source allowlist entry {entry!r} is not a URL: {e}") from None
-    if not url.hostname or not _AUTHORITY.fullmatch(url.netloc):
-        raise NotAllowed(f"source allowlist entry {entry!r} names no host")
-    if url.username is not None or url.query or url.fragment:
+    what = f"source allowlist entry {entry!r}"
+    if has_control_characters(entry):
+        raise NotAllowed(f"{what} holds a control character")
+    url = _split(entry, what, "")
+    if url.credentials or url.query is not None:
         raise NotAllowed(
-            f"source allowlist entry {entry!r}: give scheme://host[:port][/path], without "
-            "credentials, query or fragment"
+            f"{what}: give scheme://host[:port][/path], without credentials, query or fragment"
         )
-    _check_path(url.path, f"source allowlist entry {entry!r}", "")
-    return _UrlPrefix(url.scheme.lower(), url.hostname, port, url.path.rstrip("/"))
+    return _UrlPrefix(url.scheme, url.host, url.port, url.path.rstrip("/"))
 
 
-def _check_url(source: str, prefixes: tuple[_UrlPrefix, ...]) -> None:
-    try:
-        url = urlsplit(source)
-        port = url.port
-    except ValueError as e:
-        raise NotAllowed(f"that URL cannot be read for the source allowlist: {e}") from None
-    if not _AUTHORITY.fullmatch(url.netloc) or url.netloc.count("@") > 1:
-        raise NotAllowed("that URL's host part holds characters the source allowlist does not take")
-    _check_path(url.path, "that URL", " (the source allowlist does not take it)")
-    if not any(prefix.admits(url, port) for prefix in prefixes):
-        raise NotAllowed("that URL is under no prefix on this server's source allowlist")
-
-
-def _check_path(path: str, what: str, why: str) -> None:
-    # A server resolves /live/../admin (or %2e%2e) to /admin: a prefix check on the text
-    # would pass what the server then serves from elsewhere.
+def _split(text: str, what: str, why: str) -> _Url:
+    """`text`'s parts as FFmpeg reads them; NotAllowed for anything read otherwise."""
+    match = _URL.fullmatch(text)
+    if match is None:
+        raise NotAllowed(f"{what} is no scheme://host URL{why}")
+    if match["fragment"] is not None:
+        raise NotAllowed(f"{what} has a '#' fragment{why}")
+    userinfo, at, host_port = match["authority"].rpartition("@")
+    if at and (userinfo.count("@") or not _USERINFO.fullmatch(userinfo)):
+        raise NotAllowed(f"{what} has credentials that can be read two ways{why}")
+    host = _HOST_PORT.fullmatch(host_port)
+    if host is None:
+        raise NotAllowed(f"{what} names no host:port that can be read one way only{why}")
+    port = None if host["port"] is None else int(host["port"])
+    if port is not None and not 0 < port < 65536:
+        raise NotAllowed(f"{what} has port {port}, which no host has{why}")
+    path = match["path"]
+    # A server resolves /live/../admin (or %2e%2e) to /admin, and some take a backslash
+    # for a slash or decode twice: a prefix check on the text would pass what the server
+    # then serves from elsewhere.
     if any(part in (".", "..") for part in unquote(path).split("/")):
         raise NotAllowed(f"{what} has a '.' or '..' in its path{why}")
+    if "\\" in path or re.search("%(5c|25)", path, re.IGNORECASE):
+        raise NotAllowed(f"{what} has a backslash or an escaped '%' in its path{why}")
+    return _Url(
+        scheme=match["scheme"].lower(),
+        host=(host["ipv6"] or host["name"]).lower(),
+        port=port,
+        path=path,
+        query=match["query"],
+        credentials=bool(at),
+    )
+
+
+def _check_not_playlist(path: str) -> None:
+    if path.lower().endswith(_PLAYLIST_SUFFIXES):
+        raise NotAllowed("that file is a playlist, which the source allowlist does not take")
+    try:
+        # Without blocking: a FIFO (refused as no regular file once this returns) would
+        # hold a plain open until a writer came.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            start = os.read(fd, 16).lstrip(b"\xef\xbb\xbf")
+        finally:
+            os.close(fd)
+    except OSError:
+        return  # the open that follows says what is wrong with it
+    if start.startswith(_PLAYLIST_STARTS):
+        raise NotAllowed("that file is a playlist, which the source allowlist does not take")

@@ -27,7 +27,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from actionstream.service.source_allowlist import NotAllowed, SourceAllowlist
+from actionstream.service.source_allowlist import (
+    NotAllowed,
+    SourceAllowlist,
+    has_control_characters,
+)
 from actionstream.service.streams import printable
 
 # Longer sources are refused unread: no path or camera URL needs more, and a source is
@@ -83,6 +87,8 @@ def check_text(source: str) -> None:
         raise SourceError(
             f"source is {len(source)} characters long; the server takes at most {MAX_SOURCE_CHARS}"
         )
+    if has_control_characters(source):
+        raise SourceError(f"{printable(source)} holds a control character")
     if is_url(source):
         scheme = source.split("://", 1)[0].lower()
         if scheme not in NETWORK_SCHEMES:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from actionstream.service.config import ServeConfig
 from actionstream.service.source_allowlist import NotAllowed, SourceAllowlist
 
-CAMS = "rtsp://cams.example:554/live, http://[::1]/mjpg/, 2"
+CAMS = "rtsp://cams.example:554/live, http://[::1]/mjpg/, http://[::1]:18081, tcp://cams:9000, 2"
 
 
 @pytest.mark.parametrize(
@@ -17,7 +18,8 @@ CAMS = "rtsp://cams.example:554/live, http://[::1]/mjpg/, 2"
     [
         "rtsp://cams.example:554/live",
         "rtsp://cams.example:554/live/",
-        "rtsp://cams.example:554/live/door?channel=1",
+        "rtsp://cams.example:554/live/door?channel=1",  # rtsp options are the camera's
+        "tcp://cams:9000",
         "RTSP://CAMS.example:554/live/door",  # scheme and host in any case
         "rtsp://admin:secret@cams.example:554/live/door",  # a camera's own credentials
         "http://[::1]:8080/mjpg/a",  # no port in the entry: any
@@ -46,6 +48,20 @@ def test_admitted(source: str) -> None:
         "rtsp://cams.example\\@evil:554/live/x",  # a backslash FFmpeg may split otherwise
         "rtsp://cams.example:99999/live/x",  # no port at all
         "http://[::2]/mjpg/a",
+        # Read one way by urlsplit, another by FFmpeg (which would reach 127.0.0.1:19090, or
+        # port 1808, or port 80): found by a tester, each reached a forbidden server.
+        "http://127.0.0.1:19090[::1]:18081/secret.avi",
+        "http://[::1]x:18081/",
+        "rtsp://cams.example:55\t4/live/door",
+        "rtsp://cams.example:554/live/door\x00",
+        "http://[::1]/mjpg/a#/../../admin",
+        # Options FFmpeg reads itself: a listening socket, a local port of the client's.
+        "tcp://cams:9000?listen=1",
+        "tcp://cams:9000/?listen=1",
+        # Paths some servers read otherwise.
+        "http://[::1]/mjpg/..\\admin",
+        "http://[::1]/mjpg/%5c..%5cadmin",
+        "http://[::1]/mjpg/%252e%252e/admin",
         "0",
         "/etc/passwd",
         "relative/clip.avi",
@@ -78,6 +94,27 @@ def test_files_are_admitted_by_where_they_resolve(tmp_path: Path) -> None:
             allowlist.admit(str(outside))
 
 
+def test_playlists_are_refused_whatever_their_name(tmp_path: Path) -> None:
+    # FFmpeg follows the paths in an HLS playlist to any local file (a tester's playlist
+    # in an allowed folder read a video outside it); ffconcat is refused by its own
+    # safe mode, and refused here too.
+    (tmp_path / "a.m3u8").write_text("#EXTM3U\n")
+    (tmp_path / "b.M3U").write_text("")
+    (tmp_path / "c.avi").write_text("#EXTM3U\n#EXTINF:1,\n/elsewhere/secret.avi\n")
+    (tmp_path / "d.avi").write_text("ffconcat version 1.0\nfile /elsewhere/secret.avi\n")
+    (tmp_path / "e.avi").write_bytes(b"\xef\xbb\xbf#EXTM3U\n")
+    allowlist = SourceAllowlist.parse(str(tmp_path))
+    for name in ("a.m3u8", "b.M3U", "c.avi", "d.avi", "e.avi"):
+        with pytest.raises(NotAllowed, match="is a playlist"):
+            allowlist.admit(str(tmp_path / name))
+
+
+def test_a_fifo_is_looked_at_without_blocking(tmp_path: Path) -> None:
+    # Refused as no regular file by the open that follows; here it must not hang.
+    os.mkfifo(tmp_path / "fifo")
+    assert SourceAllowlist.parse(str(tmp_path)).admit(str(tmp_path / "fifo")).endswith("fifo")
+
+
 @pytest.mark.parametrize(
     ("text", "why"),
     [
@@ -87,7 +124,11 @@ def test_files_are_admitted_by_where_they_resolve(tmp_path: Path) -> None:
         ("rtsp://", "names no host"),
         ("rtsp://user:pw@cams/live", "without credentials"),
         ("http://cams/live?x=1", "without credentials, query or fragment"),
-        ("http://cams:port/", "is not a URL"),
+        ("http://cams:port/", "names no host:port"),
+        ("http://cams:0/", "has port 0"),
+        ("http://cams:65536/", "has port 65536"),
+        ("http://cams/\tx", "holds a control character"),
+        ("http://cams/#x", "without credentials, query or fragment|'#' fragment"),
         ("http://cams/a/../b", "'..' in its path"),
     ],
 )

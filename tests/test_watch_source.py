@@ -131,7 +131,9 @@ def make_camera() -> Iterator[Callable[[Sequence[np.ndarray]], MjpegCamera]]:
         pytest.param("/" + "a" * 5000, grpc.StatusCode.INVALID_ARGUMENT, id="5000-path"),
         pytest.param("/" + "A" * 1_000_000, grpc.StatusCode.INVALID_ARGUMENT, id="1M-path"),
         pytest.param(
-            "/x\n2026-01-01 00:00:00,000 INFO forged line", grpc.StatusCode.NOT_FOUND, id="newline"
+            "/x\n2026-01-01 00:00:00,000 INFO forged line",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            id="newline",
         ),
         # All of it quoted, the status would exceed gRPC's 16 KiB metadata limit.
         pytest.param(
@@ -306,13 +308,17 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
     for folder in (allowed, elsewhere):
         write_video(frames, labels, folder / "clip.avi", fps=10.0)
     (allowed / "link.avi").symlink_to(elsewhere / "clip.avi")
+    # FFmpeg would follow it out of the folder (a tester's read the video elsewhere).
+    (allowed / "list.m3u8").write_text(
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{elsewhere / 'clip.avi'}\n"
+    )
     camera = make_camera(list(render(3, seed=1)))
     port = camera.url.split(":")[2].split("/")[0]
     server = start_server(
         allow_sources=True,
         metrics_port=0,
         idle_timeout_seconds=TIMEOUT_S,
-        source_allowlist=f"{allowed}, http://127.0.0.1:{port}/cam.mjpg",
+        source_allowlist=f"{allowed}, http://127.0.0.1:{port}/cam.mjpg, tcp://{closed_address}",
     )
     assert len(watch(server, str(allowed / "clip.avi")).predictions) == 4
     # Three frames, then the camera falls silent and the read times out.
@@ -325,12 +331,18 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
         "another path": camera.url.replace("/cam.mjpg", "/cam.mjpgx"),
         "a path that climbs out of the prefix": camera.url + "/%2e%2e/admin",
         "a camera": "0",
+        "a playlist": str(allowed / "list.m3u8"),
+        "options that make a listener": f"tcp://{closed_address}?listen=1",
     }
     for what, source in refused.items():
         outcome = watch(server, source)
         assert outcome.code == grpc.StatusCode.PERMISSION_DENIED, (what, outcome)
         assert "allowlist" in outcome.details, what
         assert str(allowed) not in outcome.details  # the list itself is not told
+    # A NUL would end FFmpeg's string early; os.path.realpath raises on it.
+    outcome = watch(server, f"{allowed}/clip.avi\x00x")
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "control character" in outcome.details
     m = metrics(server)
-    assert m["actionstream_streams_ended_total{reason=invalid_source}"] == len(refused)
+    assert m["actionstream_streams_ended_total{reason=invalid_source}"] == len(refused) + 1
     assert m["actionstream_active_streams"] == 0
