@@ -7,6 +7,7 @@ in `__post_init__`; the resolved config is saved beside what its stage writes.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,10 @@ from actionstream.settings import setting
 
 # A run folder, as `train` writes it and `evaluate` / `export` read it.
 DEFAULT_RUN = "runs/default"
+# Decoded frames of the user's videos, kept between runs: in the user's cache folder.
+DEFAULT_FRAME_CACHE = str(
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "actionstream" / "frames"
+)
 # `--init` by name; anything else is a run folder or checkpoint to start from.
 INIT_CHOICES = ("auto", "pretrained", "scratch")
 
@@ -88,7 +93,7 @@ class TrainConfig:
         group="Data",
     )
     cache: str = setting(
-        str(Path.home() / ".cache" / "actionstream" / "frames"),
+        DEFAULT_FRAME_CACHE,
         help="where decoded video frames are kept between epochs and runs",
         group="Data",
     )
@@ -205,7 +210,7 @@ class EvaluateConfig:
         None, help="the frame,label CSV of a --data video (default: the video's name, .csv)"
     )
     cache: str = setting(
-        str(Path.home() / ".cache" / "actionstream" / "frames"),
+        DEFAULT_FRAME_CACHE,
         help="where decoded video frames are kept",
     )
     streams: int = setting(32, help="synthetic: held-out streams, each scored frame by frame")
