@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
+from actionstream.service.workers import STOP_MARGIN_S
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -319,10 +321,11 @@ def test_manifests_fit_together() -> None:
         assert container[probe]["grpc"]["port"] == ports["grpc"], probe
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(ports["metrics"])
 
-    # The kubelet's SIGKILL comes after preStop and the server's own grace.
+    # The kubelet's SIGKILL comes after preStop, the server's own grace, and (with
+    # ACTIONSTREAM_WORKERS above 1) the time its supervisor gives workers after that.
     grace = float(env["ACTIONSTREAM_GRACE_SECONDS"])
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pod["spec"]["terminationGracePeriodSeconds"] > pre_stop + grace
+    assert pod["spec"]["terminationGracePeriodSeconds"] > pre_stop + grace + STOP_MARGIN_S
 
     resources = container["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
