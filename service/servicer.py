@@ -32,6 +32,7 @@ from actionstream.service.frames import FrameError, RejectReason
 from actionstream.service.metrics import Metrics
 from actionstream.service.source_allowlist import SourceAllowlist
 from actionstream.service.sources import (
+    CONTAINER_FORMATS,
     AsyncVideoSource,
     SourceBusy,
     SourceError,
@@ -116,6 +117,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 open_timeout_s=min(cfg.idle_timeout_seconds, _SOURCE_OPEN_TIMEOUT_S),
                 read_timeout_s=cfg.idle_timeout_seconds,
                 max_pixels=cfg.max_frame_pixels,
+                formats=None if cfg.source_allowlist is None else CONTAINER_FORMATS,
             ),
             max_threads=2 * cfg.max_streams,
             allowlist=(

@@ -6,23 +6,36 @@ to open, so on its own it lets a client reach whatever the server's host can
 operator names, as a comma-separated list of entries:
 
 - a folder (an absolute path): files inside it, at any depth, once symbolic
-  links and `..` are resolved; the server then opens the resolved path, so a link
-  swapped after the check cannot lead it elsewhere;
+  links and `..` are resolved (the server opens the resolved path; a link made in
+  the folder between this check and FFmpeg's open is still followed, so the folder
+  must be writable only by the trusted). Playlists (`.m3u8`, `.m3u`, `.hls`, or a
+  file that starts as one) are refused: FFmpeg follows the paths in them anywhere;
 - a URL prefix (`rtsp://cams.example:554/live`): URLs with that scheme and host,
   on that port (any port when the entry names none), whose path is the entry's
-  or under it; credentials in the URL (`rtsp://user:pass@host/...`) are allowed;
+  or under it; credentials in the URL (`rtsp://user:pass@host/...`) are allowed.
+  Options after `?` are refused for the protocols FFmpeg itself reads them for
+  (tcp, udp, rtp, srt, rtmp: `?listen=1` would make the server a listener), and
+  paths for tcp, udp and rtp, where a path would only choose FFmpeg's demuxer;
 - a camera index (`0`).
 
-The text is parsed here without importing OpenCV, so ServeConfig can check it as
-settings are read. What it cannot stop is told in the README: a host that
-redirects, or a playlist (HLS, ffconcat) that names other places, takes FFmpeg
-wherever it says.
+A URL is split here the way FFmpeg splits it (`av_url_split`): the authority
+ends at the first `/`, `?` or `#`, credentials at its last `@`, a `[` opens an
+IPv6 host only where the host starts, and the port is all digits. Anything that
+reads otherwise is refused rather than guessed at: a check that splits a URL
+one way while FFmpeg splits it another lets through a host it never saw.
+
+The text is parsed without importing OpenCV, so ServeConfig checks it as settings
+are read. Demuxers that open further sources as their content says (hls, concat,
+image2, ...) are kept out by FFmpeg's format_whitelist, which the server sets for
+every open under a list (sources.CONTAINER_FORMATS). What none of this stops is
+told in the README: a listed host that redirects takes FFmpeg along.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -38,6 +51,8 @@ _HOST_PORT = re.compile(
 )
 # FFmpeg reads options from the query of these protocols' URLs itself.
 _OPTION_SCHEMES = frozenset({"tcp", "udp", "rtp", "srt", "rtmp", "rtmps"})
+# ...and these have no path: one could only pick FFmpeg's demuxer by its name (x.m3u8).
+_PATHLESS_SCHEMES = frozenset({"tcp", "udp", "rtp"})
 _PLAYLIST_SUFFIXES = (".m3u8", ".m3u", ".hls")
 _PLAYLIST_STARTS = (b"#EXTM3U", b"ffconcat")
 
@@ -115,7 +130,10 @@ class SourceAllowlist:
         if "://" in source:
             self._check_url(source)
             return source
-        resolved = os.path.realpath(source)
+        try:
+            resolved = os.path.realpath(source)
+        except OSError as e:  # a link changed as it was read, a loop: ELOOP, EINVAL
+            raise NotAllowed(f"that path cannot be resolved ({e.strerror})") from None
         if not any(os.path.commonpath([f, resolved]) == f for f in self.folders):
             raise NotAllowed("that file is in no folder on this server's source allowlist")
         _check_not_playlist(resolved)
@@ -127,6 +145,10 @@ class SourceAllowlist:
             raise NotAllowed(
                 f"that {url.scheme} URL carries options ('?'), which the source allowlist "
                 "does not take"
+            )
+        if url.path not in ("", "/") and url.scheme in _PATHLESS_SCHEMES:
+            raise NotAllowed(
+                f"that {url.scheme} URL has a path, which the source allowlist does not take"
             )
         if not any(prefix.admits(url) for prefix in self.urls):
             raise NotAllowed("that URL is under no prefix on this server's source allowlist")
@@ -168,13 +190,18 @@ def _split(text: str, what: str, why: str) -> _Url:
     if port is not None and not 0 < port < 65536:
         raise NotAllowed(f"{what} has port {port}, which no host has{why}")
     path = match["path"]
-    # A server resolves /live/../admin (or %2e%2e) to /admin, and some take a backslash
-    # for a slash or decode twice: a prefix check on the text would pass what the server
-    # then serves from elsewhere.
-    if any(part in (".", "..") for part in unquote(path).split("/")):
+    # A server resolves /live/../admin (or %2e%2e, or Tomcat's /live/..;/) to /admin, and
+    # some take a backslash for a slash, decode twice, or read overlong UTF-8: a prefix
+    # check on the text would pass what the server then serves from elsewhere. FFmpeg's
+    # image2 reads "%%" as "%" (a tester's %%2e%%2e), so every '%' must start an escape.
+    if "\\" in path or re.search("%(?![0-9A-Fa-f]{2})|%(5c|25)", path, re.IGNORECASE):
+        raise NotAllowed(f"{what} has a backslash or a stray or escaped '%' in its path{why}")
+    try:
+        decoded = unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        raise NotAllowed(f"{what} has escapes in its path that are no UTF-8{why}") from None
+    if any(part.split(";", 1)[0] in (".", "..") for part in decoded.split("/")):
         raise NotAllowed(f"{what} has a '.' or '..' in its path{why}")
-    if "\\" in path or re.search("%(5c|25)", path, re.IGNORECASE):
-        raise NotAllowed(f"{what} has a backslash or an escaped '%' in its path{why}")
     return _Url(
         scheme=match["scheme"].lower(),
         host=(host["ipv6"] or host["name"]).lower(),
@@ -189,9 +216,12 @@ def _check_not_playlist(path: str) -> None:
     if path.lower().endswith(_PLAYLIST_SUFFIXES):
         raise NotAllowed("that file is a playlist, which the source allowlist does not take")
     try:
-        # Without blocking: a FIFO (refused as no regular file once this returns) would
-        # hold a plain open until a writer came.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        # Regular files only (anything else is refused once this returns), and without
+        # blocking or following a link put there since: a FIFO would hold a plain open
+        # until a writer came, and opening a device can act on it.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         try:
             start = os.read(fd, 16).lstrip(b"\xef\xbb\xbf")
         finally:

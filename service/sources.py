@@ -16,11 +16,12 @@ and how many.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -75,6 +76,19 @@ class SourceLimits:
     open_timeout_s: float  # OpenCV's open timeout; a call waiting its turn gets twice this
     read_timeout_s: float  # OpenCV's wait for each frame of a file or stream
     max_pixels: int  # the largest frame, width * height
+    # FFmpeg demuxers it may use (its format_whitelist); None: any
+    formats: str | None = None
+
+
+# The demuxers a server under a source allowlist uses: video containers and camera streams.
+# Not those that open further sources as a file or stream tells them (hls, dash, concat,
+# image2's numbered-file patterns, sdp, tee): each goes where the allowlist never looked.
+# A tester reached files outside the allowed folders through hls over an allowed udp
+# port, and another path on an allowed host through image2's `%d` in a URL.
+CONTAINER_FORMATS = "avi,mov,matroska,mpegts,flv,mjpeg,mpjpeg,rtsp,rtp,h264,hevc,mpeg,asf,ogg"
+# OpenCV passes this variable's "key;value|key;value" to FFmpeg at every open.
+_FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_options_lock = threading.Lock()
 
 
 def is_url(source: str) -> bool:
@@ -196,7 +210,8 @@ def _open_named(source: str, limits: SourceLimits | None) -> cv2.VideoCapture:
             max(1, round(limits.read_timeout_s * 1000)),
         ]
         # FFmpeg alone: it reads every file and URL the server takes, and takes timeouts.
-        capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+        with _ffmpeg_formats(limits.formats):
+            capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
     if not capture.isOpened():
         if is_url(source) and limits is not None:
             raise SourceNotFound(
@@ -207,6 +222,27 @@ def _open_named(source: str, limits: SourceLimits | None) -> cv2.VideoCapture:
             raise SourceNotFound(f"could not open stream {quoted}")
         raise SourceError(f"OpenCV cannot read {quoted} as a video")
     return capture
+
+
+@contextlib.contextmanager
+def _ffmpeg_formats(formats: str | None) -> Iterator[None]:
+    """FFmpeg's format_whitelist for the opens inside, beside any options of the
+    operator's own in the variable. OpenCV reads the variable as it opens, and opens one
+    source at a time anyway (FFmpeg's lock), so opens taking turns here lose nothing."""
+    if formats is None:
+        yield
+        return
+    with _options_lock:
+        before = os.environ.get(_FFMPEG_OPTIONS)
+        kept = [p for p in (before or "").split("|") if p and not p.startswith("format_whitelist;")]
+        os.environ[_FFMPEG_OPTIONS] = "|".join([*kept, f"format_whitelist;{formats}"])
+        try:
+            yield
+        finally:
+            if before is None:
+                del os.environ[_FFMPEG_OPTIONS]
+            else:
+                os.environ[_FFMPEG_OPTIONS] = before
 
 
 def _check_file(path: str, limits: SourceLimits | None) -> None:

@@ -20,6 +20,7 @@ CAMS = "rtsp://cams.example:554/live, http://[::1]/mjpg/, http://[::1]:18081, tc
         "rtsp://cams.example:554/live/",
         "rtsp://cams.example:554/live/door?channel=1",  # rtsp options are the camera's
         "tcp://cams:9000",
+        "tcp://cams:9000/",
         "RTSP://CAMS.example:554/live/door",  # scheme and host in any case
         "rtsp://admin:secret@cams.example:554/live/door",  # a camera's own credentials
         "http://[::1]:8080/mjpg/a",  # no port in the entry: any
@@ -62,6 +63,10 @@ def test_admitted(source: str) -> None:
         "http://[::1]/mjpg/..\\admin",
         "http://[::1]/mjpg/%5c..%5cadmin",
         "http://[::1]/mjpg/%252e%252e/admin",
+        "http://[::1]/mjpg/%%2e%%2e/private/img%d.jpg",  # image2 reads %% as %
+        "http://[::1]/mjpg/..;/admin",  # Tomcat's ..
+        "http://[::1]/mjpg/%c0%ae%c0%ae/admin",  # overlong UTF-8 for ..
+        "tcp://cams:9000/x.m3u8",  # no path in tcp: it would only choose FFmpeg's demuxer
         "0",
         "/etc/passwd",
         "relative/clip.avi",

@@ -24,7 +24,7 @@ import grpc
 import numpy as np
 import pytest
 from background import BackgroundServer
-from helpers import MjpegCamera, render
+from helpers import MjpegCamera, jpeg, render
 
 from actionstream.service.metrics import scrape
 from actionstream.training.synth import render_stream, write_video
@@ -312,6 +312,11 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
     (allowed / "list.m3u8").write_text(
         f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{elsewhere / 'clip.avi'}\n"
     )
+    # Numbered images, and a regular file named as FFmpeg's image2 pattern for them: the
+    # demuxer would read img0.jpg, img1.jpg, ... (which links could lead anywhere).
+    for i, image in enumerate(render(3, seed=2)):
+        (allowed / f"img{i}.jpg").write_bytes(jpeg(image))
+    (allowed / "img%d.jpg").write_bytes(jpeg(render(1, seed=2)[0]))
     camera = make_camera(list(render(3, seed=1)))
     port = camera.url.split(":")[2].split("/")[0]
     server = start_server(
@@ -339,10 +344,14 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
         assert outcome.code == grpc.StatusCode.PERMISSION_DENIED, (what, outcome)
         assert "allowlist" in outcome.details, what
         assert str(allowed) not in outcome.details  # the list itself is not told
+    # Only video containers and camera streams: no image2, hls, concat, ...
+    outcome = watch(server, str(allowed / "img%d.jpg"))
+    assert (outcome.code, outcome.predictions) == (grpc.StatusCode.INVALID_ARGUMENT, [])
+    assert "cannot read" in outcome.details
     # A NUL would end FFmpeg's string early; os.path.realpath raises on it.
     outcome = watch(server, f"{allowed}/clip.avi\x00x")
     assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "control character" in outcome.details
     m = metrics(server)
-    assert m["actionstream_streams_ended_total{reason=invalid_source}"] == len(refused) + 1
+    assert m["actionstream_streams_ended_total{reason=invalid_source}"] == len(refused) + 2
     assert m["actionstream_active_streams"] == 0
