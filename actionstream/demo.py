@@ -19,7 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actionstream.demo_config import DemoConfig
 from actionstream.serve_process import ServeProcess, ServeProcessError
-from actionstream.service.client import StreamError, StreamSummary, stream_source
+from actionstream.service.client import (
+    StreamError,
+    StreamSummary,
+    leave_if_source_held,
+    stream_source,
+)
 from actionstream.service.config import StreamConfig
 from actionstream.training.synth import SynthConfig, render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
@@ -124,6 +129,7 @@ def _run(cfg: DemoConfig, out: Path, log: IO[str]) -> int:
             return 1
         _summary(info, summary, scraped, elapsed)
         code = server.stop()
+    leave_if_source_held(summary, "actionstream demo")  # the server is stopped first
     if code != 0:
         print(
             f"actionstream demo: the server exited with {code}; its log: {log.name}",

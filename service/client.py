@@ -39,9 +39,9 @@ RECONNECT_PAUSE_S = 1.0
 # Pings that find a server gone without a word (its node lost, the network cut): no
 # connection reset comes then, and without them the call would wait on TCP for many
 # minutes. The server takes pings this often (grpc.http2.min_ping_interval_without_data_ms).
+KEEPALIVE = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
 # After Ctrl-C, how long the source may take to finish a read before it is left behind.
 INTERRUPTED_WAIT_S = 1.0
-KEEPALIVE = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
 
 
 @dataclass(frozen=True)
@@ -416,8 +416,13 @@ def _stream(
         ) from None
     finally:
         done.set()
-        # After Ctrl-C, a read stuck on a stalled source is not waited out.
-        released = feed.close(INTERRUPTED_WAIT_S if interrupted else None)
+        # After Ctrl-C, a read stuck on a stalled source is not waited out; after a
+        # second one, not at all (the summary is still printed).
+        try:
+            released = feed.close(INTERRUPTED_WAIT_S if interrupted else None)
+        except KeyboardInterrupt:
+            interrupted = True
+            released = feed.close(0.0)
     return summary()
 
 
@@ -508,14 +513,20 @@ def run_stream(cfg: StreamConfig) -> int:
         print(f"actionstream stream: {e}", file=sys.stderr)
         return 1
     print_summary(summary)
-    if not summary.source_released:
-        print(
-            "actionstream stream: stopped without waiting for the source, which was still "
-            "opening or reading (OpenCV gives up on a stalled one after 30 s)",
-            file=sys.stderr,
-        )
-        # A normal exit would unwind under the thread still inside OpenCV, and abort.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(130)
+    leave_if_source_held(summary, "actionstream stream")
     return 130 if summary.interrupted else 0
+
+
+def leave_if_source_held(summary: StreamSummary, prog: str) -> None:
+    """Ends the process at once (exit code 130) when Ctrl-C left the source inside an
+    OpenCV call: a normal exit would unwind under that thread, and abort."""
+    if summary.source_released:
+        return
+    print(
+        f"{prog}: stopped without waiting for the source, which was still opening or "
+        "reading (OpenCV gives up on a stalled one after 30 s)",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)

@@ -130,6 +130,10 @@ class SourceAllowlist:
         if "://" in source:
             self._check_url(source)
             return source
+        # Refused, not resolved: realpath would take /elsewhere/x/../.. one way or another
+        # by whether x is a link, and so tell a client what lies outside the folders.
+        if any(part in (".", "..") for part in source.split("/")):
+            raise NotAllowed("that path has a '.' or '..' in it (the source allowlist refuses it)")
         try:
             resolved = os.path.realpath(source)
         except OSError as e:  # a link changed as it was read, a loop: ELOOP, EINVAL

@@ -115,19 +115,22 @@ def check_text(source: str) -> None:
 class VideoSource:
     """An open cv2.VideoCapture; `source` is "0" (camera index), a path, or a URL."""
 
-    def __init__(self, source: str, limits: SourceLimits | None = None) -> None:
-        """Opens the source now; raises SourceError (or SourceNotFound) if it cannot."""
+    def __init__(
+        self, source: str, limits: SourceLimits | None = None, shown: str | None = None
+    ) -> None:
+        """Opens the source now; raises SourceError (or SourceNotFound) if it cannot.
+        `shown` is what messages call it (the client's own words for a resolved path)."""
         if not source.strip():
             raise SourceError("source is empty; give a camera index, a video file or a URL")
         if limits is not None:
             check_text(source)
-        self.source = source
+        self.source = source if shown is None else shown
         self._max_pixels = limits.max_pixels if limits is not None else None
         # ASCII digits only: "²".isdigit() is true, yet int() refuses it.
         if source.isascii() and source.isdigit():
             self._capture = _open_camera(source, limits)
         else:
-            self._capture = _open_named(source, limits)
+            self._capture = _open_named(source, limits, self.source)
         if self._max_pixels is not None:
             self._check_reported_size()
 
@@ -195,11 +198,11 @@ def _open_camera(source: str, limits: SourceLimits | None) -> cv2.VideoCapture:
     return capture
 
 
-def _open_named(source: str, limits: SourceLimits | None) -> cv2.VideoCapture:
+def _open_named(source: str, limits: SourceLimits | None, shown: str) -> cv2.VideoCapture:
     """Opens a file or URL; under limits, FFmpeg with timeouts, and regular files only."""
-    quoted = _quote(source, limits)
+    quoted = _quote(shown, limits)
     if not is_url(source):
-        _check_file(source, limits)
+        _check_file(source, limits, quoted)
     if limits is None:
         capture = cv2.VideoCapture(source)
     else:
@@ -245,9 +248,8 @@ def _ffmpeg_formats(formats: str | None) -> Iterator[None]:
                 os.environ[_FFMPEG_OPTIONS] = before
 
 
-def _check_file(path: str, limits: SourceLimits | None) -> None:
+def _check_file(path: str, limits: SourceLimits | None, quoted: str) -> None:
     """Refuses a path that names nothing, or (for the server) no regular file."""
-    quoted = _quote(path, limits)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
@@ -322,16 +324,12 @@ class SourceOpener:
     async def open(self, source: str) -> AsyncVideoSource:
         """Opens `source` under the limits; raises SourceError or one of its kinds."""
         check_text(source)
-        if self._allowlist is not None:
-            try:
-                # A file is opened by its resolved path: a link swapped later cannot count.
-                source = self._allowlist.admit(source)
-            except NotAllowed as e:
-                raise SourceNotAllowed(f"cannot open {printable(source)}: {e}") from None
         self._hold_thread()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source")
         opener = self._network if is_url(source) else executor
-        future = opener.submit(VideoSource, source, self._limits)
+        # On the source's thread: the allowlist resolves a path on the file system, which
+        # on a hung network mount would stall every stream of the event loop.
+        future = opener.submit(self._admit_and_open, source)
         deadline_s = 2 * self._limits.open_timeout_s
         try:
             async with asyncio.timeout(deadline_s):
@@ -345,6 +343,16 @@ class SourceOpener:
                 ) from None
             raise
         return AsyncVideoSource(opened, executor, self._free_thread)
+
+    def _admit_and_open(self, source: str) -> VideoSource:
+        if self._allowlist is None:
+            return VideoSource(source, self._limits)
+        try:
+            # A file is opened by its resolved path; messages name it as the client did.
+            admitted = self._allowlist.admit(source)
+        except NotAllowed as e:
+            raise SourceNotAllowed(f"cannot open {printable(source)}: {e}") from None
+        return VideoSource(admitted, self._limits, shown=source)
 
     def close(self) -> None:
         """Drops network opens still waiting; one in flight runs on to its timeout."""

@@ -177,12 +177,15 @@ def _reserve_port(host: str, port: int) -> socket.socket:
     except OSError as e:
         raise ServeError(f"cannot listen on {address(host, port)}: {e}") from None
     try:
-        # SO_REUSEADDR as gRPC sets it on its own listeners: without it, the connections a
-        # server on this port closed moments ago (TIME_WAIT, up to a minute) refuse the
-        # bind, so a restart from one worker to several would fail until they expire.
+        # SO_REUSEADDR for the bind: without it, the connections a server on this port
+        # closed moments ago (TIME_WAIT, up to a minute) refuse it, so a restart from one
+        # process to several would fail until they expire. Cleared once bound: a bound,
+        # not listening socket with it lets any other SO_REUSEADDR socket (a plain
+        # server's, any user's) take the port while the workers start.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(where)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 0)
     except OSError as e:
         sock.close()
         raise ServeError(f"cannot listen on {address(host, port)}: {e.strerror}") from None

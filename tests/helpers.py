@@ -107,6 +107,7 @@ class MjpegCamera:
         ]
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._connections: list[socket.socket] = []
+        self.sent = threading.Event()  # a client has been sent every frame
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}/cam.mjpg"
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -121,6 +122,7 @@ class MjpegCamera:
                     b"Content-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
                     + b"".join(self._parts)
                 )
+                self.sent.set()
             except OSError:
                 return
 

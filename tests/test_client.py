@@ -558,9 +558,15 @@ def test_an_unreachable_server_never_aborts_the_process(mp4: Path) -> None:
     assert runs >= 15
 
 
-def _interrupt(server: BackgroundServer, source: str, after: str) -> tuple[int, str, str, float]:
+def _interrupt(
+    server: BackgroundServer,
+    source: str,
+    after: str,
+    ready: Callable[[], None] = lambda: None,
+    times: int = 1,
+) -> tuple[int, str, str, float]:
     """`actionstream stream` from `source`, sent SIGINT (Ctrl-C) once its stdout shows
-    `after` (or at once for ""); its exit code, stdout, stderr, and seconds to exit."""
+    `after` and `ready` has returned; its exit code, stdout, stderr, and seconds to exit."""
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "actionstream", "stream"),
@@ -578,30 +584,48 @@ def _interrupt(server: BackgroundServer, source: str, after: str) -> tuple[int, 
         line = proc.stdout.readline()
         assert line, f"ended before {after!r}: {out}{proc.stderr.read()}"
         out += line
-    time.sleep(1.0)  # into the stalled read or open
+    ready()
+    time.sleep(0.5)  # on into the stalled read or open
     start = time.monotonic()
-    proc.send_signal(signal.SIGINT)
+    for _ in range(times):  # Ctrl-C pressed again, impatient
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
     rest, err = proc.communicate(timeout=40)
     return proc.returncode, out + rest, err, time.monotonic() - start
 
 
-@pytest.mark.parametrize("stall", ["reading", "opening"])
+@pytest.mark.parametrize(("stall", "times"), [("reading", 1), ("reading", 2), ("opening", 1)])
 def test_ctrl_c_leaves_a_stalled_source_at_once(
-    server: BackgroundServer, silent_url: str, stall: str
+    server: BackgroundServer, stall: str, times: int
 ) -> None:
     # OpenCV waits 30 s for a stalled network source, and a thread inside OpenCV cannot be
     # stopped: the client stops without it, and without the abort a normal exit would
     # bring (std::terminate as the interpreter unwinds under that thread).
     camera = MjpegCamera(list(render(5, seed=3)))
+    silent = socket.create_server(("127.0.0.1", 0))
+    silent.settimeout(60)
+    held: list[socket.socket] = []
+
+    def camera_done() -> None:
+        assert camera.sent.wait(60)
+
+    def connected() -> None:  # the client is inside OpenCV's open, which waits on us
+        held.append(silent.accept()[0])
+
     try:
-        source, after = (camera.url, "frame ") if stall == "reading" else (silent_url, "")
-        code, out, err, seconds = _interrupt(server, source, after)
+        if stall == "reading":
+            code, out, err, seconds = _interrupt(server, camera.url, "frame ", camera_done, times)
+        else:
+            url = f"http://127.0.0.1:{silent.getsockname()[1]}/cam.mjpg"
+            code, out, err, seconds = _interrupt(server, url, "", connected)
     finally:
         camera.close()
+        for connection in [*held, silent]:
+            connection.close()
     assert code == 130, (out, err)
     assert seconds < 10, seconds
     assert "stopped without waiting for the source" in err
-    assert ("frames: 5 sent" if after else "frames: 0 sent, 0 answered") in out
+    assert ("frames: 5 sent" if stall == "reading" else "frames: 0 sent, 0 answered") in out
     assert "terminate" not in err and "Traceback" not in err
 
 
@@ -611,11 +635,3 @@ def test_ctrl_c_mid_stream_prints_the_summary(server: BackgroundServer, video: P
     assert re.search(r"frames: \d+ sent, \d+ answered", out)
     assert "stopped without waiting" not in err and "Traceback" not in err
     assert seconds < 10, seconds
-
-
-@pytest.fixture
-def silent_url() -> Iterator[str]:
-    """An http:// URL on 127.0.0.1 that takes connections and never says a word."""
-    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/cam.mjpg"
-    listener.close()

@@ -89,14 +89,18 @@ def test_files_are_admitted_by_where_they_resolve(tmp_path: Path) -> None:
     # The resolved path is what the server opens.
     assert allowlist.admit(str(videos / "day1" / "a.avi")) == str(videos / "day1" / "a.avi")
     assert allowlist.admit(str(videos / "in.avi")) == str(videos / "day1" / "a.avi")
-    assert allowlist.admit(f"{videos}/day1/../day1/a.avi") == str(videos / "day1" / "a.avi")
-    for outside in [
-        videos / "out.avi",
-        other / "b.avi",  # shares the folder's name as a prefix
-        videos / ".." / "videos-other" / "b.avi",
-    ]:
+    for outside in [videos / "out.avi", other / "b.avi"]:  # the other shares a prefix
         with pytest.raises(NotAllowed, match="no folder on this server's source allowlist"):
             allowlist.admit(str(outside))
+    # Whether /x/../ resolves into a folder depends on whether x is a link: refused
+    # outright, so that the answer tells nothing of what lies outside.
+    for dotted in [
+        f"{videos}/day1/../day1/a.avi",
+        f"{other}/../videos/in.avi",
+        f"{videos}/./in.avi",
+    ]:
+        with pytest.raises(NotAllowed, match=r"'\.' or '\.\.'"):
+            allowlist.admit(dotted)
 
 
 def test_playlists_are_refused_whatever_their_name(tmp_path: Path) -> None:

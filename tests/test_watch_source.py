@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -296,12 +298,15 @@ def test_a_watcher_that_stops_reading_is_ended_and_freed(
 
 
 def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
+    request: pytest.FixtureRequest,
     start_server: StartServer,
     tmp_path: Path,
     make_camera: Callable[[Sequence[np.ndarray]], MjpegCamera],
     closed_address: str,
 ) -> None:
     allowed, elsewhere = tmp_path / "allowed", tmp_path / "elsewhere"
+    short = Path(tempfile.mkdtemp(prefix="as-"))
+    request.addfinalizer(lambda: shutil.rmtree(short))
     allowed.mkdir()
     elsewhere.mkdir()
     frames, labels = render_stream(4, seed=5)
@@ -323,7 +328,9 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
         allow_sources=True,
         metrics_port=0,
         idle_timeout_seconds=TIMEOUT_S,
-        source_allowlist=f"{allowed}, http://127.0.0.1:{port}/cam.mjpg, tcp://{closed_address}",
+        source_allowlist=(
+            f"{allowed}, {short}, http://127.0.0.1:{port}/cam.mjpg, tcp://{closed_address}"
+        ),
     )
     assert len(watch(server, str(allowed / "clip.avi")).predictions) == 4
     # Three frames, then the camera falls silent and the read times out.
@@ -344,6 +351,15 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
         assert outcome.code == grpc.StatusCode.PERMISSION_DENIED, (what, outcome)
         assert "allowlist" in outcome.details, what
         assert str(allowed) not in outcome.details  # the list itself is not told
+    # A link in a folder is opened where it leads, and named as the client named it (a
+    # folder with a short name, as statuses quote a source cut to 64 characters).
+    (short / "archive").mkdir()
+    (short / "now.avi").symlink_to(short / "archive" / "gone.avi")
+    outcome = watch(server, str(short / "now.avi"))
+    assert (outcome.code, outcome.details) == (
+        grpc.StatusCode.NOT_FOUND,
+        f"no such video file: {short / 'now.avi'}",
+    )
     # Only video containers and camera streams: no image2, hls, concat, ...
     outcome = watch(server, str(allowed / "img%d.jpg"))
     assert (outcome.code, outcome.predictions) == (grpc.StatusCode.INVALID_ARGUMENT, [])
@@ -353,5 +369,5 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
     assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "control character" in outcome.details
     m = metrics(server)
-    assert m["actionstream_streams_ended_total{reason=invalid_source}"] == len(refused) + 2
+    assert m["actionstream_streams_ended_total{reason=invalid_source}"] == len(refused) + 3
     assert m["actionstream_active_streams"] == 0

@@ -18,6 +18,7 @@ from helpers import LiveStream, assert_matches, frame_request, jpeg, render
 from actionstream.serve_process import ServeProcess, ServeProcessError
 from actionstream.service.metrics import scrape
 from actionstream.service.model import OnnxStepModel
+from actionstream.service.workers import _reserve_port
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -192,22 +193,28 @@ def _time_wait(port: int) -> int:
     return count
 
 
-def test_workers_start_on_a_port_a_plain_server_just_left(log: IO[str], tmp_path: Path) -> None:
-    # An operator restarts a server with --workers 2 on its port. The old server cut
-    # its open stream as it stopped, so the connection waits out TIME_WAIT on the
-    # server's side of the port for up to a minute; the workers must start all the same.
-    with ServeProcess(log, args=["--grace-seconds", "0"]) as plain:
-        port = plain.port
-        with grpc.insecure_channel(plain.target) as channel:
-            live = LiveStream(pb_grpc.ActionRecognitionStub(channel), pb.StreamOptions())
-            live.send(frame_request(jpeg(render(1, seed=1)[0])))
-            assert plain.stop() == 0
-            with pytest.raises(grpc.RpcError):
-                live.outcome()
-    assert _time_wait(port) > 0  # what the restart meets
-    second_log = (tmp_path / "second.log").open("w+")
-    with second_log, ServeProcess(second_log, args=["--workers", "2", "--port", str(port)]) as w:
-        assert w.port == port
+def _left_in_time_wait() -> int:
+    """A loopback port whose last server closed a connection first, as a server that
+    stops cuts its streams: that connection waits out TIME_WAIT (up to a minute) on the
+    port. The listener is a plain server's: SO_REUSEADDR, no SO_REUSEPORT."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port: int = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server's side first
+            assert client.recv(1) == b""
+    assert _time_wait(port) > 0
+    return port
+
+
+def test_workers_start_on_a_port_a_plain_server_just_left(log: IO[str]) -> None:
+    # An operator restarts a server with --workers 2 on its port.
+    port = _left_in_time_wait()
+    with ServeProcess(log, args=["--workers", "2", "--port", str(port)]) as workers:
+        assert workers.port == port
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
 
@@ -223,3 +230,17 @@ def test_a_model_the_workers_cannot_load_is_one_clear_failure(log: IO[str], tmp_
     assert text.count("bad.onnx: not a loadable ONNX model") == 1, text
     assert "actionstream serve: " in text
     assert "Traceback" not in text
+
+
+def test_the_reserved_port_is_held_against_plain_listeners() -> None:
+    # Between the supervisor's bind and the workers' listen (model loading: up to two
+    # minutes) a plain server (SO_REUSEADDR, as gRPC's own) must not take the port.
+    reserved = _reserve_port("127.0.0.1", 0)
+    port = reserved.getsockname()[1]
+    try:
+        with socket.socket() as plain:
+            plain.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError, match="Address already in use"):
+                plain.bind(("127.0.0.1", port))
+    finally:
+        reserved.close()
