@@ -6,10 +6,10 @@ to open, so on its own it lets a client reach whatever the server's host can
 operator names, as a comma-separated list of entries:
 
 - a folder (an absolute path): files inside it, at any depth, once symbolic
-  links and `..` are resolved (the server opens the resolved path; a link made in
-  the folder between this check and FFmpeg's open is still followed, so the folder
-  must be writable only by the trusted). Playlists (`.m3u8`, `.m3u`, `.hls`, or a
-  file that starts as one) are refused: FFmpeg follows the paths in them anywhere;
+  links are resolved (`.` and `..` are refused), opened here with no link followed
+  and handed to FFmpeg as that open file (`opened`). Playlists (`.m3u8`, `.m3u`,
+  `.hls`, or a file that starts as one) are refused: FFmpeg follows the paths in
+  them anywhere;
 - a URL prefix (`rtsp://cams.example:554/live`): URLs with that scheme and host,
   on that port (any port when the entry names none), whose path is the entry's
   or under it; credentials in the URL (`rtsp://user:pass@host/...`) are allowed.
@@ -33,9 +33,11 @@ told in the README: a listed host that redirects takes FFmpeg along.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -54,6 +56,9 @@ _OPTION_SCHEMES = frozenset({"tcp", "udp", "rtp", "srt", "rtmp", "rtmps"})
 # ...and these have no path: one could only pick FFmpeg's demuxer by its name (x.m3u8).
 _PATHLESS_SCHEMES = frozenset({"tcp", "udp", "rtp"})
 _PLAYLIST_SUFFIXES = (".m3u8", ".m3u", ".hls")
+_PLAYLIST = "that file is a playlist, which the source allowlist does not take"
+# Linux's names for a process's open files: FFmpeg opens the very file checked here.
+_FDS = "/proc/self/fd"
 _PLAYLIST_STARTS = (b"#EXTM3U", b"ffconcat")
 
 
@@ -140,8 +145,35 @@ class SourceAllowlist:
             raise NotAllowed(f"that path cannot be resolved ({e.strerror})") from None
         if not any(os.path.commonpath([f, resolved]) == f for f in self.folders):
             raise NotAllowed("that file is in no folder on this server's source allowlist")
-        _check_not_playlist(resolved)
+        if resolved.lower().endswith(_PLAYLIST_SUFFIXES):
+            raise NotAllowed(_PLAYLIST)
         return resolved
+
+    @contextlib.contextmanager
+    def opened(self, source: str) -> Iterator[str]:
+        """`admit`, and for a file more: the name to hand FFmpeg while inside.
+
+        The file is opened here, from its folder down with no link followed, checked
+        (a regular file, no playlist by its content) and handed on as /proc/self/fd/N:
+        what FFmpeg reads is what was checked, whatever is swapped in the folder
+        meanwhile (a tester's loop swapping a file for a link won 23 times in 60 when
+        FFmpeg opened the path itself)."""
+        admitted = self.admit(source)
+        if "://" in source or source.isdigit() or not os.path.isdir(_FDS):
+            yield admitted
+            return
+        folder = next(f for f in self.folders if os.path.commonpath([f, admitted]) == f)
+        fd = _open_beneath(folder, os.path.relpath(admitted, folder))
+        if fd is None:  # nothing there: the open that follows says so
+            yield admitted
+            return
+        try:
+            start = os.pread(fd, 16, 0).lstrip(b"\xef\xbb\xbf")
+            if start.startswith(_PLAYLIST_STARTS):
+                raise NotAllowed(_PLAYLIST)
+            yield f"{_FDS}/{fd}"
+        finally:
+            os.close(fd)
 
     def _check_url(self, source: str) -> None:
         url = _split(source, "that URL", " (the source allowlist does not take it)")
@@ -216,21 +248,28 @@ def _split(text: str, what: str, why: str) -> _Url:
     )
 
 
-def _check_not_playlist(path: str) -> None:
-    if path.lower().endswith(_PLAYLIST_SUFFIXES):
-        raise NotAllowed("that file is a playlist, which the source allowlist does not take")
+def _open_beneath(folder: str, relative: str) -> int | None:
+    """`relative` opened read-only below `folder`, following no link on the way (one
+    put there since the path was resolved); None if nothing is there. NotAllowed for a
+    link, or for anything but a regular file (a FIFO would block the open, and
+    opening a device can act on it)."""
+    parts = relative.split(os.sep)
+    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        # Regular files only (anything else is refused once this returns), and without
-        # blocking or following a link put there since: a FIFO would hold a plain open
-        # until a writer came, and opening a device can act on it.
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-        try:
-            start = os.read(fd, 16).lstrip(b"\xef\xbb\xbf")
-        finally:
-            os.close(fd)
-    except OSError:
-        return  # the open that follows says what is wrong with it
-    if start.startswith(_PLAYLIST_STARTS):
-        raise NotAllowed("that file is a playlist, which the source allowlist does not take")
+        for part in parts[:-1]:
+            inner = os.open(
+                part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory
+            )
+            os.close(directory)
+            directory = inner
+        mode = os.stat(parts[-1], dir_fd=directory, follow_symlinks=False).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotAllowed("that source is no regular file (the source allowlist refuses it)")
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        return os.open(parts[-1], flags, dir_fd=directory)
+    except FileNotFoundError:
+        return None
+    except OSError as e:  # ELOOP, ENOTDIR: a link where the path had none
+        raise NotAllowed(f"that file changed as it was opened ({e.strerror})") from None
+    finally:
+        os.close(directory)

@@ -348,11 +348,12 @@ class SourceOpener:
         if self._allowlist is None:
             return VideoSource(source, self._limits)
         try:
-            # A file is opened by its resolved path; messages name it as the client did.
-            admitted = self._allowlist.admit(source)
+            # A file is opened as the allowlist checked it; messages name it as the
+            # client did.
+            with self._allowlist.opened(source) as admitted:
+                return VideoSource(admitted, self._limits, shown=source)
         except NotAllowed as e:
             raise SourceNotAllowed(f"cannot open {printable(source)}: {e}") from None
-        return VideoSource(admitted, self._limits, shown=source)
 
     def close(self) -> None:
         """Drops network opens still waiting; one in flight runs on to its timeout."""

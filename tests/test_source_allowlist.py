@@ -114,14 +114,35 @@ def test_playlists_are_refused_whatever_their_name(tmp_path: Path) -> None:
     (tmp_path / "e.avi").write_bytes(b"\xef\xbb\xbf#EXTM3U\n")
     allowlist = SourceAllowlist.parse(str(tmp_path))
     for name in ("a.m3u8", "b.M3U", "c.avi", "d.avi", "e.avi"):
-        with pytest.raises(NotAllowed, match="is a playlist"):
-            allowlist.admit(str(tmp_path / name))
+        with (
+            pytest.raises(NotAllowed, match="is a playlist"),
+            allowlist.opened(str(tmp_path / name)),
+        ):
+            pass
 
 
-def test_a_fifo_is_looked_at_without_blocking(tmp_path: Path) -> None:
-    # Refused as no regular file by the open that follows; here it must not hang.
+def test_a_file_is_handed_on_as_checked(tmp_path: Path) -> None:
+    (tmp_path / "a.avi").write_bytes(b"RIFF")
+    allowlist = SourceAllowlist.parse(str(tmp_path))
+    with allowlist.opened(str(tmp_path / "a.avi")) as name:
+        assert name.startswith("/proc/self/fd/")
+        (tmp_path / "a.avi").unlink()  # swapped meanwhile: what was checked is what is read
+        (tmp_path / "a.avi").symlink_to("/etc/hostname")
+        assert Path(name).read_bytes() == b"RIFF"
+    # Nothing there: handed on by name, for the open to say so.
+    with allowlist.opened(str(tmp_path / "gone.avi")) as name:
+        assert name == str(tmp_path / "gone.avi")
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    # Opened, a FIFO with no writer would block; a device could act on the open.
     os.mkfifo(tmp_path / "fifo")
-    assert SourceAllowlist.parse(str(tmp_path)).admit(str(tmp_path / "fifo")).endswith("fifo")
+    allowlist = SourceAllowlist.parse(str(tmp_path))
+    with (
+        pytest.raises(NotAllowed, match="no regular file"),
+        allowlist.opened(str(tmp_path / "fifo")),
+    ):
+        pass
 
 
 @pytest.mark.parametrize(
