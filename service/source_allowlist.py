@@ -66,6 +66,10 @@ class NotAllowed(ValueError):
     """A source, or an allowlist entry, the list refuses, with the reason in words."""
 
 
+class NoSuchFile(Exception):
+    """A listed folder holds nothing by that name."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Url:
     scheme: str  # lower case
@@ -159,16 +163,20 @@ class SourceAllowlist:
         meanwhile (a tester's loop swapping a file for a link won 23 times in 60 when
         FFmpeg opened the path itself)."""
         admitted = self.admit(source)
-        if "://" in source or source.isdigit() or not os.path.isdir(_FDS):
+        if "://" in source or source.isdigit():
             yield admitted
             return
+        # Never a file by name: a link made under that name once it was checked (or found
+        # missing) would be followed.
+        if not os.path.isdir(_FDS):
+            raise NotAllowed("this system cannot hand FFmpeg an open file (no /proc)")
         folder = next(f for f in self.folders if os.path.commonpath([f, admitted]) == f)
         fd = _open_beneath(folder, os.path.relpath(admitted, folder))
-        if fd is None:  # nothing there: the open that follows says so
-            yield admitted
-            return
         try:
-            start = os.pread(fd, 16, 0).lstrip(b"\xef\xbb\xbf")
+            try:
+                start = os.pread(fd, 16, 0).lstrip(b"\xef\xbb\xbf")
+            except OSError as e:
+                raise NotAllowed(f"that file cannot be read ({e.strerror})") from None
             if start.startswith(_PLAYLIST_STARTS):
                 raise NotAllowed(_PLAYLIST)
             yield f"{_FDS}/{fd}"
@@ -248,11 +256,12 @@ def _split(text: str, what: str, why: str) -> _Url:
     )
 
 
-def _open_beneath(folder: str, relative: str) -> int | None:
+def _open_beneath(folder: str, relative: str) -> int:
     """`relative` opened read-only below `folder`, following no link on the way (one
-    put there since the path was resolved); None if nothing is there. NotAllowed for a
-    link, or for anything but a regular file (a FIFO would block the open, and
-    opening a device can act on it)."""
+    put there since the path was resolved). NoSuchFile if nothing is there; NotAllowed
+    for a link, or for anything but a regular file (a FIFO would block the open, and
+    opening a device can act on it: hence the look before, and the check after, since
+    the name may be swapped in between)."""
     parts = relative.split(os.sep)
     directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -266,9 +275,13 @@ def _open_beneath(folder: str, relative: str) -> int | None:
         if not stat.S_ISREG(mode):
             raise NotAllowed("that source is no regular file (the source allowlist refuses it)")
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        return os.open(parts[-1], flags, dir_fd=directory)
+        fd = os.open(parts[-1], flags, dir_fd=directory)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NotAllowed("that source is no regular file (the source allowlist refuses it)")
+        return fd
     except FileNotFoundError:
-        return None
+        raise NoSuchFile from None
     except OSError as e:  # ELOOP, ENOTDIR: a link where the path had none
         raise NotAllowed(f"that file changed as it was opened ({e.strerror})") from None
     finally:

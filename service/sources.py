@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from actionstream.service.source_allowlist import (
+    NoSuchFile,
     NotAllowed,
     SourceAllowlist,
     has_control_characters,
@@ -213,7 +214,7 @@ def _open_named(source: str, limits: SourceLimits | None, shown: str) -> cv2.Vid
             max(1, round(limits.read_timeout_s * 1000)),
         ]
         # FFmpeg alone: it reads every file and URL the server takes, and takes timeouts.
-        with _ffmpeg_formats(limits.formats):
+        with _ffmpeg_options(limits.formats):
             capture = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
     if not capture.isOpened():
         if is_url(source) and limits is not None:
@@ -228,17 +229,25 @@ def _open_named(source: str, limits: SourceLimits | None, shown: str) -> cv2.Vid
 
 
 @contextlib.contextmanager
-def _ffmpeg_formats(formats: str | None) -> Iterator[None]:
-    """FFmpeg's format_whitelist for the opens inside, beside any options of the
-    operator's own in the variable. OpenCV reads the variable as it opens, and opens one
-    source at a time anyway (FFmpeg's lock), so opens taking turns here lose nothing."""
+def _ffmpeg_options(formats: str | None) -> Iterator[None]:
+    """FFmpeg's format_whitelist (and RTSP over TCP) for the opens inside, beside any
+    options of the operator's own in the variable. OpenCV reads the variable as it
+    opens, and opens one source at a time anyway (FFmpeg's lock), so opens taking turns
+    here lose little."""
     if formats is None:
         yield
         return
     with _options_lock:
         before = os.environ.get(_FFMPEG_OPTIONS)
-        kept = [p for p in (before or "").split("|") if p and not p.startswith("format_whitelist;")]
-        os.environ[_FFMPEG_OPTIONS] = "|".join([*kept, f"format_whitelist;{formats}"])
+        options = [p for p in (before or "").split("|") if p]
+        keys = {p.split(";", 1)[0] for p in options}
+        options = [p for p in options if not p.startswith("format_whitelist;")]
+        # OpenCV asks for RTSP over TCP only while the variable is unset; set, FFmpeg's
+        # own default tries UDP first, and then takes RTP from any sender, and sends to
+        # whatever ports and host a listed server's SETUP answer names (a tester's did).
+        if "rtsp_transport" not in keys:
+            options.append("rtsp_transport;tcp")
+        os.environ[_FFMPEG_OPTIONS] = "|".join([*options, f"format_whitelist;{formats}"])
         try:
             yield
         finally:
@@ -354,6 +363,8 @@ class SourceOpener:
                 return VideoSource(admitted, self._limits, shown=source)
         except NotAllowed as e:
             raise SourceNotAllowed(f"cannot open {printable(source)}: {e}") from None
+        except NoSuchFile:
+            raise SourceNotFound(f"no such video file: {printable(source)}") from None
 
     def close(self) -> None:
         """Drops network opens still waiting; one in flight runs on to its timeout."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from actionstream.service.config import ServeConfig
-from actionstream.service.source_allowlist import NotAllowed, SourceAllowlist
+from actionstream.service.source_allowlist import NoSuchFile, NotAllowed, SourceAllowlist
 
 CAMS = "rtsp://cams.example:554/live, http://[::1]/mjpg/, http://[::1]:18081, tcp://cams:9000, 2"
 
@@ -129,9 +129,10 @@ def test_a_file_is_handed_on_as_checked(tmp_path: Path) -> None:
         (tmp_path / "a.avi").unlink()  # swapped meanwhile: what was checked is what is read
         (tmp_path / "a.avi").symlink_to("/etc/hostname")
         assert Path(name).read_bytes() == b"RIFF"
-    # Nothing there: handed on by name, for the open to say so.
-    with allowlist.opened(str(tmp_path / "gone.avi")) as name:
-        assert name == str(tmp_path / "gone.avi")
+    # Nothing there: said so, never handed on by name (a link made under it since would
+    # be followed).
+    with pytest.raises(NoSuchFile), allowlist.opened(str(tmp_path / "gone.avi")):
+        pass
 
 
 def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:

@@ -371,3 +371,69 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
     m = metrics(server)
     assert m["actionstream_streams_ended_total{reason=invalid_source}"] == len(refused) + 3
     assert m["actionstream_active_streams"] == 0
+
+
+class RtspCamera:
+    """An RTSP server on 127.0.0.1 that describes one MJPEG track, notes each SETUP's
+    Transport, and then sends nothing."""
+
+    SDP = (
+        "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=cam\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+        "m=video 0 RTP/AVP 26\r\na=control:track0\r\n"
+    )
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.transports: list[str] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self._listener.accept()
+                threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        pending = b""
+        with connection, contextlib.suppress(OSError):
+            while data := connection.recv(65536):
+                pending += data
+                while b"\r\n\r\n" in pending:
+                    request, pending = pending.split(b"\r\n\r\n", 1)
+                    lines = request.decode().split("\r\n")
+                    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+                    method, body = lines[0].split(" ")[0], ""
+                    extra = "Session: 1\r\n"
+                    if method == "DESCRIBE":
+                        body = self.SDP
+                        extra = "Content-Type: application/sdp\r\n"
+                    elif method == "SETUP":
+                        self.transports.append(headers["Transport"])
+                        extra += f"Transport: {headers['Transport']};server_port=9-10\r\n"
+                    connection.sendall(
+                        f"RTSP/1.0 200 OK\r\nCSeq: {headers.get('CSeq', '1')}\r\n{extra}"
+                        f"Content-Length: {len(body)}\r\n\r\n{body}".encode()
+                    )
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_rtsp_under_an_allowlist_stays_on_tcp(start_server: StartServer, tmp_path: Path) -> None:
+    # Over UDP, FFmpeg takes RTP from any sender and sends to the ports a SETUP answer
+    # names: under a list the server asks for RTP inside the RTSP connection, as OpenCV
+    # does on its own when no FFmpeg options are set.
+    camera = RtspCamera()
+    try:
+        server = start_server(
+            allow_sources=True,
+            idle_timeout_seconds=TIMEOUT_S,
+            source_allowlist=f"{tmp_path}, rtsp://127.0.0.1:{camera.port}/live",
+        )
+        outcome = watch(server, f"rtsp://127.0.0.1:{camera.port}/live/cam")
+    finally:
+        camera.close()
+    assert outcome.predictions == []  # it never sends a frame
+    assert camera.transports, "no SETUP reached the camera"
+    assert all(t.startswith("RTP/AVP/TCP") for t in camera.transports), camera.transports
