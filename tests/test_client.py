@@ -558,6 +558,17 @@ def test_an_unreachable_server_never_aborts_the_process(mp4: Path) -> None:
     assert runs >= 15
 
 
+# `actionstream` with Ctrl-C as a terminal gives it: a shell's background job (CI's
+# pytest may be one) starts with SIGINT ignored, and a child keeps that. Not through
+# Popen's preexec_fn, which forks this process (gRPC servers on its threads) and runs
+# Python in the child before exec: under load 6 of 48 such children aborted before
+# exec, in gRPC's poller ("epoll_wait error: Bad file descriptor").
+_WITH_CTRL_C = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'actionstream', *sys.argv[1:]])"
+)
+
+
 def _interrupt(
     server: BackgroundServer,
     source: str,
@@ -569,20 +580,18 @@ def _interrupt(
     `after` and `ready` has returned; its exit code, stdout, stderr, and seconds to exit."""
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-m", "actionstream", "stream"),
+            *(sys.executable, "-c", _WITH_CTRL_C, "stream"),
             *("--target", f"127.0.0.1:{server.port}", "--source", source),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        # As from a terminal: a shell's background job would have Ctrl-C ignored.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None and proc.stderr is not None
     out = ""
     while after and after not in out:
         line = proc.stdout.readline()
-        assert line, f"ended before {after!r}: {out}{proc.stderr.read()}"
+        assert line, f"ended before {after!r}: rc={proc.wait()} {out}{proc.stderr.read()}"
         out += line
     ready()
     time.sleep(0.5)  # on into the stalled read or open
