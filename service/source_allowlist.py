@@ -56,10 +56,10 @@ _OPTION_SCHEMES = frozenset({"tcp", "udp", "rtp", "srt", "rtmp", "rtmps"})
 # ...and these have no path: one could only pick FFmpeg's demuxer by its name (x.m3u8).
 _PATHLESS_SCHEMES = frozenset({"tcp", "udp", "rtp"})
 _PLAYLIST_SUFFIXES = (".m3u8", ".m3u", ".hls")
+_PLAYLIST_STARTS = (b"#EXTM3U", b"ffconcat")
 _PLAYLIST = "that file is a playlist, which the source allowlist does not take"
 # Linux's names for a process's open files: FFmpeg opens the very file checked here.
 _FDS = "/proc/self/fd"
-_PLAYLIST_STARTS = (b"#EXTM3U", b"ffconcat")
 
 
 class NotAllowed(ValueError):
@@ -132,7 +132,7 @@ class SourceAllowlist:
             raise NotAllowed(
                 "that source holds a control character (the source allowlist refuses it)"
             )
-        if source.isascii() and source.isdigit():
+        if _is_camera(source):
             if int(source) in self.cameras:
                 return source
             raise NotAllowed("that camera is not on this server's source allowlist")
@@ -163,7 +163,7 @@ class SourceAllowlist:
         meanwhile (a tester's loop swapping a file for a link won 23 times in 60 when
         FFmpeg opened the path itself)."""
         admitted = self.admit(source)
-        if "://" in source or source.isdigit():
+        if "://" in source or _is_camera(source):
             yield admitted
             return
         # Never a file by name: a link made under that name once it was checked (or found
@@ -196,6 +196,11 @@ class SourceAllowlist:
             )
         if not any(prefix.admits(url) for prefix in self.urls):
             raise NotAllowed("that URL is under no prefix on this server's source allowlist")
+
+
+def _is_camera(source: str) -> bool:
+    # ASCII digits only, as the server reads a camera index: "²" is a digit to isdigit().
+    return source.isascii() and source.isdigit()
 
 
 def has_control_characters(text: str) -> bool:

@@ -135,6 +135,15 @@ def test_a_file_is_handed_on_as_checked(tmp_path: Path) -> None:
         pass
 
 
+def test_a_digit_that_is_no_camera_index_is_a_file_handed_on_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "²").write_bytes(b"RIFF")
+    monkeypatch.chdir(tmp_path)
+    with SourceAllowlist.parse(str(tmp_path)).opened("²") as name:
+        assert name.startswith("/proc/self/fd/")
+
+
 def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     # Opened, a FIFO with no writer would block; a device could act on the open.
     os.mkfifo(tmp_path / "fifo")
