@@ -65,7 +65,8 @@ class Metrics:
             "idle_timeout), not_reading (took no prediction for idle_timeout), "
             "invalid_frame, malformed, refused (max_streams), evicted (waited longest for "
             "a first frame when max_waiting_calls was reached), invalid_source (WatchSource could "
-            "not find or open its source), error (a server fault).",
+            "not find or open its source), source_lost (a camera or live stream WatchSource "
+            "read stopped sending frames), error (a server fault).",
             ["reason"],
             registry=registry,
         )

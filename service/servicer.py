@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 # How a stream ended: the streams-ended metric's label (README, "Metrics").
 EndReason = typing.Literal[
     "completed", "cancelled", "shutdown", "idle", "not_reading", "evicted", "invalid_frame",
-    "malformed", "refused", "invalid_source", "error",
+    "malformed", "refused", "invalid_source", "source_lost", "error",
 ]  # fmt: skip
 # Frames accepted and never stepped: the frames-dropped metric's label.
 DropReason = typing.Literal["resampled", "overload", "stream_ended"]
@@ -329,6 +329,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                         yield answer
                         stream.writing_since = None
                         stream.answered += 1
+                if source.live:
+                    raise _source_lost(stream.answered)
             finally:
                 source.close()
             reason = "completed"
@@ -553,6 +555,18 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
 
     def _count_error(self, method: str, code: grpc.StatusCode) -> None:
         self._metrics.rpc_errors.labels(method=method, code=code.name).inc()
+
+
+def _source_lost(answered: int) -> _Refused:
+    # A file that ends has finished; a camera or live stream that ends was lost, and a
+    # client told so may call again (UNAVAILABLE is gRPC's "try again").
+    return _Refused(
+        grpc.StatusCode.UNAVAILABLE,
+        f"the source stopped sending frames after {answered} predictions: a camera or live "
+        "stream that ended, dropped or fell silent past the read timeout; watch it again "
+        "to go on",
+        "source_lost",
+    )
 
 
 async def _read_source(source: AsyncVideoSource) -> np.ndarray | None:

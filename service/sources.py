@@ -134,6 +134,8 @@ class VideoSource:
             self._capture = _open_named(source, limits, self.source)
         if self._max_pixels is not None:
             self._check_reported_size()
+        # Read once here: asking OpenCV later could meet a read in flight on another thread.
+        self.live = self.frame_count is None
 
     @property
     def fps(self) -> float | None:
@@ -289,6 +291,11 @@ class AsyncVideoSource:
         self._source = source
         self._executor = executor
         self._on_closed = on_closed
+
+    @property
+    def live(self) -> bool:
+        """A camera or live stream (no frame count): its end is a loss, not a finish."""
+        return self._source.live
 
     async def read(self) -> np.ndarray | None:
         """The next frame, or None when the source has ended."""

@@ -208,8 +208,18 @@ def test_serve_reads_its_settings_from_the_environment(log: IO[str]) -> None:
 # onnxruntime stays quiet on its own where one of these says it runs under CI (checked here by
 # setting each); a test that wants to see it report must not inherit them from a CI runner.
 _CI_MARKERS = (
-    "CI", "TF_BUILD", "GITHUB_ACTIONS", "GITLAB_CI", "CIRCLECI", "TRAVIS", "JENKINS_URL",
-    "CODEBUILD_BUILD_ID", "BUILDKITE", "TEAMCITY_VERSION", "APPVEYOR", "BITBUCKET_BUILD_NUMBER",
+    "CI",
+    "TF_BUILD",
+    "GITHUB_ACTIONS",
+    "GITLAB_CI",
+    "CIRCLECI",
+    "TRAVIS",
+    "JENKINS_URL",
+    "CODEBUILD_BUILD_ID",
+    "BUILDKITE",
+    "TEAMCITY_VERSION",
+    "APPVEYOR",
+    "BITBUCKET_BUILD_NUMBER",
 )
 
 

@@ -228,6 +228,25 @@ def test_cancelled_opens_leave_at_most_one_thread_behind(
     assert metrics(watcher)["actionstream_active_streams"] == 0
 
 
+def test_a_camera_that_stops_is_lost_while_a_file_that_ends_is_done(
+    watcher: BackgroundServer,
+    video: Path,
+    make_camera: Callable[[Sequence[np.ndarray]], MjpegCamera],
+) -> None:
+    # A client has to tell a dropped camera (worth calling again) from a finished file.
+    finished = watch(watcher, str(video))
+    assert (len(finished.predictions), finished.code) == (10, grpc.StatusCode.OK)
+    camera = make_camera(list(render(3, seed=1)))
+    lost = watch(watcher, camera.url)
+    assert (len(lost.predictions), lost.code) == (3, grpc.StatusCode.UNAVAILABLE)
+    assert lost.details.startswith("the source stopped sending frames after 3 predictions")
+    m = metrics(watcher)
+    assert m["actionstream_streams_ended_total{reason=completed}"] == 1
+    assert m["actionstream_streams_ended_total{reason=source_lost}"] == 1
+    assert m["actionstream_rpc_errors_total{code=UNAVAILABLE,method=WatchSource}"] == 1
+    assert m["actionstream_active_streams"] == 0
+
+
 def test_reads_that_outlive_their_calls_are_bounded(
     start_server: StartServer, make_camera: Callable[[Sequence[np.ndarray]], MjpegCamera]
 ) -> None:
@@ -334,7 +353,8 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
     )
     assert len(watch(server, str(allowed / "clip.avi")).predictions) == 4
     # Three frames, then the camera falls silent and the read times out.
-    assert len(watch(server, camera.url).predictions) == 3
+    lost = watch(server, camera.url)
+    assert (len(lost.predictions), lost.code) == (3, grpc.StatusCode.UNAVAILABLE)
     refused = {
         "a file elsewhere": str(elsewhere / "clip.avi"),
         "a link out of the folder": str(allowed / "link.avi"),
@@ -370,6 +390,7 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
     assert "control character" in outcome.details
     m = metrics(server)
     assert m["actionstream_streams_ended_total{reason=invalid_source}"] == len(refused) + 3
+    assert m["actionstream_streams_ended_total{reason=source_lost}"] == 1
     assert m["actionstream_active_streams"] == 0
 
 
