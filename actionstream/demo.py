@@ -124,12 +124,17 @@ def _run(cfg: DemoConfig, out: Path, log: IO[str]) -> int:
             summary = stream_source(stream_cfg, None if cfg.quiet else _printer)
             elapsed = time.perf_counter() - started
             scraped = _scrape(server.metrics_port) if server.metrics_port else {}
-        except (StreamError, OSError, grpc.RpcError, grpc.FutureTimeoutError) as e:
+        except StreamError as e:
+            print(f"actionstream demo: {e}", file=sys.stderr)
+            server.stop()  # before a process left with its source held ends at once
+            leave_if_source_held(e.source_released, "actionstream demo", 1)
+            return 1
+        except (OSError, grpc.RpcError, grpc.FutureTimeoutError) as e:
             print(f"actionstream demo: {e}", file=sys.stderr)
             return 1
         _summary(info, summary, scraped, elapsed)
         code = server.stop()
-    leave_if_source_held(summary, "actionstream demo")  # the server is stopped first
+    leave_if_source_held(summary.source_released, "actionstream demo", 130)  # server stopped
     if code != 0:
         print(
             f"actionstream demo: the server exited with {code}; its log: {log.name}",

@@ -66,11 +66,14 @@ class StreamSummary:
 
 class StreamError(Exception):
     """An expected failure (bad source, unreachable server, refused stream), in words;
-    `summary` is how the stream went until then, when some of it was answered."""
+    `summary` is how the stream went until then, when some of it was answered.
+    `source_released` is False when a read stalled on a network source was not waited
+    out: the process must then end with os._exit (see StreamSummary)."""
 
     def __init__(self, message: str, summary: StreamSummary | None = None) -> None:
         super().__init__(message)
         self.summary = summary
+        self.source_released = True
 
 
 def read_labels(path: Path) -> dict[int, str]:
@@ -147,7 +150,10 @@ class _Feed:
         """Waits for a read or encode in flight (OpenCV's own timeouts bound a stuck
         camera or URL), then releases the source; again is a no-op. With `wait_s`, gives
         up after that long and returns False: the call in flight releases the source
-        when it returns, and the process must not exit normally before then."""
+        when it returns, and the process must not exit normally before then. Once one
+        close has given up, a later one does not wait either."""
+        if self._left:
+            return self._closed
         if not self._lock.acquire(timeout=-1 if wait_s is None else wait_s):
             self._left = True
             # The call may have returned between the wait and the flag: then it is ours.
@@ -360,6 +366,7 @@ def _stream(
 
     call = None
     stub = pb_grpc.ActionRecognitionStub(channel)
+    failure: StreamError | None = None
     try:
         retry_until: float | None = None  # set while the server is away
         while True:
@@ -411,18 +418,24 @@ def _stream(
             call.cancel()
         interrupted = True
     except grpc.RpcError as e:
-        raise StreamError(
+        failure = StreamError(
             _describe(e, cfg.target, bool(predictions)), summary() if predictions else None
-        ) from None
+        )
+    except StreamError as e:
+        failure = e
     finally:
         done.set()
-        # After Ctrl-C, a read stuck on a stalled source is not waited out; after a
-        # second one, not at all (the summary is still printed).
+        # After Ctrl-C or a failure, a read stuck on a stalled source is not waited out
+        # (OpenCV gives up after 30 s): the user hears at once; after a second Ctrl-C,
+        # not at all (the summary is still printed).
         try:
-            released = feed.close(INTERRUPTED_WAIT_S if interrupted else None)
+            released = feed.close(INTERRUPTED_WAIT_S if interrupted or failure else None)
         except KeyboardInterrupt:
             interrupted = True
             released = feed.close(0.0)
+    if failure is not None:
+        failure.source_released = released
+        raise failure
     return summary()
 
 
@@ -511,16 +524,17 @@ def run_stream(cfg: StreamConfig) -> int:
         if e.summary is not None:
             print_summary(e.summary)
         print(f"actionstream stream: {e}", file=sys.stderr)
+        leave_if_source_held(e.source_released, "actionstream stream", 1)
         return 1
     print_summary(summary)
-    leave_if_source_held(summary, "actionstream stream")
+    leave_if_source_held(summary.source_released, "actionstream stream", 130)
     return 130 if summary.interrupted else 0
 
 
-def leave_if_source_held(summary: StreamSummary, prog: str) -> None:
-    """Ends the process at once (exit code 130) when Ctrl-C left the source inside an
-    OpenCV call: a normal exit would unwind under that thread, and abort."""
-    if summary.source_released:
+def leave_if_source_held(released: bool, prog: str, code: int) -> None:
+    """Ends the process at once with `code` when Ctrl-C or a failure left the source
+    inside an OpenCV call: a normal exit would unwind under that thread, and abort."""
+    if released:
         return
     print(
         f"{prog}: stopped without waiting for the source, which was still opening or "
@@ -529,4 +543,4 @@ def leave_if_source_held(summary: StreamSummary, prog: str) -> None:
     )
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(130)
+    os._exit(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import socket
@@ -127,6 +128,21 @@ class MjpegCamera:
                 return
 
     def close(self) -> None:
+        # A close alone does not wake a thread blocked in accept(), which would then take
+        # one more client; shutting the socket down does.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         for connection in self._connections:
             connection.close()
+
+
+# `actionstream` with Ctrl-C as a terminal gives it: a shell's background job (CI's
+# pytest may be one) starts with SIGINT ignored, and a child keeps that. Not through
+# Popen's preexec_fn, which forks this process (gRPC servers on its threads) and runs
+# Python in the child before exec: under load 6 of 48 such children aborted before
+# exec, in gRPC's poller ("epoll_wait error: Bad file descriptor").
+WITH_CTRL_C = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'actionstream', *sys.argv[1:]])"
+)

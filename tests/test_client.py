@@ -24,7 +24,7 @@ import grpc
 import numpy as np
 import pytest
 from background import BackgroundServer
-from helpers import MjpegCamera, render
+from helpers import WITH_CTRL_C, MjpegCamera, render
 
 from actionstream.serve_process import ServeProcess
 from actionstream.service import client
@@ -558,17 +558,6 @@ def test_an_unreachable_server_never_aborts_the_process(mp4: Path) -> None:
     assert runs >= 15
 
 
-# `actionstream` with Ctrl-C as a terminal gives it: a shell's background job (CI's
-# pytest may be one) starts with SIGINT ignored, and a child keeps that. Not through
-# Popen's preexec_fn, which forks this process (gRPC servers on its threads) and runs
-# Python in the child before exec: under load 6 of 48 such children aborted before
-# exec, in gRPC's poller ("epoll_wait error: Bad file descriptor").
-_WITH_CTRL_C = (
-    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'actionstream', *sys.argv[1:]])"
-)
-
-
 def _interrupt(
     server: BackgroundServer,
     source: str,
@@ -580,7 +569,7 @@ def _interrupt(
     `after` and `ready` has returned; its exit code, stdout, stderr, and seconds to exit."""
     proc = subprocess.Popen(
         [
-            *(sys.executable, "-c", _WITH_CTRL_C, "stream"),
+            *(sys.executable, "-c", WITH_CTRL_C, "stream"),
             *("--target", f"127.0.0.1:{server.port}", "--source", source),
         ],
         stdout=subprocess.PIPE,
@@ -636,6 +625,33 @@ def test_ctrl_c_leaves_a_stalled_source_at_once(
     assert "stopped without waiting for the source" in err
     assert ("frames: 5 sent" if stall == "reading" else "frames: 0 sent, 0 answered") in out
     assert "terminate" not in err and "Traceback" not in err
+
+
+def test_a_server_error_during_a_stalled_read_is_told_at_once(
+    start_server: Callable[..., BackgroundServer],
+) -> None:
+    # Five frames, then the camera falls silent: the server ends the idle stream after 2 s,
+    # and the client says so then, not when OpenCV gives up its read 30 s later.
+    server = start_server(idle_timeout_seconds=2.0)
+    camera = MjpegCamera(list(render(5, seed=3)))
+    try:
+        start = time.monotonic()
+        result = _cli("--source", camera.url, "--target", f"127.0.0.1:{server.port}", "--quiet")
+        seconds = time.monotonic() - start
+    finally:
+        camera.close()
+    assert result.returncode == 1, result
+    assert result.stdout.startswith("frames: 5 sent, "), result.stdout  # its summary
+    lines = result.stderr.splitlines()
+    assert lines[0] == (
+        "actionstream stream: the server ended the stream with DEADLINE_EXCEEDED: no frame "
+        "for 2 s (idle_timeout_seconds); the stream was ended to free its place"
+    )
+    assert lines[1:] == [
+        "actionstream stream: stopped without waiting for the source, which was still "
+        "opening or reading (OpenCV gives up on a stalled one after 30 s)"
+    ]
+    assert seconds < 15, seconds
 
 
 def test_ctrl_c_mid_stream_prints_the_summary(server: BackgroundServer, video: Path) -> None:
