@@ -3,7 +3,7 @@
 Every subcommand is a config dataclass (its flags, help and checks) and a
 function that runs it (actionstream/command.py joins the two). Handlers
 import their stage lazily: `--help` and bad values never load torch, and the
-service install (no torch) runs `serve`, `stream`, `health`, `synth` and
+service install (no torch) runs `serve`, `stream`, `watch`, `health`, `synth` and
 `demo`, and says how to get the rest.
 """
 
@@ -17,7 +17,7 @@ from click.core import ParameterSource
 
 from actionstream.command import config_command
 from actionstream.demo_config import DemoConfig
-from actionstream.service.config import HealthConfig, ServeConfig, StreamConfig
+from actionstream.service.config import HealthConfig, ServeConfig, StreamConfig, WatchConfig
 from actionstream.training.config import (
     EvaluateConfig,
     ExportConfig,
@@ -111,6 +111,12 @@ def stream(cfg: StreamConfig) -> int:
     return run_stream(cfg)
 
 
+def watch(cfg: WatchConfig) -> int:
+    from actionstream.service.watch import run_watch
+
+    return run_watch(cfg)
+
+
 def health(cfg: HealthConfig) -> int:
     from actionstream.service.healthcheck import check
 
@@ -171,6 +177,15 @@ def build_cli() -> click.Group:
             StreamConfig,
             stream,
             "Stream a video file, camera index or URL to a server; print its predictions.",
+        ),
+        config_command(
+            "watch",
+            WatchConfig,
+            watch,
+            "Have a server watch a camera, file or URL itself (WatchSource); print its "
+            "predictions.\n\n"
+            "The server must run with --allow-sources, and opens the source itself: paths "
+            "and URLs are the server's.",
         ),
         config_command(
             "health",

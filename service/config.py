@@ -1,5 +1,5 @@
-"""The service's settings: `serve`'s, the `stream` client's and `health`'s, a frozen
-dataclass each.
+"""The service's settings: `serve`'s, the `stream` and `watch` clients' and `health`'s,
+a frozen dataclass each.
 
 `actionstream serve` turns each ServeConfig field into `--field-name` and
 reads `ACTIONSTREAM_FIELD_NAME` from the environment (actionstream/command.py),
@@ -311,6 +311,47 @@ class StreamConfig:
             raise ValueError(f"max_frames must be 0 (all) or more, got {self.max_frames}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be 0 (the server's default) or more, got {self.top_k}")
+        if not self.reconnect_seconds >= 0:
+            raise ValueError(
+                f"reconnect_seconds must be 0 (never) or more, got {self.reconnect_seconds}"
+            )
+        check_target(self.target)
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    """What `actionstream watch` asks a server to watch, and how long to keep at it."""
+
+    source: str = setting(
+        help="camera index, video file or stream URL for the server to open itself (its "
+        "paths and URLs are the server's, not this machine's)"
+    )
+    target: str = setting("127.0.0.1:50051", help="server address HOST:PORT")
+    top_k: int = setting(
+        0, help="labels per prediction to ask the server for; 0 takes the server's default"
+    )
+    name: str = setting(
+        "", help="the stream's name in the server's logs; empty: the source as given"
+    )
+    max_predictions: int = setting(
+        0, help="stop after this many predictions (a live camera never ends); 0: no limit"
+    )
+    reconnect_seconds: float = setting(
+        30.0,
+        help="when the server loses a camera or live stream, or goes away itself, after "
+        "answering: ask it to watch again for this long; 0 ends the watch instead",
+    )
+    quiet: bool = setting(False, help="print the summary only, not every prediction")
+
+    def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise ValueError("source is empty; give a camera index, a video file or a URL")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be 0 (the server's default) or more, got {self.top_k}")
+        if self.max_predictions < 0:
+            raise ValueError(
+                f"max_predictions must be 0 (no limit) or more, got {self.max_predictions}"
+            )
         if not self.reconnect_seconds >= 0:
             raise ValueError(
                 f"reconnect_seconds must be 0 (never) or more, got {self.reconnect_seconds}"

@@ -25,7 +25,7 @@ def _run(
     )
 
 
-COMMANDS = ("synth", "train", "evaluate", "export", "serve", "stream", "health", "demo")
+COMMANDS = ("synth", "train", "evaluate", "export", "serve", "stream", "watch", "health", "demo")
 
 
 def test_every_subcommand_has_help() -> None:
@@ -66,6 +66,9 @@ def test_bad_setting_is_one_line_not_a_traceback() -> None:
         (["stream", "--source", "0", "--target", "127.0.0.1"], {}, "target must be HOST:PORT"),
         (["stream", "--source", "0", "--target", "::1:50051"], {}, "IPv6 target needs brackets"),
         (["stream", "--source", "0", "--reconnect-seconds", "-1"], {}, "reconnect_seconds must"),
+        (["watch", "--source", " "], {}, "actionstream watch: source is empty"),
+        (["watch", "--source", "0", "--max-predictions", "-1"], {}, "max_predictions must be"),
+        (["watch", "--source", "0", "--target", "host"], {}, "target must be HOST:PORT"),
         (["fly"], {}, "No such command 'fly'"),
     ):
         result = _run(*argv, env=env)

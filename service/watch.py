@@ -1,0 +1,161 @@
+"""`actionstream watch`: have a server watch a camera, file or URL itself; print what it sees.
+
+The server opens the source (WatchSource, which it allows only under `serve
+--allow-sources`) and answers every frame it reads; this client sends nothing and
+only listens. A file that ends is done. A camera or live stream the server lost,
+and a server that went away, end the call with UNAVAILABLE: once something was
+answered, the client asks again for up to --reconnect-seconds, each new call from a
+zero state on the server.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from actionstream.service.client import KEEPALIVE, RECONNECT_PAUSE_S
+from actionstream.service.config import WatchConfig
+from actionstream.v1 import actionstream_pb2 as pb
+from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
+
+PROG = "actionstream watch"
+_CODE = grpc.StatusCode
+# While watching again, what may pass: a rebooting camera cannot be opened (NOT_FOUND)
+# or not in time (DEADLINE_EXCEEDED); a server mid-rollout is away (UNAVAILABLE) or full
+# (RESOURCE_EXHAUSTED). A refusal (PERMISSION_DENIED, INVALID_ARGUMENT) would not pass.
+_PASSING = frozenset(
+    {_CODE.UNAVAILABLE, _CODE.NOT_FOUND, _CODE.DEADLINE_EXCEEDED, _CODE.RESOURCE_EXHAUSTED}
+)
+
+
+@dataclass(frozen=True)
+class WatchSummary:
+    """How one watch went, from the client's side."""
+
+    predictions: int
+    watches: int  # WatchSource calls that answered: more than one after a loss
+    ended: str  # how it ended, in words
+    interrupted: bool = False  # stopped with Ctrl-C
+
+
+class WatchError(Exception):
+    """A watch that failed, in words; `summary` is how it went until then, when some of
+    it was answered."""
+
+    def __init__(self, message: str, summary: WatchSummary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
+
+
+def watch_source(
+    cfg: WatchConfig, on_prediction: Callable[[pb.Prediction], None] | None = None
+) -> WatchSummary:
+    """Has the server at `cfg.target` watch `cfg.source`; raises WatchError."""
+    request = pb.SourceRequest(
+        source=cfg.source, options=pb.StreamOptions(top_k=cfg.top_k, stream_name=cfg.name)
+    )
+    answered = watches = 0
+    retry_until: float | None = None  # set while watching again
+
+    def summary(ended: str, interrupted: bool = False) -> WatchSummary:
+        return WatchSummary(answered, watches, ended, interrupted)
+
+    call = None
+    with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        try:
+            while True:
+                try:
+                    call = stub.WatchSource(request)
+                    first = True
+                    for prediction in call:
+                        if first:
+                            first, retry_until = False, None
+                            watches += 1
+                        answered += 1
+                        if on_prediction is not None:
+                            on_prediction(prediction)
+                        if answered == cfg.max_predictions:
+                            call.cancel()
+                            return summary(f"stopped after {answered} predictions, as asked")
+                    return summary("the source ended")
+                except grpc.RpcError as e:
+                    code, details = e.code(), e.details()
+                    passing = code == _CODE.UNAVAILABLE or (
+                        retry_until is not None and code in _PASSING
+                    )
+                    if not (passing and answered and cfg.reconnect_seconds > 0):
+                        raise WatchError(
+                            _describe(code, details, cfg.target, answered > 0),
+                            summary(f"the server ended it with {code.name}") if answered else None,
+                        ) from None
+                    now = time.monotonic()
+                    if retry_until is None:
+                        retry_until = now + cfg.reconnect_seconds
+                        print(
+                            f"{PROG}: {code.name}: {details}; watching again for up to "
+                            f"{cfg.reconnect_seconds:g} s (a new call starts from a zero state)",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    if now >= retry_until:
+                        raise WatchError(
+                            f"could not watch the source again within "
+                            f"{cfg.reconnect_seconds:g} s; gave up (last: {code.name}: {details})",
+                            summary("gave up watching again"),
+                        ) from None
+                    time.sleep(min(RECONNECT_PAUSE_S, retry_until - now))
+        except KeyboardInterrupt:
+            if call is not None:
+                call.cancel()
+            return summary("interrupted", interrupted=True)
+
+
+def _describe(code: grpc.StatusCode, details: str | None, target: str, answered: bool) -> str:
+    if code == _CODE.UNAVAILABLE and not answered:
+        # gRPC's own words say which: no connection, or the server's message.
+        return f"the server at {target} is unreachable, or lost the source at once: {details}"
+    return f"the server ended the watch with {code.name}: {details}"
+
+
+def print_prediction(prediction: pb.Prediction) -> None:
+    best = prediction.top[0]
+    line = (
+        f"frame {prediction.sequence:6d}  {best.label:>12s} {best.probability:5.2f}  "
+        f"{prediction.latency_seconds * 1e3:6.1f} ms on the server"
+    )
+    changes = [
+        f"{'started' if event.kind == pb.ActionEvent.KIND_START else 'ended'} {event.label}"
+        for event in prediction.events
+    ]
+    if changes:
+        line += f"  ({', '.join(changes)})"
+    print(line, flush=True)
+
+
+def print_summary(summary: WatchSummary) -> None:
+    print(f"predictions: {summary.predictions}")
+    if summary.watches > 1:
+        print(
+            f"watched again: {summary.watches - 1} time(s) after the source or the server "
+            "was lost (each new call started from a zero state)"
+        )
+    print(f"ended: {summary.ended}")
+
+
+def run_watch(cfg: WatchConfig) -> int:
+    """`actionstream watch`: 0 when the source ended or max_predictions were answered,
+    1 on failure, 130 on Ctrl-C."""
+    try:
+        summary = watch_source(cfg, None if cfg.quiet else print_prediction)
+    except WatchError as e:
+        if e.summary is not None:
+            print_summary(e.summary)
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    print_summary(summary)
+    return 130 if summary.interrupted else 0

@@ -1,0 +1,170 @@
+"""`actionstream watch` as users run it, against a real server that watches real sources."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from background import BackgroundServer
+from helpers import WITH_CTRL_C, MjpegCamera, render
+
+from actionstream.training.synth import render_stream, write_video
+
+StartServer = Callable[..., BackgroundServer]
+# The servers' idle timeout, and so how long a silent camera takes to count as lost.
+TIMEOUT_S = 2.0
+LOST = "the source stopped sending frames after 3 predictions"
+
+
+def _watch(server: BackgroundServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "actionstream", "watch"),
+            *("--target", f"127.0.0.1:{server.port}", *args),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def watcher(start_server: StartServer) -> BackgroundServer:
+    return start_server(allow_sources=True, idle_timeout_seconds=TIMEOUT_S)
+
+
+@pytest.fixture
+def camera() -> Iterator[MjpegCamera]:
+    """Three frames to each connection, then silence: a camera that drops."""
+    camera = MjpegCamera(list(render(3, seed=1)))
+    yield camera
+    camera.close()
+
+
+def test_a_file_is_watched_to_its_end(watcher: BackgroundServer, tmp_path: Path) -> None:
+    frames, labels = render_stream(10, seed=5)
+    write_video(frames, labels, tmp_path / "clip.avi", fps=10.0)
+    result = _watch(watcher, "--source", str(tmp_path / "clip.avi"))
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = result.stdout.splitlines()
+    assert [line.split()[:2] for line in lines[:10]] == [["frame", str(n)] for n in range(1, 11)]
+    assert all(0 < float(line.split()[3]) <= 1 for line in lines[:10])  # the top label's
+    assert lines[10:] == ["predictions: 10", "ended: the source ended"]
+
+
+def test_a_lost_camera_is_watched_again(watcher: BackgroundServer, camera: MjpegCamera) -> None:
+    start = time.monotonic()
+    result = _watch(
+        watcher, "--source", camera.url, "--max-predictions", "5", "--reconnect-seconds", "20"
+    )
+    assert result.returncode == 0, result
+    # Three frames, lost once the camera had been silent for the server's read timeout,
+    # then watched again: two more, and it stops where asked.
+    assert result.stdout.splitlines()[-3:] == [
+        "predictions: 5",
+        "watched again: 1 time(s) after the source or the server was lost (each new call "
+        "started from a zero state)",
+        "ended: stopped after 5 predictions, as asked",
+    ]
+    frames = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("frame")]
+    assert frames == ["1", "2", "3", "1", "2"]  # the new call's own numbers
+    (said,) = result.stderr.splitlines()
+    assert said.startswith(f"actionstream watch: UNAVAILABLE: {LOST}")
+    assert said.endswith("watching again for up to 20 s (a new call starts from a zero state)")
+    assert time.monotonic() - start < 30
+
+
+def test_a_lost_camera_ends_the_watch_when_asked_not_to_reconnect(
+    watcher: BackgroundServer, camera: MjpegCamera
+) -> None:
+    result = _watch(watcher, "--source", camera.url, "--reconnect-seconds", "0", "--quiet")
+    assert result.returncode == 1, result
+    assert result.stdout.splitlines() == [
+        "predictions: 3",
+        "ended: the server ended it with UNAVAILABLE",
+    ]
+    (said,) = result.stderr.splitlines()
+    assert said.startswith(
+        f"actionstream watch: the server ended the watch with UNAVAILABLE: {LOST}"
+    )
+
+
+def test_watching_again_gives_up_when_the_camera_stays_away(
+    watcher: BackgroundServer, camera: MjpegCamera
+) -> None:
+    # The camera goes for good once the first call has it: the server cannot open it again
+    # (NOT_FOUND), and the client stops asking after --reconnect-seconds.
+    def close_once_sent() -> None:
+        assert camera.sent.wait(30)
+        camera.close()
+
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "actionstream", "watch", "--source", camera.url),
+            *("--target", f"127.0.0.1:{watcher.port}", "--reconnect-seconds", "3", "--quiet"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    close_once_sent()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert out.splitlines() == ["predictions: 3", "ended: gave up watching again"]
+    lost, gave_up = err.splitlines()
+    assert lost.startswith(f"actionstream watch: UNAVAILABLE: {LOST}")
+    assert gave_up.startswith(
+        "actionstream watch: could not watch the source again within 3 s; gave up (last: "
+        "NOT_FOUND: could not open stream http://127.0.0.1:"
+    )
+
+
+def test_refusals_and_an_absent_server_are_one_line(
+    start_server: StartServer, watcher: BackgroundServer, tmp_path: Path
+) -> None:
+    closed = start_server()  # WatchSource not allowed
+    cases = {
+        closed: ("0", "the server ended the watch with PERMISSION_DENIED: WatchSource is disabled"),
+        watcher: (
+            str(tmp_path / "absent.avi"),
+            f"the server ended the watch with NOT_FOUND: no such video file: {tmp_path}",
+        ),
+    }
+    for server, (source, message) in cases.items():
+        result = _watch(server, "--source", source)
+        assert (result.returncode, result.stdout) == (1, ""), result
+        assert result.stderr.startswith(f"actionstream watch: {message}"), result.stderr
+        assert len(result.stderr.splitlines()) == 1
+    port = closed.port
+    closed.stop()
+    result = _watch(closed, "--source", "0")
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"actionstream watch: the server at 127.0.0.1:{port} is unreachable"
+    ), result.stderr
+
+
+def test_ctrl_c_stops_a_watch_with_its_summary(
+    watcher: BackgroundServer, camera: MjpegCamera
+) -> None:
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-c", WITH_CTRL_C, "watch", "--source", camera.url),
+            *("--target", f"127.0.0.1:{watcher.port}"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for _ in range(3):
+        assert proc.stdout.readline().startswith("frame ")
+    proc.send_signal(signal.SIGINT)  # while the server waits on the silent camera
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (130, "")
+    assert out.splitlines() == ["predictions: 3", "ended: interrupted"]
