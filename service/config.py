@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from actionstream.service.source_allowlist import SourceAllowlist
 from actionstream.settings import setting
 
+# More labels than any model here has; above it a top-k is a typo (and past 2**32, a
+# value the protobuf field cannot hold).
+MAX_TOP_K = 1000
 # Room for the protobuf framing around a frame's bytes (sequence, timestamp,
 # options, raw width/height), so a frame of exactly max_frame_bytes still fits.
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
@@ -258,6 +261,11 @@ _TARGET_SCHEMES = (
 )  # fmt: skip
 
 
+def check_top_k(top_k: int) -> None:
+    if not 0 <= top_k <= MAX_TOP_K:
+        raise ValueError(f"top_k must be 0 (the server's default) to {MAX_TOP_K}, got {top_k}")
+
+
 def check_target(target: str) -> None:
     """Refuses a server address that gRPC would take another way than meant: HOST
     without a port (gRPC dials 443), a bare IPv6 address, a port out of range."""
@@ -309,8 +317,7 @@ class StreamConfig:
             raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
         if self.max_frames < 0:
             raise ValueError(f"max_frames must be 0 (all) or more, got {self.max_frames}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be 0 (the server's default) or more, got {self.top_k}")
+        check_top_k(self.top_k)
         if not self.reconnect_seconds >= 0:
             raise ValueError(
                 f"reconnect_seconds must be 0 (never) or more, got {self.reconnect_seconds}"
@@ -346,8 +353,7 @@ class WatchConfig:
     def __post_init__(self) -> None:
         if not self.source.strip():
             raise ValueError("source is empty; give a camera index, a video file or a URL")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be 0 (the server's default) or more, got {self.top_k}")
+        check_top_k(self.top_k)
         if self.max_predictions < 0:
             raise ValueError(
                 f"max_predictions must be 0 (no limit) or more, got {self.max_predictions}"

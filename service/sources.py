@@ -128,14 +128,17 @@ class VideoSource:
         self.source = source if shown is None else shown
         self._max_pixels = limits.max_pixels if limits is not None else None
         # ASCII digits only: "²".isdigit() is true, yet int() refuses it.
-        if source.isascii() and source.isdigit():
+        camera = source.isascii() and source.isdigit()
+        if camera:
             self._capture = _open_camera(source, limits)
         else:
             self._capture = _open_named(source, limits, self.source)
         if self._max_pixels is not None:
             self._check_reported_size()
-        # Read once here: asking OpenCV later could meet a read in flight on another thread.
-        self.live = self.frame_count is None
+        # A camera, or a stream with no end in sight; a local file is never live, even one
+        # that reports no frame count (raw MJPEG or H.264). Read once, here: asking OpenCV
+        # later could meet a read in flight on another thread.
+        self.live = camera or (is_url(source) and self.frame_count is None)
 
     @property
     def fps(self) -> float | None:

@@ -69,6 +69,8 @@ def test_bad_setting_is_one_line_not_a_traceback() -> None:
         (["watch", "--source", " "], {}, "actionstream watch: source is empty"),
         (["watch", "--source", "0", "--max-predictions", "-1"], {}, "max_predictions must be"),
         (["watch", "--source", "0", "--target", "host"], {}, "target must be HOST:PORT"),
+        (["watch", "--source", "0", "--top-k", "99999999999"], {}, "top_k must be 0 (the"),
+        (["stream", "--source", "0", "--top-k", "1001"], {}, "top_k must be 0 (the server's"),
         (["fly"], {}, "No such command 'fly'"),
     ):
         result = _run(*argv, env=env)

@@ -231,17 +231,23 @@ def test_cancelled_opens_leave_at_most_one_thread_behind(
 def test_a_camera_that_stops_is_lost_while_a_file_that_ends_is_done(
     watcher: BackgroundServer,
     video: Path,
+    tmp_path: Path,
     make_camera: Callable[[Sequence[np.ndarray]], MjpegCamera],
 ) -> None:
     # A client has to tell a dropped camera (worth calling again) from a finished file.
     finished = watch(watcher, str(video))
     assert (len(finished.predictions), finished.code) == (10, grpc.StatusCode.OK)
+    # A file with no frame count to report (raw MJPEG: JPEGs back to back) is a file too.
+    raw = tmp_path / "clip.mjpeg"
+    raw.write_bytes(b"".join(jpeg(image) for image in render(4, seed=2)))
+    finished = watch(watcher, str(raw))
+    assert (len(finished.predictions), finished.code) == (4, grpc.StatusCode.OK)
     camera = make_camera(list(render(3, seed=1)))
     lost = watch(watcher, camera.url)
     assert (len(lost.predictions), lost.code) == (3, grpc.StatusCode.UNAVAILABLE)
     assert lost.details.startswith("the source stopped sending frames after 3 predictions")
     m = metrics(watcher)
-    assert m["actionstream_streams_ended_total{reason=completed}"] == 1
+    assert m["actionstream_streams_ended_total{reason=completed}"] == 2
     assert m["actionstream_streams_ended_total{reason=source_lost}"] == 1
     assert m["actionstream_rpc_errors_total{code=UNAVAILABLE,method=WatchSource}"] == 1
     assert m["actionstream_active_streams"] == 0
