@@ -144,7 +144,8 @@ def print_summary(summary: WatchSummary) -> None:
             f"watched again: {summary.watches - 1} time(s) after the source or the server "
             "was lost (each new call started from a zero state)"
         )
-    print(f"ended: {summary.ended}")
+    # Flushed: a pipe's buffer would hold it back until the process ends.
+    print(f"ended: {summary.ended}", flush=True)
 
 
 def run_watch(cfg: WatchConfig) -> int:
