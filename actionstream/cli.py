@@ -9,6 +9,7 @@ service install (no torch) runs `serve`, `stream`, `watch`, `health`, `synth` an
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -62,6 +63,16 @@ def train(cfg: TrainConfig) -> int:
             train_main(cfg)
     except TrainingError as e:
         raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        if (Path(cfg.out) / "last.pt").is_file():
+            said = (
+                f"`{PROG} train --out {shlex.quote(cfg.out)} --resume` goes on from the last "
+                "epoch it finished"
+            )
+        else:
+            said = "no epoch had finished, so there is nothing to resume"
+        print(f"{PROG} train: interrupted; {said}", file=sys.stderr)
+        return 130
     return 0
 
 

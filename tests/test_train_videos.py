@@ -20,12 +20,13 @@ LABELS = ("down", "left", "right", "up")
 BIN = Path(sys.executable).parent
 
 
-def _actionstream(*args: str, timeout: float = 600) -> str:
+def _actionstream(*args: str, timeout: float = 600, cwd: Path | None = None) -> str:
     done = subprocess.run(
         [str(BIN / "actionstream"), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=cwd,
         env={**os.environ, "OPENCV_LOG_LEVEL": "ERROR"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -37,11 +38,12 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
     data = class_folders(tmp_path / "videos", LABELS, 24, seed=7)
     (data / "left" / "corrupt.mp4").write_bytes(b"\x00" * 4096)  # reported, skipped
     run = tmp_path / "run"
-    out = _actionstream(
-        *("train", "--data", str(data), "--out", str(run), "--cache", str(tmp_path / "cache")),
+    out = _actionstream(  # paths as a user in that folder gives them
+        *("train", "--data", "videos", "--out", "run", "--cache", "cache"),
         *("--size", "32", "--channels", "8,16", "--hidden", "32", "--embed", "32"),
         *("--train-streams", "128", "--stream-frames", "64", "--bptt", "32"),
         *("--batch-size", "16", "--epochs", "8", "--threads", "2"),
+        cwd=tmp_path,
     )
     assert "skipped" in out and "corrupt.mp4" in out
     header = (run / "metrics.csv").read_text().splitlines()[0]
@@ -49,6 +51,11 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
 
     model = tmp_path / "mine.onnx"
     _actionstream("export", str(run), "--out", str(model))
+    # The model's card names its data and run as the run's own config does: a relative
+    # path means nothing where the model is served.
+    card = json.loads(model.with_suffix(".json").read_text())["train_config"]
+    assert card == json.loads((run / "train_config.json").read_text())
+    assert (card["data"], card["out"]) == (str(data.resolve()), str(run.resolve()))
 
     video = tmp_path / "unseen.avi"
     labels_csv = labelled_video(video, LABELS, 2, seed=90_000)

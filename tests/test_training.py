@@ -120,6 +120,38 @@ def test_a_killed_run_resumes_as_if_never_stopped(tmp_path: Path) -> None:
     assert changed.returncode == 1 and "hidden: 16 then, 32 now" in said
 
 
+def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import WITH_CTRL_C
+
+    out = tmp_path / "my run"
+    tiny = ["--train-streams", "32", "--stream-frames", "40", "--bptt", "20", "--batch-size", "8"]
+    tiny += ["--val-streams", "4", "--val-frames", "60", "--epochs", "3", "--size", "32"]
+    tiny += ["--channels", "8,16", "--hidden", "16", "--embed", "16", "--threads", "1"]
+    run = subprocess.Popen(
+        [sys.executable, "-c", WITH_CTRL_C, "train", "--out", str(out), *tiny],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert run.stdout is not None
+    for line in run.stdout:
+        if line.startswith("epoch  1"):
+            run.send_signal(signal.SIGINT)
+            break
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130, err
+    assert err.splitlines()[-1] == (
+        f"actionstream train: interrupted; `actionstream train --out '{out}' --resume` goes "
+        "on from the last epoch it finished"
+    )
+    assert "Traceback" not in err
+
+
 def test_one_cycle_rises_then_cools_to_nothing() -> None:
     pytest.importorskip("torch")
     from actionstream.training.train import one_cycle

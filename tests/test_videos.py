@@ -146,6 +146,22 @@ def test_a_label_without_usable_video_is_refused_before_training(tmp_path: Path)
         load_dataset(find_clips(tmp_path / "data"), cache, 2, report=lambda _: None)
 
 
+def test_a_class_folder_without_videos_is_refused_by_name(tmp_path: Path) -> None:
+    # Every folder is a label: a class not copied in yet, or in a format the list lacks,
+    # would otherwise leave a model without it.
+    class_folders(tmp_path, ("left", "right"), 2)
+    (tmp_path / "up").mkdir()
+    (tmp_path / "down").mkdir()
+    (tmp_path / "down" / "clip.MTS").write_bytes(b"\0")
+    said: list[str] = []
+    with pytest.raises(DatasetError, match=r"no video in class folder\(s\) down, up; add its"):
+        find_clips(tmp_path, said.append)
+    assert said == [
+        "ignored 1 file(s) that are not videos by their name (.mp4|.m4v|.avi|"
+        f".mkv|.webm|.mov|.mpg|.mpeg|.wmv|.ts): {Path('down', 'clip.MTS')}"
+    ]
+
+
 def test_the_split_holds_out_every_label(tmp_path: Path) -> None:
     class_folders(tmp_path / "data", ("left", "right", "up"), 5)
     cache = ClipCache(tmp_path / "cache", Preprocessing(16, 10.0))
@@ -159,9 +175,16 @@ def test_the_split_holds_out_every_label(tmp_path: Path) -> None:
 def test_train_on_bad_data_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     class_folders(tmp_path / "data", ("left",), 2)
+    class_folders(tmp_path / "pairs", ("left", "right"), 2)
     for data, message in (
         (tmp_path / "missing", "no such folder or manifest"),
         (tmp_path / "data", "need at least two labels"),
+        (
+            tmp_path / "pairs",  # a fifth of two videos is none
+            "no clip left to validate on: --val-fraction 0.2 of each label's 2 video(s) or "
+            "fewer rounds down to none; raise it, add videos, or name the held-out ones with "
+            "--split",
+        ),
     ):
         done = subprocess.run(
             [

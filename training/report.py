@@ -21,14 +21,19 @@ import numpy as np
 
 
 def write_report(run: Path, metrics: dict[str, Any], names: Sequence[str]) -> list[Path]:
-    """Writes evaluation.json and whichever plots the metrics allow; returns their paths."""
+    """Writes evaluation.json and whichever plots the metrics allow; returns their paths.
+    A plot this evaluation cannot draw is removed: an earlier evaluation's (of other data)
+    would otherwise sit beside it as if it were this one's."""
     written = [run / "evaluation.json"]
     written[0].write_text(json.dumps(metrics, indent=2) + "\n")
+    confusion, per_class_png = run / "confusion.png", run / "per_class_accuracy.png"
+    confusion.unlink(missing_ok=True)
+    per_class_png.unlink(missing_ok=True)
     if "confusion" in metrics:
-        written.append(_confusion(run / "confusion.png", np.array(metrics["confusion"]), names))
+        written.append(_confusion(confusion, np.array(metrics["confusion"]), names))
     per_class = metrics.get("per_class_clip_accuracy") or metrics.get("per_class_frame_accuracy")
     if per_class:
-        written.append(_per_class(run / "per_class_accuracy.png", per_class))
+        written.append(_per_class(per_class_png, per_class))
     if (run / "metrics.csv").is_file():
         written.append(_curves(run / "training_curves.png", run / "metrics.csv"))
     return written

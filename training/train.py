@@ -140,7 +140,7 @@ def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingDat
         raise TrainingError(str(e)) from None
     counts = ", ".join(f"{label} {n}" for label, n in dataset.per_class().items())
     say(f"{len(train_idx)} clips to train on, {len(val_idx)} held out ({counts})")
-    _check_split(dataset, train_idx, val_idx, cfg.split, say)
+    _check_split(dataset, train_idx, val_idx, cfg.split, cfg.val_fraction, say)
     return VideoData(
         dataset,
         train_idx,
@@ -159,6 +159,7 @@ def _check_split(
     train_idx: list[int],
     val_idx: list[int],
     split_file: str | None,
+    val_fraction: float,
     say: Callable[..., None],
 ) -> None:
     """Refuses a split that leaves a label untrainable or nothing to validate on; names the
@@ -175,7 +176,9 @@ def _check_split(
         raise TrainingError(
             f"{split_file} marks no usable video val: nothing left to validate on"
             if split_file
-            else "no clip left to validate on: each label needs at least two videos"
+            else f"no clip left to validate on: --val-fraction {val_fraction:g} of each "
+            f"label's {max(dataset.per_class().values())} video(s) or fewer rounds down to "
+            "none; raise it, add videos, or name the held-out ones with --split"
         )
     unscored = [
         label
@@ -411,7 +414,7 @@ def _train(
         background_label=data.background_label,
         version=data.version,
         state_dict={k: v.detach().cpu() for k, v in best_weights.items()},
-        train_config=asdict(cfg),
+        train_config=resolved(cfg),  # paths as train_config.json has them
         eval_metrics=best,
     )
     if team.leader:

@@ -85,8 +85,11 @@ def find_clips(data: Path, report: Callable[[str], None] = print) -> list[ClipRe
 
 
 def _from_folders(root: Path, report: Callable[[str], None]) -> list[ClipRef]:
-    refs, others = [], []
+    refs: list[ClipRef] = []
+    others: list[Path] = []
+    empty: list[str] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p)):
+        found = len(refs)
         for path in sorted(folder.rglob("*")):
             if not path.is_file() or _hidden(path.relative_to(folder)):
                 continue
@@ -94,6 +97,8 @@ def _from_folders(root: Path, report: Callable[[str], None]) -> list[ClipRef]:
                 refs.append(ClipRef(path, folder.name))
             else:
                 others.append(path.relative_to(root))
+        if len(refs) == found:
+            empty.append(folder.name)
     if others:
         # Named, not silently dropped: a video in a format OpenCV reads but this list
         # lacks can be given through a manifest, which takes any file.
@@ -106,6 +111,12 @@ def _from_folders(root: Path, report: Callable[[str], None]) -> list[ClipRef]:
         raise DatasetError(
             f"{root}: no videos found; expected {root}/<label>/*"
             f"{'|'.join(VIDEO_SUFFIXES)} (one folder per class)"
+        )
+    if empty:
+        # Every folder is a label: one with no video would leave a model that lacks it.
+        raise DatasetError(
+            f"{root}: no video in class folder(s) {', '.join(empty)}; add its videos "
+            f"({'|'.join(VIDEO_SUFFIXES)}) or move the folder out"
         )
     return refs
 
