@@ -90,7 +90,8 @@ def read_labels(path: Path) -> dict[int, str]:
             labels: dict[int, str] = {}
             for row in reader:
                 where = f"{path}, line {reader.line_num}"
-                frame, label = row["frame"], row["label"]
+                # Labels stripped, as a training manifest's are: "3, left" means left.
+                frame, label = row["frame"], (row["label"] or "").strip()
                 try:
                     labels[int(frame)] = label
                 except (TypeError, ValueError):

@@ -336,6 +336,9 @@ def test_bad_labels_file_is_a_clear_error(tmp_path: Path) -> None:
         csv.writer(f).writerows([["time", "action"], ["0", "idle"]])
     with pytest.raises(StreamError, match="expected a CSV with columns frame,label"):
         read_labels(path)
+    # Spaces after the comma are not part of the label, as in a training manifest.
+    path.write_text("frame,label\n0, move left\n1,idle \n")
+    assert read_labels(path) == {0: "move left", 1: "idle"}
 
 
 def test_stream_a_video_from_an_http_url(server: BackgroundServer, video: Path) -> None:

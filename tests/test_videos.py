@@ -10,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from videogen import class_folders, write
+from videogen import class_folders, labelled_video, write
 
 from actionstream.training.videos import (
     ClipCache,
@@ -283,3 +283,20 @@ def test_a_split_that_leaves_a_label_untrained_is_refused(tmp_path: Path) -> Non
     # Every label trained, two unscored: training goes on and says so.
     said = load({"left_000.mp4"})
     assert any("no held-out video for label(s) right, up" in line for line in said), said
+
+
+def test_a_labelled_videos_csv_is_read_as_a_manifest_is(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from actionstream.training.evaluate import _labelled_video
+
+    video = tmp_path / "long.avi"
+    csv_path = labelled_video(video, ("left", "right"), 1, seed=4)
+    rows = csv_path.read_text().splitlines()
+    spaced = [rows[0], *(row.replace(",", ", ") for row in rows[1:])]
+    csv_path.write_text("\n".join(spaced) + "\n")  # "0, left": spaces are not the label's
+    prep = Preprocessing(16, 10.0)
+    streams = _labelled_video(video, None, ["left", "right"], prep)
+    assert streams.labels.shape[1] == len(rows) - 1
+    csv_path.write_text("frame,label\n0,left\n1,go left\n")
+    with pytest.raises(DatasetError, match="label\\(s\\) 'go left' are not the model's"):
+        _labelled_video(video, None, ["left", "right"], prep)

@@ -223,14 +223,17 @@ def _labelled_video(
     csv_path = Path(labels_csv) if labels_csv else video.with_suffix(".csv")
     try:
         with csv_path.open(newline="") as f:
-            by_frame = {int(row["frame"]): row["label"] for row in csv.DictReader(f)}
+            # Labels stripped, as a manifest's are: "3, left" means left.
+            by_frame = {int(row["frame"]): row["label"].strip() for row in csv.DictReader(f)}
     except OSError as e:
         raise DatasetError(f"{csv_path}: cannot read the labels ({e.strerror})") from None
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise DatasetError(f"{csv_path}: expected a CSV with columns frame,label") from None
     unknown = sorted(set(by_frame.values()) - set(names))
     if unknown:
-        raise DatasetError(f"{csv_path}: label(s) {', '.join(unknown)} are not the model's")
+        raise DatasetError(
+            f"{csv_path}: label(s) {', '.join(map(repr, unknown))} are not the model's"
+        )
     frames, sources = decode_indexed(ClipRef(video, "video"), prep)
     missing = sorted({int(i) for i in sources} - set(by_frame))
     if missing:
