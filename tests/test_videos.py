@@ -13,10 +13,12 @@ import pytest
 from videogen import class_folders, labelled_video, write
 
 from actionstream.training.videos import (
+    Clip,
     ClipCache,
     ClipRef,
     DatasetError,
     Preprocessing,
+    VideoDataset,
     decode_clip,
     find_clips,
     load_dataset,
@@ -226,6 +228,29 @@ def test_augmentation_keeps_direction(tmp_path: Path) -> None:
         out = augment(frames, rng, Augment())
         xs = [float(np.argmax(f.astype(np.float32).mean(axis=(0, 2)))) for f in out]
         assert xs[-1] > xs[0]
+
+
+def test_spans_of_one_video_are_held_out_together() -> None:
+    # A manifest naming spans of long videos: a span held out beside one trained on would
+    # score frames next to ones the model saw.
+    frames = np.zeros((1, 1, 1, 3), np.uint8)
+    refs = [
+        ClipRef(Path(f"/videos/{v}.mp4"), label, start, start + 2.0)
+        for v in range(5)
+        for start, label in ((0.0, "left"), (2.0, "right"), (4.0, "left"))
+    ]
+    labels = ("left", "right")
+    dataset = VideoDataset(
+        labels,
+        tuple(Clip(ref, frames) for ref in refs),
+        tuple(labels.index(ref.label) for ref in refs),
+        (),
+    )
+    train, val = split(dataset, 0.2, seed=1)
+    assert sorted(train + val) == list(range(15))
+    held = {refs[i].path for i in val}
+    assert held and not held & {refs[i].path for i in train}
+    assert {refs[i].label for i in val} == {refs[i].label for i in train} == set(labels)
 
 
 def test_a_split_file_fixes_the_held_out_videos(tmp_path: Path) -> None:

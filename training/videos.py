@@ -316,17 +316,39 @@ def load_dataset(
 def split(dataset: VideoDataset, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Clip indices for training and validation, drawn per label so each label is in both.
 
-    A label with a single clip keeps it for training.
+    Whole videos are held out: the spans a manifest names in one video go to one side
+    together, or validation would score frames next to ones it trained on. Each label
+    gets about `val_fraction` of its clips held out, never all of them (a label with a
+    single clip keeps it for training); a video whose spans would take a label's last
+    training clip stays in training.
     """
     rng = np.random.default_rng(seed)
-    train, val = [], []
+    targets = np.asarray(dataset.targets)
+    by_video: dict[Path, list[int]] = {}
+    for i, clip in enumerate(dataset.clips):
+        by_video.setdefault(clip.ref.path, []).append(i)
+    total = np.bincount(targets, minlength=len(dataset.labels))
+    held = np.zeros_like(total)
+    decided: set[Path] = set()
+    val: list[int] = []
     for k in range(len(dataset.labels)):
-        idx = [i for i, t in enumerate(dataset.targets) if t == k]
-        rng.shuffle(idx)
-        n_val = min(len(idx) - 1, round(len(idx) * val_fraction))
-        val += idx[:n_val]
-        train += idx[n_val:]
-    return sorted(train), sorted(val)
+        # The videos holding label k that are still undecided, in clip order, shuffled:
+        # with one clip a video (class folders), a shuffle of the label's clips.
+        ordered = dict.fromkeys(dataset.clips[i].ref.path for i in np.flatnonzero(targets == k))
+        videos = [video for video in ordered if video not in decided]
+        rng.shuffle(videos)
+        wanted = min(total[k] - 1, round(total[k] * val_fraction))
+        for video in videos:
+            if held[k] >= wanted:
+                break
+            decided.add(video)
+            counts = np.bincount(targets[by_video[video]], minlength=len(total))
+            # Every label the video holds keeps a clip to train on.
+            if np.all((held + counts < total) | (counts == 0)):
+                held += counts
+                val += by_video[video]
+    held_out = set(val)
+    return [i for i in range(len(dataset.clips)) if i not in held_out], sorted(val)
 
 
 def split_from_file(dataset: VideoDataset, path: Path) -> tuple[list[int], list[int]]:
