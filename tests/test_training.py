@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,7 @@ def test_a_killed_run_resumes_as_if_never_stopped(tmp_path: Path) -> None:
 
     a, b = Checkpoint.load(tmp_path / "whole"), Checkpoint.load(tmp_path / "killed")
     assert a.eval_metrics["epoch"] == b.eval_metrics["epoch"]
+    assert re.fullmatch(r"synthetic-32px-seed0-[0-9a-f]{8}", a.version) and a.version == b.version
     for name, tensor in a.state_dict.items():
         assert torch.equal(tensor, b.state_dict[name]), name
     rows = (tmp_path / "killed" / "metrics.csv").read_text().splitlines()
@@ -277,6 +279,10 @@ def test_a_run_can_start_from_an_earlier_one(tmp_path: Path) -> None:
     first = tmp_path / "first"
     main(dataclasses.replace(TINY, out=str(first), epochs=1))
     before = Checkpoint.load(first)
+    again = main(dataclasses.replace(TINY, out=str(tmp_path / "again"), epochs=1, init=str(first)))
+    # One recipe, other weights: another version, as GetModelInfo and /metrics report it.
+    assert again.version != before.version
+    assert again.version.rsplit("-", 1)[0] == before.version.rsplit("-", 1)[0]
 
     def start(labels: tuple[str, ...], **changes: object) -> tuple[str, dict[str, object]]:
         cfg = dataclasses.replace(before.model_config, num_classes=len(labels), **changes)

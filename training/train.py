@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import math
 import time
@@ -412,7 +413,7 @@ def _train(
         labels=data.labels,
         fps=cfg.fps,
         background_label=data.background_label,
-        version=data.version,
+        version=f"{data.version}-{weights_digest(best_weights)}",
         state_dict={k: v.detach().cpu() for k, v in best_weights.items()},
         train_config=resolved(cfg),  # paths as train_config.json has them
         eval_metrics=best,
@@ -424,6 +425,16 @@ def _train(
             f"after {best['train_seconds']:.0f}s of training"
         )
     return ckpt
+
+
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """8 hex digits of the weights' SHA-256, for the model's version: two runs of one
+    recipe (another seed, more epochs) report two versions, a resumed run its own."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(weights[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:8]
 
 
 class EpochLog:
