@@ -317,12 +317,7 @@ class StreamConfig:
             raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
         if self.max_frames < 0:
             raise ValueError(f"max_frames must be 0 (all) or more, got {self.max_frames}")
-        check_top_k(self.top_k)
-        if not self.reconnect_seconds >= 0:
-            raise ValueError(
-                f"reconnect_seconds must be 0 (never) or more, got {self.reconnect_seconds}"
-            )
-        check_target(self.target)
+        _check_client(self.top_k, self.reconnect_seconds, self.target)
 
 
 @dataclass(frozen=True)
@@ -353,16 +348,19 @@ class WatchConfig:
     def __post_init__(self) -> None:
         if not self.source.strip():
             raise ValueError("source is empty; give a camera index, a video file or a URL")
-        check_top_k(self.top_k)
         if self.max_predictions < 0:
             raise ValueError(
                 f"max_predictions must be 0 (no limit) or more, got {self.max_predictions}"
             )
-        if not self.reconnect_seconds >= 0:
-            raise ValueError(
-                f"reconnect_seconds must be 0 (never) or more, got {self.reconnect_seconds}"
-            )
-        check_target(self.target)
+        _check_client(self.top_k, self.reconnect_seconds, self.target)
+
+
+def _check_client(top_k: int, reconnect_seconds: float, target: str) -> None:
+    """The settings `stream` and `watch` share."""
+    check_top_k(top_k)
+    if not reconnect_seconds >= 0:
+        raise ValueError(f"reconnect_seconds must be 0 (never) or more, got {reconnect_seconds}")
+    check_target(target)
 
 
 @dataclass(frozen=True)
