@@ -166,7 +166,10 @@ class Server:
         """
         await self._health.enter_graceful_shutdown()
         self._servicer.shutting_down()
-        await self._grpc.stop(self.cfg.grace_seconds if grace is None else grace)
+        grace = self.cfg.grace_seconds if grace is None else grace
+        cut = asyncio.get_running_loop().call_later(grace, self._servicer.cut_off)
+        await self._grpc.stop(grace)
+        cut.cancel()  # every call ended within the grace period
         await self._servicer.close()
         await self._batcher.stop()
         if self._metrics_server is not None:

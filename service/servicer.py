@@ -137,12 +137,18 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             m.frames_rejected.labels(reject)
         self._received = m.frames_received
         self._shutting_down = False
+        self._cut_off = False
         self._resampled = m.frames_dropped.labels("resampled")
         self._overload = m.frames_dropped.labels("overload")
 
     def shutting_down(self) -> None:
         """From now on, a call cut short was cut by the server's shutdown, not its client."""
         self._shutting_down = True
+
+    def cut_off(self) -> None:
+        """The grace period is over: from now on, an input that ends was cut by the server,
+        even where the cancellation that follows has not reached the handler yet."""
+        self._cut_off = True
 
     async def close(self) -> None:
         self._sources.close()
@@ -181,7 +187,11 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 else:
                     await stream.wakeup.wait()
                     stream.wakeup.clear()
-            reason = "completed"
+            if self._cut_off:  # the client got UNAVAILABLE, as _cancelled counts it
+                self._count_error("StreamFrames", grpc.StatusCode.UNAVAILABLE)
+                reason = "shutdown"
+            else:
+                reason = "completed"
             # Frames resampled away after the last one answered have no prediction to
             # report them; the trailer does, so a client's counts add up.
             context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
