@@ -110,7 +110,7 @@ class SourceAllowlist:
         for entry in (part.strip() for part in text.split(",")):
             if not entry:
                 continue
-            if entry.isascii() and entry.isdigit():
+            if is_camera_index(entry):
                 cameras.add(int(entry))
             elif "://" in entry:
                 urls.append(_url_prefix(entry))
@@ -132,7 +132,7 @@ class SourceAllowlist:
             raise NotAllowed(
                 "that source holds a control character (the source allowlist refuses it)"
             )
-        if _is_camera(source):
+        if is_camera_index(source):
             if int(source) in self.cameras:
                 return source
             raise NotAllowed("that camera is not on this server's source allowlist")
@@ -163,7 +163,7 @@ class SourceAllowlist:
         meanwhile (a tester's loop swapping a file for a link won 23 times in 60 when
         FFmpeg opened the path itself)."""
         admitted = self.admit(source)
-        if "://" in source or _is_camera(source):
+        if "://" in source or is_camera_index(source):
             yield admitted
             return
         # Never a file by name: a link made under that name once it was checked (or found
@@ -198,8 +198,9 @@ class SourceAllowlist:
             raise NotAllowed("that URL is under no prefix on this server's source allowlist")
 
 
-def _is_camera(source: str) -> bool:
-    # ASCII digits only, as the server reads a camera index: "²" is a digit to isdigit().
+def is_camera_index(source: str) -> bool:
+    """A camera index as the server reads one: ASCII digits only ("²" is a digit to
+    str.isdigit(), yet int() refuses it)."""
     return source.isascii() and source.isdigit()
 
 

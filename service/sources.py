@@ -33,6 +33,7 @@ from actionstream.service.source_allowlist import (
     NotAllowed,
     SourceAllowlist,
     has_control_characters,
+    is_camera_index,
 )
 from actionstream.service.streams import printable
 
@@ -127,8 +128,7 @@ class VideoSource:
             check_text(source)
         self.source = source if shown is None else shown
         self._max_pixels = limits.max_pixels if limits is not None else None
-        # ASCII digits only: "²".isdigit() is true, yet int() refuses it.
-        camera = source.isascii() and source.isdigit()
+        camera = is_camera_index(source)
         if camera:
             self._capture = _open_camera(source, limits)
         else:

@@ -183,9 +183,9 @@ def test_train_on_bad_data_is_one_line_and_writes_nothing(tmp_path: Path) -> Non
         (tmp_path / "data", "need at least two labels"),
         (
             tmp_path / "pairs",  # a fifth of two videos is none
-            "no clip left to validate on: --val-fraction 0.2 of each label's 2 video(s) or "
-            "fewer rounds down to none; raise it, add videos, or name the held-out ones with "
-            "--split",
+            "no clip left to validate on: --val-fraction 0.2 held out no whole video (of "
+            "each label's 2 clip(s) or fewer it rounds down to none, and a label keeps a "
+            "video to train on); raise it, add videos, or name the held-out ones with --split",
         ),
     ):
         done = subprocess.run(

@@ -177,9 +177,10 @@ def _check_split(
         raise TrainingError(
             f"{split_file} marks no usable video val: nothing left to validate on"
             if split_file
-            else f"no clip left to validate on: --val-fraction {val_fraction:g} of each "
-            f"label's {max(dataset.per_class().values())} video(s) or fewer rounds down to "
-            "none; raise it, add videos, or name the held-out ones with --split"
+            else f"no clip left to validate on: --val-fraction {val_fraction:g} held out no "
+            f"whole video (of each label's {max(dataset.per_class().values())} clip(s) or "
+            "fewer it rounds down to none, and a label keeps a video to train on); raise it, "
+            "add videos, or name the held-out ones with --split"
         )
     unscored = [
         label
