@@ -279,6 +279,10 @@ def test_a_split_file_fixes_the_held_out_videos(tmp_path: Path) -> None:
     sheet.write_text("path,split\n" + f"{rows[0]},val\n")
     with pytest.raises(DatasetError, match="no split for"):
         split_from_file(dataset, sheet)
+    # A video listed twice is refused, not settled by its last row.
+    sheet.write_text("path,split\n" + "".join(f"{r},train\n" for r in rows) + f"{rows[1]},val\n")
+    with pytest.raises(DatasetError, match=f"line 6 lists .*{names[1]} a second time"):
+        split_from_file(dataset, sheet)
 
 
 def test_a_split_that_leaves_a_label_untrained_is_refused(tmp_path: Path) -> None:

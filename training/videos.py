@@ -356,13 +356,22 @@ def split_from_file(dataset: VideoDataset, path: Path) -> tuple[list[int], list[
     or val; paths relative to the CSV, as in a manifest). Every clip must be listed."""
     try:
         with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-        wanted = {(path.parent / r["path"].strip()).resolve(): r["split"].strip() for r in rows}
+            reader = csv.DictReader(f)
+            listed = [
+                (reader.line_num, (path.parent / r["path"].strip()).resolve(), r["split"].strip())
+                for r in reader
+            ]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{path}: cannot read the split ({e})") from None
     except (KeyError, AttributeError):
         raise DatasetError(f"{path}: expected a CSV with columns path,split") from None
-    bad = sorted({v for v in wanted.values()} - {"train", "val"})
+    wanted: dict[Path, str] = {}
+    for line, video, where in listed:
+        if video in wanted:
+            # Last-wins would quietly move a video to the other side of the split.
+            raise DatasetError(f"{path}: line {line} lists {video} a second time")
+        wanted[video] = where
+    bad = sorted(set(wanted.values()) - {"train", "val"})
     if bad:
         raise DatasetError(f"{path}: split must be train or val, got {bad}")
     train: list[int] = []
