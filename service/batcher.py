@@ -87,7 +87,11 @@ def _lower_priority(nice: int) -> None:
     if not nice or sys.platform != "linux":
         return
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        # Counted from the process's niceness (its main thread's; a new thread inherits
+        # its creator's, which may be a lowered one): a server started under `nice`
+        # keeps these threads below its own, not at `nice` itself, above it.
+        own = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, own + nice))
     except OSError as e:
         # A sandbox that forbids it costs the priority, never the thread: an initializer
         # that raises would leave its pool broken and every batch failing.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import subprocess
 import sys
 import threading
 import time
@@ -189,9 +190,46 @@ def test_decoding_and_inference_yield_the_cores_to_reading_and_answering(
     threads = {t.name: t for t in threading.enumerate()}
     inference = [t for name, t in threads.items() if name.startswith("batch-")]
     assert len(inference) == 2, sorted(threads)
-    assert {_nice(t) for t in inference} == {nice}
+    # Counted from the process's own niceness (pytest itself may run under `nice`).
+    own = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    assert {_nice(t) for t in inference} == {min(19, own + nice)}
     # The event loop (gRPC reading and writing) keeps the process's own priority.
-    assert _nice(threads["actionstream-server"]) == 0
+    assert _nice(threads["actionstream-server"]) == own
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
+def test_decode_threads_are_niced_from_the_process_own_niceness() -> None:
+    # A server started under `nice -n 10` with --inference-nice 5: its decode threads at
+    # 15, not 5 (above the server itself); one made by a thread already lowered (as the
+    # batch threads make the pools they lend to) at 15 too, not 20.
+    script = (
+        "import os, threading\n"
+        "from actionstream.service.batcher import _lower_priority\n"
+        "def nice():\n"
+        "    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())\n"
+        "seen = []\n"
+        "def child():\n"
+        "    _lower_priority(5)\n"
+        "    seen.append(nice())\n"
+        "def parent():\n"
+        "    _lower_priority(5)\n"
+        "    seen.append(nice())\n"
+        "    t = threading.Thread(target=child)\n"
+        "    t.start(); t.join()\n"
+        "t = threading.Thread(target=parent)\n"
+        "t.start(); t.join()\n"
+        "print(nice(), *seen)\n"
+    )
+    own = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    out = subprocess.run(
+        ["nice", "-n", "3", sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    base = min(19, own + 3)
+    assert out == [str(base), str(min(19, base + 5)), str(min(19, base + 5))]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="per-thread niceness is Linux's")
