@@ -44,3 +44,26 @@ class Resampler:
             return False
         self._due += self._period
         return True
+
+
+class FileClock:
+    """Capture times along a video file, from the positions its container reports.
+
+    OpenCV gives the position of the frame just read (CAP_PROP_POS_MSEC).
+    Containers without timestamps report 0 after the first frame, so frames
+    are then counted at the file's frame rate. Times never go backwards,
+    whatever the container says: a file has one timeline.
+    """
+
+    def __init__(self, fps: float) -> None:
+        self._fps = fps
+        self._index = 0
+        self._t = -math.inf
+
+    def next(self, pos_ms: float) -> float:
+        """The next frame's capture time in seconds; `pos_ms` is what OpenCV reported
+        as its position right after reading it."""
+        pos = pos_ms / 1000.0
+        self._t = max(self._t, pos if pos > 0 or self._index == 0 else self._index / self._fps)
+        self._index += 1
+        return self._t

@@ -387,7 +387,7 @@ def _stream(
                     answered.put(None)
                     if on_prediction is not None:
                         on_prediction(prediction, label, latency_ms)
-                skipped += _trailer_skipped(call)
+                skipped += trailer_skipped(call)
                 break
             except grpc.RpcError as e:
                 call_over.set()
@@ -440,7 +440,7 @@ def _stream(
     return summary()
 
 
-def _trailer_skipped(call: grpc.Call) -> int:
+def trailer_skipped(call: grpc.Call) -> int:
     """Frames the server skipped after its last answer, from the call's trailer."""
     for key, value in call.trailing_metadata() or ():
         if key == SKIPPED_FRAMES and isinstance(value, str) and value.isdigit():

@@ -26,6 +26,7 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from actionstream.resampling import FileClock
 from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
 from actionstream.service.frames import FrameError, RejectReason
@@ -319,13 +320,28 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         try:
             self._admit(stream)
             source = await self._open_source(request.source)
+            # Resampled to the model's rate like any stream: a file by its own timeline
+            # (read as fast as the model steps, its frames would all come "now"), a
+            # camera or live stream by when its frames were read.
+            clock = None if source.live else FileClock(source.fps or self._meta.fps)
             try:
-                while (image := await _read_source(source)) is not None:
+                while (read := await _read_source(source)) is not None:
+                    image, position_ms = read
                     # A source frame is "received" when OpenCV hands it over.
                     received = time.perf_counter()
                     self._received.inc()
-                    frame = pb.Frame(timestamp_us=time.time_ns() // 1000)
-                    pending = PendingFrame(frame, None, stream.number(0), received, False)
+                    sequence = stream.number(0)
+                    timestamp_us = (
+                        time.time_ns() // 1000
+                        if clock is None
+                        else round(clock.next(position_ms) * 1e6)
+                    )
+                    if not stream.resampler.take(timestamp_us):
+                        stream.resampled_away()
+                        self._resampled.inc()
+                        continue
+                    frame = pb.Frame(timestamp_us=timestamp_us)
+                    pending = PendingFrame(frame, None, sequence, received, False)
                     pending.image = await asyncio.to_thread(self._decoder.fit, image)
                     self._batcher.push(stream, pending)
                     while stream.outbox is None and stream.failure is None:
@@ -344,6 +360,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             finally:
                 source.close()
             reason = "completed"
+            context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
         except _Refused as e:
             reason = e.reason
             self._count_error("WatchSource", e.code)
@@ -579,7 +596,7 @@ def _source_lost(answered: int) -> _Refused:
     )
 
 
-async def _read_source(source: AsyncVideoSource) -> np.ndarray | None:
+async def _read_source(source: AsyncVideoSource) -> tuple[np.ndarray, float] | None:
     """A watched source's next frame; a frame over max_frame_pixels ends the call."""
     try:
         return await source.read()

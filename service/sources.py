@@ -136,9 +136,10 @@ class VideoSource:
         if self._max_pixels is not None:
             self._check_reported_size()
         # A camera, or a stream with no end in sight; a local file is never live, even one
-        # that reports no frame count (raw MJPEG or H.264). Read once, here: asking OpenCV
-        # later could meet a read in flight on another thread.
+        # that reports no frame count (raw MJPEG or H.264). This and the frame rate are
+        # read once, here: asking OpenCV later could meet a read in flight on another thread.
         self.live = camera or (is_url(source) and self.frame_count is None)
+        self.opened_fps = self.fps
 
     @property
     def fps(self) -> float | None:
@@ -162,6 +163,11 @@ class VideoSource:
         if self._max_pixels is not None:
             self._check_pixels(frame.shape[1], frame.shape[0], "sent a frame of")
         return frame
+
+    def read_positioned(self) -> tuple[np.ndarray, float] | None:
+        """Like read, with the position OpenCV gives the frame (ms along a file)."""
+        frame = self.read()
+        return None if frame is None else (frame, float(self._capture.get(cv2.CAP_PROP_POS_MSEC)))
 
     def close(self) -> None:
         self._capture.release()
@@ -300,9 +306,17 @@ class AsyncVideoSource:
         """A camera or live stream (no frame count): its end is a loss, not a finish."""
         return self._source.live
 
-    async def read(self) -> np.ndarray | None:
-        """The next frame, or None when the source has ended."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._source.read)
+    @property
+    def fps(self) -> float | None:
+        """The frame rate the source reported when it opened, if a usable one."""
+        return self._source.opened_fps
+
+    async def read(self) -> tuple[np.ndarray, float] | None:
+        """The next frame and its position in ms (along a file; see VideoSource), or None
+        when the source has ended."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._source.read_positioned
+        )
 
     def close(self) -> None:
         """Releases the source once any read in flight has returned; does not wait for it."""

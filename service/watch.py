@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from actionstream.service.client import KEEPALIVE, RECONNECT_PAUSE_S
+from actionstream.service.client import KEEPALIVE, RECONNECT_PAUSE_S, trailer_skipped
 from actionstream.service.config import WatchConfig
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -40,6 +40,7 @@ class WatchSummary:
     watches: int  # WatchSource calls that answered: more than one after a loss
     ended: str  # how it ended, in words
     interrupted: bool = False  # stopped with Ctrl-C
+    skipped: int = 0  # source frames the server took none of (above the model's rate)
 
 
 class WatchError(Exception):
@@ -58,11 +59,11 @@ def watch_source(
     request = pb.SourceRequest(
         source=cfg.source, options=pb.StreamOptions(top_k=cfg.top_k, stream_name=cfg.name)
     )
-    answered = watches = 0
+    answered = watches = skipped = 0
     retry_until: float | None = None  # set while watching again
 
     def summary(ended: str, interrupted: bool = False) -> WatchSummary:
-        return WatchSummary(answered, watches, ended, interrupted)
+        return WatchSummary(answered, watches, ended, interrupted, skipped)
 
     call = None
     with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
@@ -77,11 +78,13 @@ def watch_source(
                             first, retry_until = False, None
                             watches += 1
                         answered += 1
+                        skipped += prediction.skipped_frames
                         if on_prediction is not None:
                             on_prediction(prediction)
                         if answered == cfg.max_predictions:
                             call.cancel()
                             return summary(f"stopped after {answered} predictions, as asked")
+                    skipped += trailer_skipped(call)
                     return summary("the source ended")
                 except grpc.RpcError as e:
                     code, details = e.code(), e.details()
@@ -139,6 +142,11 @@ def print_prediction(prediction: pb.Prediction) -> None:
 
 def print_summary(summary: WatchSummary) -> None:
     print(f"predictions: {summary.predictions}")
+    if summary.skipped:
+        print(
+            f"skipped: {summary.skipped} of the source's frames (above the model's frame "
+            "rate, or behind when the server was busy)"
+        )
     if summary.watches > 1:
         print(
             f"watched again: {summary.watches - 1} time(s) after the source or the server "

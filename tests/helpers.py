@@ -7,6 +7,7 @@ import itertools
 import queue
 import socket
 import threading
+import time
 from collections.abc import Sequence
 
 import cv2
@@ -97,15 +98,29 @@ def assert_matches(
         )
 
 
-class MjpegCamera:
-    """An HTTP MJPEG camera on 127.0.0.1: sends each client `frames`, then holds on, silent."""
+# The sequence numbers a WatchSource of an MjpegCamera answers, its second frame thinned.
+def camera_sequences(frames: int) -> list[int]:
+    return [1, *range(3, frames + 1)]
 
-    def __init__(self, frames: Sequence[np.ndarray]) -> None:
+
+class MjpegCamera:
+    """An HTTP MJPEG camera on 127.0.0.1: sends each client `frames` at `fps`, as a camera
+    does, then holds on, silent.
+
+    The server stamps a camera's frames when it reads them and takes them at the model's
+    rate (10 fps here): at 5 fps every frame is taken, even one read up to 125 ms late,
+    but the second. FFmpeg holds the first two frames from its probe when the open
+    returns; read together, the second is thinned away. So `n` frames give `n - 1`
+    predictions, numbered as `camera_sequences` says.
+    """
+
+    def __init__(self, frames: Sequence[np.ndarray], fps: float = 5.0) -> None:
         self._parts = [
             b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
             % (len(data), data)
             for data in map(jpeg, frames)
         ]
+        self._period_s = 1.0 / fps
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._connections: list[socket.socket] = []
         self.sent = threading.Event()  # a client has been sent every frame
@@ -116,16 +131,25 @@ class MjpegCamera:
         while True:
             try:
                 connection, _ = self._listener.accept()
-                self._connections.append(connection)
-                connection.recv(65536)
-                connection.sendall(
-                    b"HTTP/1.0 200 OK\r\n"
-                    b"Content-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
-                    + b"".join(self._parts)
-                )
-                self.sent.set()
             except OSError:
                 return
+            self._connections.append(connection)
+            threading.Thread(target=self._send, args=(connection,), daemon=True).start()
+
+    def _send(self, connection: socket.socket) -> None:
+        try:
+            connection.recv(65536)
+            connection.sendall(
+                b"HTTP/1.0 200 OK\r\n"
+                b"Content-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
+            )
+            for i, part in enumerate(self._parts):
+                if i:
+                    time.sleep(self._period_s)
+                connection.sendall(part)
+            self.sent.set()
+        except OSError:  # the client went away, or the camera was closed
+            return
 
     def close(self) -> None:
         # A close alone does not wake a thread blocked in accept(), which would then take

@@ -372,13 +372,46 @@ def test_watch_source_streams_a_video_file(
     capture.release()
 
     server = start_server(allow_sources=True)
-    stub = pb_grpc.ActionRecognitionStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
-    request = pb.SourceRequest(source=str(video), options=pb.StreamOptions(top_k=2))
-    predictions = list(stub.WatchSource(request))
-    assert [p.sequence for p in predictions] == list(range(1, 11))
-    assert_matches(predictions, reference(decoded), model.metadata.labels)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        request = pb.SourceRequest(source=str(video), options=pb.StreamOptions(top_k=2))
+        predictions = list(stub.WatchSource(request))
+        assert [p.sequence for p in predictions] == list(range(1, 11))
+        assert_matches(predictions, reference(decoded), model.metadata.labels)
 
-    with pytest.raises(grpc.RpcError) as err:
-        list(stub.WatchSource(pb.SourceRequest(source=str(tmp_path / "absent.avi"))))
-    assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "no such video file" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.WatchSource(pb.SourceRequest(source=str(tmp_path / "absent.avi"))))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert "no such video file" in err.value.details()
+
+
+def test_watch_source_takes_a_faster_file_at_the_models_rate(
+    start_server: Callable[..., BackgroundServer],
+    tmp_path: Path,
+    reference: Reference,
+    model: OnnxStepModel,
+) -> None:
+    # 32 frames at 30 fps for a 10 fps model: every third frame, by the file's own
+    # timeline (read as fast as the model steps, they all come at once), as training
+    # and evaluation take them.
+    frames, labels = render_stream(32, seed=12)
+    video = tmp_path / "fast.avi"
+    write_video(frames, labels, video, fps=30.0)
+    capture = cv2.VideoCapture(str(video))
+    decoded = [capture.read()[1] for _ in range(32)]
+    capture.release()
+    assert model.metadata.fps == 10.0
+
+    server = start_server(allow_sources=True)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = pb_grpc.ActionRecognitionStub(channel).WatchSource(
+            pb.SourceRequest(source=str(video), options=pb.StreamOptions(top_k=2))
+        )
+        predictions = list(call)
+        trailer = dict(call.trailing_metadata() or ())
+    taken = list(range(0, 32, 3))  # source frames 1, 4, ..., 31
+    assert [p.sequence for p in predictions] == [i + 1 for i in taken]
+    assert [p.timestamp_us for p in predictions] == [round(i * 1e6 / 30) for i in taken]
+    assert [p.skipped_frames for p in predictions] == [0] + [2] * (len(taken) - 1)
+    assert trailer["actionstream-skipped-frames"] == "1"  # frame 32, after the last answer
+    assert_matches(predictions, reference([decoded[i] for i in taken]), model.metadata.labels)

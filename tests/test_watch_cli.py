@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from background import BackgroundServer
-from helpers import WITH_CTRL_C, MjpegCamera, render
+from helpers import WITH_CTRL_C, MjpegCamera, camera_sequences, render
 
 from actionstream.training.synth import render_stream, write_video
 
@@ -19,6 +19,10 @@ StartServer = Callable[..., BackgroundServer]
 # The servers' idle timeout, and so how long a silent camera takes to count as lost.
 TIMEOUT_S = 2.0
 LOST = "the source stopped sending frames after 3 predictions"
+SKIPPED = (
+    "skipped: {} of the source's frames (above the model's frame rate, or behind when the "
+    "server was busy)"
+)
 
 
 def _watch(server: BackgroundServer, *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,8 +44,9 @@ def watcher(start_server: StartServer) -> BackgroundServer:
 
 @pytest.fixture
 def camera() -> Iterator[MjpegCamera]:
-    """Three frames to each connection, then silence: a camera that drops."""
-    camera = MjpegCamera(list(render(3, seed=1)))
+    """Four frames to each connection (three predictions), then silence: a camera that
+    drops."""
+    camera = MjpegCamera(list(render(4, seed=1)))
     yield camera
     camera.close()
 
@@ -55,6 +60,16 @@ def test_a_file_is_watched_to_its_end(watcher: BackgroundServer, tmp_path: Path)
     assert [line.split()[:2] for line in lines[:10]] == [["frame", str(n)] for n in range(1, 11)]
     assert all(0 < float(line.split()[3]) <= 1 for line in lines[:10])  # the top label's
     assert lines[10:] == ["predictions: 10", "ended: the source ended"]
+    # A 30 fps file for the 10 fps model: every third frame, the rest counted.
+    frames, labels = render_stream(30, seed=6)
+    write_video(frames, labels, tmp_path / "fast.avi", fps=30.0)
+    result = _watch(watcher, "--source", str(tmp_path / "fast.avi"), "--quiet")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == [
+        "predictions: 10",
+        SKIPPED.format(20),
+        "ended: the source ended",
+    ]
 
 
 def test_a_lost_camera_is_watched_again(watcher: BackgroundServer, camera: MjpegCamera) -> None:
@@ -63,16 +78,18 @@ def test_a_lost_camera_is_watched_again(watcher: BackgroundServer, camera: Mjpeg
         watcher, "--source", camera.url, "--max-predictions", "5", "--reconnect-seconds", "20"
     )
     assert result.returncode == 0, result
-    # Three frames, lost once the camera had been silent for the server's read timeout,
-    # then watched again: two more, and it stops where asked.
-    assert result.stdout.splitlines()[-3:] == [
+    # Three predictions, lost once the camera had been silent for the server's read
+    # timeout, then watched again: two more, and it stops where asked.
+    assert result.stdout.splitlines()[-4:] == [
         "predictions: 5",
+        SKIPPED.format(2),  # each call's second frame (see MjpegCamera)
         "watched again: 1 time(s) after the source or the server was lost (each new call "
         "started from a zero state)",
         "ended: stopped after 5 predictions, as asked",
     ]
     frames = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("frame")]
-    assert frames == ["1", "2", "3", "1", "2"]  # the new call's own numbers
+    # Each call's own frame numbers (the second frame is thinned, see MjpegCamera).
+    assert frames == [str(n) for n in camera_sequences(4) + camera_sequences(4)[:2]]
     (said,) = result.stderr.splitlines()
     assert said.startswith(f"actionstream watch: UNAVAILABLE: {LOST}")
     assert said.endswith("watching again for up to 20 s (a new call starts from a zero state)")
@@ -86,6 +103,7 @@ def test_a_lost_camera_ends_the_watch_when_asked_not_to_reconnect(
     assert result.returncode == 1, result
     assert result.stdout.splitlines() == [
         "predictions: 3",
+        SKIPPED.format(1),
         "ended: the server ended it with UNAVAILABLE",
     ]
     (said,) = result.stderr.splitlines()
@@ -115,7 +133,11 @@ def test_watching_again_gives_up_when_the_camera_stays_away(
     close_once_sent()
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, (out, err)
-    assert out.splitlines() == ["predictions: 3", "ended: gave up watching again"]
+    assert out.splitlines() == [
+        "predictions: 3",
+        SKIPPED.format(1),
+        "ended: gave up watching again",
+    ]
     lost, gave_up = err.splitlines()
     assert lost.startswith(f"actionstream watch: UNAVAILABLE: {LOST}")
     assert gave_up.startswith(
@@ -167,4 +189,4 @@ def test_ctrl_c_stops_a_watch_with_its_summary(
     proc.send_signal(signal.SIGINT)  # while the server waits on the silent camera
     out, err = proc.communicate(timeout=30)
     assert (proc.returncode, err) == (130, "")
-    assert out.splitlines() == ["predictions: 3", "ended: interrupted"]
+    assert out.splitlines() == ["predictions: 3", SKIPPED.format(1), "ended: interrupted"]

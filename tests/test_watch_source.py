@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 import pytest
 from background import BackgroundServer
-from helpers import MjpegCamera, jpeg, render
+from helpers import MjpegCamera, camera_sequences, jpeg, render
 
 from actionstream.service.metrics import scrape
 from actionstream.training.synth import render_stream, write_video
@@ -238,14 +238,18 @@ def test_a_camera_that_stops_is_lost_while_a_file_that_ends_is_done(
     finished = watch(watcher, str(video))
     assert (len(finished.predictions), finished.code) == (10, grpc.StatusCode.OK)
     # A file with no frame count to report (raw MJPEG: JPEGs back to back) is a file too.
+    # It has no timeline either: FFmpeg reads it at 25 fps, so 4 frames are 2 at 10 fps.
     raw = tmp_path / "clip.mjpeg"
     raw.write_bytes(b"".join(jpeg(image) for image in render(4, seed=2)))
     finished = watch(watcher, str(raw))
-    assert (len(finished.predictions), finished.code) == (4, grpc.StatusCode.OK)
-    camera = make_camera(list(render(3, seed=1)))
+    assert (len(finished.predictions), finished.code) == (2, grpc.StatusCode.OK)
+    camera = make_camera(list(render(4, seed=1)))  # 3 predictions
     lost = watch(watcher, camera.url)
     assert (len(lost.predictions), lost.code) == (3, grpc.StatusCode.UNAVAILABLE)
     assert lost.details.startswith("the source stopped sending frames after 3 predictions")
+    # A camera's frames are taken at the model's rate by when they were read (see
+    # MjpegCamera for the second one).
+    assert [p.sequence for p in lost.predictions] == camera_sequences(4)
     m = metrics(watcher)
     assert m["actionstream_streams_ended_total{reason=completed}"] == 2
     assert m["actionstream_streams_ended_total{reason=source_lost}"] == 1
@@ -259,12 +263,12 @@ def test_reads_that_outlive_their_calls_are_bounded(
     # max_streams 1: at most 2 threads for sources, the live call's and one left over.
     read_timeout_s = 4.0  # ample time for the calls below, while the first read lingers
     server = start_server(allow_sources=True, idle_timeout_seconds=read_timeout_s, max_streams=1)
-    camera = make_camera(list(render(3, seed=1)))
+    camera = make_camera(list(render(4, seed=1)))  # 3 predictions
 
     def three_frames_then_cancel(stub: pb_grpc.ActionRecognitionStub) -> None:
         call = stub.WatchSource(pb.SourceRequest(source=camera.url), timeout=30)
         assert len([next(call) for _ in range(3)]) == 3
-        time.sleep(0.3)  # the server now waits in OpenCV for a fourth frame
+        time.sleep(0.3)  # the server now waits in OpenCV for a fifth frame
         call.cancel()
 
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -347,7 +351,7 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
     for i, image in enumerate(render(3, seed=2)):
         (allowed / f"img{i}.jpg").write_bytes(jpeg(image))
     (allowed / "img%d.jpg").write_bytes(jpeg(render(1, seed=2)[0]))
-    camera = make_camera(list(render(3, seed=1)))
+    camera = make_camera(list(render(4, seed=1)))  # 3 predictions
     port = camera.url.split(":")[2].split("/")[0]
     server = start_server(
         allow_sources=True,
@@ -358,7 +362,7 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
         ),
     )
     assert len(watch(server, str(allowed / "clip.avi")).predictions) == 4
-    # Three frames, then the camera falls silent and the read times out.
+    # Three predictions, then the camera falls silent and the read times out.
     lost = watch(server, camera.url)
     assert (len(lost.predictions), lost.code) == (3, grpc.StatusCode.UNAVAILABLE)
     refused = {

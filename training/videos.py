@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from actionstream.resampling import Resampler
+from actionstream.resampling import FileClock, Resampler
 from actionstream.training.data import LabelledClip
 
 # Containers OpenCV's FFmpeg reads; a manifest may name any other file.
@@ -214,18 +214,15 @@ def decode_indexed(ref: ClipRef, prep: Preprocessing) -> tuple[np.ndarray, np.nd
     if not (math.isfinite(source_fps) and source_fps > 0):
         source_fps = prep.fps
     resampler = Resampler(prep.fps)
+    clock = FileClock(source_fps)
     out: list[np.ndarray] = []
     sources: list[int] = []
-    t = -math.inf
     try:
         for index in itertools.count():
             ok, image = capture.read()
             if not ok or image is None:
                 break
-            # Containers without timestamps report 0 after the first frame: count frames
-            # then. Timestamps never go backwards here, whatever the container says.
-            pos = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            t = max(t, pos if pos > 0 or index == 0 else index / source_fps)
+            t = clock.next(capture.get(cv2.CAP_PROP_POS_MSEC))
             if ref.end_s is not None and t >= ref.end_s:
                 break
             if t < ref.start_s - 1e-6 or not resampler.take(round(t * 1e6)):

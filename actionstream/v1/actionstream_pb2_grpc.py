@@ -65,7 +65,9 @@ class ActionRecognitionServicer:
     def WatchSource(self, request, context):
         """The server opens a source itself (camera index, file, RTSP/HTTP URL) and
         streams predictions for it. Off unless the server runs with
-        --allow-sources (PERMISSION_DENIED otherwise).
+        --allow-sources (PERMISSION_DENIED otherwise). Frames are numbered as
+        read and taken at the model's frame rate: a file's by its own timeline
+        (timestamp_us is the time into the file), a camera's by when it was read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
