@@ -115,7 +115,8 @@ class ServeConfig:
     )
     inference_nice: int = setting(
         5,
-        help="CPU niceness (0-19, Linux) of the decode and model threads: above 0, reading "
+        help="CPU niceness the decode and model threads take on top of the server's own "
+        "(0-19, Linux): above 0, reading "
         "and answering streams go first when the cores are full, so an overloaded server "
         "drops frames instead of falling behind; 0 weighs them all alike",
         group="Real time",
