@@ -165,8 +165,9 @@ class Server:
         `grace` defaults to the config's grace_seconds.
         """
         await self._health.enter_graceful_shutdown()
-        self._servicer.shutting_down()
         grace = self.cfg.grace_seconds if grace is None else grace
+        # Scheduled before gRPC's own timer for the same moment, so it runs first, and
+        # the cancellations gRPC then sends reach handlers that know why.
         cut = asyncio.get_running_loop().call_later(grace, self._servicer.cut_off)
         await self._grpc.stop(grace)
         cut.cancel()  # every call ended within the grace period

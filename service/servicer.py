@@ -137,18 +137,14 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         for reject in (*typing.get_args(RejectReason), "malformed"):  # + not a FrameRequest
             m.frames_rejected.labels(reject)
         self._received = m.frames_received
-        self._shutting_down = False
         self._cut_off = False
         self._resampled = m.frames_dropped.labels("resampled")
         self._overload = m.frames_dropped.labels("overload")
 
-    def shutting_down(self) -> None:
-        """From now on, a call cut short was cut by the server's shutdown, not its client."""
-        self._shutting_down = True
-
     def cut_off(self) -> None:
-        """The grace period is over: from now on, an input that ends was cut by the server,
-        even where the cancellation that follows has not reached the handler yet."""
+        """The grace period is over: from now on, a call cut short was cut by the server,
+        even where the cancellation that follows has not reached the handler yet. (Within
+        the grace period, one is still its client's doing.)"""
         self._cut_off = True
 
     async def close(self) -> None:
@@ -471,7 +467,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         if isinstance(stream.failure, _Refused):
             self._count_error(method, stream.failure.code)
             return stream.failure.reason
-        if self._shutting_down:  # past the grace period: the client got UNAVAILABLE
+        if self._cut_off:  # past the grace period: the client got UNAVAILABLE
             self._count_error(method, grpc.StatusCode.UNAVAILABLE)
             return "shutdown"
         # A client that cancels, one whose connection dropped, and a message gRPC refused

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -321,6 +322,40 @@ def test_streams_cut_by_shutdown_are_counted_as_such(model: OnnxStepModel) -> No
     assert (ended("shutdown"), ended("cancelled")) == (1.0, 0.0)
     errors = {"method": "StreamFrames", "code": "UNAVAILABLE"}
     assert registry.get_sample_value("actionstream_rpc_errors_total", errors) == 1.0
+
+
+def test_a_client_that_hangs_up_in_the_grace_period_counts_as_cancelled(
+    model: OnnxStepModel,
+) -> None:
+    # A rollout's grace period is the clients' time to finish: one that hangs up then
+    # counts as cancelled; one still open when it runs out, as cut by the shutdown.
+    registry = CollectorRegistry()
+    cfg = ServeConfig(host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=2.0)
+    server = BackgroundServer(cfg, registry, model)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.ActionRecognitionStub(channel)
+            leaving, staying = (LiveStream(stub, pb.StreamOptions()) for _ in range(2))
+            for n, live in enumerate((leaving, staying)):
+                live.send(frame_request(jpeg(render(1, seed=41 + n)[0])))
+            stopping = threading.Thread(target=server.stop, kwargs={"grace": 2.0})
+            stopping.start()
+            time.sleep(0.5)
+            leaving.cancel()
+            with pytest.raises(grpc.RpcError) as err:
+                staying.outcome()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            stopping.join(30)
+    finally:
+        server.stop()
+
+    def ended(reason: str) -> float | None:
+        return registry.get_sample_value("actionstream_streams_ended_total", {"reason": reason})
+
+    assert (ended("shutdown"), ended("cancelled")) == (1.0, 1.0)
+    for code in ("UNAVAILABLE", "CANCELLED"):
+        errors = {"method": "StreamFrames", "code": code}
+        assert registry.get_sample_value("actionstream_rpc_errors_total", errors) == 1.0
 
 
 def test_metrics_count_every_frame(start_server: Callable[..., BackgroundServer]) -> None:
