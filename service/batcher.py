@@ -437,6 +437,11 @@ class Batcher:
             answered += 1
         metrics.frames_processed.inc(answered)
 
+    def _drop_ended(self, stream: Stream) -> None:
+        """Counts a heavy-lane frame whose stream ended: drain() could not see it."""
+        stream.in_flight = False
+        self._metrics.frames_dropped.labels("stream_ended").inc()
+
     async def _heavy_lane(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -444,6 +449,9 @@ class Batcher:
                 self._heavy_wake.clear()
                 await self._heavy_wake.wait()
             stream, pending = self._heavy.popleft()
+            if stream.failure is not None:  # ended while it waited: no decode for nobody
+                self._drop_ended(stream)
+                continue
             start = time.perf_counter()
             try:
                 pending.image = await loop.run_in_executor(
@@ -459,9 +467,12 @@ class Batcher:
                 stream.in_flight = False
                 stream.fail(e)
             else:
-                stream.decoded = pending
-                stream.in_flight = False
-                self.offer(stream)
+                if stream.failure is not None:  # ended (and drained) while it was decoded
+                    self._drop_ended(stream)
+                else:
+                    stream.decoded = pending
+                    stream.in_flight = False
+                    self.offer(stream)
             spent = time.perf_counter() - start
             self._metrics.decode.observe(spent)
             # Rest, so the lane's share of one core stays at HEAVY_SHARE whatever it is

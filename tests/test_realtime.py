@@ -715,6 +715,46 @@ def test_a_fault_in_the_heavy_lane_ends_only_that_stream(
     assert [a.sequence for a in answers] == [1, 2]
 
 
+def test_heavy_frames_of_ended_streams_are_counted_not_decoded(
+    start_server: StartServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every 64x64 test frame takes the heavy lane here; each decode is made to take 1 s.
+    # Two streams end while the lane decodes the first one's frame and the second's waits.
+    decode = FrameDecoder.decode
+    decoded: list[float] = []
+
+    def slow(self: FrameDecoder, *args: Any) -> np.ndarray:
+        time.sleep(1.0)
+        decoded.append(time.monotonic())
+        return decode(self, *args)
+
+    monkeypatch.setattr(FrameDecoder, "decode", slow)
+    server = start_server(heavy_pixels=32 * 32, metrics_port=0)
+    stub = _stub(server)
+    frames = [png(f) for f in render(3, seed=33)]
+    streams = [LiveStream(stub, pb.StreamOptions()) for _ in range(2)]
+    for live, frame in zip(streams, frames, strict=False):
+        live.put(frame_request(frame))
+    deadline = time.monotonic() + 10
+    while scrape(server)["actionstream_frames_received_total"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for live in streams:
+        live.cancel()
+    while scrape(server)["actionstream_streams_ended_total{reason=cancelled}"] < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # The lane goes on: a new stream's frame is answered, after the one decode in flight.
+    answers = list(stub.StreamFrames(iter([frame_request(frames[2])]), timeout=10))
+    assert [a.sequence for a in answers] == [1]
+    assert len(decoded) == 2  # the second stream's frame was never decoded
+    m = scrape(server)
+    # Every frame received is processed, rejected or dropped, and said so.
+    assert m["actionstream_frames_received_total"] == 3
+    assert m["actionstream_frames_processed_total"] == 1
+    assert m["actionstream_frames_dropped_total{reason=stream_ended}"] == 2
+
+
 def _progressive_4k() -> bytes:
     """A 3840x2160 progressive JPEG of smooth gradients (about 360 KB): 36 ms to decode
     here even at the 1/8 scale a 64x64 model asks for, since every scan is entropy
