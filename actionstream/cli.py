@@ -99,13 +99,15 @@ def evaluate(cfg: EvaluateConfig) -> int:
 def export(cfg: ExportConfig) -> int:
     _needs_torch()
     from actionstream.training.checkpoint import Checkpoint, CheckpointError
-    from actionstream.training.export import export_onnx
+    from actionstream.training.export import ExportError, export_onnx
 
     try:
         ckpt = Checkpoint.load(Path(cfg.run))
-    except CheckpointError as e:
+        out = export_onnx(ckpt, Path(cfg.out), cfg)
+    except (CheckpointError, ExportError) as e:
         raise click.ClickException(str(e)) from None
-    out = export_onnx(ckpt, Path(cfg.out), cfg)
+    except OSError as e:
+        raise click.ClickException(f"cannot write {cfg.out}: {e.strerror or e}") from None
     print(f"wrote {out} and {out.with_suffix('.json')} (parity with PyTorch checked)")
     return 0
 

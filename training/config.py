@@ -7,6 +7,7 @@ in `__post_init__`; the resolved config is saved beside what its stage writes.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,6 +240,10 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.parity_frames < 2 or self.parity_batch < 1:
             raise ValueError("parity_frames must be at least 2 and parity_batch at least 1")
+        if not (math.isfinite(self.tolerance) and self.tolerance > 0):
+            raise ValueError(f"tolerance must be a positive number, got {self.tolerance}")
+        if self.opset < 1:
+            raise ValueError(f"opset must be a positive ONNX opset version, got {self.opset}")
 
 
 def _require_positive(cfg: object, *names: str) -> None:

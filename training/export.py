@@ -36,6 +36,10 @@ from actionstream.training.model import Recognizer, StepModule
 DEFAULT_EXPORT = ExportConfig()
 
 
+class ExportError(Exception):
+    """An export that could not write a model that passes its checks; nothing was written."""
+
+
 def model_spec(ckpt: Checkpoint, net: Recognizer) -> ModelSpec:
     """The file's self-description: the checkpoint's, with `net`'s state names and shapes."""
     shapes = [tuple(z.shape[1:]) for z in net.initial_state(1)]
@@ -56,7 +60,8 @@ def model_spec(ckpt: Checkpoint, net: Recognizer) -> ModelSpec:
 def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = DEFAULT_EXPORT) -> Path:
     """Writes the step model with its metadata to `out`, once it has passed the parity check.
 
-    Raises RuntimeError (and leaves `out` untouched) if ONNX and PyTorch disagree.
+    Raises ExportError if the exporter cannot write the opset asked for or ONNX and PyTorch
+    disagree, OSError if `out` cannot be written; either way `out` is left untouched.
     """
     net = ckpt.build_model().eval()
     # An example batch of 2: torch.export would fix a batch dimension of size 1 as a constant.
@@ -69,49 +74,66 @@ def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = DEFAULT_EXPORT)
     dynamic = {"frames": {0: n}} | ({"state": tuple({0: n} for _ in state)} if state else {})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    with _quiet_exporter():
-        torch.onnx.export(
-            StepModule(net).eval(),
-            args,
-            str(tmp),
-            input_names=[INPUT_FRAMES, *names],
-            output_names=[OUTPUT_LOGITS, *(state_output(name) for name in names)],
-            dynamic_shapes=dynamic,
-            opset_version=cfg.opset,
-            dynamo=True,
-            external_data=False,
-            verbose=False,
-        )
-    model = onnx.load(str(tmp))
-    onnx.helper.set_model_props(model, write_props(model_spec(ckpt, net)))
-    model.doc_string = "actionstream step model: frames + state -> logits + state"
-    onnx.checker.check_model(model)
-    onnx.save(model, str(tmp))
     try:
+        with _quiet_exporter():
+            torch.onnx.export(
+                StepModule(net).eval(),
+                args,
+                str(tmp),
+                input_names=[INPUT_FRAMES, *names],
+                output_names=[OUTPUT_LOGITS, *(state_output(name) for name in names)],
+                dynamic_shapes=dynamic,
+                opset_version=cfg.opset,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        model = onnx.load(str(tmp))
+        # The exporter writes its own opset and converts; a conversion it cannot make it
+        # only logs, and hands back the model unconverted.
+        wrote = opset_of(model)
+        if wrote != cfg.opset:
+            raise ExportError(
+                f"the ONNX exporter cannot write opset {cfg.opset} for this model (it wrote "
+                f"{wrote}); opsets 17 to 25 are known to work"
+            )
+        onnx.helper.set_model_props(model, write_props(model_spec(ckpt, net)))
+        model.doc_string = "actionstream step model: frames + state -> logits + state"
+        onnx.checker.check_model(model)
+        onnx.save(model, str(tmp))
         diff = parity_error(net, tmp, cfg)
         if diff > cfg.tolerance:
-            raise RuntimeError(f"ONNX parity failed: max |logit diff| {diff:.2e} > {cfg.tolerance}")
+            raise ExportError(f"ONNX parity failed: max |logit diff| {diff:.2e} > {cfg.tolerance}")
     except BaseException:
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
         raise
     tmp.replace(out)
     _write_sidecar(out, ckpt, cfg)
     return out
 
 
+def opset_of(model: onnx.ModelProto) -> int | None:
+    """The model's version of the default ONNX operator set."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silences the exporter's notices about torch internals (deprecations, optional
     torchvision ops); the parity check after the export is what guards the graph."""
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    # onnxscript logs a conversion it cannot make with its traceback; export_onnx checks
+    # the opset written and says so in one line.
+    logs = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        log.setLevel(level)
+        for log, level in zip(logs, levels, strict=True):
+            log.setLevel(level)
 
 
 def parity_error(net: Recognizer, onnx_path: Path, cfg: ExportConfig = DEFAULT_EXPORT) -> float:
@@ -147,7 +169,9 @@ def _write_sidecar(out: Path, ckpt: Checkpoint, cfg: ExportConfig) -> None:
         "background_label": ckpt.background_label,
         "model_config": asdict(ckpt.model_config),
         "train_config": ckpt.train_config,
-        "export_config": asdict(cfg),
+        # Paths as absolute as train_config's: the card is read from anywhere.
+        "export_config": asdict(cfg)
+        | {"run": str(Path(cfg.run).resolve()), "out": str(out.resolve())},
         "eval": ckpt.eval_metrics,
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
