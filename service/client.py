@@ -25,7 +25,7 @@ import cv2
 import grpc
 import numpy as np
 
-from actionstream.resampling import Resampler
+from actionstream.resampling import FileClock, Resampler
 from actionstream.service.config import StreamConfig
 from actionstream.service.sources import SourceError, VideoSource
 from actionstream.service.trailers import SKIPPED_FRAMES
@@ -122,19 +122,27 @@ class _Feed:
 
     def __init__(self, source: VideoSource) -> None:
         self._source = source
-        self.fps = source.fps
+        self.fps = source.opened_fps
+        # A file's frames are timed by its own timeline, as training and the server's
+        # WatchSource time them (FFmpeg's own 25 fps where it reports no rate); a camera's
+        # or live stream's by when they are read.
+        self._clock = None if source.live else FileClock(self.fps or 25.0)
         self._lock = threading.Lock()
         self._closed = False
         self._left = False  # close gave up waiting: the call in flight releases the source
 
-    def read(self) -> np.ndarray | None:
-        """The next frame; None when the source has ended or the feed is closed."""
+    def read(self) -> tuple[np.ndarray, float | None] | None:
+        """The next frame and, for a file, its time into the file in seconds; None when the
+        source has ended or the feed is closed."""
         with self._lock:
             if self._closed:
                 return None
-            image = self._source.read()
+            read = self._source.read_positioned()
             self._release_if_left()
-            return image
+        if read is None:
+            return None
+        image, position_ms = read
+        return image, None if self._clock is None else self._clock.next(position_ms)
 
     def encode(self, image: np.ndarray, quality: int, sequence: int) -> bytes | None:
         """Frame `sequence` as JPEG; None when the feed is closed."""
@@ -278,20 +286,20 @@ def _stream(
     channel: grpc.Channel,
     on_prediction: PredictionCallback | None,
 ) -> StreamSummary:
-    source_fps = feed.fps
     sent_at: dict[int, float] = {}
-    fps = source_fps if cfg.realtime else None
+    fps = feed.fps if cfg.realtime else None
     start_us = time.time_ns() // 1000
     answered: queue.Queue[None] = queue.Queue()
     done = threading.Event()  # the whole stream is over: every request generator stops
     source_ended = threading.Event()
     sequence = 0  # the last frame read, over every call: a new call goes on from it
+    played_s = 0.0  # how far into the source, by its timeline (a file's) or its rate
 
-    def capture_us(sequence: int) -> int:
-        # Sent faster than real time, a file's frames keep their own timeline; live, a
+    def capture_us(file_s: float | None) -> int:
+        # A file's frames keep their own timeline, sent in real time or faster; live, a
         # frame was captured when it was read.
-        if not cfg.realtime and source_fps:
-            return start_us + round((sequence - 1) * 1e6 / source_fps)
+        if file_s is not None:
+            return start_us + round(file_s * 1e6)
         return time.time_ns() // 1000
 
     def requests(
@@ -302,24 +310,27 @@ def _stream(
         # the server answers (`resampler` set): one frame in flight, and only the frames
         # the server would take at the model's rate, so none is dropped and none waits
         # unanswered.
-        nonlocal sequence
+        nonlocal sequence, played_s
         yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=cfg.source))
         # Paced from where this call starts: after a reconnection a file goes on at its
         # rate rather than rushing to catch up on the time the server was away.
-        start = time.perf_counter() - (sequence / fps if fps else 0.0)
+        start = time.perf_counter() - played_s
         while cfg.max_frames == 0 or sequence < cfg.max_frames:
-            image = feed.read()
-            if image is None:
+            read = feed.read()
+            if read is None:
                 source_ended.set()
                 return
+            image, file_s = read
             # Numbered as read, so that frame n of the source is sequence n whatever is
             # lost: --labels scores by it.
             sequence += 1
             if done.is_set() or call_over.is_set():
                 return  # a frame read as its call ended is lost, as a live camera's would be
-            if fps is not None:
-                time.sleep(max(0.0, start + (sequence - 1) / fps - time.perf_counter()))
-            timestamp_us = capture_us(sequence)
+            due_s = file_s if file_s is not None else (sequence - 1) / fps if fps else None
+            if cfg.realtime and due_s is not None:
+                played_s = due_s
+                time.sleep(max(0.0, start + due_s - time.perf_counter()))
+            timestamp_us = capture_us(file_s)
             if resampler is not None and not resampler.take(timestamp_us):
                 continue
             jpeg = feed.encode(image, cfg.jpeg_quality, sequence)

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from background import BackgroundServer
 from helpers import WITH_CTRL_C, MjpegCamera, render
+from videogen import motion_clip, variable_rate, write
 
 from actionstream.serve_process import ServeProcess
 from actionstream.service import client
@@ -69,6 +70,28 @@ def test_stream_a_labelled_video(server: BackgroundServer, video: Path) -> None:
     assert summary.p50_ms is not None and summary.p99_ms is not None
     assert 0 < summary.p50_ms <= summary.p99_ms
     assert all(len(p.top) == 3 for p in summary.predictions)
+
+
+@pytest.mark.parametrize("realtime", [False, True], ids=["faster", "realtime"])
+def test_a_variable_rate_file_is_sent_as_training_takes_it(
+    server: BackgroundServer, tmp_path: Path, realtime: bool
+) -> None:
+    # Its first 12 frames 25 ms apart, the next 12 75 ms apart (20 fps on paper): the
+    # server must step the frames training took from the file, by its own timeline,
+    # whether the file is sent in real time or as fast as answered.
+    pytest.importorskip("torch")
+    from actionstream.training.videos import ClipRef, Preprocessing, decode_indexed
+
+    path = tmp_path / "vfr.mp4"
+    write(motion_clip("left", 1.2, 20.0, (96, 72), seed=3), path, 20.0)
+    variable_rate(path, 12, speed_up=2.0, slow_down=1.5)
+    _, taken = decode_indexed(ClipRef(path, "left"), Preprocessing(64, 10.0))
+    cfg = StreamConfig(
+        source=str(path), target=f"127.0.0.1:{server.port}", realtime=realtime, quiet=True
+    )
+    summary = stream_source(cfg)
+    assert [p.sequence - 1 for p in summary.predictions] == taken.tolist()
+    assert taken.tolist()[:5] == [0, 3, 7, 11, 13]  # not every other frame, as at 20 fps
 
 
 def test_run_stream_prints_predictions_and_summary(

@@ -9,6 +9,7 @@ than the model's, and at a size other than its input.
 from __future__ import annotations
 
 import csv
+import struct
 from pathlib import Path
 
 import cv2
@@ -75,6 +76,36 @@ def write(frames: np.ndarray, path: Path, fps: float) -> None:
     for frame in frames:
         writer.write(frame)
     writer.release()
+
+
+def variable_rate(path: Path, fast: int, speed_up: float, slow_down: float) -> None:
+    """Makes an .mp4 `write` made play at a variable frame rate: its first `fast` frames
+    last 1/`speed_up` of their time, the rest `slow_down` times it. OpenCV writes no such
+    file; this rewrites the sample times (the `stts` box), which lies in the `moov` box
+    after the frames, so no frame moves."""
+    data = path.read_bytes()
+
+    def rebuilt(start: int, end: int) -> bytes:
+        out = b""
+        i = start
+        while i < end:
+            size, kind = struct.unpack(">I4s", data[i : i + 8])
+            if kind in (b"moov", b"trak", b"mdia", b"minf", b"stbl"):
+                inner = rebuilt(i + 8, i + size)
+                out += struct.pack(">I4s", len(inner) + 8, kind) + inner
+            elif kind == b"stts":
+                (count, delta) = struct.unpack(">II", data[i + 16 : i + 24])
+                assert struct.unpack(">I", data[i + 12 : i + 16])[0] == 1, "one rate already"
+                runs = ((fast, round(delta / speed_up)), (count - fast, round(delta * slow_down)))
+                body = data[i + 8 : i + 12] + struct.pack(">I", 2)
+                body += b"".join(struct.pack(">II", n, d) for n, d in runs)
+                out += struct.pack(">I4s", len(body) + 8, b"stts") + body
+            else:
+                out += data[i : i + size]
+            i += size
+        return out
+
+    path.write_bytes(rebuilt(0, len(data)))
 
 
 def class_folders(
