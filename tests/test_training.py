@@ -51,6 +51,22 @@ def test_training_learns_motion_and_exports(tmp_path: Path) -> None:
     assert out.stat().st_size < 5 * 2**20
 
 
+@pytest.mark.parametrize("size", [(40, 40), (37, 53), (64, 48)])
+def test_the_model_runs_at_any_input_size(size: tuple[int, int]) -> None:
+    # Training asks for multiples of 16; the model itself must not break off them (its
+    # feature grid was sized as if each stride-2 block rounded down, not up).
+    torch = pytest.importorskip("torch")
+    from actionstream.contract import ModelConfig
+    from actionstream.training.model import build_recognizer
+
+    height, width = size
+    cfg = ModelConfig(num_classes=3, height=height, width=width, channels=(8, 16, 16))
+    net = build_recognizer(cfg).eval()
+    video = torch.zeros(2, 4, height, width, 3, dtype=torch.uint8)
+    logits, *_ = net(video, *net.initial_state(2))
+    assert logits.shape == (2, 4, 3)
+
+
 def test_switch_latency_counts_frames_until_the_prediction_follows() -> None:
     pytest.importorskip("torch")
     from actionstream.training.evaluate import switch_latency

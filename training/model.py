@@ -43,13 +43,15 @@ class FrameEncoder(nn.Module):
             ]
             c_in = c_out
         self.conv = nn.Sequential(*layers)
+        # Each block (3x3, stride 2, padding 1) takes a side of n to ceil(n / 2), so the
+        # blocks together to ceil(n / 2 ** blocks): any input size runs.
         stride = 2 ** len(cfg.channels)
-        grid = (cfg.height // stride) * (cfg.width // stride)
+        grid = -(-cfg.height // stride) * -(-cfg.width // stride)
         self.proj = nn.Sequential(nn.Linear(c_in * grid, cfg.embed), nn.ReLU(inplace=True))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv(x)  # (N, C_in, H, W) -> (N, C, H/s, W/s)
-        return self.proj(x.flatten(1))  # (N, C*H/s*W/s) -> (N, embed)
+        x = self.conv(x)  # (N, C_in, H, W) -> (N, C, ceil(H/s), ceil(W/s))
+        return self.proj(x.flatten(1))  # (N, C*ceil(H/s)*ceil(W/s)) -> (N, embed)
 
 
 def _normalise(frames: Tensor, cfg: ModelConfig) -> Tensor:
