@@ -24,6 +24,8 @@ class Team:
 
     rank: int = 0
     size: int = 1
+    # Where collectives run: NCCL takes CUDA tensors only.
+    device: torch.device = torch.device("cpu")
 
     @property
     def leader(self) -> bool:
@@ -33,7 +35,7 @@ class Team:
         """True on every process when it is true on any (to stop together, never hang)."""
         if self.size == 1:
             return flag
-        t = torch.tensor([int(flag)])
+        t = torch.tensor([int(flag)], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
@@ -53,7 +55,7 @@ def join(device: torch.device) -> tuple[Team, torch.device]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     dist.init_process_group(backend)
-    return Team(dist.get_rank(), dist.get_world_size()), device
+    return Team(dist.get_rank(), dist.get_world_size(), device), device
 
 
 def leave(team: Team, finished: bool) -> None:
