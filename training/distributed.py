@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+_CPU = torch.device("cpu")
+
 
 @dataclass(frozen=True)
 class Team:
@@ -25,7 +27,7 @@ class Team:
     rank: int = 0
     size: int = 1
     # Where collectives run: NCCL takes CUDA tensors only.
-    device: torch.device = torch.device("cpu")
+    device: torch.device = _CPU
 
     @property
     def leader(self) -> bool:
