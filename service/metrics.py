@@ -18,8 +18,9 @@ from actionstream.contract import ModelSpec
 # Frame-to-prediction latency spans decode + queueing + inference: from about
 # a millisecond on an idle server to a second when it is badly overloaded.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-# One model step or one decode: sub-millisecond up to a slow large frame.
+# Frames in one model step: powers of two up to past the largest --max-batch.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# One model step or one decode: sub-millisecond up to a slow large frame.
 STAGE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
@@ -92,7 +93,8 @@ class Metrics:
         )
         self.frame_latency = Histogram(
             "actionstream_frame_latency_seconds",
-            "Time from receiving a frame to sending its prediction.",
+            "Time from receiving a frame to its prediction being ready to send (a client "
+            "slow to read its predictions adds no latency here).",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )

@@ -257,7 +257,7 @@ class Stream:
         self.wakeup.set()
 
     def prediction(self, probs: np.ndarray, pending: PendingFrame) -> pb.Prediction:
-        """The answer for one frame's probabilities (C,); latency is filled in when sent."""
+        """The answer for one frame's probabilities (C,); the batch fills in its latency."""
         best = np.argsort(-probs, kind="stable")[: self.top_k]
         events = self.tracker.update(probs, pending.sequence)
         return pb.Prediction(
