@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from background import BackgroundServer
-from helpers import LiveStream
+from helpers import LiveStream, close_channels
 from prometheus_client import CollectorRegistry
 
 from actionstream.contract import INPUT_FRAMES, OUTPUT_LOGITS, read_props
@@ -58,6 +58,12 @@ def start_server(model: OnnxStepModel) -> Iterator[Callable[..., BackgroundServe
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _channels_closed() -> Iterator[None]:
+    yield
+    close_channels()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 
 import cv2
+import grpc
 import numpy as np
 
 from actionstream.training.synth import render_stream
@@ -48,6 +49,22 @@ def frame_request(
         timestamp_us = next(_camera_clock)
     frame = pb.Frame(encoded=image_bytes, sequence=sequence, timestamp_us=timestamp_us)
     return pb.FrameRequest(frame=frame)
+
+
+_channels: list[grpc.Channel] = []
+
+
+def stub_for(port: int) -> pb_grpc.ActionRecognitionStub:
+    """A stub on a channel of its own to 127.0.0.1:`port`, closed when the test ends."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    _channels.append(channel)
+    return pb_grpc.ActionRecognitionStub(channel)
+
+
+def close_channels() -> None:
+    """Closes the channels stub_for opened (conftest, after each test)."""
+    while _channels:
+        _channels.pop().close()
 
 
 class LiveStream:

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 import pytest
 from background import BackgroundServer
-from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
+from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render, stub_for
 
 from actionstream.resampling import Resampler
 from actionstream.service.frames import FrameDecoder
@@ -38,7 +38,7 @@ def scrape(server: BackgroundServer) -> dict[str, float]:
 
 
 def _stub(server: BackgroundServer) -> pb_grpc.ActionRecognitionStub:
-    return pb_grpc.ActionRecognitionStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    return stub_for(server.port)
 
 
 def _decoded(data: bytes) -> np.ndarray:

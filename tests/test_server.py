@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
+from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render, stub_for
 from prometheus_client import CollectorRegistry
 
 from actionstream.service.config import ServeConfig
@@ -118,7 +118,7 @@ def strict(start_server: Callable[..., BackgroundServer]) -> BackgroundServer:
 
 @pytest.fixture
 def strict_stub(strict: BackgroundServer) -> pb_grpc.ActionRecognitionStub:
-    return pb_grpc.ActionRecognitionStub(grpc.insecure_channel(f"127.0.0.1:{strict.port}"))
+    return stub_for(strict.port)
 
 
 def _status(stub: pb_grpc.ActionRecognitionStub, frame: pb.Frame) -> tuple[grpc.StatusCode, str]:
@@ -255,6 +255,7 @@ def test_long_health_and_reflection_calls_are_capped(
     for watch in watches[1:]:
         watch.cancel()
     channel.close()
+    channel.close()
 
 
 def test_a_port_in_use_is_refused(start_server: Callable[..., BackgroundServer]) -> None:
@@ -360,7 +361,7 @@ def test_a_client_that_hangs_up_in_the_grace_period_counts_as_cancelled(
 
 def test_metrics_count_every_frame(start_server: Callable[..., BackgroundServer]) -> None:
     server = start_server(metrics_port=0)
-    stub = pb_grpc.ActionRecognitionStub(grpc.insecure_channel(f"127.0.0.1:{server.port}"))
+    stub = stub_for(server.port)
     n = 12
     live = LiveStream(stub, pb.StreamOptions(stream_name="metered"))
     predictions = [live.send(frame_request(png(f))) for f in render(n, seed=10)]
