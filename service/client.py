@@ -93,11 +93,19 @@ def read_labels(path: Path) -> dict[int, str]:
                 # Labels stripped, as a training manifest's are: "3, left" means left.
                 frame, label = row["frame"], (row["label"] or "").strip()
                 try:
-                    labels[int(frame)] = label
+                    number = int(frame)
                 except (TypeError, ValueError):
-                    raise StreamError(f"{where}: frame {frame!r} is not a whole number") from None
+                    number = -1
+                if number < 0:
+                    raise StreamError(
+                        f"{where}: frame {frame!r} is not a frame number (0, 1, 2, ...)"
+                    )
                 if not label:
                     raise StreamError(f"{where}: frame {frame} has no label")
+                if number in labels:
+                    # Whichever row came last would quietly decide the score.
+                    raise StreamError(f"{where}: frame {number} is labelled a second time")
+                labels[number] = label
             return labels
     except OSError as e:
         raise StreamError(f"cannot read labels {path}: {e.strerror}") from None

@@ -490,9 +490,17 @@ def test_a_source_without_a_frame_count_reports_what_was_scored(
         ([["frame"], ["0"]], ": expected a CSV with columns frame,label"),
         (
             [["frame", "label"], ["0", "idle"], ["one", "idle"]],
-            ", line 3: frame 'one' is not a whole number",
+            ", line 3: frame 'one' is not a frame number (0, 1, 2, ...)",
+        ),
+        (
+            [["frame", "label"], ["-1", "idle"]],
+            ", line 2: frame '-1' is not a frame number (0, 1, 2, ...)",
         ),
         ([["frame", "label"], ["0", "idle"], ["1"]], ", line 3: frame 1 has no label"),
+        (
+            [["frame", "label"], ["0", "idle"], ["1", "idle"], ["0", "grow"]],
+            ", line 4: frame 0 is labelled a second time",
+        ),
     ],
 )
 def test_bad_labels_csv_is_one_line(
