@@ -162,3 +162,50 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # The bundled model on a feed it never saw; chance is 1 in 9 (11%).
     accuracy = float(out.split("accuracy")[1].split("%")[0].strip())
     assert accuracy > 50
+
+
+def test_an_unusable_out_or_cache_path_is_one_line(tmp_path: Path) -> None:
+    # A file where a folder must go: the OS's error, as one line naming the path,
+    # and --out checked before any video is decoded.
+    pytest.importorskip("torch")
+    from videogen import class_folders
+
+    from actionstream.contract import ModelConfig
+    from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.model import build_recognizer
+
+    data = class_folders(tmp_path / "data", ("left", "right"), 3)
+    afile = tmp_path / "afile"
+    afile.write_text("in the way")
+    cache = tmp_path / "cache"
+    config = ModelConfig(num_classes=2, height=32, width=32, channels=(8, 16), embed=16, hidden=16)
+    net = build_recognizer(config)
+    Checkpoint(config, ("left", "right"), 10.0, None, "t", net.state_dict()).save(
+        tmp_path / "run" / "checkpoint.pt"
+    )
+    train = ["train", "--data", str(data), "--val-fraction", "0.5"]
+    for argv, message in (
+        (
+            [*train, "--out", str(afile), "--cache", str(cache)],
+            f"--out {afile}: cannot make the run folder ({afile} is a file, not a folder)",
+        ),
+        (
+            [*train, "--out", str(afile / "run"), "--cache", str(cache)],
+            f"--out {afile / 'run'}: cannot make the run folder ({afile} is a file",
+        ),
+        (
+            [*train, "--out", str(tmp_path / "new"), "--cache", str(afile / "sub")],
+            f"{afile / 'sub'}: cannot make the frame cache folder (Not a directory); give "
+            "--cache a folder that can be written",
+        ),
+        (
+            ["evaluate", str(tmp_path / "run"), "--data", str(data), "--cache", str(afile)],
+            f"{afile}: cannot make the frame cache folder (File exists); give --cache",
+        ),
+    ):
+        result = _run(*argv, env={"OPENCV_LOG_LEVEL": "ERROR"})
+        assert result.returncode == 1, (argv, result.stdout, result.stderr)
+        assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not cache.exists()  # the bad --out was refused before the data was read
+    assert not (tmp_path / "new").exists()

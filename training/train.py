@@ -20,6 +20,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, fields
@@ -314,6 +315,7 @@ def _train(
     # Checked before any data is read: a refusal should cost nothing.
     if not cfg.resume:
         _fresh(out)
+        _writable(out)
     saved = _resumable(out, cfg) if cfg.resume else None
     if data is None:
         t_data = time.perf_counter()
@@ -339,8 +341,11 @@ def _train(
     if team.size > 1:
         model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     if team.leader and saved is None:  # made once data and model are sound
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(resolved(cfg), indent=2) + "\n")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "train_config.json").write_text(json.dumps(resolved(cfg), indent=2) + "\n")
+        except OSError as e:
+            raise TrainingError(_out_problem(out, e)) from None
     where = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     together = f", data-parallel over {team.size} processes" if team.size > 1 else ""
     say(f"training on {device}{where}{together}")
@@ -505,6 +510,30 @@ def _fresh(out: Path) -> None:
                 f"{out} already holds a run ({name}); carry it on with --resume, or train "
                 "into another --out (or delete it first)"
             )
+
+
+def _writable(out: Path) -> None:
+    """Refuses an `out` that cannot become a run folder, before any data is read: a
+    file in the way, or a folder that cannot be written, would otherwise end the run
+    after the data had loaded. Makes nothing, so a refusal leaves nothing behind."""
+    there = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not there.is_dir():
+        raise TrainingError(
+            f"--out {out}: cannot make the run folder ({there} is a file, not a folder); "
+            "give --out a folder path"
+        )
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise TrainingError(
+            f"--out {out}: cannot make the run folder ({there} cannot be written); "
+            "give --out a folder you can write"
+        )
+
+
+def _out_problem(out: Path, e: OSError) -> str:
+    return (
+        f"--out {out}: cannot write the run folder ({e.strerror or e}); "
+        "give --out a folder you can write"
+    )
 
 
 def _resumable(out: Path, cfg: TrainConfig) -> dict[str, Any]:

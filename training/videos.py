@@ -21,6 +21,7 @@ and skipped; so are files in class folders that are not videos.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import itertools
@@ -44,6 +45,11 @@ _CACHE_VERSION = "2"
 
 class DatasetError(Exception):
     """A data set that cannot be trained on, with the reason in words."""
+
+
+class CacheError(DatasetError):
+    """The frame cache cannot be made or written: no video can be used, so it is not
+    one video's skip but the whole run's error."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,12 @@ class ClipCache:
     def __init__(self, root: Path, prep: Preprocessing) -> None:
         self.root = root
         self.prep = prep
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CacheError(
+                _cache_problem(root, "cannot make the frame cache folder", e)
+            ) from None
 
     def load(self, ref: ClipRef) -> Clip:
         """The clip, decoded now or read from the cache; raises DatasetError if unreadable."""
@@ -181,10 +192,21 @@ class ClipCache:
         if not path.exists():
             frames = decode_clip(ref, self.prep)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            with tmp.open("wb") as f:
-                np.save(f, frames)
-            tmp.replace(path)  # whole or absent: a killed run leaves no half entry
+            try:
+                with tmp.open("wb") as f:
+                    np.save(f, frames)
+                tmp.replace(path)  # whole or absent: a killed run leaves no half entry
+            except OSError as e:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                raise CacheError(
+                    _cache_problem(self.root, "cannot write the frame cache", e)
+                ) from None
         return Clip(ref, np.load(path, mmap_mode="r"))
+
+
+def _cache_problem(root: Path, what: str, e: OSError) -> str:
+    return f"{root}: {what} ({e.strerror or e}); give --cache a folder that can be written"
 
 
 def _file_digest(path: Path) -> str:
@@ -283,6 +305,8 @@ def load_dataset(
     for ref in refs:
         try:
             clip = cache.load(ref)
+        except CacheError:
+            raise
         except DatasetError as e:
             skipped.append(str(e))
             report(f"skipped {e}")
