@@ -329,3 +329,72 @@ def test_a_labelled_videos_csv_is_read_as_a_manifest_is(tmp_path: Path) -> None:
     csv_path.write_text("frame,label\n0,left\n1,go left\n")
     with pytest.raises(DatasetError, match="label\\(s\\) 'go left' are not the model's"):
         _labelled_video(video, None, ["left", "right"], prep)
+
+
+def _split_before(dataset: VideoDataset, val_fraction: float, seed: int) -> list[int]:
+    """The held-out clips as `split` chose them before it aimed at each label's target:
+    what it must still choose when every video is one clip."""
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(dataset.targets)
+    total = np.bincount(targets, minlength=len(dataset.labels))
+    val: list[int] = []
+    for k in range(len(dataset.labels)):
+        clips = [int(i) for i in np.flatnonzero(targets == k)]
+        rng.shuffle(clips)
+        val += clips[: min(total[k] - 1, round(total[k] * val_fraction))]
+    return sorted(val)
+
+
+def test_a_split_of_one_clip_videos_is_what_it_always_was() -> None:
+    # Class folders hold one clip a video: their held-out videos must not move.
+    frames = np.zeros((1, 1, 1, 3), np.uint8)
+    rng = np.random.default_rng(0)
+    for case in range(900):
+        n_labels = int(rng.integers(2, 7))
+        labels = tuple(f"l{k}" for k in range(n_labels))
+        refs = [
+            ClipRef(Path(f"/v/{k}_{j}.mp4"), labels[k])
+            for k in range(n_labels)
+            for j in range(int(rng.integers(1, 30)))
+        ]
+        order = rng.permutation(len(refs))  # labels interleaved, as a folder walk gives them
+        refs = [refs[i] for i in order]
+        dataset = VideoDataset(
+            labels,
+            tuple(Clip(r, frames) for r in refs),
+            tuple(labels.index(r.label) for r in refs),
+            (),
+        )
+        fraction, seed = float(rng.uniform(0.01, 0.99)), int(rng.integers(1000))
+        train, val = split(dataset, fraction, seed)
+        assert val == _split_before(dataset, fraction, seed), (case, fraction, seed)
+        assert sorted(train + val) == list(range(len(refs)))
+
+
+def test_a_long_video_of_many_spans_is_not_held_out_in_place_of_short_clips(
+    tmp_path: Path,
+) -> None:
+    # One untrimmed recording cut into six spans, and one short clip a label: each label
+    # wants one clip held out, which the short clips give; holding out the long video
+    # would leave three clips to train on.
+    pytest.importorskip("torch")
+    from actionstream.training.config import TrainConfig
+    from actionstream.training.train import load_data
+
+    write(np.zeros((120, 48, 64, 3), np.uint8), tmp_path / "long.avi", 10.0)
+    for label in ("left", "right", "up"):
+        _numbered_video(tmp_path / f"{label}_a.avi", 10, 10.0)
+    spans = [("left", 0), ("up", 2), ("right", 4), ("left", 6), ("right", 8), ("up", 10)]
+    rows = [f"long.avi,{label},{s},{s + 2}" for label, s in spans]
+    rows += [f"{label}_a.avi,{label},," for label in ("left", "right", "up")]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,start_s,end_s\n" + "\n".join(rows) + "\n")
+    for seed in range(4):
+        said: list[str] = []
+        cfg = TrainConfig(data=str(manifest), cache=str(tmp_path / "cache"), seed=seed)
+        data = load_data(cfg, said.append)
+        assert said == [
+            "6 clips to train on, 3 held out (held out of each label's clips: left 1 of 3, "
+            "right 1 of 3, up 1 of 3)"
+        ], seed
+        assert {len(c.frames) for c in data.val_clips} == {10}  # the short clips

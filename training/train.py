@@ -140,8 +140,16 @@ def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingDat
         )
     except DatasetError as e:
         raise TrainingError(str(e)) from None
-    counts = ", ".join(f"{label} {n}" for label, n in dataset.per_class().items())
-    say(f"{len(train_idx)} clips to train on, {len(val_idx)} held out ({counts})")
+    # Per label, what was held out of how many: a bare count there read as the held-out one.
+    held = [dataset.targets[i] for i in val_idx]
+    counts = ", ".join(
+        f"{label} {held.count(k)} of {n}"
+        for k, (label, n) in enumerate(dataset.per_class().items())
+    )
+    say(
+        f"{len(train_idx)} clips to train on, {len(val_idx)} held out "
+        f"(held out of each label's clips: {counts})"
+    )
     _check_split(dataset, train_idx, val_idx, cfg.split, cfg.val_fraction, say)
     return VideoData(
         dataset,

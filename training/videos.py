@@ -339,9 +339,11 @@ def split(dataset: VideoDataset, val_fraction: float, seed: int) -> tuple[list[i
 
     Whole videos are held out: the spans a manifest names in one video go to one side
     together, or validation would score frames next to ones it trained on. Each label
-    gets about `val_fraction` of its clips held out, never all of them (a label with a
-    single clip keeps it for training); a video whose spans would take a label's last
-    training clip stays in training.
+    aims at `val_fraction` of its clips held out (at least one, never all: a label with
+    a single clip keeps it for training). A video is held out only if its clips take no
+    label past that target, so one long video cut into many spans is not held out in
+    place of a label's short clips; only a label that no such video can serve takes the
+    smallest video that keeps every label a clip to train on.
     """
     rng = np.random.default_rng(seed)
     targets = np.asarray(dataset.targets)
@@ -349,27 +351,49 @@ def split(dataset: VideoDataset, val_fraction: float, seed: int) -> tuple[list[i
     for i, clip in enumerate(dataset.clips):
         by_video.setdefault(clip.ref.path, []).append(i)
     total = np.bincount(targets, minlength=len(dataset.labels))
+    wanted = np.minimum(total - 1, np.round(total * val_fraction).astype(total.dtype))
     held = np.zeros_like(total)
     decided: set[Path] = set()
     val: list[int] = []
+    candidates: list[list[Path]] = []
+
+    def hold(video: Path) -> None:
+        nonlocal held
+        decided.add(video)
+        held = held + _counts(targets, by_video[video], len(total))
+        val.extend(by_video[video])
+
     for k in range(len(dataset.labels)):
         # The videos holding label k that are still undecided, in clip order, shuffled:
         # with one clip a video (class folders), a shuffle of the label's clips.
         ordered = dict.fromkeys(dataset.clips[i].ref.path for i in np.flatnonzero(targets == k))
         videos = [video for video in ordered if video not in decided]
         rng.shuffle(videos)
-        wanted = min(total[k] - 1, round(total[k] * val_fraction))
+        candidates.append(videos)
         for video in videos:
-            if held[k] >= wanted:
+            if held[k] >= wanted[k]:
                 break
-            decided.add(video)
-            counts = np.bincount(targets[by_video[video]], minlength=len(total))
-            # Every label the video holds keeps a clip to train on.
-            if np.all((held + counts < total) | (counts == 0)):
-                held += counts
-                val += by_video[video]
+            if video not in decided and np.all(
+                held + _counts(targets, by_video[video], len(total)) <= wanted
+            ):
+                hold(video)
+    # A label no video could serve without overshooting (every video of it holds many
+    # spans): the smallest of them, if every label it holds keeps a clip to train on.
+    for k, videos in enumerate(candidates):
+        if held[k] > 0 or wanted[k] == 0:
+            continue
+        for video in sorted(videos, key=lambda v: len(by_video[v])):
+            counts = _counts(targets, by_video[video], len(total))
+            if video not in decided and np.all((held + counts < total) | (counts == 0)):
+                hold(video)
+                break
     held_out = set(val)
     return [i for i in range(len(dataset.clips)) if i not in held_out], sorted(val)
+
+
+def _counts(targets: np.ndarray, clips: list[int], labels: int) -> np.ndarray:
+    """How many of `clips` each label has."""
+    return np.bincount(targets[clips], minlength=labels)
 
 
 def split_from_file(dataset: VideoDataset, path: Path) -> tuple[list[int], list[int]]:
