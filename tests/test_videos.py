@@ -398,3 +398,32 @@ def test_a_long_video_of_many_spans_is_not_held_out_in_place_of_short_clips(
             "right 1 of 3, up 1 of 3)"
         ], seed
         assert {len(c.frames) for c in data.val_clips} == {10}  # the short clips
+
+
+def test_linked_folders_are_read_and_a_dangling_link_is_named(tmp_path: Path) -> None:
+    data = class_folders(tmp_path / "data", ("left", "up"), 2)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    _numbered_video(extra / "far.avi", 10, 10.0)
+    (data / "up" / "linked").symlink_to(extra)  # a folder of videos linked in
+    (data / "up" / "again").symlink_to(extra)  # the same folder twice: read once
+    (data / "left" / "loop").symlink_to(data / "left")  # a loop: read once
+    (data / "up" / "dangling.mp4").symlink_to("nowhere.mp4")
+    said: list[str] = []
+    refs = find_clips(data, said.append)
+    assert said == []
+    up = sorted(str(r.path.relative_to(data)) for r in refs if r.label == "up")
+    assert up == [
+        str(Path("up", "again", "far.avi")),
+        str(Path("up", "dangling.mp4")),
+        str(Path("up", "up_000.mp4")),
+        str(Path("up", "up_001.avi")),
+    ]
+    assert sum(r.label == "left" for r in refs) == 2
+    dataset = load_dataset(
+        refs, ClipCache(tmp_path / "cache", Preprocessing(16, 10.0)), 2, report=said.append
+    )
+    assert dataset.per_class() == {"left": 2, "up": 3}
+    assert said == [
+        f"skipped {data / 'up' / 'dangling.mp4'}: a link to nowhere.mp4, which does not exist"
+    ]

@@ -27,7 +27,7 @@ import hashlib
 import itertools
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,11 +94,10 @@ def _from_folders(root: Path, report: Callable[[str], None]) -> list[ClipRef]:
     refs: list[ClipRef] = []
     others: list[Path] = []
     empty: list[str] = []
+    seen: set[Path] = set()
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p)):
         found = len(refs)
-        for path in sorted(folder.rglob("*")):
-            if not path.is_file() or _hidden(path.relative_to(folder)):
-                continue
+        for path in _files_under(folder, seen):
             if path.suffix.lower() in VIDEO_SUFFIXES:
                 refs.append(ClipRef(path, folder.name))
             else:
@@ -125,6 +124,26 @@ def _from_folders(root: Path, report: Callable[[str], None]) -> list[ClipRef]:
             f"({'|'.join(VIDEO_SUFFIXES)}) or move the folder out"
         )
     return refs
+
+
+def _files_under(folder: Path, seen: set[Path]) -> Iterator[Path]:
+    """Every file under `folder`, depth first in name order, through linked folders too
+    (a user links a folder of videos in as readily as a file); a folder reached a
+    second time by its real path (a link loop, or two links to one folder) is read
+    once. A link to nothing is a file: it is named where it fails, not dropped."""
+    real = folder.resolve()
+    if real in seen:
+        return
+    seen.add(real)
+    try:
+        entries = sorted(p for p in folder.iterdir() if not _hidden(Path(p.name)))
+    except OSError as e:
+        raise DatasetError(f"{folder}: cannot read the folder ({e.strerror or e})") from None
+    for entry in entries:
+        if entry.is_dir():
+            yield from _files_under(entry, seen)
+        elif entry.is_file() or entry.is_symlink():
+            yield entry
 
 
 def _hidden(path: Path) -> bool:
@@ -185,6 +204,10 @@ class ClipCache:
         try:
             digest = _file_digest(ref.path)
         except OSError as e:
+            if ref.path.is_symlink() and not ref.path.exists():
+                raise DatasetError(
+                    f"{ref.describe()}: a link to {os.readlink(ref.path)}, which does not exist"
+                ) from None
             raise DatasetError(f"{ref.describe()}: cannot read ({e.strerror})") from None
         parts = (_CACHE_VERSION, digest, self.prep.size, self.prep.fps, ref.start_s, ref.end_s)
         key = hashlib.sha256("|".join(map(repr, parts)).encode()).hexdigest()[:32]
