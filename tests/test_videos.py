@@ -68,6 +68,9 @@ def test_a_manifest_names_clips_and_segments_relative_to_itself(tmp_path: Path) 
     assert [(r.label, r.start_s, r.end_s) for r in refs] == [("a", 0.0, 1.5), ("b", 2.0, 3.5)]
     second = decode_clip(refs[1], Preprocessing(16, 10.0))
     assert _which(second) == list(range(20, 35))
+    # Spans that meet, and one video listed under two spellings of its path, are fine.
+    manifest.write_text("path,label,start_s,end_s\nv/long.avi,a,0,2\nv/../v/long.avi,b,2,4\n")
+    assert len(find_clips(manifest)) == 2
 
 
 @pytest.mark.parametrize(
@@ -77,6 +80,16 @@ def test_a_manifest_names_clips_and_segments_relative_to_itself(tmp_path: Path) 
         ("path,label,start_s\nx.avi,a,soon\n", "numbers in seconds"),
         ("path,label,start_s,end_s\nx.avi,a,3,1\n", "need 0 <= start_s < end_s"),
         ("path,label\n", "lists no clips"),
+        (
+            "path,label,start_s,end_s\nx.avi,a,0,2\ny.avi,a,,\nx.avi,a,0,2\n",
+            r"m.csv:4: repeats line 2 \(.*x.avi \[0s-2s\], a\); list each clip once",
+        ),
+        (
+            "path,label,start_s,end_s\nx.avi,a,0,2\nx.avi,b,2,4\nx.avi,c,1,3\n",
+            r"m.csv:4: overlaps line 2 in x.avi \(.*x.avi \[0s-2s\] a, .*x.avi \[1s-3s\] c\); "
+            "spans of one video must not share frames",
+        ),
+        ("path,label,start_s,end_s\nx.avi,a,3,4\n./x.avi,b,,\n", "m.csv:3: overlaps line 2"),
     ],
 )
 def test_a_bad_manifest_says_which_line(tmp_path: Path, text: str, message: str) -> None:
@@ -279,6 +292,21 @@ def test_a_split_file_fixes_the_held_out_videos(tmp_path: Path) -> None:
     sheet.write_text("path,split\n" + f"{rows[0]},val\n")
     with pytest.raises(DatasetError, match="no split for"):
         split_from_file(dataset, sheet)
+    # A row for a video the data lacks (a typo) is refused by its line; one for a video
+    # that was found but skipped as unreadable is not.
+    every = "".join(f"{r},train\n" for r in rows)
+    sheet.write_text("path,split\n" + every + "data/left/left_00l.avi,val\n")
+    with pytest.raises(DatasetError, match=r"split.csv:6: .*left_00l.avi is not in the data set"):
+        split_from_file(dataset, sheet)
+    (tmp_path / "data" / "left" / "broken.mp4").write_bytes(b"not a video")
+    with_broken = load_dataset(
+        find_clips(tmp_path / "data"),
+        ClipCache(tmp_path / "cache", Preprocessing(16, 10.0)),
+        2,
+        report=lambda _: None,
+    )
+    sheet.write_text("path,split\n" + every + "data/left/broken.mp4,val\n")
+    assert split_from_file(with_broken, sheet) == ([0, 1, 2, 3], [])
     # A video listed twice is refused, not settled by its last row.
     sheet.write_text("path,split\n" + "".join(f"{r},train\n" for r in rows) + f"{rows[1]},val\n")
     with pytest.raises(DatasetError, match=f"line 6 lists .*{names[1]} a second time"):
@@ -326,6 +354,9 @@ def test_a_labelled_videos_csv_is_read_as_a_manifest_is(tmp_path: Path) -> None:
     prep = Preprocessing(16, 10.0)
     streams = _labelled_video(video, None, ["left", "right"], prep)
     assert streams.labels.shape[1] == len(rows) - 1
+    csv_path.write_text("\n".join([rows[0], *rows[1:], "0,right"]) + "\n")
+    with pytest.raises(DatasetError, match=f":{len(rows) + 1}: labels frame 0 a second time "):
+        _labelled_video(video, None, ["left", "right"], prep)
     csv_path.write_text("frame,label\n0,left\n1,go left\n")
     with pytest.raises(DatasetError, match="label\\(s\\) 'go left' are not the model's"):
         _labelled_video(video, None, ["left", "right"], prep)

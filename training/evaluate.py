@@ -223,8 +223,19 @@ def _labelled_video(
     csv_path = Path(labels_csv) if labels_csv else video.with_suffix(".csv")
     try:
         with csv_path.open(newline="") as f:
-            # Labels stripped, as a manifest's are: "3, left" means left.
-            by_frame = {int(row["frame"]): row["label"].strip() for row in csv.DictReader(f)}
+            reader = csv.DictReader(f)
+            by_frame: dict[int, str] = {}
+            first: dict[int, int] = {}
+            for row in reader:
+                frame = int(row["frame"])
+                if frame in by_frame:
+                    # Last-wins would score the frame against whichever row came later.
+                    raise DatasetError(
+                        f"{csv_path}:{reader.line_num}: labels frame {frame} a second time "
+                        f"(line {first[frame]} first); give each frame one label"
+                    )
+                # Labels stripped, as a manifest's are: "3, left" means left.
+                by_frame[frame], first[frame] = row["label"].strip(), reader.line_num
     except OSError as e:
         raise DatasetError(f"{csv_path}: cannot read the labels ({e.strerror})") from None
     except (KeyError, TypeError, ValueError, AttributeError):

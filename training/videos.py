@@ -157,7 +157,7 @@ def _from_manifest(manifest: Path) -> list[ClipRef]:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{manifest}: cannot read the manifest ({e})") from None
-    refs = []
+    refs: list[tuple[int, ClipRef]] = []
     for line, row in enumerate(rows, start=2):
         try:
             path, label = row["path"].strip(), row["label"].strip()
@@ -172,10 +172,41 @@ def _from_manifest(manifest: Path) -> list[ClipRef]:
             raise DatasetError(f"{manifest}:{line}: path and label must not be empty")
         if start < 0 or (end is not None and end <= start):
             raise DatasetError(f"{manifest}:{line}: need 0 <= start_s < end_s")
-        refs.append(ClipRef((manifest.parent / path).resolve(), label, start, end))
+        refs.append((line, ClipRef((manifest.parent / path).resolve(), label, start, end)))
     if not refs:
         raise DatasetError(f"{manifest}: the manifest lists no clips")
-    return refs
+    _refuse_overlaps(manifest, refs)
+    return [ref for _, ref in refs]
+
+
+def _refuse_overlaps(manifest: Path, refs: list[tuple[int, ClipRef]]) -> None:
+    """Refuses two rows that share frames of one video: a repeated row would be trained
+    and scored twice over, and overlapping spans give one frame two labels."""
+    by_video: dict[Path, list[tuple[int, ClipRef]]] = {}
+    for line, ref in refs:
+        by_video.setdefault(ref.path, []).append((line, ref))
+    for spans in by_video.values():
+        spans.sort(key=lambda lr: (lr[1].start_s, lr[0]))
+        reach: tuple[int, ClipRef] | None = None  # the span that ends last so far
+        for line, ref in spans:
+            if reach is not None and ref.start_s < _end(reach[1]):
+                first, second = sorted((reach[0], line))
+                if reach[1] == ref:
+                    raise DatasetError(
+                        f"{manifest}:{second}: repeats line {first} ({ref.describe()}, "
+                        f"{ref.label}); list each clip once"
+                    )
+                raise DatasetError(
+                    f"{manifest}:{second}: overlaps line {first} in {ref.path.name} "
+                    f"({reach[1].describe()} {reach[1].label}, {ref.describe()} {ref.label}); "
+                    "spans of one video must not share frames"
+                )
+            if reach is None or _end(ref) > _end(reach[1]):
+                reach = (line, ref)
+
+
+def _end(ref: ClipRef) -> float:
+    return math.inf if ref.end_s is None else ref.end_s
 
 
 @dataclass(frozen=True)
@@ -297,6 +328,7 @@ class VideoDataset:
     clips: tuple[Clip, ...]
     targets: tuple[int, ...]  # label index of each clip
     skipped: tuple[str, ...]  # one line per clip that could not be used
+    found: tuple[Path, ...] = ()  # every video named, usable or not
 
     def per_class(self) -> dict[str, int]:
         return {label: self.targets.count(k) for k, label in enumerate(self.labels)}
@@ -343,10 +375,11 @@ def load_dataset(
             continue
         clips.append(clip)
         targets.append(labels.index(ref.label))
+    found = tuple(dict.fromkeys(r.path for r in refs))
     if known is not None:
         if not clips:
             raise DatasetError(f"no usable video ({len(skipped)} skipped)")
-        return VideoDataset(labels, tuple(clips), tuple(targets), tuple(skipped))
+        return VideoDataset(labels, tuple(clips), tuple(targets), tuple(skipped), found)
     if len(labels) < 2:
         raise DatasetError(f"need at least two labels to tell apart, found {list(labels)}")
     empty = [label for k, label in enumerate(labels) if k not in targets]
@@ -354,7 +387,7 @@ def load_dataset(
         raise DatasetError(
             f"no usable video for label(s) {', '.join(empty)} ({len(skipped)} video(s) skipped)"
         )
-    return VideoDataset(labels, tuple(clips), tuple(targets), tuple(skipped))
+    return VideoDataset(labels, tuple(clips), tuple(targets), tuple(skipped), found)
 
 
 def split(dataset: VideoDataset, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -442,6 +475,14 @@ def split_from_file(dataset: VideoDataset, path: Path) -> tuple[list[int], list[
     bad = sorted(set(wanted.values()) - {"train", "val"})
     if bad:
         raise DatasetError(f"{path}: split must be train or val, got {bad}")
+    # A row for a video the data lacks is a typo, which would leave the video it meant
+    # unlisted or, where that video is listed too, the row silently ignored.
+    known = {p.resolve() for p in dataset.found} | {c.ref.path.resolve() for c in dataset.clips}
+    for line, video, _ in listed:
+        if video not in known:
+            raise DatasetError(
+                f"{path}:{line}: {video} is not in the data set; fix its path or drop the row"
+            )
     train: list[int] = []
     val: list[int] = []
     for i, clip in enumerate(dataset.clips):
