@@ -56,9 +56,15 @@ def train(cfg: TrainConfig) -> int:
     from actionstream.training.train import TrainingError, resume_config
     from actionstream.training.train import main as train_main
 
+    given = _given_on_command_line()
+    if cfg.split and "val_fraction" in given:
+        # The split file decides alone: a fraction beside it would be silently ignored.
+        raise click.ClickException(
+            "--val-fraction and --split both choose the held-out videos; give one of them"
+        )
     try:
         if cfg.resume:  # the run's own settings, but for what this command line sets
-            train_main(resume_config(cfg, _given_on_command_line()))
+            train_main(resume_config(cfg, given))
         else:
             train_main(cfg)
     except TrainingError as e:

@@ -209,3 +209,17 @@ def test_an_unusable_out_or_cache_path_is_one_line(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not cache.exists()  # the bad --out was refused before the data was read
     assert not (tmp_path / "new").exists()
+
+
+def test_val_fraction_beside_a_split_file_is_refused(tmp_path: Path) -> None:
+    # The split file decides alone; a fraction given with it used to be dropped unsaid.
+    sheet = tmp_path / "split.csv"
+    sheet.write_text("path,split\n")
+    argv = ["train", "--data", str(tmp_path), "--split", str(sheet), "--val-fraction", "0.5"]
+    result = _run(*argv, "--out", str(tmp_path / "run"))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "actionstream train: --val-fraction and --split both choose the held-out videos; "
+        "give one of them"
+    ]
+    assert not (tmp_path / "run").exists()

@@ -90,7 +90,7 @@ class TrainConfig:
     split: str | None = setting(
         None,
         help="a CSV (path,split with split train or val) fixing which videos are held out, "
-        "instead of --val-fraction",
+        "instead of --val-fraction (not with it)",
         group="Data",
     )
     cache: str = setting(
