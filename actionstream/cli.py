@@ -9,8 +9,12 @@ service install (no torch) runs `serve`, `stream`, `watch`, `health`, `synth` an
 
 from __future__ import annotations
 
+import json
 import shlex
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -62,6 +66,7 @@ def train(cfg: TrainConfig) -> int:
         raise click.ClickException(
             "--val-fraction and --split both choose the held-out videos; give one of them"
         )
+    previous = _stop_on_sigterm()
     try:
         if cfg.resume:  # the run's own settings, but for what this command line sets
             train_main(resume_config(cfg, given))
@@ -69,17 +74,47 @@ def train(cfg: TrainConfig) -> int:
             train_main(cfg)
     except TrainingError as e:
         raise click.ClickException(str(e)) from None
-    except KeyboardInterrupt:
-        if (Path(cfg.out) / "last.pt").is_file():
-            said = (
-                f"`{PROG} train --out {shlex.quote(cfg.out)} --resume` goes on from the last "
-                "epoch it finished"
-            )
-        else:
-            said = "no epoch had finished, so there is nothing to resume"
-        print(f"{PROG} train: interrupted; {said}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"{PROG} train: {_where_it_stopped(Path(cfg.out))}", file=sys.stderr)
+        # The shell's codes for the two signals, as a container runtime reports them.
+        return 143 if isinstance(e, _Terminated) else 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`docker stop`, `timeout`, a scheduler), taken as Ctrl-C is."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _stop_on_sigterm() -> signal.Handlers | Callable[..., object] | int | None:
+    """Makes SIGTERM stop training as Ctrl-C does, with the same word on how to go on
+    (by default it would end the process without one); returns the handler it replaced,
+    or None where none could be set (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _where_it_stopped(out: Path) -> str:
+    """What a stopped run left: how to resume it, and the best epoch so far to use."""
+    if not (out / "last.pt").is_file():
+        return "interrupted; no epoch had finished, so there is nothing to resume"
+    said = (
+        f"interrupted; `{PROG} train --out {shlex.quote(str(out))} --resume` goes on from "
+        "the last epoch it finished"
+    )
+    try:
+        epoch = json.loads((out / "checkpoint.json").read_text())["eval_metrics"]["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return said
+    best = out / "checkpoint.pt"
+    return f"{said}; {best} holds the best epoch so far ({epoch}) to evaluate or export"
 
 
 def _given_on_command_line() -> set[str]:

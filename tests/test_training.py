@@ -119,7 +119,8 @@ def test_a_killed_run_resumes_as_if_never_stopped(tmp_path: Path) -> None:
             killed.send_signal(signal.SIGKILL)
             break
     killed.wait(timeout=60)
-    assert not (tmp_path / "killed" / "checkpoint.pt").exists()
+    # The best epoch so far is saved with the progress, so a killed run can be used.
+    assert Checkpoint.load(tmp_path / "killed").eval_metrics["epoch"] == 1
     resumed = train(tmp_path / "killed", "--resume")
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
@@ -138,13 +139,22 @@ def test_a_killed_run_resumes_as_if_never_stopped(tmp_path: Path) -> None:
     assert changed.returncode == 1 and "hidden: 16 then, 32 now" in said
 
 
-def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("stop", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_ctrl_c_or_sigterm_says_how_to_resume_and_keeps_the_best_epoch(
+    tmp_path: Path, stop: str, code: int
+) -> None:
+    # SIGTERM is what `docker stop` sends a training container: it stops a run as Ctrl-C
+    # does, and either leaves the best epoch so far to evaluate and export.
     pytest.importorskip("torch")
+    import dataclasses
     import signal
     import subprocess
     import sys
 
     from helpers import WITH_CTRL_C
+
+    from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.train import TrainingError, main
 
     out = tmp_path / "my run"
     tiny = ["--train-streams", "32", "--stream-frames", "40", "--bptt", "20", "--batch-size", "8"]
@@ -159,15 +169,36 @@ def test_ctrl_c_says_how_to_resume(tmp_path: Path) -> None:
     assert run.stdout is not None
     for line in run.stdout:
         if line.startswith("epoch  1"):
-            run.send_signal(signal.SIGINT)
+            run.send_signal(getattr(signal, stop))
             break
     _, err = run.communicate(timeout=60)
-    assert run.returncode == 130, err
+    assert run.returncode == code, err
     assert err.splitlines()[-1] == (
         f"actionstream train: interrupted; `actionstream train --out '{out}' --resume` goes "
-        "on from the last epoch it finished"
+        f"on from the last epoch it finished; {out / 'checkpoint.pt'} holds the best epoch so "
+        "far (1) to evaluate or export"
     )
     assert "Traceback" not in err
+    ckpt = Checkpoint.load(out)  # what evaluate and export read
+    assert ckpt.eval_metrics["epoch"] == 1 and ckpt.build_model() is not None
+    # Still a run: a new one is not trained over it.
+    with pytest.raises(TrainingError, match="already holds a run"):
+        main(dataclasses.replace(TINY, out=str(out)))
+    # Its progress file is not a model to start from, and the refusal says what is.
+    init = subprocess.run(
+        [
+            *(sys.executable, "-m", "actionstream", "train", "--init", str(out / "last.pt")),
+            *("--out", str(tmp_path / "next"), *tiny),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert init.returncode == 1
+    assert init.stderr.splitlines() == [
+        f"actionstream train: --init: {out / 'last.pt'} is a training run's progress file "
+        f"(for --resume), not a checkpoint; name the run folder {out} or its checkpoint.pt"
+    ]
 
 
 def test_one_cycle_rises_then_cools_to_nothing() -> None:
@@ -319,3 +350,30 @@ def test_a_run_can_start_from_an_earlier_one(tmp_path: Path) -> None:
         start(before.labels, channels=(8, 32))
     with pytest.raises(ValueError, match="no such file or folder"):
         dataclasses.replace(TINY, init=str(tmp_path / "nothing"))
+
+
+def test_resuming_a_finished_run_says_so_and_touches_nothing(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import dataclasses
+    import subprocess
+    import sys
+
+    from actionstream.training.train import main
+
+    out = tmp_path / "run"
+    main(dataclasses.replace(TINY, out=str(out), epochs=1))
+    files = sorted(out.iterdir())
+    before = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in files}
+    done = subprocess.run(
+        [sys.executable, "-m", "actionstream", "train", "--out", str(out), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"{out} has already run its last epoch (1); nothing to resume "
+        f"({out / 'checkpoint.pt'} holds epoch 1, its best)"
+    ]
+    assert sorted(out.iterdir()) == files
+    assert {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in files} == before

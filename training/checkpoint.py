@@ -34,13 +34,20 @@ class Checkpoint:
         return net
 
     def save(self, path: Path) -> None:
+        """Writes the checkpoint and its readable .json, each whole or not at all: training
+        rewrites them after every epoch, and a run stopped while writing keeps the last."""
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = asdict(self)
         payload["model_config"] = asdict(self.model_config)
-        torch.save(payload, path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)
         # Readable copy of everything but the weights, beside the checkpoint.
         meta = {k: v for k, v in payload.items() if k != "state_dict"}
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        readable = path.with_suffix(".json")
+        tmp = readable.with_name(f".{readable.name}.tmp")
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        tmp.replace(readable)
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:
@@ -58,10 +65,21 @@ class Checkpoint:
             )
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch.load raises many unrelated types on foreign files
+            raise CheckpointError(
+                f"{path}: not an actionstream checkpoint ({type(e).__name__}: {e})"
+            ) from None
+        if isinstance(payload, dict) and "model_config" not in payload and "optimizer" in payload:
+            # train's last.pt: a run's progress for --resume, not a model to use.
+            raise CheckpointError(
+                f"{path} is a training run's progress file (for --resume), not a checkpoint; "
+                f"name the run folder {path.parent} or its checkpoint.pt"
+            )
+        try:
             model_config = ModelConfig.from_dict(payload.pop("model_config"))
             payload["labels"] = tuple(payload["labels"])
             return cls(model_config=model_config, **payload)
-        except Exception as e:  # torch.load raises many unrelated types on foreign files
+        except Exception as e:  # a file torch reads that is not a checkpoint of ours
             raise CheckpointError(
                 f"{path}: not an actionstream checkpoint ({type(e).__name__}: {e})"
             ) from None

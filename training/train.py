@@ -325,6 +325,10 @@ def _train(
         _fresh(out)
         _writable(out)
     saved = _resumable(out, cfg) if cfg.resume else None
+    # Without its checkpoint.pt (killed while saving it) it goes on: no epoch is left to
+    # run, and the model is saved from the progress.
+    if saved is not None and saved["epoch"] >= cfg.epochs and (out / "checkpoint.pt").is_file():
+        return _finished(out, cfg.epochs, say)
     if data is None:
         t_data = time.perf_counter()
         data = load_data(cfg, say)  # before the run folder: bad data leaves nothing behind
@@ -399,6 +403,18 @@ def _train(
                 if not best or metrics["frame_accuracy"] >= best["frame_accuracy"]:
                     best = {**metrics, "epoch": epoch}
                     best_weights = copy.deepcopy(net.state_dict())
+                # The best so far as the run's model, before the progress that counts this
+                # epoch done: a run stopped at any point can be evaluated and exported.
+                _make_checkpoint(
+                    best,
+                    best_weights,
+                    model_cfg,
+                    data,
+                    cfg,
+                    time.perf_counter() - t_train,
+                    team,
+                    device,
+                ).save(out / "checkpoint.pt")
                 row = log.row(epoch, time.perf_counter() - t_train, loss, metrics)
                 progress: dict[str, Any] = {
                     "epoch": epoch,
@@ -417,12 +433,37 @@ def _train(
             if team.agree(deadline.passed()):
                 say(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")
                 break
-    best["train_seconds"] = round(time.perf_counter() - t_train, 1)
-    best["torch_threads"] = torch.get_num_threads()
-    best["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    best["processes"] = team.size
+    ckpt = _make_checkpoint(
+        best, best_weights, model_cfg, data, cfg, time.perf_counter() - t_train, team, device
+    )
+    if team.leader:
+        ckpt.save(out / "checkpoint.pt")
+        say(
+            f"saved {out / 'checkpoint.pt'} (epoch {best['epoch']}, the best on held-out data) "
+            f"after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
+        )
+    return ckpt
 
-    ckpt = Checkpoint(
+
+def _make_checkpoint(
+    best: dict[str, Any],
+    best_weights: dict[str, torch.Tensor],
+    model_cfg: ModelConfig,
+    data: TrainingData,
+    cfg: TrainConfig,
+    seconds: float,
+    team: Team,
+    device: torch.device,
+) -> Checkpoint:
+    """The run's model: the best epoch's weights, with its metrics and how it was trained."""
+    metrics = {
+        **best,
+        "train_seconds": round(seconds, 1),
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "processes": team.size,
+    }
+    return Checkpoint(
         model_config=model_cfg,
         labels=data.labels,
         fps=cfg.fps,
@@ -430,14 +471,21 @@ def _train(
         version=f"{data.version}-{weights_digest(best_weights)}",
         state_dict={k: v.detach().cpu() for k, v in best_weights.items()},
         train_config=resolved(cfg),  # paths as train_config.json has them
-        eval_metrics=best,
+        eval_metrics=metrics,
     )
-    if team.leader:
-        ckpt.save(out / "checkpoint.pt")
-        say(
-            f"saved {out / 'checkpoint.pt'} (epoch {best['epoch']}, the best on held-out data) "
-            f"after {best['train_seconds']:.0f}s of training"
-        )
+
+
+def _finished(out: Path, epochs: int, say: Callable[..., None]) -> Checkpoint:
+    """A run `--resume` finds complete: said so, and nothing rewritten (resuming is safe
+    to repeat, as when a training container restarts with it)."""
+    try:
+        ckpt = Checkpoint.load(out)
+    except CheckpointError as e:
+        raise TrainingError(f"--resume: {e}") from None
+    say(
+        f"{out} has already run its last epoch ({epochs}); nothing to resume "
+        f"({out / 'checkpoint.pt'} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
+    )
     return ckpt
 
 
