@@ -290,22 +290,23 @@ def resolve_device(name: str) -> torch.device:
 def main(cfg: TrainConfig, data: TrainingData | None = None) -> Checkpoint:
     """Trains as `cfg` says, on `data` if given (else what `cfg` names), and saves the run.
 
-    Under torchrun, every process trains and the leader saves; the others
-    return the checkpoint unsaved.
+    Under torchrun, every process trains and the leader validates and saves; the
+    others return what it saved, read back once every process is done.
     """
     team, device = distributed.join(resolve_device(cfg.device))
     finished = False
     try:
         ckpt = _train(cfg, data, team, device)
         finished = True
-        return ckpt
     finally:
         distributed.leave(team, finished)
+    return ckpt if ckpt is not None else Checkpoint.load(Path(cfg.out))
 
 
 def _train(
     cfg: TrainConfig, data: TrainingData | None, team: Team, device: torch.device
-) -> Checkpoint:
+) -> Checkpoint | None:
+    """The run; its checkpoint on the leader, None on the other processes."""
     say = print if team.leader else _silent
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -385,6 +386,8 @@ def _train(
         _restore_schedule(opt, sched, saved)
         rng.bit_generator.state = saved["rng"]
         torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)  # dropout's masks there
         best, best_weights = saved["best"], saved["best_weights"]
         t_train -= saved["seconds"]
         first = saved["epoch"] + 1
@@ -421,7 +424,7 @@ def _train(
                     "seconds": time.perf_counter() - t_train,
                 }
                 progress |= {"best": best, "best_weights": best_weights, "log": [*log.rows, row]}
-                _save_progress(out / _PROGRESS, progress, net, opt, sched, rng)
+                _save_progress(out / _PROGRESS, progress, net, opt, sched, rng, device)
                 log.write(row)
                 bar.write(
                     f"epoch {epoch:2d}  loss {loss:.3f}  "
@@ -433,15 +436,16 @@ def _train(
             if team.agree(deadline.passed()):
                 say(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")
                 break
+    if not team.leader:
+        return None  # only the leader validated, so only it knows the best epoch
     ckpt = _make_checkpoint(
         best, best_weights, model_cfg, data, cfg, time.perf_counter() - t_train, team, device
     )
-    if team.leader:
-        ckpt.save(out / "checkpoint.pt")
-        say(
-            f"saved {out / 'checkpoint.pt'} (epoch {best['epoch']}, the best on held-out data) "
-            f"after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
-        )
+    ckpt.save(out / "checkpoint.pt")
+    say(
+        f"saved {out / 'checkpoint.pt'} (epoch {best['epoch']}, the best on held-out data) "
+        f"after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
+    )
     return ckpt
 
 
@@ -633,6 +637,7 @@ def _save_progress(
     opt: torch.optim.Optimizer,
     sched: torch.optim.lr_scheduler.LRScheduler,
     rng: np.random.Generator,
+    device: torch.device,
 ) -> None:
     """Everything `--resume` needs to go on exactly as if the run had not stopped."""
     state = {
@@ -642,6 +647,8 @@ def _save_progress(
         "schedule": sched.state_dict(),
         "rng": rng.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
+        # A GPU draws its dropout masks from its own generator.
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(state, tmp)
