@@ -95,7 +95,7 @@ def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = DEFAULT_EXPORT)
         if wrote != cfg.opset:
             raise ExportError(
                 f"the ONNX exporter cannot write opset {cfg.opset} for this model (it wrote "
-                f"{wrote}); opsets 17 to 25 are known to work"
+                f"{wrote}); 17, 18, 20, 23 and 25 were tried and work"
             )
         onnx.helper.set_model_props(model, write_props(model_spec(ckpt, net)))
         model.doc_string = "actionstream step model: frames + state -> logits + state"
