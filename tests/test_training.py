@@ -201,6 +201,40 @@ def test_ctrl_c_or_sigterm_says_how_to_resume_and_keeps_the_best_epoch(
     ]
 
 
+def test_a_full_disk_while_saving_is_one_line_and_leaves_no_half_file(tmp_path: Path) -> None:
+    # A file size limit (RLIMIT_FSIZE, with SIGXFSZ ignored) fails writes past 200 KB as a
+    # full disk does: the checkpoint fits, the progress file does not.
+    pytest.importorskip("torch")
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    tiny = ["--train-streams", "32", "--stream-frames", "40", "--bptt", "20", "--batch-size", "8"]
+    tiny += ["--val-streams", "4", "--val-frames", "60", "--epochs", "1", "--size", "32"]
+    tiny += ["--channels", "8,16", "--hidden", "16", "--embed", "16", "--threads", "1"]
+    limited = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+        "from actionstream.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", limited, "train", "--out", str(out), *tiny],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines()[-1] == (
+        f"actionstream train: cannot save epoch 1 in {out} (File too large); the run stopped, "
+        f"and no epoch was saved to resume from: make room (or fix the permission), then "
+        f"delete {out} and train again"
+    )
+    assert "Traceback" not in run.stderr
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
 def test_one_cycle_rises_then_cools_to_nothing() -> None:
     pytest.importorskip("torch")
     from actionstream.training.train import one_cycle

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,26 @@ from actionstream.training.model import Recognizer, build_recognizer
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be read, with the reason in words."""
+
+
+def save_whole(path: Path, obj: object) -> None:
+    """torch.save, whole or not at all; a full disk raises OSError with its reason (torch's
+    own writer says only "unexpected pos" in a RuntimeError)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_whole(path, buffer.getvalue())
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """Writes `path` through a temporary file beside it: a run stopped or a disk filled
+    while writing leaves the previous file, and no temporary one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -39,15 +60,12 @@ class Checkpoint:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = asdict(self)
         payload["model_config"] = asdict(self.model_config)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
+        save_whole(path, payload)
         # Readable copy of everything but the weights, beside the checkpoint.
         meta = {k: v for k, v in payload.items() if k != "state_dict"}
-        readable = path.with_suffix(".json")
-        tmp = readable.with_name(f".{readable.name}.tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        tmp.replace(readable)
+        write_whole(
+            path.with_suffix(".json"), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
+        )
 
     @classmethod
     def load(cls, path: Path) -> Checkpoint:

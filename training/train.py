@@ -15,6 +15,7 @@ accuracy on the held-out streams (what the service delivers).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import hashlib
@@ -22,7 +23,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from actionstream.contract import ModelConfig
 from actionstream.training import distributed, pretrained
-from actionstream.training.checkpoint import Checkpoint, CheckpointError
+from actionstream.training.checkpoint import Checkpoint, CheckpointError, save_whole
 from actionstream.training.config import INIT_CHOICES, TrainConfig
 from actionstream.training.data import IGNORE, SyntheticData, TrainingData, loss_targets
 from actionstream.training.distributed import Team
@@ -406,26 +407,19 @@ def _train(
                 if not best or metrics["frame_accuracy"] >= best["frame_accuracy"]:
                     best = {**metrics, "epoch": epoch}
                     best_weights = copy.deepcopy(net.state_dict())
-                # The best so far as the run's model, before the progress that counts this
-                # epoch done: a run stopped at any point can be evaluated and exported.
-                _make_checkpoint(
-                    best,
-                    best_weights,
-                    model_cfg,
-                    data,
-                    cfg,
-                    time.perf_counter() - t_train,
-                    team,
-                    device,
-                ).save(out / "checkpoint.pt")
-                row = log.row(epoch, time.perf_counter() - t_train, loss, metrics)
-                progress: dict[str, Any] = {
-                    "epoch": epoch,
-                    "seconds": time.perf_counter() - t_train,
-                }
+                seconds = time.perf_counter() - t_train
+                row = log.row(epoch, seconds, loss, metrics)
+                progress: dict[str, Any] = {"epoch": epoch, "seconds": seconds}
                 progress |= {"best": best, "best_weights": best_weights, "log": [*log.rows, row]}
-                _save_progress(out / _PROGRESS, progress, net, opt, sched, rng, device)
-                log.write(row)
+                with _saving(out, epoch):
+                    # The best so far as the run's model, before the progress that counts
+                    # this epoch done: a run stopped at any point can be evaluated and
+                    # exported.
+                    _make_checkpoint(
+                        best, best_weights, model_cfg, data, cfg, seconds, team, device
+                    ).save(out / "checkpoint.pt")
+                    _save_progress(out / _PROGRESS, progress, net, opt, sched, rng, device)
+                    log.write(row)
                 bar.write(
                     f"epoch {epoch:2d}  loss {loss:.3f}  "
                     f"val frame acc {metrics['frame_accuracy']:.3f}  "
@@ -441,12 +435,33 @@ def _train(
     ckpt = _make_checkpoint(
         best, best_weights, model_cfg, data, cfg, time.perf_counter() - t_train, team, device
     )
-    ckpt.save(out / "checkpoint.pt")
+    with _saving(out, best["epoch"]):
+        ckpt.save(out / "checkpoint.pt")
     say(
         f"saved {out / 'checkpoint.pt'} (epoch {best['epoch']}, the best on held-out data) "
         f"after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
     )
     return ckpt
+
+
+@contextlib.contextmanager
+def _saving(out: Path, epoch: int) -> Iterator[None]:
+    """A full disk or a lost permission while saving, as one line that says what is kept:
+    each file is written whole or not at all, so the run folder holds the last epoch
+    saved, and --resume goes on from it once the cause is gone."""
+    try:
+        yield
+    except OSError as e:
+        then = (
+            "it keeps the last epoch saved: make room (or fix the permission), then carry "
+            "on with --resume"
+            if (out / _PROGRESS).is_file()
+            else "no epoch was saved to resume from: make room (or fix the permission), "
+            f"then delete {out} and train again"
+        )
+        raise TrainingError(
+            f"cannot save epoch {epoch} in {out} ({e.strerror or e}); the run stopped, and {then}"
+        ) from None
 
 
 def _make_checkpoint(
@@ -650,9 +665,7 @@ def _save_progress(
         # A GPU draws its dropout masks from its own generator.
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # a run killed while saving keeps the previous epoch's
+    save_whole(path, state)  # a run killed while saving keeps the previous epoch's
 
 
 def _silent(*args: object, **kwargs: object) -> None:
