@@ -8,10 +8,8 @@ produces to gRPC. Reading never waits for inference, so a stream is always
 answered for its most recent frames, and a stream never holds more than a
 few frames of work.
 
-Refusals end an RPC by raising `_Refused`, which the handler turns into the
-call's status as it returns, rather than by `context.abort()`: grpc.aio sends
-an abort's status before the handler unwinds, so a client could see its
-error before the stream's slot was freed and the error counted.
+Refusals end an RPC by raising `Refused` (refusals.py); the places streams hold
+are places.py's, the idle sweep idle_sweep.py's.
 """
 
 from __future__ import annotations
@@ -30,7 +28,10 @@ from actionstream.resampling import FileClock
 from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
 from actionstream.service.frames import FrameError, RejectReason
+from actionstream.service.idle_sweep import IdleSweep
 from actionstream.service.metrics import Metrics
+from actionstream.service.places import Places
+from actionstream.service.refusals import EndReason, Refused, refusal
 from actionstream.service.source_allowlist import SourceAllowlist
 from actionstream.service.sources import (
     CONTAINER_FORMATS,
@@ -51,31 +52,8 @@ from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 
-# How a stream ended: the streams-ended metric's label (README, "Metrics").
-EndReason = typing.Literal[
-    "completed", "cancelled", "shutdown", "idle", "not_reading", "evicted", "invalid_frame",
-    "malformed", "refused", "invalid_source", "source_lost", "error",
-]  # fmt: skip
 # Frames accepted and never stepped: the frames-dropped metric's label.
 DropReason = typing.Literal["resampled", "overload", "stream_ended"]
-
-
-class _Refused(Exception):
-    """Ends the RPC with `code` and `details`; `reason` labels the streams-ended metric."""
-
-    def __init__(self, code: grpc.StatusCode, details: str, reason: EndReason) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-        self.reason = reason
-
-
-# A frame over --max-frame-bytes gets the code gRPC itself gives a message over
-# its size limit, so a client sees one answer for "too big" wherever the line
-# is drawn; every other bad frame is the client's mistake to fix.
-_REFUSAL_CODES: dict[RejectReason, grpc.StatusCode] = {
-    reason: grpc.StatusCode.INVALID_ARGUMENT for reason in typing.get_args(RejectReason)
-} | {"too_many_bytes": grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 # Stream ends whose reason the log line spells out: the client's mistakes.
@@ -84,16 +62,6 @@ _TOLD_WHY = frozenset({"invalid_frame", "malformed"})
 # open holds FFmpeg's process-wide open lock, so every other open waits out a slow one,
 # and a camera or stream that answers at all opens well within this.
 _SOURCE_OPEN_TIMEOUT_S = 10.0
-
-
-def _refusal(error: Exception) -> _Refused:
-    """The status a stream's failure ends its call with."""
-    if isinstance(error, _Refused):
-        return error
-    if isinstance(error, FrameRejected):
-        code = _REFUSAL_CODES[error.error.reason]
-        return _Refused(code, f"frame {error.sequence}: {error.error}", "invalid_frame")
-    raise error
 
 
 class ActionRecognition(pb_grpc.ActionRecognitionServicer):
@@ -106,12 +74,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         meta = batcher.model.metadata
         self._meta = meta
         self._decoder = batcher.decoder  # `check` must foresee what the batcher decodes
-        self._active = 0  # streams holding a place: they have sent a frame
-        self._open: dict[Stream, asyncio.Task[object] | None] = {}  # calls, for the idle sweep
-        # StreamFrames calls with no frame yet, oldest first: they hold no place, so nothing
-        # else bounds how many there are, and each costs memory until the idle timeout.
-        self._waiting: dict[Stream, None] = {}
-        self._sweeper: asyncio.Task[None] | None = None
+        self._places = Places(cfg.max_streams, cfg.waiting_calls_cap, metrics)
+        self._idle = IdleSweep(cfg.idle_timeout_seconds)
         # WatchSource's sources: as many threads again as places may outlive their calls.
         self._sources = SourceOpener(
             SourceLimits(
@@ -149,18 +113,14 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
 
     async def close(self) -> None:
         self._sources.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        await self._idle.close()
 
     async def StreamFrames(
         self, request_iterator: AsyncIterator[pb.FrameRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Prediction]:
         stream = self._new_stream(pb.StreamOptions(), context.peer())
-        self._watch_idle(stream)
-        self._make_room_to_wait()
-        self._waiting[stream] = None
-        self._metrics.waiting_calls.inc()
+        self._idle.watch(stream)
+        self._places.wait(stream)
         reader = asyncio.create_task(self._read(request_iterator, stream))
         reason: EndReason = "error"
         try:
@@ -173,7 +133,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     stream.answered += 1
                     self._batcher.offer(stream)
                 elif stream.failure is not None:
-                    raise _refusal(stream.failure)
+                    raise refusal(stream.failure)
                 elif stream.finished:
                     # A client that cancels or whose connection drops ends the input as a
                     # half-close would, and then the handler is cancelled: one turn of the
@@ -192,7 +152,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             # Frames resampled away after the last one answered have no prediction to
             # report them; the trailer does, so a client's counts add up.
             context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
-        except _Refused as e:
+        except Refused as e:
             reason = e.reason
             self._count_error("StreamFrames", e.code)
             context.set_code(e.code)
@@ -220,7 +180,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     # past the idle timeout without a frame.
                     self._metrics.frames_rejected.labels("missing").inc()
                     stream.fail(
-                        _Refused(
+                        Refused(
                             grpc.StatusCode.INVALID_ARGUMENT,
                             f"request {read} carries no frame (only a stream's first request "
                             "may come without one)",
@@ -236,7 +196,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         except DecodeError:
             self._metrics.frames_rejected.labels("malformed").inc()
             stream.fail(
-                _Refused(
+                Refused(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"request {read + 1} is not a valid actionstream.v1.FrameRequest",
                     "malformed",
@@ -263,7 +223,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         if stream.state is None:
             try:
                 self._admit(stream)
-            except _Refused as e:
+            except Refused as e:
                 stream.fail(e)
                 return
         if frame.timestamp_us and not stream.clock.done:
@@ -311,7 +271,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         # Its frames come from the source, not the client: only a client that takes no
         # prediction is idle here.
         stream.input_done = True
-        self._watch_idle(stream)
+        self._idle.watch(stream)
         reason: EndReason = "error"
         try:
             self._admit(stream)
@@ -344,7 +304,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                         await stream.wakeup.wait()
                         stream.wakeup.clear()
                     if stream.failure is not None:
-                        raise _refusal(stream.failure)
+                        raise refusal(stream.failure)
                     answer, stream.outbox = stream.outbox, None
                     if answer is not None:
                         stream.writing_since = time.monotonic()
@@ -357,7 +317,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 source.close()
             reason = "completed"
             context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
-        except _Refused as e:
+        except Refused as e:
             reason = e.reason
             self._count_error("WatchSource", e.code)
             context.set_code(e.code)
@@ -375,15 +335,15 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         try:
             return await self._sources.open(source)
         except SourceBusy as e:
-            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "refused") from e
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "refused") from e
         except SourceTimeout as e:
-            raise _Refused(grpc.StatusCode.DEADLINE_EXCEEDED, str(e), "invalid_source") from e
+            raise Refused(grpc.StatusCode.DEADLINE_EXCEEDED, str(e), "invalid_source") from e
         except SourceNotAllowed as e:
-            raise _Refused(grpc.StatusCode.PERMISSION_DENIED, str(e), "invalid_source") from e
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, str(e), "invalid_source") from e
         except SourceNotFound as e:
-            raise _Refused(grpc.StatusCode.NOT_FOUND, str(e), "invalid_source") from e
+            raise Refused(grpc.StatusCode.NOT_FOUND, str(e), "invalid_source") from e
         except SourceError as e:
-            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_source") from e
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_source") from e
 
     async def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
@@ -416,43 +376,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         if options.top_k:
             stream.top_k = min(options.top_k, len(stream.labels))
 
-    def _make_room_to_wait(self) -> None:
-        """Ends the call that has waited longest for a first frame if max_waiting_calls wait.
-
-        The oldest goes, not the newcomer: a camera sends its first frame as soon as its
-        call opens, so a flood of silent calls evicts its own calls, not a camera's (unless
-        the flood opens max_waiting_calls calls in the moment between the two)."""
-        cap = self._cfg.waiting_calls_cap
-        while len(self._waiting) >= cap:
-            oldest = next(iter(self._waiting))
-            self._stop_waiting(oldest)
-            oldest.fail(
-                _Refused(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"no frame yet, and the server was at its limit of {cap} calls waiting "
-                    "for a first frame (max_waiting_calls): the longest-waiting call was "
-                    "ended to make room",
-                    "evicted",
-                )
-            )
-
-    def _stop_waiting(self, stream: Stream) -> None:
-        if self._waiting.pop(stream, False) is None:  # it was waiting
-            self._metrics.waiting_calls.dec()
-
     def _admit(self, stream: Stream) -> None:
         """Gives the stream a place and its state: on its first frame, not when it opens."""
-        self._stop_waiting(stream)
-        if self._active >= self._cfg.max_streams:
-            raise _Refused(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the server is at its limit of {self._cfg.max_streams} concurrent streams "
-                "(max_streams); retry later",
-                "refused",
-            )
-        self._active += 1
-        self._metrics.active_streams.inc()
-        stream.admitted = True
+        self._places.take(stream)
         stream.state = self._batcher.model.zero_state(1)
         logger.info(
             "stream %d %s opened (top_k=%d)",
@@ -464,7 +390,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
 
     def _cancelled(self, stream: Stream, method: str) -> EndReason:
         """Why a call was cut short: expired by the sweep, refused by gRPC, or the client."""
-        if isinstance(stream.failure, _Refused):
+        if isinstance(stream.failure, Refused):
             self._count_error(method, stream.failure.code)
             return stream.failure.reason
         if self._cut_off:  # past the grace period: the client got UNAVAILABLE
@@ -478,8 +404,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
 
     def _close(self, stream: Stream, reason: EndReason) -> None:
         """Frees everything the stream held; counts how it ended."""
-        self._open.pop(stream, None)
-        self._stop_waiting(stream)
+        self._idle.forget(stream)
         waiting = self._batcher.drain(stream)
         if waiting:
             self._metrics.frames_dropped.labels("stream_ended").inc(waiting)
@@ -487,19 +412,16 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         # sends bad frames. Server-made text (numbers, fixed words), bounded all the same.
         told = stream.failure
         if isinstance(told, FrameRejected):
-            told = _refusal(told)
+            told = refusal(told)
         why = (
             f": {printable(told.details, 200)}"
-            if isinstance(told, _Refused) and reason in _TOLD_WHY
+            if isinstance(told, Refused) and reason in _TOLD_WHY
             else ""
         )
-        stream.fail(_Refused(grpc.StatusCode.CANCELLED, "stream ended", reason))
+        stream.fail(Refused(grpc.StatusCode.CANCELLED, "stream ended", reason))
         self._metrics.streams_ended.labels(reason).inc()
         # The state goes with the stream object; a batch in flight may still be writing it.
-        if stream.admitted:
-            stream.admitted = False
-            self._active -= 1
-            self._metrics.active_streams.dec()
+        if self._places.give_back(stream):
             logger.info(
                 "stream %d %s ended (%s%s) after %d frames, %d answered, %d dropped by overload",
                 stream.id,
@@ -521,49 +443,6 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 extra=_about(stream),
             )
 
-    def _watch_idle(self, stream: Stream) -> None:
-        """Puts the call's stream under the idle sweep (started with the first call)."""
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep(), name="idle-sweep")
-        self._open[stream] = asyncio.current_task()
-
-    async def _sweep(self) -> None:
-        """Ends streams that sent nothing, or took no prediction, for idle_timeout."""
-        timeout = self._cfg.idle_timeout_seconds
-        while True:
-            await asyncio.sleep(min(1.0, timeout / 4))
-            now = time.monotonic()
-            for stream, task in list(self._open.items()):
-                if stream.failure is not None:
-                    continue
-                if stream.writing_since is not None and now - stream.writing_since > timeout:
-                    stream.fail(
-                        _Refused(
-                            grpc.StatusCode.DEADLINE_EXCEEDED,
-                            f"took no prediction for {timeout:g} s (idle_timeout_seconds); "
-                            "the stream was ended to free its place",
-                            "not_reading",
-                        )
-                    )
-                    # The handler is stuck in gRPC's write: only cancelling it ends the call.
-                    if task is not None:
-                        task.cancel()
-                elif (
-                    not stream.input_done
-                    and stream.writing_since is None
-                    and now - stream.last_activity > timeout
-                ):
-                    # A call without a first frame holds no place, only a waiting slot.
-                    freed = "its place" if stream.admitted else "its slot among waiting calls"
-                    stream.fail(
-                        _Refused(
-                            grpc.StatusCode.DEADLINE_EXCEEDED,
-                            f"no frame for {timeout:g} s (idle_timeout_seconds); the stream "
-                            f"was ended to free {freed}",
-                            "idle",
-                        )
-                    )
-
     def _internal_error(
         self, method: str, stream: Stream, context: grpc.aio.ServicerContext
     ) -> None:
@@ -580,10 +459,10 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._metrics.rpc_errors.labels(method=method, code=code.name).inc()
 
 
-def _source_lost(answered: int) -> _Refused:
+def _source_lost(answered: int) -> Refused:
     # A file that ends has finished; a camera or live stream that ends was lost, and a
     # client told so may call again (UNAVAILABLE is gRPC's "try again").
-    return _Refused(
+    return Refused(
         grpc.StatusCode.UNAVAILABLE,
         f"the source stopped sending frames after {answered} predictions: a camera or live "
         "stream that ended, dropped or fell silent past the read timeout; watch it again "
@@ -597,7 +476,7 @@ async def _read_source(source: AsyncVideoSource) -> tuple[np.ndarray, float] | N
     try:
         return await source.read()
     except SourceError as e:
-        raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_source") from e
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_source") from e
 
 
 def _about(stream: Stream) -> dict[str, object]:

@@ -28,7 +28,8 @@ from actionstream.service.frames import RejectReason
 from actionstream.service.launch import ServeError
 from actionstream.service.metrics import scrape
 from actionstream.service.model import OnnxStepModel, bundled_model_path
-from actionstream.service.servicer import DropReason, EndReason
+from actionstream.service.refusals import EndReason
+from actionstream.service.servicer import DropReason
 from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc

@@ -1,0 +1,51 @@
+"""How a stream's call ends when the server ends it: a status, and a reason to count.
+
+A refusal is raised as `Refused` and turned into the call's status by the
+handler as it returns, rather than by `context.abort()`: grpc.aio sends an
+abort's status before the handler unwinds, so a client could see its error
+before the stream's place was freed and the error counted.
+"""
+
+from __future__ import annotations
+
+import typing
+
+import grpc
+
+from actionstream.service.frames import RejectReason
+from actionstream.service.streams import FrameRejected
+
+# How a stream ended: the streams-ended metric's label (README, "Metrics").
+EndReason = typing.Literal[
+    "completed", "cancelled", "shutdown", "idle", "not_reading", "evicted", "invalid_frame",
+    "malformed", "refused", "invalid_source", "source_lost", "error",
+]  # fmt: skip
+
+
+class Refused(Exception):
+    """Ends the RPC with `code` and `details`; `reason` labels the streams-ended metric."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, reason: EndReason) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.reason = reason
+
+
+# A frame over --max-frame-bytes gets the code gRPC itself gives a message over
+# its size limit, so a client sees one answer for "too big" wherever the line
+# is drawn; every other bad frame is the client's mistake to fix.
+_REFUSAL_CODES: dict[RejectReason, grpc.StatusCode] = {
+    reason: grpc.StatusCode.INVALID_ARGUMENT for reason in typing.get_args(RejectReason)
+} | {"too_many_bytes": grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+def refusal(error: Exception) -> Refused:
+    """The status a stream's failure ends its call with; re-raises a fault of the server's
+    own, which is no refusal."""
+    if isinstance(error, Refused):
+        return error
+    if isinstance(error, FrameRejected):
+        code = _REFUSAL_CODES[error.error.reason]
+        return Refused(code, f"frame {error.sequence}: {error.error}", "invalid_frame")
+    raise error
