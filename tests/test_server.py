@@ -395,19 +395,23 @@ def test_watch_source_is_off_unless_allowed(stub: pb_grpc.ActionRecognitionStub)
     assert "--allow-sources" in err.value.details()
 
 
+def _video(path: Path, n: int, fps: float, seed: int) -> tuple[Path, list[np.ndarray]]:
+    """A synthetic video of `n` frames at `fps`, and its frames as OpenCV decodes them."""
+    frames, labels = render_stream(n, seed=seed)
+    write_video(frames, labels, path, fps=fps)
+    capture = cv2.VideoCapture(str(path))
+    decoded = [capture.read()[1] for _ in range(n)]
+    capture.release()
+    return path, decoded
+
+
 def test_watch_source_streams_a_video_file(
     start_server: Callable[..., BackgroundServer],
     tmp_path: Path,
     reference: Reference,
     model: OnnxStepModel,
 ) -> None:
-    frames, labels = render_stream(10, seed=11)
-    video = tmp_path / "clip.avi"
-    write_video(frames, labels, video, fps=10.0)
-    capture = cv2.VideoCapture(str(video))
-    decoded = [capture.read()[1] for _ in range(10)]
-    capture.release()
-
+    video, decoded = _video(tmp_path / "clip.avi", 10, fps=10.0, seed=11)
     server = start_server(allow_sources=True)
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.ActionRecognitionStub(channel)
@@ -431,12 +435,7 @@ def test_watch_source_takes_a_faster_file_at_the_models_rate(
     # 32 frames at 30 fps for a 10 fps model: every third frame, by the file's own
     # timeline (read as fast as the model steps, they all come at once), as training
     # and evaluation take them.
-    frames, labels = render_stream(32, seed=12)
-    video = tmp_path / "fast.avi"
-    write_video(frames, labels, video, fps=30.0)
-    capture = cv2.VideoCapture(str(video))
-    decoded = [capture.read()[1] for _ in range(32)]
-    capture.release()
+    video, decoded = _video(tmp_path / "fast.avi", 32, fps=30.0, seed=12)
     assert model.metadata.fps == 10.0
 
     server = start_server(allow_sources=True)
