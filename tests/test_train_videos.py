@@ -81,8 +81,16 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
     changes = sum(a != b for a, b in itertools.pairwise(truth))
     assert report["frames"] == 120 and report["switch_latency"]["changes"] == changes
     assert abs(report["frame_accuracy"] * 100 - accuracy) < 10  # the server's answers, offline
+    # Scored on the videos it trained on, it says so; on unseen ones, not.
+    trained = _actionstream(
+        "evaluate", str(run), "--data", str(data), "--cache", str(tmp_path / "cache")
+    )
+    assert f"warning: 96 of these 96 clips come from videos in the data {run}" in trained
     unseen = class_folders(tmp_path / "unseen", LABELS, 3, seed=123)
-    _actionstream("evaluate", str(run), "--data", str(unseen), "--cache", str(tmp_path / "cache"))
+    told = _actionstream(
+        "evaluate", str(run), "--data", str(unseen), "--cache", str(tmp_path / "cache")
+    )
+    assert "warning" not in told
     report = json.loads((run / "evaluation.json").read_text())
     assert report["clips"] == 12 and sum(map(sum, report["confusion"])) == 12
     # Without --data, evaluate would score the synthetic world's labels: refused in a line.

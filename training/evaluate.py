@@ -163,6 +163,19 @@ def clip_report(preds: np.ndarray, truth: np.ndarray, names: Sequence[str]) -> d
     }
 
 
+def _trained_on(train_config: dict[str, Any], paths: list[Path]) -> int:
+    """How many of `paths` are videos of the run's training data (held out or not: the
+    split is the run's own); 0 when that data is gone or was the synthetic world."""
+    data = train_config.get("data")
+    if not data:
+        return 0
+    try:
+        trained = {ref.path.resolve() for ref in find_clips(Path(data), report=lambda _: None)}
+    except (OSError, DatasetError):
+        return 0
+    return sum(path.resolve() in trained for path in paths)
+
+
 def main(cfg: EvaluateConfig) -> dict[str, Any]:
     """`actionstream evaluate`: prints the metrics, writes evaluation.json and plots."""
     from actionstream.training.checkpoint import Checkpoint
@@ -203,6 +216,13 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         streams = Streams(frames[None], labels[None])  # all clips, one unbroken stream
         metrics["data"] = cfg.data
         metrics["skipped"] = list(dataset.skipped)
+        seen = _trained_on(ckpt.train_config, [c.ref.path for c in dataset.clips])
+        if seen:
+            print(
+                f"warning: {seen} of these {len(dataset.clips)} clips come from videos in "
+                f"the data {run} was trained on ({ckpt.train_config['data']}): its scores "
+                "here count what it learnt from, not only what it has not seen"
+            )
 
     if clips:
         truth = np.array([c.label for c in clips])
