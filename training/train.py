@@ -335,18 +335,7 @@ def _train(
         t_data = time.perf_counter()
         data = load_data(cfg, say)  # before the run folder: bad data leaves nothing behind
         say(f"data ready in {time.perf_counter() - t_data:.1f}s")
-    model_cfg = ModelConfig(
-        num_classes=len(data.labels),
-        height=cfg.size,
-        width=cfg.size,
-        channels=cfg.channels,
-        embed=cfg.embed,
-        hidden=cfg.hidden,
-        cell=cfg.cell,
-        appearance=cfg.appearance,
-        layers=cfg.layers,
-        dropout=cfg.dropout,
-    )
+    model_cfg = _model_config(cfg, len(data.labels))
     net = build_recognizer(model_cfg)
     if saved is None:  # a resumed run loads its own weights below
         say(f"CNN starts from {_initialise(net, cfg.init, data.labels)}")
@@ -367,17 +356,7 @@ def _train(
     chunks = math.ceil(cfg.stream_frames / cfg.bptt)
     steps = cfg.epochs * batches * chunks
     deadline = Deadline(cfg.minutes)
-    sched: torch.optim.lr_scheduler.LRScheduler
-    if cfg.minutes > 0:
-        # With a time budget the schedule runs on whichever ends first, steps or time,
-        # so a run cut short by the clock has still cooled its learning rate down.
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: one_cycle(max(step / steps, deadline.spent()))
-        )
-    else:
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
-        )
+    sched = _schedule(opt, cfg, steps, deadline)
     t_train = time.perf_counter()
     best: dict[str, Any] = {}
     best_weights = copy.deepcopy(net.state_dict())
@@ -442,6 +421,36 @@ def _train(
         f"after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
     )
     return ckpt
+
+
+def _model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
+    """The architecture `cfg` asks for, for `num_classes` labels."""
+    return ModelConfig(
+        num_classes=num_classes,
+        height=cfg.size,
+        width=cfg.size,
+        channels=cfg.channels,
+        embed=cfg.embed,
+        hidden=cfg.hidden,
+        cell=cfg.cell,
+        appearance=cfg.appearance,
+        layers=cfg.layers,
+        dropout=cfg.dropout,
+    )
+
+
+def _schedule(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int, deadline: Deadline
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """One cycle over the run's `steps`, or, with a time budget, over whichever ends first,
+    steps or time: a run cut short by the clock has still cooled its learning rate down."""
+    if cfg.minutes > 0:
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: one_cycle(max(step / steps, deadline.spent()))
+        )
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
+    )
 
 
 @contextlib.contextmanager
