@@ -52,18 +52,30 @@ class FileClock:
     OpenCV gives the position of the frame just read (CAP_PROP_POS_MSEC).
     Containers without timestamps report 0 after the first frame, so frames
     are then counted at the file's frame rate. Times never go backwards,
-    whatever the container says: a file has one timeline.
+    whatever the container says: a file has one timeline. A position that
+    jumps back by more than a second (recordings joined end to end, a
+    transport stream's clock wrapping) goes on one frame after the last time
+    instead: held at the latest time, every later frame would be thinned away.
     """
+
+    _JUMP_BACK_S = 1.0
 
     def __init__(self, fps: float) -> None:
         self._fps = fps
         self._index = 0
         self._t = -math.inf
+        self._offset = 0.0  # added to the container's positions after a jump back
 
     def next(self, pos_ms: float) -> float:
         """The next frame's capture time in seconds; `pos_ms` is what OpenCV reported
         as its position right after reading it."""
         pos = pos_ms / 1000.0
-        self._t = max(self._t, pos if pos > 0 or self._index == 0 else self._index / self._fps)
+        if pos > 0 or self._index == 0:
+            if pos + self._offset < self._t - self._JUMP_BACK_S:
+                self._offset = self._t + 1 / self._fps - pos
+            t = pos + self._offset
+        else:
+            t = self._index / self._fps
+        self._t = max(self._t, t)
         self._index += 1
         return self._t

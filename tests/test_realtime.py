@@ -20,7 +20,7 @@ import pytest
 from background import BackgroundServer
 from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render, stub_for
 
-from actionstream.resampling import Resampler
+from actionstream.resampling import FileClock, Resampler
 from actionstream.service.frames import FrameDecoder
 from actionstream.service.metrics import scrape as scrape_metrics
 from actionstream.service.model import OnnxStepModel
@@ -278,6 +278,24 @@ def test_resampler_handles_jitter_reordering_and_clock_resets() -> None:
     assert r.take(t0 - 4_900_000)
     # ...and so does a gap.
     assert r.take(t0 + 60_000_000)
+
+
+def test_a_files_clock_goes_on_through_positions_that_jump_back() -> None:
+    # Two 30 fps recordings joined end to end: the second's positions start at 0 again.
+    # Its frames go on one frame after the first's, and are taken at 10 fps like them;
+    # held at the first's last time, every one of them was thinned away.
+    clock, r = FileClock(30.0), Resampler(fps=10)
+    positions = [i * 1000 / 30 for i in range(150)] * 2  # ms, 5 s each
+    times = [clock.next(p) for p in positions]
+    assert times == sorted(times) and times[150] == pytest.approx(times[149] + 1 / 30)
+    taken = [i for i, t in enumerate(times) if r.take(round(t * 1e6))]
+    assert len(taken) == 100 and taken[-1] == 297
+    # Small steps back (reordered frames) hold the time; a file with no positions after
+    # its first frame is counted at its frame rate.
+    held = FileClock(30.0)
+    assert [held.next(p) for p in (0.0, 100.0, 80.0, 133.3)] == [0.0, 0.1, 0.1, 0.1333]
+    counted = FileClock(25.0)
+    assert [counted.next(0.0) for _ in range(3)] == [0.0, 0.04, 0.08]
 
 
 def test_timestamps_too_slow_to_be_microseconds_are_judged_once() -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
 _CPU = torch.device("cpu")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,14 @@ class Team:
         t = torch.tensor([int(flag)], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
+
+    def share(self, obj: T) -> T:
+        """The leader's `obj` on every process (each must call this at the same point)."""
+        if self.size == 1:
+            return obj
+        objs = [obj]
+        dist.broadcast_object_list(objs, src=0, device=self.device)
+        return objs[0]
 
     def wait(self) -> None:
         """Until every process is here (while the leader validates, say)."""

@@ -291,17 +291,20 @@ def resolve_device(name: str) -> torch.device:
 def main(cfg: TrainConfig, data: TrainingData | None = None) -> Checkpoint:
     """Trains as `cfg` says, on `data` if given (else what `cfg` names), and saves the run.
 
-    Under torchrun, every process trains and the leader validates and saves; the
-    others return what it saved, read back once every process is done.
+    Under torchrun, every process trains and the leader validates and saves; every
+    process returns the leader's checkpoint (sent to them: --out may be a folder of
+    the leader's machine alone).
     """
     team, device = distributed.join(resolve_device(cfg.device))
     finished = False
     try:
-        ckpt = _train(cfg, data, team, device)
+        ckpt = team.share(_train(cfg, data, team, device))
         finished = True
     finally:
         distributed.leave(team, finished)
-    return ckpt if ckpt is not None else Checkpoint.load(Path(cfg.out))
+    if ckpt is None:  # the leader always returns one
+        raise TrainingError("the leading process returned no checkpoint")
+    return ckpt
 
 
 def _train(

@@ -40,7 +40,7 @@ from actionstream.training.data import LabelledClip
 # Containers OpenCV's FFmpeg reads; a manifest may name any other file.
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".wmv", ".ts")
 # Bump when decoding or resampling changes, so old cache entries are not reused.
-_CACHE_VERSION = "2"
+_CACHE_VERSION = "3"
 
 
 class DatasetError(Exception):
