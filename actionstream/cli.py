@@ -148,7 +148,9 @@ def export(cfg: ExportConfig) -> int:
     except (CheckpointError, ExportError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
-        raise click.ClickException(f"cannot write {cfg.out}: {e.strerror or e}") from None
+        # Which path failed: the model's folder, the model, or its card.
+        at = f"{e.filename}: " if e.filename and str(e.filename) != cfg.out else ""
+        raise click.ClickException(f"cannot write {cfg.out}: {at}{e.strerror or e}") from None
     print(f"wrote {out} and {out.with_suffix('.json')} (parity with PyTorch checked)")
     return 0
 

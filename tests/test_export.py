@@ -144,8 +144,23 @@ def test_an_out_that_cannot_be_written_is_one_line(
     )
     assert result.returncode == 1
     assert result.stderr == (
-        f"actionstream export: cannot write {tmp_path / 'afile' / 'm.onnx'}: File exists\n"
+        f"actionstream export: cannot write {tmp_path / 'afile' / 'm.onnx'}: "
+        f"{tmp_path / 'afile'}: File exists\n"
     )
+
+
+def test_a_card_that_cannot_be_written_leaves_the_earlier_model(
+    tmp_path: Path, exported: tuple[Checkpoint, Path]
+) -> None:
+    # Its card's name taken by a folder: the model it would replace stays as it was.
+    ckpt, _ = exported
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"the earlier model")
+    (tmp_path / "m.json").mkdir()
+    with pytest.raises(IsADirectoryError):
+        export_onnx(ckpt, out)
+    assert out.read_bytes() == b"the earlier model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]
 
 
 @pytest.mark.parametrize(("cell", "layers"), [("lstm", 2), ("rnn", 1), ("frame-only", 1)])

@@ -8,6 +8,7 @@ itself from the model alone (actionstream/contract.py is the one definition).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import warnings
@@ -74,6 +75,10 @@ def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = DEFAULT_EXPORT)
     dynamic = {"frames": {0: n}} | ({"state": tuple({0: n} for _ in state)} if state else {})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
+    card = out.with_suffix(".json")
+    card_tmp = card.with_name(card.name + ".partial")
+    if card.is_dir():  # found now, not once the model has replaced an earlier one
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(card))
     try:
         with _quiet_exporter():
             torch.onnx.export(
@@ -104,11 +109,15 @@ def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = DEFAULT_EXPORT)
         diff = parity_error(net, tmp, cfg)
         if diff > cfg.tolerance:
             raise ExportError(f"ONNX parity failed: max |logit diff| {diff:.2e} > {cfg.tolerance}")
+        # The card too is written before either file replaces an earlier one: a card
+        # that cannot be written leaves the earlier model and card as they were.
+        card_tmp.write_text(_card(out, ckpt, cfg))
+        tmp.replace(out)
+        card_tmp.replace(card)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        card_tmp.unlink(missing_ok=True)
         raise
-    tmp.replace(out)
-    _write_sidecar(out, ckpt, cfg)
     return out
 
 
@@ -160,8 +169,9 @@ def parity_error(net: Recognizer, onnx_path: Path, cfg: ExportConfig = DEFAULT_E
     return float(np.abs(stepped - expected.numpy()).max())
 
 
-def _write_sidecar(out: Path, ckpt: Checkpoint, cfg: ExportConfig) -> None:
-    # The resolved configs beside the artifact, for people and tools that do not parse ONNX.
+def _card(out: Path, ckpt: Checkpoint, cfg: ExportConfig) -> str:
+    """The model's card, `out` with .json: the resolved configs beside the artifact, for
+    people and tools that do not parse ONNX."""
     card: dict[str, Any] = {
         "version": ckpt.version,
         "labels": list(ckpt.labels),
@@ -174,4 +184,4 @@ def _write_sidecar(out: Path, ckpt: Checkpoint, cfg: ExportConfig) -> None:
         | {"run": str(Path(cfg.run).resolve()), "out": str(out.resolve())},
         "eval": ckpt.eval_metrics,
     }
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return json.dumps(card, indent=2, sort_keys=True) + "\n"
