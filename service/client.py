@@ -132,8 +132,9 @@ class _Feed:
         self._source = source
         self.fps = source.opened_fps
         # A file's frames are timed by its own timeline, as training and the server's
-        # WatchSource time them (FFmpeg's own 25 fps where it reports no rate); a camera's
-        # or live stream's by when they are read.
+        # WatchSource time them; a camera's or live stream's by when they are read. (A
+        # file that reports no frame rate, rare, is counted at FFmpeg's own 25 fps here,
+        # at the model's rate there: this client does not always ask for it.)
         self._clock = None if source.live else FileClock(self.fps or 25.0)
         self._lock = threading.Lock()
         self._closed = False

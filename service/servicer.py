@@ -315,8 +315,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     raise _source_lost(stream.answered)
             finally:
                 source.close()
+                # Frames skipped after the last answer, for a lost camera as for a file.
+                context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
             reason = "completed"
-            context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
         except Refused as e:
             reason = e.reason
             self._count_error("WatchSource", e.code)

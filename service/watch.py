@@ -88,6 +88,8 @@ def watch_source(
                     return summary("the source ended")
                 except grpc.RpcError as e:
                     code, details = e.code(), e.details()
+                    if isinstance(e, grpc.Call):  # a call's end: its trailer counts too
+                        skipped += trailer_skipped(e)
                     passing = code == _CODE.UNAVAILABLE or (
                         retry_until is not None and code in _PASSING
                     )

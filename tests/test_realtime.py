@@ -221,6 +221,8 @@ def test_decode_threads_are_niced_from_the_process_own_niceness() -> None:
         "print(nice(), *seen)\n"
     )
     own = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    if own + 3 + 5 > 19:  # every value would be capped at 19: nothing left to tell apart
+        pytest.skip(f"this process already runs at niceness {own}")
     out = subprocess.run(
         ["nice", "-n", "3", sys.executable, "-c", script],
         capture_output=True,

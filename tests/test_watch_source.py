@@ -46,6 +46,7 @@ class Outcome:
     code: grpc.StatusCode = grpc.StatusCode.OK
     details: str = ""
     seconds: float = 0.0
+    trailer: dict[str, str] = field(default_factory=dict)
 
 
 def watch(server: BackgroundServer, source: str, deadline_s: float = 10.0) -> Outcome:
@@ -53,11 +54,13 @@ def watch(server: BackgroundServer, source: str, deadline_s: float = 10.0) -> Ou
     start = time.monotonic()
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.ActionRecognitionStub(channel)
+        call = stub.WatchSource(pb.SourceRequest(source=source), timeout=deadline_s)
         try:
-            for p in stub.WatchSource(pb.SourceRequest(source=source), timeout=deadline_s):
+            for p in call:
                 outcome.predictions.append(p)
         except grpc.RpcError as e:
             outcome.code, outcome.details = e.code(), e.details() or ""
+        outcome.trailer = {k: v for k, v in call.trailing_metadata() or () if isinstance(v, str)}
     outcome.seconds = time.monotonic() - start
     return outcome
 
@@ -250,6 +253,8 @@ def test_a_camera_that_stops_is_lost_while_a_file_that_ends_is_done(
     # A camera's frames are taken at the model's rate by when they were read (see
     # MjpegCamera for the second one).
     assert [p.sequence for p in lost.predictions] == camera_sequences(4)
+    # What was skipped after its last answer is told as a file's is (none here).
+    assert lost.trailer["actionstream-skipped-frames"] == "0"
     m = metrics(watcher)
     assert m["actionstream_streams_ended_total{reason=completed}"] == 2
     assert m["actionstream_streams_ended_total{reason=source_lost}"] == 1

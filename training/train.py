@@ -327,8 +327,11 @@ def _train(
     out = Path(cfg.out)
     # Checked before any data is read: a refusal should cost nothing.
     if not cfg.resume:
-        _fresh(out)
-        _writable(out)
+        try:
+            _fresh(out)
+            _writable(out)
+        except OSError as e:  # a folder on the way that may not even be looked into
+            raise TrainingError(_out_problem(out, e)) from None
     saved = _resumable(out, cfg) if cfg.resume else None
     # Without its checkpoint.pt (killed while saving it) it goes on: no epoch is left to
     # run, and the model is saved from the progress.

@@ -395,11 +395,12 @@ def split(dataset: VideoDataset, val_fraction: float, seed: int) -> tuple[list[i
 
     Whole videos are held out: the spans a manifest names in one video go to one side
     together, or validation would score frames next to ones it trained on. Each label
-    aims at `val_fraction` of its clips held out (at least one, never all: a label with
-    a single clip keeps it for training). A video is held out only if its clips take no
-    label past that target, so one long video cut into many spans is not held out in
-    place of a label's short clips; only a label that no such video can serve takes the
-    smallest video that keeps every label a clip to train on.
+    aims at `val_fraction` of its clips held out, rounded (so none for a label of two
+    clips at 0.2), never all: a label with a single clip keeps it for training. A video
+    is held out only if its clips take no label past that target, so one long video cut
+    into many spans is not held out in place of a label's short clips; only a label that
+    no such video can serve takes the smallest video that keeps every label a clip to
+    train on.
     """
     rng = np.random.default_rng(seed)
     targets = np.asarray(dataset.targets)
