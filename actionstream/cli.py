@@ -104,6 +104,11 @@ def _stop_on_sigterm() -> signal.Handlers | Callable[..., object] | int | None:
 def _where_it_stopped(out: Path) -> str:
     """What a stopped run left: how to resume it, and the best epoch so far to use."""
     if not (out / "last.pt").is_file():
+        if (out / "checkpoint.pt").is_file():  # stopped between an epoch's two saves
+            return (
+                f"interrupted; {out / 'checkpoint.pt'} holds its first epoch to evaluate or "
+                f"export, but nothing to resume from: delete {out} to train again"
+            )
         return "interrupted; no epoch had finished, so there is nothing to resume"
     said = (
         f"interrupted; `{PROG} train --out {shlex.quote(str(out))} --resume` goes on from "
