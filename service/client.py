@@ -13,6 +13,7 @@ import contextlib
 import csv
 import os
 import queue
+import random
 import sys
 import threading
 import time
@@ -36,6 +37,15 @@ from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 PredictionCallback = Callable[[pb.Prediction, str | None, float], None]
 # Between tries to reach a server that went away mid-stream.
 RECONNECT_PAUSE_S = 1.0
+
+
+def reconnect_pause(left_s: float) -> float:
+    """How long to wait before the next try, at most `left_s`: about RECONNECT_PAUSE_S,
+    spread at random by half either way, so that the many cameras a restarted server
+    dropped do not all come back at the same instant, every second."""
+    return max(0.0, min(RECONNECT_PAUSE_S * random.uniform(0.5, 1.5), left_s))
+
+
 # Pings that find a server gone without a word (its node lost, the network cut): no
 # connection reset comes then, and without them the call would wait on TCP for many
 # minutes. The server takes pings this often (grpc.http2.min_ping_interval_without_data_ms).
@@ -432,7 +442,7 @@ def _stream(
                         f"{e.code().name}: {e.details()})",
                         summary(),
                     ) from None
-                time.sleep(min(RECONNECT_PAUSE_S, max(0.0, retry_until - time.monotonic())))
+                time.sleep(reconnect_pause(retry_until - time.monotonic()))
                 reconnects += 1
     except KeyboardInterrupt:
         if call is not None:

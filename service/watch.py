@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from actionstream.service.client import KEEPALIVE, RECONNECT_PAUSE_S, trailer_skipped
+from actionstream.service.client import KEEPALIVE, reconnect_pause, trailer_skipped
 from actionstream.service.config import WatchConfig
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -113,7 +113,7 @@ def watch_source(
                             f"{cfg.reconnect_seconds:g} s; gave up (last: {code.name}: {details})",
                             summary("gave up watching again"),
                         ) from None
-                    time.sleep(min(RECONNECT_PAUSE_S, retry_until - now))
+                    time.sleep(reconnect_pause(retry_until - now))
         except KeyboardInterrupt:
             if call is not None:
                 call.cancel()

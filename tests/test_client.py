@@ -94,6 +94,14 @@ def test_a_variable_rate_file_is_sent_as_training_takes_it(
     assert taken.tolist()[:5] == [0, 3, 7, 11, 13]  # not every other frame, as at 20 fps
 
 
+def test_reconnect_pauses_are_spread_and_bounded() -> None:
+    # Cameras a restarted server dropped must not all retry at the same instant.
+    pauses = [client.reconnect_pause(10.0) for _ in range(200)]
+    assert all(0.5 <= p <= 1.5 for p in pauses)
+    assert max(pauses) - min(pauses) > 0.5
+    assert client.reconnect_pause(0.2) <= 0.2 and client.reconnect_pause(-1.0) == 0.0
+
+
 def test_run_stream_prints_predictions_and_summary(
     server: BackgroundServer, video: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
