@@ -10,7 +10,6 @@ gRPC to receiving its prediction, so it includes the network both ways.
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import queue
 import random
@@ -26,6 +25,7 @@ import cv2
 import grpc
 import numpy as np
 
+from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.resampling import FileClock, Resampler
 from actionstream.service.config import StreamConfig
 from actionstream.service.sources import SourceError, VideoSource
@@ -87,42 +87,12 @@ class StreamError(Exception):
 
 
 def read_labels(path: Path) -> dict[int, str]:
-    """Ground truth from a `frame,label` CSV, as `actionstream synth` writes it.
-
-    Frame numbers are the source's, from 0. Raises StreamError, in one line, for a
-    file that cannot be read or is not such a CSV.
-    """
+    """Ground truth from a `frame,label` CSV (actionstream/frame_labels.py); raises
+    StreamError, in one line, for a file that cannot be read or is not such a CSV."""
     try:
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if not {"frame", "label"} <= set(reader.fieldnames or ()):
-                raise StreamError(f"{path}: expected a CSV with columns frame,label")
-            labels: dict[int, str] = {}
-            for row in reader:
-                where = f"{path}, line {reader.line_num}"
-                # Labels stripped, as a training manifest's are: "3, left" means left.
-                frame, label = row["frame"], (row["label"] or "").strip()
-                try:
-                    number = int(frame)
-                except (TypeError, ValueError):
-                    number = -1
-                if number < 0:
-                    raise StreamError(
-                        f"{where}: frame {frame!r} is not a frame number (0, 1, 2, ...)"
-                    )
-                if not label:
-                    raise StreamError(f"{where}: frame {frame} has no label")
-                if number in labels:
-                    # Whichever row came last would quietly decide the score.
-                    raise StreamError(f"{where}: frame {number} is labelled a second time")
-                labels[number] = label
-            return labels
-    except OSError as e:
-        raise StreamError(f"cannot read labels {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise StreamError(f"{path}: not a text CSV (frame,label)") from None
-    except csv.Error as e:
-        raise StreamError(f"{path}: not a readable CSV ({e})") from None
+        return read_frame_labels(path)
+    except LabelsError as e:
+        raise StreamError(str(e)) from None
 
 
 class _Feed:

@@ -61,7 +61,7 @@ def test_imports_point_the_allowed_way(folder: str, forbidden: tuple[str, ...]) 
 
 
 def test_the_contract_needs_no_runtime() -> None:
-    for name in ("contract.py", "settings.py", "resampling.py"):
+    for name in ("contract.py", "settings.py", "resampling.py", "frame_labels.py"):
         hits = _under(_imports(ROOT / "actionstream" / name), "torch", "onnxruntime", "onnx")
         assert hits == set(), name
         assert _under(_imports(ROOT / "actionstream" / name), "actionstream") <= {

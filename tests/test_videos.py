@@ -355,7 +355,7 @@ def test_a_labelled_videos_csv_is_read_as_a_manifest_is(tmp_path: Path) -> None:
     streams = _labelled_video(video, None, ["left", "right"], prep)
     assert streams.labels.shape[1] == len(rows) - 1
     csv_path.write_text("\n".join([rows[0], *rows[1:], "0,right"]) + "\n")
-    with pytest.raises(DatasetError, match=f":{len(rows) + 1}: labels frame 0 a second time "):
+    with pytest.raises(DatasetError, match=f", line {len(rows) + 1}: frame 0 is labelled a second"):
         _labelled_video(video, None, ["left", "right"], prep)
     csv_path.write_text("frame,label\n0,left\n1,go left\n")
     with pytest.raises(DatasetError, match="label\\(s\\) 'go left' are not the model's"):

@@ -7,7 +7,6 @@ streams with it after every epoch, `actionstream evaluate` scores a checkpoint.
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.training.config import EvaluateConfig
 from actionstream.training.data import (
     LabelledClip,
@@ -242,24 +242,9 @@ def _labelled_video(
     """One untrimmed video as a stream, labelled from its `frame,label` CSV (source frames)."""
     csv_path = Path(labels_csv) if labels_csv else video.with_suffix(".csv")
     try:
-        with csv_path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            by_frame: dict[int, str] = {}
-            first: dict[int, int] = {}
-            for row in reader:
-                frame = int(row["frame"])
-                if frame in by_frame:
-                    # Last-wins would score the frame against whichever row came later.
-                    raise DatasetError(
-                        f"{csv_path}:{reader.line_num}: labels frame {frame} a second time "
-                        f"(line {first[frame]} first); give each frame one label"
-                    )
-                # Labels stripped, as a manifest's are: "3, left" means left.
-                by_frame[frame], first[frame] = row["label"].strip(), reader.line_num
-    except OSError as e:
-        raise DatasetError(f"{csv_path}: cannot read the labels ({e.strerror})") from None
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise DatasetError(f"{csv_path}: expected a CSV with columns frame,label") from None
+        by_frame = read_frame_labels(csv_path)
+    except LabelsError as e:
+        raise DatasetError(str(e)) from None
     unknown = sorted(set(by_frame.values()) - set(names))
     if unknown:
         raise DatasetError(
