@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import random
 import sys
 import threading
 import time
@@ -28,24 +27,14 @@ import numpy as np
 from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.resampling import FileClock, Resampler
 from actionstream.service.config import StreamConfig
+from actionstream.service.reconnection import Reconnection
 from actionstream.service.sources import SourceError, VideoSource
-from actionstream.service.trailers import SKIPPED_FRAMES
+from actionstream.service.trailers import skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
 # Called for each prediction with the frame's true label (if known) and its latency in ms.
 PredictionCallback = Callable[[pb.Prediction, str | None, float], None]
-# Between tries to reach a server that went away mid-stream.
-RECONNECT_PAUSE_S = 1.0
-
-
-def reconnect_pause(left_s: float) -> float:
-    """How long to wait before the next try, at most `left_s`: about RECONNECT_PAUSE_S,
-    spread at random by half either way, so that the many cameras a restarted server
-    dropped do not all come back at the same instant, every second."""
-    return max(0.0, min(RECONNECT_PAUSE_S * random.uniform(0.5, 1.5), left_s))
-
-
 # Pings that find a server gone without a word (its node lost, the network cut): no
 # connection reset comes then, and without them the call would wait on TCP for many
 # minutes. The server takes pings this often (grpc.http2.min_ping_interval_without_data_ms).
@@ -228,7 +217,7 @@ def stream_source(
             if frames is not None:
                 _warn_uncovered(cfg.labels, truth, min(frames, cfg.max_frames or frames))
         with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
-            return _stream(cfg, feed, truth, channel, on_prediction)  # it closes the feed
+            return _Session(cfg, feed, truth, channel, on_prediction).run()  # it closes the feed
     except KeyboardInterrupt:
         feed.close(0.0)  # Ctrl-C again: the caller must not wait, nor exit normally
         raise
@@ -268,204 +257,207 @@ def _open(name: str) -> VideoSource | None:
         return None
 
 
-def _stream(
-    cfg: StreamConfig,
-    feed: _Feed,
-    truth: dict[int, str] | None,
-    channel: grpc.Channel,
-    on_prediction: PredictionCallback | None,
-) -> StreamSummary:
-    sent_at: dict[int, float] = {}
-    fps = feed.fps if cfg.realtime else None
-    start_us = time.time_ns() // 1000
-    answered: queue.Queue[None] = queue.Queue()
-    done = threading.Event()  # the whole stream is over: every request generator stops
-    source_ended = threading.Event()
-    sequence = 0  # the last frame read, over every call: a new call goes on from it
-    played_s = 0.0  # how far into the source, by its timeline (a file's) or its rate
+class _Session:
+    """One `stream` run: the calls it opens to the server, one after another when the
+    server goes away, and what their answers add up to."""
 
-    def capture_us(file_s: float | None) -> int:
-        # A file's frames keep their own timeline, sent in real time or faster; live, a
-        # frame was captured when it was read.
-        if file_s is not None:
-            return start_us + round(file_s * 1e6)
-        return time.time_ns() // 1000
+    def __init__(
+        self,
+        cfg: StreamConfig,
+        feed: _Feed,
+        truth: dict[int, str] | None,
+        channel: grpc.Channel,
+        on_prediction: PredictionCallback | None,
+    ) -> None:
+        self._cfg = cfg
+        self._feed = feed
+        self._truth = truth
+        self._on_prediction = on_prediction
+        self._stub = pb_grpc.ActionRecognitionStub(channel)
+        # UNAVAILABLE once frames were answered, and while reconnecting a server that is
+        # full (every place taken, as the pods left during a rollout may be).
+        self._reconnection = Reconnection(
+            cfg.reconnect_seconds,
+            frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}),
+        )
+        self._fps = feed.fps if cfg.realtime else None
+        self._start_us = time.time_ns() // 1000
+        self._done = threading.Event()  # the whole stream is over: every request generator stops
+        self._source_ended = threading.Event()
+        self._answered: queue.Queue[None] = queue.Queue()
+        # Written by the request generators on gRPC's threads, one call at a time.
+        self._sequence = 0  # the last frame read, over every call: a new call goes on from it
+        self._played_s = 0.0  # how far into the source, by its timeline (a file's) or its rate
+        self._sent_at: dict[int, float] = {}
+        self._predictions: list[pb.Prediction] = []
+        self._latencies_ms: list[float] = []
+        self._correct = self._scored = self._skipped = self._reconnects = 0
+        self._interrupted = False
+        self._released = True
 
-    def requests(
-        resampler: Resampler | None, call_over: threading.Event
+    def run(self) -> StreamSummary:
+        """Streams until the source ends; raises StreamError. Closes the feed."""
+        call = None
+        failure: StreamError | None = None
+        try:
+            while True:
+                call_over = threading.Event()
+                try:
+                    call = self._stub.StreamFrames(self._requests(self._model_rate(), call_over))
+                    for prediction in call:
+                        self._answer(prediction)
+                    self._skipped += skipped_in(call.trailing_metadata())
+                    break
+                except grpc.RpcError as e:
+                    call_over.set()
+                    self._after_failed_call(e)
+        except KeyboardInterrupt:
+            if call is not None:
+                call.cancel()
+            self._interrupted = True
+        except grpc.RpcError as e:
+            streamed = bool(self._predictions)
+            failure = StreamError(
+                _describe(e, self._cfg.target, streamed), self.summary() if streamed else None
+            )
+        except StreamError as e:
+            failure = e
+        finally:
+            self._done.set()
+            # After Ctrl-C or a failure, a read stuck on a stalled source is not waited out
+            # (OpenCV gives up after 30 s): the user hears at once; after a second Ctrl-C,
+            # not at all (the summary is still printed).
+            try:
+                wait_s = INTERRUPTED_WAIT_S if self._interrupted or failure else None
+                self._released = self._feed.close(wait_s)
+            except KeyboardInterrupt:
+                self._interrupted = True
+                self._released = self._feed.close(0.0)
+        if failure is not None:
+            failure.source_released = self._released
+            raise failure
+        return self.summary()
+
+    def _model_rate(self) -> Resampler | None:
+        """Without pacing, the resampler that keeps to the frames the server would take at
+        the model's rate. Asked on every call: after a rollout the server may run another
+        model. With --labels, the model's labels are checked on every call too."""
+        if self._truth is None and self._cfg.realtime:
+            return None
+        info = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+        if self._truth is not None and self._cfg.labels is not None:
+            _check_names(self._cfg.labels, self._truth, info.labels)
+        return None if self._cfg.realtime else Resampler(info.fps)
+
+    def _requests(
+        self, resampler: Resampler | None, call_over: threading.Event
     ) -> Iterator[pb.FrameRequest]:
-        # Runs on a gRPC thread, which may still be here after the call is over; it
-        # touches the source only through `feed`, which stops it once closed. As fast as
-        # the server answers (`resampler` set): one frame in flight, and only the frames
-        # the server would take at the model's rate, so none is dropped and none waits
-        # unanswered.
-        nonlocal sequence, played_s
+        """One call's requests. Runs on a gRPC thread, which may still be here after the
+        call is over; it touches the source only through the feed, which stops it once
+        closed. With `resampler` (as fast as the server answers): one frame in flight, and
+        only the frames the server would take, so none is dropped and none waits."""
+        cfg = self._cfg
         yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=cfg.source))
         # Paced from where this call starts: after a reconnection a file goes on at its
         # rate rather than rushing to catch up on the time the server was away.
-        start = time.perf_counter() - played_s
-        while cfg.max_frames == 0 or sequence < cfg.max_frames:
-            read = feed.read()
+        start = time.perf_counter() - self._played_s
+        while cfg.max_frames == 0 or self._sequence < cfg.max_frames:
+            read = self._feed.read()
             if read is None:
-                source_ended.set()
+                self._source_ended.set()
                 return
             image, file_s = read
             # Numbered as read, so that frame n of the source is sequence n whatever is
             # lost: --labels scores by it.
-            sequence += 1
-            if done.is_set() or call_over.is_set():
+            self._sequence += 1
+            sequence = self._sequence
+            if self._done.is_set() or call_over.is_set():
                 return  # a frame read as its call ended is lost, as a live camera's would be
-            due_s = file_s if file_s is not None else (sequence - 1) / fps if fps else None
+            due_s = file_s if file_s is not None else self._nominal_s(sequence)
             if cfg.realtime and due_s is not None:
-                played_s = due_s
+                self._played_s = due_s
                 time.sleep(max(0.0, start + due_s - time.perf_counter()))
-            timestamp_us = capture_us(file_s)
+            timestamp_us = self._capture_us(file_s)
             if resampler is not None and not resampler.take(timestamp_us):
                 continue
-            jpeg = feed.encode(image, cfg.jpeg_quality, sequence)
-            if jpeg is None or done.is_set() or call_over.is_set():
+            jpeg = self._feed.encode(image, cfg.jpeg_quality, sequence)
+            if jpeg is None or self._done.is_set() or call_over.is_set():
                 return
             frame = pb.Frame(encoded=jpeg, sequence=sequence, timestamp_us=timestamp_us)
-            sent_at[sequence] = time.perf_counter()
+            self._sent_at[sequence] = time.perf_counter()
             yield pb.FrameRequest(frame=frame)
-            while resampler is not None and not (done.is_set() or call_over.is_set()):
+            while resampler is not None and not (self._done.is_set() or call_over.is_set()):
                 with contextlib.suppress(queue.Empty):
-                    answered.get(timeout=0.1)
+                    self._answered.get(timeout=0.1)
                     break
-        source_ended.set()  # --max-frames reached
+        self._source_ended.set()  # --max-frames reached
 
-    predictions: list[pb.Prediction] = []
-    latencies_ms: list[float] = []
-    correct = scored = skipped = reconnects = 0
-    interrupted = False
-    released = True
+    def _nominal_s(self, sequence: int) -> float | None:
+        """A live source's frame by its nominal rate, when paced and it has one."""
+        return (sequence - 1) / self._fps if self._fps else None
 
-    def summary() -> StreamSummary:
-        p50, p99 = np.percentile(latencies_ms, [50, 99]) if latencies_ms else (None, None)
+    def _capture_us(self, file_s: float | None) -> int:
+        # A file's frames keep their own timeline, sent in real time or faster; live, a
+        # frame was captured when it was read.
+        if file_s is not None:
+            return self._start_us + round(file_s * 1e6)
+        return time.time_ns() // 1000
+
+    def _answer(self, prediction: pb.Prediction) -> None:
+        self._reconnection.back()
+        latency_ms = (time.perf_counter() - self._sent_at[prediction.sequence]) * 1e3
+        label = self._truth.get(prediction.sequence - 1) if self._truth is not None else None
+        if label is not None:
+            self._scored += 1
+            self._correct += prediction.top[0].label == label
+        self._predictions.append(prediction)
+        self._latencies_ms.append(latency_ms)
+        self._skipped += prediction.skipped_frames
+        self._answered.put(None)
+        if self._on_prediction is not None:
+            self._on_prediction(prediction, label, latency_ms)
+
+    def _after_failed_call(self, e: grpc.RpcError) -> None:
+        """Waits for the next try, or raises: `e` itself when it is not worth another
+        call, StreamError when the outage has lasted --reconnect-seconds. A source that
+        had ended has nothing left to send."""
+        streamed = bool(self._predictions) and not self._source_ended.is_set()
+        if not self._reconnection.may_try(e.code(), streamed):
+            raise e
+        limit_s = self._reconnection.limit_s
+        if self._reconnection.failed():
+            print(
+                f"actionstream stream: the server ended the stream ({e.code().name}: "
+                f"{e.details()}); reconnecting for up to {limit_s:g} s (a new stream "
+                "starts from a zero state)",
+                file=sys.stderr,
+                flush=True,
+            )
+        if self._reconnection.over:
+            raise StreamError(
+                f"the server went away mid-stream and no new stream could be opened within "
+                f"{limit_s:g} s; gave up reconnecting (last: {e.code().name}: {e.details()})",
+                self.summary(),
+            ) from None
+        self._reconnection.wait()
+        self._reconnects += 1
+
+    def summary(self) -> StreamSummary:
+        latencies = self._latencies_ms
+        p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (None, None)
         return StreamSummary(
-            frames_sent=len(sent_at),
-            frames_answered=len(predictions),
-            accuracy=correct / scored if scored else None,
+            frames_sent=len(self._sent_at),
+            frames_answered=len(self._predictions),
+            accuracy=self._correct / self._scored if self._scored else None,
             p50_ms=None if p50 is None else float(p50),
             p99_ms=None if p99 is None else float(p99),
-            predictions=tuple(predictions),
-            interrupted=interrupted,
-            frames_scored=scored if truth is not None else None,
-            frames_skipped=skipped,
-            reconnects=reconnects,
-            source_released=released,
+            predictions=tuple(self._predictions),
+            interrupted=self._interrupted,
+            frames_scored=self._scored if self._truth is not None else None,
+            frames_skipped=self._skipped,
+            reconnects=self._reconnects,
+            source_released=self._released,
         )
-
-    def model_rate() -> Resampler | None:
-        # Asked again on every call: after a rollout the server may run another model.
-        if truth is None and cfg.realtime:
-            return None
-        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
-        if truth is not None and cfg.labels is not None:
-            _check_names(cfg.labels, truth, info.labels)
-        return None if cfg.realtime else Resampler(info.fps)
-
-    call = None
-    stub = pb_grpc.ActionRecognitionStub(channel)
-    failure: StreamError | None = None
-    try:
-        retry_until: float | None = None  # set while the server is away
-        while True:
-            call_over = threading.Event()
-            try:
-                call = stub.StreamFrames(requests(model_rate(), call_over))
-                for prediction in call:
-                    retry_until = None
-                    latency_ms = (time.perf_counter() - sent_at[prediction.sequence]) * 1e3
-                    label = truth.get(prediction.sequence - 1) if truth is not None else None
-                    if label is not None:
-                        scored += 1
-                        correct += prediction.top[0].label == label
-                    predictions.append(prediction)
-                    latencies_ms.append(latency_ms)
-                    skipped += prediction.skipped_frames
-                    answered.put(None)
-                    if on_prediction is not None:
-                        on_prediction(prediction, label, latency_ms)
-                skipped += trailer_skipped(call)
-                break
-            except grpc.RpcError as e:
-                call_over.set()
-                reconnecting = retry_until is not None
-                if not _may_reconnect(
-                    e, cfg, bool(predictions), source_ended.is_set(), reconnecting
-                ):
-                    raise
-                if retry_until is None:
-                    retry_until = time.monotonic() + cfg.reconnect_seconds
-                    print(
-                        f"actionstream stream: the server ended the stream "
-                        f"({e.code().name}: {e.details()}); reconnecting for up to "
-                        f"{cfg.reconnect_seconds:g} s (a new stream starts from a zero state)",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                if time.monotonic() >= retry_until:
-                    raise StreamError(
-                        f"the server went away mid-stream and no new stream could be opened "
-                        f"within {cfg.reconnect_seconds:g} s; gave up reconnecting (last: "
-                        f"{e.code().name}: {e.details()})",
-                        summary(),
-                    ) from None
-                time.sleep(reconnect_pause(retry_until - time.monotonic()))
-                reconnects += 1
-    except KeyboardInterrupt:
-        if call is not None:
-            call.cancel()
-        interrupted = True
-    except grpc.RpcError as e:
-        failure = StreamError(
-            _describe(e, cfg.target, bool(predictions)), summary() if predictions else None
-        )
-    except StreamError as e:
-        failure = e
-    finally:
-        done.set()
-        # After Ctrl-C or a failure, a read stuck on a stalled source is not waited out
-        # (OpenCV gives up after 30 s): the user hears at once; after a second Ctrl-C,
-        # not at all (the summary is still printed).
-        try:
-            released = feed.close(INTERRUPTED_WAIT_S if interrupted or failure else None)
-        except KeyboardInterrupt:
-            interrupted = True
-            released = feed.close(0.0)
-    if failure is not None:
-        failure.source_released = released
-        raise failure
-    return summary()
-
-
-def trailer_skipped(call: grpc.Call) -> int:
-    """Frames the server skipped after its last answer, from the call's trailer."""
-    for key, value in call.trailing_metadata() or ():
-        if key == SKIPPED_FRAMES and isinstance(value, str) and value.isdigit():
-            return int(value)
-    return 0
-
-
-def _may_reconnect(
-    error: grpc.RpcError, cfg: StreamConfig, streamed: bool, source_ended: bool, reconnecting: bool
-) -> bool:
-    # UNAVAILABLE once frames were answered: the server went away (restarted, drained,
-    # its pod replaced), and a new call may reach it or its successor. Before any
-    # answer it is a wrong address or a server that is down: said at once. While
-    # reconnecting, a server that is full (RESOURCE_EXHAUSTED: every place taken, as
-    # the pods left during a rollout may be) may have room at the next try.
-    code = error.code()
-    return (
-        (
-            code == grpc.StatusCode.UNAVAILABLE
-            or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and reconnecting)
-        )
-        and cfg.reconnect_seconds > 0
-        and streamed
-        and not source_ended
-    )
 
 
 def _describe(error: grpc.RpcError, target: str, streamed: bool = False) -> str:

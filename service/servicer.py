@@ -127,10 +127,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             while True:
                 if stream.outbox is not None:
                     prediction, stream.outbox = stream.outbox, None
-                    stream.writing_since = time.monotonic()
-                    yield prediction
-                    stream.writing_since = None
-                    stream.answered += 1
+                    with stream.writing():
+                        yield prediction
                     self._batcher.offer(stream)
                 elif stream.failure is not None:
                     raise refusal(stream.failure)
@@ -276,30 +274,17 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         try:
             self._admit(stream)
             source = await self._open_source(request.source)
-            # Resampled to the model's rate like any stream: a file by its own timeline
-            # (read as fast as the model steps, its frames would all come "now"), a
-            # camera or live stream by when its frames were read.
+            # Resampled to the model's rate like any stream (_from_source).
             clock = None if source.live else FileClock(source.fps or self._meta.fps)
             try:
                 while (read := await _read_source(source)) is not None:
                     image, position_ms = read
-                    # A source frame is "received" when OpenCV hands it over.
-                    received = time.perf_counter()
-                    self._received.inc()
-                    sequence = stream.number(0)
-                    timestamp_us = (
-                        time.time_ns() // 1000
-                        if clock is None
-                        else round(clock.next(position_ms) * 1e6)
-                    )
-                    if not stream.resampler.take(timestamp_us):
-                        stream.resampled_away()
-                        self._resampled.inc()
+                    pending = self._from_source(stream, clock, position_ms)
+                    if pending is None:
                         continue
-                    frame = pb.Frame(timestamp_us=timestamp_us)
-                    pending = PendingFrame(frame, None, sequence, received, False)
                     pending.image = await asyncio.to_thread(self._decoder.fit, image)
                     self._batcher.push(stream, pending)
+                    # One frame at a time: the next is read once this one is answered.
                     while stream.outbox is None and stream.failure is None:
                         await stream.wakeup.wait()
                         stream.wakeup.clear()
@@ -307,10 +292,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                         raise refusal(stream.failure)
                     answer, stream.outbox = stream.outbox, None
                     if answer is not None:
-                        stream.writing_since = time.monotonic()
-                        yield answer
-                        stream.writing_since = None
-                        stream.answered += 1
+                        with stream.writing():
+                            yield answer
                 if source.live:
                     raise _source_lost(stream.answered)
             finally:
@@ -330,6 +313,26 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             self._internal_error("WatchSource", stream, context)
         finally:
             self._close(stream, reason)
+
+    def _from_source(
+        self, stream: Stream, clock: FileClock | None, position_ms: float
+    ) -> PendingFrame | None:
+        """A watched source's frame, counted and resampled as a client's would be; None
+        when it is resampled away. A file's frames are timed by its own timeline (read
+        as fast as the model steps, they would all come "now"), a camera's or live
+        stream's by when they were read."""
+        received = time.perf_counter()  # a source frame is "received" when OpenCV hands it over
+        self._received.inc()
+        sequence = stream.number(0)
+        if clock is None:
+            timestamp_us = time.time_ns() // 1000
+        else:
+            timestamp_us = round(clock.next(position_ms) * 1e6)
+        if not stream.resampler.take(timestamp_us):
+            stream.resampled_away()
+            self._resampled.inc()
+            return None
+        return PendingFrame(pb.Frame(timestamp_us=timestamp_us), None, sequence, received, False)
 
     async def _open_source(self, source: str) -> AsyncVideoSource:
         """The opened source, or the status that says why not (quoting it cut short)."""

@@ -19,10 +19,12 @@ batcher's lock then (Batcher.push, offer and drain).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,6 +211,15 @@ class Stream:
         self.frames += 1
         self.last_sequence = client_sequence or self.last_sequence % SEQUENCE_MAX + 1
         return self.last_sequence
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around handing a prediction to gRPC: the idle sweep ends a client that stops
+        reading (writing_since), and the prediction counts as answered once taken."""
+        self.writing_since = time.monotonic()
+        yield
+        self.writing_since = None
+        self.answered += 1
 
     def resampled_away(self) -> None:
         """Counts a frame the resampler skipped; the next frame queued reports it."""

@@ -11,22 +11,24 @@ zero state on the server.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 
-from actionstream.service.client import KEEPALIVE, reconnect_pause, trailer_skipped
+from actionstream.service.client import KEEPALIVE
 from actionstream.service.config import WatchConfig
+from actionstream.service.reconnection import Reconnection
+from actionstream.service.trailers import skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
 PROG = "actionstream watch"
 _CODE = grpc.StatusCode
-# While watching again, what may pass: a rebooting camera cannot be opened (NOT_FOUND)
-# or not in time (DEADLINE_EXCEEDED); a server mid-rollout is away (UNAVAILABLE) or full
-# (RESOURCE_EXHAUSTED). A refusal (PERMISSION_DENIED, INVALID_ARGUMENT) would not pass.
+# While watching again, what may pass besides UNAVAILABLE (service/reconnection.py): a
+# rebooting camera cannot be opened (NOT_FOUND) or not in time (DEADLINE_EXCEEDED); a
+# server mid-rollout is full (RESOURCE_EXHAUSTED). A refusal (PERMISSION_DENIED,
+# INVALID_ARGUMENT) would not pass.
 _PASSING = frozenset(
     {_CODE.UNAVAILABLE, _CODE.NOT_FOUND, _CODE.DEADLINE_EXCEEDED, _CODE.RESOURCE_EXHAUSTED}
 )
@@ -60,7 +62,7 @@ def watch_source(
         source=cfg.source, options=pb.StreamOptions(top_k=cfg.top_k, stream_name=cfg.name)
     )
     answered = watches = skipped = 0
-    retry_until: float | None = None  # set while watching again
+    reconnection = Reconnection(cfg.reconnect_seconds, _PASSING)
 
     def summary(ended: str, interrupted: bool = False) -> WatchSummary:
         return WatchSummary(answered, watches, ended, interrupted, skipped)
@@ -75,7 +77,8 @@ def watch_source(
                     first = True
                     for prediction in call:
                         if first:
-                            first, retry_until = False, None
+                            first = False
+                            reconnection.back()
                             watches += 1
                         answered += 1
                         skipped += prediction.skipped_frames
@@ -84,36 +87,31 @@ def watch_source(
                         if answered == cfg.max_predictions:
                             call.cancel()
                             return summary(f"stopped after {answered} predictions, as asked")
-                    skipped += trailer_skipped(call)
+                    skipped += skipped_in(call.trailing_metadata())
                     return summary("the source ended")
                 except grpc.RpcError as e:
                     code, details = e.code(), e.details()
                     if isinstance(e, grpc.Call):  # a call's end: its trailer counts too
-                        skipped += trailer_skipped(e)
-                    passing = code == _CODE.UNAVAILABLE or (
-                        retry_until is not None and code in _PASSING
-                    )
-                    if not (passing and answered and cfg.reconnect_seconds > 0):
+                        skipped += skipped_in(e.trailing_metadata())
+                    if not reconnection.may_try(code, answered > 0):
                         raise WatchError(
                             _describe(code, details, cfg.target, answered > 0),
                             summary(f"the server ended it with {code.name}") if answered else None,
                         ) from None
-                    now = time.monotonic()
-                    if retry_until is None:
-                        retry_until = now + cfg.reconnect_seconds
+                    if reconnection.failed():
                         print(
                             f"{PROG}: {code.name}: {details}; watching again for up to "
                             f"{cfg.reconnect_seconds:g} s (a new call starts from a zero state)",
                             file=sys.stderr,
                             flush=True,
                         )
-                    if now >= retry_until:
+                    if reconnection.over:
                         raise WatchError(
                             f"could not watch the source again within "
                             f"{cfg.reconnect_seconds:g} s; gave up (last: {code.name}: {details})",
                             summary("gave up watching again"),
                         ) from None
-                    time.sleep(reconnect_pause(retry_until - now))
+                    reconnection.wait()
         except KeyboardInterrupt:
             if call is not None:
                 call.cancel()

@@ -28,7 +28,7 @@ from helpers import WITH_CTRL_C, MjpegCamera, render
 from videogen import motion_clip, variable_rate, write
 
 from actionstream.serve_process import ServeProcess
-from actionstream.service import client
+from actionstream.service import client, reconnection
 from actionstream.service.client import StreamError, read_labels, run_stream, stream_source
 from actionstream.service.config import StreamConfig
 from actionstream.service.sources import VideoSource
@@ -96,10 +96,32 @@ def test_a_variable_rate_file_is_sent_as_training_takes_it(
 
 def test_reconnect_pauses_are_spread_and_bounded() -> None:
     # Cameras a restarted server dropped must not all retry at the same instant.
-    pauses = [client.reconnect_pause(10.0) for _ in range(200)]
+    pauses = [reconnection.pause_s(10.0) for _ in range(200)]
     assert all(0.5 <= p <= 1.5 for p in pauses)
     assert max(pauses) - min(pauses) > 0.5
-    assert client.reconnect_pause(0.2) <= 0.2 and client.reconnect_pause(-1.0) == 0.0
+    assert reconnection.pause_s(0.2) <= 0.2 and reconnection.pause_s(-1.0) == 0.0
+
+
+def test_reconnection_rules() -> None:
+    code = grpc.StatusCode
+    outage = reconnection.Reconnection(5.0, frozenset({code.RESOURCE_EXHAUSTED}))
+    # Before any answer, UNAVAILABLE is a wrong address or a server that is down.
+    assert not outage.may_try(code.UNAVAILABLE, answered=False)
+    assert outage.may_try(code.UNAVAILABLE, answered=True)
+    # A full server passes only during an outage; a refusal never does.
+    assert not outage.may_try(code.RESOURCE_EXHAUSTED, answered=True)
+    assert outage.failed() and not outage.failed()  # only the first failure starts one
+    assert outage.may_try(code.RESOURCE_EXHAUSTED, answered=True)
+    assert not outage.may_try(code.INVALID_ARGUMENT, answered=True)
+    assert not outage.over
+    outage.back()
+    assert not outage.away and not outage.may_try(code.RESOURCE_EXHAUSTED, answered=True)
+    # A limit of 0 turns reconnecting off; a spent limit is over at once.
+    assert not reconnection.Reconnection(0.0, frozenset()).may_try(code.UNAVAILABLE, True)
+    spent = reconnection.Reconnection(1e-9, frozenset())
+    spent.failed()
+    time.sleep(0.001)
+    assert spent.over
 
 
 def test_run_stream_prints_predictions_and_summary(

@@ -1,0 +1,67 @@
+"""When `stream` and `watch` open a new call after the server (or its source) went away.
+
+Both clients follow one rule. A call that ends with UNAVAILABLE after something
+was answered starts an outage: the server restarted, drained or was replaced, or
+the source it watched was lost, and a new call may reach it or its successor.
+Before any answer, UNAVAILABLE is a wrong address or a server that is down, said
+at once. While an outage lasts (at most `limit_s`, counted from its first failed
+call), other codes that a rollout or a rebooting camera gives may pass as well;
+which ones is the client's (`passing`). Any answer ends the outage, so the limit
+is per outage, not per run.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import grpc
+
+# Between tries: about this long, spread at random by half either way, so that the
+# many cameras a restarted server dropped do not all come back at the same instant.
+PAUSE_S = 1.0
+
+
+def pause_s(left_s: float) -> float:
+    """How long to wait before the next try, at most `left_s`."""
+    return max(0.0, min(PAUSE_S * random.uniform(0.5, 1.5), left_s))
+
+
+class Reconnection:
+    """One client's outages: whether to try again, and when to give up."""
+
+    def __init__(self, limit_s: float, passing: frozenset[grpc.StatusCode]) -> None:
+        self.limit_s = limit_s
+        self._passing = passing
+        self._until: float | None = None  # set while away
+
+    @property
+    def away(self) -> bool:
+        return self._until is not None
+
+    def back(self) -> None:
+        """An answer came: the outage, if any, is over."""
+        self._until = None
+
+    def may_try(self, code: grpc.StatusCode, answered: bool) -> bool:
+        """Whether a call that ended with `code` is worth a new one."""
+        if self.limit_s <= 0 or not answered:
+            return False
+        return code == grpc.StatusCode.UNAVAILABLE or (self.away and code in self._passing)
+
+    def failed(self) -> bool:
+        """Counts a failed call; True when it starts an outage (the time to say so)."""
+        if self._until is not None:
+            return False
+        self._until = time.monotonic() + self.limit_s
+        return True
+
+    @property
+    def over(self) -> bool:
+        """The outage has lasted its limit: give up."""
+        return self._until is not None and time.monotonic() >= self._until
+
+    def wait(self) -> None:
+        """Sleeps before the next try, never past the outage's limit."""
+        if self._until is not None:
+            time.sleep(pause_s(self._until - time.monotonic()))
