@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,47 @@ def test_unreadable_videos_are_skipped_by_name(tmp_path: Path) -> None:
     assert any("broken.mp4" in line for line in said) and any("empty.avi" in line for line in said)
 
 
+def test_a_copied_video_is_used_once_and_refused_under_another_label(tmp_path: Path) -> None:
+    # Scraped and merged data sets hold copies: kept twice, a clip weighs double and may
+    # be trained on in one copy and scored in the other.
+    data = class_folders(tmp_path / "data", ("left", "right"), 3)
+    shutil.copy(data / "left" / "left_000.mp4", data / "left" / "zz copy.mp4")
+    cache = ClipCache(tmp_path / "cache", Preprocessing(16, 10.0))
+    said: list[str] = []
+    dataset = load_dataset(find_clips(data), cache, 2, report=said.append)
+    assert dataset.per_class() == {"left": 3, "right": 3}
+    assert said == [
+        f"skipped {data / 'left' / 'zz copy.mp4'}: the same video as "
+        f"{data / 'left' / 'left_000.mp4'} (the same bytes)"
+    ]
+    shutil.copy(data / "left" / "left_001.avi", data / "right" / "left_001.avi")
+    with pytest.raises(DatasetError) as e:
+        load_dataset(find_clips(data), cache, 2, report=lambda _: None)
+    assert str(e.value) == (
+        f"{data / 'right' / 'left_001.avi'} (right) is the same video as "
+        f"{data / 'left' / 'left_001.avi'} (left), byte for byte; a clip has one label: "
+        "keep the right one"
+    )
+
+
+def test_spans_of_copies_of_one_video_are_held_out_together(tmp_path: Path) -> None:
+    write(np.zeros((60, 48, 64, 3), np.uint8), tmp_path / "long.avi", 10.0)
+    shutil.copy(tmp_path / "long.avi", tmp_path / "long copy.avi")
+    for n, name in enumerate(("a", "b", "c")):
+        _numbered_video(tmp_path / f"{name}.avi", 10 + n, 10.0)
+    rows = ["long.avi,left,0,2", "long.avi,right,2,4", "long copy.avi,left,4,6"]
+    rows += ["a.avi,left,,", "b.avi,right,,", "c.avi,right,,"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,start_s,end_s\n" + "\n".join(rows) + "\n")
+    cache = ClipCache(tmp_path / "cache", Preprocessing(16, 10.0))
+    dataset = load_dataset(find_clips(manifest), cache, 2, report=lambda _: None)
+    assert len(dataset.clips) == 6  # another span of a copy is no repeat
+    copies = {i for i, c in enumerate(dataset.clips) if c.ref.path.name.startswith("long")}
+    for seed in range(20):
+        train, val = split(dataset, 0.5, seed)
+        assert copies <= set(train) or copies <= set(val), seed
+
+
 def test_a_label_without_usable_video_is_refused_before_training(tmp_path: Path) -> None:
     class_folders(tmp_path / "data", ("left",), 2)
     (tmp_path / "data" / "right").mkdir()
@@ -255,7 +297,7 @@ def test_spans_of_one_video_are_held_out_together() -> None:
     labels = ("left", "right")
     dataset = VideoDataset(
         labels,
-        tuple(Clip(ref, frames) for ref in refs),
+        tuple(Clip(ref, frames, str(ref.path)) for ref in refs),
         tuple(labels.index(ref.label) for ref in refs),
         (),
     )
@@ -392,7 +434,7 @@ def test_a_split_of_one_clip_videos_is_what_it_always_was() -> None:
         refs = [refs[i] for i in order]
         dataset = VideoDataset(
             labels,
-            tuple(Clip(r, frames) for r in refs),
+            tuple(Clip(r, frames, str(r.path)) for r in refs),
             tuple(labels.index(r.label) for r in refs),
             (),
         )
@@ -413,8 +455,8 @@ def test_a_long_video_of_many_spans_is_not_held_out_in_place_of_short_clips(
     from actionstream.training.train import load_data
 
     write(np.zeros((120, 48, 64, 3), np.uint8), tmp_path / "long.avi", 10.0)
-    for label in ("left", "right", "up"):
-        _numbered_video(tmp_path / f"{label}_a.avi", 10, 10.0)
+    for k, label in enumerate(("left", "right", "up")):
+        write(np.full((10, 48, 64, 3), 40 * k, np.uint8), tmp_path / f"{label}_a.avi", 10.0)
     spans = [("left", 0), ("up", 2), ("right", 4), ("left", 6), ("right", 8), ("up", 10)]
     rows = [f"long.avi,{label},{s},{s + 2}" for label, s in spans]
     rows += [f"{label}_a.avi,{label},," for label in ("left", "right", "up")]

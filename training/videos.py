@@ -74,6 +74,7 @@ class Clip:
 
     ref: ClipRef
     frames: np.ndarray
+    video: str  # the SHA-256 of the file's bytes: one video under two names is one video
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -256,7 +257,7 @@ class ClipCache:
                 raise CacheError(
                     _cache_problem(self.root, "cannot write the frame cache", e)
                 ) from None
-        return Clip(ref, np.load(path, mmap_mode="r"))
+        return Clip(ref, np.load(path, mmap_mode="r"), digest)
 
 
 def _cache_problem(root: Path, what: str, e: OSError) -> str:
@@ -346,9 +347,12 @@ def load_dataset(
 ) -> VideoDataset:
     """Decodes (or reads back) every clip; refuses a data set that cannot train a classifier.
 
-    Clips shorter than `min_frames` are skipped like unreadable ones; each skip
-    goes to `report`. Raises DatasetError when fewer than two labels, or a
-    label with no usable clip, remain. With `known` (a trained model's labels,
+    Clips shorter than `min_frames` are skipped like unreadable ones, and so is a
+    clip that repeats an earlier one (the same span of the same bytes, under another
+    name): kept twice, it would weigh double and could land on both sides of the
+    split. Each skip goes to `report`. The same clip under two labels is refused.
+    Raises DatasetError when fewer than two labels, or a label with no usable clip,
+    remain. With `known` (a trained model's labels,
     for evaluation), targets index those, a label outside them is an error,
     and a label may have no clip.
     """
@@ -357,6 +361,7 @@ def load_dataset(
     if unknown:
         raise DatasetError(f"label(s) {', '.join(unknown)} are not the model's {list(labels)}")
     clips, targets, skipped = [], [], []
+    first_of: dict[tuple[str, float, float | None], ClipRef] = {}
     for ref in refs:
         try:
             clip = cache.load(ref)
@@ -365,6 +370,17 @@ def load_dataset(
         except DatasetError as e:
             skipped.append(str(e))
             report(f"skipped {e}")
+            continue
+        first = first_of.setdefault((clip.video, ref.start_s, ref.end_s), ref)
+        if first is not ref:
+            if first.label != ref.label:
+                raise DatasetError(
+                    f"{ref.describe()} ({ref.label}) is the same video as {first.describe()} "
+                    f"({first.label}), byte for byte; a clip has one label: keep the right one"
+                )
+            line = f"{ref.describe()}: the same video as {first.describe()} (the same bytes)"
+            skipped.append(line)
+            report(f"skipped {line}")
             continue
         if len(clip) < min_frames:
             line = (
@@ -404,17 +420,17 @@ def split(dataset: VideoDataset, val_fraction: float, seed: int) -> tuple[list[i
     """
     rng = np.random.default_rng(seed)
     targets = np.asarray(dataset.targets)
-    by_video: dict[Path, list[int]] = {}
+    by_video: dict[str, list[int]] = {}
     for i, clip in enumerate(dataset.clips):
-        by_video.setdefault(clip.ref.path, []).append(i)
+        by_video.setdefault(clip.video, []).append(i)
     total = np.bincount(targets, minlength=len(dataset.labels))
     wanted = np.minimum(total - 1, np.round(total * val_fraction).astype(total.dtype))
     held = np.zeros_like(total)
-    decided: set[Path] = set()
+    decided: set[str] = set()
     val: list[int] = []
-    candidates: list[list[Path]] = []
+    candidates: list[list[str]] = []
 
-    def hold(video: Path) -> None:
+    def hold(video: str) -> None:
         nonlocal held
         decided.add(video)
         held = held + _counts(targets, by_video[video], len(total))
@@ -423,7 +439,7 @@ def split(dataset: VideoDataset, val_fraction: float, seed: int) -> tuple[list[i
     for k in range(len(dataset.labels)):
         # The videos holding label k that are still undecided, in clip order, shuffled:
         # with one clip a video (class folders), a shuffle of the label's clips.
-        ordered = dict.fromkeys(dataset.clips[i].ref.path for i in np.flatnonzero(targets == k))
+        ordered = dict.fromkeys(dataset.clips[i].video for i in np.flatnonzero(targets == k))
         videos = [video for video in ordered if video not in decided]
         rng.shuffle(videos)
         candidates.append(videos)
