@@ -100,6 +100,7 @@ class _Feed:
     def __init__(self, source: VideoSource) -> None:
         self._source = source
         self.fps = source.opened_fps
+        self.frame_count = source.frame_count
         # A file's frames are timed by its own timeline, as training and the server's
         # WatchSource time them; a camera's or live stream's by when they are read. (A
         # file that reports no frame rate, rare, is counted at FFmpeg's own 25 fps here,
@@ -212,10 +213,6 @@ def stream_source(
         return StreamSummary(0, 0, None, None, None, (), interrupted=True, source_released=False)
     feed = _Feed(source)
     try:
-        if truth is not None and cfg.labels is not None:
-            frames = source.frame_count
-            if frames is not None:
-                _warn_uncovered(cfg.labels, truth, min(frames, cfg.max_frames or frames))
         with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
             return _Session(cfg, feed, truth, channel, on_prediction).run()  # it closes the feed
     except KeyboardInterrupt:
@@ -281,6 +278,7 @@ class _Session:
             frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}),
         )
         self._fps = feed.fps if cfg.realtime else None
+        self._frame_count = feed.frame_count
         self._start_us = time.time_ns() // 1000
         self._done = threading.Event()  # the whole stream is over: every request generator stops
         self._source_ended = threading.Event()
@@ -347,6 +345,10 @@ class _Session:
         info = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
         if self._truth is not None and self._cfg.labels is not None:
             _check_names(self._cfg.labels, self._truth, info.labels)
+            # Once, after the names passed: a refused CSV is one line, not a warning too.
+            if self._frame_count is not None and not self._reconnects:
+                most = self._cfg.max_frames or self._frame_count
+                _warn_uncovered(self._cfg.labels, self._truth, min(self._frame_count, most))
         return None if self._cfg.realtime else Resampler(info.fps)
 
     def _requests(

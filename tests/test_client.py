@@ -435,7 +435,8 @@ def test_labels_the_model_lacks_are_refused_before_streaming(
     server: BackgroundServer, video: Path, tmp_path: Path
 ) -> None:
     # The real CLI against a real server: the model's labels come from its GetModelInfo.
-    rows = list(csv.reader(video.with_suffix(".csv").read_text().splitlines()))
+    # Nor is it warned of the frames it leaves out: one line says what is wrong.
+    rows = list(csv.reader(video.with_suffix(".csv").read_text().splitlines()))[:11]
     rows[5][1] = "moonwalk"
     labels = _write_labels(tmp_path / "labels.csv", rows)
     result = _cli(
