@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from videogen import class_folders, labelled_video
+from videogen import class_folders, labelled_video, write
 
 from actionstream.serve_process import ServeProcess
 
@@ -87,10 +88,13 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
     )
     assert f"warning: 96 of these 96 clips come from videos in the data {run}" in trained
     unseen = class_folders(tmp_path / "unseen", LABELS, 3, seed=123)
+    blink = unseen / "left" / "blink.avi"  # one frame: skipped, as training skips it
+    write(np.zeros((1, 48, 64, 3), np.uint8), blink, 10.0)
     told = _actionstream(
         "evaluate", str(run), "--data", str(unseen), "--cache", str(tmp_path / "cache")
     )
     assert "warning" not in told
+    assert f"skipped {blink}: 1 frames at 10 fps, need 2" in told
     report = json.loads((run / "evaluation.json").read_text())
     assert report["clips"] == 12 and sum(map(sum, report["confusion"])) == 12
     # Without --data, evaluate would score the synthetic world's labels: refused in a line.

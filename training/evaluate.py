@@ -29,6 +29,7 @@ from actionstream.training.model import Recognizer
 from actionstream.training.synth import LABELS, SynthConfig
 from actionstream.training.video_data import NO_AUGMENT, join_clips
 from actionstream.training.videos import (
+    MIN_CLIP_FRAMES,
     VIDEO_SUFFIXES,
     ClipCache,
     ClipRef,
@@ -204,7 +205,10 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         metrics["data"] = cfg.data
     else:
         dataset = load_dataset(
-            find_clips(Path(cfg.data)), ClipCache(Path(cfg.cache), prep), 1, known=names
+            find_clips(Path(cfg.data)),
+            ClipCache(Path(cfg.cache), prep),
+            MIN_CLIP_FRAMES,
+            known=names,
         )
         clips = [
             LabelledClip(c.frames, t) for c, t in zip(dataset.clips, dataset.targets, strict=True)

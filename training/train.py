@@ -45,7 +45,13 @@ from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, score
 from actionstream.training.model import Recognizer, build_recognizer
 from actionstream.training.synth import SynthConfig
 from actionstream.training.video_data import VideoData, open_videos
-from actionstream.training.videos import DatasetError, VideoDataset, split, split_from_file
+from actionstream.training.videos import (
+    MIN_CLIP_FRAMES,
+    DatasetError,
+    VideoDataset,
+    split,
+    split_from_file,
+)
 
 
 class TrainingError(Exception):
@@ -125,7 +131,7 @@ def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingDat
         return synthetic_data(cfg)
     try:
         dataset = open_videos(
-            Path(cfg.data), Path(cfg.cache), cfg.size, cfg.fps, min_frames=2, report=say
+            Path(cfg.data), Path(cfg.cache), cfg.size, cfg.fps, MIN_CLIP_FRAMES, report=say
         )
     except DatasetError as e:
         raise TrainingError(str(e)) from None
