@@ -31,19 +31,22 @@ def test_training_learns_motion_and_exports(tmp_path: Path) -> None:
 
     cfg = TrainConfig(
         out=str(tmp_path / "run"),
+        size=32,  # a quarter of the bundled model's pixels: 256 steps in about 45 s
         train_streams=256,
         stream_frames=80,
         bptt=40,
         batch_size=16,
         val_streams=16,
         val_frames=200,
-        epochs=4,
+        epochs=8,
         appearance=True,  # as the bundled model
     )
     ckpt = main(cfg)
     chance = 1 / len(LABELS)
-    # 128 optimiser steps (about 40 s): far from the bundled model, well clear of chance.
-    assert ckpt.eval_metrics["settled_frame_accuracy"] > 2.5 * chance, ckpt.eval_metrics
+    # From scratch, 256 optimiser steps gave 74% settled here (79% at seed 1): far from
+    # the bundled model, and four times chance with room to spare. (At 64 pixels, 128
+    # steps took 115 s for 58%.)
+    assert ckpt.eval_metrics["settled_frame_accuracy"] > 4 * chance, ckpt.eval_metrics
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["train_streams"] == 256 and saved["batch_size"] == 16
     loaded = Checkpoint.load(tmp_path / "run" / "checkpoint.pt")
