@@ -57,8 +57,11 @@ def synth(cfg: SynthVideoConfig) -> int:
 
 def train(cfg: TrainConfig) -> int:
     _needs_torch()
+    from actionstream.training.allocator import keep_freed_memory
     from actionstream.training.train import TrainingError, resume_config
     from actionstream.training.train import main as train_main
+
+    keep_freed_memory()
 
     given = _given_on_command_line()
     if cfg.split and "val_fraction" in given:
@@ -131,9 +134,12 @@ def _given_on_command_line() -> set[str]:
 
 def evaluate(cfg: EvaluateConfig) -> int:
     _needs_torch()
+    from actionstream.training.allocator import keep_freed_memory
     from actionstream.training.checkpoint import CheckpointError
     from actionstream.training.evaluate import main as evaluate_main
     from actionstream.training.videos import DatasetError
+
+    keep_freed_memory()
 
     try:
         evaluate_main(cfg)

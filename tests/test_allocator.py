@@ -1,0 +1,47 @@
+"""training/allocator.py: freed memory stays in the process instead of going back to the
+kernel, so a step's large buffers are not faulted in again page by page."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+from actionstream.training.allocator import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "kept" else False
+for _ in range(2):
+    np.ones(8 << 20)  # 64 MB, as a training step's activations
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    np.ones(8 << 20)
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults(mode: str) -> tuple[bool, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return out[0] == "True", int(out[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_memory_is_reused_without_faulting_it_in_again() -> None:
+    kept, kept_faults = _faults("kept")
+    _, default_faults = _faults("default")
+    assert kept
+    # 20 buffers of 64 MB: glibc maps and unmaps each (544 faults apiece here, numpy
+    # asking for huge pages), where kept memory is reused as it is (none).
+    assert default_faults > 20 * 100, default_faults
+    assert kept_faults < default_faults / 20, (kept_faults, default_faults)
+
+
+def test_glibc_settings_of_the_users_own_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from actionstream.training.allocator import keep_freed_memory
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1048576")
+    assert not keep_freed_memory()
