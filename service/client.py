@@ -271,19 +271,20 @@ class _Session:
         self._truth = truth
         self._on_prediction = on_prediction
         self._stub = pb_grpc.ActionRecognitionStub(channel)
-        # UNAVAILABLE once frames were answered, and while reconnecting a server that is
-        # full (every place taken, as the pods left during a rollout may be).
+        # Besides UNAVAILABLE once frames were answered, while reconnecting: a server
+        # that is full (every place taken, as the pods left during a rollout may be).
         self._reconnection = Reconnection(
-            cfg.reconnect_seconds,
-            frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}),
+            cfg.reconnect_seconds, frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED})
         )
         self._fps = feed.fps if cfg.realtime else None
         self._frame_count = feed.frame_count
+        self._warned_uncovered = False
         self._start_us = time.time_ns() // 1000
         self._done = threading.Event()  # the whole stream is over: every request generator stops
         self._source_ended = threading.Event()
         self._answered: queue.Queue[None] = queue.Queue()
-        # Written by the request generators on gRPC's threads, one call at a time.
+        # Written by the request generators on gRPC's threads: one a call, and an ended
+        # call's can still be finishing a read when the next starts (see _requests).
         self._sequence = 0  # the last frame read, over every call: a new call goes on from it
         self._played_s = 0.0  # how far into the source, by its timeline (a file's) or its rate
         self._sent_at: dict[int, float] = {}
@@ -346,7 +347,8 @@ class _Session:
         if self._truth is not None and self._cfg.labels is not None:
             _check_names(self._cfg.labels, self._truth, info.labels)
             # Once, after the names passed: a refused CSV is one line, not a warning too.
-            if self._frame_count is not None and not self._reconnects:
+            if self._frame_count is not None and not self._warned_uncovered:
+                self._warned_uncovered = True
                 most = self._cfg.max_frames or self._frame_count
                 _warn_uncovered(self._cfg.labels, self._truth, min(self._frame_count, most))
         return None if self._cfg.realtime else Resampler(info.fps)
@@ -423,11 +425,11 @@ class _Session:
         """Waits for the next try, or raises: `e` itself when it is not worth another
         call, StreamError when the outage has lasted --reconnect-seconds. A source that
         had ended has nothing left to send."""
-        streamed = bool(self._predictions) and not self._source_ended.is_set()
-        if not self._reconnection.may_try(e.code(), streamed):
+        more_to_send = bool(self._predictions) and not self._source_ended.is_set()
+        if not self._reconnection.may_try(e.code(), more_to_send):
             raise e
         limit_s = self._reconnection.limit_s
-        if self._reconnection.failed():
+        if self._reconnection.begins_outage():
             print(
                 f"actionstream stream: the server ended the stream ({e.code().name}: "
                 f"{e.details()}); reconnecting for up to {limit_s:g} s (a new stream "

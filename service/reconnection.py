@@ -49,8 +49,9 @@ class Reconnection:
             return False
         return code == grpc.StatusCode.UNAVAILABLE or (self.away and code in self._passing)
 
-    def failed(self) -> bool:
-        """Counts a failed call; True when it starts an outage (the time to say so)."""
+    def begins_outage(self) -> bool:
+        """After a failed call: True when it starts an outage (the time to say so), whose
+        clock starts then."""
         if self._until is not None:
             return False
         self._until = time.monotonic() + self.limit_s

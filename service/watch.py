@@ -25,13 +25,11 @@ from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
 PROG = "actionstream watch"
 _CODE = grpc.StatusCode
-# While watching again, what may pass besides UNAVAILABLE (service/reconnection.py): a
-# rebooting camera cannot be opened (NOT_FOUND) or not in time (DEADLINE_EXCEEDED); a
-# server mid-rollout is full (RESOURCE_EXHAUSTED). A refusal (PERMISSION_DENIED,
-# INVALID_ARGUMENT) would not pass.
-_PASSING = frozenset(
-    {_CODE.UNAVAILABLE, _CODE.NOT_FOUND, _CODE.DEADLINE_EXCEEDED, _CODE.RESOURCE_EXHAUSTED}
-)
+# While watching again, what may pass besides UNAVAILABLE (which always does, see
+# service/reconnection.py): a rebooting camera cannot be opened (NOT_FOUND) or not in
+# time (DEADLINE_EXCEEDED); a server mid-rollout is full (RESOURCE_EXHAUSTED). A refusal
+# (PERMISSION_DENIED, INVALID_ARGUMENT) would not pass.
+_PASSING = frozenset({_CODE.NOT_FOUND, _CODE.DEADLINE_EXCEEDED, _CODE.RESOURCE_EXHAUSTED})
 
 
 @dataclass(frozen=True)
@@ -98,7 +96,7 @@ def watch_source(
                             _describe(code, details, cfg.target, answered > 0),
                             summary(f"the server ended it with {code.name}") if answered else None,
                         ) from None
-                    if reconnection.failed():
+                    if reconnection.begins_outage():
                         print(
                             f"{PROG}: {code.name}: {details}; watching again for up to "
                             f"{cfg.reconnect_seconds:g} s (a new call starts from a zero state)",

@@ -110,7 +110,7 @@ def test_reconnection_rules() -> None:
     assert outage.may_try(code.UNAVAILABLE, answered=True)
     # A full server passes only during an outage; a refusal never does.
     assert not outage.may_try(code.RESOURCE_EXHAUSTED, answered=True)
-    assert outage.failed() and not outage.failed()  # only the first failure starts one
+    assert outage.begins_outage() and not outage.begins_outage()  # only the first does
     assert outage.may_try(code.RESOURCE_EXHAUSTED, answered=True)
     assert not outage.may_try(code.INVALID_ARGUMENT, answered=True)
     assert not outage.over
@@ -119,7 +119,7 @@ def test_reconnection_rules() -> None:
     # A limit of 0 turns reconnecting off; a spent limit is over at once.
     assert not reconnection.Reconnection(0.0, frozenset()).may_try(code.UNAVAILABLE, True)
     spent = reconnection.Reconnection(1e-9, frozenset())
-    spent.failed()
+    spent.begins_outage()
     time.sleep(0.001)
     assert spent.over
 
@@ -315,9 +315,12 @@ class _FrameReporter(pb_grpc.ActionRecognitionServicer):
             )
 
 
-def test_frames_keep_their_source_numbers_across_a_reconnection(tmp_path: Path) -> None:
+def test_frames_keep_their_source_numbers_across_a_reconnection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # --labels scores frame n of the source against sequence n: a reconnection may lose a
-    # frame, never shift the numbers of the ones after it. Frame i is grey 20 + 4 i.
+    # frame, never shift the numbers of the ones after it. Frame i is grey 20 + 4 i; the
+    # last two have no label, which is warned of once, not again on the new call.
     frames = 40
     video = tmp_path / "grey.avi"
     out = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (32, 32))
@@ -326,7 +329,8 @@ def test_frames_keep_their_source_numbers_across_a_reconnection(tmp_path: Path) 
     out.release()
     labels = [f"frame{i}" for i in range(frames)]
     csv_path = tmp_path / "grey.csv"
-    csv_path.write_text("frame,label\n" + "".join(f"{i},{name}\n" for i, name in enumerate(labels)))
+    rows = "".join(f"{i},{name}\n" for i, name in enumerate(labels[:-2]))
+    csv_path.write_text("frame,label\n" + rows)
 
     reporter = _FrameReporter(labels, first_call=6)
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
@@ -346,8 +350,10 @@ def test_frames_keep_their_source_numbers_across_a_reconnection(tmp_path: Path) 
     finally:
         server.stop(grace=None)
     assert reporter.calls == 2 and summary.reconnects == 1
-    assert summary.frames_scored == summary.frames_answered >= frames - 2
+    assert summary.frames_answered >= frames - 2
+    assert summary.frames_scored == summary.frames_answered - 2
     assert summary.accuracy == 1.0  # every answer's sequence is the frame the server saw
+    assert capsys.readouterr().err.count("no label for 2 of the 40 source frames") == 1
 
 
 @pytest.mark.parametrize(
@@ -611,7 +617,8 @@ def test_an_unreachable_server_never_aborts_the_process(mp4: Path) -> None:
         target = f"127.0.0.1:{port}"
         deadline = time.monotonic() + 20
         runs = 0
-        while runs < 40 and time.monotonic() < deadline:
+        # At least 15 runs however loaded the machine, more while 20 s last.
+        while runs < 15 or (runs < 40 and time.monotonic() < deadline):
             result = _cli("--source", str(mp4), "--target", target, "--quiet")
             runs += 1
             assert (result.returncode, result.stderr.count("\n")) == (1, 1), (
@@ -620,7 +627,6 @@ def test_an_unreachable_server_never_aborts_the_process(mp4: Path) -> None:
             assert result.stderr.startswith(
                 f"actionstream stream: cannot reach the server at {target}"
             )
-    assert runs >= 15
 
 
 def _interrupt(

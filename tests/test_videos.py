@@ -159,17 +159,55 @@ def test_a_copied_video_is_used_once_and_refused_under_another_label(tmp_path: P
     dataset = load_dataset(find_clips(data), cache, 2, report=said.append)
     assert dataset.per_class() == {"left": 3, "right": 3}
     assert said == [
-        f"skipped {data / 'left' / 'zz copy.mp4'}: the same video as "
+        f"skipped {data / 'left' / 'zz copy.mp4'}: a copy of "
         f"{data / 'left' / 'left_000.mp4'} (the same bytes)"
     ]
     shutil.copy(data / "left" / "left_001.avi", data / "right" / "left_001.avi")
     with pytest.raises(DatasetError) as e:
         load_dataset(find_clips(data), cache, 2, report=lambda _: None)
     assert str(e.value) == (
-        f"{data / 'right' / 'left_001.avi'} (right) is the same video as "
-        f"{data / 'left' / 'left_001.avi'} (left), byte for byte; a clip has one label: "
-        "keep the right one"
+        f"{data / 'right' / 'left_001.avi'}, labelled right, has the same bytes as "
+        f"{data / 'left' / 'left_001.avi'}, labelled left, and shares its frames: "
+        "delete or move the copy whose label is wrong"
     )
+    # A copy too short to use is skipped for that alone, whatever its label.
+    (data / "right" / "left_001.avi").unlink()
+    write(np.zeros((1, 48, 64, 3), np.uint8), data / "left" / "blink.avi", 10.0)
+    shutil.copy(data / "left" / "blink.avi", data / "right" / "blink.avi")
+    said.clear()
+    load_dataset(find_clips(data), cache, 2, report=said.append)
+    assert [line.split(": ", 1)[1] for line in said if "blink" in line] == [
+        "1 frames at 10 fps, need 2",
+        "1 frames at 10 fps, need 2",
+    ]
+
+
+def _manifest(folder: Path, rows: list[str]) -> Path:
+    manifest = folder / "m.csv"
+    manifest.write_text("path,label,start_s,end_s\n" + "\n".join(rows) + "\n")
+    return manifest
+
+
+def test_copies_are_found_however_their_spans_are_written(tmp_path: Path) -> None:
+    # A span that shares frames with a span of a copy: the same frames twice, or under
+    # two labels, whether the rows spell their spans alike or not.
+    write(np.zeros((60, 48, 64, 3), np.uint8), tmp_path / "long.avi", 10.0)
+    shutil.copy(tmp_path / "long.avi", tmp_path / "long copy.avi")
+    for n, name in enumerate(("a", "b")):
+        _numbered_video(tmp_path / f"{name}.avi", 10 + n, 10.0)
+    cache = ClipCache(tmp_path / "cache", Preprocessing(16, 10.0))
+    others = ["a.avi,left,,", "b.avi,right,,"]
+    said: list[str] = []
+    whole = _manifest(tmp_path, ["long.avi,left,,", "long copy.avi,left,0,6", *others])
+    dataset = load_dataset(find_clips(whole), cache, 2, report=said.append)
+    assert len(dataset.clips) == 3
+    assert said == [
+        f"skipped {tmp_path / 'long copy.avi'} [0s-6s]: a copy of {tmp_path / 'long.avi'} "
+        "(the same bytes)"
+    ]
+    two_labels = _manifest(tmp_path, ["long.avi,left,0,4", "long copy.avi,right,2,6", *others])
+    with pytest.raises(DatasetError, match=r"labelled right, has the same bytes as .*left"):
+        load_dataset(find_clips(two_labels), cache, 2, report=lambda _: None)
 
 
 def test_spans_of_copies_of_one_video_are_held_out_together(tmp_path: Path) -> None:
@@ -179,8 +217,7 @@ def test_spans_of_copies_of_one_video_are_held_out_together(tmp_path: Path) -> N
         _numbered_video(tmp_path / f"{name}.avi", 10 + n, 10.0)
     rows = ["long.avi,left,0,2", "long.avi,right,2,4", "long copy.avi,left,4,6"]
     rows += ["a.avi,left,,", "b.avi,right,,", "c.avi,right,,"]
-    manifest = tmp_path / "m.csv"
-    manifest.write_text("path,label,start_s,end_s\n" + "\n".join(rows) + "\n")
+    manifest = _manifest(tmp_path, rows)
     cache = ClipCache(tmp_path / "cache", Preprocessing(16, 10.0))
     dataset = load_dataset(find_clips(manifest), cache, 2, report=lambda _: None)
     assert len(dataset.clips) == 6  # another span of a copy is no repeat
@@ -188,6 +225,24 @@ def test_spans_of_copies_of_one_video_are_held_out_together(tmp_path: Path) -> N
     for seed in range(20):
         train, val = split(dataset, 0.5, seed)
         assert copies <= set(train) or copies <= set(val), seed
+    # A split file of the user's own that parts them is refused.
+    from actionstream.training.videos import split_from_file
+
+    sheet = tmp_path / "split.csv"
+    sides = {"long.avi": "train", "long copy.avi": "val", "a.avi": "val"}
+    sheet.write_text(
+        "path,split\n"
+        + "".join(
+            f"{v},{sides.get(v, 'train')}\n"
+            for v in ("long.avi", "long copy.avi", "a.avi", "b.avi", "c.avi")
+        )
+    )
+    with pytest.raises(DatasetError) as e:
+        split_from_file(dataset, sheet)
+    assert str(e.value) == (
+        f"{sheet}: {tmp_path / 'long copy.avi'} (val) has the same bytes as "
+        f"{tmp_path / 'long.avi'} (train); a video's copies go on one side: mark them alike"
+    )
 
 
 def test_a_label_without_usable_video_is_refused_before_training(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ class Clip:
 
     ref: ClipRef
     frames: np.ndarray
-    video: str  # the SHA-256 of the file's bytes: one video under two names is one video
+    digest: str  # SHA-256 of the file's bytes: one video under two names is one video
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -351,20 +351,20 @@ def load_dataset(
     """Decodes (or reads back) every clip; refuses a data set that cannot train a classifier.
 
     Clips shorter than `min_frames` are skipped like unreadable ones, and so is a
-    clip that repeats an earlier one (the same span of the same bytes, under another
-    name): kept twice, it would weigh double and could land on both sides of the
-    split. Each skip goes to `report`. The same clip under two labels is refused.
-    Raises DatasetError when fewer than two labels, or a label with no usable clip,
-    remain. With `known` (a trained model's labels,
-    for evaluation), targets index those, a label outside them is an error,
-    and a label may have no clip.
+    copy: a clip of a file with the same bytes as an earlier one, under another
+    name, that shares frames with one of its clips (kept, it would weigh double and
+    could land on both sides of the split). Each skip goes to `report`. A copy under
+    another label is refused: its frames would carry two labels. Raises
+    DatasetError when fewer than two labels, or a label with no usable clip, remain.
+    With `known` (a trained model's labels, for evaluation), targets index those, a
+    label outside them is an error, and a label may have no clip.
     """
     labels = tuple(sorted({r.label for r in refs})) if known is None else tuple(known)
     unknown = sorted({r.label for r in refs} - set(labels))
     if unknown:
         raise DatasetError(f"label(s) {', '.join(unknown)} are not the model's {list(labels)}")
     clips, targets, skipped = [], [], []
-    first_of: dict[tuple[str, float, float | None], ClipRef] = {}
+    kept_of: dict[str, list[ClipRef]] = {}  # by the file's digest: the clips kept so far
     for ref in refs:
         try:
             clip = cache.load(ref)
@@ -374,17 +374,6 @@ def load_dataset(
             skipped.append(str(e))
             report(f"skipped {e}")
             continue
-        first = first_of.setdefault((clip.video, ref.start_s, ref.end_s), ref)
-        if first is not ref:
-            if first.label != ref.label:
-                raise DatasetError(
-                    f"{ref.describe()} ({ref.label}) is the same video as {first.describe()} "
-                    f"({first.label}), byte for byte; a clip has one label: keep the right one"
-                )
-            line = f"{ref.describe()}: the same video as {first.describe()} (the same bytes)"
-            skipped.append(line)
-            report(f"skipped {line}")
-            continue
         if len(clip) < min_frames:
             line = (
                 f"{ref.describe()}: {len(clip)} frames at {cache.prep.fps:g} fps, need {min_frames}"
@@ -392,6 +381,13 @@ def load_dataset(
             skipped.append(line)
             report(f"skipped {line}")
             continue
+        original = _copied(ref, kept_of.setdefault(clip.digest, []))
+        if original is not None:
+            line = f"{ref.describe()}: a copy of {original.describe()} (the same bytes)"
+            skipped.append(line)
+            report(f"skipped {line}")
+            continue
+        kept_of[clip.digest].append(ref)
         clips.append(clip)
         targets.append(labels.index(ref.label))
     found = tuple(dict.fromkeys(r.path for r in refs))
@@ -409,6 +405,26 @@ def load_dataset(
     return VideoDataset(labels, tuple(clips), tuple(targets), tuple(skipped), found)
 
 
+def _copied(ref: ClipRef, kept: list[ClipRef]) -> ClipRef | None:
+    """The clip of another file with the same bytes that `ref` shares frames with, if
+    any, from `kept`; raises DatasetError when the two carry different labels. (Within
+    one file, the manifest's own check has refused overlapping spans already.)"""
+    for other in kept:
+        if other.path != ref.path and _shares_frames(other, ref):
+            if other.label != ref.label:
+                raise DatasetError(
+                    f"{ref.describe()}, labelled {ref.label}, has the same bytes as "
+                    f"{other.describe()}, labelled {other.label}, and shares its frames: "
+                    "delete or move the copy whose label is wrong"
+                )
+            return other
+    return None
+
+
+def _shares_frames(a: ClipRef, b: ClipRef) -> bool:
+    return a.start_s < _end(b) and b.start_s < _end(a)
+
+
 def split(dataset: VideoDataset, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Clip indices for training and validation, drawn per label so each label is in both.
 
@@ -423,9 +439,9 @@ def split(dataset: VideoDataset, val_fraction: float, seed: int) -> tuple[list[i
     """
     rng = np.random.default_rng(seed)
     targets = np.asarray(dataset.targets)
-    by_video: dict[str, list[int]] = {}
+    by_video: dict[str, list[int]] = {}  # a video is its bytes: copies go together
     for i, clip in enumerate(dataset.clips):
-        by_video.setdefault(clip.video, []).append(i)
+        by_video.setdefault(clip.digest, []).append(i)
     total = np.bincount(targets, minlength=len(dataset.labels))
     wanted = np.minimum(total - 1, np.round(total * val_fraction).astype(total.dtype))
     held = np.zeros_like(total)
@@ -442,7 +458,7 @@ def split(dataset: VideoDataset, val_fraction: float, seed: int) -> tuple[list[i
     for k in range(len(dataset.labels)):
         # The videos holding label k that are still undecided, in clip order, shuffled:
         # with one clip a video (class folders), a shuffle of the label's clips.
-        ordered = dict.fromkeys(dataset.clips[i].video for i in np.flatnonzero(targets == k))
+        ordered = dict.fromkeys(dataset.clips[i].digest for i in np.flatnonzero(targets == k))
         videos = [video for video in ordered if video not in decided]
         rng.shuffle(videos)
         candidates.append(videos)
@@ -505,9 +521,17 @@ def split_from_file(dataset: VideoDataset, path: Path) -> tuple[list[int], list[
             )
     train: list[int] = []
     val: list[int] = []
+    side_of: dict[str, tuple[str, Path]] = {}  # by the file's digest
     for i, clip in enumerate(dataset.clips):
         where = wanted.get(clip.ref.path.resolve())
         if where is None:
             raise DatasetError(f"{path}: no split for {clip.ref.path}")
+        first, first_path = side_of.setdefault(clip.digest, (where, clip.ref.path))
+        if first != where:
+            # Frames held out beside the same frames trained on, under another name.
+            raise DatasetError(
+                f"{path}: {clip.ref.path} ({where}) has the same bytes as {first_path} "
+                f"({first}); a video's copies go on one side: mark them alike"
+            )
         (val if where == "val" else train).append(i)
     return train, val
