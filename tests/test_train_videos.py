@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,11 +83,18 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
     changes = sum(a != b for a, b in itertools.pairwise(truth))
     assert report["frames"] == 120 and report["switch_latency"]["changes"] == changes
     assert abs(report["frame_accuracy"] * 100 - accuracy) < 10  # the server's answers, offline
-    # Scored on the videos it trained on, it says so; on unseen ones, not.
+    # Scored on the videos it trained on, renamed, it says so (not of those it held out);
+    # on unseen ones, not.
+    renamed = tmp_path / "renamed"
+    for video in data.rglob("*_*.*"):
+        (renamed / video.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(video, renamed / video.parent.name / f"copy of {video.name}")
     trained = _actionstream(
-        "evaluate", str(run), "--data", str(data), "--cache", str(tmp_path / "cache")
+        "evaluate", str(run), "--data", str(renamed), "--cache", str(tmp_path / "cache")
     )
-    assert f"warning: 96 of these 96 clips come from videos in the data {run}" in trained
+    kept = int(out.split(" clips to train on")[0].rsplit("\n", 1)[-1])
+    assert kept < 96
+    assert f"warning: {kept} of these 96 clips are of videos {run} was trained on" in trained
     unseen = class_folders(tmp_path / "unseen", LABELS, 3, seed=123)
     blink = unseen / "left" / "blink.avi"  # one frame: skipped, as training skips it
     write(np.zeros((1, 48, 64, 3), np.uint8), blink, 10.0)

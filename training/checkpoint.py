@@ -48,6 +48,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     train_config: dict[str, Any] = field(default_factory=dict)
     eval_metrics: dict[str, Any] = field(default_factory=dict)
+    trained_videos: tuple[str, ...] = ()  # SHA-256 of each video file trained on
 
     def build_model(self) -> Recognizer:
         net = build_recognizer(self.model_config)
@@ -61,8 +62,9 @@ class Checkpoint:
         payload = asdict(self)
         payload["model_config"] = asdict(self.model_config)
         save_whole(path, payload)
-        # Readable copy of everything but the weights, beside the checkpoint.
-        meta = {k: v for k, v in payload.items() if k != "state_dict"}
+        # Readable copy of everything but the weights, beside the checkpoint; and but the
+        # digests of the videos trained on, one line each of a data set's thousands.
+        meta = {k: v for k, v in payload.items() if k not in ("state_dict", "trained_videos")}
         write_whole(
             path.with_suffix(".json"), (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
         )
@@ -96,6 +98,7 @@ class Checkpoint:
         try:
             model_config = ModelConfig.from_dict(payload.pop("model_config"))
             payload["labels"] = tuple(payload["labels"])
+            payload["trained_videos"] = tuple(payload.get("trained_videos", ()))
             return cls(model_config=model_config, **payload)
         except Exception as e:  # a file torch reads that is not a checkpoint of ours
             raise CheckpointError(

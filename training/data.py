@@ -61,6 +61,12 @@ class TrainingData(Protocol):
         ...
 
     @property
+    def trained_videos(self) -> tuple[str, ...]:
+        """The SHA-256 of each video file trained on (none for the synthetic world), so
+        that `evaluate` can tell a user who scores the model on them, under any name."""
+        ...
+
+    @property
     def val_streams(self) -> Streams: ...
 
     @property
@@ -82,6 +88,7 @@ class SyntheticData:
 
     labels = LABELS
     background_label: str | None = BACKGROUND_LABEL
+    trained_videos: tuple[str, ...] = ()
 
     def __init__(
         self,

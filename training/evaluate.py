@@ -36,6 +36,7 @@ from actionstream.training.videos import (
     DatasetError,
     Preprocessing,
     decode_indexed,
+    file_digest,
     find_clips,
     load_dataset,
 )
@@ -164,17 +165,17 @@ def clip_report(preds: np.ndarray, truth: np.ndarray, names: Sequence[str]) -> d
     }
 
 
-def _trained_on(train_config: dict[str, Any], paths: list[Path]) -> int:
-    """How many of `paths` are videos of the run's training data (held out or not: the
-    split is the run's own); 0 when that data is gone or was the synthetic world."""
-    data = train_config.get("data")
-    if not data:
-        return 0
-    try:
-        trained = {ref.path.resolve() for ref in find_clips(Path(data), report=lambda _: None)}
-    except (OSError, DatasetError):
-        return 0
-    return sum(path.resolve() in trained for path in paths)
+def _warn_if_trained_on(run: Path, trained_videos: Sequence[str], digests: list[str]) -> None:
+    """Warns when videos to score are, byte for byte and under any name, ones the run
+    trained on (not those it held out): their scores are not held-out scores."""
+    trained = set(trained_videos)
+    seen = sum(digest in trained for digest in digests)
+    if seen:
+        print(
+            f"warning: {seen} of these {len(digests)} clips are of videos {run} was trained "
+            "on (the same bytes): its scores here count what it learnt from, not only what "
+            "it has not seen"
+        )
 
 
 def main(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -203,6 +204,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     elif Path(cfg.data).suffix.lower() in VIDEO_SUFFIXES:
         streams, clips = _labelled_video(Path(cfg.data), cfg.labels, names, prep), []
         metrics["data"] = cfg.data
+        _warn_if_trained_on(run, ckpt.trained_videos, [file_digest(Path(cfg.data))])
     else:
         dataset = load_dataset(
             find_clips(Path(cfg.data)),
@@ -220,13 +222,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         streams = Streams(frames[None], labels[None])  # all clips, one unbroken stream
         metrics["data"] = cfg.data
         metrics["skipped"] = list(dataset.skipped)
-        seen = _trained_on(ckpt.train_config, [c.ref.path for c in dataset.clips])
-        if seen:
-            print(
-                f"warning: {seen} of these {len(dataset.clips)} clips come from videos in "
-                f"the data {run} was trained on ({ckpt.train_config['data']}): its scores "
-                "here count what it learnt from, not only what it has not seen"
-            )
+        _warn_if_trained_on(run, ckpt.trained_videos, [c.digest for c in dataset.clips])
 
     if clips:
         truth = np.array([c.label for c in clips])

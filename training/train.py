@@ -512,6 +512,7 @@ def _make_checkpoint(
         state_dict={k: v.detach().cpu() for k, v in best_weights.items()},
         train_config=resolved(cfg),  # paths as train_config.json has them
         eval_metrics=metrics,
+        trained_videos=data.trained_videos,
     )
 
 

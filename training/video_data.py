@@ -135,6 +135,7 @@ class VideoData:
         self.background_label = background_label
         self.version = f"videos-{len(dataset.labels)}labels-seed{seed}"
         clips = dataset.labelled()
+        self.trained_videos = tuple(sorted({dataset.clips[i].digest for i in train_idx}))
         self.train_clips = [clips[i] for i in train_idx]
         self.val_clips = [clips[i] for i in val_idx]
         bg = self.labels.index(background_label) if background_label in self.labels else None

@@ -237,7 +237,7 @@ class ClipCache:
     def load(self, ref: ClipRef) -> Clip:
         """The clip, decoded now or read from the cache; raises DatasetError if unreadable."""
         try:
-            digest = _file_digest(ref.path)
+            digest = file_digest(ref.path)
         except OSError as e:
             if ref.path.is_symlink() and not ref.path.exists():
                 raise DatasetError(
@@ -267,7 +267,7 @@ def _cache_problem(root: Path, what: str, e: OSError) -> str:
     return f"{root}: {what} ({e.strerror or e}); give --cache a folder that can be written"
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
