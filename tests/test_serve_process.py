@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,11 +15,14 @@ from pathlib import Path
 from typing import IO
 
 import grpc
+import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from actionstream.contract import read_props
 from actionstream.serve_process import ServeProcess, ServeProcessError
 from actionstream.service.metrics import scrape
+from actionstream.service.model import bundled_model_path
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +59,12 @@ def _terminate(server: ServeProcess, sig: signal.Signals) -> int:
     return code
 
 
+def _bundled_version() -> str:
+    """The version the bundled model's own file records."""
+    session = ort.InferenceSession(str(bundled_model_path()), providers=["CPUExecutionProvider"])
+    return read_props(session.get_modelmeta().custom_metadata_map, "default.onnx").version
+
+
 def test_serve_process_with_grpcurl(log: IO[str]) -> None:
     with ServeProcess(log) as server:
         services = _grpcurl(server.target, "list").split()
@@ -63,7 +73,8 @@ def test_serve_process_with_grpcurl(log: IO[str]) -> None:
         health = json.loads(_grpcurl(server.target, "grpc.health.v1.Health/Check"))
         assert health == {"status": "SERVING"}
         info = json.loads(_grpcurl(server.target, "actionstream.v1.ActionRecognition/GetModelInfo"))
-        assert info["version"] == "synthetic-64px-seed0"
+        assert info["version"] == _bundled_version()
+        assert re.fullmatch(r"synthetic-64px-seed0-[0-9a-f]{8}", info["version"])
 
         url = f"http://127.0.0.1:{server.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=5).read().decode()
