@@ -286,8 +286,11 @@ def test_a_run_resumes_with_or_without_a_time_budget(
     again = resume_config(TrainConfig(out=str(out), resume=True, minutes=then), {"minutes"})
     assert again.hidden == 16 and again.channels == (8, 16) and again.minutes == then
     main(again)
-    rows = (out / "metrics.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2"]
+    rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()]
+    assert [r[0] for r in rows] == ["epoch", "1", "2"] and rows[0][-1] == "steps"
+    # The epoch the clock cut short says so by its steps.
+    cut_short = int(rows[1][-1]) < int(rows[2][-1])
+    assert cut_short == (first > 0), rows
 
 
 def test_resume_takes_the_runs_own_settings_and_refuses_changes(

@@ -97,8 +97,9 @@ def train_one_epoch(
     bar: tqdm,
     deadline: Deadline,
     team: Team,
-) -> float:
-    """One pass over this process's batches; `model` is `net`, or its DDP wrapper."""
+) -> tuple[float, int]:
+    """One pass over this process's batches, or less when the time budget runs out: the
+    mean loss and the optimiser steps taken. `model` is `net`, or its DDP wrapper."""
     model.train()
     device = next(net.parameters()).device
     losses = []
@@ -122,7 +123,7 @@ def train_one_epoch(
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if team.agree(deadline.passed()):
             break
-    return float(np.mean(losses))
+    return float(np.mean(losses)), len(losses)
 
 
 def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingData:
@@ -391,7 +392,9 @@ def _train(
         total=steps, initial=done, unit="step", dynamic_ncols=True, disable=not team.leader
     ) as bar:
         for epoch in range(first, cfg.epochs + 1):
-            loss = train_one_epoch(net, model, data, cfg, opt, sched, rng, bar, deadline, team)
+            loss, steps_taken = train_one_epoch(
+                net, model, data, cfg, opt, sched, rng, bar, deadline, team
+            )
             if log is not None:
                 metrics = score(net, data.val_streams, data.val_clips, data.labels, cfg.fps)
                 # Ties go to the later epoch: it has seen more data for the same score.
@@ -399,7 +402,7 @@ def _train(
                     best = {**metrics, "epoch": epoch}
                     best_weights = copy.deepcopy(net.state_dict())
                 seconds = time.perf_counter() - t_train
-                row = log.row(epoch, seconds, loss, metrics)
+                row = log.row(epoch, seconds, loss, metrics, steps_taken)
                 progress: dict[str, Any] = {"epoch": epoch, "seconds": seconds}
                 progress |= {"best": best, "best_weights": best_weights, "log": [*log.rows, row]}
                 with _saving(out, epoch):
@@ -548,10 +551,16 @@ class EpochLog:
         self._path = path
         self.rows = list(rows)
         with path.open("w", newline="") as f:
-            csv.writer(f).writerows([["epoch", "seconds", "train_loss", *_LOGGED], *self.rows])
+            csv.writer(f).writerows(
+                [["epoch", "seconds", "train_loss", *_LOGGED, "steps"], *self.rows]
+            )
 
-    def row(self, epoch: int, seconds: float, loss: float, metrics: dict[str, Any]) -> list[str]:
-        return [str(epoch), f"{seconds:.1f}", f"{loss:.4f}", *(str(metrics[k]) for k in _LOGGED)]
+    def row(
+        self, epoch: int, seconds: float, loss: float, metrics: dict[str, Any], steps: int
+    ) -> list[str]:
+        """`steps`: the optimiser steps the epoch took, fewer in an epoch --minutes cut short."""
+        metric_values = (str(metrics[k]) for k in _LOGGED)
+        return [str(epoch), f"{seconds:.1f}", f"{loss:.4f}", *metric_values, str(steps)]
 
     def write(self, row: list[str]) -> None:
         self.rows.append(row)
