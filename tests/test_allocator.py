@@ -43,5 +43,8 @@ def test_freed_memory_is_reused_without_faulting_it_in_again() -> None:
 def test_glibc_settings_of_the_users_own_are_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     from actionstream.training.allocator import keep_freed_memory
 
-    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1048576")
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_max=65536")
+    assert not keep_freed_memory()
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
     assert not keep_freed_memory()

@@ -95,6 +95,7 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
     kept = int(out.split(" clips to train on")[0].rsplit("\n", 1)[-1])
     assert kept < 96
     assert f"warning: {kept} of these 96 clips are of videos {run} was trained on" in trained
+    assert json.loads((run / "evaluation.json").read_text())["trained_on_clips"] == kept
     unseen = class_folders(tmp_path / "unseen", LABELS, 3, seed=123)
     blink = unseen / "left" / "blink.avi"  # one frame: skipped, as training skips it
     write(np.zeros((1, 48, 64, 3), np.uint8), blink, 10.0)

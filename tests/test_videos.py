@@ -189,8 +189,9 @@ def _manifest(folder: Path, rows: list[str]) -> Path:
 
 
 def test_copies_are_found_however_their_spans_are_written(tmp_path: Path) -> None:
-    # A span that shares frames with a span of a copy: the same frames twice, or under
-    # two labels, whether the rows spell their spans alike or not.
+    # A copy's span as the original's is used once; one that shares only some frames
+    # with it, or carries another label, is refused in either order: the same frames
+    # would count twice, or carry two labels.
     write(np.zeros((60, 48, 64, 3), np.uint8), tmp_path / "long.avi", 10.0)
     shutil.copy(tmp_path / "long.avi", tmp_path / "long copy.avi")
     for n, name in enumerate(("a", "b")):
@@ -198,16 +199,26 @@ def test_copies_are_found_however_their_spans_are_written(tmp_path: Path) -> Non
     cache = ClipCache(tmp_path / "cache", Preprocessing(16, 10.0))
     others = ["a.avi,left,,", "b.avi,right,,"]
     said: list[str] = []
-    whole = _manifest(tmp_path, ["long.avi,left,,", "long copy.avi,left,0,6", *others])
-    dataset = load_dataset(find_clips(whole), cache, 2, report=said.append)
+    alike = _manifest(tmp_path, ["long.avi,left,0,6", "long copy.avi,left,0,6", *others])
+    dataset = load_dataset(find_clips(alike), cache, 2, report=said.append)
     assert len(dataset.clips) == 3
     assert said == [
-        f"skipped {tmp_path / 'long copy.avi'} [0s-6s]: a copy of {tmp_path / 'long.avi'} "
-        "(the same bytes)"
+        f"skipped {tmp_path / 'long copy.avi'} [0s-6s]: a copy of "
+        f"{tmp_path / 'long.avi'} [0s-6s] (the same bytes)"
     ]
-    two_labels = _manifest(tmp_path, ["long.avi,left,0,4", "long copy.avi,right,2,6", *others])
-    with pytest.raises(DatasetError, match=r"labelled right, has the same bytes as .*left"):
-        load_dataset(find_clips(two_labels), cache, 2, report=lambda _: None)
+    for rows in (
+        ["long.avi,left,,", "long copy.avi,left,2,3"],
+        ["long copy.avi,left,2,3", "long.avi,left,,"],
+    ):
+        with pytest.raises(DatasetError, match="must not share frames"):
+            load_dataset(find_clips(_manifest(tmp_path, [*rows, *others])), cache, 2)
+    for rows in (
+        ["long.avi,left,0,4", "long copy.avi,right,2,6"],
+        ["long copy.avi,left,0,1", "long copy.avi,right,2,6", "long.avi,left,2,6"],
+        ["long.avi,left,2,6", "long copy.avi,left,0,1", "long copy.avi,right,2,6"],
+    ):
+        with pytest.raises(DatasetError, match=r"has the same bytes as .*shares its frames"):
+            load_dataset(find_clips(_manifest(tmp_path, [*rows, *others])), cache, 2)
 
 
 def test_spans_of_copies_of_one_video_are_held_out_together(tmp_path: Path) -> None:

@@ -165,17 +165,24 @@ def clip_report(preds: np.ndarray, truth: np.ndarray, names: Sequence[str]) -> d
     }
 
 
-def _warn_if_trained_on(run: Path, trained_videos: Sequence[str], digests: list[str]) -> None:
-    """Warns when videos to score are, byte for byte and under any name, ones the run
-    trained on (not those it held out): their scores are not held-out scores."""
+def _trained_on(run: Path, trained_videos: Sequence[str], digests: list[str]) -> int:
+    """How many of the clips to score are of video files the run trained on (not those
+    it held out), byte for byte and under any name; warns when any are, since their
+    scores are not held-out scores. A clip counts when its file was trained on, whatever
+    span of it: frames next to trained ones are not unseen either."""
     trained = set(trained_videos)
     seen = sum(digest in trained for digest in digests)
     if seen:
-        print(
-            f"warning: {seen} of these {len(digests)} clips are of videos {run} was trained "
-            "on (the same bytes): its scores here count what it learnt from, not only what "
-            "it has not seen"
+        which = (
+            "this video is one"
+            if len(digests) == 1
+            else f"{seen} of these {len(digests)} clips are of videos"
         )
+        print(
+            f"warning: {which} {run} was trained on (the same bytes): its scores here count "
+            "what it learnt from, not only what it has not seen"
+        )
+    return seen
 
 
 def main(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -204,7 +211,9 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     elif Path(cfg.data).suffix.lower() in VIDEO_SUFFIXES:
         streams, clips = _labelled_video(Path(cfg.data), cfg.labels, names, prep), []
         metrics["data"] = cfg.data
-        _warn_if_trained_on(run, ckpt.trained_videos, [file_digest(Path(cfg.data))])
+        metrics["trained_on_clips"] = _trained_on(
+            run, ckpt.trained_videos, [file_digest(Path(cfg.data))]
+        )
     else:
         dataset = load_dataset(
             find_clips(Path(cfg.data)),
@@ -222,7 +231,9 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         streams = Streams(frames[None], labels[None])  # all clips, one unbroken stream
         metrics["data"] = cfg.data
         metrics["skipped"] = list(dataset.skipped)
-        _warn_if_trained_on(run, ckpt.trained_videos, [c.digest for c in dataset.clips])
+        metrics["trained_on_clips"] = _trained_on(
+            run, ckpt.trained_videos, [c.digest for c in dataset.clips]
+        )
 
     if clips:
         truth = np.array([c.label for c in clips])

@@ -351,10 +351,11 @@ def load_dataset(
     """Decodes (or reads back) every clip; refuses a data set that cannot train a classifier.
 
     Clips shorter than `min_frames` are skipped like unreadable ones, and so is a
-    copy: a clip of a file with the same bytes as an earlier one, under another
-    name, that shares frames with one of its clips (kept, it would weigh double and
-    could land on both sides of the split). Each skip goes to `report`. A copy under
-    another label is refused: its frames would carry two labels. Raises
+    copy: the same span, under the same label, of a file with the same bytes as an
+    earlier one under another name (kept, it would weigh double and could land on
+    both sides of the split). Each skip goes to `report`. Any other clip that shares
+    frames with a copy's is refused, as spans of one file that share frames are:
+    its frames would carry two labels, or count twice. Raises
     DatasetError when fewer than two labels, or a label with no usable clip, remain.
     With `known` (a trained model's labels, for evaluation), targets index those, a
     label outside them is an error, and a label may have no clip.
@@ -406,19 +407,28 @@ def load_dataset(
 
 
 def _copied(ref: ClipRef, kept: list[ClipRef]) -> ClipRef | None:
-    """The clip of another file with the same bytes that `ref` shares frames with, if
-    any, from `kept`; raises DatasetError when the two carry different labels. (Within
-    one file, the manifest's own check has refused overlapping spans already.)"""
+    """The clip in `kept` (clips of files with the same bytes) that `ref` repeats under
+    another name: the same span and label. Raises DatasetError when `ref` shares frames
+    with any other of them, whatever the order they come in. (Within one file, the
+    manifest's own check has refused spans that share frames already.)"""
+    same = None
     for other in kept:
-        if other.path != ref.path and _shares_frames(other, ref):
-            if other.label != ref.label:
-                raise DatasetError(
-                    f"{ref.describe()}, labelled {ref.label}, has the same bytes as "
-                    f"{other.describe()}, labelled {other.label}, and shares its frames: "
-                    "delete or move the copy whose label is wrong"
-                )
-            return other
-    return None
+        if other.path == ref.path or not _shares_frames(other, ref):
+            continue
+        if other.label != ref.label:
+            raise DatasetError(
+                f"{ref.describe()}, labelled {ref.label}, has the same bytes as "
+                f"{other.describe()}, labelled {other.label}, and shares its frames: "
+                "delete or move the copy whose label is wrong"
+            )
+        if (other.start_s, other.end_s) != (ref.start_s, ref.end_s):
+            raise DatasetError(
+                f"{ref.describe()} has the same bytes as {other.describe()} and shares "
+                "some of its frames: spans of one video, under any name, must not share "
+                "frames (give the copy's span as the original's, or drop it)"
+            )
+        same = other
+    return same
 
 
 def _shares_frames(a: ClipRef, b: ClipRef) -> bool:
