@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,22 @@ def test_glibc_settings_of_the_users_own_are_left_alone(monkeypatch: pytest.Monk
     monkeypatch.delenv("GLIBC_TUNABLES")
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
     assert not keep_freed_memory()
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_the_training_commands_keep_freed_memory(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Process-wide, so the commands set it, before their work (here refused at once).
+    pytest.importorskip("torch")
+    from actionstream import cli
+    from actionstream.training import allocator
+
+    calls: list[str] = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(command) or True)
+    args = {
+        "train": ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")],
+        "evaluate": ["evaluate", str(tmp_path / "missing")],
+    }[command]
+    assert cli.main(args) == 1
+    assert calls == [command]
