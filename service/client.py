@@ -56,7 +56,7 @@ class StreamSummary:
     interrupted: bool = False  # stopped with Ctrl-C before the source ended
     frames_scored: int | None = None  # answered frames the labels cover; None without labels
     frames_skipped: int = 0  # sent, and skipped by the server (resampled to the model's rate)
-    reconnects: int = 0  # new calls opened after the server went away
+    reconnects: int = 0  # new calls that answered, after the server went away
     # False when Ctrl-C left the source inside an OpenCV call (a stalled network source
     # waits out OpenCV's 30-s timeout): end the process with os._exit, as `stream` does,
     # since an interpreter that exits under that thread aborts.
@@ -291,6 +291,8 @@ class _Session:
         self._predictions: list[pb.Prediction] = []
         self._latencies_ms: list[float] = []
         self._correct = self._scored = self._skipped = self._reconnects = 0
+        self._calls_answered = 0
+        self._call_answered = False  # the call now open has answered a frame
         self._interrupted = False
         self._released = True
 
@@ -301,6 +303,7 @@ class _Session:
         try:
             while True:
                 call_over = threading.Event()
+                self._call_answered = False
                 try:
                     call = self._stub.StreamFrames(self._requests(self._model_rate(), call_over))
                     for prediction in call:
@@ -309,7 +312,8 @@ class _Session:
                     break
                 except grpc.RpcError as e:
                     call_over.set()
-                    self._after_failed_call(e)
+                    if self._after_failed_call(e):
+                        break
         except KeyboardInterrupt:
             if call is not None:
                 call.cancel()
@@ -320,6 +324,10 @@ class _Session:
                 _describe(e, self._cfg.target, streamed), self.summary() if streamed else None
             )
         except StreamError as e:
+            # Such as a new call's model lacking a label of the CSV: what was answered
+            # before still counts.
+            if e.summary is None and self._predictions:
+                e.summary = self.summary()
             failure = e
         finally:
             self._done.set()
@@ -409,6 +417,12 @@ class _Session:
 
     def _answer(self, prediction: pb.Prediction) -> None:
         self._reconnection.back()
+        if not self._call_answered:
+            # A new stream, from a zero state, once it answers: tries that failed before
+            # reaching one (GetModelInfo or StreamFrames refused while away) are not.
+            self._call_answered = True
+            self._reconnects += self._calls_answered > 0
+            self._calls_answered += 1
         latency_ms = (time.perf_counter() - self._sent_at[prediction.sequence]) * 1e3
         label = self._truth.get(prediction.sequence - 1) if self._truth is not None else None
         if label is not None:
@@ -421,10 +435,19 @@ class _Session:
         if self._on_prediction is not None:
             self._on_prediction(prediction, label, latency_ms)
 
-    def _after_failed_call(self, e: grpc.RpcError) -> None:
+    def _after_failed_call(self, e: grpc.RpcError) -> bool:
         """Waits for the next try, or raises: `e` itself when it is not worth another
         call, StreamError when the outage has lasted --reconnect-seconds. A source that
-        had ended has nothing left to send."""
+        had ended has nothing left to send: True when the server had answered its last
+        frame, so that the stream is complete however the call ended."""
+        if self._source_ended.is_set() and self._last_answered():
+            print(
+                f"actionstream stream: the last frame was answered, then the call "
+                f"ended with {e.code().name}: {e.details()}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return True
         more_to_send = bool(self._predictions) and not self._source_ended.is_set()
         if not self._reconnection.may_try(e.code(), more_to_send):
             raise e
@@ -444,7 +467,10 @@ class _Session:
                 self.summary(),
             ) from None
         self._reconnection.wait()
-        self._reconnects += 1
+        return False
+
+    def _last_answered(self) -> bool:
+        return bool(self._predictions) and self._predictions[-1].sequence == max(self._sent_at)
 
     def summary(self) -> StreamSummary:
         latencies = self._latencies_ms

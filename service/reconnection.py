@@ -43,9 +43,10 @@ class Reconnection:
         """An answer came: the outage, if any, is over."""
         self._until = None
 
-    def may_try(self, code: grpc.StatusCode, answered: bool) -> bool:
-        """Whether a call that ended with `code` is worth a new one."""
-        if self.limit_s <= 0 or not answered:
+    def may_try(self, code: grpc.StatusCode, resumable: bool) -> bool:
+        """Whether a call that ended with `code` is worth a new one; `resumable` when
+        something was answered and there is more to come (the client's to say)."""
+        if self.limit_s <= 0 or not resumable:
             return False
         return code == grpc.StatusCode.UNAVAILABLE or (self.away and code in self._passing)
 

@@ -106,16 +106,16 @@ def test_reconnection_rules() -> None:
     code = grpc.StatusCode
     outage = reconnection.Reconnection(5.0, frozenset({code.RESOURCE_EXHAUSTED}))
     # Before any answer, UNAVAILABLE is a wrong address or a server that is down.
-    assert not outage.may_try(code.UNAVAILABLE, answered=False)
-    assert outage.may_try(code.UNAVAILABLE, answered=True)
+    assert not outage.may_try(code.UNAVAILABLE, resumable=False)
+    assert outage.may_try(code.UNAVAILABLE, resumable=True)
     # A full server passes only during an outage; a refusal never does.
-    assert not outage.may_try(code.RESOURCE_EXHAUSTED, answered=True)
+    assert not outage.may_try(code.RESOURCE_EXHAUSTED, resumable=True)
     assert outage.begins_outage() and not outage.begins_outage()  # only the first does
-    assert outage.may_try(code.RESOURCE_EXHAUSTED, answered=True)
-    assert not outage.may_try(code.INVALID_ARGUMENT, answered=True)
+    assert outage.may_try(code.RESOURCE_EXHAUSTED, resumable=True)
+    assert not outage.may_try(code.INVALID_ARGUMENT, resumable=True)
     assert not outage.over
     outage.back()
-    assert not outage.away and not outage.may_try(code.RESOURCE_EXHAUSTED, answered=True)
+    assert not outage.away and not outage.may_try(code.RESOURCE_EXHAUSTED, resumable=True)
     # A limit of 0 turns reconnecting off; a spent limit is over at once.
     assert not reconnection.Reconnection(0.0, frozenset()).may_try(code.UNAVAILABLE, True)
     spent = reconnection.Reconnection(1e-9, frozenset())
@@ -285,15 +285,31 @@ def test_a_server_that_stays_away_ends_the_stream_with_its_summary(
 
 class _FrameReporter(pb_grpc.ActionRecognitionServicer):
     """A gRPC server that answers each frame with what it saw: the index a frame's grey
-    level encodes. Its first call goes away after `first_call` frames, as a server does."""
+    level encodes. Its first call goes away after `first_call` frames, as a server does;
+    with `then`, it fails the next `info_failures` GetModelInfo calls with UNAVAILABLE (a
+    server still away) and then gives those labels (another model). With `end_with`, a
+    call that read every frame ends with that code instead of OK."""
 
-    def __init__(self, labels: list[str], first_call: int) -> None:
-        self.labels, self.first_call, self.calls = labels, first_call, 0
+    def __init__(
+        self,
+        labels: list[str],
+        first_call: int | None,
+        info_failures: int = 0,
+        then: list[str] | None = None,
+        end_with: grpc.StatusCode | None = None,
+    ) -> None:
+        self.labels, self.first_call, self.calls, self.infos = labels, first_call, 0, 0
+        self.info_failures, self.then, self.end_with = info_failures, then, end_with
 
     def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> pb.ModelInfo:
-        return pb.ModelInfo(labels=self.labels, fps=10.0)
+        self.infos += 1
+        if self.calls >= 1 and self.info_failures:
+            self.info_failures -= 1
+            context.abort(grpc.StatusCode.UNAVAILABLE, "still away")
+        labels = self.then if self.calls >= 1 and self.then is not None else self.labels
+        return pb.ModelInfo(labels=labels, fps=10.0)
 
     def StreamFrames(
         self, requests: Iterator[pb.FrameRequest], context: grpc.ServicerContext
@@ -313,15 +329,12 @@ class _FrameReporter(pb_grpc.ActionRecognitionServicer):
                 timestamp_us=request.frame.timestamp_us,
                 top=[pb.LabelScore(label=self.labels[index], probability=1.0)],
             )
+        if self.end_with is not None:
+            context.abort(self.end_with, "shutting down")
 
 
-def test_frames_keep_their_source_numbers_across_a_reconnection(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    # --labels scores frame n of the source against sequence n: a reconnection may lose a
-    # frame, never shift the numbers of the ones after it. Frame i is grey 20 + 4 i; the
-    # last two have no label, which is warned of once, not again on the new call.
-    frames = 40
+def _grey_video(tmp_path: Path, frames: int, unlabelled: int) -> tuple[Path, Path, list[str]]:
+    """Frame i is grey 20 + 4 i and labelled "frame<i>", but the last `unlabelled`."""
     video = tmp_path / "grey.avi"
     out = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (32, 32))
     for i in range(frames):
@@ -329,31 +342,99 @@ def test_frames_keep_their_source_numbers_across_a_reconnection(
     out.release()
     labels = [f"frame{i}" for i in range(frames)]
     csv_path = tmp_path / "grey.csv"
-    rows = "".join(f"{i},{name}\n" for i, name in enumerate(labels[:-2]))
+    rows = "".join(f"{i},{name}\n" for i, name in enumerate(labels[: frames - unlabelled]))
     csv_path.write_text("frame,label\n" + rows)
+    return video, csv_path, labels
 
-    reporter = _FrameReporter(labels, first_call=6)
+
+@contextlib.contextmanager
+def _serving(servicer: pb_grpc.ActionRecognitionServicer) -> Iterator[str]:
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
-    pb_grpc.add_ActionRecognitionServicer_to_server(reporter, server)
+    pb_grpc.add_ActionRecognitionServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        cfg = StreamConfig(
-            source=str(video),
-            target=f"127.0.0.1:{port}",
-            labels=str(csv_path),
-            realtime=False,
-            quiet=True,
-            reconnect_seconds=10,
-        )
-        summary = stream_source(cfg)
+        yield f"127.0.0.1:{port}"
     finally:
         server.stop(grace=None)
+
+
+def _as_fast_as_answered(
+    video: Path, target: str, labels: Path, reconnect_s: float
+) -> StreamConfig:
+    return StreamConfig(
+        source=str(video),
+        target=target,
+        labels=str(labels),
+        realtime=False,
+        quiet=True,
+        reconnect_seconds=reconnect_s,
+    )
+
+
+def test_frames_keep_their_source_numbers_across_a_reconnection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --labels scores frame n of the source against sequence n: a reconnection may lose a
+    # frame, never shift the numbers of the ones after it. The last two frames have no
+    # label, which is warned of once, not again on the new call.
+    frames = 40
+    video, csv_path, labels = _grey_video(tmp_path, frames, unlabelled=2)
+    reporter = _FrameReporter(labels, first_call=6)
+    with _serving(reporter) as target:
+        summary = stream_source(_as_fast_as_answered(video, target, csv_path, 10))
     assert reporter.calls == 2 and summary.reconnects == 1
     assert summary.frames_answered >= frames - 2
     assert summary.frames_scored == summary.frames_answered - 2
     assert summary.accuracy == 1.0  # every answer's sequence is the frame the server saw
     assert capsys.readouterr().err.count("no label for 2 of the 40 source frames") == 1
+
+
+def test_tries_that_open_no_stream_are_not_reconnections(tmp_path: Path) -> None:
+    # While the server is away, the new call's GetModelInfo fails three times: one new
+    # stream was opened, not four.
+    video, csv_path, labels = _grey_video(tmp_path, 20, unlabelled=0)
+    reporter = _FrameReporter(labels, first_call=6, info_failures=3)
+    with _serving(reporter) as target:
+        summary = stream_source(_as_fast_as_answered(video, target, csv_path, 20))
+    assert reporter.infos == 5 and reporter.calls == 2
+    assert summary.reconnects == 1 and summary.accuracy == 1.0
+
+
+def test_a_call_that_fails_after_its_last_frame_was_answered_is_a_whole_stream(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A server shutting down as the file ends: every frame was answered, so `stream`
+    # succeeds and says how the call ended. One frame short, it fails as before.
+    video, csv_path, labels = _grey_video(tmp_path, 20, unlabelled=0)
+    whole = _FrameReporter(labels, first_call=None, end_with=grpc.StatusCode.UNAVAILABLE)
+    with _serving(whole) as target:
+        assert run_stream(_as_fast_as_answered(video, target, csv_path, 20)) == 0
+    out, err = capsys.readouterr()
+    assert "frames: 20 sent, 20 answered" in out and "accuracy: 100.0%" in out
+    assert "the last frame was answered, then the call ended with UNAVAILABLE" in err
+
+    short = _FrameReporter(labels, first_call=19)
+    with _serving(short) as target:
+        assert run_stream(_as_fast_as_answered(video, target, csv_path, 0)) == 1
+    out, err = capsys.readouterr()
+    assert "frames: 20 sent, 19 answered" in out
+    assert "the server ended the stream with UNAVAILABLE: going away" in err
+
+
+def test_a_new_calls_model_lacking_a_label_ends_with_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # After a rollout the server runs a model without one of the CSV's labels: the
+    # refusal comes with what the first call answered.
+    video, csv_path, labels = _grey_video(tmp_path, 20, unlabelled=0)
+    reporter = _FrameReporter(labels, first_call=6, then=labels[:-1])
+    with _serving(reporter) as target:
+        assert run_stream(_as_fast_as_answered(video, target, csv_path, 20)) == 1
+    out, err = capsys.readouterr()
+    assert "frames: 7 sent, 6 answered" in out and "accuracy: 100.0%" in out
+    assert "label(s) 'frame19' are not the model's" in err
+    assert reporter.calls == 1
 
 
 @pytest.mark.parametrize(
