@@ -374,7 +374,8 @@ def test_a_run_can_start_from_an_earlier_one(tmp_path: Path) -> None:
     def start(labels: tuple[str, ...], **changes: object) -> tuple[str, dict[str, object]]:
         cfg = dataclasses.replace(before.model_config, num_classes=len(labels), **changes)
         net = build_recognizer(cfg)
-        said = _initialise(net, str(first), labels)
+        said, inherited = _initialise(net, str(first), labels)
+        assert inherited == before.trained_videos
         return said, net.state_dict()
 
     said, weights = start(before.labels)
@@ -390,6 +391,33 @@ def test_a_run_can_start_from_an_earlier_one(tmp_path: Path) -> None:
         start(before.labels, channels=(8, 32))
     with pytest.raises(ValueError, match="no such file or folder"):
         dataclasses.replace(TINY, init=str(tmp_path / "nothing"))
+
+
+def test_a_run_started_from_another_counts_that_runs_videos_as_its_own(tmp_path: Path) -> None:
+    # Fine-tuned weights have learnt from the parent's videos too, so evaluate must warn
+    # of them; a resumed run keeps them. The parent here claims one video it never had.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.train import main, resume_config
+
+    main(dataclasses.replace(TINY, out=str(tmp_path / "first"), epochs=1))
+    digest = "ab" * 32
+    parent = dataclasses.replace(Checkpoint.load(tmp_path / "first"), trained_videos=(digest,))
+    (tmp_path / "parent").mkdir()
+    parent.save(tmp_path / "parent" / "checkpoint.pt")
+    out = tmp_path / "child"
+    # 0.001 minutes stops it in its first epoch; the resumed run finishes it.
+    main(dataclasses.replace(TINY, out=str(out), init=str(tmp_path / "parent"), minutes=0.001))
+    assert Checkpoint.load(out).trained_videos == (digest,)
+    main(resume_config(TrainConfig(out=str(out), resume=True, minutes=0.0), {"minutes"}))
+    assert [r[0] for r in _rows(out)] == ["epoch", "1", "2"]
+    assert Checkpoint.load(out).trained_videos == (digest,)
+
+
+def _rows(out: Path) -> list[list[str]]:
+    return [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()]
 
 
 def test_resuming_a_finished_run_says_so_and_touches_nothing(tmp_path: Path) -> None:

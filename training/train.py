@@ -211,11 +211,15 @@ def _check_split(
         )
 
 
-def _initialise(net: Recognizer, init: str, labels: tuple[str, ...]) -> str:
+def _initialise(net: Recognizer, init: str, labels: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
     """Loads the shipped motion encoder, or a run's weights, as `init` asks; says where
-    the network starts."""
+    the network starts, and which videos (SHA-256) the weights already learnt from."""
     if init not in INIT_CHOICES:
         return _start_from_run(net, Path(init), labels)
+    return _start_shipped(net, init), ()
+
+
+def _start_shipped(net: Recognizer, init: str) -> str:
     fits = pretrained.fits(net.cfg)
     if init == "pretrained" and not fits:
         raise TrainingError(
@@ -228,10 +232,13 @@ def _initialise(net: Recognizer, init: str, labels: tuple[str, ...]) -> str:
     return f"the pretrained motion encoder ({pretrained.encoder_path().name})"
 
 
-def _start_from_run(net: Recognizer, path: Path, labels: tuple[str, ...]) -> str:
+def _start_from_run(
+    net: Recognizer, path: Path, labels: tuple[str, ...]
+) -> tuple[str, tuple[str, ...]]:
     """Copies an earlier run's weights into `net`, a part at a time: its CNN (which must
     fit), its recurrent cell when that fits too, its head only when its labels are these,
-    in this order. Fine-tuning on new videos then starts from what that run learnt."""
+    in this order. Fine-tuning on new videos then starts from what that run learnt, so
+    its videos count among this run's (evaluate warns of them)."""
     try:
         ckpt = Checkpoint.load(path)
     except CheckpointError as e:
@@ -265,7 +272,7 @@ def _start_from_run(net: Recognizer, path: Path, labels: tuple[str, ...]) -> str
     net.load_state_dict(taken, strict=False)
     fresh = [p for p in ("cell", "head") if not any(k.startswith(p + ".") for k in taken)]
     rest = f"; {' and '.join(fresh)} fresh" if fresh else ""
-    return f"{path} ({', '.join(parts)}{rest})"
+    return f"{path} ({', '.join(parts)}{rest})", ckpt.trained_videos
 
 
 def synthetic_data(cfg: TrainConfig) -> SyntheticData:
@@ -350,8 +357,10 @@ def _train(
         say(f"data ready in {time.perf_counter() - t_data:.1f}s")
     model_cfg = _model_config(cfg, len(data.labels))
     net = build_recognizer(model_cfg)
+    inherited: tuple[str, ...] = saved.get("inherited_videos", ()) if saved else ()
     if saved is None:  # a resumed run loads its own weights below
-        say(f"CNN starts from {_initialise(net, cfg.init, data.labels)}")
+        start, inherited = _initialise(net, cfg.init, data.labels)
+        say(f"CNN starts from {start}")
     net = net.to(device)
     model: nn.Module = net
     if team.size > 1:
@@ -404,13 +413,14 @@ def _train(
                 seconds = time.perf_counter() - t_train
                 row = log.row(epoch, seconds, loss, metrics, steps_taken)
                 progress: dict[str, Any] = {"epoch": epoch, "seconds": seconds}
+                progress["inherited_videos"] = inherited
                 progress |= {"best": best, "best_weights": best_weights, "log": [*log.rows, row]}
                 with _saving(out, epoch):
                     # The best so far as the run's model, before the progress that counts
                     # this epoch done: a run stopped at any point can be evaluated and
                     # exported.
                     _make_checkpoint(
-                        best, best_weights, model_cfg, data, cfg, seconds, team, device
+                        best, best_weights, model_cfg, data, cfg, seconds, team, device, inherited
                     ).save(out / "checkpoint.pt")
                     _save_progress(out / _PROGRESS, progress, net, opt, sched, rng, device)
                     log.write(row)
@@ -426,8 +436,9 @@ def _train(
                 break
     if not team.leader:
         return None  # only the leader validated, so only it knows the best epoch
+    seconds = time.perf_counter() - t_train
     ckpt = _make_checkpoint(
-        best, best_weights, model_cfg, data, cfg, time.perf_counter() - t_train, team, device
+        best, best_weights, model_cfg, data, cfg, seconds, team, device, inherited
     )
     with _saving(out, best["epoch"]):
         ckpt.save(out / "checkpoint.pt")
@@ -497,8 +508,10 @@ def _make_checkpoint(
     seconds: float,
     team: Team,
     device: torch.device,
+    inherited: tuple[str, ...],
 ) -> Checkpoint:
-    """The run's model: the best epoch's weights, with its metrics and how it was trained."""
+    """The run's model: the best epoch's weights, with its metrics and how it was trained;
+    its videos are its training split's and those `inherited` with `--init RUN`'s weights."""
     metrics = {
         **best,
         "train_seconds": round(seconds, 1),
@@ -515,7 +528,7 @@ def _make_checkpoint(
         state_dict={k: v.detach().cpu() for k, v in best_weights.items()},
         train_config=resolved(cfg),  # paths as train_config.json has them
         eval_metrics=metrics,
-        trained_videos=data.trained_videos,
+        trained_videos=tuple(sorted({*data.trained_videos, *inherited})),
     )
 
 
