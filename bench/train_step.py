@@ -4,11 +4,11 @@ kept (training/allocator.py, what `actionstream train` and `evaluate` do), side 
     python bench/train_step.py [--batch 32] [--frames 40] [--size 64] [--steps 8] [--rounds 2]
 
 Each setting runs in a process of its own (the allocator is set per process),
-alternating, `--rounds` times: the default network with the frame beside its
-difference (the bundled model's), forward, backward and an AdamW step on
-random frames. Prints, per run, wall seconds a step, user and system CPU
-seconds a step, page faults a step and peak RSS; then the ratio of the
-medians.
+alternating, `--rounds` times, the one that goes first swapped every round: the
+default network with the frame beside its difference (the bundled model's),
+forward, backward and an AdamW step on random frames. Prints, per run, wall
+seconds a step, user and system CPU seconds a step, page faults a step and peak
+RSS; then the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -82,14 +82,16 @@ def main() -> None:
     columns = ("wall s", 7), ("user s", 7), ("sys s", 7), ("faults", 9), ("peak MiB", 9)
     print(f"{'allocator':>10} " + " ".join(f"{name:>{width}}" for name, width in columns))
     walls: dict[str, list[float]] = {"default": [], "kept": []}
-    for _ in range(args.rounds):
-        for child in ("default", "kept"):
+    for round_ in range(args.rounds):
+        # Which runs first swaps every round: the machine's drift would favour one.
+        order = ("default", "kept") if round_ % 2 == 0 else ("kept", "default")
+        for child in order:
             flags = ["--batch", str(args.batch), "--frames", str(args.frames)]
             flags += ["--size", str(args.size), "--steps", str(args.steps), "--child", child]
-            out = subprocess.run(
-                [sys.executable, __file__, *flags], capture_output=True, text=True, check=True
-            ).stdout
-            r = json.loads(out.splitlines()[-1])
+            run = subprocess.run([sys.executable, __file__, *flags], capture_output=True, text=True)
+            if run.returncode != 0:
+                sys.exit(f"the {child} run failed (exit code {run.returncode}):\n{run.stderr}")
+            r = json.loads(run.stdout.splitlines()[-1])
             if child == "kept" and not r["kept"]:
                 sys.exit("glibc's mallopt is not available here: nothing to compare")
             walls[child].append(r["wall_s"])
