@@ -27,6 +27,7 @@ import numpy as np
 from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.resampling import FileClock, Resampler
 from actionstream.service.config import StreamConfig
+from actionstream.service.output import events_text, prediction_record, print_json
 from actionstream.service.reconnection import Reconnection
 from actionstream.service.sources import SourceError, VideoSource
 from actionstream.service.trailers import skipped_in
@@ -502,7 +503,27 @@ def _print_prediction(prediction: pb.Prediction, truth: str | None, latency_ms: 
     line = f"frame {prediction.sequence:6d}  {best.label:>12s} {best.probability:5.2f}"
     if truth is not None:
         line += f"  truth {truth:>12s} {'✓' if truth == best.label else '✗'}"
-    print(f"{line}  {latency_ms:6.1f} ms", flush=True)
+    print(f"{line}  {latency_ms:6.1f} ms{events_text(prediction)}", flush=True)
+
+
+def _print_prediction_json(prediction: pb.Prediction, truth: str | None, latency_ms: float) -> None:
+    record = prediction_record(prediction) | {"latency_ms": latency_ms}
+    if truth is not None:
+        record["truth"] = truth
+    print_json("prediction", record)
+
+
+def _print_summary_json(summary: StreamSummary, error: str | None = None) -> None:
+    record = {
+        name: getattr(summary, name)
+        for name in (
+            "frames_sent", "frames_answered", "frames_skipped", "frames_scored", "accuracy",
+            "p50_ms", "p99_ms", "reconnects", "interrupted",
+        )
+    }  # fmt: skip
+    if error is not None:
+        record["error"] = error
+    print_json("summary", record)
 
 
 def print_summary(summary: StreamSummary) -> None:
@@ -537,19 +558,26 @@ def print_summary(summary: StreamSummary) -> None:
 
 def run_stream(cfg: StreamConfig) -> int:
     """`actionstream stream`: 0 when the source was streamed to the end, 1 on failure."""
+    each = _print_prediction_json if cfg.json else _print_prediction
     try:
-        summary = stream_source(cfg, None if cfg.quiet else _print_prediction)
+        summary = stream_source(cfg, None if cfg.quiet else each)
     except KeyboardInterrupt:  # a second Ctrl-C, while the source was being let go
         print("actionstream stream: interrupted", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(130)
     except StreamError as e:
         if e.summary is not None:
-            print_summary(e.summary)
+            if cfg.json:
+                _print_summary_json(e.summary, str(e))
+            else:
+                print_summary(e.summary)
         print(f"actionstream stream: {e}", file=sys.stderr)
         leave_if_source_held(e.source_released, "actionstream stream", 1)
         return 1
-    print_summary(summary)
+    if cfg.json:
+        _print_summary_json(summary)
+    else:
+        print_summary(summary)
     leave_if_source_held(summary.source_released, "actionstream stream", 130)
     return 130 if summary.interrupted else 0
 

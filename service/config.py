@@ -312,6 +312,11 @@ class StreamConfig:
         "calls for this long and go on streaming; 0 ends the stream instead",
     )
     quiet: bool = setting(False, help="print the summary only, not every prediction")
+    json: bool = setting(
+        False,
+        help="print each prediction, then the summary, as one JSON object a line; "
+        "errors stay on stderr",
+    )
 
     def __post_init__(self) -> None:
         if not 1 <= self.jpeg_quality <= 100:
@@ -345,6 +350,11 @@ class WatchConfig:
         "answering: ask it to watch again for this long; 0 ends the watch instead",
     )
     quiet: bool = setting(False, help="print the summary only, not every prediction")
+    json: bool = setting(
+        False,
+        help="print each prediction, then the summary, as one JSON object a line; "
+        "errors stay on stderr",
+    )
 
     def __post_init__(self) -> None:
         if not self.source.strip():

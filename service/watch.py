@@ -10,6 +10,7 @@ zero state on the server.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import grpc
 
 from actionstream.service.client import KEEPALIVE
 from actionstream.service.config import WatchConfig
+from actionstream.service.output import events_text, prediction_record, print_json
 from actionstream.service.reconnection import Reconnection
 from actionstream.service.trailers import skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
@@ -129,13 +131,18 @@ def print_prediction(prediction: pb.Prediction) -> None:
         f"frame {prediction.sequence:6d}  {best.label:>12s} {best.probability:5.2f}  "
         f"{prediction.latency_seconds * 1e3:6.1f} ms on the server"
     )
-    changes = [
-        f"{'started' if event.kind == pb.ActionEvent.KIND_START else 'ended'} {event.label}"
-        for event in prediction.events
-    ]
-    if changes:
-        line += f"  ({', '.join(changes)})"
-    print(line, flush=True)
+    print(line + events_text(prediction), flush=True)
+
+
+def _print_prediction_json(prediction: pb.Prediction) -> None:
+    print_json("prediction", prediction_record(prediction))
+
+
+def _print_summary_json(summary: WatchSummary, error: str | None = None) -> None:
+    record: dict[str, object] = dataclasses.asdict(summary)
+    if error is not None:
+        record["error"] = error
+    print_json("summary", record)
 
 
 def print_summary(summary: WatchSummary) -> None:
@@ -157,12 +164,19 @@ def print_summary(summary: WatchSummary) -> None:
 def run_watch(cfg: WatchConfig) -> int:
     """`actionstream watch`: 0 when the source ended or max_predictions were answered,
     1 on failure, 130 on Ctrl-C."""
+    each = _print_prediction_json if cfg.json else print_prediction
     try:
-        summary = watch_source(cfg, None if cfg.quiet else print_prediction)
+        summary = watch_source(cfg, None if cfg.quiet else each)
     except WatchError as e:
         if e.summary is not None:
-            print_summary(e.summary)
+            if cfg.json:
+                _print_summary_json(e.summary, str(e))
+            else:
+                print_summary(e.summary)
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
-    print_summary(summary)
+    if cfg.json:
+        _print_summary_json(summary)
+    else:
+        print_summary(summary)
     return 130 if summary.interrupted else 0

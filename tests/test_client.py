@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import functools
 import http.server
+import json
 import os
 import re
 import signal
@@ -70,6 +71,37 @@ def test_stream_a_labelled_video(server: BackgroundServer, video: Path) -> None:
     assert summary.p50_ms is not None and summary.p99_ms is not None
     assert 0 < summary.p50_ms <= summary.p99_ms
     assert all(len(p.top) == 3 for p in summary.predictions)
+
+
+def test_json_lines_carry_every_prediction_and_the_summary(
+    server: BackgroundServer, video: Path
+) -> None:
+    # For another program: one object a line, numbers as numbers, the summary last.
+    labels = video.with_suffix(".csv")
+    target = f"127.0.0.1:{server.port}"
+    args = ("--source", str(video), "--target", target, "--labels", str(labels), "--no-realtime")
+    result = _cli(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    predictions = [line["prediction"] for line in lines[:-1]]
+    summary = lines[-1]["summary"]
+    assert [p["sequence"] for p in predictions] == list(range(1, 31))
+    truth = read_labels(labels)
+    assert [p["truth"] for p in predictions] == [truth[i] for i in range(30)]
+    hits = sum(p["top"][0]["label"] == p["truth"] for p in predictions)
+    assert summary["frames_answered"] == summary["frames_scored"] == 30
+    assert summary["accuracy"] == pytest.approx(hits / 30)
+    assert all(p["latency_ms"] > 0 and p["server_latency_ms"] > 0 for p in predictions)
+    assert all(e["kind"] in ("start", "end") for p in predictions for e in p["events"])
+    assert summary["p50_ms"] <= summary["p99_ms"] and summary["reconnects"] == 0
+    quiet = _cli(*args, "--json", "--quiet")
+    assert quiet.returncode == 0 and len(quiet.stdout.splitlines()) == 1
+    assert json.loads(quiet.stdout)["summary"]["frames_answered"] == 30
+    # Nothing answered: stdout stays empty, the error is one line on stderr.
+    with _refusing_port() as port:
+        refused = _cli("--source", str(video), "--target", f"127.0.0.1:{port}", "--json")
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr.startswith("actionstream stream: cannot reach the server")
 
 
 @pytest.mark.parametrize("realtime", [False, True], ids=["faster", "realtime"])

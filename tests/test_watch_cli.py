@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -70,6 +71,24 @@ def test_a_file_is_watched_to_its_end(watcher: BackgroundServer, tmp_path: Path)
         SKIPPED.format(20),
         "ended: the source ended",
     ]
+
+
+def test_a_watch_in_json_lines(watcher: BackgroundServer, tmp_path: Path) -> None:
+    frames, labels = render_stream(10, seed=5)
+    write_video(frames, labels, tmp_path / "clip.avi", fps=10.0)
+    result = _watch(watcher, "--source", str(tmp_path / "clip.avi"), "--json")
+    assert (result.returncode, result.stderr) == (0, "")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["prediction"]["sequence"] for line in lines[:-1]] == list(range(1, 11))
+    assert lines[-1] == {
+        "summary": {
+            "predictions": 10,
+            "watches": 1,
+            "ended": "the source ended",
+            "interrupted": False,
+            "skipped": 0,
+        }
+    }
 
 
 def test_a_lost_camera_is_watched_again(watcher: BackgroundServer, camera: MjpegCamera) -> None:
