@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actionstream.settings import setting
+from actionstream.settings import refuse_non_finite, setting
 
 # The demo feed's seed lies outside every range training draws from.
 _FEED_SEED = 2_000_000_007
@@ -24,6 +24,7 @@ class DemoConfig:
     quiet: bool = setting(False, help="print the summary only")
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         if not self.seconds > 0:
             raise ValueError(f"seconds must be positive, got {self.seconds}")
         if self.size < 16:

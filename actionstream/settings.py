@@ -9,6 +9,7 @@ configs stay importable by code that has no command line.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 HELP, GROUP, POSITIONAL = "help", "group", "positional"
@@ -26,3 +27,13 @@ def setting(
     return dataclasses.field(
         default=default, metadata={HELP: help, GROUP: group, POSITIONAL: positional}
     )
+
+
+def refuse_non_finite(config: Any) -> None:
+    """Raises ValueError for a float setting of `config` that is NaN or infinite: NaN
+    passes every `<` check a config makes (an idle timeout of NaN turned the timeout
+    off), and no setting here means anything at infinity."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from actionstream.service.source_allowlist import SourceAllowlist
-from actionstream.settings import setting
+from actionstream.settings import refuse_non_finite, setting
 
 # More labels than any model here has; above it a top-k is a typo (and past 2**32, a
 # value the protobuf field cannot hold).
@@ -21,6 +21,8 @@ MAX_TOP_K = 1000
 # Room for the protobuf framing around a frame's bytes (sequence, timestamp,
 # options, raw width/height), so a frame of exactly max_frame_bytes still fits.
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
+# A batch that waits longer than this for more streams would hold a live frame for a second.
+MAX_BATCH_WAIT_MS = 1000.0
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,7 @@ class ServeConfig:
     )
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         if self.source_allowlist is not None:
             if not self.allow_sources:
                 raise ValueError(
@@ -214,9 +217,10 @@ class ServeConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.threads < 0:
             raise ValueError(f"threads must be 0 (automatic) or more, got {self.threads}")
-        if self.max_batch_wait_ms < 0:
+        if not 0 <= self.max_batch_wait_ms <= MAX_BATCH_WAIT_MS:
+            # Every frame of a lone stream waits this long before its step.
             raise ValueError(
-                f"max_batch_wait_ms must not be negative, got {self.max_batch_wait_ms}"
+                f"max_batch_wait_ms must be 0..{MAX_BATCH_WAIT_MS:g}, got {self.max_batch_wait_ms}"
             )
         if not 0 < self.jpeg_floor <= 1:
             raise ValueError(f"jpeg_floor must be above 0 and at most 1, got {self.jpeg_floor}")
@@ -226,6 +230,8 @@ class ServeConfig:
             raise ValueError(
                 f"idle_timeout_seconds must be positive, got {self.idle_timeout_seconds}"
             )
+        # Any case, as log_level: JSON is json.
+        object.__setattr__(self, "log_format", self.log_format.lower())
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
         if self.grace_seconds < 0:
@@ -319,6 +325,7 @@ class StreamConfig:
     )
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be 1-100, got {self.jpeg_quality}")
         if self.max_frames < 0:
@@ -357,6 +364,7 @@ class WatchConfig:
     )
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         if not self.source.strip():
             raise ValueError("source is empty; give a camera index, a video file or a URL")
         if self.max_predictions < 0:
@@ -387,6 +395,7 @@ class HealthConfig:
     timeout: float = setting(3.0, help="seconds to wait for the answer")
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port must be 1..65535, got {self.port}")
         if not self.timeout > 0:

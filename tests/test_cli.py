@@ -66,6 +66,12 @@ def test_bad_setting_is_one_line_not_a_traceback() -> None:
         (["stream", "--source", "0", "--target", "127.0.0.1"], {}, "target must be HOST:PORT"),
         (["stream", "--source", "0", "--target", "::1:50051"], {}, "IPv6 target needs brackets"),
         (["stream", "--source", "0", "--reconnect-seconds", "-1"], {}, "reconnect_seconds must"),
+        # NaN passes every < check: it turned the idle timeout off.
+        (["serve"], {"ACTIONSTREAM_IDLE_TIMEOUT_SECONDS": "nan"}, "must be a finite number"),
+        (["serve", "--grace-seconds", "inf"], {}, "grace_seconds must be a finite number"),
+        (["serve", "--max-batch-wait-ms", "5000"], {}, "max_batch_wait_ms must be 0..1000"),
+        (["train", "--lr", "nan"], {}, "actionstream train: lr must be a finite number"),
+        (["watch", "--source", "0", "--reconnect-seconds", "-inf"], {}, "a finite number"),
         (["watch", "--source", " "], {}, "actionstream watch: source is empty"),
         (["watch", "--source", "0", "--max-predictions", "-1"], {}, "max_predictions must be"),
         (["watch", "--source", "0", "--target", "host"], {}, "target must be HOST:PORT"),
@@ -77,6 +83,12 @@ def test_bad_setting_is_one_line_not_a_traceback() -> None:
         assert result.returncode == 2, (argv, result.stderr)
         assert message in result.stderr, (argv, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_log_format_takes_any_case_as_log_level_does() -> None:
+    from actionstream.service.config import ServeConfig
+
+    assert ServeConfig(log_format="JSON", log_level="debug").log_format == "json"
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actionstream.contract import CELLS
-from actionstream.settings import setting
+from actionstream.settings import refuse_non_finite, setting
 
 # A run folder, as `train` writes it and `evaluate` / `export` read it.
 DEFAULT_RUN = "runs/default"
@@ -36,6 +36,7 @@ class SynthVideoConfig:
     seed: int = setting(0, help="seed of the scene and its actions")
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         _require_positive(self, "seconds", "fps")
         if self.size < 16:
             raise ValueError(f"size must be at least 16 pixels, got {self.size}")
@@ -147,6 +148,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         for name in (
             "train_streams",
             "stream_frames",
@@ -219,6 +221,7 @@ class EvaluateConfig:
     seed: int = setting(10_000, help="seed of the synthetic data, and of the clip order")
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         if self.streams < 1:
             raise ValueError(f"streams must be at least 1, got {self.streams}")
         _require_positive(self, "seconds")
@@ -238,6 +241,7 @@ class ExportConfig:
     )
 
     def __post_init__(self) -> None:
+        refuse_non_finite(self)
         if self.parity_frames < 2 or self.parity_batch < 1:
             raise ValueError("parity_frames must be at least 2 and parity_batch at least 1")
         if not (math.isfinite(self.tolerance) and self.tolerance > 0):
