@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 
 from actionstream.service import grpc_listener, logs
 from actionstream.service.config import ServeConfig
@@ -16,6 +19,24 @@ from actionstream.service.config import ServeConfig
 
 class ServeError(Exception):
     """The server cannot start, with the reason in words."""
+
+
+# A stop asked for while the server starts (imports, the model's load and warm-up): the
+# server stops as soon as it is up. Without it a SIGTERM then killed the process, and
+# as a container's PID 1, which has no default signal actions, was ignored outright:
+# `docker stop` in the first second waited out its 10 s and killed the container.
+STOPPED_WHILE_STARTING = threading.Event()
+
+
+def stop_once_started() -> None:
+    """From now until the server takes its own signal handlers, SIGTERM and SIGINT stop
+    it as soon as it is up."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_while_starting)
+
+
+def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
+    STOPPED_WHILE_STARTING.set()
 
 
 def address(host: str, port: int) -> str:
@@ -37,6 +58,7 @@ def run(cfg: ServeConfig) -> int:
     Returns the process exit code: 0 after a clean shutdown, 1 if the server
     could not start (the reason goes to stderr).
     """
+    stop_once_started()
     logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
     # gRPC reads its experiments once, as it loads: only a process that has not loaded it
     # yet can still choose the listener, for itself and for the workers it starts.

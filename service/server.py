@@ -26,7 +26,13 @@ from actionstream.service import grpc_listener, logs, native_stderr
 from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
 from actionstream.service.frames import FrameDecoder
-from actionstream.service.launch import ServeError, address, write_ready_file
+from actionstream.service.launch import (
+    STOPPED_WHILE_STARTING,
+    ServeError,
+    address,
+    stop_once_started,
+    write_ready_file,
+)
 from actionstream.service.metrics import Metrics, MetricsServer
 from actionstream.service.model import ModelError, OnnxStepModel
 from actionstream.service.processes import Processes
@@ -159,6 +165,12 @@ class Server:
     def metrics_port(self) -> int | None:
         return None if self._metrics_server is None else self._metrics_server.port
 
+    async def hurry(self) -> None:
+        """Stopping, asked again (a second Ctrl-C): the open calls are cut now rather
+        than at the grace period's end. gRPC keeps the earliest of its stop deadlines."""
+        self._servicer.cut_off()
+        await self._grpc.stop(None)
+
     async def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING, lets open RPCs run for `grace` seconds, then cuts them.
 
@@ -192,6 +204,7 @@ def run_worker(cfg: ServeConfig, error_file: Path) -> int:
 
     Why it could not start goes to `error_file`, for the supervisor to report
     once for all workers (they would all fail alike)."""
+    stop_once_started()
     logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
     try:
         return _run_server(cfg, shared_port=True)
@@ -223,6 +236,9 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if STOPPED_WHILE_STARTING.is_set():
+        logger.info("asked to stop while starting")
+        stop.set()
 
     metrics = (
         "metrics off"
@@ -252,8 +268,22 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
     )
 
     await stop.wait()
-    logger.info("shutting down: open streams get %gs to finish", cfg.grace_seconds)
+    logger.info(
+        "shutting down: open streams get %gs to finish (stop again to end them now)",
+        cfg.grace_seconds,
+    )
+    hurried: list[asyncio.Task[None]] = []
+
+    def hurry() -> None:
+        if not hurried:
+            logger.info("asked again: ending the open streams now")
+            hurried.append(asyncio.create_task(server.hurry()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, hurry)
     await server.stop()
+    if hurried:
+        await hurried[0]
     if ready_file is not None:
         ready_file.unlink(missing_ok=True)  # a stale file would announce a server that is gone
     logger.info("stopped")

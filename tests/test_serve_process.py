@@ -18,11 +18,14 @@ import grpc
 import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import LiveStream, frame_request, jpeg, render
 
 from actionstream.contract import read_props
 from actionstream.serve_process import ServeProcess, ServeProcessError
 from actionstream.service.metrics import scrape
 from actionstream.service.model import bundled_model_path
+from actionstream.v1 import actionstream_pb2 as pb
+from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +88,60 @@ def test_serve_process_with_grpcurl(log: IO[str]) -> None:
         assert values["process_cpu_seconds_total"] > 0 and values["process_open_fds"] > 3
         assert abs(values["process_start_time_seconds"] - time.time()) < 120
         assert _terminate(server, signal.SIGTERM) == 0
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process `pid` has a handler of its own for `sig` (the kernel's SigCgt)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)[1], 16)  # type: ignore[index]
+    return bool(caught >> (sig - 1) & 1)
+
+
+def test_a_stop_while_starting_stops_it_once_up(log: IO[str], tmp_path: Path) -> None:
+    # `docker stop` in a container's first second: the server was still importing and
+    # loading its model. The SIGTERM killed it (exit 143), and to a container's PID 1,
+    # which has no default signal actions, it was nothing at all.
+    ready = tmp_path / "ready.json"
+    cmd = [sys.executable, "-m", "actionstream", "serve", "--host", "127.0.0.1", "--port", "0"]
+    server = subprocess.Popen(
+        [*cmd, "--metrics-port", "-1", "--ready-file", str(ready)], stdout=log, stderr=log
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _catches(server.pid, signal.SIGTERM):  # as soon as `serve` takes it
+            assert time.monotonic() < deadline and server.poll() is None
+            time.sleep(0.005)
+        assert not ready.exists()  # still starting
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        server.kill()
+    log.seek(0)
+    text = log.read()
+    assert "asked to stop while starting" in text and "stopped" in text, text
+
+
+def test_a_second_stop_ends_the_open_streams_at_once(log: IO[str]) -> None:
+    # A grace period of a minute, and an operator who does not want to wait for it.
+    with (
+        ServeProcess(log, args=["--grace-seconds", "60"]) as server,
+        grpc.insecure_channel(server.target) as channel,
+    ):
+        stream = LiveStream(pb_grpc.ActionRecognitionStub(channel), pb.StreamOptions())
+        [image] = render(1, seed=3)
+        assert stream.send(frame_request(jpeg(image), sequence=1)).sequence == 1
+        started = time.monotonic()
+        os.kill(server.pid, signal.SIGINT)
+        time.sleep(1.0)
+        assert server.poll() is None  # draining: the stream has a minute
+        os.kill(server.pid, signal.SIGINT)
+        assert server.stop(timeout=20) == 0
+        assert time.monotonic() - started < 10
+        with pytest.raises(grpc.RpcError) as ended:
+            stream.outcome()
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    log.seek(0)
+    assert "asked again: ending the open streams now" in log.read()
 
 
 def test_json_logs_stay_json_lines_when_frames_are_corrupt(log: IO[str]) -> None:
