@@ -17,7 +17,9 @@ class LabelsError(ValueError):
 def read_frame_labels(path: Path) -> dict[int, str]:
     """Label by source frame number (from 0); raises LabelsError."""
     try:
-        with path.open(newline="") as f:
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark, which
+        # would otherwise be part of the first column's name.
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if not {"frame", "label"} <= set(reader.fieldnames or ()):
                 raise LabelsError(f"{path}: expected a CSV with columns frame,label")

@@ -100,6 +100,81 @@ def test_a_bad_manifest_says_which_line(tmp_path: Path, text: str, message: str)
         find_clips(manifest)
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # A misspelt span column used to be ignored: whole videos trained on, no word.
+        ("path,label,start,end\nx.avi,a,0,1\n", r"m.csv:1: unknown column\(s\) 'start', 'end'"),
+        ("Path,Label\nx.avi,a\n", r"m.csv:1: unknown column\(s\) 'Path', 'Label'"),
+        ("path\nx.avi\n", r"m.csv:1: no path,label in the header"),
+        # Blank lines still count: the line is the file's, not the row's.
+        ("path,label,start_s\nx.avi,a,0\n\n\nx.avi,b,soon\n", "m.csv:5: expected columns"),
+        # A row naming a file that is not there is a typo, not a clip to skip.
+        ("path,label\nx.avi,a\nnothere.avi,b\n", r"m.csv:3: .*nothere.avi: no such file"),
+    ],
+)
+def test_a_manifests_header_and_rows_are_checked_by_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    _numbered_video(tmp_path / "x.avi", 4, 10.0)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        find_clips(manifest)
+
+
+def test_csvs_from_a_spreadsheet_with_a_byte_order_mark_are_read(tmp_path: Path) -> None:
+    # Excel's "CSV UTF-8" starts with U+FEFF, which used to make the first column unknown.
+    from actionstream.frame_labels import read_frame_labels
+    from actionstream.training.videos import split_from_file
+
+    class_folders(tmp_path / "data", ("left", "right"), 1)
+    bom = "\ufeff"
+    rows = "".join(
+        f"data/{r.path.parent.name}/{r.path.name},{r.label}\r\n"
+        for r in find_clips(tmp_path / "data")
+    )
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(bom + "path,label\r\n" + rows, encoding="utf-8")
+    refs = find_clips(manifest)
+    assert sorted(r.label for r in refs) == ["left", "right"]
+    dataset = load_dataset(
+        refs, ClipCache(tmp_path / "cache", Preprocessing(16, 10.0)), 2, report=lambda _: None
+    )
+    sheet = tmp_path / "split.csv"
+    lines = "".join(
+        f"data/{c.ref.path.parent.name}/{c.ref.path.name},train\n" for c in dataset.clips
+    )
+    sheet.write_text(bom + "path,split\n" + lines, encoding="utf-8")
+    assert split_from_file(dataset, sheet) == ([0, 1], [])
+    sheet.write_text(bom + "path,split\n" + lines + "data/left\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"split\.csv:4: expected path,split"):
+        split_from_file(dataset, sheet)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(bom + "frame,label\n0,left\n1,right\n", encoding="utf-8")
+    assert read_frame_labels(labels) == {0: "left", 1: "right"}
+
+
+def test_a_data_folder_reached_through_dots_is_read(tmp_path: Path) -> None:
+    # Only names below the data folder are dot files to leave out, not its own path.
+    class_folders(tmp_path / ".datasets" / "videos", ("left", "right"), 1)
+    (tmp_path / "runs").mkdir()
+    via = tmp_path / "runs" / ".." / ".datasets" / "videos"
+    assert sorted(r.label for r in find_clips(via)) == ["left", "right"]
+
+
+def test_a_damaged_cache_entry_is_decoded_again(tmp_path: Path) -> None:
+    # Cut short (a full disk, a copy interrupted): read back, it raised a traceback.
+    _numbered_video(tmp_path / "v.avi", 12, 10.0)
+    cache = ClipCache(tmp_path / "cache", Preprocessing(16, 10.0))
+    whole = np.array(cache.load(ClipRef(tmp_path / "v.avi", "a")).frames)
+    [entry] = (tmp_path / "cache").glob("*.npy")
+    entry.write_bytes(entry.read_bytes()[:200])
+    again = cache.load(ClipRef(tmp_path / "v.avi", "a"))
+    assert np.array_equal(again.frames, whole)
+    assert entry.stat().st_size > 200  # rewritten whole
+
+
 def test_frames_are_resampled_by_timestamp(tmp_path: Path) -> None:
     _numbered_video(tmp_path / "fast.avi", 30, 30.0)  # 1 s at 30 fps
     _numbered_video(tmp_path / "mid.avi", 15, 15.0)  # 1 s at 15 fps

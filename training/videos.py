@@ -99,7 +99,7 @@ def _from_folders(root: Path, report: Callable[[str], None]) -> list[ClipRef]:
     others: list[Path] = []
     empty: list[str] = []
     seen: set[Path] = set()
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p)):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(Path(p.name))):
         found = len(refs)
         for path in _files_under(folder, seen):
             if path.suffix.lower() in VIDEO_SUFFIXES:
@@ -151,27 +151,39 @@ def _files_under(folder: Path, seen: set[Path]) -> Iterator[Path]:
 
 
 def _hidden(path: Path) -> bool:
-    """Dot files and folders (.DS_Store, .git, a sync tool's .tmp) are never data."""
+    """Dot files and folders (.DS_Store, .git, a sync tool's .tmp) are never data. Given
+    names below the data folder only: the folder's own path may hold `..` or a dot
+    folder (~/.datasets/videos)."""
     return any(part.startswith(".") for part in path.parts)
 
 
+# A manifest's columns: a misspelt span column left out would train on whole videos.
+MANIFEST_COLUMNS = ("path", "label", "start_s", "end_s")
+
+
 def _from_manifest(manifest: Path) -> list[ClipRef]:
+    expected = "expected columns path,label[,start_s,end_s] with a header row"
     try:
-        with manifest.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark.
+        with manifest.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [name.strip() for name in reader.fieldnames or ()]
+            reader.fieldnames = header
+            rows = [(reader.line_num, row) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{manifest}: cannot read the manifest ({e})") from None
+    unknown = [name for name in header if name not in MANIFEST_COLUMNS]
+    if unknown or not {"path", "label"} <= set(header):
+        what = f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown else "no path,label"
+        raise DatasetError(f"{manifest}:1: {what} in the header; {expected}")
     refs: list[tuple[int, ClipRef]] = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         try:
             path, label = row["path"].strip(), row["label"].strip()
             start = float(row.get("start_s") or 0.0)
             end = float(row["end_s"]) if row.get("end_s") else None
         except (KeyError, AttributeError, ValueError):
-            raise DatasetError(
-                f"{manifest}:{line}: expected columns path,label[,start_s,end_s] "
-                "with a header row and numbers in seconds"
-            ) from None
+            raise DatasetError(f"{manifest}:{line}: {expected}, and numbers in seconds") from None
         if not path or not label:
             raise DatasetError(f"{manifest}:{line}: path and label must not be empty")
         if start < 0 or (end is not None and end <= start):
@@ -180,6 +192,12 @@ def _from_manifest(manifest: Path) -> list[ClipRef]:
     if not refs:
         raise DatasetError(f"{manifest}: the manifest lists no clips")
     _refuse_overlaps(manifest, refs)
+    for line, ref in refs:
+        # Named on purpose, unlike a file a folder happens to hold: a typo, which
+        # skipped would quietly train without the clip. (A link to nothing is left to
+        # the loader, which says where it points.)
+        if not os.path.lexists(ref.path):
+            raise DatasetError(f"{manifest}:{line}: {ref.path}: no such file")
     return [ref for _, ref in refs]
 
 
@@ -247,20 +265,32 @@ class ClipCache:
         parts = (_CACHE_VERSION, digest, self.prep.size, self.prep.fps, ref.start_s, ref.end_s)
         key = hashlib.sha256("|".join(map(repr, parts)).encode()).hexdigest()[:32]
         path = self.root / f"{key}.npy"
-        if not path.exists():
-            frames = decode_clip(ref, self.prep)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            try:
-                with tmp.open("wb") as f:
-                    np.save(f, frames)
-                tmp.replace(path)  # whole or absent: a killed run leaves no half entry
-            except OSError as e:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-                raise CacheError(
-                    _cache_problem(self.root, "cannot write the frame cache", e)
-                ) from None
+        cached = _read_cached(path)
+        if cached is not None:
+            return Clip(ref, cached, digest)
+        frames = decode_clip(ref, self.prep)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with tmp.open("wb") as f:
+                np.save(f, frames)
+            tmp.replace(path)  # whole or absent: a killed run leaves no half entry
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise CacheError(_cache_problem(self.root, "cannot write the frame cache", e)) from None
         return Clip(ref, np.load(path, mmap_mode="r"), digest)
+
+
+def _read_cached(path: Path) -> np.ndarray | None:
+    """The cached frames; None when absent or damaged (cut short by a full disk, say):
+    then they are decoded again and the entry rewritten."""
+    if not path.exists():
+        return None
+    try:
+        frames = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return None
+    return frames if frames.ndim == 4 and frames.dtype == np.uint8 else None
 
 
 def _cache_problem(root: Path, what: str, e: OSError) -> str:
@@ -501,17 +531,20 @@ def _counts(targets: np.ndarray, clips: list[int], labels: int) -> np.ndarray:
 def split_from_file(dataset: VideoDataset, path: Path) -> tuple[list[int], list[int]]:
     """Clip indices for training and validation as a `path,split` CSV says (split: train
     or val; paths relative to the CSV, as in a manifest). Every clip must be listed."""
+    listed: list[tuple[int, Path, str]] = []
     try:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
-            listed = [
-                (reader.line_num, (path.parent / r["path"].strip()).resolve(), r["split"].strip())
-                for r in reader
-            ]
+            if not {"path", "split"} <= {n.strip() for n in reader.fieldnames or ()}:
+                raise DatasetError(f"{path}:1: expected a header row with columns path,split")
+            reader.fieldnames = [n.strip() for n in reader.fieldnames or ()]
+            for r in reader:
+                if not r["path"] or not r["split"]:
+                    raise DatasetError(f"{path}:{reader.line_num}: expected path,split")
+                video = (path.parent / r["path"].strip()).resolve()
+                listed.append((reader.line_num, video, r["split"].strip()))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{path}: cannot read the split ({e})") from None
-    except (KeyError, AttributeError):
-        raise DatasetError(f"{path}: expected a CSV with columns path,split") from None
     wanted: dict[Path, str] = {}
     for line, video, where in listed:
         if video in wanted:
@@ -533,15 +566,15 @@ def split_from_file(dataset: VideoDataset, path: Path) -> tuple[list[int], list[
     val: list[int] = []
     side_of: dict[str, tuple[str, Path]] = {}  # by the file's digest
     for i, clip in enumerate(dataset.clips):
-        where = wanted.get(clip.ref.path.resolve())
-        if where is None:
+        side = wanted.get(clip.ref.path.resolve())
+        if side is None:
             raise DatasetError(f"{path}: no split for {clip.ref.path}")
-        first, first_path = side_of.setdefault(clip.digest, (where, clip.ref.path))
-        if first != where:
+        first, first_path = side_of.setdefault(clip.digest, (side, clip.ref.path))
+        if first != side:
             # Frames held out beside the same frames trained on, under another name.
             raise DatasetError(
-                f"{path}: {clip.ref.path} ({where}) has the same bytes as {first_path} "
+                f"{path}: {clip.ref.path} ({side}) has the same bytes as {first_path} "
                 f"({first}); a video's copies go on one side: mark them alike"
             )
-        (val if where == "val" else train).append(i)
+        (val if side == "val" else train).append(i)
     return train, val
