@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -43,6 +44,21 @@ def address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
+def bind_problem(host: str, port: int, error: Exception) -> str:
+    """Why gRPC could not listen on `host:port`, in the system's words. gRPC's own are
+    "Failed to bind to address ...; set GRPC_VERBOSITY=debug", with the reason only in
+    a log line of its own; binding a plain socket there again finds it."""
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.bind(where)
+    except OSError as e:
+        return e.strerror or str(e)
+    return str(error)
+
+
 def write_ready_file(path: Path, port: int, metrics_port: int | None, **more: object) -> None:
     """The bound ports (and `more`) as JSON, written whole or not at all (a reader
     never sees half)."""
@@ -73,5 +89,5 @@ def run(cfg: ServeConfig) -> int:
     try:
         return supervise(cfg)
     except ServeError as e:
-        print(f"actionstream serve: {e}", file=sys.stderr)
+        logs.cannot_serve(str(e), cfg.log_format)
         return 1

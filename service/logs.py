@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from typing import Literal
 
@@ -42,6 +43,15 @@ def announce(message: str, fmt: str) -> None:
         logging.getLogger("actionstream").info("%s", message)
     else:
         print(message, flush=True)
+
+
+def cannot_serve(message: str, fmt: str) -> None:
+    """Why the server could not start: one line on stderr for a person, or a JSON log
+    line at ERROR when the logs are JSON, so that a log pipeline sees why too."""
+    if fmt == "json":
+        logging.getLogger("actionstream").error("actionstream serve: %s", message)
+    else:
+        print(f"actionstream serve: {message}", file=sys.stderr)
 
 
 def configure(level: str, fmt: LogFormat) -> None:

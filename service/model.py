@@ -66,8 +66,7 @@ class OnnxStepModel:
         is missing, not ONNX, or not an actionstream step model.
         """
         path = bundled_model_path() if path is None else Path(path)
-        if not path.is_file():
-            raise ModelError(f"{path}: no such model file")
+        _check_readable(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # one step is a chain of ops; nothing to run side by side
@@ -142,3 +141,23 @@ def _check_tensor(path: Path, arg: ort.NodeArg, dtype: str, shape: tuple[int, ..
             f"{path}: {arg.name} is {arg.type} {dims}; "
             f"the metadata implies {dtype} [N, {', '.join(map(str, shape))}]"
         )
+
+
+def _check_readable(path: Path) -> None:
+    """Raises ModelError, in words a user acts on, for a path that is not a model file
+    this process can read. onnxruntime's own words for these are "system error number
+    13" and "Protobuf parsing failed"."""
+    export = "export it first: actionstream export RUN --out model.onnx"
+    if path.is_dir():
+        if (path / "checkpoint.pt").is_file():
+            raise ModelError(f"{path}: a training run, not a model file; {export}")
+        raise ModelError(f"{path}: a folder, not a model file")
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read the model file ({e.strerror})") from None
+    if head.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
+        raise ModelError(f"{path}: a PyTorch checkpoint, not an ONNX model; {export}")

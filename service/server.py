@@ -30,6 +30,7 @@ from actionstream.service.launch import (
     STOPPED_WHILE_STARTING,
     ServeError,
     address,
+    bind_problem,
     stop_once_started,
     write_ready_file,
 )
@@ -139,7 +140,9 @@ class Server:
             port = server.add_insecure_port(where)
         except RuntimeError as e:
             await batcher.stop()
-            raise ServeError(f"cannot listen on {where}: {e}") from None
+            raise ServeError(
+                f"cannot listen on {where}: {bind_problem(cfg.host, cfg.port, e)}"
+            ) from None
 
         metrics_server = None
         if cfg.metrics_enabled:
@@ -195,7 +198,7 @@ def serve_here(cfg: ServeConfig) -> int:
     try:
         return _run_server(cfg, shared_port=False)
     except (ModelError, ServeError) as e:
-        print(f"actionstream serve: {e}", file=sys.stderr)
+        logs.cannot_serve(str(e), cfg.log_format)
         return 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,21 @@ def test_a_file_that_is_not_onnx_is_refused_by_name(tmp_path: Path) -> None:
 def test_a_missing_file_is_refused_by_name(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no such model file"):
         OnnxStepModel.load(tmp_path / "absent.onnx")
+
+
+def test_what_is_not_a_model_file_says_what_it_is(tmp_path: Path) -> None:
+    # onnxruntime's own words were "no such model file" for a run folder and
+    # "Protobuf parsing failed" for its checkpoint: both need an export first.
+    run = tmp_path / "runs" / "mine"
+    run.mkdir(parents=True)
+    with zipfile.ZipFile(run / "checkpoint.pt", "w") as z:  # as torch.save writes one
+        z.writestr("archive/data.pkl", b"")
+    with pytest.raises(ModelError, match=r"mine: a training run, not a model file; export"):
+        OnnxStepModel.load(run)
+    with pytest.raises(ModelError, match=r"checkpoint.pt: a PyTorch checkpoint, not an ONNX"):
+        OnnxStepModel.load(run / "checkpoint.pt")
+    with pytest.raises(ModelError, match=r"runs: a folder, not a model file"):
+        OnnxStepModel.load(tmp_path / "runs")
 
 
 def test_onnx_without_actionstream_metadata_is_refused(tmp_path: Path) -> None:

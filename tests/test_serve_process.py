@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -343,6 +344,29 @@ def test_an_unwritable_ready_file_is_a_clear_error() -> None:
     assert done.returncode == 1
     assert "cannot write the ready file /nonexistent/dir/ready.json" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_busy_port_is_said_in_the_systems_words_and_in_the_logs_format() -> None:
+    # gRPC's own message hid the reason ("Failed to bind ...; set GRPC_VERBOSITY=debug").
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        serve = [str(BIN / "actionstream"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+        for fmt in ("text", "json"):
+            done = subprocess.run(
+                [*serve, "--metrics-port", "-1", "--log-format", fmt],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 1
+            last = done.stderr.strip().splitlines()[-1]
+            said = f"actionstream serve: cannot listen on 127.0.0.1:{port}: Address already in use"
+            if fmt == "json":
+                assert json.loads(last)["message"] == said and json.loads(last)["level"] == "ERROR"
+            else:
+                assert last == said
 
 
 def test_serve_refuses_a_bad_model_without_a_traceback(tmp_path: Path) -> None:
