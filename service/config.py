@@ -215,6 +215,11 @@ class ServeConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_streams < self.workers:
+            raise ValueError(
+                f"max_streams ({self.max_streams}) must be at least workers ({self.workers}): "
+                "each worker takes a share of the streams"
+            )
         if self.threads < 0:
             raise ValueError(f"threads must be 0 (automatic) or more, got {self.threads}")
         if not 0 <= self.max_batch_wait_ms <= MAX_BATCH_WAIT_MS:

@@ -58,7 +58,7 @@ class Places:
             raise Refused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the server is at its limit of {self._max_streams} concurrent streams "
-                "(max_streams); retry later",
+                "(max_streams; with --workers, this process's share of it); retry later",
                 "refused",
             )
         self._taken += 1

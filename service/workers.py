@@ -96,7 +96,6 @@ def _supervise(
         except OSError as e:
             where = address(cfg.metrics_address, cfg.metrics_port)
             raise ServeError(f"cannot serve metrics on {where}: {e}") from None
-    share = -(-cfg.max_streams // cfg.workers)
     # Unset, each worker derives its own from its share of max_streams.
     waiting_share = (
         None if cfg.max_waiting_calls is None else -(-cfg.max_waiting_calls // cfg.workers)
@@ -110,7 +109,7 @@ def _supervise(
                 port=port,
                 metrics_port=-1,
                 workers=1,
-                max_streams=share,
+                max_streams=streams_share(cfg.max_streams, cfg.workers, i),
                 max_waiting_calls=waiting_share,
                 max_side_calls=-(-cfg.max_side_calls // cfg.workers),
                 ready_file=str(tmp / f"worker-{i}.json"),
@@ -158,6 +157,12 @@ def _supervise(
             Path(cfg.ready_file).unlink(missing_ok=True)
         if ready is not None:  # a server that never started says why, and only that
             logger.info("stopped")
+
+
+def streams_share(max_streams: int, workers: int, i: int) -> int:
+    """Worker `i`'s places: `max_streams` shared out whole, the first workers taking one
+    more where it does not divide, so that together they take exactly max_streams."""
+    return max_streams // workers + (i < max_streams % workers)
 
 
 def _worker_main(cfg: ServeConfig, error_file: Path) -> None:

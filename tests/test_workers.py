@@ -16,9 +16,10 @@ import pytest
 from helpers import LiveStream, assert_matches, frame_request, jpeg, render
 
 from actionstream.serve_process import ServeProcess, ServeProcessError
+from actionstream.service.config import ServeConfig
 from actionstream.service.metrics import scrape
 from actionstream.service.model import OnnxStepModel
-from actionstream.service.workers import _reserve_port
+from actionstream.service.workers import _reserve_port, streams_share
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -57,6 +58,15 @@ def _connections(pid: int, port: int) -> int:
 def _rss(pid: int) -> int:
     pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_workers_share_max_streams_exactly() -> None:
+    # Rounded up per worker, --workers 2 --max-streams 1 took two streams.
+    for total, workers in ((4, 2), (5, 2), (7, 3), (2, 2), (100, 16)):
+        shares = [streams_share(total, workers, i) for i in range(workers)]
+        assert sum(shares) == total and max(shares) - min(shares) <= 1, shares
+    with pytest.raises(ValueError, match=r"max_streams \(1\) must be at least workers \(2\)"):
+        ServeConfig(max_streams=1, workers=2)
 
 
 def test_workers_share_the_port_and_keep_each_streams_state(
