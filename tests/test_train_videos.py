@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +24,12 @@ BIN = Path(sys.executable).parent
 
 
 def _actionstream(*args: str, timeout: float = 600, cwd: Path | None = None) -> str:
+    return _run(*args, timeout=timeout, cwd=cwd).stdout
+
+
+def _run(
+    *args: str, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [str(BIN / "actionstream"), *args],
         capture_output=True,
@@ -32,7 +39,13 @@ def _actionstream(*args: str, timeout: float = 600, cwd: Path | None = None) -> 
         env={**os.environ, "OPENCV_LOG_LEVEL": "ERROR"},
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+    return done
+
+
+def _evaluate(*args: str) -> tuple[dict[str, Any], str]:
+    """`evaluate`'s metrics, which are all of its stdout, and what it said on stderr."""
+    done = _run("evaluate", *args)
+    return json.loads(done.stdout), done.stderr
 
 
 def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
@@ -89,9 +102,7 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
     for video in data.rglob("*_*.*"):
         (renamed / video.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(video, renamed / video.parent.name / f"copy of {video.name}")
-    trained = _actionstream(
-        "evaluate", str(run), "--data", str(renamed), "--cache", str(tmp_path / "cache")
-    )
+    _, trained = _evaluate(str(run), "--data", str(renamed), "--cache", str(tmp_path / "cache"))
     kept = int(out.split(" clips to train on")[0].rsplit("\n", 1)[-1])
     assert kept < 96
     assert f"warning: {kept} of these 96 clips are of videos {run} was trained on" in trained
@@ -99,12 +110,17 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
     unseen = class_folders(tmp_path / "unseen", LABELS, 3, seed=123)
     blink = unseen / "left" / "blink.avi"  # one frame: skipped, as training skips it
     write(np.zeros((1, 48, 64, 3), np.uint8), blink, 10.0)
-    told = _actionstream(
-        "evaluate", str(run), "--data", str(unseen), "--cache", str(tmp_path / "cache")
-    )
+    # Scores on other data go where --out says, leaving the run's own evaluation.
+    before = (run / "evaluation.json").read_text()
+    printed, told = _evaluate(
+        str(run), "--data", str(unseen), "--cache", str(tmp_path / "cache"),
+        "--out", str(tmp_path / "unseen-scores"),
+    )  # fmt: skip
     assert "warning" not in told
     assert f"skipped {blink}: 1 frames at 10 fps, need 2" in told
-    report = json.loads((run / "evaluation.json").read_text())
+    assert (run / "evaluation.json").read_text() == before
+    report = json.loads((tmp_path / "unseen-scores" / "evaluation.json").read_text())
+    assert report == printed and report["data"] == str(unseen.resolve())
     assert report["clips"] == 12 and sum(map(sum, report["confusion"])) == 12
     # Without --data, evaluate would score the synthetic world's labels: refused in a line.
     bare = subprocess.run(

@@ -219,6 +219,11 @@ class EvaluateConfig:
     streams: int = setting(32, help="synthetic: held-out streams, each scored frame by frame")
     seconds: float = setting(60.0, help="synthetic: length of each held-out stream")
     seed: int = setting(10_000, help="seed of the synthetic data, and of the clip order")
+    out: str | None = setting(
+        None,
+        help="folder for evaluation.json and its plots, made if missing (so that scores on "
+        "other data do not replace the run's own); unset: the run folder",
+    )
 
     def __post_init__(self) -> None:
         refuse_non_finite(self)

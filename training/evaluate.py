@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -180,13 +181,15 @@ def _trained_on(run: Path, trained_videos: Sequence[str], digests: list[str]) ->
         )
         print(
             f"warning: {which} {run} was trained on (the same bytes): its scores here count "
-            "what it learnt from, not only what it has not seen"
+            "what it learnt from, not only what it has not seen",
+            file=sys.stderr,
         )
     return seen
 
 
 def main(cfg: EvaluateConfig) -> dict[str, Any]:
-    """`actionstream evaluate`: prints the metrics, writes evaluation.json and plots."""
+    """`actionstream evaluate`: prints the metrics (as JSON, alone on stdout; what else it
+    says goes to stderr), writes evaluation.json and plots."""
     from actionstream.training.checkpoint import Checkpoint
     from actionstream.training.report import write_report
 
@@ -210,7 +213,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         metrics["data"] = f"synthetic, {cfg.streams} streams of {cfg.seconds:g} s, seed {cfg.seed}"
     elif Path(cfg.data).suffix.lower() in VIDEO_SUFFIXES:
         streams, clips = _labelled_video(Path(cfg.data), cfg.labels, names, prep), []
-        metrics["data"] = cfg.data
+        metrics["data"] = str(Path(cfg.data).resolve())  # the file says where, from anywhere
         metrics["trained_on_clips"] = _trained_on(
             run, ckpt.trained_videos, [file_digest(Path(cfg.data))]
         )
@@ -219,6 +222,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             find_clips(Path(cfg.data)),
             ClipCache(Path(cfg.cache), prep),
             MIN_CLIP_FRAMES,
+            report=_tell,
             known=names,
         )
         clips = [
@@ -229,7 +233,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             clips, order, None, [], np.random.default_rng(0), NO_AUGMENT, False
         )
         streams = Streams(frames[None], labels[None])  # all clips, one unbroken stream
-        metrics["data"] = cfg.data
+        metrics["data"] = str(Path(cfg.data).resolve())  # the file says where, from anywhere
         metrics["skipped"] = list(dataset.skipped)
         metrics["trained_on_clips"] = _trained_on(
             run, ckpt.trained_videos, [c.digest for c in dataset.clips]
@@ -241,10 +245,15 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     preds = predict_streams(net, streams)
     metrics |= stream_metrics(preds, streams.labels, names, settle=int(SETTLE_SECONDS * ckpt.fps))
     metrics["switch_latency"] = switch_latency(preds, streams.labels)
-    written = write_report(run if run.is_dir() else run.parent, metrics, names)
+    out = None if cfg.out is None else Path(cfg.out)
+    written = write_report(run if run.is_dir() else run.parent, metrics, names, out)
     print(json.dumps(metrics, indent=2))
-    print("wrote " + ", ".join(str(p) for p in written))
+    _tell("wrote " + ", ".join(str(p) for p in written))
     return metrics
+
+
+def _tell(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _labelled_video(

@@ -20,10 +20,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def write_report(run: Path, metrics: dict[str, Any], names: Sequence[str]) -> list[Path]:
-    """Writes evaluation.json and whichever plots the metrics allow; returns their paths.
-    A plot this evaluation cannot draw is removed: an earlier evaluation's (of other data)
+def write_report(
+    run: Path, metrics: dict[str, Any], names: Sequence[str], out: Path | None = None
+) -> list[Path]:
+    """Writes evaluation.json and whichever plots the metrics allow into `out` (default:
+    the run folder `run`), with the run's training curves; returns their paths. A plot
+    this evaluation cannot draw is removed: an earlier evaluation's (of other data)
     would otherwise sit beside it as if it were this one's."""
+    curves_from = run / "metrics.csv"
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        run = out
     written = [run / "evaluation.json"]
     written[0].write_text(json.dumps(metrics, indent=2) + "\n")
     confusion, per_class_png = run / "confusion.png", run / "per_class_accuracy.png"
@@ -34,8 +41,8 @@ def write_report(run: Path, metrics: dict[str, Any], names: Sequence[str]) -> li
     per_class = metrics.get("per_class_clip_accuracy") or metrics.get("per_class_frame_accuracy")
     if per_class:
         written.append(_per_class(per_class_png, per_class))
-    if (run / "metrics.csv").is_file():
-        written.append(_curves(run / "training_curves.png", run / "metrics.csv"))
+    if curves_from.is_file():
+        written.append(_curves(run / "training_curves.png", curves_from))
     return written
 
 
