@@ -62,6 +62,13 @@ class StreamSummary:
     # waits out OpenCV's 30-s timeout): end the process with os._exit, as `stream` does,
     # since an interpreter that exits under that thread aborts.
     source_released: bool = True
+    frames_read: int = 0  # from the source
+    frames_unsent: int = 0  # read, and not sent: above the model's rate, without pacing
+
+    @property
+    def frames_lost(self) -> int:
+        """Sent, and neither answered nor reported skipped: in flight when a call ended."""
+        return max(0, self.frames_sent - self.frames_answered - self.frames_skipped)
 
 
 class StreamError(Exception):
@@ -293,6 +300,7 @@ class _Session:
         self._latencies_ms: list[float] = []
         self._correct = self._scored = self._skipped = self._reconnects = 0
         self._calls_answered = 0
+        self._unsent = 0
         self._call_answered = False  # the call now open has answered a frame
         self._interrupted = False
         self._released = True
@@ -392,6 +400,7 @@ class _Session:
                 time.sleep(max(0.0, start + due_s - time.perf_counter()))
             timestamp_us = self._capture_us(file_s)
             if resampler is not None and not resampler.take(timestamp_us):
+                self._unsent += 1
                 continue
             jpeg = self._feed.encode(image, cfg.jpeg_quality, sequence)
             if jpeg is None or self._done.is_set() or call_over.is_set():
@@ -488,6 +497,8 @@ class _Session:
             frames_skipped=self._skipped,
             reconnects=self._reconnects,
             source_released=self._released,
+            frames_read=self._sequence,
+            frames_unsent=self._unsent,
         )
 
 
@@ -517,8 +528,9 @@ def _print_summary_json(summary: StreamSummary, error: str | None = None) -> Non
     record = {
         name: getattr(summary, name)
         for name in (
-            "frames_sent", "frames_answered", "frames_skipped", "frames_scored", "accuracy",
-            "p50_ms", "p99_ms", "reconnects", "interrupted",
+            "frames_read", "frames_unsent", "frames_sent", "frames_answered", "frames_skipped",
+            "frames_lost",
+            "frames_scored", "accuracy", "p50_ms", "p99_ms", "reconnects", "interrupted",
         )
     }  # fmt: skip
     if error is not None:
@@ -528,6 +540,14 @@ def _print_summary_json(summary: StreamSummary, error: str | None = None) -> Non
 
 def print_summary(summary: StreamSummary) -> None:
     frames = f"frames: {summary.frames_sent} sent, {summary.frames_answered} answered"
+    if summary.frames_unsent:
+        frames = (
+            f"frames: {summary.frames_read} read, {summary.frames_unsent} not sent (above the "
+            f"model's frame rate, which the server would skip), {summary.frames_sent} sent, "
+            f"{summary.frames_answered} answered"
+        )
+    if summary.frames_lost:
+        frames += f", {summary.frames_lost} lost when a call ended"
     if summary.frames_skipped:
         frames += (
             f", {summary.frames_skipped} skipped by the server (above the model's frame rate, "

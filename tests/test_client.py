@@ -416,10 +416,35 @@ def test_frames_keep_their_source_numbers_across_a_reconnection(
     with _serving(reporter) as target:
         summary = stream_source(_as_fast_as_answered(video, target, csv_path, 10))
     assert reporter.calls == 2 and summary.reconnects == 1
+    assert summary.frames_lost == 1  # the frame the first call went away with
     assert summary.frames_answered >= frames - 2
     assert summary.frames_scored == summary.frames_answered - 2
     assert summary.accuracy == 1.0  # every answer's sequence is the frame the server saw
     assert capsys.readouterr().err.count("no label for 2 of the 40 source frames") == 1
+
+
+def test_frames_above_the_models_rate_are_counted_as_not_sent(
+    server: BackgroundServer, tmp_path: Path
+) -> None:
+    # As fast as answered, only the frames the model's 10 fps takes are sent: a 30 fps
+    # file's summary said "10 sent, 10 answered", as if the file held 10 frames.
+    frames, labels = render_stream(30, seed=4)
+    write_video(frames, labels, tmp_path / "fast.avi", fps=30.0)
+    target = f"127.0.0.1:{server.port}"
+    args = ("--source", str(tmp_path / "fast.avi"), "--target", target, "--no-realtime")
+    text = _cli(*args, "--quiet")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[0] == (
+        "frames: 30 read, 20 not sent (above the model's frame rate, which the server would "
+        "skip), 10 sent, 10 answered"
+    )
+    summary = json.loads(_cli(*args, "--quiet", "--json").stdout)["summary"]
+    assert (summary["frames_read"], summary["frames_unsent"], summary["frames_sent"]) == (
+        30,
+        20,
+        10,
+    )
+    assert (summary["frames_answered"], summary["frames_lost"]) == (10, 0)
 
 
 def test_tries_that_open_no_stream_are_not_reconnections(tmp_path: Path) -> None:
