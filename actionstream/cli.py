@@ -22,7 +22,13 @@ from click.core import ParameterSource
 
 from actionstream.command import config_command
 from actionstream.demo_config import DemoConfig
-from actionstream.service.config import HealthConfig, ServeConfig, StreamConfig, WatchConfig
+from actionstream.service.config import (
+    ENV_PREFIX,
+    HealthConfig,
+    ServeConfig,
+    StreamConfig,
+    WatchConfig,
+)
 from actionstream.training.config import (
     EvaluateConfig,
     ExportConfig,
@@ -31,7 +37,6 @@ from actionstream.training.config import (
 )
 
 PROG = "actionstream"
-ENV_PREFIX = "ACTIONSTREAM_"
 TRAIN_EXTRA_HINT = (
     "this command needs the training extra (torch); install it with: "
     "pip install 'actionstream[train]'"

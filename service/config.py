@@ -18,6 +18,8 @@ from actionstream.settings import refuse_non_finite, setting
 # More labels than any model here has; above it a top-k is a typo (and past 2**32, a
 # value the protobuf field cannot hold).
 MAX_TOP_K = 1000
+# `serve` reads each setting from ACTIONSTREAM_<SETTING> too; `health` its address.
+ENV_PREFIX = "ACTIONSTREAM_"
 # Room for the protobuf framing around a frame's bytes (sequence, timestamp,
 # options, raw width/height), so a frame of exactly max_frame_bytes still fits.
 MESSAGE_OVERHEAD_BYTES = 64 * 1024

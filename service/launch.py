@@ -5,7 +5,10 @@ so a supervisor never loads onnxruntime or OpenCV it has no use for.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
+import logging
 import os
 import signal
 import socket
@@ -15,7 +18,12 @@ from pathlib import Path
 from types import FrameType
 
 from actionstream.service import grpc_listener, logs
-from actionstream.service.config import ServeConfig
+from actionstream.service.config import ENV_PREFIX, ServeConfig
+
+logger = logging.getLogger(__name__)
+
+# compose.yaml's own ACTIONSTREAM_IMAGE names the image for compose, never the server's.
+_OTHER_VARIABLES = frozenset({"ACTIONSTREAM_IMAGE"})
 
 
 class ServeError(Exception):
@@ -68,6 +76,31 @@ def write_ready_file(path: Path, port: int, metrics_port: int | None, **more: ob
     tmp.replace(path)
 
 
+def warn_unknown_variables(environ: dict[str, str] | os._Environ[str]) -> list[str]:
+    """Warns of ACTIONSTREAM_* variables that are no setting: a misspelt one
+    (ACTIONSTREAM_GRACE for ACTIONSTREAM_GRACE_SECONDS) is otherwise ignored without a
+    word, and the server runs with the default. Returns the warnings."""
+    known = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(ServeConfig)}
+    said = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known | _OTHER_VARIABLES:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            said.append(f"{name} is not a setting of serve{hint}; it is ignored")
+            logger.warning("%s", said[-1])
+    return said
+
+
+def changed_settings(cfg: ServeConfig) -> str:
+    """The settings that differ from their defaults, as name=value: what an operator
+    changed, to check against what they meant."""
+    return ", ".join(
+        f"{f.name}={getattr(cfg, f.name)!r}"
+        for f in dataclasses.fields(cfg)
+        if f.default is not dataclasses.MISSING and getattr(cfg, f.name) != f.default
+    )
+
+
 def run(cfg: ServeConfig) -> int:
     """`actionstream serve`: serves until SIGTERM or SIGINT, then shuts down gracefully.
 
@@ -76,6 +109,8 @@ def run(cfg: ServeConfig) -> int:
     """
     stop_once_started()
     logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
+    warn_unknown_variables(os.environ)
+    logger.info("settings: %s", changed_settings(cfg) or "the defaults")
     # gRPC reads its experiments once, as it loads: only a process that has not loaded it
     # yet can still choose the listener, for itself and for the workers it starts.
     if "grpc" not in sys.modules:

@@ -85,6 +85,20 @@ def test_bad_setting_is_one_line_not_a_traceback() -> None:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_misspelt_serve_variable_is_warned_of_and_the_changed_settings_told() -> None:
+    # ACTIONSTREAM_GRACE ran the server with the default grace, without a word.
+    from actionstream.service.config import ServeConfig
+    from actionstream.service.launch import changed_settings, warn_unknown_variables
+
+    environ = {"ACTIONSTREAM_GRACE": "20", "ACTIONSTREAM_PORT": "1", "ACTIONSTREAM_IMAGE": "x"}
+    assert warn_unknown_variables(environ) == [
+        "ACTIONSTREAM_GRACE is not a setting of serve (did you mean "
+        "ACTIONSTREAM_GRACE_SECONDS?); it is ignored"
+    ]
+    assert changed_settings(ServeConfig()) == ""
+    assert changed_settings(ServeConfig(max_streams=8, workers=2)) == "max_streams=8, workers=2"
+
+
 def test_log_format_takes_any_case_as_log_level_does() -> None:
     from actionstream.service.config import ServeConfig
 
