@@ -31,7 +31,8 @@ class Metrics:
         self.registry = registry
         self.frames_received = Counter(
             "actionstream_frames_received",
-            "Frames received from clients or read from sources.",
+            "Frames received from clients (and requests that should have been frames: "
+            "rejected as missing or malformed) or read from sources.",
             registry=registry,
         )
         self.frames_processed = Counter(
@@ -62,7 +63,8 @@ class Metrics:
         self.streams_ended = Counter(
             "actionstream_streams_ended",
             "Streams ended, by how: completed, cancelled (the client cancelled or vanished, "
-            "or gRPC refused a message over its size limit), idle (sent nothing for "
+            "or gRPC refused a message over its size limit), shutdown (still open when the "
+            "grace period at shutdown ran out), idle (sent nothing for "
             "idle_timeout), not_reading (took no prediction for idle_timeout), "
             "invalid_frame, malformed, refused (max_streams), evicted (waited longest for "
             "a first frame when max_waiting_calls was reached), invalid_source (WatchSource could "

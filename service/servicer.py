@@ -176,6 +176,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 elif not request.HasField("frame"):
                     # Nothing to act on: refused, or empty requests could hold a call open
                     # past the idle timeout without a frame.
+                    # Counted as received too, so that rejected never exceeds received
+                    # (the rejected-frames alert divides one by the other).
+                    self._received.inc()
                     self._metrics.frames_rejected.labels("missing").inc()
                     stream.fail(
                         Refused(
@@ -192,6 +195,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     if stream.failure is not None:
                         return
         except DecodeError:
+            self._received.inc()
             self._metrics.frames_rejected.labels("malformed").inc()
             stream.fail(
                 Refused(

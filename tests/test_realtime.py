@@ -485,6 +485,8 @@ def test_a_malformed_message_is_invalid_argument_without_python_internals(
     )
     m = scrape(server)
     assert m["actionstream_frames_rejected_total{reason=malformed}"] == 1
+    # Received as what should have been a frame: rejected never outnumbers received.
+    assert m["actionstream_frames_received_total"] == 2
     assert m["actionstream_streams_ended_total{reason=malformed}"] == 1
     assert m["actionstream_active_streams"] == 0
 
@@ -524,6 +526,7 @@ def test_a_request_with_no_frame_is_refused_unless_it_opens_the_stream(
     )
     m = scrape(server)
     assert m["actionstream_frames_rejected_total{reason=missing}"] == 1
+    assert m["actionstream_frames_received_total"] == answered + 1
     assert m["actionstream_streams_ended_total{reason=malformed}"] == 1
     assert m["actionstream_active_streams"] == 0
 
