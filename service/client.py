@@ -30,6 +30,7 @@ from actionstream.service.config import StreamConfig
 from actionstream.service.output import events_text, prediction_record, print_json
 from actionstream.service.reconnection import Reconnection
 from actionstream.service.sources import SourceError, VideoSource
+from actionstream.service.termination import Termination
 from actionstream.service.trailers import skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -577,14 +578,20 @@ def print_summary(summary: StreamSummary) -> None:
 
 
 def run_stream(cfg: StreamConfig) -> int:
-    """`actionstream stream`: 0 when the source was streamed to the end, 1 on failure."""
+    """`actionstream stream`: 0 when the source was streamed to the end, 1 on failure,
+    130 after Ctrl-C and 143 after SIGTERM (both with the summary so far)."""
+    with Termination() as stop:
+        return _run_stream(cfg, stop)
+
+
+def _run_stream(cfg: StreamConfig, stop: Termination) -> int:
     each = _print_prediction_json if cfg.json else _print_prediction
     try:
         summary = stream_source(cfg, None if cfg.quiet else each)
     except KeyboardInterrupt:  # a second Ctrl-C, while the source was being let go
         print("actionstream stream: interrupted", file=sys.stderr, flush=True)
         sys.stdout.flush()
-        os._exit(130)
+        os._exit(stop.code)
     except StreamError as e:
         if e.summary is not None:
             if cfg.json:
@@ -598,8 +605,8 @@ def run_stream(cfg: StreamConfig) -> int:
         _print_summary_json(summary)
     else:
         print_summary(summary)
-    leave_if_source_held(summary.source_released, "actionstream stream", 130)
-    return 130 if summary.interrupted else 0
+    leave_if_source_held(summary.source_released, "actionstream stream", stop.code)
+    return stop.code if summary.interrupted else 0
 
 
 def leave_if_source_held(released: bool, prog: str, code: int) -> None:

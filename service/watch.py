@@ -21,6 +21,7 @@ from actionstream.service.client import KEEPALIVE
 from actionstream.service.config import WatchConfig
 from actionstream.service.output import events_text, prediction_record, print_json
 from actionstream.service.reconnection import Reconnection
+from actionstream.service.termination import Termination
 from actionstream.service.trailers import skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -163,7 +164,12 @@ def print_summary(summary: WatchSummary) -> None:
 
 def run_watch(cfg: WatchConfig) -> int:
     """`actionstream watch`: 0 when the source ended or max_predictions were answered,
-    1 on failure, 130 on Ctrl-C."""
+    1 on failure, 130 on Ctrl-C and 143 on SIGTERM (both with the summary)."""
+    with Termination() as stop:
+        return _run_watch(cfg, stop)
+
+
+def _run_watch(cfg: WatchConfig, stop: Termination) -> int:
     each = _print_prediction_json if cfg.json else print_prediction
     try:
         summary = watch_source(cfg, None if cfg.quiet else each)
@@ -179,4 +185,4 @@ def run_watch(cfg: WatchConfig) -> int:
         _print_summary_json(summary)
     else:
         print_summary(summary)
-    return 130 if summary.interrupted else 0
+    return stop.code if summary.interrupted else 0

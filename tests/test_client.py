@@ -773,9 +773,11 @@ def _interrupt(
     after: str,
     ready: Callable[[], None] = lambda: None,
     times: int = 1,
+    sig: signal.Signals = signal.SIGINT,
 ) -> tuple[int, str, str, float]:
-    """`actionstream stream` from `source`, sent SIGINT (Ctrl-C) once its stdout shows
-    `after` and `ready` has returned; its exit code, stdout, stderr, and seconds to exit."""
+    """`actionstream stream` from `source`, sent `sig` (Ctrl-C's SIGINT) once its stdout
+    shows `after` and `ready` has returned; its exit code, stdout, stderr, and seconds to
+    exit."""
     proc = subprocess.Popen(
         [
             *(sys.executable, "-c", WITH_CTRL_C, "stream"),
@@ -795,7 +797,7 @@ def _interrupt(
     time.sleep(0.5)  # on into the stalled read or open
     start = time.monotonic()
     for _ in range(times):  # Ctrl-C pressed again, impatient
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         time.sleep(0.3)
     rest, err = proc.communicate(timeout=40)
     return proc.returncode, out + rest, err, time.monotonic() - start
@@ -863,9 +865,13 @@ def test_a_server_error_during_a_stalled_read_is_told_at_once(
     assert seconds < 15, seconds
 
 
-def test_ctrl_c_mid_stream_prints_the_summary(server: BackgroundServer, video: Path) -> None:
-    code, out, err, seconds = _interrupt(server, str(video), "frame      3")
-    assert code == 130, (out, err)
+@pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_mid_stream_prints_the_summary(
+    server: BackgroundServer, video: Path, sig: signal.Signals, exit_code: int
+) -> None:
+    # SIGTERM (a supervisor's stop) ended the process without a summary.
+    code, out, err, seconds = _interrupt(server, str(video), "frame      3", sig=sig)
+    assert code == exit_code, (out, err)
     assert re.search(r"frames: \d+ sent, \d+ answered", out)
     assert "stopped without waiting" not in err and "Traceback" not in err
     assert seconds < 10, seconds

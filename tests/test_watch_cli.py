@@ -190,8 +190,9 @@ def test_refusals_and_an_absent_server_are_one_line(
     ), result.stderr
 
 
-def test_ctrl_c_stops_a_watch_with_its_summary(
-    watcher: BackgroundServer, camera: MjpegCamera
+@pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_stops_a_watch_with_its_summary(
+    watcher: BackgroundServer, camera: MjpegCamera, sig: signal.Signals, exit_code: int
 ) -> None:
     proc = subprocess.Popen(
         [
@@ -205,7 +206,7 @@ def test_ctrl_c_stops_a_watch_with_its_summary(
     assert proc.stdout is not None
     for _ in range(3):
         assert proc.stdout.readline().startswith("frame ")
-    proc.send_signal(signal.SIGINT)  # while the server waits on the silent camera
+    proc.send_signal(sig)  # while the server waits on the silent camera
     out, err = proc.communicate(timeout=30)
-    assert (proc.returncode, err) == (130, "")
+    assert (proc.returncode, err) == (exit_code, "")
     assert out.splitlines() == ["predictions: 3", SKIPPED.format(1), "ended: interrupted"]
