@@ -58,9 +58,10 @@ class ConfigCommand(click.Command):
             if record is not None:
                 group = param.group if isinstance(param, ConfigOption) else "Other"
                 sections.setdefault(group, []).append(record)
-        for group, records in sections.items():
+        # The config's groups in field order; help and positional arguments last.
+        for group in sorted(sections, key=lambda g: g == "Other"):
             with formatter.section(group):
-                formatter.write_dl(records)
+                formatter.write_dl(sections[group])
 
 
 C = typing.TypeVar("C")

@@ -117,7 +117,7 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
         "--out", str(tmp_path / "unseen-scores"),
     )  # fmt: skip
     assert "warning" not in told
-    assert f"skipped {blink}: 1 frames at 10 fps, need 2" in told
+    assert f"skipped {blink}: 1 frame at 10 fps, need 2" in told
     assert (run / "evaluation.json").read_text() == before
     report = json.loads((tmp_path / "unseen-scores" / "evaluation.json").read_text())
     assert report == printed and report["data"] == str(unseen.resolve())

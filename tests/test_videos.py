@@ -252,8 +252,8 @@ def test_a_copied_video_is_used_once_and_refused_under_another_label(tmp_path: P
     said.clear()
     load_dataset(find_clips(data), cache, 2, report=said.append)
     assert [line.split(": ", 1)[1] for line in said if "blink" in line] == [
-        "1 frames at 10 fps, need 2",
-        "1 frames at 10 fps, need 2",
+        "1 frame at 10 fps, need 2",
+        "1 frame at 10 fps, need 2",
     ]
 
 

@@ -407,7 +407,8 @@ def load_dataset(
             continue
         if len(clip) < min_frames:
             line = (
-                f"{ref.describe()}: {len(clip)} frames at {cache.prep.fps:g} fps, need {min_frames}"
+                f"{ref.describe()}: {len(clip)} frame{'s' * (len(clip) != 1)} at "
+                f"{cache.prep.fps:g} fps, need {min_frames}"
             )
             skipped.append(line)
             report(f"skipped {line}")
