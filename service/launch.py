@@ -37,10 +37,10 @@ class ServeError(Exception):
 STOPPED_WHILE_STARTING = threading.Event()
 
 
-def stop_once_started() -> None:
-    """From now until the server takes its own signal handlers, SIGTERM and SIGINT stop
-    it as soon as it is up."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
+def stop_once_started(*signals: signal.Signals) -> None:
+    """From now until the server takes its own signal handlers, `signals` (default:
+    SIGTERM and SIGINT) stop it as soon as it is up."""
+    for sig in signals or (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stop_while_starting)
 
 

@@ -207,7 +207,11 @@ def run_worker(cfg: ServeConfig, error_file: Path) -> int:
 
     Why it could not start goes to `error_file`, for the supervisor to report
     once for all workers (they would all fail alike)."""
-    stop_once_started()
+    # A terminal's Ctrl-C reaches every process of its group: a worker would take it as
+    # one stop and the supervisor's SIGTERM as a second (ending its streams at once).
+    # Its stops come from the supervisor alone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop_once_started(signal.SIGTERM)
     logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
     try:
         return _run_server(cfg, shared_port=True)
@@ -237,7 +241,8 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
     server = await Server.start(cfg, shared_port=shared_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    stops = (signal.SIGTERM,) if shared_port else (signal.SIGTERM, signal.SIGINT)
+    for sig in stops:
         loop.add_signal_handler(sig, stop.set)
     if STOPPED_WHILE_STARTING.is_set():
         logger.info("asked to stop while starting")
@@ -282,7 +287,7 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
             logger.info("asked again: ending the open streams now")
             hurried.append(asyncio.create_task(server.hurry()))
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in stops:
         loop.add_signal_handler(sig, hurry)
     await server.stop()
     if hurried:

@@ -86,6 +86,16 @@ def _supervise(
 
     metrics_server = None
     workers: list[BaseProcess] = []
+
+    def on_stop(*_: object) -> None:
+        if stop.is_set():  # asked again: the workers end their open streams now
+            for worker in workers:
+                if worker.is_alive() and worker.pid is not None:
+                    os.kill(worker.pid, signal.SIGTERM)  # their second stop
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_stop)
     if cfg.metrics_enabled:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -58,6 +62,42 @@ def _connections(pid: int, port: int) -> int:
 def _rss(pid: int) -> int:
     pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_ctrl_c_at_a_terminal_drains_the_workers_and_a_second_ends_their_streams(
+    tmp_path: Path, log: IO[str]
+) -> None:
+    # A terminal's Ctrl-C reaches the whole process group: each worker took it as one stop
+    # and the supervisor's SIGTERM after it as a second, cutting the streams at once.
+    ready = tmp_path / "ready.json"
+    cmd = [sys.executable, "-m", "actionstream", "serve", "--host", "127.0.0.1", "--port", "0"]
+    cmd += ["--metrics-port", "-1", "--workers", "2", "--max-streams", "16"]
+    cmd += ["--grace-seconds", "60", "--ready-file", str(ready)]
+    server = subprocess.Popen(cmd, stdout=log, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        target = f"127.0.0.1:{json.loads(ready.read_text())['port']}"
+        with grpc.insecure_channel(target) as channel:
+            stream = LiveStream(pb_grpc.ActionRecognitionStub(channel), pb.StreamOptions())
+            [image] = render(1, seed=3)
+            assert stream.send(frame_request(jpeg(image), sequence=1)).sequence == 1
+            os.killpg(server.pid, signal.SIGINT)
+            time.sleep(2.0)
+            assert server.poll() is None  # draining: the stream has a minute
+            started = time.monotonic()
+            os.killpg(server.pid, signal.SIGINT)
+            assert server.wait(timeout=30) == 0
+            assert time.monotonic() - started < 15
+            with pytest.raises(grpc.RpcError) as ended:
+                stream.outcome()
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def test_workers_share_max_streams_exactly() -> None:
