@@ -35,6 +35,9 @@ class ServeError(Exception):
 # as a container's PID 1, which has no default signal actions, was ignored outright:
 # `docker stop` in the first second waited out its 10 s and killed the container.
 STOPPED_WHILE_STARTING = threading.Event()
+# What a `--workers` supervisor sends its workers on a second stop: end the open streams
+# now. Not SIGTERM, which a worker may get twice for one stop (see run_worker).
+HURRY = signal.SIGUSR1
 
 
 def stop_once_started(*signals: signal.Signals) -> None:
@@ -45,6 +48,11 @@ def stop_once_started(*signals: signal.Signals) -> None:
 
 
 def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
+    if STOPPED_WHILE_STARTING.is_set():
+        # Asked again (a model load that hangs, an impatient Ctrl-C): nothing is served
+        # yet, so nothing is cut. os.write and os._exit, as a signal handler may.
+        os.write(2, b"actionstream serve: stopped while starting\n")
+        os._exit(128 + signum)
     STOPPED_WHILE_STARTING.set()
 
 

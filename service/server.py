@@ -27,6 +27,7 @@ from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
 from actionstream.service.frames import FrameDecoder
 from actionstream.service.launch import (
+    HURRY,
     STOPPED_WHILE_STARTING,
     ServeError,
     address,
@@ -207,9 +208,11 @@ def run_worker(cfg: ServeConfig, error_file: Path) -> int:
 
     Why it could not start goes to `error_file`, for the supervisor to report
     once for all workers (they would all fail alike)."""
-    # A terminal's Ctrl-C reaches every process of its group: a worker would take it as
-    # one stop and the supervisor's SIGTERM as a second (ending its streams at once).
-    # Its stops come from the supervisor alone.
+    # A terminal's Ctrl-C reaches every process of its group, and systemd's stop every
+    # process of its cgroup: a worker would take that as one stop and the supervisor's
+    # SIGTERM after it as a second, ending its streams at once. So a worker ignores
+    # SIGINT, takes SIGTERM as its stop however often it comes, and hurries only on
+    # HURRY, which the supervisor sends on a second stop of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop_once_started(signal.SIGTERM)
     logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
@@ -237,16 +240,56 @@ def _run_server(cfg: ServeConfig, shared_port: bool) -> int:
     return asyncio.run(_serve(cfg, shared_port))
 
 
+class _StopSignals:
+    """The signals that stop a serving loop, then hurry its stop.
+
+    A server alone stops on SIGTERM or SIGINT and hurries (ends its open streams
+    at once) on either again. A `--workers` worker stops on SIGTERM, however often
+    it comes, and hurries on HURRY from its supervisor (see run_worker).
+    """
+
+    def __init__(self, worker: bool) -> None:
+        self.stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._stops = (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT)
+        self._hurries = (HURRY,) if worker else self._stops
+        self._hurried: asyncio.Task[None] | None = None
+        self._asked_to_hurry = False
+        for sig in self._stops:
+            self._loop.add_signal_handler(sig, self.stop.set)
+        if worker:
+            self._loop.add_signal_handler(HURRY, self._stop_and_hurry)
+        if STOPPED_WHILE_STARTING.is_set():
+            logger.info("asked to stop while starting")
+            self.stop.set()
+
+    def _stop_and_hurry(self) -> None:  # a HURRY that overtook its SIGTERM
+        self._asked_to_hurry = True
+        self.stop.set()
+
+    def stopping(self, server: Server) -> None:
+        """From now on, the hurry signals end `server`'s open streams at once."""
+
+        def hurry() -> None:
+            if self._hurried is None:
+                logger.info("asked again: ending the open streams now")
+                self._hurried = asyncio.create_task(server.hurry())
+
+        for sig in self._stops:
+            self._loop.add_signal_handler(sig, lambda: None)  # stopping already
+        for sig in self._hurries:
+            self._loop.add_signal_handler(sig, hurry)
+        if self._asked_to_hurry:
+            hurry()
+
+    async def stopped(self) -> None:
+        if self._hurried is not None:
+            await self._hurried
+
+
 async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
     server = await Server.start(cfg, shared_port=shared_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    stops = (signal.SIGTERM,) if shared_port else (signal.SIGTERM, signal.SIGINT)
-    for sig in stops:
-        loop.add_signal_handler(sig, stop.set)
-    if STOPPED_WHILE_STARTING.is_set():
-        logger.info("asked to stop while starting")
-        stop.set()
+    signals = _StopSignals(worker=shared_port)
 
     metrics = (
         "metrics off"
@@ -275,23 +318,14 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
         grpc_listener.listener(os.environ),
     )
 
-    await stop.wait()
+    await signals.stop.wait()
     logger.info(
         "shutting down: open streams get %gs to finish (stop again to end them now)",
         cfg.grace_seconds,
     )
-    hurried: list[asyncio.Task[None]] = []
-
-    def hurry() -> None:
-        if not hurried:
-            logger.info("asked again: ending the open streams now")
-            hurried.append(asyncio.create_task(server.hurry()))
-
-    for sig in stops:
-        loop.add_signal_handler(sig, hurry)
+    signals.stopping(server)
     await server.stop()
-    if hurried:
-        await hurried[0]
+    await signals.stopped()
     if ready_file is not None:
         ready_file.unlink(missing_ok=True)  # a stale file would announce a server that is gone
     logger.info("stopped")

@@ -43,7 +43,13 @@ from pathlib import Path
 
 from actionstream.service import logs
 from actionstream.service.config import ServeConfig
-from actionstream.service.launch import ServeError, address, write_ready_file
+from actionstream.service.launch import (
+    HURRY,
+    STOPPED_WHILE_STARTING,
+    ServeError,
+    address,
+    write_ready_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +66,9 @@ def supervise(cfg: ServeConfig) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if STOPPED_WHILE_STARTING.is_set():  # before the handlers above
+        logger.info("asked to stop while starting")
+        stop.set()
     try:
         scratch = tempfile.TemporaryDirectory(prefix="actionstream-serve-")
     except OSError as e:
@@ -91,7 +100,7 @@ def _supervise(
         if stop.is_set():  # asked again: the workers end their open streams now
             for worker in workers:
                 if worker.is_alive() and worker.pid is not None:
-                    os.kill(worker.pid, signal.SIGTERM)  # their second stop
+                    os.kill(worker.pid, HURRY)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -165,7 +174,7 @@ def _supervise(
             metrics_server.close()
         if cfg.ready_file:
             Path(cfg.ready_file).unlink(missing_ok=True)
-        if ready is not None:  # a server that never started says why, and only that
+        if ready is not None or stop.is_set():  # one that failed to start says why, only
             logger.info("stopped")
 
 

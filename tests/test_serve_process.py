@@ -98,14 +98,17 @@ def _catches(pid: int, sig: signal.Signals) -> bool:
     return bool(caught >> (sig - 1) & 1)
 
 
-def test_a_stop_while_starting_stops_it_once_up(log: IO[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stop_while_starting_stops_it_once_up(log: IO[str], tmp_path: Path, workers: int) -> None:
     # `docker stop` in a container's first second: the server was still importing and
     # loading its model. The SIGTERM killed it (exit 143), and to a container's PID 1,
     # which has no default signal actions, it was nothing at all.
     ready = tmp_path / "ready.json"
     cmd = [sys.executable, "-m", "actionstream", "serve", "--host", "127.0.0.1", "--port", "0"]
     server = subprocess.Popen(
-        [*cmd, "--metrics-port", "-1", "--ready-file", str(ready)], stdout=log, stderr=log
+        [*cmd, "--metrics-port", "-1", "--workers", str(workers), "--ready-file", str(ready)],
+        stdout=log,
+        stderr=log,
     )
     try:
         deadline = time.monotonic() + 30

@@ -64,11 +64,18 @@ def _rss(pid: int) -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def test_ctrl_c_at_a_terminal_drains_the_workers_and_a_second_ends_their_streams(
-    tmp_path: Path, log: IO[str]
+@pytest.mark.parametrize(
+    ("sig", "again_to_group"),
+    [(signal.SIGINT, True), (signal.SIGTERM, False)],
+    ids=["ctrl-c-twice-at-a-terminal", "systemd-stop-then-kill-again"],
+)
+def test_one_stop_drains_the_workers_and_a_second_ends_their_streams(
+    tmp_path: Path, log: IO[str], sig: signal.Signals, again_to_group: bool
 ) -> None:
-    # A terminal's Ctrl-C reaches the whole process group: each worker took it as one stop
-    # and the supervisor's SIGTERM after it as a second, cutting the streams at once.
+    # A terminal's Ctrl-C reaches the whole process group, and systemd's stop the whole
+    # cgroup: each worker took it as one stop and the supervisor's SIGTERM after it as a
+    # second, cutting the streams at once. A second stop sent to the supervisor alone
+    # (`kill` again, `docker kill -s TERM`) never reached the workers.
     ready = tmp_path / "ready.json"
     cmd = [sys.executable, "-m", "actionstream", "serve", "--host", "127.0.0.1", "--port", "0"]
     cmd += ["--metrics-port", "-1", "--workers", "2", "--max-streams", "16"]
@@ -84,11 +91,14 @@ def test_ctrl_c_at_a_terminal_drains_the_workers_and_a_second_ends_their_streams
             stream = LiveStream(pb_grpc.ActionRecognitionStub(channel), pb.StreamOptions())
             [image] = render(1, seed=3)
             assert stream.send(frame_request(jpeg(image), sequence=1)).sequence == 1
-            os.killpg(server.pid, signal.SIGINT)
+            os.killpg(server.pid, sig)
             time.sleep(2.0)
             assert server.poll() is None  # draining: the stream has a minute
             started = time.monotonic()
-            os.killpg(server.pid, signal.SIGINT)
+            if again_to_group:
+                os.killpg(server.pid, sig)
+            else:
+                os.kill(server.pid, sig)
             assert server.wait(timeout=30) == 0
             assert time.monotonic() - started < 15
             with pytest.raises(grpc.RpcError) as ended:
