@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 # compose.yaml's own ACTIONSTREAM_IMAGE names the image for compose, never the server's.
 _OTHER_VARIABLES = frozenset({"ACTIONSTREAM_IMAGE"})
+# Kubernetes' service links for a Service named actionstream, where a pod leaves them on
+# (deploy/k8s turns them off): ACTIONSTREAM_SERVICE_HOST, ACTIONSTREAM_PORT_50051_TCP...
+_SERVICE_LINKS = ("ACTIONSTREAM_SERVICE_", "ACTIONSTREAM_PORT_")
 
 
 class ServeError(Exception):
@@ -91,7 +94,9 @@ def warn_unknown_variables(environ: dict[str, str] | os._Environ[str]) -> list[s
     known = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(ServeConfig)}
     said = []
     for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and name not in known | _OTHER_VARIABLES:
+        if name.startswith(_SERVICE_LINKS) or name in known | _OTHER_VARIABLES:
+            continue
+        if name.startswith(ENV_PREFIX):
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             said.append(f"{name} is not a setting of serve{hint}; it is ignored")

@@ -91,6 +91,8 @@ def test_a_misspelt_serve_variable_is_warned_of_and_the_changed_settings_told() 
     from actionstream.service.launch import changed_settings, warn_unknown_variables
 
     environ = {"ACTIONSTREAM_GRACE": "20", "ACTIONSTREAM_PORT": "1", "ACTIONSTREAM_IMAGE": "x"}
+    # A Kubernetes service link (for a pod that leaves them on) is not the user's typo.
+    environ |= {"ACTIONSTREAM_SERVICE_HOST": "203.0.113.7", "ACTIONSTREAM_PORT_50051_TCP": "tcp://"}
     assert warn_unknown_variables(environ) == [
         "ACTIONSTREAM_GRACE is not a setting of serve (did you mean "
         "ACTIONSTREAM_GRACE_SECONDS?); it is ignored"

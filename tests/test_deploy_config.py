@@ -320,6 +320,9 @@ def test_manifests_fit_together() -> None:
     }
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == ports["grpc"], probe
+    # The kubelet's service links for the Service "actionstream" would set
+    # ACTIONSTREAM_PORT=tcp://<ip>:50051 over the image's, and the server would not start.
+    assert pod["spec"]["enableServiceLinks"] is False
     # Scraped by the actionstream job alone (kubernetes.yml): annotations would have the
     # usual annotation-driven job scrape each pod a second time.
     assert not any(k.startswith("prometheus.io/") for k in pod["metadata"].get("annotations", {}))

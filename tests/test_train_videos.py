@@ -110,6 +110,7 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
     unseen = class_folders(tmp_path / "unseen", LABELS, 3, seed=123)
     blink = unseen / "left" / "blink.avi"  # one frame: skipped, as training skips it
     write(np.zeros((1, 48, 64, 3), np.uint8), blink, 10.0)
+    (unseen / "left" / "notes.txt").write_text("not a video")  # named on stderr, not stdout
     # Scores on other data go where --out says, leaving the run's own evaluation.
     before = (run / "evaluation.json").read_text()
     printed, told = _evaluate(

@@ -219,7 +219,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         )
     else:
         dataset = load_dataset(
-            find_clips(Path(cfg.data)),
+            find_clips(Path(cfg.data), _tell),
             ClipCache(Path(cfg.cache), prep),
             MIN_CLIP_FRAMES,
             report=_tell,
