@@ -451,9 +451,11 @@ class _Session:
         call, StreamError when the outage has lasted --reconnect-seconds. A source that
         had ended has nothing left to send: True when the server had answered its last
         frame, so that the stream is complete however the call ended."""
-        if self._source_ended.is_set() and self._last_answered():
+        if isinstance(e, grpc.Call):  # frames the server skipped after its last answer
+            self._skipped += skipped_in(e.trailing_metadata())
+        if self._source_ended.is_set() and self._all_answered():
             print(
-                f"actionstream stream: the last frame was answered, then the call "
+                f"actionstream stream: every frame was answered or skipped, then the call "
                 f"ended with {e.code().name}: {e.details()}",
                 file=sys.stderr,
                 flush=True,
@@ -480,8 +482,14 @@ class _Session:
         self._reconnection.wait()
         return False
 
-    def _last_answered(self) -> bool:
-        return bool(self._predictions) and self._predictions[-1].sequence == max(self._sent_at)
+    def _all_answered(self) -> bool:
+        """Every frame sent was answered or skipped by the server: its last was answered,
+        or the skipped ones it reported make up the rest."""
+        if not self._predictions:
+            return False
+        if self._predictions[-1].sequence == max(self._sent_at):
+            return True
+        return len(self._predictions) + self._skipped >= len(self._sent_at)
 
     def summary(self) -> StreamSummary:
         latencies = self._latencies_ms

@@ -33,6 +33,7 @@ from actionstream.service import client, reconnection
 from actionstream.service.client import StreamError, read_labels, run_stream, stream_source
 from actionstream.service.config import StreamConfig
 from actionstream.service.sources import VideoSource
+from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.training.synth import SynthConfig, render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -329,9 +330,11 @@ class _FrameReporter(pb_grpc.ActionRecognitionServicer):
         info_failures: int = 0,
         then: list[str] | None = None,
         end_with: grpc.StatusCode | None = None,
+        answer_every: int = 1,
     ) -> None:
         self.labels, self.first_call, self.calls, self.infos = labels, first_call, 0, 0
         self.info_failures, self.then, self.end_with = info_failures, then, end_with
+        self.answer_every = answer_every  # the rest skipped, as above the model's rate
 
     def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
@@ -347,12 +350,16 @@ class _FrameReporter(pb_grpc.ActionRecognitionServicer):
         self, requests: Iterator[pb.FrameRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.Prediction]:
         self.calls += 1
-        answered = 0
+        answered = seen = skipped = 0
         for request in requests:
             if not request.HasField("frame"):
                 continue
             if self.calls == 1 and answered == self.first_call:
                 context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+            seen += 1
+            if (seen - 1) % self.answer_every:
+                skipped += 1
+                continue
             image = cv2.imdecode(np.frombuffer(request.frame.encoded, np.uint8), cv2.IMREAD_COLOR)
             index = round((float(image.mean()) - 20) / 4)
             answered += 1
@@ -360,8 +367,12 @@ class _FrameReporter(pb_grpc.ActionRecognitionServicer):
                 sequence=request.frame.sequence,
                 timestamp_us=request.frame.timestamp_us,
                 top=[pb.LabelScore(label=self.labels[index], probability=1.0)],
+                skipped_frames=skipped,
             )
+            skipped = 0
         if self.end_with is not None:
+            # As the server cuts a stream at shutdown: the skips since its last answer told.
+            context.set_trailing_metadata(((SKIPPED_FRAMES, str(skipped)),))
             context.abort(self.end_with, "shutting down")
 
 
@@ -469,7 +480,21 @@ def test_a_call_that_fails_after_its_last_frame_was_answered_is_a_whole_stream(
         assert run_stream(_as_fast_as_answered(video, target, csv_path, 20)) == 0
     out, err = capsys.readouterr()
     assert "frames: 20 sent, 20 answered" in out and "accuracy: 100.0%" in out
-    assert "the last frame was answered, then the call ended with UNAVAILABLE" in err
+    assert "every frame was answered or skipped, then the call ended with UNAVAILABLE" in err
+
+    # Paced like a camera into a server that skips two frames in three, as above its
+    # model's rate: the last frame sent was skipped, and the trailer says so.
+    skipping = _FrameReporter(
+        labels, first_call=None, end_with=grpc.StatusCode.UNAVAILABLE, answer_every=3
+    )
+    with _serving(skipping) as target:
+        paced = dataclasses.replace(
+            _as_fast_as_answered(video, target, csv_path, 20), realtime=True
+        )
+        assert run_stream(paced) == 0
+    out, err = capsys.readouterr()
+    assert "frames: 20 sent, 7 answered, 13 skipped by the server" in out
+    assert "lost" not in out and "every frame was answered or skipped, then" in err
 
     short = _FrameReporter(labels, first_call=19)
     with _serving(short) as target:
