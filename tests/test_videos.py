@@ -104,8 +104,11 @@ def test_a_bad_manifest_says_which_line(tmp_path: Path, text: str, message: str)
     ("text", "message"),
     [
         # A misspelt span column used to be ignored: whole videos trained on, no word.
-        ("path,label,start,end\nx.avi,a,0,1\n", r"m.csv:1: unknown column\(s\) 'start', 'end'"),
-        ("Path,Label\nx.avi,a\n", r"m.csv:1: unknown column\(s\) 'Path', 'Label'"),
+        (
+            "path,label,start,end\nx.avi,a,0,1\n",
+            r"m.csv:1: unknown column\(s\) 'start' \(for 'start_s'\?\), 'end' \(for 'end_s'\?\)",
+        ),
+        ("Path,Label\nx.avi,a\n", r"m.csv:1: unknown column\(s\) 'Path' \(for 'path'\?\)"),
         ("path\nx.avi\n", r"m.csv:1: no path,label in the header"),
         # Blank lines still count: the line is the file's, not the row's.
         ("path,label,start_s\nx.avi,a,0\n\n\nx.avi,b,soon\n", "m.csv:5: expected columns"),
@@ -121,6 +124,17 @@ def test_a_manifests_header_and_rows_are_checked_by_line(
     manifest.write_text(text)
     with pytest.raises(DatasetError, match=message):
         find_clips(manifest)
+
+
+def test_a_manifests_other_columns_are_named_and_left_alone(tmp_path: Path) -> None:
+    # Notes beside the clips, or a trailing comma, are no misspelt column of ours.
+    _numbered_video(tmp_path / "x.avi", 4, 10.0)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,notes,\nx.avi,a,seen twice,\n")
+    said: list[str] = []
+    [ref] = find_clips(manifest, said.append)
+    assert (ref.label, ref.start_s, ref.end_s) == ("a", 0.0, None)
+    assert said == [f"{manifest}: ignored column(s) 'notes'"]
 
 
 def test_csvs_from_a_spreadsheet_with_a_byte_order_mark_are_read(tmp_path: Path) -> None:

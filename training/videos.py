@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import difflib
 import hashlib
 import itertools
 import math
@@ -88,7 +89,7 @@ def find_clips(data: Path, report: Callable[[str], None] = print) -> list[ClipRe
     if data.is_dir():
         return _from_folders(data, report)
     if data.is_file() and data.suffix.lower() == ".csv":
-        return _from_manifest(data)
+        return _from_manifest(data, report)
     if not data.exists():
         raise DatasetError(f"{data}: no such folder or manifest")
     raise DatasetError(f"{data}: expected a folder of class folders or a .csv manifest")
@@ -161,7 +162,7 @@ def _hidden(path: Path) -> bool:
 MANIFEST_COLUMNS = ("path", "label", "start_s", "end_s")
 
 
-def _from_manifest(manifest: Path) -> list[ClipRef]:
+def _from_manifest(manifest: Path, report: Callable[[str], None]) -> list[ClipRef]:
     expected = "expected columns path,label[,start_s,end_s] with a header row"
     try:
         # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark.
@@ -172,10 +173,7 @@ def _from_manifest(manifest: Path) -> list[ClipRef]:
             rows = [(reader.line_num, row) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{manifest}: cannot read the manifest ({e})") from None
-    unknown = [name for name in header if name not in MANIFEST_COLUMNS]
-    if unknown or not {"path", "label"} <= set(header):
-        what = f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown else "no path,label"
-        raise DatasetError(f"{manifest}:1: {what} in the header; {expected}")
+    _check_columns(manifest, header, expected, report)
     refs: list[tuple[int, ClipRef]] = []
     for line, row in rows:
         try:
@@ -199,6 +197,27 @@ def _from_manifest(manifest: Path) -> list[ClipRef]:
         if not os.path.lexists(ref.path):
             raise DatasetError(f"{manifest}:{line}: {ref.path}: no such file")
     return [ref for _, ref in refs]
+
+
+def _check_columns(
+    manifest: Path, header: list[str], expected: str, report: Callable[[str], None]
+) -> None:
+    """Refuses a header whose column names look like misspelt ones of ours (`start` for
+    `start_s`, `Label`); other columns (notes, a source URL) are named and left alone, as
+    is an empty one (a trailing comma)."""
+    unknown = [name for name in header if name and name not in MANIFEST_COLUMNS]
+    misspelt = {
+        name: close[0]
+        for name in unknown
+        if (close := difflib.get_close_matches(name.lower(), MANIFEST_COLUMNS, n=1, cutoff=0.6))
+    }
+    if misspelt:
+        meant = ", ".join(f"{name!r} (for {ours!r}?)" for name, ours in misspelt.items())
+        raise DatasetError(f"{manifest}:1: unknown column(s) {meant} in the header; {expected}")
+    if not {"path", "label"} <= set(header):
+        raise DatasetError(f"{manifest}:1: no path,label in the header; {expected}")
+    if unknown:
+        report(f"{manifest}: ignored column(s) {', '.join(map(repr, unknown))}")
 
 
 def _refuse_overlaps(manifest: Path, refs: list[tuple[int, ClipRef]]) -> None:
