@@ -589,7 +589,11 @@ def run_stream(cfg: StreamConfig) -> int:
     """`actionstream stream`: 0 when the source was streamed to the end, 1 on failure,
     130 after Ctrl-C and 143 after SIGTERM (both with the summary so far)."""
     with Termination() as stop:
-        return _run_stream(cfg, stop)
+        try:
+            return _run_stream(cfg, stop)
+        except KeyboardInterrupt:  # while the summary was printed, say
+            print("actionstream stream: interrupted", file=sys.stderr, flush=True)
+            return stop.code
 
 
 def _run_stream(cfg: StreamConfig, stop: Termination) -> int:

@@ -149,7 +149,8 @@ class ServeConfig:
         1,
         help="server processes sharing the gRPC port (SO_REUSEPORT, Linux): one Python process "
         "runs its gRPC and decoding under one lock, so it leaves other cores idle; each "
-        "process batches only its own streams and takes an equal share of max_streams",
+        "process batches only its own streams and takes its share of max_streams (they "
+        "differ by one at most)",
         group="Operation",
     )
     grace_seconds: float = setting(

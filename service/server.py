@@ -142,7 +142,9 @@ class Server:
         except RuntimeError as e:
             await batcher.stop()
             raise ServeError(
-                f"cannot listen on {where}: {bind_problem(cfg.host, cfg.port, e)}"
+                # A worker's port is held by its supervisor: a probe would find it taken.
+                f"cannot listen on {where}: "
+                f"{e if shared_port else bind_problem(cfg.host, cfg.port, e)}"
             ) from None
 
         metrics_server = None

@@ -166,7 +166,11 @@ def run_watch(cfg: WatchConfig) -> int:
     """`actionstream watch`: 0 when the source ended or max_predictions were answered,
     1 on failure, 130 on Ctrl-C and 143 on SIGTERM (both with the summary)."""
     with Termination() as stop:
-        return _run_watch(cfg, stop)
+        try:
+            return _run_watch(cfg, stop)
+        except KeyboardInterrupt:  # while the summary was printed, say
+            print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+            return stop.code
 
 
 def _run_watch(cfg: WatchConfig, stop: Termination) -> int:

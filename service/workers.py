@@ -115,10 +115,6 @@ def _supervise(
         except OSError as e:
             where = address(cfg.metrics_address, cfg.metrics_port)
             raise ServeError(f"cannot serve metrics on {where}: {e}") from None
-    # Unset, each worker derives its own from its share of max_streams.
-    waiting_share = (
-        None if cfg.max_waiting_calls is None else -(-cfg.max_waiting_calls // cfg.workers)
-    )
     context = multiprocessing.get_context("spawn")
     ready = None
     try:
@@ -128,9 +124,13 @@ def _supervise(
                 port=port,
                 metrics_port=-1,
                 workers=1,
-                max_streams=streams_share(cfg.max_streams, cfg.workers, i),
-                max_waiting_calls=waiting_share,
-                max_side_calls=-(-cfg.max_side_calls // cfg.workers),
+                max_streams=share_of(cfg.max_streams, cfg.workers, i),
+                # Unset, each worker derives its own from its share of max_streams.
+                max_waiting_calls=None
+                if cfg.max_waiting_calls is None
+                else max(1, share_of(cfg.max_waiting_calls, cfg.workers, i)),
+                # At least one each: a worker without any would refuse every health Watch.
+                max_side_calls=max(1, share_of(cfg.max_side_calls, cfg.workers, i)),
                 ready_file=str(tmp / f"worker-{i}.json"),
             )
             worker = context.Process(
@@ -178,10 +178,10 @@ def _supervise(
             logger.info("stopped")
 
 
-def streams_share(max_streams: int, workers: int, i: int) -> int:
-    """Worker `i`'s places: `max_streams` shared out whole, the first workers taking one
-    more where it does not divide, so that together they take exactly max_streams."""
-    return max_streams // workers + (i < max_streams % workers)
+def share_of(total: int, workers: int, i: int) -> int:
+    """Worker `i`'s share of a limit: `total` shared out whole, the first workers taking
+    one more where it does not divide, so that together they take exactly `total`."""
+    return total // workers + (i < total % workers)
 
 
 def _worker_main(cfg: ServeConfig, error_file: Path) -> None:

@@ -23,7 +23,7 @@ from actionstream.serve_process import ServeProcess, ServeProcessError
 from actionstream.service.config import ServeConfig
 from actionstream.service.metrics import scrape
 from actionstream.service.model import OnnxStepModel
-from actionstream.service.workers import _reserve_port, streams_share
+from actionstream.service.workers import _reserve_port, share_of
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -113,7 +113,7 @@ def test_one_stop_drains_the_workers_and_a_second_ends_their_streams(
 def test_workers_share_max_streams_exactly() -> None:
     # Rounded up per worker, --workers 2 --max-streams 1 took two streams.
     for total, workers in ((4, 2), (5, 2), (7, 3), (2, 2), (100, 16)):
-        shares = [streams_share(total, workers, i) for i in range(workers)]
+        shares = [share_of(total, workers, i) for i in range(workers)]
         assert sum(shares) == total and max(shares) - min(shares) <= 1, shares
     with pytest.raises(ValueError, match=r"max_streams \(1\) must be at least workers \(2\)"):
         ServeConfig(max_streams=1, workers=2)
