@@ -445,3 +445,23 @@ def test_resuming_a_finished_run_says_so_and_touches_nothing(tmp_path: Path) -> 
     ]
     assert sorted(out.iterdir()) == files
     assert {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in files} == before
+
+
+def test_a_moved_run_folder_resumes(tmp_path: Path) -> None:
+    # train_config.json holds the folder's absolute path then; --resume used to count
+    # the folder's new path as a changed setting and refuse.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.train import main, resume_config
+
+    # 0.001 minutes stops it in its first epoch, leaving the second to resume.
+    main(dataclasses.replace(TINY, out=str(tmp_path / "run"), minutes=0.001))
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+    again = TrainConfig(out=str(moved), resume=True, minutes=0.0)
+    assert resume_config(again, {"minutes"}).out == str(moved)  # the folder read, not the old
+    main(resume_config(again, {"out", "minutes"}))  # as `train --out MOVED --resume` gives it
+    assert [r[0] for r in _rows(moved)] == ["epoch", "1", "2"]
+    assert Checkpoint.load(moved).train_config["out"] == str(moved.resolve())

@@ -581,8 +581,9 @@ class EpochLog:
             csv.writer(f).writerow(row)
 
 
-# What a resumed run may change: where and how long it runs, not what it learns.
-_RESUMABLE_CHANGES = {"resume", "minutes", "device", "threads", "cache"}
+# What a resumed run may change: where and how long it runs, not what it learns. `out` is
+# the run folder itself, wherever it lies now: a moved or renamed run is the same run.
+_RESUMABLE_CHANGES = {"resume", "out", "minutes", "device", "threads", "cache"}
 _PROGRESS = "last.pt"
 _CONFIG = "train_config.json"
 
@@ -612,7 +613,8 @@ def resume_config(cfg: TrainConfig, given: Collection[str]) -> TrainConfig:
         raise TrainingError(f"--resume: {cfg.out} holds no run to continue ({e})") from None
     names = {f.name for f in fields(TrainConfig)}
     merged = {k: v for k, v in before.items() if k in names}
-    merged |= {k: getattr(cfg, k) for k in given} | {"resume": True}
+    # The run is the folder read, wherever it lies now; not the path it was started in.
+    merged |= {k: getattr(cfg, k) for k in given} | {"out": cfg.out, "resume": True}
     if isinstance(merged.get("channels"), list):
         merged["channels"] = tuple(merged["channels"])
     try:
