@@ -465,3 +465,51 @@ def test_a_moved_run_folder_resumes(tmp_path: Path) -> None:
     main(resume_config(again, {"out", "minutes"}))  # as `train --out MOVED --resume` gives it
     assert [r[0] for r in _rows(moved)] == ["epoch", "1", "2"]
     assert Checkpoint.load(moved).train_config["out"] == str(moved.resolve())
+
+
+def test_resume_checks_the_videos_and_finds_them_where_they_moved(tmp_path: Path) -> None:
+    # The progress file records the clips and their split; resumed on other videos, a
+    # run went on silently with another split. A folder that only moved is the same data.
+    torch = pytest.importorskip("torch")
+    import dataclasses
+    import shutil
+
+    from videogen import class_folders
+
+    from actionstream.training.train import TrainingError, main, resume_config
+
+    videos = class_folders(tmp_path / "videos", ("left", "right"), 5, seed=3)
+    run = tmp_path / "run"
+    cache = str(tmp_path / "cache")
+    # 0.001 minutes stops it in its first epoch, leaving the second to resume.
+    main(dataclasses.replace(TINY, data=str(videos), cache=cache, out=str(run), minutes=0.001))
+    kept = shutil.copytree(videos, tmp_path / "kept")
+
+    def resume(out: Path, data: Path | None = None) -> None:
+        cfg = TrainConfig(out=str(out), resume=True, data=str(data) if data else None)
+        main(resume_config(cfg, {"out", "data"} if data else {"out"}))
+
+    # Two videos deleted and two added in place: it used to go on with another split.
+    (videos / "left" / "left_000.mp4").unlink()
+    (videos / "right" / "right_001.avi").unlink()
+    others = class_folders(tmp_path / "others", ("left", "right"), 1, seed=50)
+    for label in ("left", "right"):
+        shutil.copy(others / label / f"{label}_000.mp4", videos / label / "new.mp4")
+    with pytest.raises(TrainingError, match=r"\(2 clip\(s\) added, 2 gone[,)]"):
+        resume(run)
+    shutil.rmtree(videos)
+    mounted = kept.rename(tmp_path / "mounted")  # as under another path in a container
+    with pytest.raises(TrainingError, match=f"no longer at {videos.resolve()}; give --data"):
+        resume(run)
+    # Progress saved before runs recorded their data keeps the old rule: the same path.
+    old = shutil.copytree(run, tmp_path / "old")
+    progress = torch.load(old / "last.pt", weights_only=True)
+    del progress["data_fingerprint"], progress["data_clips"]
+    torch.save(progress, old / "last.pt")
+    with pytest.raises(TrainingError, match="other settings \\(data: "):
+        resume(old, mounted)
+
+    resume(run, mounted)
+    assert [r[0] for r in _rows(run)] == ["epoch", "1", "2"]
+    # Noted where it is now: resumed again, it needs no --data.
+    assert json.loads((run / "train_config.json").read_text())["data"] == str(mounted.resolve())

@@ -37,7 +37,12 @@ from tqdm import tqdm
 
 from actionstream.contract import ModelConfig
 from actionstream.training import distributed, pretrained
-from actionstream.training.checkpoint import Checkpoint, CheckpointError, save_whole
+from actionstream.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    save_whole,
+    write_whole,
+)
 from actionstream.training.config import INIT_CHOICES, TrainConfig
 from actionstream.training.data import IGNORE, SyntheticData, TrainingData, loss_targets
 from actionstream.training.distributed import Team
@@ -351,10 +356,20 @@ def _train(
     # run, and the model is saved from the progress.
     if saved is not None and saved["epoch"] >= cfg.epochs and (out / "checkpoint.pt").is_file():
         return _finished(out, cfg.epochs, say)
+    gone = data is None and cfg.data is not None and not Path(cfg.data).exists()
+    if saved is not None and "data_fingerprint" in saved and gone:
+        raise TrainingError(
+            f"--resume: the run's videos are no longer at {cfg.data}; give --data where "
+            "they are now"
+        )
     if data is None:
         t_data = time.perf_counter()
         data = load_data(cfg, say)  # before the run folder: bad data leaves nothing behind
         say(f"data ready in {time.perf_counter() - t_data:.1f}s")
+    if saved is not None:
+        _same_data(saved, data.clip_sides)
+        if team.leader:
+            _relocate(out, cfg)
     model_cfg = _model_config(cfg, len(data.labels))
     net = build_recognizer(model_cfg)
     inherited: tuple[str, ...] = saved.get("inherited_videos", ()) if saved else ()
@@ -414,6 +429,9 @@ def _train(
                 row = log.row(epoch, seconds, loss, metrics, steps_taken)
                 progress: dict[str, Any] = {"epoch": epoch, "seconds": seconds}
                 progress["inherited_videos"] = inherited
+                if data.clip_sides:  # what a resumed run must find again
+                    progress["data_fingerprint"] = data_fingerprint(data.clip_sides)
+                    progress["data_clips"] = data.clip_sides
                 progress |= {"best": best, "best_weights": best_weights, "log": [*log.rows, row]}
                 with _saving(out, epoch):
                     # The best so far as the run's model, before the progress that counts
@@ -665,11 +683,50 @@ def _resumable(out: Path, cfg: TrainConfig) -> dict[str, Any]:
     except (OSError, ValueError, RuntimeError) as e:
         raise TrainingError(f"--resume: {out} holds no run to continue ({e})") from None
     now, before = resolved(cfg), _absolute(before)
-    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and before.get(k) != now[k])
+    # A run that recorded its data is checked by it once read (_same_data): its videos
+    # may have moved (another mount in a container), and --data then names them anew.
+    free = _RESUMABLE_CHANGES | ({"data", "split"} if "data_fingerprint" in saved else set())
+    changed = sorted(k for k in now if k not in free and before.get(k) != now[k])
     if changed:
         detail = ", ".join(f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in changed)
         raise TrainingError(f"--resume: {out} was trained with other settings ({detail})")
     return saved
+
+
+def data_fingerprint(clip_sides: tuple[tuple[str, str], ...]) -> str:
+    """SHA-256 of the clips and their sides, train or val: the data set a run learns from."""
+    return hashlib.sha256("\n".join(f"{c} {side}" for c, side in clip_sides).encode()).hexdigest()
+
+
+def _same_data(saved: dict[str, Any], clip_sides: tuple[tuple[str, str], ...]) -> None:
+    """Refuses to resume on other data than the run started with: resumed, it would go on
+    learning from another split and score epochs on other held-out clips. Progress saved
+    before runs recorded their data has no fingerprint; its --data path was compared."""
+    if "data_fingerprint" not in saved or saved["data_fingerprint"] == data_fingerprint(clip_sides):
+        return
+    then, now = dict(saved["data_clips"]), dict(clip_sides)
+    added, gone = len(now.keys() - then.keys()), len(then.keys() - now.keys())
+    moved = sum(then[c] != now[c] for c in then.keys() & now.keys())
+    how = [f"{added} clip(s) added" if added else "", f"{gone} gone" if gone else ""]
+    how.append(f"{moved} moved between training and validation" if moved else "")
+    raise TrainingError(
+        f"--resume: the data differs from the run's ({', '.join(filter(None, how))} since the "
+        "run started); resume needs the same videos, split as they were (train a new run "
+        "into another --out to use these)"
+    )
+
+
+def _relocate(out: Path, cfg: TrainConfig) -> None:
+    """Notes in train_config.json where the run folder, its videos and split file are now,
+    if they moved: the next --resume finds them without being told again."""
+    path = out / _CONFIG
+    before, now = json.loads(path.read_text()), resolved(cfg)
+    moved = {k: now[k] for k in ("out", "data", "split") if before.get(k) != now[k]}
+    if moved:
+        try:
+            write_whole(path, (json.dumps(before | moved, indent=2) + "\n").encode())
+        except OSError as e:
+            raise TrainingError(_out_problem(out, e)) from None
 
 
 def _restore_schedule(
