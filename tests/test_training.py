@@ -513,3 +513,49 @@ def test_resume_checks_the_videos_and_finds_them_where_they_moved(tmp_path: Path
     assert [r[0] for r in _rows(run)] == ["epoch", "1", "2"]
     # Noted where it is now: resumed again, it needs no --data.
     assert json.loads((run / "train_config.json").read_text())["data"] == str(mounted.resolve())
+
+
+def test_settings_that_leave_nothing_to_learn_are_refused() -> None:
+    # loss_targets leaves out each stream's first --boundary-ignore frames as it does
+    # those after a change: with no frame beyond them every loss was NaN, and a model at
+    # chance was saved as the best.
+    for changes in ({"boundary_ignore": 1000}, {"stream_frames": 1}, {"stream_frames": 2}):
+        with pytest.raises(ValueError, match="must be below stream_frames"):
+            TrainConfig(**changes)  # type: ignore[arg-type]
+    TrainConfig(stream_frames=3, bptt=1)  # a frame to learn from in every stream
+
+
+def test_a_chunk_with_no_frame_to_learn_from_is_no_nan_loss(tmp_path: Path) -> None:
+    # Chunks of 2 frames: each stream's first lies within --boundary-ignore 2 of its
+    # start. Its NaN made every epoch's logged loss NaN, while the rest learnt.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.train import main
+
+    main(dataclasses.replace(TINY, out=str(tmp_path / "run"), bptt=2, epochs=1))
+    assert float(_rows(tmp_path / "run")[1][2]) > 0
+
+
+def test_an_epoch_that_learns_nothing_stops_the_run_unsaved(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from videogen import class_folders
+
+    from actionstream.training.train import TrainingError, main
+
+    # A learning rate that blows the weights up: the loss is NaN, not a best epoch.
+    out = tmp_path / "diverged"
+    with pytest.raises(TrainingError, match=r"^epoch 1: the training loss is nan .*--lr"):
+        main(dataclasses.replace(TINY, out=str(out), lr=1e30))
+    assert not (out / "checkpoint.pt").exists() and not (out / "last.pt").exists()
+    # Clips of 2 or 3 frames, a background clip between every two actions: each clip is
+    # a change, and all its frames lie within --boundary-ignore 3 of it.
+    videos = class_folders(tmp_path / "videos", ("left", "right", "up"), 5, seconds=0.2)
+    short = dataclasses.replace(
+        TINY, out=str(tmp_path / "short"), data=str(videos), cache=str(tmp_path / "cache")
+    )
+    with pytest.raises(TrainingError, match=r"^epoch 1 had no frame to learn from"):
+        main(dataclasses.replace(short, background="up", boundary_ignore=3))
+    assert not (tmp_path / "short" / "checkpoint.pt").exists()

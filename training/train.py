@@ -102,12 +102,14 @@ def train_one_epoch(
     bar: tqdm,
     deadline: Deadline,
     team: Team,
-) -> tuple[float, int]:
+) -> tuple[float, int, int]:
     """One pass over this process's batches, or less when the time budget runs out: the
-    mean loss and the optimiser steps taken. `model` is `net`, or its DDP wrapper."""
+    mean loss (NaN when no frame counted), the optimiser steps taken and the frames the
+    loss counted. `model` is `net`, or its DDP wrapper."""
     model.train()
     device = next(net.parameters()).device
     losses = []
+    steps = counted = 0
     for batch in data.batches(rng, (team.rank, team.size)):
         targets = loss_targets(batch.labels, cfg.boundary_ignore)
         state = list(net.initial_state(len(batch)))
@@ -123,12 +125,19 @@ def train_one_epoch(
             sched.step()
             # Truncate BPTT: keep the state's value, drop its history.
             state = [s.detach() for s in state]
-            losses.append(loss.item())
+            steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            # A chunk that lies wholly within --boundary-ignore of a change has no frame
+            # to count: its loss is NaN (its gradient zero), and it says nothing of the
+            # epoch's. Its step is taken all the same: DDP's processes step together.
+            frames = int((targets[:, t0 : t0 + cfg.bptt] != IGNORE).sum())
+            if frames:
+                counted += frames
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if team.agree(deadline.passed()):
             break
-    return float(np.mean(losses)), len(losses)
+    return float(np.mean(losses)) if losses else math.nan, steps, counted
 
 
 def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingData:
@@ -416,9 +425,12 @@ def _train(
         total=steps, initial=done, unit="step", dynamic_ncols=True, disable=not team.leader
     ) as bar:
         for epoch in range(first, cfg.epochs + 1):
-            loss, steps_taken = train_one_epoch(
+            loss, steps_taken, counted = train_one_epoch(
                 net, model, data, cfg, opt, sched, rng, bar, deadline, team
             )
+            # Before the epoch is scored or saved: a NaN model is no best epoch.
+            if team.agree(not math.isfinite(loss)):
+                raise TrainingError(_no_loss(epoch, loss, counted, cfg))
             if log is not None:
                 metrics = score(net, data.val_streams, data.val_clips, data.labels, cfg.fps)
                 # Ties go to the later epoch: it has seen more data for the same score.
@@ -465,6 +477,22 @@ def _train(
         f"after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
     )
     return ckpt
+
+
+def _no_loss(epoch: int, loss: float, counted: int, cfg: TrainConfig) -> str:
+    """Why an epoch's loss is not a number, and the settings to look at."""
+    if not counted:
+        return (
+            f"epoch {epoch} had no frame to learn from: the loss leaves out the first "
+            f"{cfg.boundary_ignore} frame(s) after every action change (--boundary-ignore), "
+            "and no action in its streams lasted longer; lower --boundary-ignore, or use "
+            "longer clips"
+        )
+    return (
+        f"epoch {epoch}: the training loss is {loss} (training diverged), so the run stopped "
+        f"without saving the epoch; lower --lr (now {cfg.lr:g}) or --grad-clip (now "
+        f"{cfg.grad_clip:g})"
+    )
 
 
 def _model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
