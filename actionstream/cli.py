@@ -151,9 +151,10 @@ def evaluate(cfg: EvaluateConfig) -> int:
 def export(cfg: ExportConfig) -> int:
     _needs_torch()
     from actionstream.training.checkpoint import Checkpoint, CheckpointError
-    from actionstream.training.export import ExportError, export_onnx
+    from actionstream.training.export import ExportError, export_onnx, refuse_overwriting
 
     try:
+        refuse_overwriting(Path(cfg.run), Path(cfg.out))
         ckpt = Checkpoint.load(Path(cfg.run))
         out = export_onnx(ckpt, Path(cfg.out), cfg)
     except (CheckpointError, ExportError) as e:

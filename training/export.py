@@ -41,6 +41,21 @@ class ExportError(Exception):
     """An export that could not write a model that passes its checks; nothing was written."""
 
 
+def refuse_overwriting(run: Path, out: Path) -> None:
+    """Refuses an `out` whose model or card (`out` with .json) would replace the checkpoint
+    exported from, or its card: `export RUN --out RUN/checkpoint.pt` destroyed the run."""
+    source = run / "checkpoint.pt" if run.is_dir() else run
+    card = out.with_suffix(".json")
+    for kept in (source, source.with_suffix(".json")):
+        for path in (out, card):
+            if path.resolve() == kept.resolve():
+                whose = f"--out {out}" if path == out else f"--out {out}: its card {card}"
+                raise ExportError(
+                    f"{whose} would replace {kept}, of the run it exports from; give the "
+                    f"model another name (e.g. {source.parent / 'model.onnx'})"
+                )
+
+
 def model_spec(ckpt: Checkpoint, net: Recognizer) -> ModelSpec:
     """The file's self-description: the checkpoint's, with `net`'s state names and shapes."""
     shapes = [tuple(z.shape[1:]) for z in net.initial_state(1)]
