@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import logging
+import signal
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -127,8 +128,9 @@ def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = DEFAULT_EXPORT)
         # The card too is written before either file replaces an earlier one: a card
         # that cannot be written leaves the earlier model and card as they were.
         card_tmp.write_text(_card(out, ckpt, cfg))
-        tmp.replace(out)
-        card_tmp.replace(card)
+        with _signals_held():  # the model and its card replace the earlier ones together
+            tmp.replace(out)
+            card_tmp.replace(card)
     except BaseException:
         tmp.unlink(missing_ok=True)
         card_tmp.unlink(missing_ok=True)
@@ -139,6 +141,20 @@ def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = DEFAULT_EXPORT)
 def opset_of(model: onnx.ModelProto) -> int | None:
     """The model's version of the default ONNX operator set."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done (where the platform can hold them)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 @contextlib.contextmanager
