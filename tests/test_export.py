@@ -248,19 +248,22 @@ def test_ctrl_c_at_any_point_of_an_export_is_one_line_and_leaves_no_half_file(
         if after is not None:
             time.sleep(after)
             run.send_signal(signal.SIGINT)
-        _, err = run.communicate(timeout=300)
+        said, err = run.communicate(timeout=300)
         left = sorted(p.name for p in out.parent.iterdir()) if out.parent.exists() else []
         assert left in ([], ["m.json", "m.onnx"]), left
         if run.returncode == 130:
             assert err.splitlines() == [f"actionstream export: interrupted; {out} was not written"]
             assert left == []
         else:
-            assert run.returncode == 0, err
-            assert left and OnnxStepModel.load(out) is not None
+            # Finished first; a signal while the interpreter shuts down (its handlers back
+            # to the default) ends it there, once the model is written and said so.
+            assert run.returncode in (0, -signal.SIGINT), err
+            assert said.startswith(f"wrote {out}") and OnnxStepModel.load(out) is not None
         return run.returncode, err
 
     start = time.monotonic()
     export("whole", None)
     whole = time.monotonic() - start
-    codes = [export(f"at{k}", whole * k / 6)[0] for k in range(1, 6)]
+    # Late points too: torch.export's phase is near the end (the parity check after it).
+    codes = [export(f"at{k}", whole * k / 10)[0] for k in (1, 3, 5, 7, 8, 9)]
     assert 130 in codes, codes
