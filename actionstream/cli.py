@@ -154,11 +154,66 @@ def evaluate(cfg: EvaluateConfig) -> int:
 
 
 def export(cfg: ExportConfig) -> int:
+    interrupts = _Interrupts()
+    previous = interrupts.install()
+    out = Path(cfg.out)
+    before = _identity(out)
+    try:
+        return _export(cfg)
+    except BaseException as e:
+        # Ctrl-C inside torch.export's lazy imports came out as a chain of three other
+        # errors ("module 'torch._dynamo' has no attribute 'exc'"): after a SIGINT, any
+        # error is the interruption.
+        if not (interrupts.seen or isinstance(e, KeyboardInterrupt)):
+            raise
+        done = (
+            f"after writing {out} and its card"
+            if _identity(out) != before
+            else f"{out} was not written"
+        )
+        print(f"{PROG} export: interrupted; {done}", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+class _Interrupts:
+    """SIGINT raising KeyboardInterrupt as Python's own handler does, and noted: code that
+    catches it halfway (an interrupted import) fails with another error instead."""
+
+    seen = False
+
+    def install(self) -> signal.Handlers | Callable[..., object] | int | None:
+        """Installs itself for SIGINT; returns the handler it replaced, or None where it
+        cannot (not the main thread, or SIGINT ignored, as in a background job)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            return None
+        return signal.signal(signal.SIGINT, self._interrupted)
+
+    def _interrupted(self, signum: int, frame: object) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """Which file `path` is now (inode, change time), None when there is none."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_ctime_ns
+
+
+def _export(cfg: ExportConfig) -> int:
     _needs_torch()
     from actionstream.training.checkpoint import Checkpoint, CheckpointError
-    from actionstream.training.export import ExportError, export_onnx
+    from actionstream.training.export import ExportError, export_onnx, refuse_overwriting
 
     try:
+        refuse_overwriting(Path(cfg.run), Path(cfg.out))
         ckpt = Checkpoint.load(Path(cfg.run))
         out = export_onnx(ckpt, Path(cfg.out), cfg)
     except (CheckpointError, ExportError) as e:

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from actionstream.contract import INPUT_FRAMES, ModelConfig, read_props
 from actionstream.service.model import OnnxStepModel
-from actionstream.training.checkpoint import Checkpoint
+from actionstream.training.checkpoint import Checkpoint, CheckpointError
 from actionstream.training.config import ExportConfig
 from actionstream.training.export import ExportError, export_onnx, parity_error
 from actionstream.training.model import ActionRecognizer, build_recognizer
@@ -183,3 +183,87 @@ def test_every_cell_exports_and_the_service_runs_it(tmp_path: Path, cell: str, l
     alone, _ = model.step(frames[2:], model.zero_state(1))
     np.testing.assert_allclose(alone[0], logits[2], atol=1e-5)
     assert set(state) == set(expected[cell])
+
+
+def test_an_export_over_its_own_run_is_refused(
+    tmp_path: Path, exported: tuple[Checkpoint, Path]
+) -> None:
+    # `export RUN --out RUN/checkpoint.pt` replaced the checkpoint it read (and its card
+    # checkpoint.json) with the ONNX model and its card: the trained run was gone.
+    ckpt, onnx_model = exported
+    run = tmp_path / "run"
+    ckpt.save(run / "checkpoint.pt")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    other = run / ".." / "run" / "checkpoint.onnx"  # its card is the run's, spelt otherwise
+    cases = {
+        run / "checkpoint.pt": f"--out {run / 'checkpoint.pt'} would replace "
+        f"{run / 'checkpoint.pt'}",
+        other: f"--out {other}: its card {other.with_suffix('.json')} would replace "
+        f"{run / 'checkpoint.json'}",
+    }
+    for out, said in cases.items():
+        result = subprocess.run(
+            [sys.executable, "-m", "actionstream", "export", str(run), "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"actionstream export: {said}, of the run it exports from; give the model "
+            f"another name (e.g. {run / 'model.onnx'})\n"
+        )
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # A checkpoint that was overwritten so is one line to load, not torch's paragraph.
+    (run / "checkpoint.pt").write_bytes(onnx_model.read_bytes())
+    with pytest.raises(CheckpointError) as e:
+        Checkpoint.load(run)
+    assert str(e.value).startswith(f"{run / 'checkpoint.pt'}: not an actionstream checkpoint")
+    assert "\n" not in str(e.value) and "weights_only" not in str(e.value), e.value
+
+
+def test_ctrl_c_at_any_point_of_an_export_is_one_line_and_leaves_no_half_file(
+    tmp_path: Path, exported: tuple[Checkpoint, Path]
+) -> None:
+    # Ctrl-C in torch.export's phase gave three chained tracebacks and exit 1 (the
+    # interrupted import failed on: "module 'torch._dynamo' has no attribute 'exc'").
+    # Sent at points spread over an export's own time, each is one line and exit 130,
+    # or the export finished first; never a half-written model or card.
+    import signal
+    import time
+
+    from helpers import WITH_CTRL_C
+
+    ckpt, _ = exported
+    ckpt.save(tmp_path / "run" / "checkpoint.pt")
+
+    def export(name: str, after: float | None) -> tuple[int, str]:
+        out = tmp_path / name / "m.onnx"
+        run = subprocess.Popen(
+            [sys.executable, "-c", WITH_CTRL_C, "export", str(tmp_path / "run"), "--out", str(out)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        if after is not None:
+            time.sleep(after)
+            run.send_signal(signal.SIGINT)
+        said, err = run.communicate(timeout=300)
+        left = sorted(p.name for p in out.parent.iterdir()) if out.parent.exists() else []
+        assert left in ([], ["m.json", "m.onnx"]), left
+        if run.returncode == 130:
+            assert err.splitlines() == [f"actionstream export: interrupted; {out} was not written"]
+            assert left == []
+        else:
+            # Finished first; a signal while the interpreter shuts down (its handlers back
+            # to the default) ends it there, once the model is written and said so.
+            assert run.returncode in (0, -signal.SIGINT), err
+            assert said.startswith(f"wrote {out}") and OnnxStepModel.load(out) is not None
+        return run.returncode, err
+
+    start = time.monotonic()
+    export("whole", None)
+    whole = time.monotonic() - start
+    # Late points too: torch.export's phase is near the end (the parity check after it).
+    codes = [export(f"at{k}", whole * k / 10)[0] for k in (1, 3, 5, 7, 8, 9)]
+    assert 130 in codes, codes

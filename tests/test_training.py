@@ -445,3 +445,117 @@ def test_resuming_a_finished_run_says_so_and_touches_nothing(tmp_path: Path) -> 
     ]
     assert sorted(out.iterdir()) == files
     assert {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in files} == before
+
+
+def test_a_moved_run_folder_resumes(tmp_path: Path) -> None:
+    # train_config.json holds the folder's absolute path then; --resume used to count
+    # the folder's new path as a changed setting and refuse.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.train import main, resume_config
+
+    # 0.001 minutes stops it in its first epoch, leaving the second to resume.
+    main(dataclasses.replace(TINY, out=str(tmp_path / "run"), minutes=0.001))
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+    again = TrainConfig(out=str(moved), resume=True, minutes=0.0)
+    assert resume_config(again, {"minutes"}).out == str(moved)  # the folder read, not the old
+    main(resume_config(again, {"out", "minutes"}))  # as `train --out MOVED --resume` gives it
+    assert [r[0] for r in _rows(moved)] == ["epoch", "1", "2"]
+    assert Checkpoint.load(moved).train_config["out"] == str(moved.resolve())
+
+
+def test_resume_checks_the_videos_and_finds_them_where_they_moved(tmp_path: Path) -> None:
+    # The progress file records the clips and their split; resumed on other videos, a
+    # run went on silently with another split. A folder that only moved is the same data.
+    torch = pytest.importorskip("torch")
+    import dataclasses
+    import shutil
+
+    from videogen import class_folders
+
+    from actionstream.training.train import TrainingError, main, resume_config
+
+    videos = class_folders(tmp_path / "videos", ("left", "right"), 5, seed=3)
+    run = tmp_path / "run"
+    cache = str(tmp_path / "cache")
+    # 0.001 minutes stops it in its first epoch, leaving the second to resume.
+    main(dataclasses.replace(TINY, data=str(videos), cache=cache, out=str(run), minutes=0.001))
+    kept = shutil.copytree(videos, tmp_path / "kept")
+
+    def resume(out: Path, data: Path | None = None) -> None:
+        cfg = TrainConfig(out=str(out), resume=True, data=str(data) if data else None)
+        main(resume_config(cfg, {"out", "data"} if data else {"out"}))
+
+    # Two videos deleted and two added in place: it used to go on with another split.
+    (videos / "left" / "left_000.mp4").unlink()
+    (videos / "right" / "right_001.avi").unlink()
+    others = class_folders(tmp_path / "others", ("left", "right"), 1, seed=50)
+    for label in ("left", "right"):
+        shutil.copy(others / label / f"{label}_000.mp4", videos / label / "new.mp4")
+    with pytest.raises(TrainingError, match=r"\(2 clip\(s\) added, 2 gone[,)]"):
+        resume(run)
+    shutil.rmtree(videos)
+    mounted = kept.rename(tmp_path / "mounted")  # as under another path in a container
+    with pytest.raises(TrainingError, match=f"no longer at {videos.resolve()}; give --data"):
+        resume(run)
+    # Progress saved before runs recorded their data keeps the old rule: the same path.
+    old = shutil.copytree(run, tmp_path / "old")
+    progress = torch.load(old / "last.pt", weights_only=True)
+    del progress["data_fingerprint"], progress["data_clips"]
+    torch.save(progress, old / "last.pt")
+    with pytest.raises(TrainingError, match="other settings \\(data: "):
+        resume(old, mounted)
+
+    resume(run, mounted)
+    assert [r[0] for r in _rows(run)] == ["epoch", "1", "2"]
+    # Noted where it is now: resumed again, it needs no --data.
+    assert json.loads((run / "train_config.json").read_text())["data"] == str(mounted.resolve())
+
+
+def test_settings_that_leave_nothing_to_learn_are_refused() -> None:
+    # loss_targets leaves out each stream's first --boundary-ignore frames as it does
+    # those after a change: with no frame beyond them every loss was NaN, and a model at
+    # chance was saved as the best.
+    for changes in ({"boundary_ignore": 1000}, {"stream_frames": 1}, {"stream_frames": 2}):
+        with pytest.raises(ValueError, match="must be below stream_frames"):
+            TrainConfig(**changes)  # type: ignore[arg-type]
+    TrainConfig(stream_frames=3, bptt=1)  # a frame to learn from in every stream
+
+
+def test_a_chunk_with_no_frame_to_learn_from_is_no_nan_loss(tmp_path: Path) -> None:
+    # Chunks of 2 frames: each stream's first lies within --boundary-ignore 2 of its
+    # start. Its NaN made every epoch's logged loss NaN, while the rest learnt.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.train import main
+
+    main(dataclasses.replace(TINY, out=str(tmp_path / "run"), bptt=2, epochs=1))
+    assert float(_rows(tmp_path / "run")[1][2]) > 0
+
+
+def test_an_epoch_that_learns_nothing_stops_the_run_unsaved(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from videogen import class_folders
+
+    from actionstream.training.train import TrainingError, main
+
+    # A learning rate that blows the weights up: the loss is NaN, not a best epoch.
+    out = tmp_path / "diverged"
+    with pytest.raises(TrainingError, match=r"^epoch 1: the training loss is nan .*--lr"):
+        main(dataclasses.replace(TINY, out=str(out), lr=1e30))
+    assert not (out / "checkpoint.pt").exists() and not (out / "last.pt").exists()
+    # Clips of 2 or 3 frames, a background clip between every two actions: each clip is
+    # a change, and all its frames lie within --boundary-ignore 3 of it.
+    videos = class_folders(tmp_path / "videos", ("left", "right", "up"), 5, seconds=0.2)
+    short = dataclasses.replace(
+        TINY, out=str(tmp_path / "short"), data=str(videos), cache=str(tmp_path / "cache")
+    )
+    with pytest.raises(TrainingError, match=r"^epoch 1 had no frame to learn from"):
+        main(dataclasses.replace(short, background="up", boundary_ignore=3))
+    assert not (tmp_path / "short" / "checkpoint.pt").exists()

@@ -87,7 +87,7 @@ class Checkpoint:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch.load raises many unrelated types on foreign files
             raise CheckpointError(
-                f"{path}: not an actionstream checkpoint ({type(e).__name__}: {e})"
+                f"{path}: not an actionstream checkpoint ({type(e).__name__}: {_reason(e)})"
             ) from None
         if isinstance(payload, dict) and "model_config" not in payload and "optimizer" in payload:
             # train's last.pt: a run's progress for --resume, not a model to use.
@@ -104,3 +104,14 @@ class Checkpoint:
             raise CheckpointError(
                 f"{path}: not an actionstream checkpoint ({type(e).__name__}: {e})"
             ) from None
+
+
+def _reason(e: Exception) -> str:
+    """`e`'s message in one line. torch's weights-only unpickler wraps its reason in a
+    paragraph of advice (load with weights_only=False: unsafe for a file of unknown
+    origin, and no use when the file is not a checkpoint at all): the reason alone."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for i, line in enumerate(lines[:-1]):
+        if line.endswith("WeightsUnpickler error:"):
+            return lines[i + 1]
+    return lines[0] if lines else ""

@@ -63,8 +63,9 @@ class TrainConfig:
     resume: bool = setting(
         False,
         help="carry on the run in --out from its last saved epoch, with the settings it was "
-        "started with (only --minutes, --device, --threads and --cache may change); a run "
-        "that --minutes stopped goes on from the epoch after the one the clock cut short",
+        "started with (only --minutes, --device, --threads and --cache may change, and "
+        "--data and --split to where the same videos are now); a run that --minutes "
+        "stopped goes on from the epoch after the one the clock cut short",
         group="Run",
     )
     minutes: float = setting(
@@ -190,6 +191,14 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.boundary_ignore < 0 or self.weight_decay < 0 or self.threads < 0:
             raise ValueError("boundary_ignore, weight_decay and threads must not be negative")
+        if self.boundary_ignore >= self.stream_frames:
+            # loss_targets leaves out a stream's first frames as it does those after a
+            # change: no frame of any stream would count, and every epoch's loss be NaN.
+            raise ValueError(
+                f"boundary_ignore ({self.boundary_ignore}) must be below stream_frames "
+                f"({self.stream_frames}): the loss leaves out each stream's first "
+                f"{self.boundary_ignore} frame(s), so no frame would be learnt from"
+            )
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"channels must be positive widths, got {self.channels}")
         stride = 2 ** len(self.channels)  # each conv block halves the frame

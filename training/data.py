@@ -67,6 +67,13 @@ class TrainingData(Protocol):
         ...
 
     @property
+    def clip_sides(self) -> tuple[tuple[str, str], ...]:
+        """Every clip (its video's SHA-256, span and label) with its side, train or val,
+        sorted: what `--resume` checks the data against. None for the synthetic world,
+        which its settings determine."""
+        ...
+
+    @property
     def val_streams(self) -> Streams: ...
 
     @property
@@ -89,6 +96,7 @@ class SyntheticData:
     labels = LABELS
     background_label: str | None = BACKGROUND_LABEL
     trained_videos: tuple[str, ...] = ()
+    clip_sides: tuple[tuple[str, str], ...] = ()
 
     def __init__(
         self,

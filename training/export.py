@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import logging
+import signal
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -39,6 +40,21 @@ DEFAULT_EXPORT = ExportConfig()
 
 class ExportError(Exception):
     """An export that could not write a model that passes its checks; nothing was written."""
+
+
+def refuse_overwriting(run: Path, out: Path) -> None:
+    """Refuses an `out` whose model or card (`out` with .json) would replace the checkpoint
+    exported from, or its card: `export RUN --out RUN/checkpoint.pt` destroyed the run."""
+    source = run / "checkpoint.pt" if run.is_dir() else run
+    card = out.with_suffix(".json")
+    for kept in (source, source.with_suffix(".json")):
+        for path in (out, card):
+            if path.resolve() == kept.resolve():
+                whose = f"--out {out}" if path == out else f"--out {out}: its card {card}"
+                raise ExportError(
+                    f"{whose} would replace {kept}, of the run it exports from; give the "
+                    f"model another name (e.g. {source.parent / 'model.onnx'})"
+                )
 
 
 def model_spec(ckpt: Checkpoint, net: Recognizer) -> ModelSpec:
@@ -112,8 +128,9 @@ def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = DEFAULT_EXPORT)
         # The card too is written before either file replaces an earlier one: a card
         # that cannot be written leaves the earlier model and card as they were.
         card_tmp.write_text(_card(out, ckpt, cfg))
-        tmp.replace(out)
-        card_tmp.replace(card)
+        with _signals_held():  # the model and its card replace the earlier ones together
+            tmp.replace(out)
+            card_tmp.replace(card)
     except BaseException:
         tmp.unlink(missing_ok=True)
         card_tmp.unlink(missing_ok=True)
@@ -124,6 +141,20 @@ def export_onnx(ckpt: Checkpoint, out: Path, cfg: ExportConfig = DEFAULT_EXPORT)
 def opset_of(model: onnx.ModelProto) -> int | None:
     """The model's version of the default ONNX operator set."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block is done (where the platform can hold them)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 @contextlib.contextmanager

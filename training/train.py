@@ -37,7 +37,12 @@ from tqdm import tqdm
 
 from actionstream.contract import ModelConfig
 from actionstream.training import distributed, pretrained
-from actionstream.training.checkpoint import Checkpoint, CheckpointError, save_whole
+from actionstream.training.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    save_whole,
+    write_whole,
+)
 from actionstream.training.config import INIT_CHOICES, TrainConfig
 from actionstream.training.data import IGNORE, SyntheticData, TrainingData, loss_targets
 from actionstream.training.distributed import Team
@@ -97,12 +102,14 @@ def train_one_epoch(
     bar: tqdm,
     deadline: Deadline,
     team: Team,
-) -> tuple[float, int]:
+) -> tuple[float, int, int]:
     """One pass over this process's batches, or less when the time budget runs out: the
-    mean loss and the optimiser steps taken. `model` is `net`, or its DDP wrapper."""
+    mean loss (NaN when no frame counted), the optimiser steps taken and the frames the
+    loss counted. `model` is `net`, or its DDP wrapper."""
     model.train()
     device = next(net.parameters()).device
     losses = []
+    steps = counted = 0
     for batch in data.batches(rng, (team.rank, team.size)):
         targets = loss_targets(batch.labels, cfg.boundary_ignore)
         state = list(net.initial_state(len(batch)))
@@ -118,12 +125,19 @@ def train_one_epoch(
             sched.step()
             # Truncate BPTT: keep the state's value, drop its history.
             state = [s.detach() for s in state]
-            losses.append(loss.item())
+            steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            # A chunk that lies wholly within --boundary-ignore of a change has no frame
+            # to count: its loss is NaN (its gradient zero), and it says nothing of the
+            # epoch's. Its step is taken all the same: DDP's processes step together.
+            frames = int((targets[:, t0 : t0 + cfg.bptt] != IGNORE).sum())
+            if frames:
+                counted += frames
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         if team.agree(deadline.passed()):
             break
-    return float(np.mean(losses)), len(losses)
+    return float(np.mean(losses)) if losses else math.nan, steps, counted
 
 
 def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingData:
@@ -351,10 +365,20 @@ def _train(
     # run, and the model is saved from the progress.
     if saved is not None and saved["epoch"] >= cfg.epochs and (out / "checkpoint.pt").is_file():
         return _finished(out, cfg.epochs, say)
+    gone = data is None and cfg.data is not None and not Path(cfg.data).exists()
+    if saved is not None and "data_fingerprint" in saved and gone:
+        raise TrainingError(
+            f"--resume: the run's videos are no longer at {cfg.data}; give --data where "
+            "they are now"
+        )
     if data is None:
         t_data = time.perf_counter()
         data = load_data(cfg, say)  # before the run folder: bad data leaves nothing behind
         say(f"data ready in {time.perf_counter() - t_data:.1f}s")
+    if saved is not None:
+        _same_data(saved, data.clip_sides)
+        if team.leader:
+            _relocate(out, cfg)
     model_cfg = _model_config(cfg, len(data.labels))
     net = build_recognizer(model_cfg)
     inherited: tuple[str, ...] = saved.get("inherited_videos", ()) if saved else ()
@@ -401,9 +425,12 @@ def _train(
         total=steps, initial=done, unit="step", dynamic_ncols=True, disable=not team.leader
     ) as bar:
         for epoch in range(first, cfg.epochs + 1):
-            loss, steps_taken = train_one_epoch(
+            loss, steps_taken, counted = train_one_epoch(
                 net, model, data, cfg, opt, sched, rng, bar, deadline, team
             )
+            # Before the epoch is scored or saved: a NaN model is no best epoch.
+            if team.agree(not math.isfinite(loss)):
+                raise TrainingError(_no_loss(epoch, loss, counted, cfg))
             if log is not None:
                 metrics = score(net, data.val_streams, data.val_clips, data.labels, cfg.fps)
                 # Ties go to the later epoch: it has seen more data for the same score.
@@ -414,6 +441,9 @@ def _train(
                 row = log.row(epoch, seconds, loss, metrics, steps_taken)
                 progress: dict[str, Any] = {"epoch": epoch, "seconds": seconds}
                 progress["inherited_videos"] = inherited
+                if data.clip_sides:  # what a resumed run must find again
+                    progress["data_fingerprint"] = data_fingerprint(data.clip_sides)
+                    progress["data_clips"] = data.clip_sides
                 progress |= {"best": best, "best_weights": best_weights, "log": [*log.rows, row]}
                 with _saving(out, epoch):
                     # The best so far as the run's model, before the progress that counts
@@ -447,6 +477,22 @@ def _train(
         f"after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
     )
     return ckpt
+
+
+def _no_loss(epoch: int, loss: float, counted: int, cfg: TrainConfig) -> str:
+    """Why an epoch's loss is not a number, and the settings to look at."""
+    if not counted:
+        return (
+            f"epoch {epoch} had no frame to learn from: the loss leaves out the first "
+            f"{cfg.boundary_ignore} frame(s) after every action change (--boundary-ignore), "
+            "and no action in its streams lasted longer; lower --boundary-ignore, or use "
+            "longer clips"
+        )
+    return (
+        f"epoch {epoch}: the training loss is {loss} (training diverged), so the run stopped "
+        f"without saving the epoch; lower --lr (now {cfg.lr:g}) or --grad-clip (now "
+        f"{cfg.grad_clip:g})"
+    )
 
 
 def _model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
@@ -581,8 +627,9 @@ class EpochLog:
             csv.writer(f).writerow(row)
 
 
-# What a resumed run may change: where and how long it runs, not what it learns.
-_RESUMABLE_CHANGES = {"resume", "minutes", "device", "threads", "cache"}
+# What a resumed run may change: where and how long it runs, not what it learns. `out` is
+# the run folder itself, wherever it lies now: a moved or renamed run is the same run.
+_RESUMABLE_CHANGES = {"resume", "out", "minutes", "device", "threads", "cache"}
 _PROGRESS = "last.pt"
 _CONFIG = "train_config.json"
 
@@ -612,7 +659,8 @@ def resume_config(cfg: TrainConfig, given: Collection[str]) -> TrainConfig:
         raise TrainingError(f"--resume: {cfg.out} holds no run to continue ({e})") from None
     names = {f.name for f in fields(TrainConfig)}
     merged = {k: v for k, v in before.items() if k in names}
-    merged |= {k: getattr(cfg, k) for k in given} | {"resume": True}
+    # The run is the folder read, wherever it lies now; not the path it was started in.
+    merged |= {k: getattr(cfg, k) for k in given} | {"out": cfg.out, "resume": True}
     if isinstance(merged.get("channels"), list):
         merged["channels"] = tuple(merged["channels"])
     try:
@@ -663,11 +711,50 @@ def _resumable(out: Path, cfg: TrainConfig) -> dict[str, Any]:
     except (OSError, ValueError, RuntimeError) as e:
         raise TrainingError(f"--resume: {out} holds no run to continue ({e})") from None
     now, before = resolved(cfg), _absolute(before)
-    changed = sorted(k for k in now if k not in _RESUMABLE_CHANGES and before.get(k) != now[k])
+    # A run that recorded its data is checked by it once read (_same_data): its videos
+    # may have moved (another mount in a container), and --data then names them anew.
+    free = _RESUMABLE_CHANGES | ({"data", "split"} if "data_fingerprint" in saved else set())
+    changed = sorted(k for k in now if k not in free and before.get(k) != now[k])
     if changed:
         detail = ", ".join(f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in changed)
         raise TrainingError(f"--resume: {out} was trained with other settings ({detail})")
     return saved
+
+
+def data_fingerprint(clip_sides: tuple[tuple[str, str], ...]) -> str:
+    """SHA-256 of the clips and their sides, train or val: the data set a run learns from."""
+    return hashlib.sha256("\n".join(f"{c} {side}" for c, side in clip_sides).encode()).hexdigest()
+
+
+def _same_data(saved: dict[str, Any], clip_sides: tuple[tuple[str, str], ...]) -> None:
+    """Refuses to resume on other data than the run started with: resumed, it would go on
+    learning from another split and score epochs on other held-out clips. Progress saved
+    before runs recorded their data has no fingerprint; its --data path was compared."""
+    if "data_fingerprint" not in saved or saved["data_fingerprint"] == data_fingerprint(clip_sides):
+        return
+    then, now = dict(saved["data_clips"]), dict(clip_sides)
+    added, gone = len(now.keys() - then.keys()), len(then.keys() - now.keys())
+    moved = sum(then[c] != now[c] for c in then.keys() & now.keys())
+    how = [f"{added} clip(s) added" if added else "", f"{gone} gone" if gone else ""]
+    how.append(f"{moved} moved between training and validation" if moved else "")
+    raise TrainingError(
+        f"--resume: the data differs from the run's ({', '.join(filter(None, how))} since the "
+        "run started); resume needs the same videos, split as they were (train a new run "
+        "into another --out to use these)"
+    )
+
+
+def _relocate(out: Path, cfg: TrainConfig) -> None:
+    """Notes in train_config.json where the run folder, its videos and split file are now,
+    if they moved: the next --resume finds them without being told again."""
+    path = out / _CONFIG
+    before, now = json.loads(path.read_text()), resolved(cfg)
+    moved = {k: now[k] for k in ("out", "data", "split") if before.get(k) != now[k]}
+    if moved:
+        try:
+            write_whole(path, (json.dumps(before | moved, indent=2) + "\n").encode())
+        except OSError as e:
+            raise TrainingError(_out_problem(out, e)) from None
 
 
 def _restore_schedule(

@@ -23,6 +23,7 @@ import numpy as np
 
 from actionstream.training.data import LabelledClip, Streams
 from actionstream.training.videos import (
+    Clip,
     ClipCache,
     Preprocessing,
     VideoDataset,
@@ -136,6 +137,14 @@ class VideoData:
         self.version = f"videos-{len(dataset.labels)}labels-seed{seed}"
         clips = dataset.labelled()
         self.trained_videos = tuple(sorted({dataset.clips[i].digest for i in train_idx}))
+        # By content, not path: a data folder moved or mounted elsewhere is the same data.
+        sides = [(i, "train") for i in train_idx] + [(i, "val") for i in val_idx]
+        self.clip_sides = tuple(
+            sorted(
+                (_clip_key(dataset.clips[i], self.labels[dataset.targets[i]]), side)
+                for i, side in sides
+            )
+        )
         self.train_clips = [clips[i] for i in train_idx]
         self.val_clips = [clips[i] for i in val_idx]
         bg = self.labels.index(background_label) if background_label in self.labels else None
@@ -187,6 +196,12 @@ class VideoData:
             frames[: n * T].reshape(n, T, *frames.shape[1:]),  # (n*T, H, W, 3) -> (n, T, H, W, 3)
             labels[: n * T].reshape(n, T),
         )
+
+
+def _clip_key(clip: Clip, label: str) -> str:
+    """One clip by its content: the video's SHA-256, the span taken of it, its label."""
+    end = "end" if clip.ref.end_s is None else f"{clip.ref.end_s:g}s"
+    return f"{clip.digest} {clip.ref.start_s:g}s-{end} {label}"
 
 
 def open_videos(
