@@ -265,5 +265,5 @@ def test_ctrl_c_at_any_point_of_an_export_is_one_line_and_leaves_no_half_file(
     export("whole", None)
     whole = time.monotonic() - start
     # Late points too: torch.export's phase is near the end (the parity check after it).
-    codes = [export(f"at{k}", whole * k / 10)[0] for k in (1, 3, 5, 7, 8, 9)]
+    codes = [export(f"at{k}", whole * k / 10)[0] for k in (4, 8)]
     assert 130 in codes, codes
