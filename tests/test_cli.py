@@ -138,7 +138,15 @@ def test_training_commands_refuse_garbage_with_a_message(tmp_path: Path) -> None
         ),
         (["evaluate", str(tmp_path / "missing")], "no such checkpoint"),
         (["train", "--bptt", "0", "--out", str(tmp_path / "run")], "bptt must be at least 1"),
-        (["train", "--size", "60", "--out", str(tmp_path / "run")], "must be a multiple of 16"),
+        (
+            ["train", "--size", "60", "--out", str(tmp_path / "run")],
+            "must be a positive multiple of 16",
+        ),
+        (["train", "--size", "0", "--out", str(tmp_path / "run")], "must be a positive multiple"),
+        (
+            ["train", "--threads", "-3", "--out", str(tmp_path / "run")],
+            "threads must not be negative, got -3",
+        ),
         (["train", "--device", "tpu", "--out", str(tmp_path / "run")], "device must be auto, cpu"),
         (["synth", "--out", str(tmp_path / "f.avi"), "--seconds", "-1"], "must be positive"),
         (["evaluate", str(tmp_path / "missing"), "--streams", "0"], "streams must be at least 1"),

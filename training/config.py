@@ -189,8 +189,9 @@ class TrainConfig:
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.boundary_ignore < 0 or self.weight_decay < 0 or self.threads < 0:
-            raise ValueError("boundary_ignore, weight_decay and threads must not be negative")
+        for name in ("boundary_ignore", "weight_decay", "threads"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.boundary_ignore >= self.stream_frames:
             # loss_targets leaves out a stream's first frames as it does those after a
             # change: no frame of any stream would count, and every epoch's loss be NaN.
@@ -204,7 +205,8 @@ class TrainConfig:
         stride = 2 ** len(self.channels)  # each conv block halves the frame
         if self.size < stride or self.size % stride:
             raise ValueError(
-                f"size ({self.size}) must be a multiple of {stride} (2 ** number of channels)"
+                f"size ({self.size}) must be a positive multiple of {stride} (2 ** number of "
+                "channels)"
             )
 
 

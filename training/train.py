@@ -165,7 +165,8 @@ def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingDat
     # Per label, what was held out of how many: a bare count there read as the held-out one.
     held = [dataset.targets[i] for i in val_idx]
     counts = ", ".join(
-        f"{label} {held.count(k)} of {n}"
+        # A label with a comma or a space of its own in quotes, so the list still reads.
+        f"{repr(label) if ',' in label or ' ' in label else label} {held.count(k)} of {n}"
         for k, (label, n) in enumerate(dataset.per_class().items())
     )
     say(
