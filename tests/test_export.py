@@ -133,15 +133,7 @@ def test_an_out_that_cannot_be_written_is_one_line(
     ckpt, _ = exported
     ckpt.save(tmp_path / "checkpoint.pt")
     (tmp_path / "afile").write_text("")
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "actionstream", "export", str(tmp_path)),
-            *("--out", str(tmp_path / "afile" / "m.onnx")),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _export_cli(str(tmp_path), "--out", str(tmp_path / "afile" / "m.onnx"))
     assert result.returncode == 1
     assert result.stderr == (
         f"actionstream export: cannot write {tmp_path / 'afile' / 'm.onnx'}: "
@@ -202,12 +194,7 @@ def test_an_export_over_its_own_run_is_refused(
         f"{run / 'checkpoint.json'}",
     }
     for out, said in cases.items():
-        result = subprocess.run(
-            [sys.executable, "-m", "actionstream", "export", str(run), "--out", str(out)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        result = _export_cli(str(run), "--out", str(out))
         assert result.returncode == 1
         assert result.stderr == (
             f"actionstream export: {said}, of the run it exports from; give the model "
@@ -267,3 +254,12 @@ def test_ctrl_c_at_any_point_of_an_export_is_one_line_and_leaves_no_half_file(
     # Late points too: torch.export's phase is near the end (the parity check after it).
     codes = [export(f"at{k}", whole * k / 10)[0] for k in (4, 8)]
     assert 130 in codes, codes
+
+
+def _export_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "actionstream", "export", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
