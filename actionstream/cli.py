@@ -174,8 +174,8 @@ def export(cfg: ExportConfig) -> int:
         print(f"{PROG} export: interrupted; {done}", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        # None: the handler before was set from C; Python's own is the nearest to it.
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 class _Interrupts:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -201,12 +203,43 @@ def test_an_export_over_its_own_run_is_refused(
             f"another name (e.g. {run / 'model.onnx'})\n"
         )
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    # Nor any file of the run folder (a card named train_config.json ended its resume);
+    # a checkpoint without a card of its own leaves the name free.
+    from actionstream.training.export import ExportError, refuse_overwriting
+
+    (run / "train_config.json").write_text("{}")
+    with pytest.raises(ExportError, match=r"its card .*train_config.json would replace"):
+        refuse_overwriting(run, run / "train_config.onnx")
+    loose = tmp_path / "loose"
+    ckpt.save(loose / "best.pt")
+    (loose / "best.json").unlink(missing_ok=True)
+    refuse_overwriting(loose / "best.pt", loose / "best.onnx")
     # A checkpoint that was overwritten so is one line to load, not torch's paragraph.
     (run / "checkpoint.pt").write_bytes(onnx_model.read_bytes())
     with pytest.raises(CheckpointError) as e:
         Checkpoint.load(run)
     assert str(e.value).startswith(f"{run / 'checkpoint.pt'}: not an actionstream checkpoint")
     assert "\n" not in str(e.value) and "weights_only" not in str(e.value), e.value
+
+
+def test_signals_wait_for_the_model_and_its_card_to_be_swapped_in() -> None:
+    # A thread's signal mask held them on the main thread alone: the kernel gave a
+    # SIGINT to one of torch's threads, and the main thread was interrupted between the
+    # model's rename and its card's. Here the signal comes from another thread.
+    import signal
+    import threading
+
+    from actionstream.training.export import _signals_held
+
+    done = []
+    with pytest.raises(KeyboardInterrupt), _signals_held():
+        sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
+        sender.start()
+        sender.join()
+        time.sleep(0.05)  # where an unheld signal would have raised
+        done.append("both files swapped")
+    assert done == ["both files swapped"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_ctrl_c_at_any_point_of_an_export_is_one_line_and_leaves_no_half_file(

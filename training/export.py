@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -42,14 +43,25 @@ class ExportError(Exception):
     """An export that could not write a model that passes its checks; nothing was written."""
 
 
+# A run folder's own files, which an export must never replace: `export RUN --out
+# RUN/checkpoint.pt` destroyed the run, and a card named train_config.json its resume.
+RUN_FILES = (
+    "checkpoint.pt", "checkpoint.json", "last.pt", "train_config.json", "metrics.csv",
+    "evaluation.json",
+)  # fmt: skip
+
+
 def refuse_overwriting(run: Path, out: Path) -> None:
     """Refuses an `out` whose model or card (`out` with .json) would replace the checkpoint
-    exported from, or its card: `export RUN --out RUN/checkpoint.pt` destroyed the run."""
+    exported from, its card where it has one, or a file of its run folder."""
     source = run / "checkpoint.pt" if run.is_dir() else run
     card = out.with_suffix(".json")
-    for kept in (source, source.with_suffix(".json")):
+    kept_files = [source, *(source.parent / name for name in RUN_FILES)]
+    if source.with_suffix(".json").exists():
+        kept_files.append(source.with_suffix(".json"))
+    for kept in kept_files:
         for path in (out, card):
-            if path.resolve() == kept.resolve():
+            if path.resolve() == kept.resolve() and (kept == source or kept.exists()):
                 whose = f"--out {out}" if path == out else f"--out {out}: its card {card}"
                 raise ExportError(
                     f"{whose} would replace {kept}, of the run it exports from; give the "
@@ -145,16 +157,25 @@ def opset_of(model: onnx.ModelProto) -> int | None:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block is done (where the platform can hold them)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask"):
+    """Ctrl-C and SIGTERM wait until the block is done, then take effect as they would
+    have. Held by Python handlers that only note them: a thread's signal mask would hold
+    them on this thread alone, and the kernel hands a process's signal to any thread that
+    does not block it (torch and onnxruntime keep several). Off the main thread, where
+    handlers cannot be set, nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    came: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.signal(sig, lambda signum, _: came.append(signum)) for sig in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for sig, handler in before.items():
+            # None: a handler set from C, which Python cannot put back; the default then.
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(came):
+            signal.raise_signal(signum)
 
 
 @contextlib.contextmanager
