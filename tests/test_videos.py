@@ -109,6 +109,9 @@ def test_a_bad_manifest_says_which_line(tmp_path: Path, text: str, message: str)
             r"m.csv:1: unknown column\(s\) 'start' \(for 'start_s'\?\), 'end' \(for 'end_s'\?\)",
         ),
         ("Path,Label\nx.avi,a\n", r"m.csv:1: unknown column\(s\) 'Path' \(for 'path'\?\)"),
+        # Spans under names of their own, where ours are missing: whole videos, unsaid.
+        ("path,label,from_s,to_s\nx.avi,a,0,1\n", r"'from_s' \(spans go in start_s,end_s"),
+        ("path,label,start_s,duration\nx.avi,a,0,1\n", r"'duration' \(spans go in start_s"),
         ("path\nx.avi\n", r"m.csv:1: no path,label in the header"),
         # Blank lines still count: the line is the file's, not the row's.
         ("path,label,start_s\nx.avi,a,0\n\n\nx.avi,b,soon\n", "m.csv:5: expected columns"),
@@ -130,11 +133,13 @@ def test_a_manifests_other_columns_are_named_and_left_alone(tmp_path: Path) -> N
     # Notes beside the clips, or a trailing comma, are no misspelt column of ours.
     _numbered_video(tmp_path / "x.avi", 4, 10.0)
     manifest = tmp_path / "m.csv"
-    manifest.write_text("path,label,notes,\nx.avi,a,seen twice,\n")
+    manifest.write_text("path,label,notes,status,labeler,\nx.avi,a,seen twice,ok,bo,\n")
     said: list[str] = []
     [ref] = find_clips(manifest, said.append)
     assert (ref.label, ref.start_s, ref.end_s) == ("a", 0.0, None)
-    assert said == [f"{manifest}: ignored column(s) 'notes'"]
+    assert said == [f"{manifest}: ignored column(s) 'notes', 'status', 'labeler'"]
+    manifest.write_text("path,label,start_s,end_s,fps\nx.avi,a,0,0.3,10\n")
+    assert find_clips(manifest, said.append)[0].end_s == 0.3  # spans given: fps is a note
 
 
 def test_csvs_from_a_spreadsheet_with_a_byte_order_mark_are_read(tmp_path: Path) -> None:

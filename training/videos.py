@@ -202,22 +202,50 @@ def _from_manifest(manifest: Path, report: Callable[[str], None]) -> list[ClipRe
 def _check_columns(
     manifest: Path, header: list[str], expected: str, report: Callable[[str], None]
 ) -> None:
-    """Refuses a header whose column names look like misspelt ones of ours (`start` for
-    `start_s`, `Label`); other columns (notes, a source URL) are named and left alone, as
-    is an empty one (a trailing comma)."""
+    """Refuses a header that names a column of ours misspelt (`lable`, `Path`), or spans
+    under names of its own (`start`, `from_s`, `onset`, `duration`) where ours are
+    missing: left alone, those would train on whole videos. Other columns (notes, a
+    source URL) are named and left alone, as is an empty one (a trailing comma)."""
     unknown = [name for name in header if name and name not in MANIFEST_COLUMNS]
-    misspelt = {
-        name: close[0]
-        for name in unknown
-        if (close := difflib.get_close_matches(name.lower(), MANIFEST_COLUMNS, n=1, cutoff=0.6))
-    }
-    if misspelt:
-        meant = ", ".join(f"{name!r} (for {ours!r}?)" for name, ours in misspelt.items())
-        raise DatasetError(f"{manifest}:1: unknown column(s) {meant} in the header; {expected}")
-    if not {"path", "label"} <= set(header):
+    missing = [ours for ours in MANIFEST_COLUMNS if ours not in header]
+    problems = []
+    for name in unknown:
+        meant = _meant(name, missing)
+        if meant is not None:
+            problems.append(f"{name!r} (for {meant!r}?)")
+        elif ("start_s" in missing or "end_s" in missing) and _looks_like_time(name):
+            problems.append(f"{name!r} (spans go in start_s,end_s, in seconds)")
+    if problems:
+        raise DatasetError(
+            f"{manifest}:1: unknown column(s) {', '.join(problems)} in the header; {expected}"
+        )
+    if "path" in missing or "label" in missing:
         raise DatasetError(f"{manifest}:1: no path,label in the header; {expected}")
     if unknown:
         report(f"{manifest}: ignored column(s) {', '.join(map(repr, unknown))}")
+
+
+def _meant(name: str, ours: list[str]) -> str | None:
+    """The column of `ours` that `name` misspells: the same in another case, cut short
+    (`start`), or one or two letters off (`lable`)."""
+    lower = name.lower()
+    for column in ours:
+        if lower == column or (len(lower) >= 3 and column.startswith(lower)):
+            return column
+    close = difflib.get_close_matches(lower, ours, n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
+_TIME_WORDS = frozenset(
+    {"start", "end", "begin", "stop", "from", "to", "onset", "offset", "duration", "length"}
+    | {"t0", "t1", "time"}
+)
+
+
+def _looks_like_time(name: str) -> bool:
+    """A column name that reads as a time or a span bound: `from_s`, `clip_end`, `t0`."""
+    words = name.lower().replace("-", "_").split("_")
+    return bool(_TIME_WORDS & set(words)) or words[-1] in ("s", "sec", "secs", "ms", "seconds")
 
 
 def _refuse_overlaps(manifest: Path, refs: list[tuple[int, ClipRef]]) -> None:
