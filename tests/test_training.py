@@ -509,6 +509,12 @@ def test_resume_checks_the_videos_and_finds_them_where_they_moved(tmp_path: Path
     with pytest.raises(TrainingError, match="other settings \\(data: "):
         resume(old, mounted)
 
+    # Renamed, the same videos come in another order, from which split() would draw
+    # another split: the run's recorded one is kept.
+    for label in ("left", "right"):
+        files = sorted((mounted / label).iterdir())
+        for n, path in enumerate(reversed(files)):
+            path.rename(path.with_name(f"z{n}_{path.name}"))
     resume(run, mounted)
     assert [r[0] for r in _rows(run)] == ["epoch", "1", "2"]
     # Noted where it is now: resumed again, it needs no --data.

@@ -49,7 +49,7 @@ from actionstream.training.distributed import Team
 from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, score
 from actionstream.training.model import Recognizer, build_recognizer
 from actionstream.training.synth import SynthConfig
-from actionstream.training.video_data import VideoData, open_videos
+from actionstream.training.video_data import VideoData, open_videos, recorded_split
 from actionstream.training.videos import (
     MIN_CLIP_FRAMES,
     DatasetError,
@@ -140,8 +140,11 @@ def train_one_epoch(
     return float(np.mean(losses)) if losses else math.nan, steps, counted
 
 
-def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingData:
-    """The synthetic world, or the user's videos under `cfg.data`."""
+def load_data(
+    cfg: TrainConfig, say: Callable[..., None] = print, sides: dict[str, str] | None = None
+) -> TrainingData:
+    """The synthetic world, or the user's videos under `cfg.data`, split as a resumed run
+    recorded (`sides`, by clip) when it holds these clips."""
     if cfg.data is None:
         return synthetic_data(cfg)
     try:
@@ -154,9 +157,12 @@ def load_data(cfg: TrainConfig, say: Callable[..., None] = print) -> TrainingDat
         raise TrainingError(
             f"--background {cfg.background!r} is not one of the labels {list(dataset.labels)}"
         )
+    recorded = None if sides is None else recorded_split(dataset, sides)
     try:
         train_idx, val_idx = (
-            split_from_file(dataset, Path(cfg.split))
+            recorded
+            if recorded is not None
+            else split_from_file(dataset, Path(cfg.split))
             if cfg.split
             else split(dataset, cfg.val_fraction, cfg.seed)
         )
@@ -374,7 +380,10 @@ def _train(
         )
     if data is None:
         t_data = time.perf_counter()
-        data = load_data(cfg, say)  # before the run folder: bad data leaves nothing behind
+        # Before the run folder: bad data leaves nothing behind.
+        data = load_data(
+            cfg, say, dict(saved["data_clips"]) if saved and "data_clips" in saved else None
+        )
         say(f"data ready in {time.perf_counter() - t_data:.1f}s")
     if saved is not None:
         _same_data(saved, data.clip_sides)

@@ -141,7 +141,7 @@ class VideoData:
         sides = [(i, "train") for i in train_idx] + [(i, "val") for i in val_idx]
         self.clip_sides = tuple(
             sorted(
-                (_clip_key(dataset.clips[i], self.labels[dataset.targets[i]]), side)
+                (clip_key(dataset.clips[i], self.labels[dataset.targets[i]]), side)
                 for i, side in sides
             )
         )
@@ -198,10 +198,28 @@ class VideoData:
         )
 
 
-def _clip_key(clip: Clip, label: str) -> str:
-    """One clip by its content: the video's SHA-256, the span taken of it, its label."""
-    end = "end" if clip.ref.end_s is None else f"{clip.ref.end_s:g}s"
-    return f"{clip.digest} {clip.ref.start_s:g}s-{end} {label}"
+def clip_key(clip: Clip, label: str) -> str:
+    """One clip by its content: the video's SHA-256, the span taken of it (every digit
+    of its bounds: 12345.61 s is not 12345.64 s), its label."""
+    end = "end" if clip.ref.end_s is None else f"{clip.ref.end_s!r}s"
+    return f"{clip.digest} {clip.ref.start_s!r}s-{end} {label}"
+
+
+def recorded_split(
+    dataset: VideoDataset, sides: dict[str, str]
+) -> tuple[list[int], list[int]] | None:
+    """Clip indices for training and validation as a resumed run recorded them (`sides`,
+    by clip_key), for these clips in whatever order they come now (renamed files, rows
+    reordered: split() would draw another split); None when a clip is not in the record."""
+    keys = [
+        clip_key(c, dataset.labels[t]) for c, t in zip(dataset.clips, dataset.targets, strict=True)
+    ]
+    if any(k not in sides for k in keys):
+        return None
+    return (
+        [i for i, k in enumerate(keys) if sides[k] == "train"],
+        [i for i, k in enumerate(keys) if sides[k] == "val"],
+    )
 
 
 def open_videos(
