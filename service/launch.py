@@ -41,6 +41,18 @@ STOPPED_WHILE_STARTING = threading.Event()
 # What a `--workers` supervisor sends its workers on a second stop: end the open streams
 # now. Not SIGTERM, which a worker may get twice for one stop (see run_worker).
 HURRY = signal.SIGUSR1
+HURRIED_WHILE_STARTING = threading.Event()
+
+
+def hurry_once_started() -> None:
+    """A worker's HURRY before its serving loop takes it (its default would kill the
+    worker, resetting connections): noted, it stops and ends its streams once up."""
+    signal.signal(HURRY, _hurry_while_starting)
+
+
+def _hurry_while_starting(signum: int, frame: FrameType | None) -> None:
+    HURRIED_WHILE_STARTING.set()
+    STOPPED_WHILE_STARTING.set()
 
 
 def stop_once_started(*signals: signal.Signals) -> None:

@@ -27,11 +27,13 @@ from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
 from actionstream.service.frames import FrameDecoder
 from actionstream.service.launch import (
+    HURRIED_WHILE_STARTING,
     HURRY,
     STOPPED_WHILE_STARTING,
     ServeError,
     address,
     bind_problem,
+    hurry_once_started,
     stop_once_started,
     write_ready_file,
 )
@@ -217,6 +219,7 @@ def run_worker(cfg: ServeConfig, error_file: Path) -> int:
     # HURRY, which the supervisor sends on a second stop of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop_once_started(signal.SIGTERM)
+    hurry_once_started()
     logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
     try:
         return _run_server(cfg, shared_port=True)
@@ -239,7 +242,11 @@ def _run_server(cfg: ServeConfig, shared_port: bool) -> int:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     # The image libraries under it print straight to stderr; their lines become log lines.
     native_stderr.capture()
-    return asyncio.run(_serve(cfg, shared_port))
+    try:
+        return asyncio.run(_serve(cfg, shared_port))
+    finally:
+        if shared_port:  # the loop's handlers are gone: a late HURRY must not kill it
+            signal.signal(HURRY, signal.SIG_IGN)
 
 
 class _StopSignals:
@@ -256,7 +263,7 @@ class _StopSignals:
         self._stops = (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT)
         self._hurries = (HURRY,) if worker else self._stops
         self._hurried: asyncio.Task[None] | None = None
-        self._asked_to_hurry = False
+        self._asked_to_hurry = worker and HURRIED_WHILE_STARTING.is_set()
         for sig in self._stops:
             self._loop.add_signal_handler(sig, self.stop.set)
         if worker:

@@ -119,6 +119,8 @@ def _supervise(
     ready = None
     try:
         for i in range(cfg.workers):
+            if stop.is_set():  # asked to stop while the others started
+                break
             worker_cfg = replace(
                 cfg,
                 port=port,
@@ -140,6 +142,8 @@ def _supervise(
             )
             worker.start()
             workers.append(worker)
+        if stop.is_set():
+            return 0
         ready = _wait_ready(workers, tmp, stop)
         if ready is None:
             return 0 if stop.is_set() else 1
