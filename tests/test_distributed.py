@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -42,3 +44,45 @@ def test_torchrun_trains_with_two_processes(tmp_path: Path) -> None:
     assert len(rows) == 3  # header + 2 epochs, written by the leader alone
     # 32 streams in batches of 8, split over 2 processes, 2 chunks each, 2 epochs.
     assert "8/8" in done.stderr
+
+
+def _decide(rank: int, store: str, own: list[tuple[float, int]], out: str) -> None:
+    import torch.distributed as dist
+
+    from actionstream.training.distributed import Team
+    from actionstream.training.train import _over_the_team
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        loss, counted = _over_the_team(*own[rank], Team(rank=rank, size=2))
+        Path(f"{out}.{rank}").write_text(json.dumps([None if math.isnan(loss) else loss, counted]))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    ("own", "expected"),
+    [
+        # One process's share had no frame to count: the team's loss is the other's.
+        ([(0.5, 10), (math.nan, 0)], [0.5, 10]),
+        # Weighted by frames; a process that diverged makes it NaN for every process.
+        ([(1.0, 10), (4.0, 30)], [3.25, 40]),
+        ([(1.0, 10), (math.nan, 30)], [None, 40]),
+    ],
+)
+def test_every_process_decides_on_the_teams_loss(
+    tmp_path: Path,
+    own: list[tuple[float, int]],
+    expected: list[float | None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each process decided on its own loss: one whose share had no counted frame stopped
+    # the whole run, and the leader's message could blame the wrong setting.
+    pytest.importorskip("torch")
+    import torch.multiprocessing as mp
+
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback only, as the torchrun test
+    out = str(tmp_path / "decided")
+    mp.spawn(_decide, args=(str(tmp_path / "store"), own, out), nprocs=2)
+    assert json.loads(Path(f"{out}.0").read_text()) == expected
+    assert json.loads(Path(f"{out}.1").read_text()) == expected

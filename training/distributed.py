@@ -43,6 +43,15 @@ class Team:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def total(self, values: list[float]) -> list[float]:
+        """Each of `values` summed over every process (each must call this at the same
+        point)."""
+        if self.size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return [float(v) for v in t.tolist()]
+
     def share(self, obj: T) -> T:
         """The leader's `obj` on every process (each must call this at the same point)."""
         if self.size == 1:

@@ -438,8 +438,9 @@ def _train(
             loss, steps_taken, counted = train_one_epoch(
                 net, model, data, cfg, opt, sched, rng, bar, deadline, team
             )
+            loss, counted = _over_the_team(loss, counted, team)
             # Before the epoch is scored or saved: a NaN model is no best epoch.
-            if team.agree(not math.isfinite(loss)):
+            if not math.isfinite(loss):
                 raise TrainingError(_no_loss(epoch, loss, counted, cfg))
             if log is not None:
                 metrics = score(net, data.val_streams, data.val_clips, data.labels, cfg.fps)
@@ -487,6 +488,16 @@ def _train(
         f"after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
     )
     return ckpt
+
+
+def _over_the_team(loss: float, counted: int, team: Team) -> tuple[float, int]:
+    """The epoch's loss and counted frames over every process, weighted by its frames:
+    one process whose share had no frame to count is no reason to stop, and every
+    process decides alike. Alone, its own figures as they are."""
+    if team.size == 1:
+        return loss, counted
+    weighted, frames = team.total([loss * counted if counted else 0.0, float(counted)])
+    return (weighted / frames if frames else math.nan), int(frames)
 
 
 def _no_loss(epoch: int, loss: float, counted: int, cfg: TrainConfig) -> str:
