@@ -6,6 +6,8 @@ import contextlib
 import itertools
 import queue
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -187,3 +189,13 @@ WITH_CTRL_C = (
     "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
     "os.execv(sys.executable, [sys.executable, '-m', 'actionstream', *sys.argv[1:]])"
 )
+
+
+def actionstream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`actionstream ARGS` as a user runs it, in a process of its own; its output kept."""
+    return subprocess.run(
+        [sys.executable, "-m", "actionstream", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 import pytest
 from background import BackgroundServer
-from helpers import WITH_CTRL_C, MjpegCamera, render
+from helpers import WITH_CTRL_C, MjpegCamera, actionstream, render
 from videogen import motion_clip, variable_rate, write
 
 from actionstream.serve_process import ServeProcess
@@ -592,12 +592,7 @@ def _first_labels(video: Path, path: Path, frames: int) -> Path:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "actionstream", "stream", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return actionstream("stream", *args, timeout=60)
 
 
 def test_labels_the_model_lacks_are_refused_before_streaming(

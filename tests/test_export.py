@@ -290,9 +290,6 @@ def test_ctrl_c_at_any_point_of_an_export_is_one_line_and_leaves_no_half_file(
 
 
 def _export_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "actionstream", "export", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    from helpers import actionstream
+
+    return actionstream("export", *args, timeout=300)
