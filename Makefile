@@ -24,10 +24,14 @@ $(VENV)/.dev: $(VENV)/.service
 demo: $(VENV)/.service
 	$(BIN)/actionstream demo
 
+# Whole test files shared among up to four processes, one a core: most tests wait on
+# servers, processes and clocks more than they compute. PYTEST_WORKERS= runs them in one.
+PYTEST_WORKERS ?= --numprocesses=auto --maxprocesses=4 --dist=loadfile
+
 test: $(VENV)/.dev prometheus-tools docker-tools swarm-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_WORKERS)
 
 # Debian's prometheus and promtool, for the real-scrape and alert-rule tests.
 # Installed when we are root with apt (as in CI); elsewhere those tests skip.

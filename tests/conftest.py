@@ -14,8 +14,15 @@ from actionstream.service import grpc_listener
 # read their connections as `actionstream serve`'s do.
 grpc_listener.prefer_iomgr(os.environ)
 
+# Under pytest-xdist the workers share the cores: one torch (OpenMP) thread in each, and
+# in the commands they start, rather than one a core in each, which oversubscribes them:
+# OpenMP's threads spin while they wait for each other. Set before anything loads torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,6 +44,20 @@ from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 TEST_CONFIG = ServeConfig(
     host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=0.0, queue_frames=1000
 )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with image tests first, then files with slow tests, each file whole and in
+    its own order: the workers of `pytest -n` take whole files (`--dist loadfile`, which
+    keeps a file's fixtures to one worker), and a long file taken last would finish alone.
+    """
+    rank: dict[Path, int] = {}
+    for item in items:
+        mine = (
+            0 if item.get_closest_marker("docker") else 1 if item.get_closest_marker("slow") else 2
+        )
+        rank[item.path] = min(rank.get(item.path, 2), mine)
+    items.sort(key=lambda item: rank[item.path])
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import pytest
 from background import BackgroundServer
 from helpers import WITH_CTRL_C, MjpegCamera, camera_sequences, render
 
+from actionstream.service.streams import printable
 from actionstream.training.synth import render_stream, write_video
 
 StartServer = Callable[..., BackgroundServer]
@@ -173,7 +174,9 @@ def test_refusals_and_an_absent_server_are_one_line(
         closed: ("0", "the server ended the watch with PERMISSION_DENIED: WatchSource is disabled"),
         watcher: (
             str(tmp_path / "absent.avi"),
-            f"the server ended the watch with NOT_FOUND: no such video file: {tmp_path}",
+            # The server names at most 64 characters of a source (a long one ends in "…").
+            "the server ended the watch with NOT_FOUND: no such video file: "
+            + printable(str(tmp_path / "absent.avi")),
         ),
     }
     for server, (source, message) in cases.items():
