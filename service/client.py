@@ -27,6 +27,7 @@ import numpy as np
 from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.resampling import FileClock, Resampler
 from actionstream.service.config import StreamConfig
+from actionstream.service.credentials import hide_credentials
 from actionstream.service.output import events_text, prediction_record, print_json
 from actionstream.service.reconnection import Reconnection
 from actionstream.service.sources import SourceError, VideoSource
@@ -379,7 +380,8 @@ class _Session:
         closed. With `resampler` (as fast as the server answers): one frame in flight, and
         only the frames the server would take, so none is dropped and none waits."""
         cfg = self._cfg
-        yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=cfg.source))
+        name = hide_credentials(cfg.source)  # the server logs it
+        yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=name))
         # Paced from where this call starts: after a reconnection a file goes on at its
         # rate rather than rushing to catch up on the time the server was away.
         start = time.perf_counter() - self._played_s

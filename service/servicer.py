@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 from actionstream.resampling import FileClock
 from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
+from actionstream.service.credentials import hide_credentials
 from actionstream.service.frames import FrameError, RejectReason
 from actionstream.service.idle_sweep import IdleSweep
 from actionstream.service.metrics import Metrics
@@ -44,7 +45,13 @@ from actionstream.service.sources import (
     SourceOpener,
     SourceTimeout,
 )
-from actionstream.service.streams import FrameRejected, PendingFrame, Stream, printable
+from actionstream.service.streams import (
+    NAME_LIMIT,
+    FrameRejected,
+    PendingFrame,
+    Stream,
+    printable,
+)
 from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -369,7 +376,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
     def _new_stream(self, options: pb.StreamOptions, default_name: str) -> Stream:
         meta = self._meta
         stream = Stream(
-            options.stream_name or default_name,
+            _shown_name(options.stream_name or default_name),
             options.top_k or self._cfg.default_top_k,
             meta.labels,
             meta.background_label,
@@ -380,7 +387,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
 
     def _configure(self, stream: Stream, options: pb.StreamOptions) -> None:
         if options.stream_name:
-            stream.name = printable(options.stream_name)
+            stream.name = printable(_shown_name(options.stream_name))
         if options.top_k:
             stream.top_k = min(options.top_k, len(stream.labels))
 
@@ -485,6 +492,13 @@ async def _read_source(source: AsyncVideoSource) -> tuple[np.ndarray, float] | N
         return await source.read()
     except SourceError as e:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_source") from e
+
+
+def _shown_name(name: str) -> str:
+    """A stream's name as logs show it (Stream cuts it to NAME_LIMIT characters): without
+    the secrets of a camera URL, which clients often name their streams by. Only its start
+    is looked at: a client may send megabytes."""
+    return hide_credentials(name[: 16 * NAME_LIMIT])
 
 
 def _about(stream: Stream) -> dict[str, object]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from actionstream.service.credentials import hide_credentials
 from actionstream.service.source_allowlist import (
     NoSuchFile,
     NotAllowed,
@@ -104,12 +105,12 @@ def check_text(source: str) -> None:
             f"source is {len(source)} characters long; the server takes at most {MAX_SOURCE_CHARS}"
         )
     if has_control_characters(source):
-        raise SourceError(f"{printable(source)} holds a control character")
+        raise SourceError(f"{_shown(source)} holds a control character")
     if is_url(source):
         scheme = source.split("://", 1)[0].lower()
         if scheme not in NETWORK_SCHEMES:
             raise SourceError(
-                f"cannot open {printable(source)}: the server opens network streams "
+                f"cannot open {_shown(source)}: the server opens network streams "
                 f"({', '.join(sorted(NETWORK_SCHEMES))}) by URL and local files by path"
             )
 
@@ -186,16 +187,22 @@ class VideoSource:
     def _check_pixels(self, width: int, height: int, what: str) -> None:
         if self._max_pixels is not None and width * height > self._max_pixels:
             raise SourceError(
-                f"{printable(self.source)} {what} {width}x{height} = "
+                f"{_shown(self.source)} {what} {width}x{height} = "
                 f"{width * height} pixels; the server accepts at most {self._max_pixels} "
                 "(max_frame_pixels)"
             )
 
 
 def _quote(source: str, limits: SourceLimits | None) -> str:
-    """The source as an error quotes it: the server's cut short and escaped (its errors
-    reach statuses and logs), the `stream` client's own as its user gave it."""
-    return printable(source) if limits is not None else source
+    """The source as an error quotes it: the server's as _shown (its errors reach
+    statuses and logs), the `stream` client's own as its user gave it."""
+    return _shown(source) if limits is not None else source
+
+
+def _shown(source: str) -> str:
+    """A source as the server's errors and logs show it: its secrets hidden, cut short
+    and escaped."""
+    return printable(hide_credentials(source))
 
 
 def _open_camera(source: str, limits: SourceLimits | None) -> cv2.VideoCapture:
@@ -371,7 +378,7 @@ class SourceOpener:
             self._abandon(future, executor)
             if isinstance(e, TimeoutError):
                 raise SourceTimeout(
-                    f"{printable(source)} did not open within {deadline_s:g} s (opens of "
+                    f"{_shown(source)} did not open within {deadline_s:g} s (opens of "
                     "URLs take turns, and one that hangs holds up all others)"
                 ) from None
             raise
@@ -386,9 +393,9 @@ class SourceOpener:
             with self._allowlist.opened(source) as admitted:
                 return VideoSource(admitted, self._limits, shown=source)
         except NotAllowed as e:
-            raise SourceNotAllowed(f"cannot open {printable(source)}: {e}") from None
+            raise SourceNotAllowed(f"cannot open {_shown(source)}: {e}") from None
         except NoSuchFile:
-            raise SourceNotFound(f"no such video file: {printable(source)}") from None
+            raise SourceNotFound(f"no such video file: {_shown(source)}") from None
 
     def close(self) -> None:
         """Drops network opens still waiting; one in flight runs on to its timeout."""

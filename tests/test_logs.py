@@ -1,12 +1,23 @@
-"""Log lines: client strings escaped and bounded; JSON lines carry the stream's name and id."""
+"""Log lines: client strings escaped and bounded, camera secrets hidden; JSON lines carry
+the stream's name and id."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 
+import grpc
+import pytest
+from background import BackgroundServer
+from helpers import LiveStream, frame_request, jpeg, render, stub_for
+
+from actionstream.service.credentials import hide_credentials
 from actionstream.service.logs import JsonFormatter
 from actionstream.service.streams import NAME_LIMIT, printable
+from actionstream.v1 import actionstream_pb2 as pb
+
+SECRET = "s3cret-pw"
 
 
 def test_printable_escapes_and_bounds_client_strings() -> None:
@@ -34,3 +45,44 @@ def test_json_lines_carry_the_stream() -> None:
     assert fields["message"] == "stream 7 cam\\n2 opened"
     assert (fields["stream"], fields["stream_id"], fields["level"]) == ("cam\\n2", 7, "INFO")
     assert fields["time"].endswith("Z")
+
+
+def test_camera_secrets_stay_out_of_logs_and_statuses(
+    start_server: Callable[..., BackgroundServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cameras take their passwords in their URLs, and clients name streams by them; the
+    server logs names and quotes sources in its errors, seen by operators and clients."""
+    server = start_server(allow_sources=True)
+    stub = stub_for(server.port)
+    named = f"rtsp://admin:{SECRET}@camera.example/live?channel=1"
+    with caplog.at_level(logging.INFO, logger="actionstream"):
+        stream = LiveStream(stub, pb.StreamOptions(stream_name=named))
+        stream.send(frame_request(jpeg(render(1, seed=0)[0])))
+        assert stream.close() == []
+        # Nothing listens on port 1 of the loopback: the open fails at once.
+        for source in (
+            f"rtsp://admin:{SECRET}@127.0.0.1:1/live",
+            f"http://127.0.0.1:1/video.mjpg?user=admin&pwd={SECRET}",
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.WatchSource(pb.SourceRequest(source=source)))
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+            details = refused.value.details()
+            assert "127.0.0.1:1" in details and SECRET not in details, details
+    assert "rtsp://***@camera.example/live?channel=1 opened" in caplog.text
+    assert "rtsp://***@127.0.0.1:1/live" in caplog.text
+    assert "video.mjpg?user=admin&pwd=*** " in caplog.text
+    assert SECRET not in caplog.text
+
+
+def test_hiding_secrets_keeps_the_rest_of_the_url() -> None:
+    cases = {
+        "rtsp://admin:p@ss@cam:554/live?channel=1": "rtsp://***@cam:554/live?channel=1",
+        "https://TOKEN@cam/x#y": "https://***@cam/x#y",
+        "http://cam/v.mjpg?user=admin&pwd=pw&fps=10": "http://cam/v.mjpg?user=admin&pwd=***&fps=10",
+        "http://cam/v?access_token=a;apiKey=b#Password=c": "http://cam/v?access_token=***;apiKey=***#Password=c",
+        "rtsp://cam/path@x?password=": "rtsp://cam/path@x?password=***",
+        "/videos/a@b?pwd=c.avi": "/videos/a@b?pwd=c.avi",  # a path, not a URL
+        "0": "0",
+    }
+    assert {url: hide_credentials(url) for url in cases} == cases
