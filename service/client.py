@@ -9,9 +9,11 @@ gRPC to receiving its prediction, so it includes the network both ways.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import queue
+import random
 import sys
 import threading
 import time
@@ -27,7 +29,6 @@ import numpy as np
 from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.resampling import FileClock, Resampler
 from actionstream.service.config import StreamConfig
-from actionstream.service.credentials import hide_credentials
 from actionstream.service.output import events_text, prediction_record, print_json
 from actionstream.service.reconnection import Reconnection
 from actionstream.service.sources import SourceError, VideoSource
@@ -44,6 +45,9 @@ PredictionCallback = Callable[[pb.Prediction, str | None, float], None]
 KEEPALIVE = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
 # After Ctrl-C, how long the source may take to finish a read before it is left behind.
 INTERRUPTED_WAIT_S = 1.0
+# Latencies kept for the summary's percentiles: a live camera streams for days, and a
+# sample this large gives them within a fraction of a percent.
+LATENCY_SAMPLE = 100_000
 
 
 @dataclass(frozen=True)
@@ -53,9 +57,10 @@ class StreamSummary:
     frames_sent: int
     frames_answered: int
     accuracy: float | None  # top-1 over the scored frames; None without labels or none scored
-    p50_ms: float | None  # send -> prediction received; None if nothing was answered
+    # Send -> prediction received; None if nothing was answered. Over every answered frame
+    # up to LATENCY_SAMPLE of them, then over a uniform sample of that many.
+    p50_ms: float | None
     p99_ms: float | None
-    predictions: tuple[pb.Prediction, ...]
     interrupted: bool = False  # stopped with Ctrl-C before the source ended
     frames_scored: int | None = None  # answered frames the labels cover; None without labels
     frames_skipped: int = 0  # sent, and skipped by the server (resampled to the model's rate)
@@ -69,8 +74,11 @@ class StreamSummary:
 
     @property
     def frames_lost(self) -> int:
-        """Sent, and neither answered nor reported skipped: in flight when a call ended."""
-        return max(0, self.frames_sent - self.frames_answered - self.frames_skipped)
+        """Read and meant to be sent, and neither answered nor reported skipped: in flight,
+        or being read, when a call ended."""
+        return max(
+            0, self.frames_read - self.frames_unsent - self.frames_answered - self.frames_skipped
+        )
 
 
 class StreamError(Exception):
@@ -119,19 +127,25 @@ class _Feed:
         self._lock = threading.Lock()
         self._closed = False
         self._left = False  # close gave up waiting: the call in flight releases the source
+        # Frames read so far, numbered as read under the lock: the request generators of an
+        # ended call and of the next can both be reading.
+        self.frames_read = 0
 
-    def read(self) -> tuple[np.ndarray, float | None] | None:
-        """The next frame and, for a file, its time into the file in seconds; None when the
-        source has ended or the feed is closed."""
+    def read(self) -> tuple[int, np.ndarray, float | None] | None:
+        """The next frame's number (1, 2, ... over the whole source), the frame and, for a
+        file, its time into the file in seconds; None when the source has ended or the
+        feed is closed."""
         with self._lock:
             if self._closed:
                 return None
             read = self._source.read_positioned()
             self._release_if_left()
-        if read is None:
-            return None
+            if read is None:
+                return None
+            self.frames_read += 1
+            number = self.frames_read
         image, position_ms = read
-        return image, None if self._clock is None else self._clock.next(position_ms)
+        return number, image, None if self._clock is None else self._clock.next(position_ms)
 
     def encode(self, image: np.ndarray, quality: int, sequence: int) -> bytes | None:
         """Frame `sequence` as JPEG; None when the feed is closed."""
@@ -220,7 +234,7 @@ def stream_source(
     truth = read_labels(Path(cfg.labels)) if cfg.labels else None
     source = _open(cfg.source)
     if source is None:  # Ctrl-C while it opened
-        return StreamSummary(0, 0, None, None, None, (), interrupted=True, source_released=False)
+        return StreamSummary(0, 0, None, None, None, interrupted=True, source_released=False)
     feed = _Feed(source)
     try:
         with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
@@ -264,6 +278,31 @@ def _open(name: str) -> VideoSource | None:
         return None
 
 
+class _Latencies:
+    """Every latency up to `size` of them, then a uniform sample of that many (reservoir
+    sampling), so that a stream of any length keeps its percentiles in bounded memory."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._kept: list[float] = []
+        self._seen = 0
+        self._random = random.Random(0)
+
+    def add(self, ms: float) -> None:
+        self._seen += 1
+        if len(self._kept) < self._size:
+            self._kept.append(ms)
+            return
+        slot = self._random.randrange(self._seen)
+        if slot < self._size:
+            self._kept[slot] = ms
+
+    def percentiles(self, qs: list[float]) -> list[float] | None:
+        if not self._kept:
+            return None
+        return [float(v) for v in np.percentile(self._kept, qs)]
+
+
 class _Session:
     """One `stream` run: the calls it opens to the server, one after another when the
     server goes away, and what their answers add up to."""
@@ -286,20 +325,25 @@ class _Session:
         self._reconnection = Reconnection(
             cfg.reconnect_seconds, frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED})
         )
-        self._fps = feed.fps if cfg.realtime else None
         self._frame_count = feed.frame_count
         self._warned_uncovered = False
         self._start_us = time.time_ns() // 1000
         self._done = threading.Event()  # the whole stream is over: every request generator stops
         self._source_ended = threading.Event()
-        self._answered: queue.Queue[None] = queue.Queue()
+        self._answer_came: queue.Queue[None] = queue.Queue()
         # Written by the request generators on gRPC's threads: one a call, and an ended
         # call's can still be finishing a read when the next starts (see _requests).
-        self._sequence = 0  # the last frame read, over every call: a new call goes on from it
-        self._played_s = 0.0  # how far into the source, by its timeline (a file's) or its rate
-        self._sent_at: dict[int, float] = {}
-        self._predictions: list[pb.Prediction] = []
-        self._latencies_ms: list[float] = []
+        self._played_s = 0.0  # how far into a file, by its timeline
+        # (sequence, when sent) of the frames not answered yet, oldest first: the server
+        # answers a stream's frames in order, so an answer settles every frame before it.
+        self._in_flight: collections.deque[tuple[int, float]] = collections.deque()
+        self._sent = self._last_sent = 0
+        # What went wrong in a request generator, which gRPC would report as the server's
+        # error (UNKNOWN, "Exception iterating requests!"): raised by run() instead.
+        self._request_failure: BaseException | None = None
+        # On this thread, from the answers.
+        self._answered = self._last_answered = 0
+        self._latencies = _Latencies(LATENCY_SAMPLE)
         self._correct = self._scored = self._skipped = self._reconnects = 0
         self._calls_answered = 0
         self._unsent = 0
@@ -323,21 +367,23 @@ class _Session:
                     break
                 except grpc.RpcError as e:
                     call_over.set()
-                    if self._after_failed_call(e):
+                    if self._request_failure is not None or self._after_failed_call(e):
                         break
+            if self._request_failure is not None:
+                raise self._request_failure
         except KeyboardInterrupt:
             if call is not None:
                 call.cancel()
             self._interrupted = True
         except grpc.RpcError as e:
-            streamed = bool(self._predictions)
+            streamed = self._answered > 0
             failure = StreamError(
                 _describe(e, self._cfg.target, streamed), self.summary() if streamed else None
             )
         except StreamError as e:
             # Such as a new call's model lacking a label of the CSV: what was answered
             # before still counts.
-            if e.summary is None and self._predictions:
+            if e.summary is None and self._answered:
                 e.summary = self.summary()
             failure = e
         finally:
@@ -377,30 +423,44 @@ class _Session:
     ) -> Iterator[pb.FrameRequest]:
         """One call's requests. Runs on a gRPC thread, which may still be here after the
         call is over; it touches the source only through the feed, which stops it once
-        closed. With `resampler` (as fast as the server answers): one frame in flight, and
-        only the frames the server would take, so none is dropped and none waits."""
+        closed. A failure here (a frame OpenCV cannot encode, a source that breaks) ends
+        the requests, so that the server answers what it has and ends the call, and is
+        kept for run() to raise."""
+        try:
+            yield from self._frames(resampler, call_over)
+        except StreamError as e:
+            self._request_failure = e
+        except cv2.error as e:
+            self._request_failure = StreamError(f"reading the source failed: {e}")
+        except Exception as e:
+            self._request_failure = e
+
+    def _frames(
+        self, resampler: Resampler | None, call_over: threading.Event
+    ) -> Iterator[pb.FrameRequest]:
+        """With `resampler` (as fast as the server answers): one frame in flight, and only
+        the frames the server would take, so none is dropped and none waits."""
         cfg = self._cfg
-        name = hide_credentials(cfg.source)  # the server logs it
-        yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=name))
+        yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=cfg.source))
         # Paced from where this call starts: after a reconnection a file goes on at its
         # rate rather than rushing to catch up on the time the server was away.
         start = time.perf_counter() - self._played_s
-        while cfg.max_frames == 0 or self._sequence < cfg.max_frames:
+        while cfg.max_frames == 0 or self._feed.frames_read < cfg.max_frames:
             read = self._feed.read()
             if read is None:
                 self._source_ended.set()
                 return
-            image, file_s = read
             # Numbered as read, so that frame n of the source is sequence n whatever is
             # lost: --labels scores by it.
-            self._sequence += 1
-            sequence = self._sequence
+            sequence, image, file_s = read
             if self._done.is_set() or call_over.is_set():
                 return  # a frame read as its call ended is lost, as a live camera's would be
-            due_s = file_s if file_s is not None else self._nominal_s(sequence)
-            if cfg.realtime and due_s is not None:
-                self._played_s = due_s
-                time.sleep(max(0.0, start + due_s - time.perf_counter()))
+            # Only a file is paced: a camera or live stream hands out frames as it makes
+            # them, and any wait here would put the stream behind it (the rate it reports
+            # may be made up: 25 fps for MJPEG over HTTP, whatever it sends).
+            if cfg.realtime and file_s is not None:
+                self._played_s = file_s
+                time.sleep(max(0.0, start + file_s - time.perf_counter()))
             timestamp_us = self._capture_us(file_s)
             if resampler is not None and not resampler.take(timestamp_us):
                 self._unsent += 1
@@ -409,17 +469,15 @@ class _Session:
             if jpeg is None or self._done.is_set() or call_over.is_set():
                 return
             frame = pb.Frame(encoded=jpeg, sequence=sequence, timestamp_us=timestamp_us)
-            self._sent_at[sequence] = time.perf_counter()
+            self._in_flight.append((sequence, time.perf_counter()))
+            self._sent += 1
+            self._last_sent = sequence
             yield pb.FrameRequest(frame=frame)
             while resampler is not None and not (self._done.is_set() or call_over.is_set()):
                 with contextlib.suppress(queue.Empty):
-                    self._answered.get(timeout=0.1)
+                    self._answer_came.get(timeout=0.1)
                     break
         self._source_ended.set()  # --max-frames reached
-
-    def _nominal_s(self, sequence: int) -> float | None:
-        """A live source's frame by its nominal rate, when paced and it has one."""
-        return (sequence - 1) / self._fps if self._fps else None
 
     def _capture_us(self, file_s: float | None) -> int:
         # A file's frames keep their own timeline, sent in real time or faster; live, a
@@ -434,17 +492,29 @@ class _Session:
             # A new stream, from a zero state, once it answers: tries that failed before
             # reaching one (GetModelInfo or StreamFrames refused while away) are not.
             self._call_answered = True
-            self._reconnects += self._calls_answered > 0
+            if self._calls_answered:
+                self._reconnects += 1
+                print(
+                    "actionstream stream: reconnected; the new stream answers (from a zero state)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self._calls_answered += 1
-        latency_ms = (time.perf_counter() - self._sent_at[prediction.sequence]) * 1e3
-        label = self._truth.get(prediction.sequence - 1) if self._truth is not None else None
+        sequence = prediction.sequence
+        while self._in_flight and self._in_flight[0][0] < sequence:
+            self._in_flight.popleft()  # skipped by the server, or lost with an earlier call
+        if not self._in_flight or self._in_flight[0][0] != sequence:
+            raise StreamError(f"the server answered frame {sequence}, which was not sent")
+        latency_ms = (time.perf_counter() - self._in_flight.popleft()[1]) * 1e3
+        label = self._truth.get(sequence - 1) if self._truth is not None else None
         if label is not None:
             self._scored += 1
             self._correct += prediction.top[0].label == label
-        self._predictions.append(prediction)
-        self._latencies_ms.append(latency_ms)
+        self._answered += 1
+        self._last_answered = sequence
+        self._latencies.add(latency_ms)
         self._skipped += prediction.skipped_frames
-        self._answered.put(None)
+        self._answer_came.put(None)
         if self._on_prediction is not None:
             self._on_prediction(prediction, label, latency_ms)
 
@@ -463,7 +533,7 @@ class _Session:
                 flush=True,
             )
             return True
-        more_to_send = bool(self._predictions) and not self._source_ended.is_set()
+        more_to_send = self._answered > 0 and not self._source_ended.is_set()
         if not self._reconnection.may_try(e.code(), more_to_send):
             raise e
         limit_s = self._reconnection.limit_s
@@ -487,28 +557,26 @@ class _Session:
     def _all_answered(self) -> bool:
         """Every frame sent was answered or skipped by the server: its last was answered,
         or the skipped ones it reported make up the rest."""
-        if not self._predictions:
+        if not self._answered:
             return False
-        if self._predictions[-1].sequence == max(self._sent_at):
-            return True
-        return len(self._predictions) + self._skipped >= len(self._sent_at)
+        return (
+            self._last_answered == self._last_sent or self._answered + self._skipped >= self._sent
+        )
 
     def summary(self) -> StreamSummary:
-        latencies = self._latencies_ms
-        p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (None, None)
+        p50, p99 = self._latencies.percentiles([50, 99]) or (None, None)
         return StreamSummary(
-            frames_sent=len(self._sent_at),
-            frames_answered=len(self._predictions),
+            frames_sent=self._sent,
+            frames_answered=self._answered,
             accuracy=self._correct / self._scored if self._scored else None,
-            p50_ms=None if p50 is None else float(p50),
-            p99_ms=None if p99 is None else float(p99),
-            predictions=tuple(self._predictions),
+            p50_ms=p50,
+            p99_ms=p99,
             interrupted=self._interrupted,
             frames_scored=self._scored if self._truth is not None else None,
             frames_skipped=self._skipped,
             reconnects=self._reconnects,
             source_released=self._released,
-            frames_read=self._sequence,
+            frames_read=self._feed.frames_read,
             frames_unsent=self._unsent,
         )
 
