@@ -37,6 +37,7 @@ from actionstream.service.launch import (
     stop_once_started,
     write_ready_file,
 )
+from actionstream.service.malformed import MalformedRequests
 from actionstream.service.metrics import Metrics, MetricsServer
 from actionstream.service.model import ModelError, OnnxStepModel
 from actionstream.service.processes import Processes
@@ -115,7 +116,7 @@ class Server:
         servicer = ActionRecognition(cfg, batcher, metrics)
 
         server = grpc.aio.server(
-            interceptors=[SideCallLimit(cfg.max_side_calls, metrics)],
+            interceptors=[MalformedRequests(metrics), SideCallLimit(cfg.max_side_calls, metrics)],
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 # Without this a second server on the same port would start and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -451,3 +452,48 @@ def test_watch_source_takes_a_faster_file_at_the_models_rate(
     assert [p.skipped_frames for p in predictions] == [0] + [2] * (len(taken) - 1)
     assert trailer["actionstream-skipped-frames"] == "1"  # frame 32, after the last answer
     assert_matches(predictions, reference([decoded[i] for i in taken]), model.metadata.labels)
+
+
+# Bytes that are no protobuf message at all: a varint key that never ends.
+NOT_A_MESSAGE = bytes([0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 1, 2])
+
+
+def test_requests_that_are_not_their_message_are_invalid_argument_and_counted(
+    start_server: Callable[..., BackgroundServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    # gRPC parses a unary request before any handler: left to it, such bytes got UNKNOWN
+    # with the parser's exception class and a traceback in the log, in no metric.
+    server = start_server(metrics_port=0, allow_sources=True)
+    methods = {
+        "/actionstream.v1.ActionRecognition/GetModelInfo": "actionstream.v1.GetModelInfoRequest",
+        "/actionstream.v1.ActionRecognition/WatchSource": "actionstream.v1.SourceRequest",
+        "/grpc.health.v1.Health/Check": "grpc.health.v1.HealthCheckRequest",
+        "/grpc.health.v1.Health/Watch": "grpc.health.v1.HealthCheckRequest",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": (
+            "grpc.reflection.v1alpha.ServerReflectionRequest"
+        ),
+    }
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        for method, message in methods.items():
+            with pytest.raises(grpc.RpcError) as refused:
+                if method.endswith(("Check", "GetModelInfo")):
+                    channel.unary_unary(method)(NOT_A_MESSAGE, timeout=10)
+                elif method.endswith("ServerReflectionInfo"):
+                    list(channel.stream_stream(method)(iter([NOT_A_MESSAGE]), timeout=10))
+                else:
+                    list(channel.unary_stream(method)(NOT_A_MESSAGE, timeout=10))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert refused.value.details() == f"the request is not a valid {message}"
+        # Well-formed calls are untouched.
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).labels
+        health = health_pb2_grpc.HealthStub(channel)
+        check = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+        assert "actionstream.v1.ActionRecognition" in services
+    m = _scrape(server.metrics_port)
+    for method in methods:
+        name = method.rsplit("/", 1)[1]
+        assert m[f"actionstream_rpc_errors_total{{code=INVALID_ARGUMENT,method={name}}}"] == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
