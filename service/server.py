@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.0005
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ActionRecognition"].full_name
+# How long the streams cut at the grace period's end have to send their own status and
+# trailer (a loop turn each) before gRPC cancels what is left.
+CUT_OFF_S = 0.5
 _HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
@@ -177,7 +180,7 @@ class Server:
     async def hurry(self) -> None:
         """Stopping, asked again (a second Ctrl-C): the open calls are cut now rather
         than at the grace period's end. gRPC keeps the earliest of its stop deadlines."""
-        self._servicer.cut_off()
+        await self._servicer.cut_off(CUT_OFF_S)
         await self._grpc.stop(None)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -187,11 +190,15 @@ class Server:
         """
         await self._health.enter_graceful_shutdown()
         grace = self.cfg.grace_seconds if grace is None else grace
-        # Scheduled before gRPC's own timer for the same moment, so it runs first, and
-        # the cancellations gRPC then sends reach handlers that know why.
-        cut = asyncio.get_running_loop().call_later(grace, self._servicer.cut_off)
-        await self._grpc.stop(grace)
-        cut.cancel()  # every call ended within the grace period
+        # gRPC would cancel the calls still open at the grace period's end, and the
+        # client of a stream cut so would get no trailer, with the frames skipped after
+        # its last answer. So the servicer ends its streams itself then, and gRPC cancels
+        # what is left (health Watch and reflection calls) CUT_OFF_S later.
+        stopping = asyncio.ensure_future(self._grpc.stop(grace + CUT_OFF_S))
+        _, still_open = await asyncio.wait({stopping}, timeout=grace)
+        if still_open:
+            await self._servicer.cut_off(CUT_OFF_S)
+        await stopping
         await self._servicer.close()
         await self._batcher.stop()
         if self._metrics_server is not None:

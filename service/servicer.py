@@ -109,14 +109,29 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             m.frames_rejected.labels(reject)
         self._received = m.frames_received
         self._cut_off = False
+        self._open: set[Stream] = set()  # every stream whose call is open
         self._resampled = m.frames_dropped.labels("resampled")
         self._overload = m.frames_dropped.labels("overload")
 
-    def cut_off(self) -> None:
-        """The grace period is over: from now on, a call cut short was cut by the server,
-        even where the cancellation that follows has not reached the handler yet. (Within
-        the grace period, one is still its client's doing.)"""
+    async def cut_off(self, within_s: float) -> None:
+        """The grace period is over: ends every open stream with UNAVAILABLE and its
+        trailer (the frames skipped after its last answer), and waits up to `within_s`
+        for them to end. A call gRPC cancels after that (a source read that had not
+        returned) was cut by the server too, as _cancelled counts it; within the grace
+        period, one is still its client's doing."""
         self._cut_off = True
+        for stream in self._open:
+            stream.fail(
+                Refused(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the server is shutting down, and the stream's grace period is over; "
+                    "connect again to go on (a new stream starts from a zero state)",
+                    "shutdown",
+                )
+            )
+        deadline = time.monotonic() + within_s
+        while self._open and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def close(self) -> None:
         self._sources.close()
@@ -162,6 +177,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             self._count_error("StreamFrames", e.code)
             context.set_code(e.code)
             context.set_details(e.details)
+            context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
         except (asyncio.CancelledError, GeneratorExit):
             reason = self._cancelled(stream, "StreamFrames")
             raise
@@ -383,6 +399,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             meta.fps,
             self._cfg.queue_frames,
         )
+        self._open.add(stream)
         return stream
 
     def _configure(self, stream: Stream, options: pb.StreamOptions) -> None:
@@ -419,6 +436,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
 
     def _close(self, stream: Stream, reason: EndReason) -> None:
         """Frees everything the stream held; counts how it ended."""
+        self._open.discard(stream)
         self._idle.forget(stream)
         waiting = self._batcher.drain(stream)
         if waiting:

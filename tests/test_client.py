@@ -439,9 +439,10 @@ def test_frames_keep_their_source_numbers_across_a_reconnection(
     with _serving(reporter) as target:
         summary = stream_source(_as_fast_as_answered(video, target, csv_path, 10))
     assert reporter.calls == 2 and summary.reconnects == 1
-    # The frame the first call went away with, and the next, read as it ended: lost as a
-    # live camera's would be, and counted so, since the summary counts every frame read.
-    assert (summary.frames_read, summary.frames_lost) == (frames, 2)
+    # The frame the first call went away with and, if gRPC asked for the next before the
+    # call ended, that one, read as it ended: lost as a live camera's would be.
+    assert summary.frames_read == frames and summary.frames_lost in (1, 2)
+    assert summary.frames_lost == summary.frames_read - summary.frames_answered
     assert summary.frames_answered >= frames - 2
     assert summary.frames_scored == summary.frames_answered - 2
     assert summary.accuracy == 1.0  # every answer's sequence is the frame the server saw

@@ -31,6 +31,7 @@ from actionstream.service.metrics import scrape
 from actionstream.service.model import OnnxStepModel, bundled_model_path
 from actionstream.service.refusals import EndReason
 from actionstream.service.servicer import DropReason
+from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -308,14 +309,26 @@ def test_streams_cut_by_shutdown_are_counted_as_such(model: OnnxStepModel) -> No
     registry = CollectorRegistry()
     cfg = ServeConfig(host="127.0.0.1", port=0, metrics_port=-1, grace_seconds=0.0)
     server = BackgroundServer(cfg, registry, model)
+    image = jpeg(render(1, seed=40)[0])
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             live = LiveStream(pb_grpc.ActionRecognitionStub(channel), pb.StreamOptions())
-            live.send(frame_request(jpeg(render(1, seed=40)[0])))
+            live.send(frame_request(image, timestamp_us=1_000_000))
+            # Two more from a 30 fps camera, both resampled away: after its last answer,
+            # only the trailer can tell the client of them, cut off or not.
+            live.put(frame_request(image, timestamp_us=1_033_333))
+            live.put(frame_request(image, timestamp_us=1_066_667))
+            resampled = {"reason": "resampled"}
+            for _ in range(200):
+                if registry.get_sample_value("actionstream_frames_dropped_total", resampled) == 2:
+                    break
+                time.sleep(0.01)
             server.stop(grace=0.0)
             with pytest.raises(grpc.RpcError) as err:
                 live.outcome()
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in (err.value.details() or "")
+            assert dict(err.value.trailing_metadata() or ()) == {SKIPPED_FRAMES: "2"}
     finally:
         server.stop()
 
