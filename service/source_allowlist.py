@@ -34,6 +34,7 @@ told in the README: a listed host that redirects takes FFmpeg along.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import stat
@@ -288,7 +289,11 @@ def _open_beneath(folder: str, relative: str) -> int:
         return fd
     except FileNotFoundError:
         raise NoSuchFile from None
-    except OSError as e:  # ELOOP, ENOTDIR: a link where the path had none
-        raise NotAllowed(f"that file changed as it was opened ({e.strerror})") from None
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # a part over the file system's limit: none there
+            raise NoSuchFile from None
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):  # a link where the path had none
+            raise NotAllowed(f"that file changed as it was opened ({e.strerror})") from None
+        raise NotAllowed(f"the server cannot open that file ({e.strerror})") from None
     finally:
         os.close(directory)

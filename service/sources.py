@@ -100,6 +100,8 @@ def is_url(source: str) -> bool:
 
 def check_text(source: str) -> None:
     """Refuses, on its text alone, a source the server will not open for a client."""
+    if not source.strip():
+        raise SourceError("source is empty; give a camera index, a video file or a URL")
     if len(source) > MAX_SOURCE_CHARS:
         raise SourceError(
             f"source is {len(source)} characters long; the server takes at most {MAX_SOURCE_CHARS}"

@@ -403,8 +403,18 @@ def test_an_allowlist_opens_what_it_names_and_refuses_the_rest(
     outcome = watch(server, f"{allowed}/clip.avi\x00x")
     assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "control character" in outcome.details
+    # A name past the file system's 255 bytes names no file (it was refused as a file
+    # that "changed as it was opened"); an empty source is no source at all.
+    outcome = watch(server, f"{allowed}/{'a' * 300}.avi")
+    assert outcome.code == grpc.StatusCode.NOT_FOUND, outcome
+    assert outcome.details.startswith("no such video file: ")
+    outcome = watch(server, "")
+    assert (outcome.code, outcome.details) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "source is empty; give a camera index, a video file or a URL",
+    )
     m = metrics(server)
-    assert m["actionstream_streams_ended_total{reason=invalid_source}"] == len(refused) + 3
+    assert m["actionstream_streams_ended_total{reason=invalid_source}"] == len(refused) + 5
     assert m["actionstream_streams_ended_total{reason=source_lost}"] == 1
     assert m["actionstream_active_streams"] == 0
 
