@@ -45,7 +45,7 @@ def prediction_record(prediction: pb.Prediction) -> dict[str, Any]:
             for e in prediction.events
         ],
         "skipped_frames": prediction.skipped_frames,
-        "server_latency_ms": prediction.latency_seconds * 1e3,
+        "latency_seconds": prediction.latency_seconds,
     }
 
 

@@ -99,7 +99,7 @@ def test_json_lines_carry_every_prediction_and_the_summary(
     hits = sum(p["top"][0]["label"] == p["truth"] for p in predictions)
     assert summary["frames_answered"] == summary["frames_scored"] == 30
     assert summary["accuracy"] == pytest.approx(hits / 30)
-    assert all(p["latency_ms"] > 0 and p["server_latency_ms"] > 0 for p in predictions)
+    assert all(p["latency_ms"] > 0 and p["latency_seconds"] > 0 for p in predictions)
     assert all(e["kind"] in ("start", "end") for p in predictions for e in p["events"])
     assert summary["p50_ms"] <= summary["p99_ms"] and summary["reconnects"] == 0
     quiet = _cli(*args, "--json", "--quiet")
