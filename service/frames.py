@@ -29,6 +29,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from actionstream.resizing import fit
 from actionstream.v1 import actionstream_pb2 as pb
 
 # Why a frame was refused; also the `reason` label of the rejected-frames metric.
@@ -208,13 +209,8 @@ class FrameDecoder:
         return Checked("raw", raw.width, raw.height, cv2.IMREAD_UNCHANGED, raw.width * raw.height)
 
     def fit(self, image: np.ndarray) -> np.ndarray:
-        """Resizes a BGR image to the model's size (area-averaged when shrinking)."""
-        h, w = image.shape[:2]
-        if (h, w) == (self.height, self.width):
-            return image
-        shrinking = h >= self.height and w >= self.width
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        return cv2.resize(image, (self.width, self.height), interpolation=interpolation)
+        """A decoded image at the model's size, by training's own rule."""
+        return fit(image, self.height, self.width)
 
     def _check_pixels(self, width: int, height: int, kind: str) -> None:
         if width * height > self.max_pixels:

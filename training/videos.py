@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from actionstream.resampling import FileClock, Resampler
+from actionstream.resizing import fit
 from actionstream.training.data import LabelledClip
 
 # Containers OpenCV's FFmpeg reads; a manifest may name any other file.
@@ -384,21 +385,13 @@ def decode_indexed(ref: ClipRef, prep: Preprocessing) -> tuple[np.ndarray, np.nd
                 break
             if t < ref.start_s - 1e-6 or not resampler.take(round(t * 1e6)):
                 continue
-            out.append(_fit(image, prep.size))
+            out.append(fit(image, prep.size, prep.size))
             sources.append(index)
     finally:
         capture.release()
     if not out:
         raise DatasetError(f"{ref.describe()}: no frames could be decoded")
     return np.stack(out), np.array(sources)
-
-
-def _fit(image: np.ndarray, size: int) -> np.ndarray:
-    if image.ndim != 3 or image.shape[2] != 3:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    h, w = image.shape[:2]
-    interpolation = cv2.INTER_AREA if min(h, w) >= size else cv2.INTER_LINEAR
-    return cv2.resize(image, (size, size), interpolation=interpolation)
 
 
 @dataclass(frozen=True)
