@@ -9,7 +9,8 @@ meanwhile), the streams' states are gathered along the batch axis, one model
 step runs, and each stream gets its row of the new state and its prediction
 back. Per frame, nothing crosses a thread on its own and no future is created.
 
-There is one batch thread per core (`decode_threads`). The batch threads
+There are `decode_threads` batch threads (2 by default: one per core suits
+most machines, and this one has two). The batch threads
 with no batch of their own decode a share of the running one, so a batch
 decodes on every core at once. A second batch starts beside a running one
 only when the line already holds a full batch: short of that, waiting lets
