@@ -394,17 +394,20 @@ class Batcher:
                 rows.append(i)
         if rows:
             streams = [batch[i][0] for i in rows]
+            # Each stream's (1, ...) state -> the batch's (N, ...), row j for streams[j].
             state = {
                 key: np.concatenate([s.state[key] for s in streams])  # type: ignore[index]
                 for key in self._state_names
             }
             start = time.perf_counter()
+            # N x (H, W, 3) -> (N, H, W, 3); logits (N, C)
             logits, new_state = self.model.step(np.stack(images), state)
             self._metrics.inference.observe(time.perf_counter() - start)
             self._metrics.batch_size.observe(len(rows))
             probs = softmax(logits.astype(np.float64))
             for j, (i, stream) in enumerate(zip(rows, streams, strict=True)):
-                # Copies, not views: a view would keep the whole batch's arrays alive.
+                # (N, ...) -> row j as (1, ...). Copies, not views: a view would keep the
+                # whole batch's arrays alive.
                 stream.state = {key: value[j : j + 1].copy() for key, value in new_state.items()}
                 try:
                     results[i] = stream.prediction(probs[j], batch[i][1])

@@ -199,5 +199,6 @@ class StepModule(nn.Module):
         self.net = net
 
     def forward(self, frames: Tensor, state: tuple[Tensor, ...] = ()) -> tuple[Tensor, ...]:
-        logits, *after = self.net(frames.unsqueeze(1), *state)  # T = 1
+        # (N, H, W, 3) -> (N, T=1, H, W, 3); logits (N, 1, C) -> (N, C)
+        logits, *after = self.net(frames.unsqueeze(1), *state)
         return (logits.squeeze(1), *after)
