@@ -37,13 +37,13 @@ _PASSING = frozenset({_CODE.NOT_FOUND, _CODE.DEADLINE_EXCEEDED, _CODE.RESOURCE_E
 
 @dataclass(frozen=True)
 class WatchSummary:
-    """How one watch went, from the client's side."""
+    """How one watch went, from the client's side; its counts are named as `stream`'s."""
 
-    predictions: int
-    watches: int  # WatchSource calls that answered: more than one after a loss
+    frames_answered: int
+    reconnects: int  # WatchSource calls after the first that answered, after a loss
     ended: str  # how it ended, in words
     interrupted: bool = False  # stopped with Ctrl-C
-    skipped: int = 0  # source frames the server took none of (above the model's rate)
+    frames_skipped: int = 0  # source frames the server took none of (above the model's rate)
 
 
 class WatchError(Exception):
@@ -66,7 +66,7 @@ def watch_source(
     reconnection = Reconnection(cfg.reconnect_seconds, _PASSING)
 
     def summary(ended: str, interrupted: bool = False) -> WatchSummary:
-        return WatchSummary(answered, watches, ended, interrupted, skipped)
+        return WatchSummary(answered, max(0, watches - 1), ended, interrupted, skipped)
 
     call = None
     with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
@@ -147,15 +147,15 @@ def _print_summary_json(summary: WatchSummary, error: str | None = None) -> None
 
 
 def print_summary(summary: WatchSummary) -> None:
-    print(f"predictions: {summary.predictions}")
-    if summary.skipped:
+    print(f"predictions: {summary.frames_answered}")
+    if summary.frames_skipped:
         print(
-            f"skipped: {summary.skipped} of the source's frames (above the model's frame "
-            "rate, or behind when the server was busy)"
+            f"skipped: {summary.frames_skipped} of the source's frames (above the model's "
+            "frame rate, or behind when the server was busy)"
         )
-    if summary.watches > 1:
+    if summary.reconnects:
         print(
-            f"watched again: {summary.watches - 1} time(s) after the source or the server "
+            f"watched again: {summary.reconnects} time(s) after the source or the server "
             "was lost (each new call started from a zero state)"
         )
     # Flushed: a pipe's buffer would hold it back until the process ends.

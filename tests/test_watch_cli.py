@@ -83,11 +83,11 @@ def test_a_watch_in_json_lines(watcher: BackgroundServer, tmp_path: Path) -> Non
     assert [line["prediction"]["sequence"] for line in lines[:-1]] == list(range(1, 11))
     assert lines[-1] == {
         "summary": {
-            "predictions": 10,
-            "watches": 1,
+            "frames_answered": 10,
+            "reconnects": 0,
             "ended": "the source ended",
             "interrupted": False,
-            "skipped": 0,
+            "frames_skipped": 0,
         }
     }
 
