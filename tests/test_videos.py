@@ -21,6 +21,7 @@ from actionstream.training.videos import (
     Preprocessing,
     VideoDataset,
     decode_clip,
+    file_digest,
     find_clips,
     load_dataset,
     split,
@@ -194,6 +195,23 @@ def test_a_damaged_cache_entry_is_decoded_again(tmp_path: Path) -> None:
     assert entry.stat().st_size > 200  # rewritten whole
 
 
+def test_a_videos_digest_is_read_once_and_follows_the_file(tmp_path: Path) -> None:
+    # Every span of a long recording hashed the whole file, on every run.
+    video, root, prep = tmp_path / "v.avi", tmp_path / "cache", Preprocessing(16, 10.0)
+    _numbered_video(video, 12, 10.0)
+    spans = [ClipRef(video, "a", 0.0, 0.5), ClipRef(video, "b", 0.5, None)]
+    assert [ClipCache(root, prep).load(span).digest for span in spans] == [file_digest(video)] * 2
+    [note] = (root / "digests").iterdir()
+    # Another run takes the noted digest rather than reading the video (a note made to
+    # lie shows it)...
+    note.write_text("0" * 64)
+    assert ClipCache(root, prep).load(spans[0]).digest == "0" * 64
+    # ... until the file changes.
+    _numbered_video(video, 14, 10.0)
+    assert ClipCache(root, prep).load(spans[0]).digest == file_digest(video) != "0" * 64
+    assert len(list((root / "digests").iterdir())) == 2
+
+
 def test_frames_are_resampled_by_timestamp(tmp_path: Path) -> None:
     _numbered_video(tmp_path / "fast.avi", 30, 30.0)  # 1 s at 30 fps
     _numbered_video(tmp_path / "mid.avi", 15, 15.0)  # 1 s at 15 fps
@@ -214,17 +232,17 @@ def test_decoded_clips_are_cached_and_read_back_lazily(tmp_path: Path) -> None:
     cache = ClipCache(tmp_path / "cache", Preprocessing(24, 10.0))
     refs = find_clips(tmp_path / "data")
     first = [cache.load(r) for r in refs]
-    entries = sorted((tmp_path / "cache").iterdir())
+    entries = sorted((tmp_path / "cache").glob("*.npy"))
     assert len(entries) == 2
     stamps = [e.stat().st_mtime_ns for e in entries]
     again = [cache.load(r) for r in refs]
-    assert [e.stat().st_mtime_ns for e in sorted((tmp_path / "cache").iterdir())] == stamps
+    assert [e.stat().st_mtime_ns for e in sorted((tmp_path / "cache").glob("*.npy"))] == stamps
     assert all(isinstance(c.frames, np.memmap) for c in again)
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a.frames, b.frames)
     # Other preprocessing is another entry, not a stale hit.
     ClipCache(tmp_path / "cache", Preprocessing(32, 10.0)).load(refs[0])
-    assert len(list((tmp_path / "cache").iterdir())) == 3
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 3
 
 
 def test_unreadable_videos_are_skipped_by_name(tmp_path: Path) -> None:

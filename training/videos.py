@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import math
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,11 +289,17 @@ class Preprocessing:
 
 
 class ClipCache:
-    """Decoded clips on disk, one .npy per (video bytes, span, preprocessing)."""
+    """Decoded clips on disk, one .npy per (video bytes, span, preprocessing).
+
+    A video's bytes are known by their SHA-256, which costs a read of the whole file:
+    it is noted under `digests/` by the file's path, size, modification time and inode,
+    so a video read once is not read again for it, however many runs and spans use it.
+    """
 
     def __init__(self, root: Path, prep: Preprocessing) -> None:
         self.root = root
         self.prep = prep
+        self._digests: dict[str, str] = {}  # this process's, by the note's name
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -303,7 +310,7 @@ class ClipCache:
     def load(self, ref: ClipRef) -> Clip:
         """The clip, decoded now or read from the cache; raises DatasetError if unreadable."""
         try:
-            digest = file_digest(ref.path)
+            digest = self._digest(ref.path)
         except OSError as e:
             if ref.path.is_symlink() and not ref.path.exists():
                 raise DatasetError(
@@ -327,6 +334,29 @@ class ClipCache:
                 tmp.unlink()
             raise CacheError(_cache_problem(self.root, "cannot write the frame cache", e)) from None
         return Clip(ref, np.load(path, mmap_mode="r"), digest)
+
+    def _digest(self, video: Path) -> str:
+        """`video`'s SHA-256, from its note when the file is as it was then."""
+        st = video.stat()
+        identity = (str(video.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+        name = hashlib.sha256(repr(identity).encode()).hexdigest()[:32]
+        if name in self._digests:
+            return self._digests[name]
+        note = self.root / "digests" / name
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            noted = note.read_text()
+            if re.fullmatch("[0-9a-f]{64}", noted):
+                self._digests[name] = noted
+                return noted
+        digest = file_digest(video)
+        self._digests[name] = digest
+        # A note that cannot be written costs only the next run a read.
+        with contextlib.suppress(OSError):
+            note.parent.mkdir(exist_ok=True)
+            tmp = note.with_name(f".{name}.{os.getpid()}.tmp")
+            tmp.write_text(digest)
+            tmp.replace(note)
+        return digest
 
 
 def _read_cached(path: Path) -> np.ndarray | None:
