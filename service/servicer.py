@@ -167,6 +167,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             if self._cut_off:  # the client got UNAVAILABLE, as _cancelled counts it
                 self._count_error("StreamFrames", grpc.StatusCode.UNAVAILABLE)
                 reason = "shutdown"
+            elif _deadline_passed(context):  # the input ended as the client's deadline did
+                self._count_error("StreamFrames", grpc.StatusCode.DEADLINE_EXCEEDED)
+                reason = "cancelled"
             else:
                 reason = "completed"
             # Frames resampled away after the last one answered have no prediction to
@@ -179,7 +182,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             context.set_details(e.details)
             context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
         except (asyncio.CancelledError, GeneratorExit):
-            reason = self._cancelled(stream, "StreamFrames")
+            reason = self._cancelled(stream, "StreamFrames", context)
             raise
         except Exception:
             self._internal_error("StreamFrames", stream, context)
@@ -334,7 +337,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             context.set_code(e.code)
             context.set_details(e.details)
         except (asyncio.CancelledError, GeneratorExit):
-            reason = self._cancelled(stream, "WatchSource")
+            reason = self._cancelled(stream, "WatchSource", context)
             raise
         except Exception:
             self._internal_error("WatchSource", stream, context)
@@ -420,14 +423,20 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             extra=_about(stream),
         )
 
-    def _cancelled(self, stream: Stream, method: str) -> EndReason:
-        """Why a call was cut short: expired by the sweep, refused by gRPC, or the client."""
+    def _cancelled(
+        self, stream: Stream, method: str, context: grpc.aio.ServicerContext
+    ) -> EndReason:
+        """Why a call was cut short: expired by the sweep, refused by gRPC, or the client
+        (its deadline, or its own doing)."""
         if isinstance(stream.failure, Refused):
             self._count_error(method, stream.failure.code)
             return stream.failure.reason
         if self._cut_off:  # past the grace period: the client got UNAVAILABLE
             self._count_error(method, grpc.StatusCode.UNAVAILABLE)
             return "shutdown"
+        if _deadline_passed(context):
+            self._count_error(method, grpc.StatusCode.DEADLINE_EXCEEDED)
+            return "cancelled"
         # A client that cancels, one whose connection dropped, and a message gRPC refused
         # for its size (the client gets RESOURCE_EXHAUSTED) all reach the handler the
         # same way in grpc.aio: the input ends, then the handler is cancelled.
@@ -510,6 +519,12 @@ async def _read_source(source: AsyncVideoSource) -> tuple[np.ndarray, float] | N
         return await source.read()
     except SourceError as e:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_source") from e
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """The client set a deadline, and it has passed: gRPC ended the call for it."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 def _shown_name(name: str) -> str:

@@ -8,7 +8,7 @@ import re
 import threading
 import time
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -510,3 +510,31 @@ def test_requests_that_are_not_their_message_are_invalid_argument_and_counted(
         name = method.rsplit("/", 1)[1]
         assert m[f"actionstream_rpc_errors_total{{code=INVALID_ARGUMENT,method={name}}}"] == 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_a_clients_deadline_is_counted_as_such(
+    start_server: Callable[..., BackgroundServer], tmp_path: Path
+) -> None:
+    # Not as a completed stream (its input ends first) nor as the client's cancelling.
+    server = start_server(metrics_port=0)
+    image = jpeg(render(1, seed=41)[0])
+    stalled = threading.Event()
+
+    def one_frame_then_nothing() -> Iterator[pb.FrameRequest]:
+        yield frame_request(image)
+        stalled.wait(10)
+
+    stub = stub_for(server.port)
+    with pytest.raises(grpc.RpcError) as expired:
+        list(stub.StreamFrames(one_frame_then_nothing(), timeout=1.0))
+    stalled.set()
+    assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    for _ in range(100):
+        m = _scrape(server.metrics_port)
+        if m.get("actionstream_active_streams") == 0:
+            break
+        time.sleep(0.05)
+    assert m["actionstream_rpc_errors_total{code=DEADLINE_EXCEEDED,method=StreamFrames}"] == 1
+    assert m["actionstream_streams_ended_total{reason=cancelled}"] == 1
+    assert m.get("actionstream_rpc_errors_total{code=CANCELLED,method=StreamFrames}", 0) == 0
+    assert m["actionstream_streams_ended_total{reason=completed}"] == 0
