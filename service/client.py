@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import os
 import queue
 import random
@@ -604,14 +605,11 @@ def _print_prediction_json(prediction: pb.Prediction, truth: str | None, latency
 
 
 def _print_summary_json(summary: StreamSummary, error: str | None = None) -> None:
-    record = {
-        name: getattr(summary, name)
-        for name in (
-            "frames_read", "frames_unsent", "frames_sent", "frames_answered", "frames_skipped",
-            "frames_lost",
-            "frames_scored", "accuracy", "p50_ms", "p99_ms", "reconnects", "interrupted",
-        )
-    }  # fmt: skip
+    # Every count the summary has, by its field's name; not whether the source was let go
+    # (what the process does about it is its exit).
+    record: dict[str, object] = dataclasses.asdict(summary)
+    del record["source_released"]
+    record["frames_lost"] = summary.frames_lost
     if error is not None:
         record["error"] = error
     print_json("summary", record)

@@ -102,6 +102,9 @@ def test_json_lines_carry_every_prediction_and_the_summary(
     assert all(p["latency_ms"] > 0 and p["latency_seconds"] > 0 for p in predictions)
     assert all(e["kind"] in ("start", "end") for p in predictions for e in p["events"])
     assert summary["p50_ms"] <= summary["p99_ms"] and summary["reconnects"] == 0
+    # Every count of the summary, a field added later included.
+    fields = {field.name for field in dataclasses.fields(client.StreamSummary)}
+    assert set(summary) == fields - {"source_released"} | {"frames_lost"}
     quiet = _cli(*args, "--json", "--quiet")
     assert quiet.returncode == 0 and len(quiet.stdout.splitlines()) == 1
     assert json.loads(quiet.stdout)["summary"]["frames_answered"] == 30
