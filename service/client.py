@@ -2,9 +2,10 @@
 
 The client behaves like a camera: it reads frames with OpenCV, JPEG-encodes
 them, and sends them over one StreamFrames call numbered 1, 2, 3, ... with
-their capture time, paced at the source's frame rate unless told to go as
-fast as the server answers. Latency is measured here, from handing a frame to
-gRPC to receiving its prediction, so it includes the network both ways.
+their capture time. A file is paced by its own timeline unless told to go as
+fast as the server answers; a camera or live stream is sent as it hands out
+frames. Latency is measured here, from handing a frame to gRPC to receiving
+its prediction, so it includes the network both ways.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.resampling import FileClock, Resampler
 from actionstream.service.config import StreamConfig
+from actionstream.service.credentials import hide_credentials
 from actionstream.service.output import events_text, prediction_record, print_json
 from actionstream.service.reconnection import Reconnection
 from actionstream.service.sources import SourceError, VideoSource
@@ -331,7 +333,9 @@ class _Session:
         self._start_us = time.time_ns() // 1000
         self._done = threading.Event()  # the whole stream is over: every request generator stops
         self._source_ended = threading.Event()
-        self._answer_came: queue.Queue[None] = queue.Queue()
+        # Set by each answer, taken by the request generator when it paces itself by them
+        # (--no-realtime); one is all it waits for, so it holds at most one.
+        self._answer_came: queue.Queue[None] = queue.Queue(maxsize=1)
         # Written by the request generators on gRPC's threads: one a call, and an ended
         # call's can still be finishing a read when the next starts (see _requests).
         self._played_s = 0.0  # how far into a file, by its timeline
@@ -442,7 +446,8 @@ class _Session:
         """With `resampler` (as fast as the server answers): one frame in flight, and only
         the frames the server would take, so none is dropped and none waits."""
         cfg = self._cfg
-        yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=cfg.source))
+        name = hide_credentials(cfg.source)  # a camera's password stays here
+        yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=name))
         # Paced from where this call starts: after a reconnection a file goes on at its
         # rate rather than rushing to catch up on the time the server was away.
         start = time.perf_counter() - self._played_s
@@ -515,7 +520,8 @@ class _Session:
         self._last_answered = sequence
         self._latencies.add(latency_ms)
         self._skipped += prediction.skipped_frames
-        self._answer_came.put(None)
+        with contextlib.suppress(queue.Full):
+            self._answer_came.put_nowait(None)
         if self._on_prediction is not None:
             self._on_prediction(prediction, label, latency_ms)
 

@@ -312,8 +312,9 @@ class StreamConfig:
     )
     realtime: bool = setting(
         True,
-        help="send at the source's frame rate like a live camera; "
-        "--no-realtime sends as fast as the server answers",
+        help="send a file at its own pace, as a live camera would (a camera or live "
+        "stream is sent as it hands out frames either way); --no-realtime sends as fast as "
+        "the server answers, only the frames at the model's rate",
     )
     max_frames: int = setting(0, help="stop after this many frames; 0 sends all")
     jpeg_quality: int = setting(90, help="JPEG quality of the frames sent, 1-100")

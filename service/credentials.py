@@ -13,16 +13,25 @@ import re
 
 HIDDEN = "***"
 # Query parameters whose values are secrets by their names' look: password, passwd, pwd,
-# pass, token, access_token, api_key, apikey, secret, auth, authorization, signature, sig.
-_SECRET_NAME = re.compile("pass|pwd|token|key|secret|auth|sig", re.IGNORECASE)
+# pass, loginpas, token, access_token, api_key, apikey, secret, auth, authorization,
+# signature, sig, credential; and cameras' short ones, whole: p, pw, psw, pin.
+_SECRET_NAME = re.compile("pass|pas$|pwd|token|key|secret|auth|sig|cred", re.IGNORECASE)
+_SECRET_SHORT = frozenset({"p", "pw", "psw", "pin"})
 
 
-def hide_credentials(source: str) -> str:
+def hide_credentials(source: str, limit: int | None = None) -> str:
     """`source` with a URL's user information (`user:password@`) and the values of its
-    secret-looking query parameters replaced by ***; anything else as it is."""
+    secret-looking query parameters replaced by ***; anything else as it is. With
+    `limit`, only its first `limit` characters are looked at and kept (a client may send
+    megabytes): a URL whose authority runs past them is hidden past its scheme."""
+    cut = limit is not None and len(source) > limit
+    if cut:
+        source = source[:limit]
     scheme, sep, rest = source.partition("://")
     if not sep:
         return source  # a path or a camera index
+    if cut and not any(mark in rest for mark in "/?#"):
+        return f"{scheme}{sep}{HIDDEN}"  # its user information may end past the cut
     # The authority ends at the first "/", "?" or "#"; its user information at its last "@"
     # (a password may hold "@" too, if unencoded).
     end = len(rest)
@@ -40,7 +49,7 @@ def hide_credentials(source: str) -> str:
         parameters = re.split("([&;])", query)
         for i in range(0, len(parameters), 2):
             name, equals, _ = parameters[i].partition("=")
-            if equals and _SECRET_NAME.search(name):
+            if equals and (_SECRET_NAME.search(name) or name.lower() in _SECRET_SHORT):
                 parameters[i] = name + equals + HIDDEN
         query = "".join(parameters) + hash_mark + fragment
     return f"{scheme}{sep}{authority}{path}{question}{query}"

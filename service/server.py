@@ -198,6 +198,7 @@ class Server:
         _, still_open = await asyncio.wait({stopping}, timeout=grace)
         if still_open:
             await self._servicer.cut_off(CUT_OFF_S)
+            await self._grpc.stop(None)  # the rest now: the streams are done
         await stopping
         await self._servicer.close()
         await self._batcher.stop()

@@ -36,6 +36,7 @@ from actionstream.service.refusals import EndReason, Refused, refusal
 from actionstream.service.source_allowlist import SourceAllowlist
 from actionstream.service.sources import (
     CONTAINER_FORMATS,
+    MAX_SOURCE_CHARS,
     AsyncVideoSource,
     SourceBusy,
     SourceError,
@@ -46,7 +47,6 @@ from actionstream.service.sources import (
     SourceTimeout,
 )
 from actionstream.service.streams import (
-    NAME_LIMIT,
     FrameRejected,
     PendingFrame,
     Stream,
@@ -65,6 +65,8 @@ DropReason = typing.Literal["resampled", "overload", "stream_ended"]
 
 # Stream ends whose reason the log line spells out: the client's mistakes.
 _TOLD_WHY = frozenset({"invalid_frame", "malformed"})
+# A call cancelled this close to its deadline was ended by it (see _deadline_passed).
+DEADLINE_MARGIN_S = 0.25
 # The longest a WatchSource open may take, below the idle timeout when that is longer: an
 # open holds FFmpeg's process-wide open lock, so every other open waits out a slow one,
 # and a camera or stream that answers at all opens well within this.
@@ -522,16 +524,18 @@ async def _read_source(source: AsyncVideoSource) -> tuple[np.ndarray, float] | N
 
 
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
-    """The client set a deadline, and it has passed: gRPC ended the call for it."""
+    """The client set a deadline, and it has passed, or all but: gRPC ended the call for
+    it. The server's deadline runs from the request's arrival, so it ends a little after
+    the client's, which cancels the call first: measured here, 5-7 ms before."""
     remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
+    return remaining is not None and remaining < DEADLINE_MARGIN_S
 
 
 def _shown_name(name: str) -> str:
     """A stream's name as logs show it (Stream cuts it to NAME_LIMIT characters): without
-    the secrets of a camera URL, which clients often name their streams by. Only its start
-    is looked at: a client may send megabytes."""
-    return hide_credentials(name[: 16 * NAME_LIMIT])
+    the secrets of a camera URL, which clients often name their streams by. Only as much
+    of it as a source may hold is looked at: a client may send megabytes."""
+    return hide_credentials(name, MAX_SOURCE_CHARS)
 
 
 def _about(stream: Stream) -> dict[str, object]:

@@ -42,6 +42,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from actionstream.service.credentials import hide_credentials
+
 _URL = re.compile(
     r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#]*)"
     r"(?P<path>[^?#]*)(?:\?(?P<query>[^#]*))?(?P<fragment>#.*)?",
@@ -119,8 +121,8 @@ class SourceAllowlist:
                 folders.append(os.path.realpath(entry))
             else:
                 raise NotAllowed(
-                    f"source allowlist entry {entry!r} is neither an absolute folder, a URL "
-                    "prefix (scheme://host[:port][/path]) nor a camera index"
+                    f"source allowlist entry {hide_credentials(entry)!r} is neither an "
+                    "absolute folder, a URL prefix (scheme://host[:port][/path]) nor a camera index"
                 )
         if not (folders or urls or cameras):
             raise NotAllowed("the source allowlist names no folder, URL prefix or camera")
@@ -213,7 +215,7 @@ def has_control_characters(text: str) -> bool:
 
 
 def _url_prefix(entry: str) -> _UrlPrefix:
-    what = f"source allowlist entry {entry!r}"
+    what = f"source allowlist entry {hide_credentials(entry)!r}"
     if has_control_characters(entry):
         raise NotAllowed(f"{what} holds a control character")
     url = _split(entry, what, "")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import math
 import os
 import stat
@@ -101,7 +102,8 @@ def is_url(source: str) -> bool:
 def check_text(source: str) -> None:
     """Refuses, on its text alone, a source the server will not open for a client."""
     if not source.strip():
-        raise SourceError("source is empty; give a camera index, a video file or a URL")
+        what = "empty" if not source else "blank"
+        raise SourceError(f"source is {what}; give a camera index, a video file or a URL")
     if len(source) > MAX_SOURCE_CHARS:
         raise SourceError(
             f"source is {len(source)} characters long; the server takes at most {MAX_SOURCE_CHARS}"
@@ -283,9 +285,12 @@ def _check_file(path: str, limits: SourceLimits | None, quoted: str) -> None:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise SourceNotFound(f"no such video file: {quoted}") from None
-    except (OSError, ValueError) as e:  # a name too long, a NUL byte, no permission, ...
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise SourceError(f"cannot open {quoted}: {reason}") from None
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:  # a part over the file system's limit: none there
+            raise SourceNotFound(f"no such video file: {quoted}") from None
+        raise SourceError(f"cannot open {quoted}: {e.strerror or e}") from None
+    except ValueError as e:  # a NUL byte
+        raise SourceError(f"cannot open {quoted}: {e}") from None
     # A FIFO with no writer, or a device, blocks OpenCV's open in the kernel, holding
     # FFmpeg's process-wide open lock, for as long as it likes.
     if limits is not None and not stat.S_ISREG(mode):

@@ -597,6 +597,45 @@ def test_stream_a_video_from_an_http_url(server: BackgroundServer, video: Path) 
     assert summary.accuracy is not None
 
 
+class _NameRecorder(pb_grpc.ActionRecognitionServicer):
+    """A gRPC server that notes each stream's name as it arrives, and answers every frame."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def StreamFrames(
+        self, requests: Iterator[pb.FrameRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.Prediction]:
+        for request in requests:
+            if request.HasField("options"):
+                self.names.append(request.options.stream_name)
+            if request.HasField("frame"):
+                yield pb.Prediction(
+                    sequence=request.frame.sequence,
+                    top=[pb.LabelScore(label="idle", probability=1.0)],
+                )
+
+
+def test_a_cameras_password_never_leaves_the_client(video: Path) -> None:
+    # The stream is named after its source, which for a camera may carry its password:
+    # it would cross an unencrypted channel, and land in the server's log.
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(video.parent))
+    recorder = _NameRecorder()
+    with (
+        http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web,
+        _serving(recorder) as target,
+    ):
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        try:
+            port = web.server_address[1]
+            source = f"http://admin:s3cret@127.0.0.1:{port}/{video.name}?pwd=s3cret&fps=10"
+            cfg = StreamConfig(source=source, target=target, max_frames=3, quiet=True)
+            assert stream_source(cfg).frames_answered == 3
+        finally:
+            web.shutdown()
+    assert recorder.names == [f"http://***@127.0.0.1:{port}/{video.name}?pwd=***&fps=10"]
+
+
 def _write_labels(path: Path, rows: list[list[str]]) -> Path:
     with path.open("w", newline="") as f:
         csv.writer(f).writerows(rows)

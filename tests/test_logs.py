@@ -10,8 +10,10 @@ from collections.abc import Callable
 import grpc
 import pytest
 from background import BackgroundServer
-from helpers import LiveStream, frame_request, jpeg, render, stub_for
+from helpers import LiveStream, MjpegCamera, frame_request, jpeg, render, stub_for
 
+from actionstream.service.client import stream_source
+from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
 from actionstream.service.logs import JsonFormatter
 from actionstream.service.streams import NAME_LIMIT, printable
@@ -69,9 +71,18 @@ def test_camera_secrets_stay_out_of_logs_and_statuses(
             assert refused.value.code() == grpc.StatusCode.NOT_FOUND
             details = refused.value.details()
             assert "127.0.0.1:1" in details and SECRET not in details, details
+        # The stream client names its stream after its source, hidden before it leaves.
+        camera = MjpegCamera(list(render(3, seed=1)))
+        try:
+            url = camera.url.replace("http://", f"http://admin:{SECRET}@")
+            cfg = StreamConfig(source=url, target=f"127.0.0.1:{server.port}", max_frames=2)
+            assert stream_source(cfg).frames_answered >= 1  # see MjpegCamera
+        finally:
+            camera.close()
     assert "rtsp://***@camera.example/live?channel=1 opened" in caplog.text
     assert "rtsp://***@127.0.0.1:1/live" in caplog.text
     assert "video.mjpg?user=admin&pwd=*** " in caplog.text
+    assert f"http://***@127.0.0.1:{camera.url.split(':')[2]}" in caplog.text
     assert SECRET not in caplog.text
 
 
@@ -82,7 +93,18 @@ def test_hiding_secrets_keeps_the_rest_of_the_url() -> None:
         "http://cam/v.mjpg?user=admin&pwd=pw&fps=10": "http://cam/v.mjpg?user=admin&pwd=***&fps=10",
         "http://cam/v?access_token=a;apiKey=b#Password=c": "http://cam/v?access_token=***;apiKey=***#Password=c",
         "rtsp://cam/path@x?password=": "rtsp://cam/path@x?password=***",
+        # Cameras' own short names: Foscam's loginpas, pw, p, pin.
+        "http://cam/a?loginuse=admin&loginpas=x&pw=y&P=z&pin=1&channel=2": (
+            "http://cam/a?loginuse=admin&loginpas=***&pw=***&P=***&pin=***&channel=2"
+        ),
         "/videos/a@b?pwd=c.avi": "/videos/a@b?pwd=c.avi",  # a path, not a URL
         "0": "0",
     }
     assert {url: hide_credentials(url) for url in cases} == cases
+    # Looked at only so far (a client may send megabytes), and hidden whole where its user
+    # information may run past that.
+    token = "eyJhbGciOiJSUzI1NiJ9." + "x" * 5000
+    assert hide_credentials(f"https://{token}@cam/live", limit=4096) == "https://***"
+    assert hide_credentials("rtsp://cam/live?pw=" + "y" * 5000, limit=4096) == (
+        "rtsp://cam/live?pw=***"
+    )

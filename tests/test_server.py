@@ -21,7 +21,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render, stub_for
+from helpers import (
+    LiveStream,
+    MjpegCamera,
+    assert_matches,
+    frame_request,
+    jpeg,
+    png,
+    render,
+    stub_for,
+)
 from prometheus_client import CollectorRegistry
 
 from actionstream.service.config import ServeConfig
@@ -434,10 +443,19 @@ def test_watch_source_streams_a_video_file(
         assert [p.sequence for p in predictions] == list(range(1, 11))
         assert_matches(predictions, reference(decoded), model.metadata.labels)
 
+        # A name past the file system's limit names no file either (as with an allowlist).
+        for absent in (tmp_path / "absent.avi", tmp_path / f"{'a' * 300}.avi"):
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.WatchSource(pb.SourceRequest(source=str(absent))))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "no such video file" in err.value.details()
+        # A blank source is told as such.
         with pytest.raises(grpc.RpcError) as err:
-            list(stub.WatchSource(pb.SourceRequest(source=str(tmp_path / "absent.avi"))))
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        assert "no such video file" in err.value.details()
+            list(stub.WatchSource(pb.SourceRequest(source="  ")))
+        assert (err.value.code(), err.value.details()) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "source is blank; give a camera index, a video file or a URL",
+        )
 
 
 def test_watch_source_takes_a_faster_file_at_the_models_rate(
@@ -516,7 +534,7 @@ def test_a_clients_deadline_is_counted_as_such(
     start_server: Callable[..., BackgroundServer], tmp_path: Path
 ) -> None:
     # Not as a completed stream (its input ends first) nor as the client's cancelling.
-    server = start_server(metrics_port=0)
+    server = start_server(metrics_port=0, allow_sources=True)
     image = jpeg(render(1, seed=41)[0])
     stalled = threading.Event()
 
@@ -529,12 +547,21 @@ def test_a_clients_deadline_is_counted_as_such(
         list(stub.StreamFrames(one_frame_then_nothing(), timeout=1.0))
     stalled.set()
     assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    for _ in range(100):
-        m = _scrape(server.metrics_port)
-        if m.get("actionstream_active_streams") == 0:
-            break
-        time.sleep(0.05)
-    assert m["actionstream_rpc_errors_total{code=DEADLINE_EXCEEDED,method=StreamFrames}"] == 1
-    assert m["actionstream_streams_ended_total{reason=cancelled}"] == 1
-    assert m.get("actionstream_rpc_errors_total{code=CANCELLED,method=StreamFrames}", 0) == 0
+    # A camera that falls silent after its frames: the server waits on its read.
+    camera = MjpegCamera(list(render(3, seed=42)))
+    try:
+        with pytest.raises(grpc.RpcError) as expired:
+            list(stub.WatchSource(pb.SourceRequest(source=camera.url), timeout=2.0))
+        assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        for _ in range(100):  # the camera stays until the server has let the call go
+            m = _scrape(server.metrics_port)
+            if m.get("actionstream_active_streams") == 0:
+                break
+            time.sleep(0.05)
+    finally:
+        camera.close()
+    for method in ("StreamFrames", "WatchSource"):
+        assert m[f"actionstream_rpc_errors_total{{code=DEADLINE_EXCEEDED,method={method}}}"] == 1
+        assert m.get(f"actionstream_rpc_errors_total{{code=CANCELLED,method={method}}}", 0) == 0
+    assert m["actionstream_streams_ended_total{reason=cancelled}"] == 2
     assert m["actionstream_streams_ended_total{reason=completed}"] == 0
