@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -50,6 +51,9 @@ logger = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.0005
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ActionRecognition"].full_name
+# How long, once stopped, sources' threads have to let their sources go before the process
+# ends without them (_leave_no_source_behind).
+SOURCES_RELEASE_S = 1.0
 # How long the streams cut at the grace period's end have to send their own status and
 # trailer (a loop turn each) before gRPC cancels what is left.
 CUT_OFF_S = 0.5
@@ -172,6 +176,11 @@ class Server:
     @property
     def model(self) -> OnnxStepModel:
         return self._batcher.model
+
+    @property
+    def sources_busy(self) -> int:
+        """WatchSource threads still in OpenCV (or releasing a source) after the calls."""
+        return self._servicer.sources_busy
 
     @property
     def metrics_port(self) -> int | None:
@@ -346,5 +355,32 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
     await signals.stopped()
     if ready_file is not None:
         ready_file.unlink(missing_ok=True)  # a stale file would announce a server that is gone
+    await _leave_no_source_behind(server)
     logger.info("stopped")
     return 0
+
+
+async def _leave_no_source_behind(server: Server) -> None:
+    """Ends the process now if a WatchSource thread is still inside OpenCV.
+
+    A read on a stalled camera returns only at its timeout (--idle-timeout-seconds, 30
+    s by default), and the interpreter waits for that thread as it exits: far past a
+    container's stop timeout (docker's 10 s), which then kills it. Nothing is left to
+    do for such a thread, and an exit that unwound under it would abort (OpenCV's C++
+    frames): the process ends with os._exit, its logs flushed, once the others have
+    had a moment to let their sources go.
+    """
+    deadline = time.monotonic() + SOURCES_RELEASE_S
+    while server.sources_busy and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    busy = server.sources_busy
+    if busy:
+        logger.info(
+            "stopped, without waiting for %d source read(s) still in OpenCV (a stalled "
+            "camera gives up at its read timeout)",
+            busy,
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -135,6 +135,11 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         while self._open and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
 
+    @property
+    def sources_busy(self) -> int:
+        """Source threads not done yet (see SourceOpener.busy)."""
+        return self._sources.busy
+
     async def close(self) -> None:
         self._sources.close()
         await self._idle.close()

@@ -408,6 +408,12 @@ class SourceOpener:
         """Drops network opens still waiting; one in flight runs on to its timeout."""
         self._network.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def busy(self) -> int:
+        """Threads still busy with sources: in OpenCV, or releasing what they opened."""
+        with self._lock:
+            return self._threads
+
     def _hold_thread(self) -> None:
         with self._lock:
             if self._threads >= self._max_threads:

@@ -19,7 +19,7 @@ import grpc
 import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import LiveStream, frame_request, jpeg, render
+from helpers import LiveStream, MjpegCamera, frame_request, jpeg, render
 
 from actionstream.contract import read_props
 from actionstream.serve_process import ServeProcess, ServeProcessError
@@ -146,6 +146,30 @@ def test_a_second_stop_ends_the_open_streams_at_once(log: IO[str]) -> None:
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
     log.seek(0)
     assert "asked again: ending the open streams now" in log.read()
+
+
+def test_a_stalled_camera_does_not_hold_the_stop(log: IO[str]) -> None:
+    # Its read returns only at the read timeout (30 s here): the interpreter waited for
+    # that thread as it exited, far past docker's 10-s stop timeout.
+    camera = MjpegCamera(list(render(3, seed=4)))  # then silent, the connection open
+    try:
+        with (
+            ServeProcess(log, args=["--allow-sources", "--grace-seconds", "0.5"]) as server,
+            grpc.insecure_channel(server.target) as channel,
+        ):
+            stub = pb_grpc.ActionRecognitionStub(channel)
+            watch = stub.WatchSource(pb.SourceRequest(source=camera.url))
+            next(watch)  # a frame answered: its next read waits on the silent camera
+            stopped = time.monotonic()
+            assert server.stop(timeout=30) == 0
+            assert time.monotonic() - stopped < 8
+            with pytest.raises(grpc.RpcError) as ended:
+                list(watch)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        camera.close()
+    log.seek(0)
+    assert "without waiting for 1 source read(s) still in OpenCV" in log.read()
 
 
 def test_json_logs_stay_json_lines_when_frames_are_corrupt(log: IO[str]) -> None:
