@@ -264,6 +264,13 @@ class ExportConfig:
             raise ValueError(f"tolerance must be a positive number, got {self.tolerance}")
         if self.opset < 1:
             raise ValueError(f"opset must be a positive ONNX opset version, got {self.opset}")
+        # The card is `out` with .json: a .json model would be its own card, and the
+        # card written last replaced it (and any file of that name) with no model left.
+        if Path(self.out).suffix.lower() == ".json":
+            raise ValueError(
+                f"out must not end in .json, got {self.out!r}: the model's card goes beside "
+                f"it as .json; name the model e.g. {Path(self.out).with_suffix('.onnx')}"
+            )
 
 
 def _require_positive(cfg: object, *names: str) -> None:
