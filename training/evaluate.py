@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from actionstream.frame_labels import LabelsError, read_frame_labels
-from actionstream.training.config import EvaluateConfig
+from actionstream.training.config import VIDEO_SUFFIXES, EvaluateConfig
 from actionstream.training.data import (
     LabelledClip,
     Streams,
@@ -31,7 +31,6 @@ from actionstream.training.synth import LABELS, SynthConfig
 from actionstream.training.video_data import NO_AUGMENT, join_clips
 from actionstream.training.videos import (
     MIN_CLIP_FRAMES,
-    VIDEO_SUFFIXES,
     ClipCache,
     ClipRef,
     DatasetError,
