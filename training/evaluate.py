@@ -11,6 +11,7 @@ import itertools
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -210,8 +211,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         streams = render_streams(cfg.streams, n_frames, cfg.seed, synth, held_out=True)
         clips = synthetic_clips(synth, CLIPS_PER_CLASS, int(CLIP_SECONDS * ckpt.fps), cfg.seed)
         metrics["data"] = f"synthetic, {cfg.streams} streams of {cfg.seconds:g} s, seed {cfg.seed}"
-    elif Path(cfg.data).suffix.lower() in VIDEO_SUFFIXES:
-        streams, clips = _labelled_video(Path(cfg.data), cfg.labels, names, prep), []
+    elif (labels_csv := _labels_csv(cfg)) is not None:
+        streams, clips = _labelled_video(Path(cfg.data), Path(labels_csv), names, prep), []
         metrics["data"] = str(Path(cfg.data).resolve())  # the file says where, from anywhere
         metrics["trained_on_clips"] = _trained_on(
             run, ckpt.trained_videos, [file_digest(Path(cfg.data))]
@@ -244,6 +245,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     preds = predict_streams(net, streams)
     metrics |= stream_metrics(preds, streams.labels, names, settle=int(SETTLE_SECONDS * ckpt.fps))
     metrics["switch_latency"] = switch_latency(preds, streams.labels)
+    metrics["config"] = resolved(cfg)  # what produced these scores
     out = None if cfg.out is None else Path(cfg.out)
     written = write_report(run if run.is_dir() else run.parent, metrics, names, out)
     print(json.dumps(metrics, indent=2))
@@ -255,11 +257,26 @@ def _tell(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def resolved(cfg: EvaluateConfig) -> dict[str, Any]:
+    """`cfg` as evaluation.json records it: paths absolute, so that the scores say what
+    produced them wherever they are read, and a video's labels the CSV they came from."""
+    settings = asdict(cfg) | {"labels": _labels_csv(cfg)}
+    paths = [k for k in ("run", "data", "labels", "cache", "out") if settings[k] is not None]
+    return settings | {k: str(Path(settings[k]).resolve()) for k in paths}
+
+
+def _labels_csv(cfg: EvaluateConfig) -> str | None:
+    """The frame,label CSV of a --data video (by default beside it, of its name); None for
+    other data, which carries its labels."""
+    if cfg.data is None or Path(cfg.data).suffix.lower() not in VIDEO_SUFFIXES:
+        return None
+    return cfg.labels or str(Path(cfg.data).with_suffix(".csv"))
+
+
 def _labelled_video(
-    video: Path, labels_csv: str | None, names: Sequence[str], prep: Preprocessing
+    video: Path, csv_path: Path, names: Sequence[str], prep: Preprocessing
 ) -> Streams:
     """One untrimmed video as a stream, labelled from its `frame,label` CSV (source frames)."""
-    csv_path = Path(labels_csv) if labels_csv else video.with_suffix(".csv")
     try:
         by_frame = read_frame_labels(csv_path)
     except LabelsError as e:
