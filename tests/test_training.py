@@ -362,8 +362,9 @@ def test_a_run_can_start_from_an_earlier_one(tmp_path: Path) -> None:
     import dataclasses
 
     from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.init import initialise
     from actionstream.training.model import build_recognizer
-    from actionstream.training.train import TrainingError, _initialise, main
+    from actionstream.training.train import TrainingError, main
 
     first = tmp_path / "first"
     main(dataclasses.replace(TINY, out=str(first), epochs=1))
@@ -376,7 +377,7 @@ def test_a_run_can_start_from_an_earlier_one(tmp_path: Path) -> None:
     def start(labels: tuple[str, ...], **changes: object) -> tuple[str, dict[str, object]]:
         cfg = dataclasses.replace(before.model_config, num_classes=len(labels), **changes)
         net = build_recognizer(cfg)
-        said, inherited = _initialise(net, str(first), labels)
+        said, inherited = initialise(net, str(first), labels)
         assert inherited == before.trained_videos
         return said, net.state_dict()
 

@@ -8,7 +8,8 @@ chunk edge), so the network learns to switch actions with a state that was
 never reset, exactly as the service runs it. After every epoch the held-out
 streams and clips are scored; the run keeps the best epoch by per-frame
 accuracy on the held-out streams (what the service delivers). The run folder,
-and resuming from it, are training/run_folder.py's.
+and resuming from it, are training/run_folder.py's; where a new network starts,
+training/init.py's.
 
     actionstream train --out runs/default                 # the bundled model
     actionstream train --data videos/ --out runs/mine     # a user's class folders
@@ -33,13 +34,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from actionstream.contract import ModelConfig
-from actionstream.training import distributed, pretrained, run_folder
-from actionstream.training.checkpoint import Checkpoint, CheckpointError
-from actionstream.training.config import INIT_CHOICES, TrainConfig
+from actionstream.training import distributed, run_folder
+from actionstream.training.checkpoint import Checkpoint
+from actionstream.training.config import TrainConfig
 from actionstream.training.data import IGNORE, SyntheticData, TrainingData, loss_targets
 from actionstream.training.distributed import Team
 from actionstream.training.errors import TrainingError
 from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, score
+from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
 from actionstream.training.run_folder import Progress, resolved
 from actionstream.training.synth import SynthConfig
@@ -317,7 +319,7 @@ def _network(
     net = build_recognizer(model_cfg)
     if saved is not None:
         return net, saved.inherited_videos
-    start, inherited = _initialise(net, init, labels)
+    start, inherited = initialise(net, init, labels)
     say(f"CNN starts from {start}")
     return net, inherited
 
@@ -510,70 +512,6 @@ def _check_split(
             f"warning: {by} no held-out video for label(s) {', '.join(unscored)}; "
             "validation cannot tell how well the model knows them"
         )
-
-
-def _initialise(net: Recognizer, init: str, labels: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
-    """Loads the shipped motion encoder, or a run's weights, as `init` asks; says where
-    the network starts, and which videos (SHA-256) the weights already learnt from."""
-    if init not in INIT_CHOICES:
-        return _start_from_run(net, Path(init), labels)
-    return _start_shipped(net, init), ()
-
-
-def _start_shipped(net: Recognizer, init: str) -> str:
-    fits = pretrained.fits(net.cfg)
-    if init == "pretrained" and not fits:
-        raise TrainingError(
-            f"--init pretrained: the shipped encoder fits {pretrained.describe()} "
-            "(no frame-only cell); change those settings or use --init scratch"
-        )
-    if init == "scratch" or not fits:
-        return "scratch"
-    pretrained.load_into(net)
-    return f"the pretrained motion encoder ({pretrained.encoder_path().name})"
-
-
-def _start_from_run(
-    net: Recognizer, path: Path, labels: tuple[str, ...]
-) -> tuple[str, tuple[str, ...]]:
-    """Copies an earlier run's weights into `net`, a part at a time: its CNN (which must
-    fit), its recurrent cell when that fits too, its head only when its labels are these,
-    in this order. Fine-tuning on new videos then starts from what that run learnt, so
-    its videos count among this run's (evaluate warns of them)."""
-    try:
-        ckpt = Checkpoint.load(path)
-    except CheckpointError as e:
-        raise TrainingError(f"--init: {e}") from None
-    own = net.state_dict()
-
-    def fitting(part: str) -> dict[str, torch.Tensor] | None:
-        mine = {k: v for k, v in own.items() if k.startswith(part + ".")}
-        theirs = {k: v for k, v in ckpt.state_dict.items() if k.startswith(part + ".")}
-        if mine.keys() != theirs.keys():
-            return None
-        return theirs if all(theirs[k].shape == v.shape for k, v in mine.items()) else None
-
-    encoder = fitting("encoder")
-    if encoder is None or ckpt.model_config.appearance != net.cfg.appearance:
-        raise TrainingError(
-            f"--init {path}: its CNN does not fit this model; train with its settings "
-            f"(--size {ckpt.model_config.height}, --channels "
-            f"{','.join(map(str, ckpt.model_config.channels))}, --embed "
-            f"{ckpt.model_config.embed}{', --appearance' if ckpt.model_config.appearance else ''})"
-        )
-    taken, parts = dict(encoder), ["CNN"]
-    cell = fitting("cell") if ckpt.model_config.cell == net.cfg.cell else None
-    if cell is not None:
-        taken |= cell
-        parts.append(f"{net.cfg.cell.upper()} cell")
-    head = fitting("head") if tuple(ckpt.labels) == tuple(labels) else None
-    if head is not None:
-        taken |= head
-        parts.append("head")
-    net.load_state_dict(taken, strict=False)
-    fresh = [p for p in ("cell", "head") if not any(k.startswith(p + ".") for k in taken)]
-    rest = f"; {' and '.join(fresh)} fresh" if fresh else ""
-    return f"{path} ({', '.join(parts)}{rest})", ckpt.trained_videos
 
 
 def synthetic_data(cfg: TrainConfig) -> SyntheticData:
