@@ -11,7 +11,7 @@ import itertools
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +65,29 @@ def predict_streams(net: Recognizer, streams: Streams, chunk: int = 100) -> np.n
     return np.concatenate(preds, axis=1)
 
 
+@dataclass(frozen=True)
+class StreamScores:
+    """Per-frame accuracy on unbroken streams. Written (evaluation.json, the checkpoint's
+    eval metrics) as asdict gives it: its fields in this order, as the dict it replaced."""
+
+    frame_accuracy: float
+    settled_frame_accuracy: float  # over frames `settle_frames` or more into their action
+    settle_frames: int
+    per_class_frame_accuracy: dict[str, float]  # the labels the streams hold
+    frames: int
+
+
+@dataclass(frozen=True)
+class Scores(StreamScores):
+    """What training scores after every epoch: the held-out streams', and the accuracy on
+    isolated held-out clips."""
+
+    clip_accuracy: float
+
+
 def stream_metrics(
     preds: np.ndarray, labels: np.ndarray, names: Sequence[str], settle: int
-) -> dict[str, Any]:
+) -> StreamScores:
     """Per-frame accuracy overall, after `settle` frames into each action, and per class."""
     correct = preds == labels
     settled = frames_since_change(labels) >= settle
@@ -76,13 +96,13 @@ def stream_metrics(
         for k, name in enumerate(names)
         if (labels == k).any()
     }
-    return {
-        "frame_accuracy": float(correct.mean()),
-        "settled_frame_accuracy": float(correct[settled].mean()) if settled.any() else 0.0,
-        "settle_frames": settle,
-        "per_class_frame_accuracy": per_class,
-        "frames": int(labels.size),
-    }
+    return StreamScores(
+        frame_accuracy=float(correct.mean()),
+        settled_frame_accuracy=float(correct[settled].mean()) if settled.any() else 0.0,
+        settle_frames=settle,
+        per_class_frame_accuracy=per_class,
+        frames=int(labels.size),
+    )
 
 
 def clip_accuracy(net: Recognizer, clips: Sequence[LabelledClip]) -> float:
@@ -97,12 +117,11 @@ def score(
     clips: Sequence[LabelledClip],
     names: Sequence[str],
     fps: float,
-) -> dict[str, Any]:
+) -> Scores:
     """Per-frame metrics on unbroken `streams`, plus accuracy on isolated `clips`."""
     preds = predict_streams(net, streams)
-    metrics = stream_metrics(preds, streams.labels, names, settle=int(SETTLE_SECONDS * fps))
-    metrics["clip_accuracy"] = clip_accuracy(net, clips)
-    return metrics
+    on_streams = stream_metrics(preds, streams.labels, names, settle=int(SETTLE_SECONDS * fps))
+    return Scores(**asdict(on_streams), clip_accuracy=clip_accuracy(net, clips))
 
 
 def switch_latency(preds: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -243,7 +262,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         truth = np.array([c.label for c in clips])
         metrics |= clip_report(clip_predictions(net, clips), truth, names)
     preds = predict_streams(net, streams)
-    metrics |= stream_metrics(preds, streams.labels, names, settle=int(SETTLE_SECONDS * ckpt.fps))
+    settle = int(SETTLE_SECONDS * ckpt.fps)
+    metrics |= asdict(stream_metrics(preds, streams.labels, names, settle=settle))
     metrics["switch_latency"] = switch_latency(preds, streams.labels)
     metrics["config"] = resolved(cfg)  # what produced these scores
     out = None if cfg.out is None else Path(cfg.out)

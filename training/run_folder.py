@@ -27,6 +27,7 @@ import torch
 from actionstream.training.checkpoint import Checkpoint, CheckpointError, save_whole, write_whole
 from actionstream.training.config import INIT_CHOICES, TrainConfig
 from actionstream.training.errors import TrainingError
+from actionstream.training.evaluate import Scores
 from actionstream.training.model import Recognizer
 
 PROGRESS = "last.pt"
@@ -34,7 +35,8 @@ CONFIG = "train_config.json"
 # What a resumed run may change: where and how long it runs, not what it learns. `out` is
 # the run folder itself, wherever it lies now: a moved or renamed run is the same run.
 _RESUMABLE_CHANGES = {"resume", "out", "minutes", "device", "threads", "cache"}
-# Validation numbers written to metrics.csv after every epoch.
+# Validation numbers written to metrics.csv after every epoch: the Scores that EpochLog.row
+# writes, by name (report.py plots them by these).
 LOGGED = ("frame_accuracy", "settled_frame_accuracy", "clip_accuracy")
 
 
@@ -370,12 +372,10 @@ class EpochLog:
                 [["epoch", "seconds", "train_loss", *LOGGED, "steps"], *self.rows]
             )
 
-    def row(
-        self, epoch: int, seconds: float, loss: float, metrics: dict[str, Any], steps: int
-    ) -> list[str]:
+    def row(self, epoch: int, seconds: float, loss: float, scores: Scores, steps: int) -> list[str]:
         """`steps`: the optimiser steps the epoch took, fewer in an epoch --minutes cut short."""
-        metric_values = (str(metrics[k]) for k in LOGGED)
-        return [str(epoch), f"{seconds:.1f}", f"{loss:.4f}", *metric_values, str(steps)]
+        logged = (scores.frame_accuracy, scores.settled_frame_accuracy, scores.clip_accuracy)
+        return [str(epoch), f"{seconds:.1f}", f"{loss:.4f}", *map(str, logged), str(steps)]
 
     def write(self, row: list[str]) -> None:
         self.rows.append(row)

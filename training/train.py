@@ -22,7 +22,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from actionstream.training.config import TrainConfig
 from actionstream.training.data import IGNORE, SyntheticData, TrainingData, loss_targets
 from actionstream.training.distributed import Team
 from actionstream.training.errors import TrainingError
-from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, score
+from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, Scores, score
 from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
 from actionstream.training.run_folder import Progress, resolved
@@ -132,7 +132,7 @@ def train_one_epoch(
     return float(np.mean(losses)) if losses else math.nan, steps, counted
 
 
-def evaluate(net: Recognizer, data: TrainingData, cfg: TrainConfig) -> dict[str, Any]:
+def evaluate(net: Recognizer, data: TrainingData, cfg: TrainConfig) -> Scores:
     """The epoch's scores on the held-out streams and clips, as `evaluate` scores a run."""
     return score(net, data.val_streams, data.val_clips, data.labels, cfg.fps)
 
@@ -141,14 +141,27 @@ def evaluate(net: Recognizer, data: TrainingData, cfg: TrainConfig) -> dict[str,
 class Best:
     """The best epoch so far, by per-frame accuracy on the held-out streams: the run's model."""
 
-    scores: dict[str, Any]  # with its "epoch"; empty before the first
+    scores: Scores | None  # None before the first epoch is scored
+    epoch: int
     weights: dict[str, torch.Tensor]
 
-    def offer(self, scores: dict[str, Any], epoch: int, net: Recognizer) -> None:
+    def offer(self, scores: Scores, epoch: int, net: Recognizer) -> None:
         # Ties go to the later epoch: it has seen more data for the same score.
-        if not self.scores or scores["frame_accuracy"] >= self.scores["frame_accuracy"]:
-            self.scores = {**scores, "epoch": epoch}
+        if self.scores is None or scores.frame_accuracy >= self.scores.frame_accuracy:
+            self.scores, self.epoch = scores, epoch
             self.weights = copy.deepcopy(net.state_dict())
+
+    def record(self) -> dict[str, Any]:
+        """Its scores with its epoch's number, as the checkpoint and last.pt hold them."""
+        if self.scores is None:
+            raise TrainingError("no epoch has been scored yet, so none is the best")
+        return asdict(self.scores) | {"epoch": self.epoch}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], weights: dict[str, torch.Tensor]) -> Best:
+        """The best epoch as `record` (of a resumed run's last.pt) holds it."""
+        scores = {k: v for k, v in record.items() if k != "epoch"}
+        return cls(Scores(**scores), record["epoch"], weights)
 
 
 def main(cfg: TrainConfig, data: TrainingData | None = None) -> Checkpoint:
@@ -208,11 +221,11 @@ def _train(
     deadline = Deadline(cfg.minutes)
     sched = _schedule(opt, cfg, steps, deadline)
     t_train = time.perf_counter()
-    best = Best({}, copy.deepcopy(net.state_dict()))
+    best = Best(None, 0, {})
     first = 1
     if saved is not None:  # carry on where the run's last finished epoch left it
         saved.restore(net, opt, sched, rng, device)
-        best = Best(saved.best, saved.best_weights)
+        best = Best.from_record(saved.best, saved.best_weights)
         t_train -= saved.seconds
         first = saved.epoch + 1
         say(f"resuming {out} after epoch {saved.epoch}")
@@ -231,16 +244,16 @@ def _train(
             if not math.isfinite(loss):
                 raise TrainingError(_no_loss(epoch, loss, counted, cfg))
             if log is not None:  # the leader scores and saves the epoch
-                metrics = evaluate(net, data, cfg)
-                best.offer(metrics, epoch, net)
+                scores = evaluate(net, data, cfg)
+                best.offer(scores, epoch, net)
                 seconds = time.perf_counter() - t_train
-                row = log.row(epoch, seconds, loss, metrics, steps_taken)
+                row = log.row(epoch, seconds, loss, scores, steps_taken)
                 progress = Progress.snapshot(
                     epoch=epoch,
                     seconds=seconds,
                     inherited_videos=inherited,
                     clip_sides=data.clip_sides,
-                    best=best.scores,
+                    best=best.record(),
                     best_weights=best.weights,
                     log=[*log.rows, row],
                     net=net,
@@ -260,9 +273,9 @@ def _train(
                     log.write(row)
                 bar.write(
                     f"epoch {epoch:2d}  loss {loss:.3f}  "
-                    f"val frame acc {metrics['frame_accuracy']:.3f}  "
-                    f"settled {metrics['settled_frame_accuracy']:.3f}  "
-                    f"clip acc {metrics['clip_accuracy']:.3f}"
+                    f"val frame acc {scores.frame_accuracy:.3f}  "
+                    f"settled {scores.settled_frame_accuracy:.3f}  "
+                    f"clip acc {scores.clip_accuracy:.3f}"
                 )
             team.wait()
             if team.agree(deadline.passed()):
@@ -272,10 +285,10 @@ def _train(
         return None  # only the leader validated, so only it knows the best epoch
     seconds = time.perf_counter() - t_train
     ckpt = _make_checkpoint(best, model_cfg, data, cfg, seconds, team, device, inherited)
-    with run_folder.saving(out, best.scores["epoch"]):
+    with run_folder.saving(out, best.epoch):
         ckpt.save(out / "checkpoint.pt")
     say(
-        f"saved {out / 'checkpoint.pt'} (epoch {best.scores['epoch']}, the best on held-out "
+        f"saved {out / 'checkpoint.pt'} (epoch {best.epoch}, the best on held-out "
         f"data) after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
     )
     return ckpt
@@ -393,7 +406,7 @@ def _make_checkpoint(
     """The run's model: the best epoch's weights, with its metrics and how it was trained;
     its videos are its training split's and those `inherited` with `--init RUN`'s weights."""
     metrics = {
-        **best.scores,
+        **best.record(),
         "train_seconds": round(seconds, 1),
         "torch_threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
