@@ -63,7 +63,8 @@ def synth(cfg: SynthVideoConfig) -> int:
 def train(cfg: TrainConfig) -> int:
     _needs_torch()
     from actionstream.training.allocator import keep_freed_memory
-    from actionstream.training.train import TrainingError, resume_config
+    from actionstream.training.run_folder import resume_config
+    from actionstream.training.train import TrainingError
     from actionstream.training.train import main as train_main
 
     keep_freed_memory()

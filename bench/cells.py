@@ -74,8 +74,8 @@ def _streams_score(net: Recognizer, streams: Any, fps: float) -> dict[str, Any]:
     m = stream_metrics(preds, streams.labels, LABELS, settle=int(SETTLE_SECONDS * fps))
     lat = switch_latency(preds, streams.labels)
     return {
-        "frame_accuracy": round(m["frame_accuracy"], 4),
-        "settled_frame_accuracy": round(m["settled_frame_accuracy"], 4),
+        "frame_accuracy": round(m.frame_accuracy, 4),
+        "settled_frame_accuracy": round(m.settled_frame_accuracy, 4),
         "switch_latency_frames": lat["median_frames"],
         "missed_switches": lat["missed"],
     }

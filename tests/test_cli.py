@@ -264,3 +264,36 @@ def test_val_fraction_beside_a_split_file_is_refused(tmp_path: Path) -> None:
         "give one of them"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_labels_without_one_video_to_label_is_refused(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # --labels labels one --data video; without --data, or with a folder or manifest,
+    # evaluate scored on the data's own labels and ignored it, unsaid.
+    from actionstream.cli import main
+
+    labels = str(tmp_path / "truth.csv")
+    run = str(tmp_path / "run")
+    suffixes = ".mp4 .m4v .avi .mkv .webm .mov .mpg .mpeg .wmv .ts"
+    for data, said in (
+        ([], "no --data was given: the synthetic streams carry their own labels"),
+        (
+            ["--data", str(tmp_path / "videos")],
+            f"{tmp_path / 'videos'} is not one ({suffixes}): class folders and manifests "
+            "carry their own labels",
+        ),
+        (
+            ["--data", str(tmp_path / "clips.csv")],
+            f"{tmp_path / 'clips.csv'} is not one ({suffixes}): class folders",
+        ),
+    ):
+        code = main(["evaluate", run, *data, "--labels", labels])
+        err = capfd.readouterr().err
+        assert code == 2, err
+        assert err.startswith(
+            "actionstream evaluate: labels is the frame,label CSV of a --data video file, "
+            f"and {said}"
+        ), err
+        assert len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []

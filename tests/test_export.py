@@ -222,6 +222,25 @@ def test_an_export_over_its_own_run_is_refused(
     assert "\n" not in str(e.value) and "weights_only" not in str(e.value), e.value
 
 
+def test_an_out_ending_in_json_is_refused_before_it_replaces_that_file(
+    tmp_path: Path, exported: tuple[Checkpoint, Path]
+) -> None:
+    # The card is `out` with .json: `--out X.json` was its own card, so the card replaced
+    # an existing X.json, no model was written, and the error named a missing .partial.
+    ckpt, _ = exported
+    ckpt.save(tmp_path / "run" / "checkpoint.pt")
+    mine = tmp_path / "X.json"
+    mine.write_text('{"mine": 1}')
+    result = _export_cli(str(tmp_path / "run"), "--out", str(mine))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"actionstream export: out must not end in .json, got {str(mine)!r}: the model's "
+        f"card goes beside it as .json; name the model e.g. {tmp_path / 'X.onnx'}\n"
+    )
+    assert mine.read_text() == '{"mine": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["X.json", "run"]
+
+
 def test_signals_wait_for_the_model_and_its_card_to_be_swapped_in() -> None:
     # A thread's signal mask held them on the main thread alone: the kernel gave a
     # SIGINT to one of torch's threads, and the main thread was interrupted between the

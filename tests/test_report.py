@@ -38,3 +38,52 @@ def test_a_plot_this_evaluation_cannot_draw_is_not_left_from_the_last(tmp_path: 
     assert json.loads((tmp_path / "evaluation.json").read_text()) == frames
     write_report(tmp_path, {}, names)
     assert [p.name for p in tmp_path.iterdir()] == ["evaluation.json"]
+
+
+def test_the_report_records_the_evaluation_that_produced_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The scores said nothing of what they were scores of: which run, data, labels and
+    # seed. Given relative paths, as a user in that folder gives them, it records them
+    # absolute, and a video's labels by default those beside it.
+    pytest.importorskip("torch")
+    from videogen import labelled_video
+
+    from actionstream.cli import main
+    from actionstream.contract import ModelConfig
+    from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.model import build_recognizer
+
+    here = tmp_path.resolve()
+    labels = ("down", "left", "right", "up")
+    config = ModelConfig(num_classes=4, height=32, width=32, channels=(8, 16), embed=16, hidden=16)
+    net = build_recognizer(config)
+    Checkpoint(config, labels, 10.0, None, "t", net.state_dict()).save(
+        here / "run" / "checkpoint.pt"
+    )
+    truth = labelled_video(here / "v.avi", labels, 1, seed=3)
+    truth.rename(here / "truth.csv")
+    monkeypatch.chdir(here)
+    common = ["--cache", "cache", "--seed", "5"]
+    assert main(["evaluate", "run", "--data", "v.avi", "--labels", "truth.csv", *common]) == 0
+    report = json.loads((here / "run" / "evaluation.json").read_text())
+    assert report == json.loads(capsys.readouterr().out)  # stdout is the report
+    assert report["config"] == {
+        "run": str(here / "run"),
+        "data": str(here / "v.avi"),
+        "labels": str(here / "truth.csv"),
+        "cache": str(here / "cache"),
+        "streams": 32,
+        "seconds": 60.0,
+        "seed": 5,
+        "out": None,
+    }
+    (here / "truth.csv").rename(here / "v.csv")
+    to_scores = ["--data", "v.avi", "--out", "scores", *common]
+    assert main(["evaluate", "run/checkpoint.pt", *to_scores]) == 0
+    recorded = json.loads((here / "scores" / "evaluation.json").read_text())["config"]
+    assert (recorded["run"], recorded["labels"], recorded["out"]) == (
+        str(here / "run" / "checkpoint.pt"),
+        str(here / "v.csv"),
+        str(here / "scores"),
+    )

@@ -279,7 +279,8 @@ def test_a_run_resumes_with_or_without_a_time_budget(
     pytest.importorskip("torch")
     import dataclasses
 
-    from actionstream.training.train import main, resume_config
+    from actionstream.training.run_folder import resume_config
+    from actionstream.training.train import main
 
     out = tmp_path / "run"
     main(dataclasses.replace(TINY, out=str(out), minutes=first))
@@ -299,7 +300,8 @@ def test_resume_takes_the_runs_own_settings_and_refuses_changes(
     pytest.importorskip("torch")
     import dataclasses
 
-    from actionstream.training.train import TrainingError, main, resume_config
+    from actionstream.training.run_folder import resume_config
+    from actionstream.training.train import TrainingError, main
 
     out = tmp_path / "run"
     main(dataclasses.replace(TINY, out=str(out), epochs=1))
@@ -360,8 +362,9 @@ def test_a_run_can_start_from_an_earlier_one(tmp_path: Path) -> None:
     import dataclasses
 
     from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.init import initialise
     from actionstream.training.model import build_recognizer
-    from actionstream.training.train import TrainingError, _initialise, main
+    from actionstream.training.train import TrainingError, main
 
     first = tmp_path / "first"
     main(dataclasses.replace(TINY, out=str(first), epochs=1))
@@ -374,7 +377,7 @@ def test_a_run_can_start_from_an_earlier_one(tmp_path: Path) -> None:
     def start(labels: tuple[str, ...], **changes: object) -> tuple[str, dict[str, object]]:
         cfg = dataclasses.replace(before.model_config, num_classes=len(labels), **changes)
         net = build_recognizer(cfg)
-        said, inherited = _initialise(net, str(first), labels)
+        said, inherited = initialise(net, str(first), labels)
         assert inherited == before.trained_videos
         return said, net.state_dict()
 
@@ -400,7 +403,8 @@ def test_a_run_started_from_another_counts_that_runs_videos_as_its_own(tmp_path:
     import dataclasses
 
     from actionstream.training.checkpoint import Checkpoint
-    from actionstream.training.train import main, resume_config
+    from actionstream.training.run_folder import resume_config
+    from actionstream.training.train import main
 
     main(dataclasses.replace(TINY, out=str(tmp_path / "first"), epochs=1))
     digest = "ab" * 32
@@ -454,7 +458,8 @@ def test_a_moved_run_folder_resumes(tmp_path: Path) -> None:
     import dataclasses
 
     from actionstream.training.checkpoint import Checkpoint
-    from actionstream.training.train import main, resume_config
+    from actionstream.training.run_folder import resume_config
+    from actionstream.training.train import main
 
     # 0.001 minutes stops it in its first epoch, leaving the second to resume.
     main(dataclasses.replace(TINY, out=str(tmp_path / "run"), minutes=0.001))
@@ -476,7 +481,8 @@ def test_resume_checks_the_videos_and_finds_them_where_they_moved(tmp_path: Path
 
     from videogen import class_folders
 
-    from actionstream.training.train import TrainingError, main, resume_config
+    from actionstream.training.run_folder import resume_config
+    from actionstream.training.train import TrainingError, main
 
     videos = class_folders(tmp_path / "videos", ("left", "right"), 5, seed=3)
     run = tmp_path / "run"

@@ -23,6 +23,9 @@ DEFAULT_FRAME_CACHE = str(
 )
 # `--init` by name; anything else is a run folder or checkpoint to start from.
 INIT_CHOICES = ("auto", "pretrained", "scratch")
+# Containers OpenCV's FFmpeg reads (a manifest may name any other file); here, not beside
+# the decoder, so that a config can tell a video from a folder or manifest without it.
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".wmv", ".ts")
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,20 @@ class EvaluateConfig:
         if self.streams < 1:
             raise ValueError(f"streams must be at least 1, got {self.streams}")
         _require_positive(self, "seconds")
+        # Only one untrimmed video is labelled by a CSV of its own: other data carries its
+        # labels, and was scored on them with --labels ignored, unsaid.
+        if self.labels is not None:
+            if self.data is None:
+                raise ValueError(
+                    "labels is the frame,label CSV of a --data video file, and no --data was "
+                    "given: the synthetic streams carry their own labels"
+                )
+            if Path(self.data).suffix.lower() not in VIDEO_SUFFIXES:
+                raise ValueError(
+                    f"labels is the frame,label CSV of a --data video file, and {self.data} "
+                    f"is not one ({' '.join(VIDEO_SUFFIXES)}): class folders and manifests "
+                    "carry their own labels"
+                )
 
 
 @dataclass(frozen=True)
@@ -264,6 +281,13 @@ class ExportConfig:
             raise ValueError(f"tolerance must be a positive number, got {self.tolerance}")
         if self.opset < 1:
             raise ValueError(f"opset must be a positive ONNX opset version, got {self.opset}")
+        # The card is `out` with .json: a .json model would be its own card, and the
+        # card written last replaced it (and any file of that name) with no model left.
+        if Path(self.out).suffix.lower() == ".json":
+            raise ValueError(
+                f"out must not end in .json, got {self.out!r}: the model's card goes beside "
+                f"it as .json; name the model e.g. {Path(self.out).with_suffix('.onnx')}"
+            )
 
 
 def _require_positive(cfg: object, *names: str) -> None:

@@ -11,6 +11,7 @@ import itertools
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from actionstream.frame_labels import LabelsError, read_frame_labels
-from actionstream.training.config import EvaluateConfig
+from actionstream.training.config import VIDEO_SUFFIXES, EvaluateConfig
 from actionstream.training.data import (
     LabelledClip,
     Streams,
@@ -31,7 +32,6 @@ from actionstream.training.synth import LABELS, SynthConfig
 from actionstream.training.video_data import NO_AUGMENT, join_clips
 from actionstream.training.videos import (
     MIN_CLIP_FRAMES,
-    VIDEO_SUFFIXES,
     ClipCache,
     ClipRef,
     DatasetError,
@@ -65,9 +65,29 @@ def predict_streams(net: Recognizer, streams: Streams, chunk: int = 100) -> np.n
     return np.concatenate(preds, axis=1)
 
 
+@dataclass(frozen=True)
+class StreamScores:
+    """Per-frame accuracy on unbroken streams. Written (evaluation.json, the checkpoint's
+    eval metrics) as asdict gives it: its fields in this order, as the dict it replaced."""
+
+    frame_accuracy: float
+    settled_frame_accuracy: float  # over frames `settle_frames` or more into their action
+    settle_frames: int
+    per_class_frame_accuracy: dict[str, float]  # the labels the streams hold
+    frames: int
+
+
+@dataclass(frozen=True)
+class Scores(StreamScores):
+    """What training scores after every epoch: the held-out streams', and the accuracy on
+    isolated held-out clips."""
+
+    clip_accuracy: float
+
+
 def stream_metrics(
     preds: np.ndarray, labels: np.ndarray, names: Sequence[str], settle: int
-) -> dict[str, Any]:
+) -> StreamScores:
     """Per-frame accuracy overall, after `settle` frames into each action, and per class."""
     correct = preds == labels
     settled = frames_since_change(labels) >= settle
@@ -76,13 +96,13 @@ def stream_metrics(
         for k, name in enumerate(names)
         if (labels == k).any()
     }
-    return {
-        "frame_accuracy": float(correct.mean()),
-        "settled_frame_accuracy": float(correct[settled].mean()) if settled.any() else 0.0,
-        "settle_frames": settle,
-        "per_class_frame_accuracy": per_class,
-        "frames": int(labels.size),
-    }
+    return StreamScores(
+        frame_accuracy=float(correct.mean()),
+        settled_frame_accuracy=float(correct[settled].mean()) if settled.any() else 0.0,
+        settle_frames=settle,
+        per_class_frame_accuracy=per_class,
+        frames=int(labels.size),
+    )
 
 
 def clip_accuracy(net: Recognizer, clips: Sequence[LabelledClip]) -> float:
@@ -97,12 +117,11 @@ def score(
     clips: Sequence[LabelledClip],
     names: Sequence[str],
     fps: float,
-) -> dict[str, Any]:
+) -> Scores:
     """Per-frame metrics on unbroken `streams`, plus accuracy on isolated `clips`."""
     preds = predict_streams(net, streams)
-    metrics = stream_metrics(preds, streams.labels, names, settle=int(SETTLE_SECONDS * fps))
-    metrics["clip_accuracy"] = clip_accuracy(net, clips)
-    return metrics
+    on_streams = stream_metrics(preds, streams.labels, names, settle=int(SETTLE_SECONDS * fps))
+    return Scores(**asdict(on_streams), clip_accuracy=clip_accuracy(net, clips))
 
 
 def switch_latency(preds: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
@@ -211,8 +230,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         streams = render_streams(cfg.streams, n_frames, cfg.seed, synth, held_out=True)
         clips = synthetic_clips(synth, CLIPS_PER_CLASS, int(CLIP_SECONDS * ckpt.fps), cfg.seed)
         metrics["data"] = f"synthetic, {cfg.streams} streams of {cfg.seconds:g} s, seed {cfg.seed}"
-    elif Path(cfg.data).suffix.lower() in VIDEO_SUFFIXES:
-        streams, clips = _labelled_video(Path(cfg.data), cfg.labels, names, prep), []
+    elif (labels_csv := _labels_csv(cfg)) is not None:
+        streams, clips = _labelled_video(Path(cfg.data), Path(labels_csv), names, prep), []
         metrics["data"] = str(Path(cfg.data).resolve())  # the file says where, from anywhere
         metrics["trained_on_clips"] = _trained_on(
             run, ckpt.trained_videos, [file_digest(Path(cfg.data))]
@@ -243,8 +262,10 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         truth = np.array([c.label for c in clips])
         metrics |= clip_report(clip_predictions(net, clips), truth, names)
     preds = predict_streams(net, streams)
-    metrics |= stream_metrics(preds, streams.labels, names, settle=int(SETTLE_SECONDS * ckpt.fps))
+    settle = int(SETTLE_SECONDS * ckpt.fps)
+    metrics |= asdict(stream_metrics(preds, streams.labels, names, settle=settle))
     metrics["switch_latency"] = switch_latency(preds, streams.labels)
+    metrics["config"] = resolved(cfg)  # what produced these scores
     out = None if cfg.out is None else Path(cfg.out)
     written = write_report(run if run.is_dir() else run.parent, metrics, names, out)
     print(json.dumps(metrics, indent=2))
@@ -256,11 +277,26 @@ def _tell(line: str) -> None:
     print(line, file=sys.stderr)
 
 
+def resolved(cfg: EvaluateConfig) -> dict[str, Any]:
+    """`cfg` as evaluation.json records it: paths absolute, so that the scores say what
+    produced them wherever they are read, and a video's labels the CSV they came from."""
+    settings = asdict(cfg) | {"labels": _labels_csv(cfg)}
+    paths = [k for k in ("run", "data", "labels", "cache", "out") if settings[k] is not None]
+    return settings | {k: str(Path(settings[k]).resolve()) for k in paths}
+
+
+def _labels_csv(cfg: EvaluateConfig) -> str | None:
+    """The frame,label CSV of a --data video (by default beside it, of its name); None for
+    other data, which carries its labels."""
+    if cfg.data is None or Path(cfg.data).suffix.lower() not in VIDEO_SUFFIXES:
+        return None
+    return cfg.labels or str(Path(cfg.data).with_suffix(".csv"))
+
+
 def _labelled_video(
-    video: Path, labels_csv: str | None, names: Sequence[str], prep: Preprocessing
+    video: Path, csv_path: Path, names: Sequence[str], prep: Preprocessing
 ) -> Streams:
     """One untrimmed video as a stream, labelled from its `frame,label` CSV (source frames)."""
-    csv_path = Path(labels_csv) if labels_csv else video.with_suffix(".csv")
     try:
         by_frame = read_frame_labels(csv_path)
     except LabelsError as e:

@@ -7,7 +7,9 @@ recurrent state flows from one chunk into the next (gradients stop at the
 chunk edge), so the network learns to switch actions with a state that was
 never reset, exactly as the service runs it. After every epoch the held-out
 streams and clips are scored; the run keeps the best epoch by per-frame
-accuracy on the held-out streams (what the service delivers).
+accuracy on the held-out streams (what the service delivers). The run folder,
+and resuming from it, are training/run_folder.py's; where a new network starts,
+training/init.py's.
 
     actionstream train --out runs/default                 # the bundled model
     actionstream train --data videos/ --out runs/mine     # a user's class folders
@@ -15,16 +17,12 @@ accuracy on the held-out streams (what the service delivers).
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import csv
 import hashlib
-import json
 import math
-import os
 import time
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import asdict, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +34,16 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from actionstream.contract import ModelConfig
-from actionstream.training import distributed, pretrained
-from actionstream.training.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    save_whole,
-    write_whole,
-)
-from actionstream.training.config import INIT_CHOICES, TrainConfig
+from actionstream.training import distributed, run_folder
+from actionstream.training.checkpoint import Checkpoint
+from actionstream.training.config import TrainConfig
 from actionstream.training.data import IGNORE, SyntheticData, TrainingData, loss_targets
 from actionstream.training.distributed import Team
-from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, score
+from actionstream.training.errors import TrainingError
+from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, Scores, score
+from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
+from actionstream.training.run_folder import Progress, resolved
 from actionstream.training.synth import SynthConfig
 from actionstream.training.video_data import VideoData, open_videos, recorded_split
 from actionstream.training.videos import (
@@ -57,10 +53,6 @@ from actionstream.training.videos import (
     split,
     split_from_file,
 )
-
-
-class TrainingError(Exception):
-    """Training cannot start as configured; the message says why."""
 
 
 class Deadline:
@@ -138,6 +130,309 @@ def train_one_epoch(
         if team.agree(deadline.passed()):
             break
     return float(np.mean(losses)) if losses else math.nan, steps, counted
+
+
+def evaluate(net: Recognizer, data: TrainingData, cfg: TrainConfig) -> Scores:
+    """The epoch's scores on the held-out streams and clips, as `evaluate` scores a run."""
+    return score(net, data.val_streams, data.val_clips, data.labels, cfg.fps)
+
+
+@dataclass
+class Best:
+    """The best epoch so far, by per-frame accuracy on the held-out streams: the run's model."""
+
+    scores: Scores | None  # None before the first epoch is scored
+    epoch: int
+    weights: dict[str, torch.Tensor]
+
+    def offer(self, scores: Scores, epoch: int, net: Recognizer) -> None:
+        # Ties go to the later epoch: it has seen more data for the same score.
+        if self.scores is None or scores.frame_accuracy >= self.scores.frame_accuracy:
+            self.scores, self.epoch = scores, epoch
+            self.weights = copy.deepcopy(net.state_dict())
+
+    def record(self) -> dict[str, Any]:
+        """Its scores with its epoch's number, as the checkpoint and last.pt hold them."""
+        if self.scores is None:
+            raise TrainingError("no epoch has been scored yet, so none is the best")
+        return asdict(self.scores) | {"epoch": self.epoch}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], weights: dict[str, torch.Tensor]) -> Best:
+        """The best epoch as `record` (of a resumed run's last.pt) holds it."""
+        scores = {k: v for k, v in record.items() if k != "epoch"}
+        return cls(Scores(**scores), record["epoch"], weights)
+
+
+def main(cfg: TrainConfig, data: TrainingData | None = None) -> Checkpoint:
+    """Trains as `cfg` says, on `data` if given (else what `cfg` names), and saves the run.
+
+    Under torchrun, every process trains and the leader validates and saves; every
+    process returns the leader's checkpoint (sent to them: --out may be a folder of
+    the leader's machine alone).
+    """
+    team, device = distributed.join(resolve_device(cfg.device))
+    finished = False
+    try:
+        ckpt = team.share(_train(cfg, data, team, device))
+        finished = True
+    finally:
+        distributed.leave(team, finished)
+    if ckpt is None:  # the leader always returns one
+        raise TrainingError("the leading process returned no checkpoint")
+    return ckpt
+
+
+def _train(
+    cfg: TrainConfig, data: TrainingData | None, team: Team, device: torch.device
+) -> Checkpoint | None:
+    """The run; its checkpoint on the leader, None on the other processes."""
+    say = print if team.leader else _silent
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    batches = _batches_per_process(cfg, team)
+    out = Path(cfg.out)
+    saved = run_folder.open_run(out, cfg)
+    # Without its checkpoint.pt (killed while saving it) it goes on: no epoch is left to
+    # run, and the model is saved from the progress.
+    if saved is not None and saved.epoch >= cfg.epochs and (out / "checkpoint.pt").is_file():
+        return run_folder.finished(out, cfg.epochs, say)
+    if data is None:
+        data = _load_run_data(cfg, saved, say)
+    if saved is not None:
+        run_folder.same_data(saved, data.clip_sides)
+        if team.leader:
+            run_folder.relocate(out, cfg)
+    model_cfg = _model_config(cfg, len(data.labels))
+    net, inherited = _network(model_cfg, cfg.init, data.labels, saved, say)
+    net = net.to(device)
+    model: nn.Module = net
+    if team.size > 1:
+        model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    if team.leader and saved is None:  # made once data and model are sound
+        run_folder.start(out, cfg)
+    where = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    together = f", data-parallel over {team.size} processes" if team.size > 1 else ""
+    say(f"training on {device}{where}{together}")
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * batches * math.ceil(cfg.stream_frames / cfg.bptt)
+    deadline = Deadline(cfg.minutes)
+    sched = _schedule(opt, cfg, steps, deadline)
+    t_train = time.perf_counter()
+    best = Best(None, 0, {})
+    first = 1
+    if saved is not None:  # carry on where the run's last finished epoch left it
+        saved.restore(net, opt, sched, rng, device)
+        best = Best.from_record(saved.best, saved.best_weights)
+        t_train -= saved.seconds
+        first = saved.epoch + 1
+        say(f"resuming {out} after epoch {saved.epoch}")
+    rows = saved.log if saved is not None else []
+    log = run_folder.EpochLog(out / "metrics.csv", rows) if team.leader else None
+    done = (first - 1) * steps // cfg.epochs
+    with tqdm(
+        total=steps, initial=done, unit="step", dynamic_ncols=True, disable=not team.leader
+    ) as bar:
+        for epoch in range(first, cfg.epochs + 1):
+            loss, steps_taken, counted = train_one_epoch(
+                net, model, data, cfg, opt, sched, rng, bar, deadline, team
+            )
+            loss, counted = _over_the_team(loss, counted, team)
+            # Before the epoch is scored or saved: a NaN model is no best epoch.
+            if not math.isfinite(loss):
+                raise TrainingError(_no_loss(epoch, loss, counted, cfg))
+            if log is not None:  # the leader scores and saves the epoch
+                scores = evaluate(net, data, cfg)
+                best.offer(scores, epoch, net)
+                seconds = time.perf_counter() - t_train
+                row = log.row(epoch, seconds, loss, scores, steps_taken)
+                progress = Progress.snapshot(
+                    epoch=epoch,
+                    seconds=seconds,
+                    inherited_videos=inherited,
+                    clip_sides=data.clip_sides,
+                    best=best.record(),
+                    best_weights=best.weights,
+                    log=[*log.rows, row],
+                    net=net,
+                    opt=opt,
+                    sched=sched,
+                    rng=rng,
+                    device=device,
+                )
+                with run_folder.saving(out, epoch):
+                    # The best so far as the run's model, before the progress that counts
+                    # this epoch done: a run stopped at any point can be evaluated and
+                    # exported.
+                    _make_checkpoint(
+                        best, model_cfg, data, cfg, seconds, team, device, inherited
+                    ).save(out / "checkpoint.pt")
+                    progress.save(out / run_folder.PROGRESS)
+                    log.write(row)
+                bar.write(
+                    f"epoch {epoch:2d}  loss {loss:.3f}  "
+                    f"val frame acc {scores.frame_accuracy:.3f}  "
+                    f"settled {scores.settled_frame_accuracy:.3f}  "
+                    f"clip acc {scores.clip_accuracy:.3f}"
+                )
+            team.wait()
+            if team.agree(deadline.passed()):
+                say(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")
+                break
+    if not team.leader:
+        return None  # only the leader validated, so only it knows the best epoch
+    seconds = time.perf_counter() - t_train
+    ckpt = _make_checkpoint(best, model_cfg, data, cfg, seconds, team, device, inherited)
+    with run_folder.saving(out, best.epoch):
+        ckpt.save(out / "checkpoint.pt")
+    say(
+        f"saved {out / 'checkpoint.pt'} (epoch {best.epoch}, the best on held-out "
+        f"data) after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
+    )
+    return ckpt
+
+
+def _batches_per_process(cfg: TrainConfig, team: Team) -> int:
+    """Each process's batches in an epoch; refuses a team with more processes than batches."""
+    batches = cfg.train_streams // cfg.batch_size // team.size
+    if batches < 1:
+        raise TrainingError(
+            f"{cfg.train_streams} training streams make {cfg.train_streams // cfg.batch_size} "
+            f"batch(es) of {cfg.batch_size}, fewer than the {team.size} processes: raise "
+            "--train-streams or lower --batch-size"
+        )
+    return batches
+
+
+def _load_run_data(
+    cfg: TrainConfig, saved: Progress | None, say: Callable[..., None]
+) -> TrainingData:
+    """What `cfg` names to train on, split as a resumed run recorded; read before the run
+    folder is made, so that bad data leaves nothing behind."""
+    if saved is not None:
+        run_folder.refuse_lost_videos(saved, cfg)
+    t_data = time.perf_counter()
+    sides = dict(saved.data_clips) if saved is not None and saved.data_clips else None
+    data = load_data(cfg, say, sides)
+    say(f"data ready in {time.perf_counter() - t_data:.1f}s")
+    return data
+
+
+def _network(
+    model_cfg: ModelConfig,
+    init: str,
+    labels: tuple[str, ...],
+    saved: Progress | None,
+    say: Callable[..., None],
+) -> tuple[Recognizer, tuple[str, ...]]:
+    """The network as --init starts it (a resumed run's loads its own weights later), and
+    the videos (SHA-256) its weights learnt from before this run."""
+    net = build_recognizer(model_cfg)
+    if saved is not None:
+        return net, saved.inherited_videos
+    start, inherited = initialise(net, init, labels)
+    say(f"CNN starts from {start}")
+    return net, inherited
+
+
+def _over_the_team(loss: float, counted: int, team: Team) -> tuple[float, int]:
+    """The epoch's loss and counted frames over every process, weighted by its frames:
+    one process whose share had no frame to count is no reason to stop, and every
+    process decides alike. Alone, its own figures as they are."""
+    if team.size == 1:
+        return loss, counted
+    weighted, frames = team.total([loss * counted if counted else 0.0, float(counted)])
+    return (weighted / frames if frames else math.nan), int(frames)
+
+
+def _no_loss(epoch: int, loss: float, counted: int, cfg: TrainConfig) -> str:
+    """Why an epoch's loss is not a number, and the settings to look at."""
+    if not counted:
+        return (
+            f"epoch {epoch} had no frame to learn from: the loss leaves out the first "
+            f"{cfg.boundary_ignore} frame(s) after every action change (--boundary-ignore), "
+            "and no action in its streams lasted longer; lower --boundary-ignore, or use "
+            "longer clips"
+        )
+    return (
+        f"epoch {epoch}: the training loss is {loss} (training diverged), so the run stopped "
+        f"without saving the epoch; lower --lr (now {cfg.lr:g}) or --grad-clip (now "
+        f"{cfg.grad_clip:g})"
+    )
+
+
+def _model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
+    """The architecture `cfg` asks for, for `num_classes` labels."""
+    return ModelConfig(
+        num_classes=num_classes,
+        height=cfg.size,
+        width=cfg.size,
+        channels=cfg.channels,
+        embed=cfg.embed,
+        hidden=cfg.hidden,
+        cell=cfg.cell,
+        appearance=cfg.appearance,
+        layers=cfg.layers,
+        dropout=cfg.dropout,
+    )
+
+
+def _schedule(
+    opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int, deadline: Deadline
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """One cycle over the run's `steps`, or, with a time budget, over whichever ends first,
+    steps or time: a run cut short by the clock has still cooled its learning rate down."""
+    if cfg.minutes > 0:
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: one_cycle(max(step / steps, deadline.spent()))
+        )
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
+    )
+
+
+def _make_checkpoint(
+    best: Best,
+    model_cfg: ModelConfig,
+    data: TrainingData,
+    cfg: TrainConfig,
+    seconds: float,
+    team: Team,
+    device: torch.device,
+    inherited: tuple[str, ...],
+) -> Checkpoint:
+    """The run's model: the best epoch's weights, with its metrics and how it was trained;
+    its videos are its training split's and those `inherited` with `--init RUN`'s weights."""
+    metrics = {
+        **best.record(),
+        "train_seconds": round(seconds, 1),
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "processes": team.size,
+    }
+    return Checkpoint(
+        model_config=model_cfg,
+        labels=data.labels,
+        fps=cfg.fps,
+        background_label=data.background_label,
+        version=f"{data.version}-{weights_digest(best.weights)}",
+        state_dict={k: v.detach().cpu() for k, v in best.weights.items()},
+        train_config=resolved(cfg),  # paths as train_config.json has them
+        eval_metrics=metrics,
+        trained_videos=tuple(sorted({*data.trained_videos, *inherited})),
+    )
+
+
+def weights_digest(weights: dict[str, torch.Tensor]) -> str:
+    """8 hex digits of the weights' SHA-256, for the model's version: two runs of one
+    recipe (another seed, more epochs) report two versions, a resumed run its own."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(weights[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:8]
 
 
 def load_data(
@@ -232,70 +527,6 @@ def _check_split(
         )
 
 
-def _initialise(net: Recognizer, init: str, labels: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
-    """Loads the shipped motion encoder, or a run's weights, as `init` asks; says where
-    the network starts, and which videos (SHA-256) the weights already learnt from."""
-    if init not in INIT_CHOICES:
-        return _start_from_run(net, Path(init), labels)
-    return _start_shipped(net, init), ()
-
-
-def _start_shipped(net: Recognizer, init: str) -> str:
-    fits = pretrained.fits(net.cfg)
-    if init == "pretrained" and not fits:
-        raise TrainingError(
-            f"--init pretrained: the shipped encoder fits {pretrained.describe()} "
-            "(no frame-only cell); change those settings or use --init scratch"
-        )
-    if init == "scratch" or not fits:
-        return "scratch"
-    pretrained.load_into(net)
-    return f"the pretrained motion encoder ({pretrained.encoder_path().name})"
-
-
-def _start_from_run(
-    net: Recognizer, path: Path, labels: tuple[str, ...]
-) -> tuple[str, tuple[str, ...]]:
-    """Copies an earlier run's weights into `net`, a part at a time: its CNN (which must
-    fit), its recurrent cell when that fits too, its head only when its labels are these,
-    in this order. Fine-tuning on new videos then starts from what that run learnt, so
-    its videos count among this run's (evaluate warns of them)."""
-    try:
-        ckpt = Checkpoint.load(path)
-    except CheckpointError as e:
-        raise TrainingError(f"--init: {e}") from None
-    own = net.state_dict()
-
-    def fitting(part: str) -> dict[str, torch.Tensor] | None:
-        mine = {k: v for k, v in own.items() if k.startswith(part + ".")}
-        theirs = {k: v for k, v in ckpt.state_dict.items() if k.startswith(part + ".")}
-        if mine.keys() != theirs.keys():
-            return None
-        return theirs if all(theirs[k].shape == v.shape for k, v in mine.items()) else None
-
-    encoder = fitting("encoder")
-    if encoder is None or ckpt.model_config.appearance != net.cfg.appearance:
-        raise TrainingError(
-            f"--init {path}: its CNN does not fit this model; train with its settings "
-            f"(--size {ckpt.model_config.height}, --channels "
-            f"{','.join(map(str, ckpt.model_config.channels))}, --embed "
-            f"{ckpt.model_config.embed}{', --appearance' if ckpt.model_config.appearance else ''})"
-        )
-    taken, parts = dict(encoder), ["CNN"]
-    cell = fitting("cell") if ckpt.model_config.cell == net.cfg.cell else None
-    if cell is not None:
-        taken |= cell
-        parts.append(f"{net.cfg.cell.upper()} cell")
-    head = fitting("head") if tuple(ckpt.labels) == tuple(labels) else None
-    if head is not None:
-        taken |= head
-        parts.append("head")
-    net.load_state_dict(taken, strict=False)
-    fresh = [p for p in ("cell", "head") if not any(k.startswith(p + ".") for k in taken)]
-    rest = f"; {' and '.join(fresh)} fresh" if fresh else ""
-    return f"{path} ({', '.join(parts)}{rest})", ckpt.trained_videos
-
-
 def synthetic_data(cfg: TrainConfig) -> SyntheticData:
     """The synthetic world at `cfg`'s size, rate and amounts, rendered up front."""
     return SyntheticData(
@@ -323,506 +554,5 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def main(cfg: TrainConfig, data: TrainingData | None = None) -> Checkpoint:
-    """Trains as `cfg` says, on `data` if given (else what `cfg` names), and saves the run.
-
-    Under torchrun, every process trains and the leader validates and saves; every
-    process returns the leader's checkpoint (sent to them: --out may be a folder of
-    the leader's machine alone).
-    """
-    team, device = distributed.join(resolve_device(cfg.device))
-    finished = False
-    try:
-        ckpt = team.share(_train(cfg, data, team, device))
-        finished = True
-    finally:
-        distributed.leave(team, finished)
-    if ckpt is None:  # the leader always returns one
-        raise TrainingError("the leading process returned no checkpoint")
-    return ckpt
-
-
-def _train(
-    cfg: TrainConfig, data: TrainingData | None, team: Team, device: torch.device
-) -> Checkpoint | None:
-    """The run; its checkpoint on the leader, None on the other processes."""
-    say = print if team.leader else _silent
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-
-    batches = cfg.train_streams // cfg.batch_size // team.size  # per process and epoch
-    if batches < 1:
-        raise TrainingError(
-            f"{cfg.train_streams} training streams make {cfg.train_streams // cfg.batch_size} "
-            f"batch(es) of {cfg.batch_size}, fewer than the {team.size} processes: raise "
-            "--train-streams or lower --batch-size"
-        )
-    out = Path(cfg.out)
-    # Checked before any data is read: a refusal should cost nothing.
-    if not cfg.resume:
-        try:
-            _fresh(out)
-            _writable(out)
-        except OSError as e:  # a folder on the way that may not even be looked into
-            raise TrainingError(_out_problem(out, e)) from None
-    saved = _resumable(out, cfg) if cfg.resume else None
-    # Without its checkpoint.pt (killed while saving it) it goes on: no epoch is left to
-    # run, and the model is saved from the progress.
-    if saved is not None and saved["epoch"] >= cfg.epochs and (out / "checkpoint.pt").is_file():
-        return _finished(out, cfg.epochs, say)
-    gone = data is None and cfg.data is not None and not Path(cfg.data).exists()
-    if saved is not None and "data_fingerprint" in saved and gone:
-        raise TrainingError(
-            f"--resume: the run's videos are no longer at {cfg.data}; give --data where "
-            "they are now"
-        )
-    if data is None:
-        t_data = time.perf_counter()
-        # Before the run folder: bad data leaves nothing behind.
-        data = load_data(
-            cfg, say, dict(saved["data_clips"]) if saved and "data_clips" in saved else None
-        )
-        say(f"data ready in {time.perf_counter() - t_data:.1f}s")
-    if saved is not None:
-        _same_data(saved, data.clip_sides)
-        if team.leader:
-            _relocate(out, cfg)
-    model_cfg = _model_config(cfg, len(data.labels))
-    net = build_recognizer(model_cfg)
-    inherited: tuple[str, ...] = saved.get("inherited_videos", ()) if saved else ()
-    if saved is None:  # a resumed run loads its own weights below
-        start, inherited = _initialise(net, cfg.init, data.labels)
-        say(f"CNN starts from {start}")
-    net = net.to(device)
-    model: nn.Module = net
-    if team.size > 1:
-        model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
-    if team.leader and saved is None:  # made once data and model are sound
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "train_config.json").write_text(json.dumps(resolved(cfg), indent=2) + "\n")
-        except OSError as e:
-            raise TrainingError(_out_problem(out, e)) from None
-    where = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    together = f", data-parallel over {team.size} processes" if team.size > 1 else ""
-    say(f"training on {device}{where}{together}")
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    chunks = math.ceil(cfg.stream_frames / cfg.bptt)
-    steps = cfg.epochs * batches * chunks
-    deadline = Deadline(cfg.minutes)
-    sched = _schedule(opt, cfg, steps, deadline)
-    t_train = time.perf_counter()
-    best: dict[str, Any] = {}
-    best_weights = copy.deepcopy(net.state_dict())
-    first = 1
-    if saved is not None:  # carry on where the run's last finished epoch left it
-        net.load_state_dict(saved["weights"])
-        _restore_schedule(opt, sched, saved)
-        rng.bit_generator.state = saved["rng"]
-        torch.set_rng_state(saved["torch_rng"])
-        if device.type == "cuda" and saved.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(saved["cuda_rng"], device)  # dropout's masks there
-        best, best_weights = saved["best"], saved["best_weights"]
-        t_train -= saved["seconds"]
-        first = saved["epoch"] + 1
-        say(f"resuming {out} after epoch {saved['epoch']}")
-    rows = saved["log"] if saved is not None else []
-    log = EpochLog(out / "metrics.csv", rows) if team.leader else None
-    done = (first - 1) * steps // cfg.epochs
-    with tqdm(
-        total=steps, initial=done, unit="step", dynamic_ncols=True, disable=not team.leader
-    ) as bar:
-        for epoch in range(first, cfg.epochs + 1):
-            loss, steps_taken, counted = train_one_epoch(
-                net, model, data, cfg, opt, sched, rng, bar, deadline, team
-            )
-            loss, counted = _over_the_team(loss, counted, team)
-            # Before the epoch is scored or saved: a NaN model is no best epoch.
-            if not math.isfinite(loss):
-                raise TrainingError(_no_loss(epoch, loss, counted, cfg))
-            if log is not None:
-                metrics = score(net, data.val_streams, data.val_clips, data.labels, cfg.fps)
-                # Ties go to the later epoch: it has seen more data for the same score.
-                if not best or metrics["frame_accuracy"] >= best["frame_accuracy"]:
-                    best = {**metrics, "epoch": epoch}
-                    best_weights = copy.deepcopy(net.state_dict())
-                seconds = time.perf_counter() - t_train
-                row = log.row(epoch, seconds, loss, metrics, steps_taken)
-                progress: dict[str, Any] = {"epoch": epoch, "seconds": seconds}
-                progress["inherited_videos"] = inherited
-                if data.clip_sides:  # what a resumed run must find again
-                    progress["data_fingerprint"] = data_fingerprint(data.clip_sides)
-                    progress["data_clips"] = data.clip_sides
-                progress |= {"best": best, "best_weights": best_weights, "log": [*log.rows, row]}
-                with _saving(out, epoch):
-                    # The best so far as the run's model, before the progress that counts
-                    # this epoch done: a run stopped at any point can be evaluated and
-                    # exported.
-                    _make_checkpoint(
-                        best, best_weights, model_cfg, data, cfg, seconds, team, device, inherited
-                    ).save(out / "checkpoint.pt")
-                    _save_progress(out / _PROGRESS, progress, net, opt, sched, rng, device)
-                    log.write(row)
-                bar.write(
-                    f"epoch {epoch:2d}  loss {loss:.3f}  "
-                    f"val frame acc {metrics['frame_accuracy']:.3f}  "
-                    f"settled {metrics['settled_frame_accuracy']:.3f}  "
-                    f"clip acc {metrics['clip_accuracy']:.3f}"
-                )
-            team.wait()
-            if team.agree(deadline.passed()):
-                say(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")
-                break
-    if not team.leader:
-        return None  # only the leader validated, so only it knows the best epoch
-    seconds = time.perf_counter() - t_train
-    ckpt = _make_checkpoint(
-        best, best_weights, model_cfg, data, cfg, seconds, team, device, inherited
-    )
-    with _saving(out, best["epoch"]):
-        ckpt.save(out / "checkpoint.pt")
-    say(
-        f"saved {out / 'checkpoint.pt'} (epoch {best['epoch']}, the best on held-out data) "
-        f"after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
-    )
-    return ckpt
-
-
-def _over_the_team(loss: float, counted: int, team: Team) -> tuple[float, int]:
-    """The epoch's loss and counted frames over every process, weighted by its frames:
-    one process whose share had no frame to count is no reason to stop, and every
-    process decides alike. Alone, its own figures as they are."""
-    if team.size == 1:
-        return loss, counted
-    weighted, frames = team.total([loss * counted if counted else 0.0, float(counted)])
-    return (weighted / frames if frames else math.nan), int(frames)
-
-
-def _no_loss(epoch: int, loss: float, counted: int, cfg: TrainConfig) -> str:
-    """Why an epoch's loss is not a number, and the settings to look at."""
-    if not counted:
-        return (
-            f"epoch {epoch} had no frame to learn from: the loss leaves out the first "
-            f"{cfg.boundary_ignore} frame(s) after every action change (--boundary-ignore), "
-            "and no action in its streams lasted longer; lower --boundary-ignore, or use "
-            "longer clips"
-        )
-    return (
-        f"epoch {epoch}: the training loss is {loss} (training diverged), so the run stopped "
-        f"without saving the epoch; lower --lr (now {cfg.lr:g}) or --grad-clip (now "
-        f"{cfg.grad_clip:g})"
-    )
-
-
-def _model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
-    """The architecture `cfg` asks for, for `num_classes` labels."""
-    return ModelConfig(
-        num_classes=num_classes,
-        height=cfg.size,
-        width=cfg.size,
-        channels=cfg.channels,
-        embed=cfg.embed,
-        hidden=cfg.hidden,
-        cell=cfg.cell,
-        appearance=cfg.appearance,
-        layers=cfg.layers,
-        dropout=cfg.dropout,
-    )
-
-
-def _schedule(
-    opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int, deadline: Deadline
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """One cycle over the run's `steps`, or, with a time budget, over whichever ends first,
-    steps or time: a run cut short by the clock has still cooled its learning rate down."""
-    if cfg.minutes > 0:
-        return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: one_cycle(max(step / steps, deadline.spent()))
-        )
-    return torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
-    )
-
-
-@contextlib.contextmanager
-def _saving(out: Path, epoch: int) -> Iterator[None]:
-    """A full disk or a lost permission while saving, as one line that says what is kept:
-    each file is written whole or not at all, so the run folder holds the last epoch
-    saved, and --resume goes on from it once the cause is gone."""
-    try:
-        yield
-    except OSError as e:
-        then = (
-            "it keeps the last epoch saved: make room (or fix the permission), then carry "
-            "on with --resume"
-            if (out / _PROGRESS).is_file()
-            else "no epoch was saved to resume from: make room (or fix the permission), "
-            f"then delete {out} and train again"
-        )
-        raise TrainingError(
-            f"cannot save epoch {epoch} in {out} ({e.strerror or e}); the run stopped, and {then}"
-        ) from None
-
-
-def _make_checkpoint(
-    best: dict[str, Any],
-    best_weights: dict[str, torch.Tensor],
-    model_cfg: ModelConfig,
-    data: TrainingData,
-    cfg: TrainConfig,
-    seconds: float,
-    team: Team,
-    device: torch.device,
-    inherited: tuple[str, ...],
-) -> Checkpoint:
-    """The run's model: the best epoch's weights, with its metrics and how it was trained;
-    its videos are its training split's and those `inherited` with `--init RUN`'s weights."""
-    metrics = {
-        **best,
-        "train_seconds": round(seconds, 1),
-        "torch_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "processes": team.size,
-    }
-    return Checkpoint(
-        model_config=model_cfg,
-        labels=data.labels,
-        fps=cfg.fps,
-        background_label=data.background_label,
-        version=f"{data.version}-{weights_digest(best_weights)}",
-        state_dict={k: v.detach().cpu() for k, v in best_weights.items()},
-        train_config=resolved(cfg),  # paths as train_config.json has them
-        eval_metrics=metrics,
-        trained_videos=tuple(sorted({*data.trained_videos, *inherited})),
-    )
-
-
-def _finished(out: Path, epochs: int, say: Callable[..., None]) -> Checkpoint:
-    """A run `--resume` finds complete: said so, and nothing rewritten (resuming is safe
-    to repeat, as when a training container restarts with it)."""
-    try:
-        ckpt = Checkpoint.load(out)
-    except CheckpointError as e:
-        raise TrainingError(f"--resume: {e}") from None
-    say(
-        f"{out} has already run its last epoch ({epochs}); nothing to resume "
-        f"({out / 'checkpoint.pt'} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
-    )
-    return ckpt
-
-
-def weights_digest(weights: dict[str, torch.Tensor]) -> str:
-    """8 hex digits of the weights' SHA-256, for the model's version: two runs of one
-    recipe (another seed, more epochs) report two versions, a resumed run its own."""
-    digest = hashlib.sha256()
-    for name in sorted(weights):
-        digest.update(name.encode())
-        digest.update(weights[name].detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:8]
-
-
-class EpochLog:
-    """metrics.csv: a row per epoch, written as it comes, so a killed run keeps its log."""
-
-    def __init__(self, path: Path, rows: list[list[str]]) -> None:
-        """Starts the file with `rows` (those of a resumed run's finished epochs)."""
-        self._path = path
-        self.rows = list(rows)
-        with path.open("w", newline="") as f:
-            csv.writer(f).writerows(
-                [["epoch", "seconds", "train_loss", *_LOGGED, "steps"], *self.rows]
-            )
-
-    def row(
-        self, epoch: int, seconds: float, loss: float, metrics: dict[str, Any], steps: int
-    ) -> list[str]:
-        """`steps`: the optimiser steps the epoch took, fewer in an epoch --minutes cut short."""
-        metric_values = (str(metrics[k]) for k in _LOGGED)
-        return [str(epoch), f"{seconds:.1f}", f"{loss:.4f}", *metric_values, str(steps)]
-
-    def write(self, row: list[str]) -> None:
-        self.rows.append(row)
-        with self._path.open("a", newline="") as f:
-            csv.writer(f).writerow(row)
-
-
-# What a resumed run may change: where and how long it runs, not what it learns. `out` is
-# the run folder itself, wherever it lies now: a moved or renamed run is the same run.
-_RESUMABLE_CHANGES = {"resume", "out", "minutes", "device", "threads", "cache"}
-_PROGRESS = "last.pt"
-_CONFIG = "train_config.json"
-
-
-def resolved(cfg: TrainConfig) -> dict[str, Any]:
-    """`cfg` as train_config.json holds it: paths absolute, so the run can be resumed,
-    evaluated or repeated from any folder; tuples as lists, as JSON has them."""
-    return _absolute(json.loads(json.dumps(asdict(cfg))))
-
-
-def _absolute(settings: dict[str, Any]) -> dict[str, Any]:
-    """`settings` with its paths made absolute (from here, for a file written with them
-    relative), so that two spellings of one folder compare equal."""
-    paths = [k for k in ("out", "data", "split", "cache") if settings.get(k)]
-    if settings.get("init") not in (None, *INIT_CHOICES):  # a run to start from
-        paths.append("init")
-    return settings | {k: str(Path(settings[k]).resolve()) for k in paths}
-
-
-def resume_config(cfg: TrainConfig, given: Collection[str]) -> TrainConfig:
-    """The settings the run in `cfg.out` was started with, but those named in `given`
-    (set on this command line) taken from `cfg`: `--resume` needs nothing repeated."""
-    path = Path(cfg.out) / _CONFIG
-    try:
-        before = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise TrainingError(f"--resume: {cfg.out} holds no run to continue ({e})") from None
-    names = {f.name for f in fields(TrainConfig)}
-    merged = {k: v for k, v in before.items() if k in names}
-    # The run is the folder read, wherever it lies now; not the path it was started in.
-    merged |= {k: getattr(cfg, k) for k in given} | {"out": cfg.out, "resume": True}
-    if isinstance(merged.get("channels"), list):
-        merged["channels"] = tuple(merged["channels"])
-    try:
-        return TrainConfig(**merged)
-    except (TypeError, ValueError) as e:
-        raise TrainingError(f"--resume: {path} does not hold valid settings ({e})") from None
-
-
-def _fresh(out: Path) -> None:
-    """Refuses to start a new run over an earlier one, whose results would stay beside it."""
-    for name in ("checkpoint.pt", _PROGRESS):
-        if (out / name).exists():
-            raise TrainingError(
-                f"{out} already holds a run ({name}); carry it on with --resume, or train "
-                "into another --out (or delete it first)"
-            )
-
-
-def _writable(out: Path) -> None:
-    """Refuses an `out` that cannot become a run folder, before any data is read: a
-    file in the way, or a folder that cannot be written, would otherwise end the run
-    after the data had loaded. Makes nothing, so a refusal leaves nothing behind."""
-    there = next(p for p in (out, *out.absolute().parents) if p.exists())
-    if not there.is_dir():
-        raise TrainingError(
-            f"--out {out}: cannot make the run folder ({there} is a file, not a folder); "
-            "give --out a folder path"
-        )
-    if not os.access(there, os.W_OK | os.X_OK):
-        raise TrainingError(
-            f"--out {out}: cannot make the run folder ({there} cannot be written); "
-            "give --out a folder you can write"
-        )
-
-
-def _out_problem(out: Path, e: OSError) -> str:
-    return (
-        f"--out {out}: cannot write the run folder ({e.strerror or e}); "
-        "give --out a folder you can write"
-    )
-
-
-def _resumable(out: Path, cfg: TrainConfig) -> dict[str, Any]:
-    """The progress `out` holds, if `cfg` may continue it; raises TrainingError if not."""
-    try:
-        before = json.loads((out / _CONFIG).read_text())
-        saved: dict[str, Any] = torch.load(out / _PROGRESS, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise TrainingError(f"--resume: {out} holds no run to continue ({e})") from None
-    now, before = resolved(cfg), _absolute(before)
-    # A run that recorded its data is checked by it once read (_same_data): its videos
-    # may have moved (another mount in a container), and --data then names them anew.
-    free = _RESUMABLE_CHANGES | ({"data", "split"} if "data_fingerprint" in saved else set())
-    changed = sorted(k for k in now if k not in free and before.get(k) != now[k])
-    if changed:
-        detail = ", ".join(f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in changed)
-        raise TrainingError(f"--resume: {out} was trained with other settings ({detail})")
-    return saved
-
-
-def data_fingerprint(clip_sides: tuple[tuple[str, str], ...]) -> str:
-    """SHA-256 of the clips and their sides, train or val: the data set a run learns from."""
-    return hashlib.sha256("\n".join(f"{c} {side}" for c, side in clip_sides).encode()).hexdigest()
-
-
-def _same_data(saved: dict[str, Any], clip_sides: tuple[tuple[str, str], ...]) -> None:
-    """Refuses to resume on other data than the run started with: resumed, it would go on
-    learning from another split and score epochs on other held-out clips. Progress saved
-    before runs recorded their data has no fingerprint; its --data path was compared."""
-    if "data_fingerprint" not in saved or saved["data_fingerprint"] == data_fingerprint(clip_sides):
-        return
-    then, now = dict(saved["data_clips"]), dict(clip_sides)
-    added, gone = len(now.keys() - then.keys()), len(then.keys() - now.keys())
-    moved = sum(then[c] != now[c] for c in then.keys() & now.keys())
-    how = [f"{added} clip(s) added" if added else "", f"{gone} gone" if gone else ""]
-    how.append(f"{moved} moved between training and validation" if moved else "")
-    raise TrainingError(
-        f"--resume: the data differs from the run's ({', '.join(filter(None, how))} since the "
-        "run started); resume needs the same videos, split as they were (train a new run "
-        "into another --out to use these)"
-    )
-
-
-def _relocate(out: Path, cfg: TrainConfig) -> None:
-    """Notes in train_config.json where the run folder, its videos and split file are now,
-    if they moved: the next --resume finds them without being told again."""
-    path = out / _CONFIG
-    before, now = json.loads(path.read_text()), resolved(cfg)
-    moved = {k: now[k] for k in ("out", "data", "split") if before.get(k) != now[k]}
-    if moved:
-        try:
-            write_whole(path, (json.dumps(before | moved, indent=2) + "\n").encode())
-        except OSError as e:
-            raise TrainingError(_out_problem(out, e)) from None
-
-
-def _restore_schedule(
-    opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler, saved: dict[str, Any]
-) -> None:
-    """The optimiser as saved and the schedule at the saved step.
-
-    Only the step is carried, not the schedule's own state: with or without
-    `--minutes` the schedule is a different class (the clock joins the steps), and
-    either is a function of the step. The keys a schedule keeps in the optimiser's
-    parameter groups come from the one built now, since the saved run may have had
-    the other.
-    """
-    kept = [dict(group) for group in opt.param_groups]
-    opt.load_state_dict(saved["optimizer"])
-    for group, before in zip(opt.param_groups, kept, strict=True):
-        for key, value in before.items():
-            group.setdefault(key, value)
-    sched.last_epoch = saved["schedule"]["last_epoch"]
-
-
-def _save_progress(
-    path: Path,
-    progress: dict[str, Any],
-    net: Recognizer,
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
-    rng: np.random.Generator,
-    device: torch.device,
-) -> None:
-    """Everything `--resume` needs to go on exactly as if the run had not stopped."""
-    state = {
-        **progress,
-        "weights": net.state_dict(),
-        "optimizer": opt.state_dict(),
-        "schedule": sched.state_dict(),
-        "rng": rng.bit_generator.state,
-        "torch_rng": torch.get_rng_state(),
-        # A GPU draws its dropout masks from its own generator.
-        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-    save_whole(path, state)  # a run killed while saving keeps the previous epoch's
-
-
 def _silent(*args: object, **kwargs: object) -> None:
     """`print` for the processes that are not the leader."""
-
-
-# Validation numbers written to metrics.csv after every epoch.
-_LOGGED = ("frame_accuracy", "settled_frame_accuracy", "clip_accuracy")

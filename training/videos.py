@@ -38,10 +38,9 @@ import numpy as np
 
 from actionstream.resampling import FileClock, Resampler
 from actionstream.resizing import fit
+from actionstream.training.config import VIDEO_SUFFIXES
 from actionstream.training.data import LabelledClip
 
-# Containers OpenCV's FFmpeg reads; a manifest may name any other file.
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".wmv", ".ts")
 # Shorter clips are skipped, in training and in evaluation alike: a model that sees a
 # frame's difference from the previous one has nothing to go on at a clip's first frame.
 MIN_CLIP_FRAMES = 2

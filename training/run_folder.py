@@ -1,0 +1,383 @@
+"""A run folder, as `train` writes it and `--resume` carries it on.
+
+    RUN/train_config.json  the settings, paths absolute: what --resume starts from
+    RUN/last.pt            the progress after the last finished epoch (Progress)
+    RUN/metrics.csv        a row per epoch (EpochLog)
+    RUN/checkpoint.pt      the best epoch so far, the run's model (written by train)
+
+Whatever would refuse a run is checked before its data is read: a new run over an
+earlier one, a folder that cannot be written, a resume with other settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from actionstream.training.checkpoint import Checkpoint, CheckpointError, save_whole, write_whole
+from actionstream.training.config import INIT_CHOICES, TrainConfig
+from actionstream.training.errors import TrainingError
+from actionstream.training.evaluate import Scores
+from actionstream.training.model import Recognizer
+
+PROGRESS = "last.pt"
+CONFIG = "train_config.json"
+# What a resumed run may change: where and how long it runs, not what it learns. `out` is
+# the run folder itself, wherever it lies now: a moved or renamed run is the same run.
+_RESUMABLE_CHANGES = {"resume", "out", "minutes", "device", "threads", "cache"}
+# Validation numbers written to metrics.csv after every epoch: the Scores that EpochLog.row
+# writes, by name (report.py plots them by these).
+LOGGED = ("frame_accuracy", "settled_frame_accuracy", "clip_accuracy")
+
+
+@dataclass(kw_only=True)
+class Progress:
+    """last.pt: everything `--resume` needs to go on exactly as if the run had not stopped.
+
+    On disk a dict of its fields, as last.pt was before it was typed: runs saved then
+    resume, and Checkpoint.load tells the file from a checkpoint by its "optimizer".
+    """
+
+    epoch: int  # the last epoch finished (or cut short by --minutes)
+    seconds: float  # training time up to its end
+    inherited_videos: tuple[str, ...] = ()  # SHA-256 of the videos --init RUN learnt from
+    # The clips (name and digest) and their sides, train or val, and their SHA-256; None
+    # for the synthetic world, and in progress saved before runs recorded their data.
+    data_fingerprint: str | None = None
+    data_clips: tuple[tuple[str, str], ...] | None = None
+    best: dict[str, Any]  # the best epoch's scores, with its "epoch"
+    best_weights: dict[str, torch.Tensor]
+    log: list[list[str]]  # metrics.csv's rows so far
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    schedule: dict[str, Any]  # only its step is read back (restore)
+    rng: Mapping[str, Any]  # numpy's, which orders the batches
+    torch_rng: torch.Tensor
+    cuda_rng: torch.Tensor | None = None  # a GPU draws its dropout masks from its own
+
+    @classmethod
+    def snapshot(
+        cls,
+        *,
+        epoch: int,
+        seconds: float,
+        inherited_videos: tuple[str, ...],
+        clip_sides: tuple[tuple[str, str], ...],
+        best: dict[str, Any],
+        best_weights: dict[str, torch.Tensor],
+        log: list[list[str]],
+        net: Recognizer,
+        opt: torch.optim.Optimizer,
+        sched: torch.optim.lr_scheduler.LRScheduler,
+        rng: np.random.Generator,
+        device: torch.device,
+    ) -> Progress:
+        """The run as it stands after `epoch`."""
+        return cls(
+            epoch=epoch,
+            seconds=seconds,
+            inherited_videos=inherited_videos,
+            # What a resumed run must find again.
+            data_fingerprint=data_fingerprint(clip_sides) if clip_sides else None,
+            data_clips=clip_sides or None,
+            best=best,
+            best_weights=best_weights,
+            log=log,
+            weights=net.state_dict(),
+            optimizer=opt.state_dict(),
+            schedule=sched.state_dict(),
+            rng=rng.bit_generator.state,
+            torch_rng=torch.get_rng_state(),
+            cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        )
+
+    def save(self, path: Path) -> None:
+        """Writes last.pt whole: a run killed while saving keeps the previous epoch's. Its
+        fields by name, not asdict (which deep-copies every tensor); those that are None
+        left out, as the progress saved before them has them."""
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        save_whole(path, {k: v for k, v in state.items() if v is not None})
+
+    @classmethod
+    def load(cls, path: Path) -> Progress:
+        """Reads what `save` wrote; ValueError for a file that is not a run's progress."""
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path} is not a run's progress")
+        return cls.from_dict(saved)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> Progress:
+        """The progress in `saved`, as `save` leaves it; keys it does not know are ignored."""
+        names = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in saved.items() if k in names})
+        except TypeError as e:  # a field missing
+            raise ValueError(f"not a run's progress ({e})") from None
+
+    def restore(
+        self,
+        net: Recognizer,
+        opt: torch.optim.Optimizer,
+        sched: torch.optim.lr_scheduler.LRScheduler,
+        rng: np.random.Generator,
+        device: torch.device,
+    ) -> None:
+        """Puts the weights, optimiser, schedule and random generators back as saved."""
+        net.load_state_dict(self.weights)
+        _restore_schedule(opt, sched, self.optimizer, self.schedule)
+        rng.bit_generator.state = self.rng
+        torch.set_rng_state(self.torch_rng)
+        if device.type == "cuda" and self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, device)  # dropout's masks there
+
+
+def _restore_schedule(
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    optimizer: dict[str, Any],
+    schedule: dict[str, Any],
+) -> None:
+    """The optimiser as saved and the schedule at the saved step.
+
+    Only the step is carried, not the schedule's own state: with or without
+    `--minutes` the schedule is a different class (the clock joins the steps), and
+    either is a function of the step. The keys a schedule keeps in the optimiser's
+    parameter groups come from the one built now, since the saved run may have had
+    the other.
+    """
+    kept = [dict(group) for group in opt.param_groups]
+    opt.load_state_dict(optimizer)
+    for group, before in zip(opt.param_groups, kept, strict=True):
+        for key, value in before.items():
+            group.setdefault(key, value)
+    sched.last_epoch = schedule["last_epoch"]
+
+
+def resolved(cfg: TrainConfig) -> dict[str, Any]:
+    """`cfg` as train_config.json holds it: paths absolute, so the run can be resumed,
+    evaluated or repeated from any folder; tuples as lists, as JSON has them."""
+    return _absolute(json.loads(json.dumps(asdict(cfg))))
+
+
+def _absolute(settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` with its paths made absolute (from here, for a file written with them
+    relative), so that two spellings of one folder compare equal."""
+    paths = [k for k in ("out", "data", "split", "cache") if settings.get(k)]
+    if settings.get("init") not in (None, *INIT_CHOICES):  # a run to start from
+        paths.append("init")
+    return settings | {k: str(Path(settings[k]).resolve()) for k in paths}
+
+
+def resume_config(cfg: TrainConfig, given: Collection[str]) -> TrainConfig:
+    """The settings the run in `cfg.out` was started with, but those named in `given`
+    (set on this command line) taken from `cfg`: `--resume` needs nothing repeated."""
+    path = Path(cfg.out) / CONFIG
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"--resume: {cfg.out} holds no run to continue ({e})") from None
+    names = {f.name for f in fields(TrainConfig)}
+    merged = {k: v for k, v in before.items() if k in names}
+    # The run is the folder read, wherever it lies now; not the path it was started in.
+    merged |= {k: getattr(cfg, k) for k in given} | {"out": cfg.out, "resume": True}
+    if isinstance(merged.get("channels"), list):
+        merged["channels"] = tuple(merged["channels"])
+    try:
+        return TrainConfig(**merged)
+    except (TypeError, ValueError) as e:
+        raise TrainingError(f"--resume: {path} does not hold valid settings ({e})") from None
+
+
+def open_run(out: Path, cfg: TrainConfig) -> Progress | None:
+    """The progress a resumed run goes on from, None for a new run; either refused here,
+    before any data is read, so that a refusal costs nothing."""
+    if cfg.resume:
+        return resumable(out, cfg)
+    refuse_taken(out)
+    return None
+
+
+def refuse_taken(out: Path) -> None:
+    """Refuses an `out` a new run cannot start in: an earlier run's, or one that cannot
+    become a run folder."""
+    try:
+        _fresh(out)
+        _writable(out)
+    except OSError as e:  # a folder on the way that may not even be looked into
+        raise TrainingError(_out_problem(out, e)) from None
+
+
+def _fresh(out: Path) -> None:
+    """Refuses to start a new run over an earlier one, whose results would stay beside it."""
+    for name in ("checkpoint.pt", PROGRESS):
+        if (out / name).exists():
+            raise TrainingError(
+                f"{out} already holds a run ({name}); carry it on with --resume, or train "
+                "into another --out (or delete it first)"
+            )
+
+
+def _writable(out: Path) -> None:
+    """Refuses an `out` that cannot become a run folder, before any data is read: a
+    file in the way, or a folder that cannot be written, would otherwise end the run
+    after the data had loaded. Makes nothing, so a refusal leaves nothing behind."""
+    there = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not there.is_dir():
+        raise TrainingError(
+            f"--out {out}: cannot make the run folder ({there} is a file, not a folder); "
+            "give --out a folder path"
+        )
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise TrainingError(
+            f"--out {out}: cannot make the run folder ({there} cannot be written); "
+            "give --out a folder you can write"
+        )
+
+
+def _out_problem(out: Path, e: OSError) -> str:
+    return (
+        f"--out {out}: cannot write the run folder ({e.strerror or e}); "
+        "give --out a folder you can write"
+    )
+
+
+def start(out: Path, cfg: TrainConfig) -> None:
+    """Makes the run folder with its train_config.json, once data and model are sound."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG).write_text(json.dumps(resolved(cfg), indent=2) + "\n")
+    except OSError as e:
+        raise TrainingError(_out_problem(out, e)) from None
+
+
+def resumable(out: Path, cfg: TrainConfig) -> Progress:
+    """The progress `out` holds, if `cfg` may continue it; raises TrainingError if not."""
+    try:
+        before = json.loads((out / CONFIG).read_text())
+        saved = Progress.load(out / PROGRESS)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise TrainingError(f"--resume: {out} holds no run to continue ({e})") from None
+    now, before = resolved(cfg), _absolute(before)
+    # A run that recorded its data is checked by it once read (same_data): its videos
+    # may have moved (another mount in a container), and --data then names them anew.
+    recorded = saved.data_fingerprint is not None
+    free = _RESUMABLE_CHANGES | ({"data", "split"} if recorded else set())
+    changed = sorted(k for k in now if k not in free and before.get(k) != now[k])
+    if changed:
+        detail = ", ".join(f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in changed)
+        raise TrainingError(f"--resume: {out} was trained with other settings ({detail})")
+    return saved
+
+
+def finished(out: Path, epochs: int, say: Callable[..., None]) -> Checkpoint:
+    """A run `--resume` finds complete: said so, and nothing rewritten (resuming is safe
+    to repeat, as when a training container restarts with it)."""
+    try:
+        ckpt = Checkpoint.load(out)
+    except CheckpointError as e:
+        raise TrainingError(f"--resume: {e}") from None
+    say(
+        f"{out} has already run its last epoch ({epochs}); nothing to resume "
+        f"({out / 'checkpoint.pt'} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
+    )
+    return ckpt
+
+
+def refuse_lost_videos(saved: Progress, cfg: TrainConfig) -> None:
+    """Refuses to resume a run on videos it recorded when --data no longer finds them,
+    before anything is read: they may be mounted elsewhere now."""
+    if saved.data_fingerprint is not None and cfg.data is not None and not Path(cfg.data).exists():
+        raise TrainingError(
+            f"--resume: the run's videos are no longer at {cfg.data}; give --data where "
+            "they are now"
+        )
+
+
+def data_fingerprint(clip_sides: tuple[tuple[str, str], ...]) -> str:
+    """SHA-256 of the clips and their sides, train or val: the data set a run learns from."""
+    return hashlib.sha256("\n".join(f"{c} {side}" for c, side in clip_sides).encode()).hexdigest()
+
+
+def same_data(saved: Progress, clip_sides: tuple[tuple[str, str], ...]) -> None:
+    """Refuses to resume on other data than the run started with: resumed, it would go on
+    learning from another split and score epochs on other held-out clips. Progress saved
+    before runs recorded their data has no fingerprint; its --data path was compared."""
+    if saved.data_fingerprint is None or saved.data_fingerprint == data_fingerprint(clip_sides):
+        return
+    then, now = dict(saved.data_clips or ()), dict(clip_sides)
+    added, gone = len(now.keys() - then.keys()), len(then.keys() - now.keys())
+    moved = sum(then[c] != now[c] for c in then.keys() & now.keys())
+    how = [f"{added} clip(s) added" if added else "", f"{gone} gone" if gone else ""]
+    how.append(f"{moved} moved between training and validation" if moved else "")
+    raise TrainingError(
+        f"--resume: the data differs from the run's ({', '.join(filter(None, how))} since the "
+        "run started); resume needs the same videos, split as they were (train a new run "
+        "into another --out to use these)"
+    )
+
+
+def relocate(out: Path, cfg: TrainConfig) -> None:
+    """Notes in train_config.json where the run folder, its videos and split file are now,
+    if they moved: the next --resume finds them without being told again."""
+    path = out / CONFIG
+    before, now = json.loads(path.read_text()), resolved(cfg)
+    moved = {k: now[k] for k in ("out", "data", "split") if before.get(k) != now[k]}
+    if moved:
+        try:
+            write_whole(path, (json.dumps(before | moved, indent=2) + "\n").encode())
+        except OSError as e:
+            raise TrainingError(_out_problem(out, e)) from None
+
+
+@contextlib.contextmanager
+def saving(out: Path, epoch: int) -> Iterator[None]:
+    """A full disk or a lost permission while saving, as one line that says what is kept:
+    each file is written whole or not at all, so the run folder holds the last epoch
+    saved, and --resume goes on from it once the cause is gone."""
+    try:
+        yield
+    except OSError as e:
+        then = (
+            "it keeps the last epoch saved: make room (or fix the permission), then carry "
+            "on with --resume"
+            if (out / PROGRESS).is_file()
+            else "no epoch was saved to resume from: make room (or fix the permission), "
+            f"then delete {out} and train again"
+        )
+        raise TrainingError(
+            f"cannot save epoch {epoch} in {out} ({e.strerror or e}); the run stopped, and {then}"
+        ) from None
+
+
+class EpochLog:
+    """metrics.csv: a row per epoch, written as it comes, so a killed run keeps its log."""
+
+    def __init__(self, path: Path, rows: list[list[str]]) -> None:
+        """Starts the file with `rows` (those of a resumed run's finished epochs)."""
+        self._path = path
+        self.rows = list(rows)
+        with path.open("w", newline="") as f:
+            csv.writer(f).writerows(
+                [["epoch", "seconds", "train_loss", *LOGGED, "steps"], *self.rows]
+            )
+
+    def row(self, epoch: int, seconds: float, loss: float, scores: Scores, steps: int) -> list[str]:
+        """`steps`: the optimiser steps the epoch took, fewer in an epoch --minutes cut short."""
+        logged = (scores.frame_accuracy, scores.settled_frame_accuracy, scores.clip_accuracy)
+        return [str(epoch), f"{seconds:.1f}", f"{loss:.4f}", *map(str, logged), str(steps)]
+
+    def write(self, row: list[str]) -> None:
+        self.rows.append(row)
+        with self._path.open("a", newline="") as f:
+            csv.writer(f).writerow(row)
