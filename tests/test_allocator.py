@@ -35,9 +35,10 @@ def test_freed_memory_is_reused_without_faulting_it_in_again() -> None:
     kept, kept_faults = _faults("kept")
     _, default_faults = _faults("default")
     assert kept
-    # 20 buffers of 64 MB: glibc maps and unmaps each (544 faults apiece here, numpy
-    # asking for huge pages), where kept memory is reused as it is (none).
-    assert default_faults > 20 * 100, default_faults
+    # 20 buffers of 64 MB: glibc maps and unmaps each, where kept memory is reused as it
+    # is (none). At least 32 faults apiece, as 2-MB huge pages when the kernel has them
+    # free (numpy asks for them); 544 here in a quiet run, 33 in one beside other tests.
+    assert default_faults >= 20 * 32, default_faults
     assert kept_faults < default_faults / 20, (kept_faults, default_faults)
 
 
