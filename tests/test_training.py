@@ -318,6 +318,11 @@ def test_resume_takes_the_runs_own_settings_and_refuses_changes(
         main(changed)
     with pytest.raises(TrainingError, match="holds no run to continue"):
         resume_config(TrainConfig(out="nothing", resume=True), {"resume"})
+    # A damaged progress file (a copy cut short, say) is one line too, not a traceback.
+    (out / "last.pt").write_bytes(b"not a torch file")
+    resumed = resume_config(TrainConfig(out="run", resume=True), {"out", "resume"})
+    with pytest.raises(TrainingError, match=r"holds no run to continue \(.*last.pt: not a run"):
+        main(resumed)
 
 
 def test_a_new_run_never_starts_over_an_earlier_one(tmp_path: Path) -> None:

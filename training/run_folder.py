@@ -111,7 +111,12 @@ class Progress:
     @classmethod
     def load(cls, path: Path) -> Progress:
         """Reads what `save` wrote; ValueError for a file that is not a run's progress."""
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch.load raises many unrelated types on damaged files
+            raise ValueError(f"{path}: not a run's progress ({type(e).__name__})") from None
         if not isinstance(saved, dict):
             raise ValueError(f"{path} is not a run's progress")
         return cls.from_dict(saved)
