@@ -49,7 +49,11 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
         if handler is None or handler.request_deserializer is None:
             return handler
         name = details.method.rsplit("/", 1)[-1]
-        if handler.stream_stream is not None and not details.method.startswith(OWN_SERVICE):
+        if (
+            handler.stream_stream is not None
+            and not details.method.startswith(OWN_SERVICE)
+            and inspect.isasyncgenfunction(handler.stream_stream)  # as reflection's is
+        ):
             what = _message_name(handler.request_deserializer)
             return grpc.stream_stream_rpc_method_handler(
                 self._checked_requests(handler.stream_stream, name, what),
