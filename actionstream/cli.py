@@ -228,25 +228,25 @@ def _export(cfg: ExportConfig) -> int:
 
 
 def serve(cfg: ServeConfig) -> int:
-    from actionstream.service.launch import run
+    from actionstream.service.endpoint.launch import run
 
     return run(cfg)
 
 
 def stream(cfg: StreamConfig) -> int:
-    from actionstream.service.client import run_stream
+    from actionstream.service.clients.stream import run_stream
 
     return run_stream(cfg)
 
 
 def watch(cfg: WatchConfig) -> int:
-    from actionstream.service.watch import run_watch
+    from actionstream.service.clients.watch import run_watch
 
     return run_watch(cfg)
 
 
 def health(cfg: HealthConfig) -> int:
-    from actionstream.service.healthcheck import check
+    from actionstream.service.clients.health import check
 
     serving, seen = check(cfg)
     print(seen)

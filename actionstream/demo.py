@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from actionstream.demo_config import DemoConfig
 from actionstream.serve_process import ServeProcess, ServeProcessError
-from actionstream.service.client import (
+from actionstream.service.clients.stream import (
     StreamError,
     StreamSummary,
     leave_if_source_held,

@@ -1,5 +1,5 @@
 """The one resize rule from a source's frame to the model's input, shared by training
-(training/videos.py) and serving (service/frames.py), so the model is served frames
+(training/videos.py) and serving (service/inference/frames.py), so the model is served frames
 made as its training frames were."""
 
 from __future__ import annotations

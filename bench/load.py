@@ -63,8 +63,8 @@ import grpc
 import numpy as np
 
 from actionstream.serve_process import ServeProcess
-from actionstream.service import grpc_listener
-from actionstream.service.metrics import scrape
+from actionstream.service.endpoint import grpc_listener
+from actionstream.service.telemetry.metrics import scrape
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -374,7 +374,7 @@ def _interpolate(by_size: dict[int, float], batch: float) -> float:
 
 def _jpeg_floor(server_args: list[str]) -> float:
     """The server's --jpeg-floor, so the bare decode works at the scale the server does."""
-    from actionstream.service.frames import JPEG_FLOOR
+    from actionstream.service.inference.frames import JPEG_FLOOR
 
     floor = JPEG_FLOOR
     for i, arg in enumerate(server_args):
@@ -395,8 +395,8 @@ def time_bare_stages(
     to the next while the server's CPU a frame is a mean over its whole run; each
     slice's median keeps a stray interrupt out of it. Within a slice the stages are
     timed in interleaved rounds, so the drift touches every figure alike."""
-    from actionstream.service.frames import FrameDecoder
-    from actionstream.service.model import OnnxStepModel
+    from actionstream.service.inference.frames import FrameDecoder
+    from actionstream.service.inference.model import OnnxStepModel
 
     model = OnnxStepModel.load(threads=1)
     meta = model.metadata

@@ -27,8 +27,8 @@ import grpc
 import numpy as np
 
 from actionstream.serve_process import ServeProcess
-from actionstream.service.frames import FrameDecoder
-from actionstream.service.model import OnnxStepModel
+from actionstream.service.inference.frames import FrameDecoder
+from actionstream.service.inference.model import OnnxStepModel
 from actionstream.training.synth import SynthConfig, render_stream
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc

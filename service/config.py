@@ -5,14 +5,14 @@ a frozen dataclass each.
 reads `ACTIONSTREAM_FIELD_NAME` from the environment (actionstream/command.py),
 so the help text here is the user's manual. The module imports nothing heavy,
 so the command line builds its flags without loading OpenCV, onnxruntime or
-gRPC (which `serve` configures before it loads: service/grpc_listener.py).
+gRPC (which `serve` configures before it loads: service/endpoint/grpc_listener.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actionstream.service.source_allowlist import SourceAllowlist
+from actionstream.service.sources.allowlist import SourceAllowlist
 from actionstream.settings import refuse_non_finite, setting
 
 # More labels than any model here has; above it a top-k is a typo (and past 2**32, a

@@ -9,8 +9,8 @@ import threading
 from prometheus_client import CollectorRegistry
 
 from actionstream.service.config import ServeConfig
-from actionstream.service.model import OnnxStepModel
-from actionstream.service.server import Server
+from actionstream.service.endpoint.server import Server
+from actionstream.service.inference.model import OnnxStepModel
 
 
 class BackgroundServer(contextlib.AbstractContextManager["BackgroundServer"]):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from actionstream.service import grpc_listener
+from actionstream.service.endpoint import grpc_listener
 
 # Before anything loads gRPC (it reads its experiments once): the servers in these tests
 # read their connections as `actionstream serve`'s do.
@@ -35,7 +35,7 @@ from prometheus_client import CollectorRegistry
 
 from actionstream.contract import INPUT_FRAMES, OUTPUT_LOGITS, read_props
 from actionstream.service.config import ServeConfig
-from actionstream.service.model import OnnxStepModel, bundled_model_path
+from actionstream.service.inference.model import OnnxStepModel, bundled_model_path
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 

@@ -29,10 +29,11 @@ from helpers import WITH_CTRL_C, MjpegCamera, actionstream, render
 from videogen import motion_clip, variable_rate, write
 
 from actionstream.serve_process import ServeProcess
-from actionstream.service import client, reconnection
-from actionstream.service.client import StreamError, read_labels, run_stream, stream_source
+from actionstream.service.clients import reconnection
+from actionstream.service.clients import stream as client
+from actionstream.service.clients.stream import StreamError, read_labels, run_stream, stream_source
 from actionstream.service.config import StreamConfig
-from actionstream.service.sources import VideoSource
+from actionstream.service.sources.video_source import VideoSource
 from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.training.synth import SynthConfig, render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from actionstream.service.workers import STOP_MARGIN_S
+from actionstream.service.endpoint.workers import STOP_MARGIN_S
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -207,7 +207,7 @@ def test_the_dashboard_shows_what_an_operator_watches() -> None:
 def test_every_dashboard_series_is_one_the_service_exports() -> None:
     from prometheus_client import CollectorRegistry
 
-    from actionstream.service.metrics import Metrics
+    from actionstream.service.telemetry.metrics import Metrics
 
     registry = CollectorRegistry()
     Metrics(registry)

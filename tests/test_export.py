@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from actionstream.contract import INPUT_FRAMES, ModelConfig, read_props
-from actionstream.service.model import OnnxStepModel
+from actionstream.service.inference.model import OnnxStepModel
 from actionstream.training.checkpoint import Checkpoint, CheckpointError
 from actionstream.training.config import ExportConfig
 from actionstream.training.export import ExportError, export_onnx, parity_error

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import jpeg, png, render
 
-from actionstream.service.frames import JPEG_FLOOR, FrameDecoder, FrameError
+from actionstream.service.inference.frames import JPEG_FLOOR, FrameDecoder, FrameError
 from actionstream.training.synth import SynthConfig, render_stream
 from actionstream.v1 import actionstream_pb2 as pb
 

@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from actionstream.serve_process import ServeProcess
-from actionstream.service import grpc_listener
+from actionstream.service.endpoint import grpc_listener
 
 
 def test_serve_turns_the_event_engine_listener_off_beside_other_experiments() -> None:

@@ -70,7 +70,11 @@ def test_the_contract_needs_no_runtime() -> None:
 
 
 def test_importing_the_service_loads_no_torch_and_no_training() -> None:
-    modules = [p.stem for p in _files("service") if p.stem != "__init__"]
+    modules = [
+        ".".join(p.relative_to(ROOT / "service").with_suffix("").parts)
+        for p in _files("service")
+        if p.stem != "__init__"
+    ]
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}: importlib.import_module('actionstream.service.' + m)\n"
@@ -102,7 +106,7 @@ def test_installed_it_adds_one_name_and_serves_from_it(tmp_path: Path) -> None:
     # bare folder names are gone, and the server starts from the packaged model.
     env = {**os.environ, "PYTHONPATH": str(target)}
     probe = (
-        "import importlib.util, actionstream, actionstream.service.model as m\n"
+        "import importlib.util, actionstream, actionstream.service.inference.model as m\n"
         "print(actionstream.__file__)\n"
         "print(importlib.util.find_spec('service'), importlib.util.find_spec('training'))\n"
         "print(m.bundled_model_path())"

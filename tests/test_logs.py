@@ -12,11 +12,11 @@ import pytest
 from background import BackgroundServer
 from helpers import LiveStream, MjpegCamera, frame_request, jpeg, render, stub_for
 
-from actionstream.service.client import stream_source
+from actionstream.service.clients.stream import stream_source
 from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
-from actionstream.service.logs import JsonFormatter
-from actionstream.service.streams import NAME_LIMIT, printable
+from actionstream.service.inference.streams import NAME_LIMIT, printable
+from actionstream.service.telemetry.logs import JsonFormatter
 from actionstream.v1 import actionstream_pb2 as pb
 
 SECRET = "s3cret-pw"
@@ -32,7 +32,7 @@ def test_printable_escapes_and_bounds_client_strings() -> None:
 
 def test_json_lines_carry_the_stream() -> None:
     record = logging.LogRecord(
-        "actionstream.service.servicer",
+        "actionstream.service.endpoint.servicer",
         logging.INFO,
         __file__,
         1,

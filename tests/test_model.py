@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from actionstream.contract import ContractError, read_props
-from actionstream.service.model import ModelError, OnnxStepModel, bundled_model_path
+from actionstream.service.inference.model import ModelError, OnnxStepModel, bundled_model_path
 
 # onnx (to write doctored model files) comes with the train extra.
 onnx = pytest.importorskip("onnx")

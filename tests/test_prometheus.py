@@ -24,7 +24,7 @@ import yaml
 from background import BackgroundServer
 from helpers import LiveStream, frame_request, jpeg, render
 
-from actionstream.service.metrics import scrape
+from actionstream.service.telemetry.metrics import scrape
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 

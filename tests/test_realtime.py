@@ -21,10 +21,10 @@ from background import BackgroundServer
 from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render, stub_for
 
 from actionstream.resampling import FileClock, Resampler
-from actionstream.service.frames import FrameDecoder
-from actionstream.service.metrics import scrape as scrape_metrics
-from actionstream.service.model import OnnxStepModel
-from actionstream.service.streams import ActionTracker, ClockCheck, PendingFrame, Stream
+from actionstream.service.inference.frames import FrameDecoder
+from actionstream.service.inference.model import OnnxStepModel
+from actionstream.service.inference.streams import ActionTracker, ClockCheck, PendingFrame, Stream
+from actionstream.service.telemetry.metrics import scrape as scrape_metrics
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -204,7 +204,7 @@ def test_decode_threads_are_niced_from_the_process_own_niceness() -> None:
     # batch threads make the pools they lend to) at 15 too, not 20.
     script = (
         "import os, threading\n"
-        "from actionstream.service.batcher import _lower_priority\n"
+        "from actionstream.service.inference.batcher import _lower_priority\n"
         "def nice():\n"
         "    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())\n"
         "seen = []\n"

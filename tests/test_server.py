@@ -34,12 +34,12 @@ from helpers import (
 from prometheus_client import CollectorRegistry
 
 from actionstream.service.config import ServeConfig
-from actionstream.service.frames import RejectReason
-from actionstream.service.launch import ServeError
-from actionstream.service.metrics import scrape
-from actionstream.service.model import OnnxStepModel, bundled_model_path
-from actionstream.service.refusals import EndReason
-from actionstream.service.servicer import DropReason
+from actionstream.service.endpoint.launch import ServeError
+from actionstream.service.endpoint.refusals import EndReason
+from actionstream.service.endpoint.servicer import DropReason
+from actionstream.service.inference.frames import RejectReason
+from actionstream.service.inference.model import OnnxStepModel, bundled_model_path
+from actionstream.service.telemetry.metrics import scrape
 from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from actionstream.service.config import ServeConfig
-from actionstream.service.source_allowlist import NoSuchFile, NotAllowed, SourceAllowlist
+from actionstream.service.sources.allowlist import NoSuchFile, NotAllowed, SourceAllowlist
 
 CAMS = "rtsp://cams.example:554/live, http://[::1]/mjpg/, http://[::1]:18081, tcp://cams:9000, 2"
 

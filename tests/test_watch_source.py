@@ -28,7 +28,7 @@ import pytest
 from background import BackgroundServer
 from helpers import MjpegCamera, camera_sequences, jpeg, render
 
-from actionstream.service.metrics import scrape
+from actionstream.service.telemetry.metrics import scrape
 from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc

@@ -12,8 +12,8 @@ import typing
 
 import grpc
 
-from actionstream.service.frames import RejectReason
-from actionstream.service.streams import FrameRejected
+from actionstream.service.inference.frames import RejectReason
+from actionstream.service.inference.streams import FrameRejected
 
 # How a stream ended: the streams-ended metric's label (README, "Metrics").
 EndReason = typing.Literal[

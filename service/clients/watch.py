@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import grpc
 
-from actionstream.service.client import KEEPALIVE
+from actionstream.service.clients.output import events_text, prediction_record, print_json
+from actionstream.service.clients.reconnection import Reconnection
+from actionstream.service.clients.stream import KEEPALIVE
+from actionstream.service.clients.termination import Termination
 from actionstream.service.config import WatchConfig
-from actionstream.service.output import events_text, prediction_record, print_json
-from actionstream.service.reconnection import Reconnection
-from actionstream.service.termination import Termination
 from actionstream.service.trailers import skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -29,7 +29,7 @@ from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 PROG = "actionstream watch"
 _CODE = grpc.StatusCode
 # While watching again, what may pass besides UNAVAILABLE (which always does, see
-# service/reconnection.py): a rebooting camera cannot be opened (NOT_FOUND) or not in
+# service/clients/reconnection.py): a rebooting camera cannot be opened (NOT_FOUND) or not in
 # time (DEADLINE_EXCEEDED); a server mid-rollout is full (RESOURCE_EXHAUSTED). A refusal
 # (PERMISSION_DENIED, INVALID_ARGUMENT) would not pass.
 _PASSING = frozenset({_CODE.NOT_FOUND, _CODE.DEADLINE_EXCEEDED, _CODE.RESOURCE_EXHAUSTED})

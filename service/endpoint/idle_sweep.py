@@ -14,8 +14,8 @@ import time
 
 import grpc
 
-from actionstream.service.refusals import Refused
-from actionstream.service.streams import Stream
+from actionstream.service.endpoint.refusals import Refused
+from actionstream.service.inference.streams import Stream
 
 
 class IdleSweep:

@@ -30,12 +30,12 @@ import numpy as np
 
 from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.resampling import FileClock, Resampler
+from actionstream.service.clients.output import events_text, prediction_record, print_json
+from actionstream.service.clients.reconnection import Reconnection
+from actionstream.service.clients.termination import Termination
 from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
-from actionstream.service.output import events_text, prediction_record, print_json
-from actionstream.service.reconnection import Reconnection
-from actionstream.service.sources import SourceError, VideoSource
-from actionstream.service.termination import Termination
+from actionstream.service.sources.video_source import SourceError, VideoSource
 from actionstream.service.trailers import skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc

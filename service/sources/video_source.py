@@ -30,14 +30,14 @@ import cv2
 import numpy as np
 
 from actionstream.service.credentials import hide_credentials
-from actionstream.service.source_allowlist import (
+from actionstream.service.inference.streams import printable
+from actionstream.service.sources.allowlist import (
     NoSuchFile,
     NotAllowed,
     SourceAllowlist,
     has_control_characters,
     is_camera_index,
 )
-from actionstream.service.streams import printable
 
 # Longer sources are refused unread: no path or camera URL needs more, and a source is
 # quoted (cut short) in statuses and logs, where the whole of a long one would not fit.

@@ -17,8 +17,9 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from actionstream.service import grpc_listener, logs
 from actionstream.service.config import ENV_PREFIX, ServeConfig
+from actionstream.service.endpoint import grpc_listener
+from actionstream.service.telemetry import logs
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +142,10 @@ def run(cfg: ServeConfig) -> int:
     if "grpc" not in sys.modules:
         grpc_listener.prefer_iomgr(os.environ)
     if cfg.workers == 1:
-        from actionstream.service.server import serve_here
+        from actionstream.service.endpoint.server import serve_here
 
         return serve_here(cfg)
-    from actionstream.service.workers import supervise
+    from actionstream.service.endpoint.workers import supervise
 
     try:
         return supervise(cfg)

@@ -68,10 +68,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from actionstream.service.frames import FrameDecoder, FrameError
-from actionstream.service.metrics import Metrics
-from actionstream.service.model import OnnxStepModel
-from actionstream.service.streams import FrameRejected, PendingFrame, Stream, softmax
+from actionstream.service.inference.frames import FrameDecoder, FrameError
+from actionstream.service.inference.model import OnnxStepModel
+from actionstream.service.inference.streams import FrameRejected, PendingFrame, Stream, softmax
+from actionstream.service.telemetry.metrics import Metrics
 from actionstream.v1 import actionstream_pb2 as pb
 
 HEAVY_SHARE = 0.25

@@ -1,7 +1,7 @@
 """The gRPC server around the servicer: health, reflection, metrics, shutdown.
 
 `serve_here` is `actionstream serve` in one process, `run_worker` one of
-`--workers`' processes (service/launch.py chooses). `Server` is the same thing
+`--workers`' processes (service/endpoint/launch.py chooses). `Server` is the same thing
 as an object on a running event loop, on any port including 0, with the ports
 actually bound readable afterwards (and written to `--ready-file`).
 """
@@ -23,11 +23,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from actionstream.service import grpc_listener, logs, native_stderr
-from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
-from actionstream.service.frames import FrameDecoder
-from actionstream.service.launch import (
+from actionstream.service.endpoint import grpc_listener
+from actionstream.service.endpoint.launch import (
     HURRIED_WHILE_STARTING,
     HURRY,
     STOPPED_WHILE_STARTING,
@@ -38,12 +36,15 @@ from actionstream.service.launch import (
     stop_once_started,
     write_ready_file,
 )
-from actionstream.service.malformed import MalformedRequests
-from actionstream.service.metrics import Metrics, MetricsServer
-from actionstream.service.model import ModelError, OnnxStepModel
-from actionstream.service.processes import Processes
-from actionstream.service.servicer import ActionRecognition
-from actionstream.service.side_calls import SideCallLimit
+from actionstream.service.endpoint.malformed import MalformedRequests
+from actionstream.service.endpoint.servicer import ActionRecognition
+from actionstream.service.endpoint.side_calls import SideCallLimit
+from actionstream.service.inference.batcher import Batcher
+from actionstream.service.inference.frames import FrameDecoder
+from actionstream.service.inference.model import ModelError, OnnxStepModel
+from actionstream.service.telemetry import logs, native_stderr
+from actionstream.service.telemetry.metrics import Metrics, MetricsServer
+from actionstream.service.telemetry.processes import Processes
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 

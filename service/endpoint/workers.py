@@ -41,15 +41,15 @@ from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from actionstream.service import logs
 from actionstream.service.config import ServeConfig
-from actionstream.service.launch import (
+from actionstream.service.endpoint.launch import (
     HURRY,
     STOPPED_WHILE_STARTING,
     ServeError,
     address,
     write_ready_file,
 )
+from actionstream.service.telemetry import logs
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ def _supervise(
 ) -> int:
     from prometheus_client import CollectorRegistry, multiprocess
 
-    from actionstream.service.metrics import MetricsServer
-    from actionstream.service.processes import Processes
+    from actionstream.service.telemetry.metrics import MetricsServer
+    from actionstream.service.telemetry.processes import Processes
 
     metrics_server = None
     workers: list[BaseProcess] = []
@@ -189,7 +189,8 @@ def share_of(total: int, workers: int, i: int) -> int:
 
 
 def _worker_main(cfg: ServeConfig, error_file: Path) -> None:
-    from actionstream.service.server import run_worker  # in the worker: its first heavy import
+    # In the worker: its first heavy import.
+    from actionstream.service.endpoint.server import run_worker
 
     # A process target's return value is lost: the exit code must be raised.
     sys.exit(run_worker(cfg, error_file))

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from actionstream.service.metrics import Metrics
+from actionstream.service.telemetry.metrics import Metrics
 
 
 class _Malformed:

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from actionstream.service.metrics import Metrics
+from actionstream.service.telemetry.metrics import Metrics
 
 # Methods whose calls stay open as long as the client likes.
 CAPPED = (

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import grpc
 
-from actionstream.service.metrics import Metrics
-from actionstream.service.refusals import Refused
-from actionstream.service.streams import Stream
+from actionstream.service.endpoint.refusals import Refused
+from actionstream.service.inference.streams import Stream
+from actionstream.service.telemetry.metrics import Metrics
 
 
 class Places:

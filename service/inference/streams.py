@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from actionstream.resampling import Resampler
-from actionstream.service.frames import Checked, FrameError
+from actionstream.service.inference.frames import Checked, FrameError
 from actionstream.v1 import actionstream_pb2 as pb
 
 # Logs carry client-chosen names; this many characters of one is plenty to tell streams apart.

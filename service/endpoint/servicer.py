@@ -25,16 +25,21 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from actionstream.resampling import FileClock
-from actionstream.service.batcher import Batcher
 from actionstream.service.config import ServeConfig
 from actionstream.service.credentials import hide_credentials
-from actionstream.service.frames import FrameError, RejectReason
-from actionstream.service.idle_sweep import IdleSweep
-from actionstream.service.metrics import Metrics
-from actionstream.service.places import Places
-from actionstream.service.refusals import EndReason, Refused, refusal
-from actionstream.service.source_allowlist import SourceAllowlist
-from actionstream.service.sources import (
+from actionstream.service.endpoint.idle_sweep import IdleSweep
+from actionstream.service.endpoint.places import Places
+from actionstream.service.endpoint.refusals import EndReason, Refused, refusal
+from actionstream.service.inference.batcher import Batcher
+from actionstream.service.inference.frames import FrameError, RejectReason
+from actionstream.service.inference.streams import (
+    FrameRejected,
+    PendingFrame,
+    Stream,
+    printable,
+)
+from actionstream.service.sources.allowlist import SourceAllowlist
+from actionstream.service.sources.video_source import (
     CONTAINER_FORMATS,
     MAX_SOURCE_CHARS,
     AsyncVideoSource,
@@ -46,12 +51,7 @@ from actionstream.service.sources import (
     SourceOpener,
     SourceTimeout,
 )
-from actionstream.service.streams import (
-    FrameRejected,
-    PendingFrame,
-    Stream,
-    printable,
-)
+from actionstream.service.telemetry.metrics import Metrics
 from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc

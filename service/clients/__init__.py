@@ -1,0 +1,1 @@
+"""The command-line clients: `stream`, `watch` and `health`, and what they share."""
