@@ -8,6 +8,10 @@ produces to gRPC. Reading never waits for inference, so a stream is always
 answered for its most recent frames, and a stream never holds more than a
 few frames of work.
 
+A WatchSource call's frames come from a source the server opens itself,
+through sources/feed.py, one at a time: the next is read once this one is
+answered.
+
 Refusals end an RPC by raising `Refused` (refusals.py); the places streams hold
 are places.py's, the idle sweep idle_sweep.py's.
 """
@@ -21,10 +25,8 @@ import typing
 from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
 from google.protobuf.message import DecodeError
 
-from actionstream.resampling import FileClock
 from actionstream.service.config import ServeConfig
 from actionstream.service.credentials import hide_credentials
 from actionstream.service.endpoint.idle_sweep import IdleSweep
@@ -39,6 +41,7 @@ from actionstream.service.inference.streams import (
     printable,
 )
 from actionstream.service.sources.allowlist import SourceAllowlist
+from actionstream.service.sources.feed import SourceFeed
 from actionstream.service.sources.video_source import (
     CONTAINER_FORMATS,
     MAX_SOURCE_CHARS,
@@ -311,15 +314,11 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         try:
             self._admit(stream)
             source = await self._open_source(request.source)
-            # Resampled to the model's rate like any stream (_from_source).
-            clock = None if source.live else FileClock(source.fps or self._meta.fps)
+            feed = SourceFeed(
+                source, stream, self._decoder, self._meta.fps, self._received, self._resampled
+            )
             try:
-                while (read := await _read_source(source)) is not None:
-                    image, position_ms = read
-                    pending = self._from_source(stream, clock, position_ms)
-                    if pending is None:
-                        continue
-                    pending.image = await asyncio.to_thread(self._decoder.fit, image)
+                while (pending := await _next_from(feed)) is not None:
                     self._batcher.push(stream, pending)
                     # One frame at a time: the next is read once this one is answered.
                     while stream.outbox is None and stream.failure is None:
@@ -350,26 +349,6 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             self._internal_error("WatchSource", stream, context)
         finally:
             self._close(stream, reason)
-
-    def _from_source(
-        self, stream: Stream, clock: FileClock | None, position_ms: float
-    ) -> PendingFrame | None:
-        """A watched source's frame, counted and resampled as a client's would be; None
-        when it is resampled away. A file's frames are timed by its own timeline (read
-        as fast as the model steps, they would all come "now"), a camera's or live
-        stream's by when they were read."""
-        received = time.perf_counter()  # a source frame is "received" when OpenCV hands it over
-        self._received.inc()
-        sequence = stream.number(0)
-        if clock is None:
-            timestamp_us = time.time_ns() // 1000
-        else:
-            timestamp_us = round(clock.next(position_ms) * 1e6)
-        if not stream.resampler.take(timestamp_us):
-            stream.resampled_away()
-            self._resampled.inc()
-            return None
-        return PendingFrame(pb.Frame(timestamp_us=timestamp_us), None, sequence, received, False)
 
     async def _open_source(self, source: str) -> AsyncVideoSource:
         """The opened source, or the status that says why not (quoting it cut short)."""
@@ -520,10 +499,10 @@ def _source_lost(answered: int) -> Refused:
     )
 
 
-async def _read_source(source: AsyncVideoSource) -> tuple[np.ndarray, float] | None:
-    """A watched source's next frame; a frame over max_frame_pixels ends the call."""
+async def _next_from(feed: SourceFeed) -> PendingFrame | None:
+    """A watched source's next frame to step; a frame over max_frame_pixels ends the call."""
     try:
-        return await source.read()
+        return await feed.next()
     except SourceError as e:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_source") from e
 

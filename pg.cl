@@ -1,0 +1,1 @@
+timeout: failed to run command ‘actionstream’: No such file or directory
