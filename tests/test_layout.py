@@ -44,6 +44,15 @@ def _files(folder: str) -> list[Path]:
     ("folder", "forbidden"),
     [
         ("service", ("torch", "actionstream.training", "training", "service")),
+        # Inside the service: inference knows no gRPC call, and the clients share
+        # nothing with the server but the config, the trailers and the credentials.
+        ("service/inference", ("grpc", "actionstream.service.endpoint")),
+        ("service/sources", ("grpc", "actionstream.service.endpoint")),
+        (
+            "service/clients",
+            ("actionstream.service.endpoint", "actionstream.service.inference"),
+        ),
+        ("service/telemetry", ("grpc", "actionstream.service.endpoint")),
         ("training", ("actionstream.service", "service", "training")),
         ("actionstream", ("service", "training")),
         ("tests", ("service", "training")),
