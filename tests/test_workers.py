@@ -233,11 +233,18 @@ def test_workers_never_join_a_port_another_server_holds(log: IO[str], tmp_path: 
             ServeProcess(second_log, args=["--workers", "2", "--port", str(plain.port)])
         second_log.seek(0)
         assert "cannot listen on 127.0.0.1:" in second_log.read()
-    # Nor does a plain server join the workers' port.
+    # Nor does a plain server join the workers' port, nor another server's workers
+    # (theirs share it with SO_REUSEPORT, as another user's of the same uid could).
     third_log = (tmp_path / "third.log").open("w+")
     with third_log, ServeProcess(log, args=["--workers", "2"]) as workers:
         with pytest.raises(ServeProcessError, match="exited with 1"):
             ServeProcess(third_log, args=["--port", str(workers.port)])
+        third_log.seek(0)
+        third_log.truncate()
+        with pytest.raises(ServeProcessError, match="exited with 1"):
+            ServeProcess(third_log, args=["--workers", "2", "--port", str(workers.port)])
+        third_log.seek(0)
+        assert "Address already in use" in third_log.read()
         with socket.create_connection(("127.0.0.1", workers.port), timeout=5):
             pass  # still serving
 

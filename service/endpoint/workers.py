@@ -202,6 +202,8 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         family, kind, proto, _, where = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
+        if port:
+            _refuse_if_taken(family, kind, proto, where, host, port)
         sock = socket.socket(family, kind, proto)
     except OSError as e:
         raise ServeError(f"cannot listen on {address(host, port)}: {e}") from None
@@ -219,6 +221,27 @@ def _reserve_port(host: str, port: int) -> socket.socket:
         sock.close()
         raise ServeError(f"cannot listen on {address(host, port)}: {e.strerror}") from None
     return sock
+
+
+def _refuse_if_taken(
+    family: socket.AddressFamily,
+    kind: socket.SocketKind,
+    proto: int,
+    where: tuple[str, int] | tuple[str, int, int, int],
+    host: str,
+    port: int,
+) -> None:
+    """Raises ServeError if anything listens on the port already. The workers' sockets
+    share it through SO_REUSEPORT, which would as gladly share it with another
+    `--workers` server of the same user, splitting the traffic between the two without
+    an error; a socket bound without it fails as a plain server's does."""
+    with socket.socket(family, kind, proto) as probe:
+        # As for the reservation: connections closed moments ago must not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(where)
+        except OSError as e:
+            raise ServeError(f"cannot listen on {address(host, port)}: {e.strerror}") from None
 
 
 def _wait_ready(workers: list[BaseProcess], tmp: Path, stop: threading.Event) -> str | None:
