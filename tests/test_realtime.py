@@ -480,9 +480,8 @@ def test_a_malformed_message_is_invalid_argument_without_python_internals(
     assert err.value.details() == "request 2 is not a valid actionstream.v1.FrameRequest"
     assert "Traceback" not in caplog.text and "DecodeError" not in caplog.text
     # The operator's log says which stream it was and what its client was told.
-    assert "ended (malformed: request 2 is not a valid actionstream.v1.FrameRequest)" in (
-        caplog.text
-    )
+    told = "malformed: INVALID_ARGUMENT: request 2 is not a valid actionstream.v1.FrameRequest"
+    assert f"ended ({told})" in caplog.text
     m = scrape(server)
     assert m["actionstream_frames_rejected_total{reason=malformed}"] == 1
     # Received as what should have been a frame: rejected never outnumbers received.
@@ -540,9 +539,8 @@ def test_a_stream_refused_on_its_first_frame_is_logged_with_the_reason(
     with pytest.raises(grpc.RpcError) as err:
         list(stub.StreamFrames(iter(requests)))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "cam-7 refused (invalid_frame: frame 1: not a JPEG or PNG image (6 bytes))" in (
-        caplog.text
-    )
+    told = "invalid_frame: INVALID_ARGUMENT: frame 1: not a JPEG or PNG image (6 bytes)"
+    assert f"cam-7 refused ({told})" in caplog.text
 
 
 def test_the_stream_name_is_escaped_and_bounded_in_logs(
@@ -604,10 +602,11 @@ def test_a_stream_that_sends_nothing_holds_no_place_and_is_ended(
 
 
 def test_calls_waiting_for_a_first_frame_are_bounded_oldest_out(
-    start_server: StartServer,
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Silent calls hold no place, but each costs memory until the idle timeout: a flood of
     # them would grow the server without bound. Past the cap the longest-waiting one goes.
+    caplog.set_level("INFO")
     server = start_server(max_waiting_calls=3, idle_timeout_seconds=60, metrics_port=0)
     stub = _stub(server)
     silent = []
@@ -625,6 +624,10 @@ def test_calls_waiting_for_a_first_frame_are_bounded_oldest_out(
         assert "limit of 3 calls waiting for a first frame (max_waiting_calls)" in (
             err.value.details()
         )
+    # The log says which camera was turned away, and what it was told.
+    assert "silent-0 refused (evicted: RESOURCE_EXHAUSTED: no frame yet, and the server" in (
+        caplog.text
+    )
     # A camera that opens at the cap makes room (the oldest silent call goes) and is served.
     live = LiveStream(stub, pb.StreamOptions())
     live.send(frame_request(png(render(1, seed=39)[0])))

@@ -165,8 +165,11 @@ def test_oversized_frames_are_refused(strict_stub: pb_grpc.ActionRecognitionStub
 
 
 def test_streams_past_the_limit_are_refused(
-    strict: BackgroundServer, strict_stub: pb_grpc.ActionRecognitionStub
+    strict: BackgroundServer,
+    strict_stub: pb_grpc.ActionRecognitionStub,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level("INFO")
     frame = frame_request(png(render(1, seed=9)[0]))
     first, second = (
         LiveStream(strict_stub, pb.StreamOptions()),
@@ -178,6 +181,12 @@ def test_streams_past_the_limit_are_refused(
         list(strict_stub.StreamFrames(iter([frame])))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "limit of 2 concurrent streams" in err.value.details()
+    # An operator paged for a full server finds the cameras turned away in the log.
+    assert re.search(
+        r"stream \d+ ipv[46]:\S+ refused \(refused: RESOURCE_EXHAUSTED: the server is at its "
+        r"limit of 2 concurrent streams",
+        caplog.text,
+    ), caplog.text
     # A place freed is a place taken.
     first.close()
     assert len(list(strict_stub.StreamFrames(iter([frame])))) == 1

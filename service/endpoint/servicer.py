@@ -66,8 +66,9 @@ logger = logging.getLogger(__name__)
 DropReason = typing.Literal["resampled", "overload", "stream_ended"]
 
 
-# Stream ends whose reason the log line spells out: the client's mistakes.
-_TOLD_WHY = frozenset({"invalid_frame", "malformed"})
+# Stream ends whose log line spells out what the client was told: its mistakes, and the
+# refusals an operator paged for a full server looks for (which cameras were turned away).
+_TOLD_WHY = frozenset({"invalid_frame", "malformed", "refused", "evicted", "invalid_source"})
 # A call cancelled this close to its deadline was ended by it (see _deadline_passed).
 DEADLINE_MARGIN_S = 0.25
 # The longest a WatchSource open may take, below the idle timeout when that is longer: an
@@ -442,7 +443,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         if isinstance(told, FrameRejected):
             told = refusal(told)
         why = (
-            f": {printable(told.details, 200)}"
+            f": {told.code.name}: {printable(told.details, 200)}"
             if isinstance(told, Refused) and reason in _TOLD_WHY
             else ""
         )
