@@ -227,7 +227,7 @@ def _refuse_if_taken(
     family: socket.AddressFamily,
     kind: socket.SocketKind,
     proto: int,
-    where: tuple[str, int] | tuple[str, int, int, int],
+    where: tuple[str, int] | tuple[str, int, int, int] | tuple[int, bytes],
     host: str,
     port: int,
 ) -> None:
