@@ -23,8 +23,10 @@ import pytest
 import yaml
 from background import BackgroundServer
 from helpers import LiveStream, frame_request, jpeg, render
+from prometheus_client import CollectorRegistry
 
-from actionstream.service.telemetry.metrics import scrape
+from actionstream.service.config import ServeConfig
+from actionstream.service.telemetry.metrics import Metrics, scrape
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -116,6 +118,25 @@ def _poll(url: str, expr: str, done: Callable[[list[dict]], bool]) -> list[dict]
 
 
 @pytest.mark.slow
+def test_latencies_of_seconds_are_told_apart() -> None:
+    # Streams of frames far larger than the model's input wait seconds for the heavy lane.
+    # A histogram that ended at 2.5 s read every such p99 as 2.5 s, in the alert too.
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    for latency in [0.01] + [3.4] * 99:
+        metrics.frame_latency.observe(latency)
+    counts = {
+        sample.labels["le"]: sample.value
+        for family in registry.collect()
+        if family.name == "actionstream_frame_latency_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_bucket")
+    }
+    assert (counts["2.5"], counts["5.0"]) == (1, 100)
+    # A frame waits at most until its stream is ended idle; the buckets reach that far.
+    assert max(float(le) for le in counts if le != "+Inf") >= ServeConfig().idle_timeout_seconds
+
+
 def test_prometheus_scrapes_what_the_server_did(
     start_server: Callable[..., BackgroundServer], prometheus: Callable[[int], str]
 ) -> None:

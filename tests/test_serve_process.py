@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -88,6 +89,11 @@ def test_serve_process_with_grpcurl(log: IO[str]) -> None:
         assert values["process_resident_memory_bytes"] > 50e6  # onnxruntime, the model, OpenCV
         assert values["process_cpu_seconds_total"] > 0 and values["process_open_fds"] > 3
         assert abs(values["process_start_time_seconds"] - time.time()) < 120
+        # What the usual "open files / their limit" and virtual memory panels read.
+        assert values["process_max_fds"] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert values["process_virtual_memory_bytes"] > values["process_resident_memory_bytes"]
+        # No `_created` series beside the counters and histograms: they doubled the count.
+        assert not [name for name in values if "_created" in name]
         assert _terminate(server, signal.SIGTERM) == 0
 
 

@@ -10,6 +10,7 @@ exports nothing.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -40,18 +41,22 @@ class Processes(Collector):
         if self._boot is None:
             return
         cpu = 0.0
-        rss = fds = 0
+        rss = vsize = fds = 0
+        max_fds = 0.0
         start: float | None = None
         for pid in self._pids():
             try:
                 # After the command name, which may hold spaces and parentheses.
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
                 open_fds = len(os.listdir(f"/proc/{pid}/fd"))
+                limit = _max_open_files(pid)
             except (FileNotFoundError, ProcessLookupError):  # a worker that just exited
                 continue
             cpu += (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+            vsize += int(fields[20])
             rss += int(fields[21]) * _PAGE
             fds += open_fds
+            max_fds += limit
             if start is None:
                 start = self._boot + int(fields[19]) / _TICKS
         yield CounterMetricFamily(
@@ -60,8 +65,25 @@ class Processes(Collector):
         yield GaugeMetricFamily(
             "process_resident_memory_bytes", "Resident memory of the server's processes.", rss
         )
+        yield GaugeMetricFamily(
+            "process_virtual_memory_bytes", "Virtual memory of the server's processes.", vsize
+        )
         yield GaugeMetricFamily("process_open_fds", "Open files of the server's processes.", fds)
+        # Summed as the open files are, so open / max is the share of what they may open
+        # together (each process's own limit is the same: the workers inherit it).
+        yield GaugeMetricFamily(
+            "process_max_fds", "Open files the server's processes may have.", max_fds
+        )
         if start is not None:
             yield GaugeMetricFamily(
                 "process_start_time_seconds", "When the server started, in Unix time.", start
             )
+
+
+def _max_open_files(pid: int) -> float:
+    """The process's soft limit on open files, from /proc/PID/limits (inf: unlimited)."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft = line.split()[3]
+            return float(soft) if soft.isdigit() else math.inf
+    return math.inf
