@@ -153,6 +153,13 @@ class ServeConfig:
         "differ by one at most)",
         group="Operation",
     )
+    max_connection_age_seconds: float = setting(
+        0.0,
+        help="after this long a client connection is asked to move on (HTTP/2 GOAWAY): its "
+        "open streams go on undisturbed, its new streams take a new connection, which a "
+        "client balancing over pods' addresses may open to a newer pod; 0: never",
+        group="Operation",
+    )
     grace_seconds: float = setting(
         5.0,
         help="on SIGTERM/SIGINT, how long open streams may finish before they are cut",
@@ -242,6 +249,11 @@ class ServeConfig:
         object.__setattr__(self, "log_format", self.log_format.lower())
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
+        if self.max_connection_age_seconds < 0:
+            raise ValueError(
+                "max_connection_age_seconds must be 0 (never) or positive, got "
+                f"{self.max_connection_age_seconds}"
+            )
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must not be negative, got {self.grace_seconds}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -574,3 +574,26 @@ def test_a_clients_deadline_is_counted_as_such(
         assert m.get(f"actionstream_rpc_errors_total{{code=CANCELLED,method={method}}}", 0) == 0
     assert m["actionstream_streams_ended_total{reason=cancelled}"] == 2
     assert m["actionstream_streams_ended_total{reason=completed}"] == 0
+
+
+def test_an_aged_connection_moves_new_streams_and_keeps_open_ones(
+    start_server: Callable[..., BackgroundServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Behind one Service, a client's connection (every stream on it) sticks to one pod; a
+    # connection asked to move on lets its new streams reach pods added since.
+    caplog.set_level("INFO")
+    server = start_server(max_connection_age_seconds=1.0)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.ActionRecognitionStub(channel)
+    frames = [frame_request(png(image)) for image in render(30, seed=13)]
+    early = LiveStream(stub, pb.StreamOptions())
+    early.send(frames[0])
+    time.sleep(1.6)  # past the age (and its 10% jitter): the connection is asked to go
+    late = LiveStream(stub, pb.StreamOptions())
+    late.send(frames[0])
+    # The stream open as it aged goes on, its state intact, well past the age.
+    for request in frames[1:]:
+        assert early.send(request).sequence > 0
+    assert early.close() == [] and late.close() == []
+    peers = re.findall(r"stream \d+ (ipv4:127\.0\.0\.1:\d+) opened", caplog.text)
+    assert len(peers) == 2 and peers[0] != peers[1], caplog.text

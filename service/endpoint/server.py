@@ -139,6 +139,13 @@ class Server:
                 # to find a server gone without a reset): gRPC's default takes pings more
                 # often than every 5 minutes, on a quiet connection, as abuse.
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # No grace option: a stream open when its connection is asked to move on
+                # keeps its state and runs as long as its camera sends.
+                *(
+                    [("grpc.max_connection_age_ms", round(cfg.max_connection_age_seconds * 1e3))]
+                    if cfg.max_connection_age_seconds
+                    else []
+                ),
             ],
         )
         pb_grpc.add_ActionRecognitionServicer_to_server(servicer, server)
