@@ -91,11 +91,16 @@ def test_a_misspelt_serve_variable_is_warned_of_and_the_changed_settings_told() 
     from actionstream.service.endpoint.launch import changed_settings, warn_unknown_variables
 
     environ = {"ACTIONSTREAM_GRACE": "20", "ACTIONSTREAM_PORT": "1", "ACTIONSTREAM_IMAGE": "x"}
+    # Nothing like a setting: no guess (the shared prefix made ACTIONSTREAM_HOST one).
+    environ |= {"ACTIONSTREAM_BOGUS": "1", "ACTIONSTREAM_MAXSTREAMS": "8"}
     # A Kubernetes service link (for a pod that leaves them on) is not the user's typo.
     environ |= {"ACTIONSTREAM_SERVICE_HOST": "203.0.113.7", "ACTIONSTREAM_PORT_50051_TCP": "tcp://"}
     assert warn_unknown_variables(environ) == [
+        "ACTIONSTREAM_BOGUS is not a setting of serve; it is ignored",
         "ACTIONSTREAM_GRACE is not a setting of serve (did you mean "
-        "ACTIONSTREAM_GRACE_SECONDS?); it is ignored"
+        "ACTIONSTREAM_GRACE_SECONDS?); it is ignored",
+        "ACTIONSTREAM_MAXSTREAMS is not a setting of serve (did you mean "
+        "ACTIONSTREAM_MAX_STREAMS?); it is ignored",
     ]
     assert changed_settings(ServeConfig()) == ""
     assert changed_settings(ServeConfig(max_streams=8, workers=2)) == "max_streams=8, workers=2"

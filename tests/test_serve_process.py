@@ -129,6 +129,7 @@ def test_a_stop_while_starting_stops_it_once_up(log: IO[str], tmp_path: Path, wo
     log.seek(0)
     text = log.read()
     assert "asked to stop while starting" in text and "stopped" in text, text
+    assert "actionstream serving" not in text, text  # it never said it served
 
 
 def test_a_second_stop_ends_the_open_streams_at_once(log: IO[str]) -> None:

@@ -110,11 +110,23 @@ def warn_unknown_variables(environ: dict[str, str] | os._Environ[str]) -> list[s
         if name.startswith(_SERVICE_LINKS) or name in known | _OTHER_VARIABLES:
             continue
         if name.startswith(ENV_PREFIX):
-            close = difflib.get_close_matches(name, sorted(known), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+            close = _closest_setting(name, known)
+            hint = f" (did you mean {close}?)" if close else ""
             said.append(f"{name} is not a setting of serve{hint}; it is ignored")
             logger.warning("%s", said[-1])
     return said
+
+
+def _closest_setting(name: str, known: set[str]) -> str | None:
+    """The setting a misspelt variable most likely meant, if one is close. Compared
+    without the prefix they all share, which alone made any name "close" to some
+    setting (ACTIONSTREAM_BOGUS to ACTIONSTREAM_HOST); one cut short is its setting's."""
+    given = name.removeprefix(ENV_PREFIX)
+    suffixes = sorted(k.removeprefix(ENV_PREFIX) for k in known)
+    begun = [s for s in suffixes if s.startswith(given)]
+    close = begun[:1] if len(given) >= 3 else []
+    close = close or difflib.get_close_matches(given, suffixes, n=1, cutoff=0.75)
+    return ENV_PREFIX + close[0] if close else None
 
 
 def changed_settings(cfg: ServeConfig) -> str:

@@ -340,7 +340,9 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
         except OSError as e:
             await server.stop(0)
             raise ServeError(f"cannot write the ready file {ready_file}: {e.strerror}") from None
-    if not shared_port:  # the workers' supervisor announces them, once
+    # The workers' supervisor announces them, once; a server asked to stop while it
+    # started says so instead (above), not that it is serving.
+    if not shared_port and not signals.stop.is_set():
         logs.announce(
             f"actionstream serving {server.model.metadata.version} on "
             f"{address(cfg.host, server.port)}, {metrics}",

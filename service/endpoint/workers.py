@@ -166,11 +166,12 @@ def _supervise(
             if metrics_port is None
             else f"metrics on http://{address(cfg.metrics_address, metrics_port)}/metrics"
         )
-        logs.announce(
-            f"actionstream serving {ready} on {address(cfg.host, port)} from "
-            f"{cfg.workers} worker processes, {metrics}",
-            cfg.log_format,
-        )
+        if not stop.is_set():  # asked to stop while starting: it said so, not this
+            logs.announce(
+                f"actionstream serving {ready} on {address(cfg.host, port)} from "
+                f"{cfg.workers} worker processes, {metrics}",
+                cfg.log_format,
+            )
         return _watch(workers, stop)
     finally:
         _stop_all(workers, cfg.grace_seconds + STOP_MARGIN_S, metrics_dir)
