@@ -170,6 +170,9 @@ def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
         ("http://cams/\tx", "holds a control character"),
         ("http://cams/#x", "without credentials, query or fragment|'#' fragment"),
         ("http://cams/a/../b", "'..' in its path"),
+        # A scheme the server never opens: the entry could admit nothing.
+        ("ftp://cams/live", "opens only http, https, rtmp"),
+        ("file://srv/videos", "opens only http"),
     ],
 )
 def test_entries_it_refuses(text: str, why: str) -> None:

@@ -54,6 +54,12 @@ _HOST_PORT = re.compile(
     r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9._~!$&'()*+,;=-]+))"
     r"(?::(?P<port>[0-9]{1,5}))?"
 )
+# URL schemes the server opens: network streams. FFmpeg's other protocols read local files
+# and pipes ("file:", "pipe:", and wrappers such as "cache:" or "async:" around them), where
+# a FIFO or a device blocks an open in the kernel, past any timeout; files are given as paths.
+NETWORK_SCHEMES = frozenset(
+    {"http", "https", "rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp"}
+)
 # FFmpeg reads options from the query of these protocols' URLs itself.
 _OPTION_SCHEMES = frozenset({"tcp", "udp", "rtp", "srt", "rtmp", "rtmps"})
 # ...and these have no path: one could only pick FFmpeg's demuxer by its name (x.m3u8).
@@ -219,6 +225,8 @@ def _url_prefix(entry: str) -> _UrlPrefix:
     if has_control_characters(entry):
         raise NotAllowed(f"{what} holds a control character")
     url = _split(entry, what, "")
+    if url.scheme not in NETWORK_SCHEMES:  # it would admit what the server never opens
+        raise NotAllowed(f"{what}: the server opens only {', '.join(sorted(NETWORK_SCHEMES))} URLs")
     if url.credentials or url.query is not None:
         raise NotAllowed(
             f"{what}: give scheme://host[:port][/path], without credentials, query or fragment"

@@ -32,6 +32,7 @@ import numpy as np
 from actionstream.service.credentials import hide_credentials
 from actionstream.service.inference.streams import printable
 from actionstream.service.sources.allowlist import (
+    NETWORK_SCHEMES,
     NoSuchFile,
     NotAllowed,
     SourceAllowlist,
@@ -45,12 +46,6 @@ MAX_SOURCE_CHARS = 4096
 # Camera indexes, a backend's offset included (CAP_V4L2 + 1 = 201), are below this; a
 # longer run of digits is no camera, and int() or OpenCV would raise on it.
 _CAMERA_INDEX_LIMIT = 10_000
-# URL schemes the server opens: network streams. FFmpeg's other protocols read local files
-# and pipes ("file:", "pipe:", and wrappers such as "cache:" or "async:" around them), where
-# a FIFO or a device blocks an open in the kernel, past any timeout; files are given as paths.
-NETWORK_SCHEMES = frozenset(
-    {"http", "https", "rtsp", "rtsps", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp"}
-)
 
 
 class SourceError(Exception):
