@@ -12,14 +12,8 @@ import typing
 
 import grpc
 
-from actionstream.service.inference.frames import RejectReason
 from actionstream.service.inference.streams import FrameRejected
-
-# How a stream ended: the streams-ended metric's label (README, "Metrics").
-EndReason = typing.Literal[
-    "completed", "cancelled", "shutdown", "idle", "not_reading", "evicted", "invalid_frame",
-    "malformed", "refused", "invalid_source", "source_lost", "error",
-]  # fmt: skip
+from actionstream.service.telemetry.metrics import EndReason, RejectReason
 
 
 class Refused(Exception):

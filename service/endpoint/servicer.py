@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import typing
 from collections.abc import AsyncIterator
 
 import grpc
@@ -31,9 +30,9 @@ from actionstream.service.config import ServeConfig
 from actionstream.service.credentials import hide_credentials
 from actionstream.service.endpoint.idle_sweep import IdleSweep
 from actionstream.service.endpoint.places import Places
-from actionstream.service.endpoint.refusals import EndReason, Refused, refusal
+from actionstream.service.endpoint.refusals import Refused, refusal
 from actionstream.service.inference.batcher import Batcher
-from actionstream.service.inference.frames import FrameError, RejectReason
+from actionstream.service.inference.frames import FrameError
 from actionstream.service.inference.streams import (
     FrameRejected,
     PendingFrame,
@@ -54,16 +53,12 @@ from actionstream.service.sources.video_source import (
     SourceOpener,
     SourceTimeout,
 )
-from actionstream.service.telemetry.metrics import Metrics
+from actionstream.service.telemetry.metrics import EndReason, Metrics
 from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
-
-
-# Frames accepted and never stepped: the frames-dropped metric's label.
-DropReason = typing.Literal["resampled", "overload", "stream_ended"]
 
 
 # Stream ends whose log line spells out what the client was told: its mistakes, and the
@@ -104,20 +99,11 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 else SourceAllowlist.parse(cfg.source_allowlist)
             ),
         )
-        m = metrics
-        # Every label value exported from the start, at 0: rate() and increase() see
-        # a series' first event only against a sample from before it.
-        for end in typing.get_args(EndReason):
-            m.streams_ended.labels(end)
-        for drop in typing.get_args(DropReason):
-            m.frames_dropped.labels(drop)
-        for reject in (*typing.get_args(RejectReason), "malformed"):  # + not a FrameRequest
-            m.frames_rejected.labels(reject)
-        self._received = m.frames_received
+        self._received = metrics.frames_received
         self._cut_off = False
         self._open: set[Stream] = set()  # every stream whose call is open
-        self._resampled = m.frames_dropped.labels("resampled")
-        self._overload = m.frames_dropped.labels("overload")
+        self._resampled = metrics.dropped("resampled")
+        self._overload = metrics.dropped("overload")
 
     async def cut_off(self, within_s: float) -> None:
         """The grace period is over: ends every open stream with UNAVAILABLE and its
@@ -216,7 +202,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     # Counted as received too, so that rejected never exceeds received
                     # (the rejected-frames alert divides one by the other).
                     self._received.inc()
-                    self._metrics.frames_rejected.labels("missing").inc()
+                    self._metrics.rejected("missing").inc()
                     stream.fail(
                         Refused(
                             grpc.StatusCode.INVALID_ARGUMENT,
@@ -233,7 +219,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                         return
         except DecodeError:
             self._received.inc()
-            self._metrics.frames_rejected.labels("malformed").inc()
+            self._metrics.rejected("malformed").inc()
             stream.fail(
                 Refused(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -256,7 +242,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         try:
             checked = self._decoder.check(frame)
         except FrameError as e:
-            self._metrics.frames_rejected.labels(e.reason).inc()
+            self._metrics.rejected(e.reason).inc()
             stream.fail(FrameRejected(sequence, e))
             return
         if stream.state is None:
@@ -436,7 +422,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._idle.forget(stream)
         waiting = self._batcher.drain(stream)
         if waiting:
-            self._metrics.frames_dropped.labels("stream_ended").inc(waiting)
+            self._metrics.dropped("stream_ended").inc(waiting)
         # What the client was told, for the log: an operator can then tell which camera
         # sends bad frames. Server-made text (numbers, fixed words), bounded all the same.
         told = stream.failure
@@ -448,7 +434,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             else ""
         )
         stream.fail(Refused(grpc.StatusCode.CANCELLED, "stream ended", reason))
-        self._metrics.streams_ended.labels(reason).inc()
+        self._metrics.ended(reason).inc()
         # The state goes with the stream object; a batch in flight may still be writing it.
         if self._places.give_back(stream):
             logger.info(

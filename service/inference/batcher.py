@@ -423,7 +423,7 @@ class Batcher:
         for (stream, pending), result in zip(batch, results, strict=True):
             stream.in_flight = False
             if isinstance(result, FrameError):
-                metrics.frames_rejected.labels(result.reason).inc()
+                metrics.rejected(result.reason).inc()
                 stream.fail(FrameRejected(pending.sequence, result))
                 continue
             if isinstance(result, Exception):
@@ -444,7 +444,7 @@ class Batcher:
     def _drop_ended(self, stream: Stream) -> None:
         """Counts a heavy-lane frame whose stream ended: drain() could not see it."""
         stream.in_flight = False
-        self._metrics.frames_dropped.labels("stream_ended").inc()
+        self._metrics.dropped("stream_ended").inc()
 
     async def _heavy_lane(self) -> None:
         loop = asyncio.get_running_loop()
@@ -462,7 +462,7 @@ class Batcher:
                     self._heavy_executor, self.decoder.decode, pending.frame, pending.checked
                 )
             except FrameError as e:
-                self._metrics.frames_rejected.labels(e.reason).inc()
+                self._metrics.rejected(e.reason).inc()
                 stream.in_flight = False
                 stream.fail(FrameRejected(pending.sequence, e))
             except Exception as e:

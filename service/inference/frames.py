@@ -30,12 +30,9 @@ import cv2
 import numpy as np
 
 from actionstream.resizing import fit
+from actionstream.service.telemetry.metrics import RejectReason
 from actionstream.v1 import actionstream_pb2 as pb
 
-# Why a frame was refused; also the `reason` label of the rejected-frames metric.
-RejectReason = Literal[
-    "missing", "empty", "too_many_bytes", "too_many_pixels", "not_an_image", "corrupt", "bad_raw"
-]
 # How small a reduced JPEG decode may come out, as a share of the model's input size.
 JPEG_FLOOR = 0.875
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import urllib.request
+from typing import Literal, get_args
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -21,6 +22,22 @@ from prometheus_client import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from actionstream.contract import ModelSpec
+
+# The values of the counters' `reason` labels, in one place: mypy checks every use, and
+# each is exported at 0 from the start (rate() and increase() see a series' first event
+# only against a sample from before it).
+# Why a frame was refused: FrameError's reasons, and `malformed` (not a FrameRequest).
+RejectReason = Literal[
+    "missing", "empty", "too_many_bytes", "too_many_pixels", "not_an_image", "corrupt",
+    "bad_raw", "malformed",
+]  # fmt: skip
+# Why a frame accepted was never stepped.
+DropReason = Literal["resampled", "overload", "stream_ended"]
+# How a stream ended (README, "Metrics").
+EndReason = Literal[
+    "completed", "cancelled", "shutdown", "idle", "not_reading", "evicted", "invalid_frame",
+    "malformed", "refused", "invalid_source", "source_lost", "error",
+]  # fmt: skip
 
 # Frame-to-prediction latency spans decode + queueing + inference: from about
 # a millisecond on an idle server to seconds when frames far larger than the model's
@@ -147,6 +164,22 @@ class Metrics:
             registry=registry,
             multiprocess_mode="max",
         )
+
+        self._rejected = {r: self.frames_rejected.labels(r) for r in get_args(RejectReason)}
+        self._dropped = {r: self.frames_dropped.labels(r) for r in get_args(DropReason)}
+        self._ended = {r: self.streams_ended.labels(r) for r in get_args(EndReason)}
+
+    def rejected(self, reason: RejectReason) -> Counter:
+        """The rejected-frames counter for `reason`."""
+        return self._rejected[reason]
+
+    def dropped(self, reason: DropReason) -> Counter:
+        """The dropped-frames counter for `reason`."""
+        return self._dropped[reason]
+
+    def ended(self, reason: EndReason) -> Counter:
+        """The streams-ended counter for `reason`."""
+        return self._ended[reason]
 
     def describe_model(self, metadata: ModelSpec) -> None:
         self.model.labels(
