@@ -81,6 +81,10 @@ def test_a_manifest_names_clips_and_segments_relative_to_itself(tmp_path: Path) 
         ("file,label\nx.avi,a\n", "expected columns path,label"),
         ("path,label,start_s\nx.avi,a,soon\n", "numbers in seconds"),
         ("path,label,start_s,end_s\nx.avi,a,3,1\n", "need 0 <= start_s < end_s"),
+        # NaN compares False with everything: it passed the check above and spanned the file.
+        ("path,label,start_s,end_s\nx.avi,a,nan,2\n", "m.csv:2: start_s and end_s must be finite"),
+        ("path,label,start_s,end_s\nx.avi,a,0,NaN\n", "m.csv:2: start_s and end_s must be finite"),
+        ("path,label,start_s,end_s\nx.avi,a,1,inf\n", "m.csv:2: start_s and end_s must be finite"),
         ("path,label\n", "lists no clips"),
         (
             "path,label,start_s,end_s\nx.avi,a,0,2\ny.avi,a,,\nx.avi,a,0,2\n",

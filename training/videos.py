@@ -185,6 +185,10 @@ def _from_manifest(manifest: Path, report: Callable[[str], None]) -> list[ClipRe
             raise DatasetError(f"{manifest}:{line}: {expected}, and numbers in seconds") from None
         if not path or not label:
             raise DatasetError(f"{manifest}:{line}: path and label must not be empty")
+        # float() reads "nan" and "inf", and NaN fails every comparison: a span of them
+        # would cover the whole file and pass the overlap check.
+        if not math.isfinite(start) or (end is not None and not math.isfinite(end)):
+            raise DatasetError(f"{manifest}:{line}: start_s and end_s must be finite numbers")
         if start < 0 or (end is not None and end <= start):
             raise DatasetError(f"{manifest}:{line}: need 0 <= start_s < end_s")
         refs.append((line, ClipRef((manifest.parent / path).resolve(), label, start, end)))
