@@ -134,6 +134,24 @@ def test_a_manifests_header_and_rows_are_checked_by_line(
         find_clips(manifest)
 
 
+def test_labels_that_differ_only_by_case_or_spaces_are_refused(tmp_path: Path) -> None:
+    # They used to become two classes of one action, each with half its videos.
+    _numbered_video(tmp_path / "x.avi", 4, 10.0)
+    _numbered_video(tmp_path / "y.avi", 4, 10.0)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nx.avi, Down \ny.avi,Down\n")
+    assert {r.label for r in find_clips(manifest)} == {"Down"}  # spaces stripped
+    manifest.write_text("path,label\nx.avi, Down \ny.avi,down\n")
+    with pytest.raises(DatasetError, match="labels 'Down' and 'down' differ only by case"):
+        find_clips(manifest)
+    folders = tmp_path / "folders"
+    for name in ("Left", "left"):
+        (folders / name).mkdir(parents=True)
+        shutil.copy(tmp_path / "x.avi", folders / name / "x.avi")
+    with pytest.raises(DatasetError, match="labels 'Left' and 'left' differ only by case"):
+        find_clips(folders)
+
+
 def test_a_manifests_other_columns_are_named_and_left_alone(tmp_path: Path) -> None:
     # Notes beside the clips, or a trailing comma, are no misspelt column of ours.
     _numbered_video(tmp_path / "x.avi", 4, 10.0)

@@ -88,12 +88,27 @@ class Clip:
 def find_clips(data: Path, report: Callable[[str], None] = print) -> list[ClipRef]:
     """The clips a class-folder directory or a CSV manifest names; raises DatasetError."""
     if data.is_dir():
-        return _from_folders(data, report)
+        return _refuse_near_labels(data, _from_folders(data, report))
     if data.is_file() and data.suffix.lower() == ".csv":
-        return _from_manifest(data, report)
+        return _refuse_near_labels(data, _from_manifest(data, report))
     if not data.exists():
         raise DatasetError(f"{data}: no such folder or manifest")
     raise DatasetError(f"{data}: expected a folder of class folders or a .csv manifest")
+
+
+def _refuse_near_labels(data: Path, refs: list[ClipRef]) -> list[ClipRef]:
+    """Refuses two labels that differ only by case or surrounding spaces (`Left` and
+    `left`, a folder `left `): taken as they are, they would train as two classes of
+    one action, each with half its videos."""
+    seen: dict[str, str] = {}
+    for ref in refs:
+        first = seen.setdefault(ref.label.strip().casefold(), ref.label)
+        if first != ref.label:
+            raise DatasetError(
+                f"{data}: labels {first!r} and {ref.label!r} differ only by case or "
+                "surrounding spaces; spell them alike"
+            )
+    return refs
 
 
 def _from_folders(root: Path, report: Callable[[str], None]) -> list[ClipRef]:
