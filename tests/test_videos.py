@@ -122,12 +122,19 @@ def test_a_bad_manifest_says_which_line(tmp_path: Path, text: str, message: str)
         ("path,label,start_s\nx.avi,a,0\n\n\nx.avi,b,soon\n", "m.csv:5: expected columns"),
         # A row naming a file that is not there is a typo, not a clip to skip.
         ("path,label\nx.avi,a\nnothere.avi,b\n", r"m.csv:3: .*nothere.avi: no such file"),
+        # A folder was only skipped ("Is a directory"), where a missing file is an error.
+        ("path,label\nx.avi,a\nsub,b\n", r"m.csv:3: .*sub is a folder, not a video"),
+        # Fields past the header's were kept under None and never looked at.
+        ("path,label\nx.avi,a,extra\n", r"m.csv:2: more fields than the header's 2"),
+        # A semicolon-separated file read as one column named 'path;label;...'.
+        ("path;label\nx.avi;a\n", r"m.csv:1: the manifest must be comma-separated"),
     ],
 )
 def test_a_manifests_header_and_rows_are_checked_by_line(
     tmp_path: Path, text: str, message: str
 ) -> None:
     _numbered_video(tmp_path / "x.avi", 4, 10.0)
+    (tmp_path / "sub").mkdir()
     manifest = tmp_path / "m.csv"
     manifest.write_text(text)
     with pytest.raises(DatasetError, match=message):

@@ -189,9 +189,20 @@ def _from_manifest(manifest: Path, report: Callable[[str], None]) -> list[ClipRe
             rows = [(reader.line_num, row) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{manifest}: cannot read the manifest ({e})") from None
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        # A spreadsheet saved with a semicolon or tab: one column named "path;label;...".
+        raise DatasetError(
+            f"{manifest}:1: the manifest must be comma-separated (its header reads "
+            f"{header[0]!r}); {expected}"
+        )
     _check_columns(manifest, header, expected, report)
     refs: list[tuple[int, ClipRef]] = []
     for line, row in rows:
+        if None in row:  # DictReader keeps fields past the header's under None
+            raise DatasetError(
+                f"{manifest}:{line}: more fields than the header's {len(header)}; quote a "
+                "path or label that holds a comma"
+            )
         try:
             path, label = row["path"].strip(), row["label"].strip()
             start = float(row.get("start_s") or 0.0)
@@ -216,6 +227,8 @@ def _from_manifest(manifest: Path, report: Callable[[str], None]) -> list[ClipRe
         # the loader, which says where it points.)
         if not os.path.lexists(ref.path):
             raise DatasetError(f"{manifest}:{line}: {ref.path}: no such file")
+        if ref.path.is_dir():
+            raise DatasetError(f"{manifest}:{line}: {ref.path} is a folder, not a video")
     return [ref for _, ref in refs]
 
 
