@@ -294,6 +294,30 @@ def test_a_run_resumes_with_or_without_a_time_budget(
     assert cut_short == (first > 0), rows
 
 
+def test_a_resumed_run_under_a_time_budget_goes_on_cooling(tmp_path: Path) -> None:
+    # The schedule follows the clock, which started again at zero on --resume: a run the
+    # clock had cooled went back to near its peak learning rate.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.train import main, one_cycle
+
+    out = tmp_path / "run"
+    main(dataclasses.replace(TINY, out=str(out), minutes=0.001))  # cut short in epoch 1
+    progress = Progress.load(out / PROGRESS)
+    assert progress.epoch == 1
+    # As if it had trained 54 s of a 1-minute budget: 90% of the way down.
+    dataclasses.replace(progress, seconds=54.0).save(out / PROGRESS)
+    main(resume_config(TrainConfig(out=str(out), resume=True, minutes=1.0), {"minutes"}))
+    lr = Progress.load(out / PROGRESS).optimizer["param_groups"][0]["lr"]
+    assert lr <= TINY.lr * one_cycle(0.9) + 1e-12, lr
+    # A budget the run has spent already leaves it as it is, saying so.
+    before = (out / PROGRESS).read_bytes()
+    ckpt = main(resume_config(TrainConfig(out=str(out), resume=True, minutes=0.5), {"minutes"}))
+    assert ckpt.eval_metrics["epoch"] in (1, 2) and (out / PROGRESS).read_bytes() == before
+
+
 def test_resume_takes_the_runs_own_settings_and_refuses_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -497,8 +521,9 @@ def test_resume_checks_the_videos_and_finds_them_where_they_moved(tmp_path: Path
     kept = shutil.copytree(videos, tmp_path / "kept")
 
     def resume(out: Path, data: Path | None = None) -> None:
-        cfg = TrainConfig(out=str(out), resume=True, data=str(data) if data else None)
-        main(resume_config(cfg, {"out", "data"} if data else {"out"}))
+        # A larger --minutes: the budget is the whole run's, and the first spent it.
+        cfg = TrainConfig(out=str(out), resume=True, data=str(data) if data else None, minutes=5)
+        main(resume_config(cfg, {"out", "data", "minutes"} if data else {"out", "minutes"}))
 
     # Two videos deleted and two added in place: it used to go on with another split.
     (videos / "left" / "left_000.mp4").unlink()
