@@ -214,6 +214,8 @@ def test_ctrl_c_or_sigterm_says_how_to_resume_and_keeps_the_best_epoch(
         "far (1) to evaluate or export"
     )
     assert "Traceback" not in err
+    # stderr is no terminal here: no progress bar (a log file filled with its redraws).
+    assert "%|" not in err, err
     ckpt = Checkpoint.load(out)  # what evaluate and export read
     assert ckpt.eval_metrics["epoch"] == 1 and ckpt.build_model() is not None
     # Still a run: a new one is not trained over it.

@@ -245,7 +245,12 @@ def _train(
     log = run_folder.EpochLog(out / "metrics.csv", rows) if team.leader else None
     done = (first - 1) * steps // cfg.epochs
     with tqdm(
-        total=steps, initial=done, unit="step", dynamic_ncols=True, disable=not team.leader
+        total=steps,
+        initial=done,
+        unit="step",
+        dynamic_ncols=True,
+        # None: no bar when stderr is no terminal, as in a log file, which its redraws flood.
+        disable=None if team.leader else True,
     ) as bar:
         for epoch in range(first, cfg.epochs + 1):
             loss, steps_taken, counted = train_one_epoch(
