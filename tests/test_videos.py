@@ -492,6 +492,47 @@ def test_augmentation_keeps_direction(tmp_path: Path) -> None:
         assert xs[-1] > xs[0]
 
 
+def test_a_long_clip_is_cut_before_it_is_augmented() -> None:
+    # The whole clip used to be copied to float32 and cropped frame by frame before the
+    # entry point and the stream's length cut it: 16 frames of a long span cost it all.
+    import tracemalloc
+
+    from actionstream.training.data import LabelledClip
+    from actionstream.training.video_data import Augment, join_clips
+
+    frame = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    long = np.broadcast_to(frame, (20_000, 16, 16, 3))  # 15 MB as uint8, 61 MB as float32
+    clips = [LabelledClip(long, 0), LabelledClip(long, 1)]
+    tracemalloc.start()
+    try:
+        frames, labels = join_clips(
+            clips, [0, 1], 16, [], np.random.default_rng(0), Augment(), True
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert frames.shape == (16, 16, 16, 3) and (labels == 0).all()
+    assert peak < 2_000_000, peak
+
+
+def test_slowed_clips_never_repeat_a_frame() -> None:
+    # Played slower by picking the frame before each position, a clip repeated frames:
+    # their difference, all the motion-only network sees, was zero, labelled as an
+    # action, where the server never repeats a frame.
+    from actionstream.training.video_data import Augment, augment
+
+    frames = np.zeros((20, 32, 32, 3), np.uint8)
+    for t in range(20):
+        cv2.rectangle(frames[t], (2 + t, 8), (6 + t, 20), (255, 255, 255), -1)
+    rng = np.random.default_rng(0)
+    for speed in [(0.8, 0.8), (0.9, 0.9), (0.8, 1.25), (0.8, 1.25), (0.8, 1.25)]:
+        aug = Augment(speed=speed, noise=0.0)
+        out = augment(frames, rng, aug).astype(np.int16)
+        assert len(out) >= 16
+        moved = np.abs(np.diff(out, axis=0)).reshape(len(out) - 1, -1).max(axis=1)
+        assert (moved > 0).all(), speed
+
+
 def test_spans_of_one_video_are_held_out_together() -> None:
     # A manifest naming spans of long videos: a span held out beside one trained on would
     # score frames next to ones the model saw.
