@@ -188,7 +188,8 @@ def predict_joined(net: Recognizer, clips: Sequence[LabelledClip], chunk: int = 
     preds = []
     for clip in clips:
         for t0 in range(0, len(clip.frames), chunk):
-            x = np.asarray(clip.frames[t0 : t0 + chunk])[None]  # (K, H, W, 3) -> (1, K, H, W, 3)
+            # A copy: the cache's frames are a read-only memmap, which torch warns of.
+            x = np.array(clip.frames[t0 : t0 + chunk])[None]  # (K, H, W, 3) -> (1, K, H, W, 3)
             logits, *state = net(torch.from_numpy(x).to(device), *state)  # (1, K, classes)
             preds.append(logits[0].argmax(-1).cpu().numpy())
     return np.concatenate(preds)
