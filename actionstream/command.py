@@ -13,6 +13,7 @@ program with one line.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable, Collection, Sequence
@@ -31,8 +32,12 @@ class IntTuple(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, tuple):
             return value
+        parts = re.split(r"\s*,\s*|\s+", str(value).strip())
+        if len(parts) > 1 and "" in parts:
+            # `8,,16` read as 8,16 would build a network other than the one meant.
+            self.fail(f"{value!r} has an empty item; give each number once: 8,16,32", param, ctx)
         try:
-            items = tuple(int(p) for p in str(value).replace(",", " ").split())
+            items = tuple(int(p) for p in parts if p)
         except ValueError:
             self.fail(f"{value!r} is not a comma-separated list of whole numbers", param, ctx)
         if not items:

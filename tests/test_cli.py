@@ -62,6 +62,7 @@ def test_bad_setting_is_one_line_not_a_traceback() -> None:
         (["serve", "--jpeg-floor", "0"], {}, "jpeg_floor must be above 0 and at most 1"),
         (["serve"], {"ACTIONSTREAM_INFERENCE_NICE": "-5"}, "inference_nice must be 0..19"),
         (["train", "--channels", "16,x"], {}, "not a comma-separated list of whole numbers"),
+        (["train", "--channels", "8,,16"], {}, "'8,,16' has an empty item"),
         (["stream"], {}, "actionstream stream: Missing option '--source'"),
         (["stream", "--source", "0", "--target", "127.0.0.1"], {}, "target must be HOST:PORT"),
         (["stream", "--source", "0", "--target", "::1:50051"], {}, "IPv6 target needs brackets"),

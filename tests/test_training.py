@@ -86,6 +86,38 @@ def test_switch_latency_counts_frames_until_the_prediction_follows() -> None:
     }
 
 
+def test_clips_are_scored_in_chunks_as_they_are_whole() -> None:
+    # Clips used to go through the network whole, 64 at a time: memory grew with their
+    # length (about 1 GB a 5-minute clip). Chunked, with the state carried, the answers
+    # are the same.
+    torch = pytest.importorskip("torch")
+    from actionstream.contract import ModelConfig
+    from actionstream.training.data import LabelledClip, Streams
+    from actionstream.training.evaluate import clip_predictions, predict_joined, predict_streams
+    from actionstream.training.model import build_recognizer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=7, height=16, width=16, channels=(4, 8), embed=8, hidden=8)
+    net = build_recognizer(cfg)
+    rng = np.random.default_rng(0)
+    clips = [
+        LabelledClip(rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8), k % 7)
+        for k, n in enumerate([23, 23, 23, 9, 30, 9])
+    ]
+    whole = clip_predictions(net, clips, batch=2, chunk=1000)
+    assert clip_predictions(net, clips, batch=2, chunk=4).tolist() == whole.tolist()
+    with torch.no_grad():  # each clip alone and whole, from a zero state
+        alone = [
+            int(net(torch.from_numpy(c.frames[None]), *net.initial_state(1))[0][0, -1].argmax())
+            for c in clips
+        ]
+    assert whole.tolist() == alone
+    # Clips scored one after another as a stream, without joining them in memory.
+    frames = np.concatenate([c.frames for c in clips])[None]  # (T, H, W, 3) -> (1, T, H, W, 3)
+    joined = predict_streams(net, Streams(frames, np.zeros(frames.shape[:2], np.int64)))
+    assert predict_joined(net, clips, chunk=4).tolist() == joined[0].tolist()
+
+
 def test_clip_report_confusion_rows_are_the_truth() -> None:
     pytest.importorskip("torch")
     from actionstream.training.evaluate import clip_report
@@ -182,6 +214,8 @@ def test_ctrl_c_or_sigterm_says_how_to_resume_and_keeps_the_best_epoch(
         "far (1) to evaluate or export"
     )
     assert "Traceback" not in err
+    # stderr is no terminal here: no progress bar (a log file filled with its redraws).
+    assert "%|" not in err, err
     ckpt = Checkpoint.load(out)  # what evaluate and export read
     assert ckpt.eval_metrics["epoch"] == 1 and ckpt.build_model() is not None
     # Still a run: a new one is not trained over it.
@@ -292,6 +326,30 @@ def test_a_run_resumes_with_or_without_a_time_budget(
     # The epoch the clock cut short says so by its steps.
     cut_short = int(rows[1][-1]) < int(rows[2][-1])
     assert cut_short == (first > 0), rows
+
+
+def test_a_resumed_run_under_a_time_budget_goes_on_cooling(tmp_path: Path) -> None:
+    # The schedule follows the clock, which started again at zero on --resume: a run the
+    # clock had cooled went back to near its peak learning rate.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.train import main, one_cycle
+
+    out = tmp_path / "run"
+    main(dataclasses.replace(TINY, out=str(out), minutes=0.001))  # cut short in epoch 1
+    progress = Progress.load(out / PROGRESS)
+    assert progress.epoch == 1
+    # As if it had trained 54 s of a 1-minute budget: 90% of the way down.
+    dataclasses.replace(progress, seconds=54.0).save(out / PROGRESS)
+    main(resume_config(TrainConfig(out=str(out), resume=True, minutes=1.0), {"minutes"}))
+    lr = Progress.load(out / PROGRESS).optimizer["param_groups"][0]["lr"]
+    assert lr <= TINY.lr * one_cycle(0.9) + 1e-12, lr
+    # A budget the run has spent already leaves it as it is, saying so.
+    before = (out / PROGRESS).read_bytes()
+    ckpt = main(resume_config(TrainConfig(out=str(out), resume=True, minutes=0.5), {"minutes"}))
+    assert ckpt.eval_metrics["epoch"] in (1, 2) and (out / PROGRESS).read_bytes() == before
 
 
 def test_resume_takes_the_runs_own_settings_and_refuses_changes(
@@ -497,8 +555,9 @@ def test_resume_checks_the_videos_and_finds_them_where_they_moved(tmp_path: Path
     kept = shutil.copytree(videos, tmp_path / "kept")
 
     def resume(out: Path, data: Path | None = None) -> None:
-        cfg = TrainConfig(out=str(out), resume=True, data=str(data) if data else None)
-        main(resume_config(cfg, {"out", "data"} if data else {"out"}))
+        # A larger --minutes: the budget is the whole run's, and the first spent it.
+        cfg = TrainConfig(out=str(out), resume=True, data=str(data) if data else None, minutes=5)
+        main(resume_config(cfg, {"out", "data", "minutes"} if data else {"out", "minutes"}))
 
     # Two videos deleted and two added in place: it used to go on with another split.
     (videos / "left" / "left_000.mp4").unlink()

@@ -81,6 +81,10 @@ def test_a_manifest_names_clips_and_segments_relative_to_itself(tmp_path: Path) 
         ("file,label\nx.avi,a\n", "expected columns path,label"),
         ("path,label,start_s\nx.avi,a,soon\n", "numbers in seconds"),
         ("path,label,start_s,end_s\nx.avi,a,3,1\n", "need 0 <= start_s < end_s"),
+        # NaN compares False with everything: it passed the check above and spanned the file.
+        ("path,label,start_s,end_s\nx.avi,a,nan,2\n", "m.csv:2: start_s and end_s must be finite"),
+        ("path,label,start_s,end_s\nx.avi,a,0,NaN\n", "m.csv:2: start_s and end_s must be finite"),
+        ("path,label,start_s,end_s\nx.avi,a,1,inf\n", "m.csv:2: start_s and end_s must be finite"),
         ("path,label\n", "lists no clips"),
         (
             "path,label,start_s,end_s\nx.avi,a,0,2\ny.avi,a,,\nx.avi,a,0,2\n",
@@ -118,16 +122,41 @@ def test_a_bad_manifest_says_which_line(tmp_path: Path, text: str, message: str)
         ("path,label,start_s\nx.avi,a,0\n\n\nx.avi,b,soon\n", "m.csv:5: expected columns"),
         # A row naming a file that is not there is a typo, not a clip to skip.
         ("path,label\nx.avi,a\nnothere.avi,b\n", r"m.csv:3: .*nothere.avi: no such file"),
+        # A folder was only skipped ("Is a directory"), where a missing file is an error.
+        ("path,label\nx.avi,a\nsub,b\n", r"m.csv:3: .*sub is a folder, not a video"),
+        # Fields past the header's were kept under None and never looked at.
+        ("path,label\nx.avi,a,extra\n", r"m.csv:2: more fields than the header's 2"),
+        # A semicolon-separated file read as one column named 'path;label;...'.
+        ("path;label\nx.avi;a\n", r"m.csv:1: the manifest must be comma-separated"),
     ],
 )
 def test_a_manifests_header_and_rows_are_checked_by_line(
     tmp_path: Path, text: str, message: str
 ) -> None:
     _numbered_video(tmp_path / "x.avi", 4, 10.0)
+    (tmp_path / "sub").mkdir()
     manifest = tmp_path / "m.csv"
     manifest.write_text(text)
     with pytest.raises(DatasetError, match=message):
         find_clips(manifest)
+
+
+def test_labels_that_differ_only_by_case_or_spaces_are_refused(tmp_path: Path) -> None:
+    # They used to become two classes of one action, each with half its videos.
+    _numbered_video(tmp_path / "x.avi", 4, 10.0)
+    _numbered_video(tmp_path / "y.avi", 4, 10.0)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nx.avi, Down \ny.avi,Down\n")
+    assert {r.label for r in find_clips(manifest)} == {"Down"}  # spaces stripped
+    manifest.write_text("path,label\nx.avi, Down \ny.avi,down\n")
+    with pytest.raises(DatasetError, match="labels 'Down' and 'down' differ only by case"):
+        find_clips(manifest)
+    folders = tmp_path / "folders"
+    for name in ("Left", "left"):
+        (folders / name).mkdir(parents=True)
+        shutil.copy(tmp_path / "x.avi", folders / name / "x.avi")
+    with pytest.raises(DatasetError, match="labels 'Left' and 'left' differ only by case"):
+        find_clips(folders)
 
 
 def test_a_manifests_other_columns_are_named_and_left_alone(tmp_path: Path) -> None:
@@ -461,6 +490,47 @@ def test_augmentation_keeps_direction(tmp_path: Path) -> None:
         out = augment(frames, rng, Augment())
         xs = [float(np.argmax(f.astype(np.float32).mean(axis=(0, 2)))) for f in out]
         assert xs[-1] > xs[0]
+
+
+def test_a_long_clip_is_cut_before_it_is_augmented() -> None:
+    # The whole clip used to be copied to float32 and cropped frame by frame before the
+    # entry point and the stream's length cut it: 16 frames of a long span cost it all.
+    import tracemalloc
+
+    from actionstream.training.data import LabelledClip
+    from actionstream.training.video_data import Augment, join_clips
+
+    frame = np.arange(16 * 16 * 3, dtype=np.uint8).reshape(16, 16, 3)
+    long = np.broadcast_to(frame, (20_000, 16, 16, 3))  # 15 MB as uint8, 61 MB as float32
+    clips = [LabelledClip(long, 0), LabelledClip(long, 1)]
+    tracemalloc.start()
+    try:
+        frames, labels = join_clips(
+            clips, [0, 1], 16, [], np.random.default_rng(0), Augment(), True
+        )
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert frames.shape == (16, 16, 16, 3) and (labels == 0).all()
+    assert peak < 2_000_000, peak
+
+
+def test_slowed_clips_never_repeat_a_frame() -> None:
+    # Played slower by picking the frame before each position, a clip repeated frames:
+    # their difference, all the motion-only network sees, was zero, labelled as an
+    # action, where the server never repeats a frame.
+    from actionstream.training.video_data import Augment, augment
+
+    frames = np.zeros((20, 32, 32, 3), np.uint8)
+    for t in range(20):
+        cv2.rectangle(frames[t], (2 + t, 8), (6 + t, 20), (255, 255, 255), -1)
+    rng = np.random.default_rng(0)
+    for speed in [(0.8, 0.8), (0.9, 0.9), (0.8, 1.25), (0.8, 1.25), (0.8, 1.25)]:
+        aug = Augment(speed=speed, noise=0.0)
+        out = augment(frames, rng, aug).astype(np.int16)
+        assert len(out) >= 16
+        moved = np.abs(np.diff(out, axis=0)).reshape(len(out) - 1, -1).max(axis=1)
+        assert (moved > 0).all(), speed
 
 
 def test_spans_of_one_video_are_held_out_together() -> None:

@@ -73,7 +73,8 @@ class TrainConfig:
     )
     minutes: float = setting(
         0.0,
-        help="stop after this many minutes and keep the best epoch so far (0: no limit)",
+        help="stop after this many minutes of training, a resumed run's earlier time "
+        "included, and keep the best epoch so far (0: no limit)",
         group="Run",
     )
     # Data: untrimmed streams, each cut into BPTT chunks.

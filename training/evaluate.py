@@ -29,7 +29,6 @@ from actionstream.training.data import (
 )
 from actionstream.training.model import Recognizer
 from actionstream.training.synth import LABELS, SynthConfig
-from actionstream.training.video_data import NO_AUGMENT, join_clips
 from actionstream.training.videos import (
     MIN_CLIP_FRAMES,
     ClipCache,
@@ -151,21 +150,49 @@ def switch_latency(preds: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def clip_predictions(net: Recognizer, clips: Sequence[LabelledClip], batch: int = 64) -> np.ndarray:
-    """Each clip's predicted label (its last frame's), from a zero state, in order."""
+def clip_predictions(
+    net: Recognizer, clips: Sequence[LabelledClip], batch: int = 64, chunk: int = 100
+) -> np.ndarray:
+    """Each clip's predicted label (its last frame's), from a zero state, in order.
+
+    Clips of one length run as one batch, `chunk` frames at a time with the state carried
+    (as predict_streams does): memory follows the chunk, not the clip, so a 5-minute
+    held-out clip costs what a 10-second one does, and every epoch's validation runs it.
+    """
     net.eval()
     device = next(net.parameters()).device
     by_length: dict[int, list[int]] = {}
-    for i, clip in enumerate(clips):  # clips of one length run as one batch
+    for i, clip in enumerate(clips):
         by_length.setdefault(len(clip.frames), []).append(i)
     out = np.empty(len(clips), np.int64)
-    for members in by_length.values():
+    for length, members in by_length.items():
         for b0 in range(0, len(members), batch):
             part = members[b0 : b0 + batch]
-            x = np.stack([np.asarray(clips[i].frames) for i in part])  # (P, T, H, W, 3)
-            logits, *_ = net(torch.from_numpy(x).to(device), *net.initial_state(len(part)))
-            out[part] = logits[:, -1].argmax(-1).cpu().numpy()  # (P, T, classes) -> (P,)
+            state = net.initial_state(len(part))
+            for t0 in range(0, length, chunk):
+                # Only this chunk of each (memory-mapped) clip is read.
+                x = np.stack([np.asarray(clips[i].frames[t0 : t0 + chunk]) for i in part])
+                logits, *state = net(torch.from_numpy(x).to(device), *state)  # (P, K, classes)
+            out[part] = logits[:, -1].argmax(-1).cpu().numpy()  # (P, K, classes) -> (P,)
     return out
+
+
+@torch.no_grad()
+def predict_joined(net: Recognizer, clips: Sequence[LabelledClip], chunk: int = 100) -> np.ndarray:
+    """Per-frame predicted label (T,) of `clips` one after another as one unbroken stream,
+    as predict_streams gives for them joined, without joining them: only a chunk of
+    one clip at a time is in memory, however many clips an evaluation scores."""
+    net.eval()
+    device = next(net.parameters()).device
+    state = net.initial_state(1)
+    preds = []
+    for clip in clips:
+        for t0 in range(0, len(clip.frames), chunk):
+            # A copy: the cache's frames are a read-only memmap, which torch warns of.
+            x = np.array(clip.frames[t0 : t0 + chunk])[None]  # (K, H, W, 3) -> (1, K, H, W, 3)
+            logits, *state = net(torch.from_numpy(x).to(device), *state)  # (1, K, classes)
+            preds.append(logits[0].argmax(-1).cpu().numpy())
+    return np.concatenate(preds)
 
 
 def clip_report(preds: np.ndarray, truth: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
@@ -218,6 +245,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     prep = Preprocessing(ckpt.model_config.height, ckpt.fps)
     names = ckpt.labels
     metrics: dict[str, Any] = {"model": ckpt.version, "labels": list(names)}
+    streams: Streams | None = None  # or, for clips, their predictions and labels
+    stream_preds = stream_labels = np.empty((1, 0), np.int64)
     if cfg.data is None:
         if tuple(names) != LABELS:
             raise DatasetError(
@@ -248,10 +277,11 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             LabelledClip(c.frames, t) for c, t in zip(dataset.clips, dataset.targets, strict=True)
         ]
         order = [int(i) for i in np.random.default_rng(cfg.seed).permutation(len(clips))]
-        frames, labels = join_clips(
-            clips, order, None, [], np.random.default_rng(0), NO_AUGMENT, False
-        )
-        streams = Streams(frames[None], labels[None])  # all clips, one unbroken stream
+        # All clips, one unbroken stream, scored clip by clip: never joined in memory.
+        joined = [clips[i] for i in order]
+        labels = np.concatenate([np.full(len(c.frames), c.label, np.int64) for c in joined])
+        stream_preds = predict_joined(net, joined)[None]  # (T,) -> (1, T)
+        stream_labels = labels[None]  # (T,) -> (1, T)
         metrics["data"] = str(Path(cfg.data).resolve())  # the file says where, from anywhere
         metrics["skipped"] = list(dataset.skipped)
         metrics["trained_on_clips"] = _trained_on(
@@ -261,10 +291,11 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     if clips:
         truth = np.array([c.label for c in clips])
         metrics |= clip_report(clip_predictions(net, clips), truth, names)
-    preds = predict_streams(net, streams)
+    if streams is not None:
+        stream_preds, stream_labels = predict_streams(net, streams), streams.labels
     settle = int(SETTLE_SECONDS * ckpt.fps)
-    metrics |= asdict(stream_metrics(preds, streams.labels, names, settle=settle))
-    metrics["switch_latency"] = switch_latency(preds, streams.labels)
+    metrics |= asdict(stream_metrics(stream_preds, stream_labels, names, settle=settle))
+    metrics["switch_latency"] = switch_latency(stream_preds, stream_labels)
     metrics["config"] = resolved(cfg)  # what produced these scores
     out = None if cfg.out is None else Path(cfg.out)
     written = write_report(run if run.is_dir() else run.parent, metrics, names, out)

@@ -299,6 +299,21 @@ def finished(out: Path, epochs: int, say: Callable[..., None]) -> Checkpoint:
     return ckpt
 
 
+def out_of_time(out: Path, minutes: float, seconds: float, say: Callable[..., None]) -> Checkpoint:
+    """A run `--resume` finds past its time budget, which counts the whole run's training:
+    said so, and nothing rewritten, as for a finished run."""
+    try:
+        ckpt = Checkpoint.load(out)
+    except CheckpointError as e:
+        raise TrainingError(f"--resume: {e}") from None
+    say(
+        f"{out} has already trained {seconds / 60:.1f} of its --minutes {minutes:g} (the whole "
+        "run's budget); give a larger --minutes to go on, or 0 for no limit "
+        f"({out / 'checkpoint.pt'} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
+    )
+    return ckpt
+
+
 def refuse_lost_videos(saved: Progress, cfg: TrainConfig) -> None:
     """Refuses to resume a run on videos it recorded when --data no longer finds them,
     before anything is read: they may be mounted elsewhere now."""

@@ -56,10 +56,14 @@ from actionstream.training.videos import (
 
 
 class Deadline:
-    """The time budget (`--minutes`); never expires when there is none."""
+    """The time budget (`--minutes`) of the whole run; never expires when there is none.
 
-    def __init__(self, minutes: float) -> None:
-        self._start = time.monotonic()
+    `spent` seconds are those a resumed run had already trained: counted against the
+    budget, so that the schedule, which follows the clock, goes on cooling where it
+    stopped rather than starting its cycle again."""
+
+    def __init__(self, minutes: float, spent: float = 0.0) -> None:
+        self._start = time.monotonic() - spent
         self._seconds = minutes * 60 if minutes > 0 else math.inf
 
     def passed(self) -> bool:
@@ -199,6 +203,13 @@ def _train(
     # run, and the model is saved from the progress.
     if saved is not None and saved.epoch >= cfg.epochs and (out / "checkpoint.pt").is_file():
         return run_folder.finished(out, cfg.epochs, say)
+    # --minutes bounds the whole run, the time before a resume included.
+    if (
+        saved is not None
+        and 0 < cfg.minutes * 60 <= saved.seconds
+        and (out / "checkpoint.pt").is_file()
+    ):
+        return run_folder.out_of_time(out, cfg.minutes, saved.seconds, say)
     if data is None:
         data = _load_run_data(cfg, saved, say)
     if saved is not None:
@@ -218,7 +229,8 @@ def _train(
     say(f"training on {device}{where}{together}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * batches * math.ceil(cfg.stream_frames / cfg.bptt)
-    deadline = Deadline(cfg.minutes)
+    # The time a resumed run already spent: its progress keeps it (old last.pt files too).
+    deadline = Deadline(cfg.minutes, saved.seconds if saved is not None else 0.0)
     sched = _schedule(opt, cfg, steps, deadline)
     t_train = time.perf_counter()
     best = Best(None, 0, {})
@@ -233,7 +245,12 @@ def _train(
     log = run_folder.EpochLog(out / "metrics.csv", rows) if team.leader else None
     done = (first - 1) * steps // cfg.epochs
     with tqdm(
-        total=steps, initial=done, unit="step", dynamic_ncols=True, disable=not team.leader
+        total=steps,
+        initial=done,
+        unit="step",
+        dynamic_ncols=True,
+        # None: no bar when stderr is no terminal, as in a log file, which its redraws flood.
+        disable=None if team.leader else True,
     ) as bar:
         for epoch in range(first, cfg.epochs + 1):
             loss, steps_taken, counted = train_one_epoch(

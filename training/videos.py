@@ -88,12 +88,27 @@ class Clip:
 def find_clips(data: Path, report: Callable[[str], None] = print) -> list[ClipRef]:
     """The clips a class-folder directory or a CSV manifest names; raises DatasetError."""
     if data.is_dir():
-        return _from_folders(data, report)
+        return _refuse_near_labels(data, _from_folders(data, report))
     if data.is_file() and data.suffix.lower() == ".csv":
-        return _from_manifest(data, report)
+        return _refuse_near_labels(data, _from_manifest(data, report))
     if not data.exists():
         raise DatasetError(f"{data}: no such folder or manifest")
     raise DatasetError(f"{data}: expected a folder of class folders or a .csv manifest")
+
+
+def _refuse_near_labels(data: Path, refs: list[ClipRef]) -> list[ClipRef]:
+    """Refuses two labels that differ only by case or surrounding spaces (`Left` and
+    `left`, a folder `left `): taken as they are, they would train as two classes of
+    one action, each with half its videos."""
+    seen: dict[str, str] = {}
+    for ref in refs:
+        first = seen.setdefault(ref.label.strip().casefold(), ref.label)
+        if first != ref.label:
+            raise DatasetError(
+                f"{data}: labels {first!r} and {ref.label!r} differ only by case or "
+                "surrounding spaces; spell them alike"
+            )
+    return refs
 
 
 def _from_folders(root: Path, report: Callable[[str], None]) -> list[ClipRef]:
@@ -174,9 +189,20 @@ def _from_manifest(manifest: Path, report: Callable[[str], None]) -> list[ClipRe
             rows = [(reader.line_num, row) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DatasetError(f"{manifest}: cannot read the manifest ({e})") from None
+    if len(header) == 1 and (";" in header[0] or "\t" in header[0]):
+        # A spreadsheet saved with a semicolon or tab: one column named "path;label;...".
+        raise DatasetError(
+            f"{manifest}:1: the manifest must be comma-separated (its header reads "
+            f"{header[0]!r}); {expected}"
+        )
     _check_columns(manifest, header, expected, report)
     refs: list[tuple[int, ClipRef]] = []
     for line, row in rows:
+        if None in row:  # DictReader keeps fields past the header's under None
+            raise DatasetError(
+                f"{manifest}:{line}: more fields than the header's {len(header)}; quote a "
+                "path or label that holds a comma"
+            )
         try:
             path, label = row["path"].strip(), row["label"].strip()
             start = float(row.get("start_s") or 0.0)
@@ -185,6 +211,10 @@ def _from_manifest(manifest: Path, report: Callable[[str], None]) -> list[ClipRe
             raise DatasetError(f"{manifest}:{line}: {expected}, and numbers in seconds") from None
         if not path or not label:
             raise DatasetError(f"{manifest}:{line}: path and label must not be empty")
+        # float() reads "nan" and "inf", and NaN fails every comparison: a span of them
+        # would cover the whole file and pass the overlap check.
+        if not math.isfinite(start) or (end is not None and not math.isfinite(end)):
+            raise DatasetError(f"{manifest}:{line}: start_s and end_s must be finite numbers")
         if start < 0 or (end is not None and end <= start):
             raise DatasetError(f"{manifest}:{line}: need 0 <= start_s < end_s")
         refs.append((line, ClipRef((manifest.parent / path).resolve(), label, start, end)))
@@ -197,6 +227,8 @@ def _from_manifest(manifest: Path, report: Callable[[str], None]) -> list[ClipRe
         # the loader, which says where it points.)
         if not os.path.lexists(ref.path):
             raise DatasetError(f"{manifest}:{line}: {ref.path}: no such file")
+        if ref.path.is_dir():
+            raise DatasetError(f"{manifest}:{line}: {ref.path} is a folder, not a video")
     return [ref for _, ref in refs]
 
 
