@@ -1,1 +1,0 @@
-timeout: failed to run command ‘actionstream’: No such file or directory
