@@ -15,9 +15,12 @@ $(VENV)/.service: pyproject.toml
 	touch $@
 
 # Training and test tools. torch goes in first, pinned, so that the range in
-# pyproject.toml is already satisfied by the CPU build on this machine.
+# pyproject.toml is already satisfied by the CPU build on this machine. Where pip
+# would find PyPI's CUDA build instead, point it at torch's CPU wheels:
+#   make test TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
 $(VENV)/.dev: $(VENV)/.service
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[train,dev]'
 	touch $@
 

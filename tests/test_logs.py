@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 
 import grpc
@@ -16,7 +17,7 @@ from actionstream.service.clients.stream import stream_source
 from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
 from actionstream.service.inference.streams import NAME_LIMIT, printable
-from actionstream.service.telemetry.logs import JsonFormatter
+from actionstream.service.telemetry.logs import JsonFormatter, Throttle
 from actionstream.v1 import actionstream_pb2 as pb
 
 SECRET = "s3cret-pw"
@@ -108,3 +109,13 @@ def test_hiding_secrets_keeps_the_rest_of_the_url() -> None:
     assert hide_credentials("rtsp://cam/live?pw=" + "y" * 5000, limit=4096) == (
         "rtsp://cam/live?pw=***"
     )
+
+
+def test_a_flood_of_refusals_is_logged_a_line_a_second_saying_what_it_left_out() -> None:
+    # Cameras retrying against a full server would fill the log with one line each.
+    throttle = Throttle(interval_s=0.2)
+    assert throttle.take() == 0
+    assert [throttle.take() for _ in range(3)] == [None, None, None]
+    time.sleep(0.25)
+    assert throttle.take() == 3
+    assert throttle.take() is None

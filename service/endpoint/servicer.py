@@ -53,6 +53,7 @@ from actionstream.service.sources.video_source import (
     SourceOpener,
     SourceTimeout,
 )
+from actionstream.service.telemetry.logs import Throttle
 from actionstream.service.telemetry.metrics import EndReason, Metrics
 from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.v1 import actionstream_pb2 as pb
@@ -64,6 +65,9 @@ logger = logging.getLogger(__name__)
 # Stream ends whose log line spells out what the client was told: its mistakes, and the
 # refusals an operator paged for a full server looks for (which cameras were turned away).
 _TOLD_WHY = frozenset({"invalid_frame", "malformed", "refused", "evicted", "invalid_source"})
+# Refusals that come in floods, cameras retrying against a full server: logged at most
+# one a second (logs.Throttle), each counted in the metrics.
+_FLOODS = frozenset({"refused", "evicted"})
 # A call cancelled this close to its deadline was ended by it (see _deadline_passed).
 DEADLINE_MARGIN_S = 0.25
 # The longest a WatchSource open may take, below the idle timeout when that is longer: an
@@ -102,6 +106,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._received = metrics.frames_received
         self._cut_off = False
         self._open: set[Stream] = set()  # every stream whose call is open
+        self._turned_away = Throttle()
         self._resampled = metrics.dropped("resampled")
         self._overload = metrics.dropped("overload")
 
@@ -449,14 +454,17 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 extra=_about(stream),
             )
         elif why:  # refused on its first request, before it took a place
-            logger.info(
-                "stream %d %s refused (%s%s)",
-                stream.id,
-                stream.name,
-                reason,
-                why,
-                extra=_about(stream),
-            )
+            left_out = self._turned_away.take() if reason in _FLOODS else 0
+            if left_out is not None:
+                logger.info(
+                    "stream %d %s refused (%s%s)%s",
+                    stream.id,
+                    stream.name,
+                    reason,
+                    why,
+                    f"; {left_out} more turned away since the last such line" if left_out else "",
+                    extra=_about(stream),
+                )
 
     def _internal_error(
         self, method: str, stream: Stream, context: grpc.aio.ServicerContext

@@ -27,7 +27,7 @@ one way while FFmpeg splits it another lets through a host it never saw.
 The text is parsed without importing OpenCV, so ServeConfig checks it as settings
 are read. Demuxers that open further sources as their content says (hls, concat,
 image2, ...) are kept out by FFmpeg's format_whitelist, which the server sets for
-every open under a list (sources.CONTAINER_FORMATS). What none of this stops is
+every open under a list (video_source.CONTAINER_FORMATS). What none of this stops is
 told in the README: a listed host that redirects takes FFmpeg along.
 """
 

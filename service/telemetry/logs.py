@@ -36,6 +36,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=True, default=str)
 
 
+class Throttle:
+    """At most one line every `interval_s` for events that come in floods (cameras
+    retrying against a full server): the ones between are counted, and the next line
+    let through says how many were left out. Their metrics count every one."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self._interval_s = interval_s
+        self._next = -float("inf")
+        self._held_back = 0
+
+    def take(self) -> int | None:
+        """None when this line is to be left out; else how many were left out since the
+        last line let through."""
+        now = time.monotonic()
+        if now < self._next:
+            self._held_back += 1
+            return None
+        self._next = now + self._interval_s
+        held_back, self._held_back = self._held_back, 0
+        return held_back
+
+
 def announce(message: str, fmt: str) -> None:
     """The line that says the server is up: on stdout for a person reading a terminal, or
     as a log line when the logs are JSON, so that a log pipeline sees only JSON."""
