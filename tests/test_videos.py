@@ -462,6 +462,8 @@ def test_train_on_bad_data_is_one_line_and_writes_nothing(tmp_path: Path) -> Non
         )
         assert done.returncode == 1, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
+        # The refusal alone: "N clips to train on" said first read as if it would train.
+        assert "clips to train on" not in done.stdout, done.stdout
         assert not (tmp_path / "run").exists()
 
 
