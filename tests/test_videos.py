@@ -644,14 +644,14 @@ def test_a_labelled_videos_csv_is_read_as_a_manifest_is(tmp_path: Path) -> None:
     spaced = [rows[0], *(row.replace(",", ", ") for row in rows[1:])]
     csv_path.write_text("\n".join(spaced) + "\n")  # "0, left": spaces are not the label's
     prep = Preprocessing(16, 10.0)
-    streams = _labelled_video(video, csv_path, ["left", "right"], prep)
+    streams = _labelled_video(video, csv_path, ["left", "right"], prep, beside=False)
     assert streams.labels.shape[1] == len(rows) - 1
     csv_path.write_text("\n".join([rows[0], *rows[1:], "0,right"]) + "\n")
     with pytest.raises(DatasetError, match=f", line {len(rows) + 1}: frame 0 is labelled a second"):
-        _labelled_video(video, csv_path, ["left", "right"], prep)
+        _labelled_video(video, csv_path, ["left", "right"], prep, beside=False)
     csv_path.write_text("frame,label\n0,left\n1,go left\n")
     with pytest.raises(DatasetError, match="label\\(s\\) 'go left' are not the model's"):
-        _labelled_video(video, csv_path, ["left", "right"], prep)
+        _labelled_video(video, csv_path, ["left", "right"], prep, beside=False)
 
 
 def _split_before(dataset: VideoDataset, val_fraction: float, seed: int) -> list[int]:

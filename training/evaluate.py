@@ -260,7 +260,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         clips = synthetic_clips(synth, CLIPS_PER_CLASS, int(CLIP_SECONDS * ckpt.fps), cfg.seed)
         metrics["data"] = f"synthetic, {cfg.streams} streams of {cfg.seconds:g} s, seed {cfg.seed}"
     elif (labels_csv := _labels_csv(cfg)) is not None:
-        streams, clips = _labelled_video(Path(cfg.data), Path(labels_csv), names, prep), []
+        video, beside = Path(cfg.data), cfg.labels is None
+        streams, clips = _labelled_video(video, Path(labels_csv), names, prep, beside), []
         metrics["data"] = str(Path(cfg.data).resolve())  # the file says where, from anywhere
         metrics["trained_on_clips"] = _trained_on(
             run, ckpt.trained_videos, [file_digest(Path(cfg.data))]
@@ -325,13 +326,17 @@ def _labels_csv(cfg: EvaluateConfig) -> str | None:
 
 
 def _labelled_video(
-    video: Path, csv_path: Path, names: Sequence[str], prep: Preprocessing
+    video: Path, csv_path: Path, names: Sequence[str], prep: Preprocessing, beside: bool
 ) -> Streams:
-    """One untrimmed video as a stream, labelled from its `frame,label` CSV (source frames)."""
+    """One untrimmed video as a stream, labelled from its `frame,label` CSV (source frames),
+    `beside` it by default (no --labels given)."""
     try:
         by_frame = read_frame_labels(csv_path)
     except LabelsError as e:
-        raise DatasetError(str(e)) from None
+        # A user who never named a CSV is told where it was looked for and how to name one.
+        unfound = beside and not csv_path.is_file()
+        hint = f" (looked for beside {video}): give its labels with --labels FILE"
+        raise DatasetError(f"{e}{hint if unfound else ''}") from None
     unknown = sorted(set(by_frame.values()) - set(names))
     if unknown:
         raise DatasetError(
