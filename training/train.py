@@ -107,7 +107,7 @@ def train_one_epoch(
     losses = []
     steps = counted = 0
     for batch in data.batches(rng, (team.rank, team.size)):
-        targets = loss_targets(batch.labels, cfg.boundary_ignore)
+        targets = loss_targets(batch.labels, cfg.boundary_ignore, batch.cuts)
         state = list(net.initial_state(len(batch)))
         for t0 in range(0, batch.frames.shape[1], cfg.bptt):
             x = torch.from_numpy(batch.frames[:, t0 : t0 + cfg.bptt]).to(device)  # (B, K, H, W, 3)
@@ -291,7 +291,7 @@ def _train(
                 bar.write(
                     f"epoch {epoch:2d}  loss {loss:.3f}  "
                     f"val frame acc {scores.frame_accuracy:.3f}  "
-                    f"settled {scores.settled_frame_accuracy:.3f}  "
+                    f"settled {_accuracy(scores.settled_frame_accuracy)}  "
                     f"clip acc {scores.clip_accuracy:.3f}"
                 )
             team.wait()
@@ -581,6 +581,11 @@ def resolve_device(name: str) -> torch.device:
             f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'})"
         )
     return torch.device(name)
+
+
+def _accuracy(value: float | None) -> str:
+    """An accuracy for the log line; "n/a" where no frame was there to score."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _silent(*args: object, **kwargs: object) -> None:
