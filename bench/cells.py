@@ -71,11 +71,13 @@ def _trained(
 
 def _streams_score(net: Recognizer, streams: Any, fps: float) -> dict[str, Any]:
     preds = predict_streams(net, streams)
-    m = stream_metrics(preds, streams.labels, LABELS, settle=int(SETTLE_SECONDS * fps))
-    lat = switch_latency(preds, streams.labels)
+    settle = int(SETTLE_SECONDS * fps)
+    m = stream_metrics(preds, streams.labels, LABELS, settle, streams.cuts)
+    lat = switch_latency(preds, streams.labels, streams.cuts)
+    settled = m.settled_frame_accuracy
     return {
         "frame_accuracy": round(m.frame_accuracy, 4),
-        "settled_frame_accuracy": round(m.settled_frame_accuracy, 4),
+        "settled_frame_accuracy": None if settled is None else round(settled, 4),
         "switch_latency_frames": lat["median_frames"],
         "missed_switches": lat["missed"],
     }
@@ -213,8 +215,8 @@ def _plot(grads: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
-def _pct(x: float) -> str:
-    return f"{x:.1%}"
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
 
 
 def _row(*cells: object) -> str:

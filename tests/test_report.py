@@ -87,3 +87,38 @@ def test_the_report_records_the_evaluation_that_produced_it(
         str(here / "v.csv"),
         str(here / "scores"),
     )
+
+
+def test_a_video_without_labels_beside_it_is_told_of_labels(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # It said only "cannot read labels v.csv: No such file or directory", not how to
+    # give the labels of a video that has none beside it.
+    pytest.importorskip("torch")
+    from videogen import labelled_video
+
+    from actionstream.cli import main
+    from actionstream.contract import ModelConfig
+    from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.model import build_recognizer
+
+    labels = ("down", "left", "right", "up")
+    config = ModelConfig(num_classes=4, height=32, width=32, channels=(8, 16), embed=16, hidden=16)
+    net = build_recognizer(config)
+    Checkpoint(config, labels, 10.0, None, "t", net.state_dict()).save(
+        tmp_path / "run" / "checkpoint.pt"
+    )
+    video = tmp_path / "v.avi"
+    labelled_video(video, labels, 1, seed=3).rename(tmp_path / "truth.csv")
+    common = ["--data", str(video), "--cache", str(tmp_path / "cache")]
+    assert main(["evaluate", str(tmp_path / "run"), *common]) == 1
+    err = capfd.readouterr().err
+    assert err.endswith(
+        f"cannot read labels {tmp_path / 'v.csv'}: No such file or directory (looked for "
+        f"beside {video}): give its labels with --labels FILE\n"
+    ), err
+    assert len(err.splitlines()) == 1, err
+    # A --labels file that is not there is named as given, nothing more.
+    assert main(["evaluate", str(tmp_path / "run"), *common, "--labels", "gone.csv"]) == 1
+    err = capfd.readouterr().err
+    assert err.endswith("cannot read labels gone.csv: No such file or directory\n"), err

@@ -635,3 +635,45 @@ def test_an_epoch_that_learns_nothing_stops_the_run_unsaved(tmp_path: Path) -> N
     with pytest.raises(TrainingError, match=r"^epoch 1 had no frame to learn from"):
         main(dataclasses.replace(short, background="up", boundary_ignore=3))
     assert not (tmp_path / "short" / "checkpoint.pt").exists()
+
+
+def test_short_actions_have_no_settled_accuracy_rather_than_none_right(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Clips of 0.8 s never run the 1 s a frame needs to count as settled: the settled
+    # accuracy was 0.0, read as a model that never got a settled frame right.
+    pytest.importorskip("torch")
+    import csv
+
+    from videogen import class_folders
+
+    from actionstream.cli import main as cli
+    from actionstream.training.train import main
+
+    data = class_folders(tmp_path / "videos", ("left", "right"), 5, seconds=0.8, fps=10.0)
+    run = tmp_path / "run"
+    cfg = TrainConfig(
+        data=str(data),
+        out=str(run),
+        cache=str(tmp_path / "cache"),
+        init="scratch",
+        size=16,
+        channels=(4, 8),
+        embed=8,
+        hidden=8,
+        train_streams=8,
+        stream_frames=16,
+        bptt=16,
+        batch_size=8,
+        epochs=1,
+        threads=2,
+    )
+    ckpt = main(cfg)
+    assert ckpt.eval_metrics["settled_frame_accuracy"] is None
+    assert "settled n/a" in capsys.readouterr().out
+    with (run / "metrics.csv").open(newline="") as f:
+        assert [row["settled_frame_accuracy"] for row in csv.DictReader(f)] == [""]
+    assert cli(["evaluate", str(run), "--data", str(data), "--cache", cfg.cache]) == 0
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["settled_frame_accuracy"] is None and report["frame_accuracy"] >= 0
+    assert (run / "training_curves.png").is_file()  # drawn with the gap

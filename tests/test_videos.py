@@ -462,6 +462,8 @@ def test_train_on_bad_data_is_one_line_and_writes_nothing(tmp_path: Path) -> Non
         )
         assert done.returncode == 1, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
+        # The refusal alone: "N clips to train on" said first read as if it would train.
+        assert "clips to train on" not in done.stdout, done.stdout
         assert not (tmp_path / "run").exists()
 
 
@@ -471,11 +473,61 @@ def test_streams_join_clips_with_background_between_actions(tmp_path: Path) -> N
 
     clips = [LabelledClip(np.full((5, 8, 8, 3), k, np.uint8), k) for k in (0, 1, 2)]
     rng = np.random.default_rng(0)
-    frames, labels = join_clips(clips, [1, 2, 1], None, [0], rng, NO_AUGMENT, False)
+    frames, labels, cuts = join_clips(clips, [1, 2, 1], None, [0], rng, NO_AUGMENT, False)
     assert labels.tolist() == [1] * 5 + [0] * 5 + [2] * 5 + [0] * 5 + [1] * 5
     assert (frames[:, 0, 0, 0] == labels).all()  # frames and labels stay aligned
-    short, short_labels = join_clips(clips, [1], 12, [], rng, NO_AUGMENT, False)
+    assert np.flatnonzero(cuts).tolist() == [0, 5, 10, 15, 20]
+    short, short_labels, short_cuts = join_clips(clips, [1], 12, [], rng, NO_AUGMENT, False)
     assert len(short) == 12 and short_labels.tolist() == [1] * 12
+    assert np.flatnonzero(short_cuts).tolist() == [0, 5, 10]  # going round is a cut too
+
+
+def test_a_cut_between_clips_of_one_label_starts_an_action(tmp_path: Path) -> None:
+    # Two clips of one label side by side in a joined stream read as one action: frames
+    # just after the cut were "settled", switch latency missed the cut, and the loss's
+    # --boundary-ignore asked for the label right after it.
+    pytest.importorskip("torch")
+    from actionstream.training.data import frames_since_change, loss_targets
+    from actionstream.training.evaluate import stream_metrics, switch_latency
+    from actionstream.training.video_data import NO_AUGMENT, VideoData, join_clips
+
+    class_folders(tmp_path / "data", ("left", "right"), 4, seconds=1.0, fps=10.0)
+    cache = ClipCache(tmp_path / "cache", Preprocessing(16, 10.0))
+    dataset = load_dataset(find_clips(tmp_path / "data"), cache, 2)
+    clips = dataset.labelled()
+    right = [i for i, c in enumerate(clips) if c.label == 1]
+    rng = np.random.default_rng(0)
+    _, labels, cuts = join_clips(clips, right[:2], None, [], rng, NO_AUGMENT, False)
+    assert len(labels) == 20 and (labels == 1).all()
+    assert np.flatnonzero(cuts).tolist() == [0, 10]
+    labels, cuts = labels[None], cuts[None]  # (T,) -> (1, T)
+    assert frames_since_change(labels, cuts)[0].tolist() == [*range(10), *range(10)]
+    ignored = [True] * 2 + [False] * 8
+    assert (loss_targets(labels, 2, cuts)[0] < 0).tolist() == ignored * 2
+    # The second clip is recognised 3 frames after the cut; an action of 10 frames
+    # settles at none of them after 1 s (10 frames), where one of 20 did at 10.
+    preds = labels.copy()
+    preds[0, 10:13] = 0
+    assert switch_latency(preds, labels, cuts)["changes"] == 1
+    assert switch_latency(preds, labels, cuts)["median_frames"] == 3.0
+    assert stream_metrics(preds, labels, ("left", "right"), 10, cuts).settled_frame_accuracy is None
+    # Where the labels alone are all that is known (one labelled video), as before: one
+    # action of 20 frames, the 3 wrong ones among its settled 10.
+    assert stream_metrics(preds, labels, ("left", "right"), 10).settled_frame_accuracy == 0.7
+    assert switch_latency(preds, labels)["changes"] == 0
+
+    # Training streams and held-out streams carry where their clips meet.
+    data = VideoData(dataset, list(range(8)), list(range(8)), None, 8, 40, 4, 40, seed=1)
+    batch = next(data.batches(np.random.default_rng(2)))
+    assert batch.cuts is not None and data.val_streams.cuts is not None
+    for streams in (batch, data.val_streams):
+        assert streams.cuts is not None and streams.cuts.shape == streams.labels.shape
+        assert streams.cuts[:, 0].all()
+        # Every clip is 10 frames at most (speeds up to 1.25x make it 13): no action is longer.
+        assert frames_since_change(streams.labels, streams.cuts).max() < 13
+    same = batch.cuts[:, 1:] & (batch.labels[:, 1:] == batch.labels[:, :-1])
+    assert same.any()  # a same-label cut drawn, and the loss leaves out the frame after it
+    assert (loss_targets(batch.labels, 1, batch.cuts)[:, 1:][same] < 0).all()
 
 
 def test_augmentation_keeps_direction(tmp_path: Path) -> None:
@@ -505,7 +557,7 @@ def test_a_long_clip_is_cut_before_it_is_augmented() -> None:
     clips = [LabelledClip(long, 0), LabelledClip(long, 1)]
     tracemalloc.start()
     try:
-        frames, labels = join_clips(
+        frames, labels, _ = join_clips(
             clips, [0, 1], 16, [], np.random.default_rng(0), Augment(), True
         )
         peak = tracemalloc.get_traced_memory()[1]
@@ -642,14 +694,14 @@ def test_a_labelled_videos_csv_is_read_as_a_manifest_is(tmp_path: Path) -> None:
     spaced = [rows[0], *(row.replace(",", ", ") for row in rows[1:])]
     csv_path.write_text("\n".join(spaced) + "\n")  # "0, left": spaces are not the label's
     prep = Preprocessing(16, 10.0)
-    streams = _labelled_video(video, csv_path, ["left", "right"], prep)
+    streams = _labelled_video(video, csv_path, ["left", "right"], prep, beside=False)
     assert streams.labels.shape[1] == len(rows) - 1
     csv_path.write_text("\n".join([rows[0], *rows[1:], "0,right"]) + "\n")
     with pytest.raises(DatasetError, match=f", line {len(rows) + 1}: frame 0 is labelled a second"):
-        _labelled_video(video, csv_path, ["left", "right"], prep)
+        _labelled_video(video, csv_path, ["left", "right"], prep, beside=False)
     csv_path.write_text("frame,label\n0,left\n1,go left\n")
     with pytest.raises(DatasetError, match="label\\(s\\) 'go left' are not the model's"):
-        _labelled_video(video, csv_path, ["left", "right"], prep)
+        _labelled_video(video, csv_path, ["left", "right"], prep, beside=False)
 
 
 def _split_before(dataset: VideoDataset, val_fraction: float, seed: int) -> list[int]:

@@ -33,6 +33,10 @@ _HELD_OUT_OFFSET = 1_000_000_000
 class Streams:
     frames: np.ndarray  # (N, T, S, S, 3) uint8 BGR
     labels: np.ndarray  # (N, T) int64 label index per frame
+    # (N, T) bool, True on the first frame of every clip joined into the streams: a cut
+    # between two clips of one label is a new action as much as a change of label is.
+    # None where no cut is known beyond the label changes (synthetic streams, one video).
+    cuts: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -151,23 +155,40 @@ def render_streams(
     return Streams(frames, labels)
 
 
-def frames_since_change(labels: np.ndarray) -> np.ndarray:
-    """(N, T) -> (N, T): how many frames each frame lies after the start of its action.
+def action_starts(labels: np.ndarray, cuts: np.ndarray | None = None) -> np.ndarray:
+    """(N, T) -> (N, T) bool: where an action starts. That is the first frame of every
+    stream, every change of label, and every cut (`cuts`, as Streams holds them): two
+    clips of one label joined are two actions, each with its own start."""
+    starts = np.zeros(labels.shape, bool)
+    starts[:, 0] = True
+    starts[:, 1:] = labels[:, 1:] != labels[:, :-1]
+    if cuts is not None:
+        if cuts.shape != labels.shape:
+            raise ValueError(f"cuts {cuts.shape} do not match labels {labels.shape}")
+        starts |= cuts
+    return starts
 
-    The first frame of every stream counts as a start (0).
-    """
+
+def frames_since_change(labels: np.ndarray, cuts: np.ndarray | None = None) -> np.ndarray:
+    """(N, T) -> (N, T): how many frames each frame lies after the start of its action
+    (action_starts: the stream's first frame, a label change or a cut), the start 0."""
+    starts = action_starts(labels, cuts)
     since = np.zeros_like(labels)
     for t in range(1, labels.shape[1]):
-        since[:, t] = np.where(labels[:, t] != labels[:, t - 1], 0, since[:, t - 1] + 1)
+        since[:, t] = np.where(starts[:, t], 0, since[:, t - 1] + 1)
     return since
 
 
-def loss_targets(labels: np.ndarray, boundary_ignore: int) -> np.ndarray:
-    """Labels with the first frames of every action (and of the stream) set to IGNORE.
+def loss_targets(
+    labels: np.ndarray, boundary_ignore: int, cuts: np.ndarray | None = None
+) -> np.ndarray:
+    """Labels with the first frames of every action (and of the stream) set to IGNORE;
+    an action starts at a label change and at a cut between clips (`cuts`).
 
     Right after an action changes, the frames cannot yet show which action
-    follows; asking for it there only teaches the network to guess.
+    follows; asking for it there only teaches the network to guess. After a cut
+    between two clips of one label, the motion jumps just as at a change.
     """
     targets = labels.copy()
-    targets[frames_since_change(labels) < boundary_ignore] = IGNORE
+    targets[frames_since_change(labels, cuts) < boundary_ignore] = IGNORE
     return targets

@@ -23,6 +23,7 @@ from actionstream.training.config import VIDEO_SUFFIXES, EvaluateConfig
 from actionstream.training.data import (
     LabelledClip,
     Streams,
+    action_starts,
     frames_since_change,
     render_streams,
     synthetic_clips,
@@ -70,7 +71,9 @@ class StreamScores:
     eval metrics) as asdict gives it: its fields in this order, as the dict it replaced."""
 
     frame_accuracy: float
-    settled_frame_accuracy: float  # over frames `settle_frames` or more into their action
+    # Over frames `settle_frames` or more into their action; None when no frame is (every
+    # action shorter): 0.0 there read as a model that never settles.
+    settled_frame_accuracy: float | None
     settle_frames: int
     per_class_frame_accuracy: dict[str, float]  # the labels the streams hold
     frames: int
@@ -85,11 +88,16 @@ class Scores(StreamScores):
 
 
 def stream_metrics(
-    preds: np.ndarray, labels: np.ndarray, names: Sequence[str], settle: int
+    preds: np.ndarray,
+    labels: np.ndarray,
+    names: Sequence[str],
+    settle: int,
+    cuts: np.ndarray | None = None,
 ) -> StreamScores:
-    """Per-frame accuracy overall, after `settle` frames into each action, and per class."""
+    """Per-frame accuracy overall, after `settle` frames into each action (which starts at
+    a label change or a cut, `cuts` as Streams holds them), and per class."""
     correct = preds == labels
-    settled = frames_since_change(labels) >= settle
+    settled = frames_since_change(labels, cuts) >= settle
     per_class = {
         name: float(correct[labels == k].mean())
         for k, name in enumerate(names)
@@ -97,7 +105,7 @@ def stream_metrics(
     }
     return StreamScores(
         frame_accuracy=float(correct.mean()),
-        settled_frame_accuracy=float(correct[settled].mean()) if settled.any() else 0.0,
+        settled_frame_accuracy=float(correct[settled].mean()) if settled.any() else None,
         settle_frames=settle,
         per_class_frame_accuracy=per_class,
         frames=int(labels.size),
@@ -119,20 +127,24 @@ def score(
 ) -> Scores:
     """Per-frame metrics on unbroken `streams`, plus accuracy on isolated `clips`."""
     preds = predict_streams(net, streams)
-    on_streams = stream_metrics(preds, streams.labels, names, settle=int(SETTLE_SECONDS * fps))
+    settle = int(SETTLE_SECONDS * fps)
+    on_streams = stream_metrics(preds, streams.labels, names, settle, streams.cuts)
     return Scores(**asdict(on_streams), clip_accuracy=clip_accuracy(net, clips))
 
 
-def switch_latency(preds: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+def switch_latency(
+    preds: np.ndarray, labels: np.ndarray, cuts: np.ndarray | None = None
+) -> dict[str, Any]:
     """Frames from each true change of action until the prediction follows it.
 
-    For every change (N, T) streams hold, the latency is the number of frames
-    after the change before the prediction first equals the new label, within
-    that action; an action the prediction never reaches counts as missed.
+    For every change (N, T) streams hold (a label change, or a cut between clips:
+    `cuts` as Streams holds them), the latency is the number of frames after the
+    change before the prediction first equals the new label, within that action;
+    an action the prediction never reaches counts as missed.
     """
     latencies, missed = [], 0
-    for pred, truth in zip(preds, labels, strict=True):
-        starts = [0, *np.flatnonzero(truth[1:] != truth[:-1]) + 1, len(truth)]
+    for pred, truth, start in zip(preds, labels, action_starts(labels, cuts), strict=True):
+        starts = [*np.flatnonzero(start), len(truth)]  # the first frame's always among them
         for a, b in itertools.pairwise(starts[1:]):  # every segment after a change
             hit = np.flatnonzero(pred[a:b] == truth[a])
             if len(hit):
@@ -245,8 +257,9 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     prep = Preprocessing(ckpt.model_config.height, ckpt.fps)
     names = ckpt.labels
     metrics: dict[str, Any] = {"model": ckpt.version, "labels": list(names)}
-    streams: Streams | None = None  # or, for clips, their predictions and labels
+    streams: Streams | None = None  # or, for clips, their predictions, labels and cuts
     stream_preds = stream_labels = np.empty((1, 0), np.int64)
+    stream_cuts: np.ndarray | None = None
     if cfg.data is None:
         if tuple(names) != LABELS:
             raise DatasetError(
@@ -260,7 +273,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         clips = synthetic_clips(synth, CLIPS_PER_CLASS, int(CLIP_SECONDS * ckpt.fps), cfg.seed)
         metrics["data"] = f"synthetic, {cfg.streams} streams of {cfg.seconds:g} s, seed {cfg.seed}"
     elif (labels_csv := _labels_csv(cfg)) is not None:
-        streams, clips = _labelled_video(Path(cfg.data), Path(labels_csv), names, prep), []
+        video, beside = Path(cfg.data), cfg.labels is None
+        streams, clips = _labelled_video(video, Path(labels_csv), names, prep, beside), []
         metrics["data"] = str(Path(cfg.data).resolve())  # the file says where, from anywhere
         metrics["trained_on_clips"] = _trained_on(
             run, ckpt.trained_videos, [file_digest(Path(cfg.data))]
@@ -282,6 +296,9 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         labels = np.concatenate([np.full(len(c.frames), c.label, np.int64) for c in joined])
         stream_preds = predict_joined(net, joined)[None]  # (T,) -> (1, T)
         stream_labels = labels[None]  # (T,) -> (1, T)
+        # Each clip's first frame: two clips of one label in a row are two actions.
+        cuts = np.concatenate([np.arange(len(c.frames)) == 0 for c in joined])
+        stream_cuts = cuts[None]  # (T,) -> (1, T)
         metrics["data"] = str(Path(cfg.data).resolve())  # the file says where, from anywhere
         metrics["skipped"] = list(dataset.skipped)
         metrics["trained_on_clips"] = _trained_on(
@@ -293,9 +310,10 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         metrics |= clip_report(clip_predictions(net, clips), truth, names)
     if streams is not None:
         stream_preds, stream_labels = predict_streams(net, streams), streams.labels
+        stream_cuts = streams.cuts
     settle = int(SETTLE_SECONDS * ckpt.fps)
-    metrics |= asdict(stream_metrics(stream_preds, stream_labels, names, settle=settle))
-    metrics["switch_latency"] = switch_latency(stream_preds, stream_labels)
+    metrics |= asdict(stream_metrics(stream_preds, stream_labels, names, settle, stream_cuts))
+    metrics["switch_latency"] = switch_latency(stream_preds, stream_labels, stream_cuts)
     metrics["config"] = resolved(cfg)  # what produced these scores
     out = None if cfg.out is None else Path(cfg.out)
     written = write_report(run if run.is_dir() else run.parent, metrics, names, out)
@@ -325,13 +343,17 @@ def _labels_csv(cfg: EvaluateConfig) -> str | None:
 
 
 def _labelled_video(
-    video: Path, csv_path: Path, names: Sequence[str], prep: Preprocessing
+    video: Path, csv_path: Path, names: Sequence[str], prep: Preprocessing, beside: bool
 ) -> Streams:
-    """One untrimmed video as a stream, labelled from its `frame,label` CSV (source frames)."""
+    """One untrimmed video as a stream, labelled from its `frame,label` CSV (source frames),
+    `beside` it by default (no --labels given)."""
     try:
         by_frame = read_frame_labels(csv_path)
     except LabelsError as e:
-        raise DatasetError(str(e)) from None
+        # A user who never named a CSV is told where it was looked for and how to name one.
+        unfound = beside and not csv_path.is_file()
+        hint = f" (looked for beside {video}): give its labels with --labels FILE"
+        raise DatasetError(f"{e}{hint if unfound else ''}") from None
     unknown = sorted(set(by_frame.values()) - set(names))
     if unknown:
         raise DatasetError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,18 @@ def _curves(path: Path, metrics_csv: Path) -> Path:
         ("settled_frame_accuracy", "settled"),
         ("clip_accuracy", "clips"),
     ):
-        acc_ax.plot(epochs, [100 * float(r[key]) for r in rows], marker="o", label=label)
+        acc_ax.plot(epochs, [_percent(r[key]) for r in rows], marker="o", label=label)
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("held-out accuracy, %")
     acc_ax.set_ylim(0, 100)
     acc_ax.legend()
     return _save(fig, path)
+
+
+def _percent(cell: str) -> float:
+    """A metrics.csv accuracy in %; NaN (a gap in the line) for an empty cell, an epoch
+    with no frame settled long enough to score."""
+    return 100 * float(cell) if cell else math.nan
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -395,7 +395,9 @@ class EpochLog:
     def row(self, epoch: int, seconds: float, loss: float, scores: Scores, steps: int) -> list[str]:
         """`steps`: the optimiser steps the epoch took, fewer in an epoch --minutes cut short."""
         logged = (scores.frame_accuracy, scores.settled_frame_accuracy, scores.clip_accuracy)
-        return [str(epoch), f"{seconds:.1f}", f"{loss:.4f}", *map(str, logged), str(steps)]
+        # An empty cell where no frame was settled: "None" is no number a CSV reader knows.
+        cells = ["" if v is None else str(v) for v in logged]
+        return [str(epoch), f"{seconds:.1f}", f"{loss:.4f}", *cells, str(steps)]
 
     def write(self, row: list[str]) -> None:
         self.rows.append(row)

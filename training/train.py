@@ -107,7 +107,7 @@ def train_one_epoch(
     losses = []
     steps = counted = 0
     for batch in data.batches(rng, (team.rank, team.size)):
-        targets = loss_targets(batch.labels, cfg.boundary_ignore)
+        targets = loss_targets(batch.labels, cfg.boundary_ignore, batch.cuts)
         state = list(net.initial_state(len(batch)))
         for t0 in range(0, batch.frames.shape[1], cfg.bptt):
             x = torch.from_numpy(batch.frames[:, t0 : t0 + cfg.bptt]).to(device)  # (B, K, H, W, 3)
@@ -291,7 +291,7 @@ def _train(
                 bar.write(
                     f"epoch {epoch:2d}  loss {loss:.3f}  "
                     f"val frame acc {scores.frame_accuracy:.3f}  "
-                    f"settled {scores.settled_frame_accuracy:.3f}  "
+                    f"settled {_accuracy(scores.settled_frame_accuracy)}  "
                     f"clip acc {scores.clip_accuracy:.3f}"
                 )
             team.wait()
@@ -487,11 +487,14 @@ def load_data(
         f"{repr(label) if ',' in label or ' ' in label else label} {held.count(k)} of {n}"
         for k, (label, n) in enumerate(dataset.per_class().items())
     )
+    # Refused before the summary: a split that cannot train said "N clips to train on"
+    # first, as if it would.
+    _check_split(dataset, train_idx, val_idx, cfg.split, cfg.val_fraction)
     say(
         f"{len(train_idx)} clips to train on, {len(val_idx)} held out "
         f"(held out of each label's clips: {counts})"
     )
-    _check_split(dataset, train_idx, val_idx, cfg.split, cfg.val_fraction, say)
+    _warn_unscored(dataset, val_idx, cfg.split, say)
     return VideoData(
         dataset,
         train_idx,
@@ -511,11 +514,9 @@ def _check_split(
     val_idx: list[int],
     split_file: str | None,
     val_fraction: float,
-    say: Callable[..., None],
 ) -> None:
-    """Refuses a split that leaves a label untrainable or nothing to validate on; names the
-    labels that validation cannot score."""
-    by = f"{split_file} leaves" if split_file else "the split leaves"
+    """Refuses a split that leaves a label untrainable or nothing to validate on."""
+    by = _split_by(split_file)
     untrained = [
         label
         for k, label in enumerate(dataset.labels)
@@ -532,6 +533,16 @@ def _check_split(
             "fewer it rounds down to none, and a label keeps a video to train on); raise it, "
             "add videos, or name the held-out ones with --split"
         )
+
+
+def _split_by(split_file: str | None) -> str:
+    return f"{split_file} leaves" if split_file else "the split leaves"
+
+
+def _warn_unscored(
+    dataset: VideoDataset, val_idx: list[int], split_file: str | None, say: Callable[..., None]
+) -> None:
+    """Names the labels that validation cannot score."""
     unscored = [
         label
         for k, label in enumerate(dataset.labels)
@@ -539,7 +550,8 @@ def _check_split(
     ]
     if unscored:
         say(
-            f"warning: {by} no held-out video for label(s) {', '.join(unscored)}; "
+            f"warning: {_split_by(split_file)} no held-out video for label(s) "
+            f"{', '.join(unscored)}; "
             "validation cannot tell how well the model knows them"
         )
 
@@ -569,6 +581,11 @@ def resolve_device(name: str) -> torch.device:
             f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'})"
         )
     return torch.device(name)
+
+
+def _accuracy(value: float | None) -> str:
+    """An accuracy for the log line; "n/a" where no frame was there to score."""
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def _silent(*args: object, **kwargs: object) -> None:

@@ -5,6 +5,9 @@ falls below chance, so training never shows clips alone: each stream is
 clip after clip without a cut (a background clip between two actions where
 the data has a background label), entered at a random point, cut to length.
 The state is carried across those boundaries exactly as across chunks.
+Where clips meet is kept with the stream (Streams.cuts): the loss's
+--boundary-ignore and the settled accuracy count every such cut as the start
+of an action, two clips of one label side by side too.
 
 Augmentation keeps labels true for classes told apart by direction or order:
 no flips and no reversal. Per clip: playback speed, a crop (zoom and shift),
@@ -120,12 +123,15 @@ def join_clips(
     rng: np.random.Generator,
     aug: Augment,
     enter_anywhere: bool,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One stream: the clips in `order`, each action after the first preceded by a
     background clip drawn from `background` (when it has any), cut to `n_frames`
-    (None: all of it). Returns frames (T, H, W, 3) uint8 and labels (T,) int64."""
+    (None: all of it). Returns frames (T, H, W, 3) uint8, labels (T,) int64 and cuts
+    (T,) bool, True on each clip's first frame: where two clips of one label meet,
+    the labels alone would not show that a new action starts."""
     parts: list[np.ndarray] = []
     labels: list[np.ndarray] = []
+    cuts: list[np.ndarray] = []
     total = 0
     for i, k in enumerate(order):
         pieces = [k] if not background or i == 0 else [_pick(background, rng), k]
@@ -135,18 +141,21 @@ def join_clips(
             frames = augment(clips[piece].frames, rng, aug, enter_anywhere and total == 0, left)
             parts.append(frames)
             labels.append(np.full(len(frames), clips[piece].label, np.int64))
+            cuts.append(np.arange(len(frames)) == 0)
             total += len(frames)
             if n_frames is not None and total >= n_frames:
                 break
         if n_frames is not None and total >= n_frames:
             break
     frames_out, labels_out = np.concatenate(parts), np.concatenate(labels)
+    cuts_out = np.concatenate(cuts)
     if n_frames is None:
-        return frames_out, labels_out
+        return frames_out, labels_out, cuts_out
     if total < n_frames:  # fewer clips than the stream is long: go round again
         reps = -(-n_frames // total)
         frames_out, labels_out = np.concatenate([frames_out] * reps), np.tile(labels_out, reps)
-    return frames_out[:n_frames], labels_out[:n_frames]
+        cuts_out = np.tile(cuts_out, reps)  # going round is a cut too: its first frame's is True
+    return frames_out[:n_frames], labels_out[:n_frames], cuts_out[:n_frames]
 
 
 def _pick(pool: Sequence[int], rng: np.random.Generator) -> int:
@@ -204,10 +213,11 @@ class VideoData:
             rng = np.random.default_rng([int(rng.integers(2**63)), rank])
         for _ in range(max(1, self._per_epoch // self._batch_size // size)):
             streams = [self._stream(rng) for _ in range(self._batch_size)]
-            frames = np.stack([f for f, _ in streams])  # B x (T, H, W, 3) -> (B, T, H, W, 3)
-            yield Streams(frames, np.stack([y for _, y in streams]))
+            frames = np.stack([f for f, _, _ in streams])  # B x (T, H, W, 3) -> (B, T, H, W, 3)
+            labels = np.stack([y for _, y, _ in streams])  # B x (T,) -> (B, T)
+            yield Streams(frames, labels, np.stack([c for _, _, c in streams]))
 
-    def _stream(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def _stream(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # A label drawn evenly, then one of its clips: a rare label is seen as often as the rest.
         keys = sorted(self._by_label)
         n = self._stream_frames // 4 + 1  # more clips than a stream of short clips can hold
@@ -224,14 +234,15 @@ class VideoData:
             int(i)
             for i in rng.permutation([i for i, c in enumerate(self.val_clips) if c.label != bg])
         ]
-        frames, labels = join_clips(
+        frames, labels, cuts = join_clips(
             self.val_clips, actions, None, background, rng, NO_AUGMENT, False
         )
         n = max(1, len(frames) // n_frames)
         T = len(frames) // n
         return Streams(
             frames[: n * T].reshape(n, T, *frames.shape[1:]),  # (n*T, H, W, 3) -> (n, T, H, W, 3)
-            labels[: n * T].reshape(n, T),
+            labels[: n * T].reshape(n, T),  # (n*T,) -> (n, T)
+            cuts[: n * T].reshape(n, T),  # (n*T,) -> (n, T)
         )
 
 
