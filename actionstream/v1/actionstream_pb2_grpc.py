@@ -63,7 +63,7 @@ class ActionRecognitionServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchSource(self, request, context):
-        """The server opens a source itself (camera index, file, RTSP/HTTP URL) and
+        """The server opens a source itself (camera index, file, network URL) and
         streams predictions for it. Off unless the server runs with
         --allow-sources (PERMISSION_DENIED otherwise). Frames are numbered as
         read and taken at the model's frame rate: a file's by its own timeline
