@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from actionstream.service.sources.allowlist import SourceAllowlist
 from actionstream.settings import refuse_non_finite, setting
 
+# The longest connection age gRPC can take: (2**31 - 1) ms, about 24 days.
+_MAX_CONNECTION_AGE_S = 2_147_483.0
 # More labels than any model here has; above it a top-k is a typo (and past 2**32, a
 # value the protobuf field cannot hold).
 MAX_TOP_K = 1000
@@ -249,10 +251,13 @@ class ServeConfig:
         object.__setattr__(self, "log_format", self.log_format.lower())
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
-        if self.max_connection_age_seconds < 0:
+        # gRPC takes milliseconds in a C int; under a second, streams would barely open.
+        if self.max_connection_age_seconds and not (
+            1 <= self.max_connection_age_seconds <= _MAX_CONNECTION_AGE_S
+        ):
             raise ValueError(
-                "max_connection_age_seconds must be 0 (never) or positive, got "
-                f"{self.max_connection_age_seconds}"
+                "max_connection_age_seconds must be 0 (never) or from 1 to "
+                f"{_MAX_CONNECTION_AGE_S:g}, got {self.max_connection_age_seconds}"
             )
         if self.grace_seconds < 0:
             raise ValueError(f"grace_seconds must not be negative, got {self.grace_seconds}")

@@ -71,6 +71,9 @@ def test_bad_setting_is_one_line_not_a_traceback() -> None:
         (["serve"], {"ACTIONSTREAM_IDLE_TIMEOUT_SECONDS": "nan"}, "must be a finite number"),
         (["serve", "--grace-seconds", "inf"], {}, "grace_seconds must be a finite number"),
         (["serve", "--max-batch-wait-ms", "5000"], {}, "max_batch_wait_ms must be 0..1000"),
+        # gRPC takes it in ms as a C int: past it, a traceback; under 0.5 s, 0 ms (hangs).
+        (["serve", "--max-connection-age-seconds", "3000000"], {}, "0 (never) or from 1 to"),
+        (["serve", "--max-connection-age-seconds", "0.0001"], {}, "0 (never) or from 1 to"),
         (["train", "--lr", "nan"], {}, "actionstream train: lr must be a finite number"),
         (["watch", "--source", "0", "--reconnect-seconds", "-inf"], {}, "a finite number"),
         (["watch", "--source", " "], {}, "actionstream watch: source is empty"),
@@ -93,13 +96,14 @@ def test_a_misspelt_serve_variable_is_warned_of_and_the_changed_settings_told() 
 
     environ = {"ACTIONSTREAM_GRACE": "20", "ACTIONSTREAM_PORT": "1", "ACTIONSTREAM_IMAGE": "x"}
     # Nothing like a setting: no guess (the shared prefix made ACTIONSTREAM_HOST one).
-    environ |= {"ACTIONSTREAM_BOGUS": "1", "ACTIONSTREAM_MAXSTREAMS": "8"}
+    environ |= {"ACTIONSTREAM_BOGUS": "1", "ACTIONSTREAM_MAXSTREAMS": "8", "ACTIONSTREAM_MAX": "8"}
     # A Kubernetes service link (for a pod that leaves them on) is not the user's typo.
     environ |= {"ACTIONSTREAM_SERVICE_HOST": "203.0.113.7", "ACTIONSTREAM_PORT_50051_TCP": "tcp://"}
     assert warn_unknown_variables(environ) == [
         "ACTIONSTREAM_BOGUS is not a setting of serve; it is ignored",
         "ACTIONSTREAM_GRACE is not a setting of serve (did you mean "
         "ACTIONSTREAM_GRACE_SECONDS?); it is ignored",
+        "ACTIONSTREAM_MAX is not a setting of serve; it is ignored",
         "ACTIONSTREAM_MAXSTREAMS is not a setting of serve (did you mean "
         "ACTIONSTREAM_MAX_STREAMS?); it is ignored",
     ]

@@ -161,3 +161,19 @@ def test_the_command_line_loads_no_heavy_library_until_a_command_needs_it() -> N
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_clients_load_nothing_of_the_server() -> None:
+    # Not even through a module they share with it: `stream` and `watch` run where no
+    # server does, and must not pull in its model runtime or its metrics.
+    code = (
+        "import importlib, sys\n"
+        "for m in ('stream', 'watch', 'health'):\n"
+        "    importlib.import_module('actionstream.service.clients.' + m)\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('actionstream.service.endpoint', "
+        "'actionstream.service.inference', 'actionstream.service.telemetry', 'onnxruntime', "
+        "'prometheus_client')))\n"
+        "sys.exit(', '.join(bad) or None)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

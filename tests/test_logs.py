@@ -16,8 +16,8 @@ from helpers import LiveStream, MjpegCamera, frame_request, jpeg, render, stub_f
 from actionstream.service.clients.stream import stream_source
 from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
-from actionstream.service.inference.streams import NAME_LIMIT, printable
 from actionstream.service.telemetry.logs import JsonFormatter, Throttle
+from actionstream.service.text import NAME_LIMIT, printable
 from actionstream.v1 import actionstream_pb2 as pb
 
 SECRET = "s3cret-pw"

@@ -117,7 +117,6 @@ def _poll(url: str, expr: str, done: Callable[[list[dict]], bool]) -> list[dict]
     return result
 
 
-@pytest.mark.slow
 def test_latencies_of_seconds_are_told_apart() -> None:
     # Streams of frames far larger than the model's input wait seconds for the heavy lane.
     # A histogram that ended at 2.5 s read every such p99 as 2.5 s, in the alert too.
@@ -137,6 +136,7 @@ def test_latencies_of_seconds_are_told_apart() -> None:
     assert max(float(le) for le in counts if le != "+Inf") >= ServeConfig().idle_timeout_seconds
 
 
+@pytest.mark.slow
 def test_prometheus_scrapes_what_the_server_did(
     start_server: Callable[..., BackgroundServer], prometheus: Callable[[int], str]
 ) -> None:

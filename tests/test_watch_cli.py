@@ -14,7 +14,7 @@ import pytest
 from background import BackgroundServer
 from helpers import WITH_CTRL_C, MjpegCamera, camera_sequences, render
 
-from actionstream.service.inference.streams import printable
+from actionstream.service.text import printable
 from actionstream.training.synth import render_stream, write_video
 
 StartServer = Callable[..., BackgroundServer]

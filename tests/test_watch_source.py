@@ -26,7 +26,7 @@ import grpc
 import numpy as np
 import pytest
 from background import BackgroundServer
-from helpers import MjpegCamera, camera_sequences, jpeg, render
+from helpers import LiveStream, MjpegCamera, camera_sequences, frame_request, jpeg, png, render
 
 from actionstream.service.telemetry.metrics import scrape
 from actionstream.training.synth import render_stream, write_video
@@ -484,3 +484,25 @@ def test_rtsp_under_an_allowlist_stays_on_tcp(start_server: StartServer, tmp_pat
     assert outcome.predictions == []  # it never sends a frame
     assert camera.transports, "no SETUP reached the camera"
     assert all(t.startswith("RTP/AVP/TCP") for t in camera.transports), camera.transports
+
+
+def test_a_watch_turned_away_is_logged_with_what_it_was_told(
+    start_server: StartServer, tmp_path: Path, video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An operator paged for a full server, or asked why a camera is not watched, finds it
+    # in the log; the client's counts get their trailer as a stream's do.
+    caplog.set_level("INFO")
+    server = start_server(allow_sources=True, metrics_port=0, max_streams=1)
+    missing = watch(server, str(tmp_path / "gone.avi"))
+    assert missing.code == grpc.StatusCode.NOT_FOUND
+    assert missing.trailer["actionstream-skipped-frames"] == "0"
+    assert "ended (invalid_source: NOT_FOUND: no such video file: " in caplog.text
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        holder = LiveStream(stub, pb.StreamOptions(stream_name="holder"))
+        holder.send(frame_request(png(render(1, seed=3)[0])))
+        full = watch(server, str(video))
+        holder.close()
+    assert full.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert full.trailer["actionstream-skipped-frames"] == "0"
+    assert "refused (refused: RESOURCE_EXHAUSTED: the server is at its limit" in caplog.text

@@ -124,7 +124,8 @@ def _closest_setting(name: str, known: set[str]) -> str | None:
     given = name.removeprefix(ENV_PREFIX)
     suffixes = sorted(k.removeprefix(ENV_PREFIX) for k in known)
     begun = [s for s in suffixes if s.startswith(given)]
-    close = begun[:1] if len(given) >= 3 else []
+    # Cut short of one setting only: ACTIONSTREAM_MAX begins five, and names none.
+    close = begun if len(begun) == 1 and len(given) >= 3 else []
     close = close or difflib.get_close_matches(given, suffixes, n=1, cutoff=0.75)
     return ENV_PREFIX + close[0] if close else None
 

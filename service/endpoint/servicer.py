@@ -37,7 +37,6 @@ from actionstream.service.inference.streams import (
     FrameRejected,
     PendingFrame,
     Stream,
-    printable,
 )
 from actionstream.service.sources.allowlist import SourceAllowlist
 from actionstream.service.sources.feed import SourceFeed
@@ -55,6 +54,7 @@ from actionstream.service.sources.video_source import (
 )
 from actionstream.service.telemetry.logs import Throttle
 from actionstream.service.telemetry.metrics import EndReason, Metrics
+from actionstream.service.text import printable
 from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -326,14 +326,17 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     raise _source_lost(stream.answered)
             finally:
                 source.close()
-                # Frames skipped after the last answer, for a lost camera as for a file.
-                context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
             reason = "completed"
+            # Frames skipped after the last answer, for a lost camera as for a file.
+            context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
         except Refused as e:
             reason = e.reason
+            if stream.failure is None:  # what the client is told, for _close's log line
+                stream.fail(e)
             self._count_error("WatchSource", e.code)
             context.set_code(e.code)
             context.set_details(e.details)
+            context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
         except (asyncio.CancelledError, GeneratorExit):
             reason = self._cancelled(stream, "WatchSource", context)
             raise

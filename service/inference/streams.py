@@ -31,25 +31,13 @@ import numpy as np
 
 from actionstream.resampling import Resampler
 from actionstream.service.inference.frames import Checked, FrameError
+from actionstream.service.text import printable
 from actionstream.v1 import actionstream_pb2 as pb
 
-# Logs carry client-chosen names; this many characters of one is plenty to tell streams apart.
-NAME_LIMIT = 64
 # Sequence numbers are uint64 on the wire; the server's own count wraps from here to 1 (0 is
 # "unset"), so a client that sends the largest number and then a 0 cannot overflow the field.
 SEQUENCE_MAX = 2**64 - 1
 _ids = itertools.count(1)
-
-
-def printable(text: str, limit: int = NAME_LIMIT) -> str:
-    """`text` cut to `limit` characters, with control and non-printable characters escaped.
-
-    Whatever a client sends can then go into a log line without forging
-    other lines (newlines), corrupting terminals (escapes) or filling disks.
-    """
-    cut = text[:limit]
-    safe = cut if cut.isprintable() else cut.encode("unicode_escape").decode("ascii")
-    return safe + "…" if len(text) > limit else safe
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

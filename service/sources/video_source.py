@@ -30,7 +30,6 @@ import cv2
 import numpy as np
 
 from actionstream.service.credentials import hide_credentials
-from actionstream.service.inference.streams import printable
 from actionstream.service.sources.allowlist import (
     NETWORK_SCHEMES,
     NoSuchFile,
@@ -39,6 +38,7 @@ from actionstream.service.sources.allowlist import (
     has_control_characters,
     is_camera_index,
 )
+from actionstream.service.text import printable
 
 # Longer sources are refused unread: no path or camera URL needs more, and a source is
 # quoted (cut short) in statuses and logs, where the whole of a long one would not fit.
