@@ -341,6 +341,14 @@ def test_a_resumed_run_under_a_time_budget_goes_on_cooling(tmp_path: Path) -> No
     main(dataclasses.replace(TINY, out=str(out), minutes=0.001))  # cut short in epoch 1
     progress = Progress.load(out / PROGRESS)
     assert progress.epoch == 1
+    # Stopped by the clock, it has spent its budget, however long saving took; resumed
+    # without its checkpoint.pt (killed while saving it), it trains no batch more: the
+    # model is saved from the progress.
+    assert progress.seconds >= 0.001 * 60
+    cut = (out / PROGRESS).read_bytes()
+    (out / "checkpoint.pt").unlink()
+    main(resume_config(TrainConfig(out=str(out), resume=True), set()))
+    assert (out / PROGRESS).read_bytes() == cut and (out / "checkpoint.pt").is_file()
     # As if it had trained 54 s of a 1-minute budget: 90% of the way down.
     dataclasses.replace(progress, seconds=54.0).save(out / PROGRESS)
     main(resume_config(TrainConfig(out=str(out), resume=True, minutes=1.0), {"minutes"}))

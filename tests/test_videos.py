@@ -126,6 +126,9 @@ def test_a_bad_manifest_says_which_line(tmp_path: Path, text: str, message: str)
         ("path,label\nx.avi,a\nsub,b\n", r"m.csv:3: .*sub is a folder, not a video"),
         # Fields past the header's were kept under None and never looked at.
         ("path,label\nx.avi,a,extra\n", r"m.csv:2: more fields than the header's 2"),
+        # ...but an empty one (a trailing comma, as spreadsheets write) is no field: line 2
+        # passes, and line 3 is where it stops.
+        ("path,label\nx.avi,a,\nnothere.avi,b,\n", r"m.csv:3: .*nothere.avi: no such file"),
         # A semicolon-separated file read as one column named 'path;label;...'.
         ("path;label\nx.avi;a\n", r"m.csv:1: the manifest must be comma-separated"),
     ],
@@ -508,8 +511,15 @@ def test_a_cut_between_clips_of_one_label_starts_an_action(tmp_path: Path) -> No
     # settles at none of them after 1 s (10 frames), where one of 20 did at 10.
     preds = labels.copy()
     preds[0, 10:13] = 0
-    assert switch_latency(preds, labels, cuts)["changes"] == 1
-    assert switch_latency(preds, labels, cuts)["median_frames"] == 3.0
+    # No label to switch to at the cut: it is no switch (each would count 0 frames).
+    assert switch_latency(preds, labels, cuts)["changes"] == 0
+    # Two clips of each of two labels, the model 4 frames late at the one real change.
+    two = np.repeat([0, 1], 20)[None]  # (1, 40)
+    four_cuts = np.isin(np.arange(40), [0, 10, 20, 30])[None]
+    late = two.copy()
+    late[0, 20:24] = 0
+    assert switch_latency(late, two, four_cuts) == switch_latency(late, two) | {"changes": 1}
+    assert switch_latency(late, two, four_cuts)["median_frames"] == 4.0
     assert stream_metrics(preds, labels, ("left", "right"), 10, cuts).settled_frame_accuracy is None
     # Where the labels alone are all that is known (one labelled video), as before: one
     # action of 20 frames, the 3 wrong ones among its settled 10.

@@ -135,17 +135,21 @@ def score(
 def switch_latency(
     preds: np.ndarray, labels: np.ndarray, cuts: np.ndarray | None = None
 ) -> dict[str, Any]:
-    """Frames from each true change of action until the prediction follows it.
+    """Frames from each change of label until the prediction follows it.
 
-    For every change (N, T) streams hold (a label change, or a cut between clips:
-    `cuts` as Streams holds them), the latency is the number of frames after the
-    change before the prediction first equals the new label, within that action;
-    an action the prediction never reaches counts as missed.
+    For every label change (N, T) streams hold, the latency is the number of
+    frames after it before the prediction first equals the new label, within
+    that action; an action the prediction never reaches counts as missed. A cut
+    between two clips of one label (`cuts`, as Streams holds them) starts no new
+    switch: the prediction has nothing to follow, and each would count as 0 frames.
+    It does end the action before it, which is searched no further.
     """
     latencies, missed = [], 0
     for pred, truth, start in zip(preds, labels, action_starts(labels, cuts), strict=True):
         starts = [*np.flatnonzero(start), len(truth)]  # the first frame's always among them
         for a, b in itertools.pairwise(starts[1:]):  # every segment after a change
+            if truth[a] == truth[a - 1]:  # a cut within one label: no switch to follow
+                continue
             hit = np.flatnonzero(pred[a:b] == truth[a])
             if len(hit):
                 latencies.append(int(hit[0]))

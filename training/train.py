@@ -203,12 +203,11 @@ def _train(
     # run, and the model is saved from the progress.
     if saved is not None and saved.epoch >= cfg.epochs and (out / "checkpoint.pt").is_file():
         return run_folder.finished(out, cfg.epochs, say)
-    # --minutes bounds the whole run, the time before a resume included.
-    if (
-        saved is not None
-        and 0 < cfg.minutes * 60 <= saved.seconds
-        and (out / "checkpoint.pt").is_file()
-    ):
+    # --minutes bounds the whole run, the time before a resume included. A run whose time
+    # is spent trains no further; without its checkpoint.pt it is saved from the progress.
+    spent = saved is not None and 0 < cfg.minutes * 60 <= saved.seconds
+    if spent and (out / "checkpoint.pt").is_file():
+        assert saved is not None
         return run_folder.out_of_time(out, cfg.minutes, saved.seconds, say)
     if data is None:
         data = _load_run_data(cfg, saved, say)
@@ -252,7 +251,7 @@ def _train(
         # None: no bar when stderr is no terminal, as in a log file, which its redraws flood.
         disable=None if team.leader else True,
     ) as bar:
-        for epoch in range(first, cfg.epochs + 1):
+        for epoch in range(first, first - 1 if spent else cfg.epochs + 1):
             loss, steps_taken, counted = train_one_epoch(
                 net, model, data, cfg, opt, sched, rng, bar, deadline, team
             )
@@ -260,10 +259,15 @@ def _train(
             # Before the epoch is scored or saved: a NaN model is no best epoch.
             if not math.isfinite(loss):
                 raise TrainingError(_no_loss(epoch, loss, counted, cfg))
+            # Asked before the epoch is saved: a run the clock stops has spent its budget,
+            # and its progress says so, however long the saving took.
+            stop = team.agree(deadline.passed())
             if log is not None:  # the leader scores and saves the epoch
                 scores = evaluate(net, data, cfg)
                 best.offer(scores, epoch, net)
                 seconds = time.perf_counter() - t_train
+                if stop:
+                    seconds = max(seconds, cfg.minutes * 60)
                 row = log.row(epoch, seconds, loss, scores, steps_taken)
                 progress = Progress.snapshot(
                     epoch=epoch,
@@ -295,7 +299,7 @@ def _train(
                     f"clip acc {scores.clip_accuracy:.3f}"
                 )
             team.wait()
-            if team.agree(deadline.passed()):
+            if stop:
                 say(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")
                 break
     if not team.leader:
@@ -369,7 +373,8 @@ def _no_loss(epoch: int, loss: float, counted: int, cfg: TrainConfig) -> str:
     if not counted:
         return (
             f"epoch {epoch} had no frame to learn from: the loss leaves out the first "
-            f"{cfg.boundary_ignore} frame(s) after every action change (--boundary-ignore), "
+            f"{cfg.boundary_ignore} frame(s) after every action change or cut between clips "
+            "(--boundary-ignore), "
             "and no action in its streams lasted longer; lower --boundary-ignore, or use "
             "longer clips"
         )

@@ -198,7 +198,9 @@ def _from_manifest(manifest: Path, report: Callable[[str], None]) -> list[ClipRe
     _check_columns(manifest, header, expected, report)
     refs: list[tuple[int, ClipRef]] = []
     for line, row in rows:
-        if None in row:  # DictReader keeps fields past the header's under None
+        # DictReader keeps fields past the header's under None; empty ones (a trailing
+        # comma, as spreadsheets write) say nothing.
+        if any(str(extra).strip() for extra in row.get(None) or ()):
             raise DatasetError(
                 f"{manifest}:{line}: more fields than the header's {len(header)}; quote a "
                 "path or label that holds a comma"

@@ -235,7 +235,9 @@ def _refuse_if_taken(
     """Raises ServeError if anything listens on the port already. The workers' sockets
     share it through SO_REUSEPORT, which would as gladly share it with another
     `--workers` server of the same user, splitting the traffic between the two without
-    an error; a socket bound without it fails as a plain server's does."""
+    an error; a socket bound without it fails as a plain server's does. Two `--workers`
+    servers started at the same instant can both pass it before either binds: this
+    catches the server left running, not that race."""
     with socket.socket(family, kind, proto) as probe:
         # As for the reservation: connections closed moments ago must not count.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
