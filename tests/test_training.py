@@ -445,15 +445,17 @@ def test_a_run_can_start_from_an_earlier_one(tmp_path: Path) -> None:
     assert again.version != before.version
     assert again.version.rsplit("-", 1)[0] == before.version.rsplit("-", 1)[0]
 
-    def start(labels: tuple[str, ...], **changes: object) -> tuple[str, dict[str, object]]:
+    def start(
+        labels: tuple[str, ...], fps: float = before.fps, **changes: object
+    ) -> tuple[str, dict[str, object]]:
         cfg = dataclasses.replace(before.model_config, num_classes=len(labels), **changes)
         net = build_recognizer(cfg)
-        said, inherited = initialise(net, str(first), labels)
+        said, inherited = initialise(net, str(first), labels, fps)
         assert inherited == before.trained_videos
         return said, net.state_dict()
 
     said, weights = start(before.labels)
-    assert "CNN, GRU cell, head" in said
+    assert "CNN, GRU cell, head" in said and "fps" not in said
     for name, tensor in before.state_dict.items():
         assert torch.equal(weights[name], tensor), name
     said, weights = start(("a", "b", "c"))
@@ -461,6 +463,9 @@ def test_a_run_can_start_from_an_earlier_one(tmp_path: Path) -> None:
     assert torch.equal(weights["encoder.proj.0.weight"], before.state_dict["encoder.proj.0.weight"])
     said, _ = start(before.labels, hidden=32)
     assert "cell and head fresh" in said
+    # Its frame differences were learnt at its own rate: another one is said, not refused.
+    said, _ = start(before.labels, fps=25.0)
+    assert f"it learnt at {before.fps:g} fps, this run is at 25" in said
     with pytest.raises(TrainingError, match="its CNN does not fit this model"):
         start(before.labels, channels=(8, 32))
     with pytest.raises(ValueError, match="no such file or folder"):

@@ -14,11 +14,14 @@ from actionstream.training.errors import TrainingError
 from actionstream.training.model import Recognizer
 
 
-def initialise(net: Recognizer, init: str, labels: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+def initialise(
+    net: Recognizer, init: str, labels: tuple[str, ...], fps: float
+) -> tuple[str, tuple[str, ...]]:
     """Loads the shipped motion encoder, or a run's weights, as `init` asks; says where
-    the network starts, and which videos (SHA-256) the weights already learnt from."""
+    the network starts, and which videos (SHA-256) the weights already learnt from.
+    `fps` is the new run's frame rate."""
     if init not in INIT_CHOICES:
-        return _start_from_run(net, Path(init), labels)
+        return _start_from_run(net, Path(init), labels, fps)
     return _start_shipped(net, init), ()
 
 
@@ -36,7 +39,7 @@ def _start_shipped(net: Recognizer, init: str) -> str:
 
 
 def _start_from_run(
-    net: Recognizer, path: Path, labels: tuple[str, ...]
+    net: Recognizer, path: Path, labels: tuple[str, ...], fps: float
 ) -> tuple[str, tuple[str, ...]]:
     """Copies an earlier run's weights into `net`, a part at a time: its CNN (which must
     fit), its recurrent cell when that fits too, its head only when its labels are these,
@@ -75,4 +78,11 @@ def _start_from_run(
     net.load_state_dict(taken, strict=False)
     fresh = [p for p in ("cell", "head") if not any(k.startswith(p + ".") for k in taken)]
     rest = f"; {' and '.join(fresh)} fresh" if fresh else ""
+    if ckpt.fps != fps:
+        # Its CNN sees each frame beside its difference from the last: at another frame
+        # rate an action moves by another amount from one step to the next.
+        rest += (
+            f"; it learnt at {ckpt.fps:g} fps, this run is at {fps:g}, so motion per step "
+            "differs from what its weights know"
+        )
     return f"{path} ({', '.join(parts)}{rest})", ckpt.trained_videos

@@ -216,7 +216,7 @@ def _train(
         if team.leader:
             run_folder.relocate(out, cfg)
     model_cfg = _model_config(cfg, len(data.labels))
-    net, inherited = _network(model_cfg, cfg.init, data.labels, saved, say)
+    net, inherited = _network(model_cfg, cfg.init, data.labels, cfg.fps, saved, say)
     net = net.to(device)
     model: nn.Module = net
     if team.size > 1:
@@ -345,6 +345,7 @@ def _network(
     model_cfg: ModelConfig,
     init: str,
     labels: tuple[str, ...],
+    fps: float,
     saved: Progress | None,
     say: Callable[..., None],
 ) -> tuple[Recognizer, tuple[str, ...]]:
@@ -353,7 +354,7 @@ def _network(
     net = build_recognizer(model_cfg)
     if saved is not None:
         return net, saved.inherited_videos
-    start, inherited = initialise(net, init, labels)
+    start, inherited = initialise(net, init, labels, fps)
     say(f"CNN starts from {start}")
     return net, inherited
 
