@@ -285,13 +285,18 @@ def resumable(out: Path, cfg: TrainConfig) -> Progress:
     return saved
 
 
+def _its_checkpoint(out: Path) -> Checkpoint:
+    """The run's saved model, or the one line that says why it cannot be read."""
+    try:
+        return Checkpoint.load(out)
+    except CheckpointError as e:
+        raise TrainingError(f"--resume: {e}") from None
+
+
 def finished(out: Path, epochs: int, say: Callable[..., None]) -> Checkpoint:
     """A run `--resume` finds complete: said so, and nothing rewritten (resuming is safe
     to repeat, as when a training container restarts with it)."""
-    try:
-        ckpt = Checkpoint.load(out)
-    except CheckpointError as e:
-        raise TrainingError(f"--resume: {e}") from None
+    ckpt = _its_checkpoint(out)
     say(
         f"{out} has already run its last epoch ({epochs}); nothing to resume "
         f"({out / 'checkpoint.pt'} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
@@ -302,10 +307,7 @@ def finished(out: Path, epochs: int, say: Callable[..., None]) -> Checkpoint:
 def out_of_time(out: Path, minutes: float, seconds: float, say: Callable[..., None]) -> Checkpoint:
     """A run `--resume` finds past its time budget, which counts the whole run's training:
     said so, and nothing rewritten, as for a finished run."""
-    try:
-        ckpt = Checkpoint.load(out)
-    except CheckpointError as e:
-        raise TrainingError(f"--resume: {e}") from None
+    ckpt = _its_checkpoint(out)
     say(
         f"{out} has already trained {seconds / 60:.1f} of its --minutes {minutes:g} (the whole "
         "run's budget); give a larger --minutes to go on, or 0 for no limit "

@@ -178,11 +178,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             # report them; the trailer does, so a client's counts add up.
             context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
         except Refused as e:
-            reason = e.reason
-            self._count_error("StreamFrames", e.code)
-            context.set_code(e.code)
-            context.set_details(e.details)
-            context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
+            reason = self._refused("StreamFrames", stream, e, context)
         except (asyncio.CancelledError, GeneratorExit):
             reason = self._cancelled(stream, "StreamFrames", context)
             raise
@@ -330,13 +326,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             # Frames skipped after the last answer, for a lost camera as for a file.
             context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
         except Refused as e:
-            reason = e.reason
-            if stream.failure is None:  # what the client is told, for _close's log line
-                stream.fail(e)
-            self._count_error("WatchSource", e.code)
-            context.set_code(e.code)
-            context.set_details(e.details)
-            context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
+            reason = self._refused("WatchSource", stream, e, context)
         except (asyncio.CancelledError, GeneratorExit):
             reason = self._cancelled(stream, "WatchSource", context)
             raise
@@ -403,6 +393,20 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             stream.top_k,
             extra=_about(stream),
         )
+
+    def _refused(
+        self, method: str, stream: Stream, refused: Refused, context: grpc.aio.ServicerContext
+    ) -> EndReason:
+        """Ends a call the server refused: its status, counted, and the frames skipped
+        after its last answer in the trailer; the stream keeps what its client was told,
+        for _close's log line."""
+        if stream.failure is None:
+            stream.fail(refused)
+        self._count_error(method, refused.code)
+        context.set_code(refused.code)
+        context.set_details(refused.details)
+        context.set_trailing_metadata(((SKIPPED_FRAMES, str(stream.skipped)),))
+        return refused.reason
 
     def _cancelled(
         self, stream: Stream, method: str, context: grpc.aio.ServicerContext
