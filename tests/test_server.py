@@ -36,7 +36,13 @@ from prometheus_client import CollectorRegistry
 from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint.launch import ServeError
 from actionstream.service.inference.model import OnnxStepModel, bundled_model_path
-from actionstream.service.telemetry.metrics import DropReason, EndReason, RejectReason, scrape
+from actionstream.service.telemetry.metrics import (
+    SERVED_METHODS,
+    DropReason,
+    EndReason,
+    RejectReason,
+    scrape,
+)
 from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
@@ -316,6 +322,38 @@ def test_every_reason_is_exported_at_zero_from_the_start_and_documented(
     }
     assert exported == dict.fromkeys(reasons, 0.0)
     assert _readme_reasons(metric) == set(reasons)
+
+
+def test_every_call_is_counted_by_method_beside_its_errors(
+    start_server: Callable[..., BackgroundServer],
+) -> None:
+    # rpc_errors alone cannot be a ratio: the calls it is a share of are counted too.
+    server = start_server(metrics_port=0)
+    started = "actionstream_rpcs_started_total{method="
+    before = {k: v for k, v in _scrape(server.metrics_port).items() if k.startswith(started)}
+    assert before == {f"{started}{m}}}": 0.0 for m in SERVED_METHODS}
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        for _ in range(2):
+            stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+        frames = [frame_request(png(f)) for f in render(3, seed=5)]
+        assert len(list(stub.StreamFrames(iter(frames), timeout=30))) == 3
+        with pytest.raises(grpc.RpcError):
+            list(stub.StreamFrames(iter([frame_request(b"GIF89a")]), timeout=30))
+        health = health_pb2_grpc.HealthStub(channel)
+        health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        with pytest.raises(grpc.RpcError) as unknown:
+            channel.unary_unary("/actionstream.v1.ActionRecognition/Nope")(b"", timeout=10)
+        assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    m = _scrape(server.metrics_port)
+    counts = {k[len(started) : -1]: v for k, v in m.items() if k.startswith(started)}
+    assert counts == dict.fromkeys(SERVED_METHODS, 0.0) | {
+        "GetModelInfo": 2.0,
+        "StreamFrames": 2.0,
+        "Check": 1.0,
+    }
+    errors = sum(v for k, v in m.items() if k.startswith("actionstream_rpc_errors_total"))
+    assert errors / sum(counts.values()) == 1 / 5
 
 
 def test_streams_cut_by_shutdown_are_counted_as_such(model: OnnxStepModel) -> None:

@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint import grpc_listener
+from actionstream.service.endpoint.call_count import CallCount
 from actionstream.service.endpoint.launch import (
     HURRIED_WHILE_STARTING,
     HURRY,
@@ -124,7 +125,11 @@ class Server:
         servicer = ActionRecognition(cfg, batcher, metrics)
 
         server = grpc.aio.server(
-            interceptors=[MalformedRequests(metrics), SideCallLimit(cfg.max_side_calls, metrics)],
+            interceptors=[
+                CallCount(metrics),
+                MalformedRequests(metrics),
+                SideCallLimit(cfg.max_side_calls, metrics),
+            ],
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 # Without this a second server on the same port would start and

@@ -38,6 +38,11 @@ EndReason = Literal[
     "completed", "cancelled", "shutdown", "idle", "not_reading", "evicted", "invalid_frame",
     "malformed", "refused", "invalid_source", "source_lost", "error",
 ]  # fmt: skip
+# The methods the server serves (its own, health's and reflection's), by the name the
+# rpc counters give them: exported at 0 from the start, as the reasons are.
+SERVED_METHODS = (
+    "StreamFrames", "WatchSource", "GetModelInfo", "Check", "Watch", "ServerReflectionInfo",
+)  # fmt: skip
 
 # Frame-to-prediction latency spans decode + queueing + inference: from about
 # a millisecond on an idle server to seconds when frames far larger than the model's
@@ -149,6 +154,13 @@ class Metrics:
             ["label"],
             registry=registry,
         )
+        self.rpcs_started = Counter(
+            "actionstream_rpcs_started",
+            "RPCs the server took, by method, counted as they start (the denominator of "
+            "the error ratio with actionstream_rpc_errors).",
+            ["method"],
+            registry=registry,
+        )
         self.rpc_errors = Counter(
             "actionstream_rpc_errors",
             "RPCs that ended with a status other than OK, by method and status code.",
@@ -168,6 +180,7 @@ class Metrics:
         self._rejected = {r: self.frames_rejected.labels(r) for r in get_args(RejectReason)}
         self._dropped = {r: self.frames_dropped.labels(r) for r in get_args(DropReason)}
         self._ended = {r: self.streams_ended.labels(r) for r in get_args(EndReason)}
+        self._started = {m: self.rpcs_started.labels(m) for m in SERVED_METHODS}
 
     def rejected(self, reason: RejectReason) -> Counter:
         """The rejected-frames counter for `reason`."""
@@ -180,6 +193,11 @@ class Metrics:
     def ended(self, reason: EndReason) -> Counter:
         """The streams-ended counter for `reason`."""
         return self._ended[reason]
+
+    def started(self, method: str) -> Counter:
+        """The calls-started counter for `method` (its name alone: `StreamFrames`)."""
+        counter = self._started.get(method)
+        return counter if counter is not None else self.rpcs_started.labels(method)
 
     def describe_model(self, metadata: ModelSpec) -> None:
         self.model.labels(
