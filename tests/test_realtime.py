@@ -21,7 +21,7 @@ from background import BackgroundServer
 from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render, stub_for
 
 from actionstream.resampling import FileClock, Resampler
-from actionstream.service.inference.frames import FrameDecoder
+from actionstream.service.inference.frames import FrameDecoder, FrameError
 from actionstream.service.inference.model import OnnxStepModel
 from actionstream.service.inference.streams import ActionTracker, ClockCheck, PendingFrame, Stream
 from actionstream.service.telemetry.metrics import scrape as scrape_metrics
@@ -303,21 +303,29 @@ def test_a_files_clock_goes_on_through_positions_that_jump_back() -> None:
 def test_timestamps_too_slow_to_be_microseconds_are_judged_once() -> None:
     # Milliseconds in timestamp_us at 10 fps: 100 "us" a frame against 100 ms of arrivals.
     check = ClockCheck()
-    verdicts = [check.slow(1_700_000_000_000 + i * 100, i * 0.1) for i in range(25)]
-    assert verdicts[:20] == [None] * 20  # two seconds of frames before judging
-    assert verdicts[20] == pytest.approx((2.0, 2.0)) and check.done
-    # Microseconds, a file sent ten times faster than real time, or nanoseconds: no warning.
+    for i in range(20):  # two seconds of frames before judging
+        check.check(1_700_000_000_000 + i * 100, i * 0.1)
+    assert not check.done
+    with pytest.raises(FrameError, match=r"advanced 2\.0 ms over 2\.0 s") as refused:
+        check.check(1_700_000_000_000 + 20 * 100, 2.0)
+    assert refused.value.reason == "slow_timestamps" and check.done
+    # Microseconds, a file sent ten times faster than real time, or nanoseconds: no refusal.
     for per_frame_us, per_frame_s in ((100_000, 0.1), (100_000, 0.01), (100_000_000, 0.1)):
         check = ClockCheck()
-        assert all(check.slow(i * per_frame_us, i * per_frame_s) is None for i in range(300))
+        for i in range(300):
+            check.check(i * per_frame_us, i * per_frame_s)
         assert check.done
 
 
-def test_a_stream_whose_timestamps_look_like_milliseconds_is_warned_of(
-    stub: pb_grpc.ActionRecognitionStub, caplog: pytest.LogCaptureFixture
+def test_a_stream_whose_timestamps_look_like_milliseconds_is_told_so(
+    start_server: StartServer,
 ) -> None:
+    # Left alone, such a stream was answered for its first frame and then about once in
+    # a thousand frames, the reason in the server's log only.
+    server = start_server(metrics_port=0)
     image = png(render(1, seed=38)[0])
-    stream = LiveStream(stub, pb.StreamOptions(stream_name="cam-ms"))
+    honest = LiveStream(stub_for(server.port), pb.StreamOptions(stream_name="honest"))
+    stream = LiveStream(stub_for(server.port), pb.StreamOptions(stream_name="cam-ms"))
     t0_ms = 1_700_000_000_000
     start = time.monotonic()
     i = 0
@@ -325,11 +333,15 @@ def test_a_stream_whose_timestamps_look_like_milliseconds_is_warned_of(
         stream.put(frame_request(image, timestamp_us=t0_ms + i * 100))  # ms, at 10 fps
         i += 1
         time.sleep(0.1)
-    predictions = stream.close()
-    assert len(predictions) <= 2  # the rest skipped as resampled, as the contract says
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and "cam-ms: its capture timestamps advanced" in warnings[0]
-    assert "(are they in milliseconds?)" in warnings[0]
+    with pytest.raises(grpc.RpcError) as refused:
+        stream.close()
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "timestamp_us is in microseconds (are these milliseconds?)" in refused.value.details()
+    assert honest.send(frame_request(image)).sequence == 1  # the other stream goes on
+    honest.close()
+    m = scrape_metrics(server.metrics_port)
+    assert m["actionstream_frames_rejected_total{reason=slow_timestamps}"] == 1
+    assert m["actionstream_streams_ended_total{reason=invalid_frame}"] == 1
 
 
 def test_frames_without_a_sequence_number_continue_from_the_frame_before(

@@ -242,6 +242,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         sequence = stream.number(frame.sequence)
         try:
             checked = self._decoder.check(frame)
+            if frame.timestamp_us and not stream.clock.done:
+                stream.clock.check(frame.timestamp_us, time.monotonic())
         except FrameError as e:
             self._metrics.rejected(e.reason).inc()
             stream.fail(FrameRejected(sequence, e))
@@ -252,8 +254,6 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             except Refused as e:
                 stream.fail(e)
                 return
-        if frame.timestamp_us and not stream.clock.done:
-            self._check_clock(stream, frame.timestamp_us)
         if not stream.resampler.take(frame.timestamp_us or time.time_ns() // 1000):
             stream.resampled_away()
             self._resampled.inc()
@@ -261,22 +261,6 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         heavy = checked.work > self._cfg.heavy_pixels
         if not self._batcher.push(stream, PendingFrame(frame, checked, sequence, received, heavy)):
             self._overload.inc()
-
-    @staticmethod
-    def _check_clock(stream: Stream, timestamp_us: int) -> None:
-        slow = stream.clock.slow(timestamp_us, time.monotonic())
-        if slow is not None:
-            advance_ms, seconds = slow
-            logger.warning(
-                "stream %d %s: its capture timestamps advanced %.1f ms over %.1f s of "
-                "frames arriving; timestamp_us is in microseconds, and frames closer than "
-                "the model's period are skipped as resampled (are they in milliseconds?)",
-                stream.id,
-                stream.name,
-                advance_ms,
-                seconds,
-                extra=_about(stream),
-            )
 
     async def WatchSource(
         self, request: pb.SourceRequest, context: grpc.aio.ServicerContext

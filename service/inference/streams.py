@@ -124,37 +124,44 @@ class ClockCheck:
     """Whether a stream's capture timestamps could be microseconds, judged once.
 
     A camera that sends milliseconds in `timestamp_us` claims a thousand times
-    its frame rate: the resampler then keeps about one frame in a thousand and
-    drops the rest as `resampled`, by the contract and without an error. So once a stream has
-    sent for a while, its timestamps' advance is set against the time its frames
-    took to arrive; one far slower (a hundredth or less) is worth a warning.
-    Faster is left alone: a file sent faster than real time does that rightly.
+    its frame rate: the resampler would keep about one frame in a thousand, and
+    the stream be answered once every couple of minutes, each answer reporting
+    its hundreds of frames skipped. So once a stream has sent for a while, its
+    timestamps' advance is set against the time its frames took to arrive; one
+    far slower (a hundredth or less) refuses the frame, saying why. Faster is
+    left alone: a file sent faster than real time does that rightly.
     """
 
     MIN_FRAMES = 10
     MIN_SECONDS = 2.0
-    SLOWEST = 0.01  # timestamp advance per second of arrivals, below which it warns
+    SLOWEST = 0.01  # timestamp advance per second of arrivals, below which it refuses
 
     def __init__(self) -> None:
         self.done = False
         self._first: tuple[int, float] | None = None  # (timestamp_us, arrival)
         self._frames = 0
 
-    def slow(self, timestamp_us: int, arrival: float) -> tuple[float, float] | None:
-        """Once judged: (ms the timestamps advanced, seconds of arrivals) when they
-        advanced too slowly to be microseconds, else None (and nothing more to do)."""
+    def check(self, timestamp_us: int, arrival: float) -> None:
+        """Raises FrameError once judged too slow to be microseconds; after the one
+        judgement (either way), `done` holds and there is nothing more to check."""
         if self._first is None:
             self._first = (timestamp_us, arrival)
         self._frames += 1
         first_us, first_arrival = self._first
         seconds = arrival - first_arrival
         if self._frames < self.MIN_FRAMES or seconds < self.MIN_SECONDS:
-            return None
+            return
         self.done = True
         advance_us = timestamp_us - first_us
         if 0 <= advance_us < self.SLOWEST * seconds * 1e6:
-            return advance_us / 1e3, seconds
-        return None
+            raise FrameError(
+                f"the stream's capture timestamps advanced {advance_us / 1e3:.1f} ms over "
+                f"{seconds:.1f} s of its frames arriving; timestamp_us is in microseconds "
+                "(are these milliseconds?), and frames closer than the model's period are "
+                "skipped, so almost none would be answered: send microseconds, or 0 to "
+                "have each frame timed as it arrives",
+                "slow_timestamps",
+            )
 
 
 class Stream:
