@@ -126,6 +126,27 @@ def test_undecodable_frame_ends_only_its_own_stream(
     assert_matches(after, reference(good), model.metadata.labels)
 
 
+def test_frames_sent_before_a_bad_one_are_answered_before_it_ends_the_call(
+    stub: pb_grpc.ActionRecognitionStub,
+) -> None:
+    # A bad frame ended the call at once, dropping the sound frames queued before it: the
+    # client got neither their predictions nor a count of them as skipped.
+    for attempt in range(5):
+        frames = [png(f) for f in render(3, seed=20 + attempt)]
+        requests = [frame_request(f, timestamp_us=100_000 * (i + 1)) for i, f in enumerate(frames)]
+        call = stub.StreamFrames(iter([*requests, frame_request(b"this is not a jpeg")]))
+        answered: list[pb.Prediction] = []
+        with pytest.raises(grpc.RpcError) as err:
+            answered.extend(call)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "frame 4: not a JPEG or PNG image (18 bytes)"
+        # The newest sound frame is answered; older ones may be skipped as the server's
+        # queue allows, and every one is accounted for.
+        assert answered[-1].sequence == 3, attempt
+        skipped = int(dict(call.trailing_metadata())[SKIPPED_FRAMES])
+        assert len(answered) + sum(p.skipped_frames for p in answered) + skipped == 3
+
+
 @pytest.fixture
 def strict(start_server: Callable[..., BackgroundServer]) -> BackgroundServer:
     return start_server(max_streams=2, max_frame_bytes=50_000, max_frame_pixels=320 * 240)

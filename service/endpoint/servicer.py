@@ -157,6 +157,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 elif stream.failure is not None:
                     raise refusal(stream.failure)
                 elif stream.finished:
+                    if stream.rejection is not None:
+                        raise refusal(stream.rejection)
                     # A client that cancels or whose connection drops ends the input as a
                     # half-close would, and then the handler is cancelled: one turn of the
                     # loop lets that cancellation land here, to be counted as such. (When
@@ -204,7 +206,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     # (the rejected-frames alert divides one by the other).
                     self._received.inc()
                     self._metrics.rejected("missing").inc()
-                    stream.fail(
+                    stream.reject(
                         Refused(
                             grpc.StatusCode.INVALID_ARGUMENT,
                             f"request {read} carries no frame (only a stream's first request "
@@ -216,12 +218,12 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 stream.last_activity = time.monotonic()
                 if request.HasField("frame"):
                     self._accept(stream, request.frame)
-                    if stream.failure is not None:
+                    if stream.failure is not None or stream.rejection is not None:
                         return
         except DecodeError:
             self._received.inc()
             self._metrics.rejected("malformed").inc()
-            stream.fail(
+            stream.reject(
                 Refused(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"request {read + 1} is not a valid actionstream.v1.FrameRequest",
@@ -246,7 +248,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 stream.clock.check(frame.timestamp_us, time.monotonic())
         except FrameError as e:
             self._metrics.rejected(e.reason).inc()
-            stream.fail(FrameRejected(sequence, e))
+            stream.reject(FrameRejected(sequence, e))
             return
         if stream.state is None:
             try:

@@ -196,6 +196,8 @@ class Stream:
         self.outbox: pb.Prediction | None = None  # answered, not yet handed to gRPC
         self.input_done = False
         self.failure: Exception | None = None
+        # The client's bad request: ends the call once the frames before it are answered.
+        self.rejection: Exception | None = None
         self.wakeup = asyncio.Event()
         self.last_activity = time.monotonic()
         self.writing_since: float | None = None
@@ -258,8 +260,18 @@ class Stream:
         return pending
 
     def fail(self, error: Exception) -> None:
+        """Ends the stream now, dropping what waits in its queue."""
         if self.failure is None:
             self.failure = error
+        self.wakeup.set()
+
+    def reject(self, error: Exception) -> None:
+        """The client sent what the stream cannot take: nothing more is read, the frames it
+        sent before are answered, and then the call ends with `error`. (Those frames were
+        sound; dropping them left the client a frame it could not account for.)"""
+        if self.rejection is None:
+            self.rejection = error
+        self.input_done = True
         self.wakeup.set()
 
     def prediction(self, probs: np.ndarray, pending: PendingFrame) -> pb.Prediction:
