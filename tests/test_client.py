@@ -29,8 +29,9 @@ from helpers import WITH_CTRL_C, MjpegCamera, actionstream, render
 from videogen import motion_clip, variable_rate, write
 
 from actionstream.serve_process import ServeProcess
-from actionstream.service.clients import reconnection
+from actionstream.service.clients import reconnection, source_feed
 from actionstream.service.clients import stream as client
+from actionstream.service.clients.latencies import Latencies
 from actionstream.service.clients.stream import StreamError, read_labels, run_stream, stream_source
 from actionstream.service.config import StreamConfig
 from actionstream.service.sources.video_source import VideoSource
@@ -797,7 +798,7 @@ def test_the_source_is_released_on_the_callers_thread_before_an_error(
             used.append(("close", threading.current_thread()))
             super().close()
 
-    monkeypatch.setattr(client, "VideoSource", WatchedSource)
+    monkeypatch.setattr(source_feed, "VideoSource", WatchedSource)
     with _refusing_port() as port:
         for _ in range(3):
             used.clear()
@@ -1002,7 +1003,7 @@ def test_a_frame_the_client_cannot_encode_is_its_own_error_not_the_servers(
 
 
 def test_latencies_are_kept_in_bounded_memory() -> None:
-    kept = client._Latencies(1000)
+    kept = Latencies(1000)
     for ms in range(100_000):
         kept.add(float(ms))
     assert len(kept._kept) == 1000

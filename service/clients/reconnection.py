@@ -17,6 +17,10 @@ import time
 
 import grpc
 
+# Pings that find a server gone without a word (its node lost, the network cut): no
+# connection reset comes then, and without them the call would wait on TCP for many
+# minutes. The server takes pings this often (grpc.http2.min_ping_interval_without_data_ms).
+KEEPALIVE = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
 # Between tries: about this long, spread at random by half either way, so that the
 # many cameras a restarted server dropped do not all come back at the same instant.
 PAUSE_S = 1.0

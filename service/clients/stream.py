@@ -12,88 +12,55 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import os
 import queue
-import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 import grpc
-import numpy as np
 
 from actionstream.frame_labels import LabelsError, read_frame_labels
-from actionstream.resampling import FileClock, Resampler
+from actionstream.resampling import Resampler
+from actionstream.service.clients.latencies import Latencies
 from actionstream.service.clients.output import events_text, prediction_record, print_json
-from actionstream.service.clients.reconnection import Reconnection
+from actionstream.service.clients.reconnection import KEEPALIVE, Reconnection
+from actionstream.service.clients.source_feed import SourceFeed, open_source
+from actionstream.service.clients.stream_summary import (
+    StreamError,
+    StreamSummary,
+    print_summary,
+    print_summary_json,
+)
 from actionstream.service.clients.termination import Termination
+from actionstream.service.clients.truth import check_names, warn_uncovered
 from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
-from actionstream.service.sources.video_source import SourceError, VideoSource
 from actionstream.service.trailers import skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
+__all__ = [
+    "KEEPALIVE",
+    "StreamError",
+    "StreamSummary",
+    "leave_if_source_held",
+    "print_summary",
+    "read_labels",
+    "run_stream",
+    "stream_source",
+]
+
 # Called for each prediction with the frame's true label (if known) and its latency in ms.
 PredictionCallback = Callable[[pb.Prediction, str | None, float], None]
-# Pings that find a server gone without a word (its node lost, the network cut): no
-# connection reset comes then, and without them the call would wait on TCP for many
-# minutes. The server takes pings this often (grpc.http2.min_ping_interval_without_data_ms).
-KEEPALIVE = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000)]
 # After Ctrl-C, how long the source may take to finish a read before it is left behind.
 INTERRUPTED_WAIT_S = 1.0
 # Latencies kept for the summary's percentiles: a live camera streams for days, and a
 # sample this large gives them within a fraction of a percent.
 LATENCY_SAMPLE = 100_000
-
-
-@dataclass(frozen=True)
-class StreamSummary:
-    """How one stream went, from the client's side."""
-
-    frames_sent: int
-    frames_answered: int
-    accuracy: float | None  # top-1 over the scored frames; None without labels or none scored
-    # Send -> prediction received; None if nothing was answered. Over every answered frame
-    # up to LATENCY_SAMPLE of them, then over a uniform sample of that many.
-    p50_ms: float | None
-    p99_ms: float | None
-    interrupted: bool = False  # stopped with Ctrl-C before the source ended
-    frames_scored: int | None = None  # answered frames the labels cover; None without labels
-    frames_skipped: int = 0  # sent, and skipped by the server (resampled to the model's rate)
-    reconnects: int = 0  # new calls that answered, after the server went away
-    # False when Ctrl-C left the source inside an OpenCV call (a stalled network source
-    # waits out OpenCV's 30-s timeout): end the process with os._exit, as `stream` does,
-    # since an interpreter that exits under that thread aborts.
-    source_released: bool = True
-    frames_read: int = 0  # from the source
-    frames_unsent: int = 0  # read, and not sent: above the model's rate, without pacing
-
-    @property
-    def frames_lost(self) -> int:
-        """Read and meant to be sent, and neither answered nor reported skipped: in flight,
-        or being read, when a call ended."""
-        return max(
-            0, self.frames_read - self.frames_unsent - self.frames_answered - self.frames_skipped
-        )
-
-
-class StreamError(Exception):
-    """An expected failure (bad source, unreachable server, refused stream), in words;
-    `summary` is how the stream went until then, when some of it was answered.
-    `source_released` is False when a read stalled on a network source was not waited
-    out: the process must then end with os._exit (see StreamSummary)."""
-
-    def __init__(self, message: str, summary: StreamSummary | None = None) -> None:
-        super().__init__(message)
-        self.summary = summary
-        self.source_released = True
 
 
 def read_labels(path: Path) -> dict[int, str]:
@@ -103,126 +70,6 @@ def read_labels(path: Path) -> dict[int, str]:
         return read_frame_labels(path)
     except LabelsError as e:
         raise StreamError(str(e)) from None
-
-
-class _Feed:
-    """The source, read and encoded on gRPC's request thread, closed on the caller's.
-
-    gRPC pulls the requests on a daemon thread of its own that nothing joins, and
-    drops the request generator there once the call is over. OpenCV lets go of the
-    GIL inside read, encode and release; a thread still inside one when the
-    interpreter exits is ended as it takes the GIL back, by a forced unwind through
-    OpenCV's C++ frames: std::terminate, "terminate called without an active
-    exception", SIGABRT. So every OpenCV call on the source holds this lock, and
-    `close` (the caller's thread, before stream_source returns or raises) waits out
-    the one in flight, releases the capture, and refuses any later one.
-    """
-
-    def __init__(self, source: VideoSource) -> None:
-        self._source = source
-        self.fps = source.opened_fps
-        self.frame_count = source.frame_count
-        # A file's frames are timed by its own timeline, as training and the server's
-        # WatchSource time them; a camera's or live stream's by when they are read. (A
-        # file that reports no frame rate, rare, is counted at FFmpeg's own 25 fps here,
-        # at the model's rate there: this client does not always ask for it.)
-        self._clock = None if source.live else FileClock(self.fps or 25.0)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._left = False  # close gave up waiting: the call in flight releases the source
-        # Frames read so far, numbered as read under the lock: the request generators of an
-        # ended call and of the next can both be reading.
-        self.frames_read = 0
-
-    def read(self) -> tuple[int, np.ndarray, float | None] | None:
-        """The next frame's number (1, 2, ... over the whole source), the frame and, for a
-        file, its time into the file in seconds; None when the source has ended or the
-        feed is closed."""
-        with self._lock:
-            if self._closed:
-                return None
-            read = self._source.read_positioned()
-            self._release_if_left()
-            if read is None:
-                return None
-            self.frames_read += 1
-            number = self.frames_read
-        image, position_ms = read
-        return number, image, None if self._clock is None else self._clock.next(position_ms)
-
-    def encode(self, image: np.ndarray, quality: int, sequence: int) -> bytes | None:
-        """Frame `sequence` as JPEG; None when the feed is closed."""
-        with self._lock:
-            if self._closed:
-                return None
-            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            self._release_if_left()
-        if not ok:
-            raise StreamError(f"frame {sequence}: OpenCV could not JPEG-encode it")
-        return jpeg.tobytes()
-
-    def close(self, wait_s: float | None = None) -> bool:
-        """Waits for a read or encode in flight (OpenCV's own timeouts bound a stuck
-        camera or URL), then releases the source; again is a no-op. With `wait_s`, gives
-        up after that long and returns False: the call in flight releases the source
-        when it returns, and the process must not exit normally before then. Once one
-        close has given up, a later one does not wait either."""
-        if self._left:
-            return self._closed
-        if not self._lock.acquire(timeout=-1 if wait_s is None else wait_s):
-            self._left = True
-            # The call may have returned between the wait and the flag: then it is ours.
-            if not self._lock.acquire(blocking=False):
-                return False
-        try:
-            self._release_if_left(always=True)
-        finally:
-            self._lock.release()
-        return True
-
-    def _release_if_left(self, always: bool = False) -> None:
-        # Under the lock.
-        if (always or self._left) and not self._closed:
-            self._closed = True
-            self._source.close()
-
-
-def _spans(frames: list[int], most: int = 3) -> str:
-    """Sorted frame numbers as runs: "3, 7-9, 100-119" (the first `most` runs, then "...")."""
-    runs: list[list[int]] = []
-    for i in frames:
-        if runs and i == runs[-1][1] + 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:most])
-    return text + (", ..." if len(runs) > most else "")
-
-
-def _warn_uncovered(path: str, truth: dict[int, str], frames: int) -> None:
-    """Warns, before streaming, of source frames 0..frames-1 the labels leave out.
-
-    A warning, not a refusal: the count is the container's, which some estimate from
-    duration and frame rate, and a frame that is never read needs no label. The
-    summary says how many answered frames were scored.
-    """
-    missing = [i for i in range(frames) if i not in truth]
-    if missing:
-        print(
-            f"warning: {path}: no label for {len(missing)} of the {frames} source frames to "
-            f"stream (frame {_spans(missing)}); they will not be scored",
-            file=sys.stderr,
-        )
-
-
-def _check_names(path: str, truth: dict[int, str], model_labels: Sequence[str]) -> None:
-    """Refuses labels the model cannot predict, as `actionstream evaluate` does."""
-    unknown = sorted(set(truth.values()) - set(model_labels))
-    if unknown:
-        raise StreamError(
-            f"{path}: label(s) {', '.join(map(repr, unknown))} are not the model's "
-            f"(it knows {', '.join(model_labels)})"
-        )
 
 
 def stream_source(
@@ -235,10 +82,10 @@ def stream_source(
     streamed without a label are warned of.
     """
     truth = read_labels(Path(cfg.labels)) if cfg.labels else None
-    source = _open(cfg.source)
+    source = open_source(cfg.source)
     if source is None:  # Ctrl-C while it opened
         return StreamSummary(0, 0, None, None, None, interrupted=True, source_released=False)
-    feed = _Feed(source)
+    feed = SourceFeed(source)
     try:
         with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
             return _Session(cfg, feed, truth, channel, on_prediction).run()  # it closes the feed
@@ -246,64 +93,8 @@ def stream_source(
         feed.close(0.0)  # Ctrl-C again: the caller must not wait, nor exit normally
         raise
     except BaseException:
-        feed.close()  # on this thread, before raising: see _Feed
+        feed.close()  # on this thread, before raising: see SourceFeed
         raise
-
-
-def _open(name: str) -> VideoSource | None:
-    """The opened source; None after Ctrl-C, which a URL's open would hold off for up to
-    OpenCV's 30-s timeout were it on this thread. Raises StreamError if it cannot open."""
-    opened: Future[VideoSource] = Future()
-    lock = threading.Lock()  # whoever comes second closes a source opened too late
-    abandoned = False
-
-    def open_source() -> None:
-        try:
-            source = VideoSource(name)
-        except BaseException as e:
-            opened.set_exception(e)
-            return
-        with lock:
-            opened.set_result(source)
-            if abandoned:
-                source.close()
-
-    threading.Thread(target=open_source, name="source-open", daemon=True).start()
-    try:
-        return opened.result()
-    except SourceError as e:
-        raise StreamError(f"cannot open source: {e}") from None
-    except KeyboardInterrupt:
-        with lock:
-            abandoned = True
-            if opened.done() and opened.exception() is None:
-                opened.result().close()
-        return None
-
-
-class _Latencies:
-    """Every latency up to `size` of them, then a uniform sample of that many (reservoir
-    sampling), so that a stream of any length keeps its percentiles in bounded memory."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._kept: list[float] = []
-        self._seen = 0
-        self._random = random.Random(0)
-
-    def add(self, ms: float) -> None:
-        self._seen += 1
-        if len(self._kept) < self._size:
-            self._kept.append(ms)
-            return
-        slot = self._random.randrange(self._seen)
-        if slot < self._size:
-            self._kept[slot] = ms
-
-    def percentiles(self, qs: list[float]) -> list[float] | None:
-        if not self._kept:
-            return None
-        return [float(v) for v in np.percentile(self._kept, qs)]
 
 
 class _Session:
@@ -313,7 +104,7 @@ class _Session:
     def __init__(
         self,
         cfg: StreamConfig,
-        feed: _Feed,
+        feed: SourceFeed,
         truth: dict[int, str] | None,
         channel: grpc.Channel,
         on_prediction: PredictionCallback | None,
@@ -348,7 +139,7 @@ class _Session:
         self._request_failure: BaseException | None = None
         # On this thread, from the answers.
         self._answered = self._last_answered = 0
-        self._latencies = _Latencies(LATENCY_SAMPLE)
+        self._latencies = Latencies(LATENCY_SAMPLE)
         self._correct = self._scored = self._skipped = self._reconnects = 0
         self._calls_answered = 0
         self._unsent = 0
@@ -415,12 +206,12 @@ class _Session:
             return None
         info = self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
         if self._truth is not None and self._cfg.labels is not None:
-            _check_names(self._cfg.labels, self._truth, info.labels)
+            check_names(self._cfg.labels, self._truth, info.labels)
             # Once, after the names passed: a refused CSV is one line, not a warning too.
             if self._frame_count is not None and not self._warned_uncovered:
                 self._warned_uncovered = True
                 most = self._cfg.max_frames or self._frame_count
-                _warn_uncovered(self._cfg.labels, self._truth, min(self._frame_count, most))
+                warn_uncovered(self._cfg.labels, self._truth, min(self._frame_count, most))
         return None if self._cfg.realtime else Resampler(info.fps)
 
     def _requests(
@@ -610,55 +401,6 @@ def _print_prediction_json(prediction: pb.Prediction, truth: str | None, latency
     print_json("prediction", record)
 
 
-def _print_summary_json(summary: StreamSummary, error: str | None = None) -> None:
-    # Every count the summary has, by its field's name; not whether the source was let go
-    # (what the process does about it is its exit).
-    record: dict[str, object] = dataclasses.asdict(summary)
-    del record["source_released"]
-    record["frames_lost"] = summary.frames_lost
-    if error is not None:
-        record["error"] = error
-    print_json("summary", record)
-
-
-def print_summary(summary: StreamSummary) -> None:
-    frames = f"frames: {summary.frames_sent} sent, {summary.frames_answered} answered"
-    if summary.frames_unsent:
-        frames = (
-            f"frames: {summary.frames_read} read, {summary.frames_unsent} not sent (above the "
-            f"model's frame rate, which the server would skip), {summary.frames_sent} sent, "
-            f"{summary.frames_answered} answered"
-        )
-    if summary.frames_lost:
-        frames += f", {summary.frames_lost} lost when a call ended"
-    if summary.frames_skipped:
-        frames += (
-            f", {summary.frames_skipped} skipped by the server (above the model's frame rate, "
-            "or behind when it was busy)"
-        )
-    print(frames)
-    if summary.reconnects:
-        print(
-            f"reconnected: {summary.reconnects} new call(s) after the server went away "
-            "(each new stream started from a zero state)"
-        )
-    scored, answered = summary.frames_scored, summary.frames_answered
-    if scored is not None and answered:
-        if summary.accuracy is None:
-            print(f"accuracy: not scored: none of the {answered} answered frames has a label")
-        else:
-            unlabelled = f"; {answered - scored} had no label" if scored < answered else ""
-            print(
-                f"accuracy: {summary.accuracy:.1%} (top-1, per frame; "
-                f"scored {scored} of {answered} answered frames{unlabelled})"
-            )
-    if summary.p50_ms is not None and summary.p99_ms is not None:
-        print(
-            f"latency (send to prediction): p50 {summary.p50_ms:.1f} ms, "
-            f"p99 {summary.p99_ms:.1f} ms"
-        )
-
-
 def run_stream(cfg: StreamConfig) -> int:
     """`actionstream stream`: 0 when the source was streamed to the end, 1 on failure,
     130 after Ctrl-C and 143 after SIGTERM (both with the summary so far)."""
@@ -681,14 +423,14 @@ def _run_stream(cfg: StreamConfig, stop: Termination) -> int:
     except StreamError as e:
         if e.summary is not None:
             if cfg.json:
-                _print_summary_json(e.summary, str(e))
+                print_summary_json(e.summary, str(e))
             else:
                 print_summary(e.summary)
         print(f"actionstream stream: {e}", file=sys.stderr)
         leave_if_source_held(e.source_released, "actionstream stream", 1)
         return 1
     if cfg.json:
-        _print_summary_json(summary)
+        print_summary_json(summary)
     else:
         print_summary(summary)
     leave_if_source_held(summary.source_released, "actionstream stream", stop.code)

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import grpc
 
 from actionstream.service.clients.output import events_text, prediction_record, print_json
-from actionstream.service.clients.reconnection import Reconnection
-from actionstream.service.clients.stream import KEEPALIVE
+from actionstream.service.clients.reconnection import KEEPALIVE, Reconnection
 from actionstream.service.clients.termination import Termination
 from actionstream.service.config import WatchConfig
 from actionstream.service.trailers import skipped_in

@@ -1,0 +1,131 @@
+"""The source `stream` sends: opened off the main thread, read and encoded under one lock.
+
+OpenCV calls on a camera or URL can block for its 30-s timeout; these two
+keep Ctrl-C prompt and the process from aborting under a thread still inside
+OpenCV (see SourceFeed).
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+
+import cv2
+import numpy as np
+
+from actionstream.resampling import FileClock
+from actionstream.service.clients.stream_summary import StreamError
+from actionstream.service.sources.video_source import SourceError, VideoSource
+
+
+class SourceFeed:
+    """The source, read and encoded on gRPC's request thread, closed on the caller's.
+
+    gRPC pulls the requests on a daemon thread of its own that nothing joins, and
+    drops the request generator there once the call is over. OpenCV lets go of the
+    GIL inside read, encode and release; a thread still inside one when the
+    interpreter exits is ended as it takes the GIL back, by a forced unwind through
+    OpenCV's C++ frames: std::terminate, "terminate called without an active
+    exception", SIGABRT. So every OpenCV call on the source holds this lock, and
+    `close` (the caller's thread, before stream_source returns or raises) waits out
+    the one in flight, releases the capture, and refuses any later one.
+    """
+
+    def __init__(self, source: VideoSource) -> None:
+        self._source = source
+        self.fps = source.opened_fps
+        self.frame_count = source.frame_count
+        # A file's frames are timed by its own timeline, as training and the server's
+        # WatchSource time them; a camera's or live stream's by when they are read. (A
+        # file that reports no frame rate, rare, is counted at FFmpeg's own 25 fps here,
+        # at the model's rate there: this client does not always ask for it.)
+        self._clock = None if source.live else FileClock(self.fps or 25.0)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._left = False  # close gave up waiting: the call in flight releases the source
+        # Frames read so far, numbered as read under the lock: the request generators of an
+        # ended call and of the next can both be reading.
+        self.frames_read = 0
+
+    def read(self) -> tuple[int, np.ndarray, float | None] | None:
+        """The next frame's number (1, 2, ... over the whole source), the frame and, for a
+        file, its time into the file in seconds; None when the source has ended or the
+        feed is closed."""
+        with self._lock:
+            if self._closed:
+                return None
+            read = self._source.read_positioned()
+            self._release_if_left()
+            if read is None:
+                return None
+            self.frames_read += 1
+            number = self.frames_read
+        image, position_ms = read
+        return number, image, None if self._clock is None else self._clock.next(position_ms)
+
+    def encode(self, image: np.ndarray, quality: int, sequence: int) -> bytes | None:
+        """Frame `sequence` as JPEG; None when the feed is closed."""
+        with self._lock:
+            if self._closed:
+                return None
+            ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            self._release_if_left()
+        if not ok:
+            raise StreamError(f"frame {sequence}: OpenCV could not JPEG-encode it")
+        return jpeg.tobytes()
+
+    def close(self, wait_s: float | None = None) -> bool:
+        """Waits for a read or encode in flight (OpenCV's own timeouts bound a stuck
+        camera or URL), then releases the source; again is a no-op. With `wait_s`, gives
+        up after that long and returns False: the call in flight releases the source
+        when it returns, and the process must not exit normally before then. Once one
+        close has given up, a later one does not wait either."""
+        if self._left:
+            return self._closed
+        if not self._lock.acquire(timeout=-1 if wait_s is None else wait_s):
+            self._left = True
+            # The call may have returned between the wait and the flag: then it is ours.
+            if not self._lock.acquire(blocking=False):
+                return False
+        try:
+            self._release_if_left(always=True)
+        finally:
+            self._lock.release()
+        return True
+
+    def _release_if_left(self, always: bool = False) -> None:
+        # Under the lock.
+        if (always or self._left) and not self._closed:
+            self._closed = True
+            self._source.close()
+
+
+def open_source(name: str) -> VideoSource | None:
+    """The opened source; None after Ctrl-C, which a URL's open would hold off for up to
+    OpenCV's 30-s timeout were it on this thread. Raises StreamError if it cannot open."""
+    opened: Future[VideoSource] = Future()
+    lock = threading.Lock()  # whoever comes second closes a source opened too late
+    abandoned = False
+
+    def open_source() -> None:
+        try:
+            source = VideoSource(name)
+        except BaseException as e:
+            opened.set_exception(e)
+            return
+        with lock:
+            opened.set_result(source)
+            if abandoned:
+                source.close()
+
+    threading.Thread(target=open_source, name="source-open", daemon=True).start()
+    try:
+        return opened.result()
+    except SourceError as e:
+        raise StreamError(f"cannot open source: {e}") from None
+    except KeyboardInterrupt:
+        with lock:
+            abandoned = True
+            if opened.done() and opened.exception() is None:
+                opened.result().close()
+        return None
