@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint protos model bench load serve clean prometheus-tools docker-tools swarm-tools
+.PHONY: demo test lint protos prometheus-rule model bench load serve clean prometheus-tools docker-tools swarm-tools
 
 # The service alone (no torch): all that serving and the demo need.
 $(VENV)/.service: pyproject.toml
@@ -74,6 +74,11 @@ lint: $(VENV)/.dev
 # Regenerate the gRPC/protobuf stubs; never edit actionstream/v1 by hand.
 protos: $(VENV)/.dev
 	scripts/gen_protos.sh $(PY) .
+
+# Rewrite the Prometheus Operator's copy of the alert rules after changing
+# deploy/prometheus/alerts.yml; never edit deploy/k8s/prometheus-operator/prometheusrule.yaml.
+prometheus-rule: $(VENV)/.dev
+	$(PY) scripts/gen_prometheus_rule.py
 
 # Reproduce the bundled default model: TrainConfig's defaults with the frame
 # shown beside its difference (--appearance), 12 epochs, seed 0.

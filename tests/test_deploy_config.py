@@ -355,3 +355,66 @@ def test_manifests_fit_together() -> None:
         "name": "actionstream",
     }
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+
+
+# --- The Prometheus Operator ------------------------------------------------
+
+OPERATOR = K8S / "prometheus-operator"
+
+
+def test_the_pod_monitor_scrapes_the_pods_under_the_job_the_alerts_name() -> None:
+    # No schema here for the operator's resources (kubernetes-validate knows the core
+    # API only), so they are checked against the manifests and kubernetes.yml by hand.
+    monitor = yaml.safe_load((OPERATOR / "podmonitor.yaml").read_text())
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+    spec = monitor["spec"]
+    pod = _manifests()["Deployment/actionstream"]["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    # The job label is the value of the pod label jobLabel names: the one the rules select.
+    assert labels[spec["jobLabel"]] == "actionstream"
+    assert 'up{job="actionstream"} == 0' in (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    [endpoint] = spec["podMetricsEndpoints"]
+    [container] = pod["spec"]["containers"]
+    assert endpoint["port"] in {p["name"] for p in container["ports"]}
+    assert endpoint["port"] == "metrics"
+    # What the plain scrape job drops, dropped here too.
+    plain = yaml.safe_load((DEPLOY / "prometheus" / "kubernetes.yml").read_text())
+    [job] = plain["scrape_configs"]
+    dropped = {
+        tuple(r["source_labels"]): r["regex"]
+        for r in job["relabel_configs"]
+        if r.get("action") == "drop"
+    }
+    assert {
+        tuple(r["sourceLabels"]): r["regex"]
+        for r in endpoint["relabelings"]
+        if r["action"] == "drop"
+    } == dropped
+
+
+def test_the_prometheus_rule_holds_the_alert_rules_as_written(tmp_path: Path) -> None:
+    # Generated from alerts.yml: a rule changed there and not here would fire in one
+    # set-up and not the other.
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from gen_prometheus_rule import prometheus_rule
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    alerts = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    committed = (OPERATOR / "prometheusrule.yaml").read_text()
+    assert committed == prometheus_rule(alerts), "run `make prometheus-rule`"
+    resource = yaml.safe_load(committed)
+    assert (resource["apiVersion"], resource["kind"]) == (
+        "monitoring.coreos.com/v1",
+        "PrometheusRule",
+    )
+    assert resource["spec"]["groups"] == yaml.safe_load(alerts)["groups"]
+    # The groups as the operator hands them to Prometheus: a rule file promtool accepts.
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (make prometheus-tools)")
+    rules = tmp_path / "rules.yml"
+    rules.write_text(yaml.safe_dump({"groups": resource["spec"]["groups"]}))
+    check = _run(promtool, "check", "rules", rules)
+    assert check.returncode == 0, check.stdout + check.stderr
