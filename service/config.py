@@ -27,6 +27,14 @@ ENV_PREFIX = "ACTIONSTREAM_"
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
 # A batch that waits longer than this for more streams would hold a live frame for a second.
 MAX_BATCH_WAIT_MS = 1000.0
+# Upper bounds on settings that size threads, memory or start-up work: past them a value is
+# a typo, and one such (--threads 100000) started a server that made threads until the
+# machine stalled, or (--max-batch) would warm every batch size up to it before serving.
+# gRPC takes its message limit (max_frame_bytes + MESSAGE_OVERHEAD_BYTES) in a C int.
+MAX_FRAME_BYTES = 2**31 - 1 - 64 * 1024
+MAX_FRAME_PIXELS = 2**30  # OpenCV's own limit on a decoded image
+MAX_THREADS = 64
+MAX_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -227,6 +235,15 @@ class ServeConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, most in (
+            ("max_frame_bytes", MAX_FRAME_BYTES),
+            ("max_frame_pixels", MAX_FRAME_PIXELS),
+            ("threads", MAX_THREADS),
+            ("decode_threads", MAX_THREADS),
+            ("max_batch", MAX_BATCH),
+        ):
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be at most {most}, got {getattr(self, name)}")
         if self.max_streams < self.workers:
             raise ValueError(
                 f"max_streams ({self.max_streams}) must be at least workers ({self.workers}): "

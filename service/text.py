@@ -15,8 +15,11 @@ def printable(text: str, limit: int = NAME_LIMIT) -> str:
     """`text` cut to `limit` characters, with control and non-printable characters escaped.
 
     Whatever a client sends can then go into a log line without forging
-    other lines (newlines), corrupting terminals (escapes) or filling disks.
+    other lines (newlines), corrupting terminals (escapes) or filling disks. A
+    backslash is escaped too whenever it appears, so that a name holding the two
+    characters `\\n` cannot pass for one holding a newline.
     """
     cut = text[:limit]
-    safe = cut if cut.isprintable() else cut.encode("unicode_escape").decode("ascii")
+    plain = cut.isprintable() and "\\" not in cut
+    safe = cut if plain else cut.encode("unicode_escape").decode("ascii")
     return safe + "…" if len(text) > limit else safe

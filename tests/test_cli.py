@@ -75,6 +75,14 @@ def test_bad_setting_is_one_line_not_a_traceback() -> None:
         (["serve", "--max-connection-age-seconds", "3000000"], {}, "0 (never) or from 1 to"),
         (["serve", "--max-connection-age-seconds", "0.0001"], {}, "0 (never) or from 1 to"),
         (["train", "--lr", "nan"], {}, "actionstream train: lr must be a finite number"),
+        # gRPC's message limit overflowed a C int: a 60-line traceback.
+        (["serve", "--max-frame-bytes", "3000000000"], {}, "max_frame_bytes must be at most"),
+        # A server that made threads until the machine stalled; one that would warm every
+        # batch size up to 100,000 before serving.
+        (["serve", "--threads", "100000"], {}, "threads must be at most 64, got 100000"),
+        (["serve"], {"ACTIONSTREAM_DECODE_THREADS": "65"}, "decode_threads must be at most 64"),
+        (["serve", "--max-batch", "100000"], {}, "max_batch must be at most 256"),
+        (["serve", "--max-frame-pixels", str(2**31)], {}, "max_frame_pixels must be at most"),
         (["watch", "--source", "0", "--reconnect-seconds", "-inf"], {}, "a finite number"),
         (["watch", "--source", " "], {}, "actionstream watch: source is empty"),
         (["watch", "--source", "0", "--max-predictions", "-1"], {}, "max_predictions must be"),

@@ -26,6 +26,9 @@ SECRET = "s3cret-pw"
 def test_printable_escapes_and_bounds_client_strings() -> None:
     assert printable("loading-dock-cam-2") == "loading-dock-cam-2"
     assert printable("cam\nINFO forged") == "cam\\nINFO forged"
+    # A backslash is escaped too: a name of the two characters \n is not a newline's.
+    assert printable("cam\\nINFO forged") == "cam\\\\nINFO forged"
+    assert printable("cam\\nINFO") != printable("cam\nINFO")
     assert printable("\x1b[31mred") == "\\x1b[31mred"
     long = printable("x" * 8_000_000)
     assert long == "x" * NAME_LIMIT + "…"

@@ -52,7 +52,7 @@ LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 # Frames in one model step: powers of two up to past the largest --max-batch.
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # One model step or one decode: sub-millisecond up to a large frame (a 4K JPEG takes
 # about 0.3 s here, a progressive one at the scan limit longer).
 STAGE_BUCKETS = (
