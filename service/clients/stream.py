@@ -28,6 +28,7 @@ import cv2
 import grpc
 import numpy as np
 
+from actionstream.decoding import NativeLines, cut_short, describe_shortfall
 from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.resampling import FileClock, Resampler
 from actionstream.service.clients.output import events_text, prediction_record, print_json
@@ -35,7 +36,7 @@ from actionstream.service.clients.reconnection import Reconnection
 from actionstream.service.clients.termination import Termination
 from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
-from actionstream.service.sources.video_source import SourceError, VideoSource
+from actionstream.service.sources.video_source import SourceError, VideoSource, is_url
 from actionstream.service.trailers import skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -133,6 +134,8 @@ class _Feed:
         # Frames read so far, numbered as read under the lock: the request generators of an
         # ended call and of the next can both be reading.
         self.frames_read = 0
+        self.last_s = 0.0  # a file's time at the last frame read
+        self.ran_out = False  # the source ended (not the feed closed)
 
     def read(self) -> tuple[int, np.ndarray, float | None] | None:
         """The next frame's number (1, 2, ... over the whole source), the frame and, for a
@@ -144,11 +147,15 @@ class _Feed:
             read = self._source.read_positioned()
             self._release_if_left()
             if read is None:
+                self.ran_out = True
                 return None
             self.frames_read += 1
             number = self.frames_read
-        image, position_ms = read
-        return number, image, None if self._clock is None else self._clock.next(position_ms)
+            image, position_ms = read
+            file_s = None if self._clock is None else self._clock.next(position_ms)
+            if file_s is not None:
+                self.last_s = file_s
+        return number, image, file_s
 
     def encode(self, image: np.ndarray, quality: int, sequence: int) -> bytes | None:
         """Frame `sequence` as JPEG; None when the feed is closed."""
@@ -212,6 +219,25 @@ def _warn_uncovered(path: str, truth: dict[int, str], frames: int) -> None:
             f"warning: {path}: no label for {len(missing)} of the {frames} source frames to "
             f"stream (frame {_spans(missing)}); they will not be scored",
             file=sys.stderr,
+        )
+
+
+def _warn_if_cut_short(source: str, feed: _Feed) -> None:
+    """Warns when a local file's frames ended clearly before the count its container
+    declares (a copy or download cut short), as training does (actionstream/decoding.py).
+    FFmpeg's own lines are not held back here, where they come on gRPC's thread while
+    this one prints: so only a container that lists its frames (MP4/MOV, AVI) is judged,
+    by its count alone."""
+    path = Path(source)
+    if feed.frame_count is None or feed.fps is None or is_url(source) or not path.is_file():
+        return
+    said = NativeLines()  # none held: containers whose count is an estimate are not judged
+    if cut_short(path, feed.frame_count, feed.frames_read, feed.fps, feed.last_s, said):
+        shortfall = describe_shortfall(feed.frame_count, feed.frames_read, feed.fps, feed.last_s)
+        print(
+            f"warning: {source}: cut short or damaged: {shortfall}; streamed the frames it has",
+            file=sys.stderr,
+            flush=True,
         )
 
 
@@ -455,6 +481,8 @@ class _Session:
             read = self._feed.read()
             if read is None:
                 self._source_ended.set()
+                if self._feed.ran_out:
+                    _warn_if_cut_short(cfg.source, self._feed)
                 return
             # Numbered as read, so that frame n of the source is sequence n whatever is
             # lost: --labels scores by it.
