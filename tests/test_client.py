@@ -699,6 +699,30 @@ def test_labels_that_miss_frames_of_a_file_are_warned_of_before_streaming(
     assert err == "" and "scored 10 of 10 answered frames)" in out
 
 
+def test_a_file_cut_short_is_warned_of_when_it_ends(
+    server: BackgroundServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A copy that stopped halfway streamed its frames and ended as if whole.
+    path = tmp_path / "cut.avi"
+    write(motion_clip("left", 3.0, 10.0, (96, 72), seed=1), path, 10.0)  # 30 frames, MJPG
+    whole = path.read_bytes()
+    path.write_bytes(whole[: int(len(whole) * 0.7)])
+    cfg = StreamConfig(source=str(path), target=f"127.0.0.1:{server.port}", realtime=False)
+    assert run_stream(dataclasses.replace(cfg, quiet=True)) == 0
+    out, err = capsys.readouterr()
+    read = int(re.findall(r"frames: (\d+) sent", out)[0])
+    assert 5 < read < 25
+    assert err.startswith(
+        f"warning: {path}: cut short or damaged: its frames end at "
+    ) and err.endswith(
+        f", after {read} of the 30 its container declares (3.0 s at 10 fps); streamed the "
+        "frames it has\n"
+    ), err
+    # Stopped by --max-frames, it never reached the end to find it short.
+    assert run_stream(dataclasses.replace(cfg, quiet=True, max_frames=3)) == 0
+    assert capsys.readouterr().err == ""
+
+
 @pytest.fixture(scope="module")
 def mjpeg(video: Path) -> Path:
     """The video as a bare MJPEG stream: it says no frame count, like a camera or live URL."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from videogen import class_folders, labelled_video, write
+from videogen import class_folders, labelled_video, motion_clip, write
 
 from actionstream.training.videos import (
     Clip,
@@ -810,3 +810,146 @@ def test_linked_folders_are_read_and_a_dangling_link_is_named(tmp_path: Path) ->
     assert said == [
         f"skipped {data / 'up' / 'dangling.mp4'}: a link to nowhere.mp4, which does not exist"
     ]
+
+
+def _cut(path: Path, keep: float) -> Path:
+    """`path` cut to the first `keep` of its bytes, as a copy or download that stopped."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def test_a_video_cut_short_is_used_with_one_warning_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A user's trial: such a video trained on the frames it had, and all that said so was
+    # FFmpeg's own "[mjpeg @ 0x55d0c3a1c2c0] overread 8" on the terminal.
+    data = class_folders(tmp_path / "data", ("left", "right"), 2, seconds=3.0)  # 45 frames
+    avi = _cut(data / "left" / "left_001.avi", 0.5)  # MJPG: its header counts 45 frames
+    mp4 = _cut(data / "right" / "right_000.mp4", 0.5)  # mp4v: its index comes last, cut off
+    prep = Preprocessing(16, 10.0)
+    said: list[str] = []
+    dataset = load_dataset(find_clips(data), ClipCache(tmp_path / "cache", prep), 2, said.append)
+    assert dataset.per_class() == {"left": 2, "right": 1}  # the cut-short AVI is used
+    warning, skipped = said
+    prefix = f"warning: {avi}: cut short or damaged: its frames end at "
+    assert warning.startswith(prefix), said
+    read = int(warning.split(", after ")[1].split()[0])
+    assert 10 < read < 30
+    assert f"after {read} of the 45 its container declares (3.0 s at 15 fps); the decoder " in (
+        warning
+    )
+    assert warning.endswith('"; using the frames it has')
+    assert skipped.startswith(
+        f'skipped {mp4}: OpenCV cannot open it as a video; the decoder said "'
+    )
+    # FFmpeg's raw lines are held back: what it said is in the lines that name the files.
+    assert capfd.readouterr().err == ""
+    # Every run says so, not only the one that decoded it: the cache keeps the note.
+    again: list[str] = []
+    load_dataset(find_clips(data), ClipCache(tmp_path / "cache", prep), 2, again.append)
+    assert again == said
+    assert len(list((tmp_path / "cache").glob("*.notes"))) == 1
+
+
+def test_a_span_past_the_frames_of_a_cut_video_is_refused(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    video = tmp_path / "long.avi"
+    write(motion_clip("left", 3.0, 10.0, (96, 72), seed=1), video, 10.0)
+    _cut(video, 0.7)  # its frames end at about 2 s of 3
+    manifest = tmp_path / "clips.csv"
+    rows = ["path,label,start_s,end_s", "long.avi,a,0,0.8", "long.avi,b,0.8,2.4"]
+    manifest.write_text("\n".join([*rows, "long.avi,a,2.5,3.0"]) + "\n")
+    said: list[str] = []
+    cache = ClipCache(tmp_path / "cache", Preprocessing(16, 10.0))
+    dataset = load_dataset(find_clips(manifest), cache, 2, said.append)
+    assert len(dataset.clips[0]) == 8  # whole: the span ends before the frames do
+    assert 4 <= len(dataset.clips[1]) < 16  # the frames it has of 0.8-2.4 s
+    warning, skipped = said
+    assert warning.startswith(f"warning: {video} [0.8s-2.4s]: cut short or damaged: its frames")
+    assert " of the 30 its container declares (3.0 s at 10 fps)" in warning
+    assert skipped.startswith(
+        f"skipped {video} [2.5s-3s]: the span starts after the video's last frame, at "
+    )
+    assert "; cut short or damaged: its frames end at " in skipped
+    assert capfd.readouterr().err == ""
+
+
+FFMPEG = shutil.which("ffmpeg")
+
+
+def _ffmpeg(*args: str) -> None:
+    assert FFMPEG is not None
+    subprocess.run([FFMPEG, "-loglevel", "error", "-y", *args], check=True, timeout=60)
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="needs the ffmpeg command")
+def test_ffmpeg_made_videos_cut_short_are_told_and_whole_ones_are_not(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Where the container lists its frames (MP4, AVI), its count is exact; elsewhere
+    # OpenCV estimates it from the file's duration, which a longer audio track or a
+    # variable frame rate leaves above the frames there are: no warning for those.
+    source = ["-f", "lavfi", "-i", "testsrc=size=96x72:rate=25:duration=3"]
+    sound = ["-f", "lavfi", "-i", "sine=duration=4"]
+    made = {
+        "h264.mp4": [*source, "-c:v", "libx264", "-movflags", "+faststart"],
+        "mpeg4.avi": [*source, "-c:v", "mpeg4"],
+        "mjpeg.mkv": [*source, "-c:v", "mjpeg"],
+        "sound.mkv": [*source, *sound, "-c:v", "mjpeg", "-c:a", "aac"],
+        "vfr.mkv": [*source, "-vf", "select='lt(mod(n,10),4)'", "-fps_mode", "vfr"],
+    }
+    for name, args in made.items():
+        _ffmpeg(*args, str(tmp_path / name))
+        capfd.readouterr()
+    prep = Preprocessing(16, 10.0)
+    for name in ("sound.mkv", "vfr.mkv", "h264.mp4"):
+        notes: list[str] = []
+        decode_clip(ClipRef(tmp_path / name, "x"), prep, notes.append)
+        assert notes == [], name
+    for name in ("h264.mp4", "mpeg4.avi", "mjpeg.mkv"):
+        cut = shutil.copy(tmp_path / name, tmp_path / f"cut-{name}")
+        _cut(Path(cut), 0.5)
+        notes = []
+        frames = decode_clip(ClipRef(Path(cut), "x"), prep, notes.append)
+        [note] = notes
+        assert note.startswith("cut short or damaged: its frames end at "), note
+        assert " of the 75 its container declares (3.0 s at 25 fps)" in note
+        assert note.endswith("; using the frames it has") and 0 < len(frames) < 25
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_tell_a_cut_video_in_their_own_line(tmp_path: Path) -> None:
+    # FFmpeg's raw lines reached the terminal of `train` and `evaluate` between theirs.
+    pytest.importorskip("torch")
+    data = class_folders(tmp_path / "data", ("left", "right"), 3, seconds=3.0)
+    _cut(data / "left" / "left_001.avi", 0.5)
+    video = tmp_path / "test.avi"
+    labelled_video(video, ("left", "right"), 2, seed=5, seconds=2.0)
+    _cut(video, 0.6)
+    small = ["--size", "16", "--channels", "4,8", "--embed", "16", "--hidden", "16"]
+    small += ["--train-streams", "16", "--stream-frames", "24", "--bptt", "12"]
+    small += ["--batch-size", "8", "--epochs", "1", "--threads", "1"]
+    run, cache = str(tmp_path / "run"), str(tmp_path / "cache")
+    for args in (
+        ["train", "--data", str(data), "--out", run, "--cache", cache, *small],
+        ["evaluate", run, "--data", str(video), "--out", str(tmp_path / "scores")],
+    ):
+        done = subprocess.run(  # stdout and stderr as a terminal shows them
+            [sys.executable, "-m", "actionstream", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout
+        cut = data / "left" / "left_001.avi" if args[0] == "train" else video
+        lines = done.stdout.splitlines()
+        warnings = [line for line in lines if line.startswith("warning: ")]
+        assert len(warnings) == 1, done.stdout
+        assert warnings[0].startswith(f"warning: {cut}: cut short or damaged: its frames end")
+        assert "the decoder said" in warnings[0]
+        # FFmpeg's own lines ("[mjpeg @ 0x55d0c3a1c2c0] overread 8") are held back.
+        assert not any(line.startswith("[") for line in lines), done.stdout

@@ -363,7 +363,9 @@ def _labelled_video(
         raise DatasetError(
             f"{csv_path}: label(s) {', '.join(map(repr, unknown))} are not the model's"
         )
-    frames, sources = decode_indexed(ClipRef(video, "video"), prep)
+    frames, sources = decode_indexed(
+        ClipRef(video, "video"), prep, lambda note: _tell(f"warning: {video}: {note}")
+    )
     missing = sorted({int(i) for i in sources} - set(by_frame))
     if missing:
         raise DatasetError(f"{csv_path}: no label for source frame(s) {missing[:5]}...")

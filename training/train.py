@@ -43,7 +43,7 @@ from actionstream.training.errors import TrainingError
 from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, Scores, score
 from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
-from actionstream.training.run_folder import Progress, resolved
+from actionstream.training.run_folder import EpochLog, Progress, resolved
 from actionstream.training.synth import SynthConfig
 from actionstream.training.video_data import VideoData, open_videos, recorded_split
 from actionstream.training.videos import (
@@ -168,6 +168,80 @@ class Best:
         return cls(Scores(**scores), record["epoch"], weights)
 
 
+@dataclass(frozen=True)
+class RunParts:
+    """What saving an epoch needs of the run, the same for every epoch: where it goes, its
+    settings and data, and the network with its optimiser, schedule and random state."""
+
+    out: Path
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    data: TrainingData
+    net: Recognizer
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    rng: np.random.Generator
+    team: Team
+    device: torch.device
+    inherited: tuple[str, ...]  # the videos (SHA-256) --init RUN's weights learnt from
+    # When its training started (time.perf_counter), earlier by a resumed run's seconds.
+    started: float
+
+
+def check_loss(epoch: int, loss: float, counted: int, cfg: TrainConfig) -> None:
+    """Stops the run when the epoch's loss is not a number, before it is scored or saved:
+    a NaN model is no best epoch."""
+    if not math.isfinite(loss):
+        raise TrainingError(_no_loss(epoch, loss, counted, cfg))
+
+
+def score_and_save(
+    run: RunParts, epoch: int, loss: float, steps: int, stop: bool, best: Best, log: EpochLog
+) -> str:
+    """The leader's end of an epoch: scores it on the held-out data, keeps it if it is the
+    best so far, and saves the best as the run's checkpoint.pt, then the progress that
+    counts this epoch done (last.pt) and its metrics.csv row; returns the epoch's line.
+
+    `steps` is the optimiser steps the epoch took, and `stop` whether the clock stopped
+    the run: its progress then records the budget as spent, however long saving took.
+    """
+    cfg = run.cfg
+    scores = evaluate(run.net, run.data, cfg)
+    best.offer(scores, epoch, run.net)
+    seconds = time.perf_counter() - run.started
+    if stop:
+        seconds = max(seconds, cfg.minutes * 60)
+    row = log.row(epoch, seconds, loss, scores, steps)
+    progress = Progress.snapshot(
+        epoch=epoch,
+        seconds=seconds,
+        inherited_videos=run.inherited,
+        clip_sides=run.data.clip_sides,
+        best=best.record(),
+        best_weights=best.weights,
+        log=[*log.rows, row],
+        net=run.net,
+        opt=run.opt,
+        sched=run.sched,
+        rng=run.rng,
+        device=run.device,
+    )
+    with run_folder.saving(run.out, epoch):
+        # The best so far as the run's model, before the progress that counts this epoch
+        # done: a run stopped at any point can be evaluated and exported.
+        _make_checkpoint(
+            best, run.model_cfg, run.data, cfg, seconds, run.team, run.device, run.inherited
+        ).save(run.out / "checkpoint.pt")
+        progress.save(run.out / run_folder.PROGRESS)
+        log.write(row)
+    return (
+        f"epoch {epoch:2d}  loss {loss:.3f}  "
+        f"val frame acc {scores.frame_accuracy:.3f}  "
+        f"settled {_accuracy(scores.settled_frame_accuracy)}  "
+        f"clip acc {scores.clip_accuracy:.3f}"
+    )
+
+
 def main(cfg: TrainConfig, data: TrainingData | None = None) -> Checkpoint:
     """Trains as `cfg` says, on `data` if given (else what `cfg` names), and saves the run.
 
@@ -241,7 +315,10 @@ def _train(
         first = saved.epoch + 1
         say(f"resuming {out} after epoch {saved.epoch}")
     rows = saved.log if saved is not None else []
-    log = run_folder.EpochLog(out / "metrics.csv", rows) if team.leader else None
+    log = EpochLog(out / "metrics.csv", rows) if team.leader else None
+    run = RunParts(
+        out, cfg, model_cfg, data, net, opt, sched, rng, team, device, inherited, t_train
+    )
     done = (first - 1) * steps // cfg.epochs
     with tqdm(
         total=steps,
@@ -256,48 +333,11 @@ def _train(
                 net, model, data, cfg, opt, sched, rng, bar, deadline, team
             )
             loss, counted = _over_the_team(loss, counted, team)
-            # Before the epoch is scored or saved: a NaN model is no best epoch.
-            if not math.isfinite(loss):
-                raise TrainingError(_no_loss(epoch, loss, counted, cfg))
-            # Asked before the epoch is saved: a run the clock stops has spent its budget,
-            # and its progress says so, however long the saving took.
+            check_loss(epoch, loss, counted, cfg)
+            # Asked before the epoch is saved: a run the clock stops has spent its budget.
             stop = team.agree(deadline.passed())
             if log is not None:  # the leader scores and saves the epoch
-                scores = evaluate(net, data, cfg)
-                best.offer(scores, epoch, net)
-                seconds = time.perf_counter() - t_train
-                if stop:
-                    seconds = max(seconds, cfg.minutes * 60)
-                row = log.row(epoch, seconds, loss, scores, steps_taken)
-                progress = Progress.snapshot(
-                    epoch=epoch,
-                    seconds=seconds,
-                    inherited_videos=inherited,
-                    clip_sides=data.clip_sides,
-                    best=best.record(),
-                    best_weights=best.weights,
-                    log=[*log.rows, row],
-                    net=net,
-                    opt=opt,
-                    sched=sched,
-                    rng=rng,
-                    device=device,
-                )
-                with run_folder.saving(out, epoch):
-                    # The best so far as the run's model, before the progress that counts
-                    # this epoch done: a run stopped at any point can be evaluated and
-                    # exported.
-                    _make_checkpoint(
-                        best, model_cfg, data, cfg, seconds, team, device, inherited
-                    ).save(out / "checkpoint.pt")
-                    progress.save(out / run_folder.PROGRESS)
-                    log.write(row)
-                bar.write(
-                    f"epoch {epoch:2d}  loss {loss:.3f}  "
-                    f"val frame acc {scores.frame_accuracy:.3f}  "
-                    f"settled {_accuracy(scores.settled_frame_accuracy)}  "
-                    f"clip acc {scores.clip_accuracy:.3f}"
-                )
+                bar.write(score_and_save(run, epoch, loss, steps_taken, stop, best, log))
             team.wait()
             if stop:
                 say(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")

@@ -16,7 +16,10 @@ input. The result is cached as a .npy file keyed by the video's bytes and
 the preprocessing, so later epochs and later runs read it back
 (memory-mapped, never all at once) instead of decoding again. A video OpenCV
 cannot read, or that holds no frames in the asked span, is reported by name
-and skipped; so are files in class folders that are not videos.
+and skipped; so are files in class folders that are not videos. One whose
+frames end clearly before the count its container declares (cut short) is
+used for the frames it has, with a warning line; FFmpeg's own lines while
+decoding are held back and told in the line that names the file.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from actionstream.decoding import cut_short, describe_shortfall, held_back
 from actionstream.resampling import FileClock, Resampler
 from actionstream.resizing import fit
 from actionstream.training.config import VIDEO_SUFFIXES
@@ -44,8 +48,9 @@ from actionstream.training.data import LabelledClip
 # Shorter clips are skipped, in training and in evaluation alike: a model that sees a
 # frame's difference from the previous one has nothing to go on at a clip's first frame.
 MIN_CLIP_FRAMES = 2
-# Bump when decoding or resampling changes, so old cache entries are not reused.
-_CACHE_VERSION = "3"
+# Bump when decoding or resampling changes, so old cache entries are not reused (4: entries
+# keep decoding's notes, a cut-short video's warning among them).
+_CACHE_VERSION = "4"
 
 
 class DatasetError(Exception):
@@ -80,6 +85,10 @@ class Clip:
     ref: ClipRef
     frames: np.ndarray
     digest: str  # SHA-256 of the file's bytes: one video under two names is one video
+    # What decoding it had to say (cut short, damaged), a line each without the file's
+    # name: kept with the cache entry, so that every run that uses the clip says it, not
+    # only the one that decoded it, under the name the clip has in that run.
+    notes: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -353,12 +362,22 @@ class ClipCache:
         parts = (_CACHE_VERSION, digest, self.prep.size, self.prep.fps, ref.start_s, ref.end_s)
         key = hashlib.sha256("|".join(map(repr, parts)).encode()).hexdigest()[:32]
         path = self.root / f"{key}.npy"
+        notes_path = path.with_suffix(".notes")
         cached = _read_cached(path)
         if cached is not None:
-            return Clip(ref, cached, digest)
-        frames = decode_clip(ref, self.prep)
+            return Clip(ref, cached, digest, _read_notes(notes_path))
+        notes: list[str] = []
+        frames = decode_clip(ref, self.prep, notes.append)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
+            # The notes before the frames: an entry is found by its frames, and then
+            # carries its notes, or none where decoding had none.
+            if notes:
+                notes_tmp = notes_path.with_name(f".{notes_path.name}.{os.getpid()}.tmp")
+                notes_tmp.write_text("".join(f"{line}\n" for line in notes))
+                notes_tmp.replace(notes_path)
+            else:
+                notes_path.unlink(missing_ok=True)
             with tmp.open("wb") as f:
                 np.save(f, frames)
             tmp.replace(path)  # whole or absent: a killed run leaves no half entry
@@ -366,7 +385,7 @@ class ClipCache:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise CacheError(_cache_problem(self.root, "cannot write the frame cache", e)) from None
-        return Clip(ref, np.load(path, mmap_mode="r"), digest)
+        return Clip(ref, np.load(path, mmap_mode="r"), digest, tuple(notes))
 
     def _digest(self, video: Path) -> str:
         """`video`'s SHA-256, from its note when the file is as it was then."""
@@ -404,6 +423,14 @@ def _read_cached(path: Path) -> np.ndarray | None:
     return frames if frames.ndim == 4 and frames.dtype == np.uint8 else None
 
 
+def _read_notes(path: Path) -> tuple[str, ...]:
+    """A cache entry's notes (see Clip); none when it has no notes file."""
+    try:
+        return tuple(line for line in path.read_text().splitlines() if line)
+    except (OSError, UnicodeDecodeError):
+        return ()
+
+
 def _cache_problem(root: Path, what: str, e: OSError) -> str:
     return f"{root}: {what} ({e.strerror or e}); give --cache a folder that can be written"
 
@@ -416,45 +443,98 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def decode_clip(ref: ClipRef, prep: Preprocessing) -> np.ndarray:
+def decode_clip(
+    ref: ClipRef, prep: Preprocessing, warn: Callable[[str], None] | None = None
+) -> np.ndarray:
     """(T, size, size, 3) uint8 BGR: `ref`'s span resampled to `prep.fps`; raises DatasetError.
 
     Resampling is by timestamp, with the server's own rule (actionstream/resampling.py):
     faster sources are thinned to the model's rate, slower ones give every frame once, so
-    a model is trained and scored on the frames it would be served.
+    a model is trained and scored on the frames it would be served. A video that decodes
+    with trouble (cut short, or damaged as the decoder says) is used, and `warn` is told
+    what, in words that leave the file's name to the caller.
     """
-    return decode_indexed(ref, prep)[0]
+    return decode_indexed(ref, prep, warn)[0]
 
 
-def decode_indexed(ref: ClipRef, prep: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
-    """Like decode_clip, with the source frame index (0-based) each output frame shows."""
+def decode_indexed(
+    ref: ClipRef, prep: Preprocessing, warn: Callable[[str], None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Like decode_clip, with the source frame index (0-based) each output frame shows.
+
+    FFmpeg's own lines about a damaged file are held back from the terminal
+    (actionstream/decoding.py) and told in the line that names the file: a skip's
+    reason, or the warning for a video that is used all the same. One whose frames end
+    clearly before the count its container declares (a copy or download cut short) is
+    used for the frames it has, with a warning; a span that starts after its last frame
+    is refused.
+    """
+    with held_back() as said:
+        decoded = _read(ref, prep)
+    detail = f"; {said.summary()}" if said.lines else ""
+    if decoded is None:
+        raise DatasetError(f"{ref.describe()}: OpenCV cannot open it as a video{detail}")
+    short = decoded.ran_out and cut_short(
+        ref.path, decoded.declared, decoded.read, decoded.fps, decoded.last_s, said
+    )
+    shortfall = describe_shortfall(decoded.declared, decoded.read, decoded.fps, decoded.last_s)
+    if not decoded.frames:
+        if decoded.read and ref.start_s > decoded.last_s:
+            why = f"; cut short or damaged: {shortfall}" if short else ""
+            raise DatasetError(
+                f"{ref.describe()}: the span starts after the video's last frame, at "
+                f"{decoded.last_s:.1f} s{why}{detail}"
+            )
+        raise DatasetError(f"{ref.describe()}: no frames could be decoded{detail}")
+    if warn is not None and short:
+        warn(f"cut short or damaged: {shortfall}{detail}; using the frames it has")
+    elif warn is not None and said.lines:
+        warn(f"{said.summary()} while decoding it; using the frames decoded")
+    return np.stack(decoded.frames), np.array(decoded.sources)
+
+
+@dataclass
+class _Decoded:
+    """What reading a video gave: the frames taken (at the model's rate) and how the
+    reading ended."""
+
+    declared: float  # the frames its container says it has (an estimate for some)
+    fps: float  # the container's frame rate (the model's where it gives none)
+    frames: list[np.ndarray]
+    sources: list[int]  # the source frame index of each frame taken
+    read: int = 0  # source frames read
+    last_s: float = 0.0  # the time of the last of them
+    ran_out: bool = False  # the frames ended before the span did
+
+
+def _read(ref: ClipRef, prep: Preprocessing) -> _Decoded | None:
+    """`ref`'s frames at `prep`'s rate and size; None when OpenCV cannot open the file."""
     capture = cv2.VideoCapture(str(ref.path))
     if not capture.isOpened():
-        raise DatasetError(f"{ref.describe()}: OpenCV cannot open it as a video")
+        return None
     source_fps = capture.get(cv2.CAP_PROP_FPS)
     if not (math.isfinite(source_fps) and source_fps > 0):
         source_fps = prep.fps
+    decoded = _Decoded(capture.get(cv2.CAP_PROP_FRAME_COUNT), source_fps, [], [])
     resampler = Resampler(prep.fps)
     clock = FileClock(source_fps)
-    out: list[np.ndarray] = []
-    sources: list[int] = []
     try:
         for index in itertools.count():
             ok, image = capture.read()
             if not ok or image is None:
+                decoded.ran_out = True
                 break
             t = clock.next(capture.get(cv2.CAP_PROP_POS_MSEC))
             if ref.end_s is not None and t >= ref.end_s:
                 break
+            decoded.read, decoded.last_s = index + 1, t
             if t < ref.start_s - 1e-6 or not resampler.take(round(t * 1e6)):
                 continue
-            out.append(fit(image, prep.size, prep.size))
-            sources.append(index)
+            decoded.frames.append(fit(image, prep.size, prep.size))
+            decoded.sources.append(index)
     finally:
         capture.release()
-    if not out:
-        raise DatasetError(f"{ref.describe()}: no frames could be decoded")
-    return np.stack(out), np.array(sources)
+    return decoded
 
 
 @dataclass(frozen=True)
@@ -509,6 +589,7 @@ def load_dataset(
             report(f"skipped {e}")
             continue
         if len(clip) < min_frames:
+            _tell_notes(clip, report)
             line = (
                 f"{ref.describe()}: {len(clip)} frame{'s' * (len(clip) != 1)} at "
                 f"{cache.prep.fps:g} fps, need {min_frames}"
@@ -522,6 +603,7 @@ def load_dataset(
             skipped.append(line)
             report(f"skipped {line}")
             continue
+        _tell_notes(clip, report)
         kept_of[clip.digest].append(ref)
         clips.append(clip)
         targets.append(labels.index(ref.label))
@@ -538,6 +620,12 @@ def load_dataset(
             f"no usable video for label(s) {', '.join(empty)} ({len(skipped)} video(s) skipped)"
         )
     return VideoDataset(labels, tuple(clips), tuple(targets), tuple(skipped), found)
+
+
+def _tell_notes(clip: Clip, report: Callable[[str], None]) -> None:
+    """A warning line for each of `clip`'s notes, naming it (a copy's are its original's)."""
+    for note in clip.notes:
+        report(f"warning: {clip.ref.describe()}: {note}")
 
 
 def _copied(ref: ClipRef, kept: list[ClipRef]) -> ClipRef | None:

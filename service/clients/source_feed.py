@@ -7,15 +7,18 @@ OpenCV (see SourceFeed).
 
 from __future__ import annotations
 
+import sys
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from actionstream.decoding import NativeLines, cut_short, describe_shortfall
 from actionstream.resampling import FileClock
 from actionstream.service.clients.stream_summary import StreamError
-from actionstream.service.sources.video_source import SourceError, VideoSource
+from actionstream.service.sources.video_source import SourceError, VideoSource, is_url
 
 
 class SourceFeed:
@@ -46,6 +49,8 @@ class SourceFeed:
         # Frames read so far, numbered as read under the lock: the request generators of an
         # ended call and of the next can both be reading.
         self.frames_read = 0
+        self.last_s = 0.0  # a file's time at the last frame read
+        self.ran_out = False  # the source ended (not the feed closed)
 
     def read(self) -> tuple[int, np.ndarray, float | None] | None:
         """The next frame's number (1, 2, ... over the whole source), the frame and, for a
@@ -57,11 +62,15 @@ class SourceFeed:
             read = self._source.read_positioned()
             self._release_if_left()
             if read is None:
+                self.ran_out = True
                 return None
             self.frames_read += 1
             number = self.frames_read
-        image, position_ms = read
-        return number, image, None if self._clock is None else self._clock.next(position_ms)
+            image, position_ms = read
+            file_s = None if self._clock is None else self._clock.next(position_ms)
+            if file_s is not None:
+                self.last_s = file_s
+        return number, image, file_s
 
     def encode(self, image: np.ndarray, quality: int, sequence: int) -> bytes | None:
         """Frame `sequence` as JPEG; None when the feed is closed."""
@@ -129,3 +138,22 @@ def open_source(name: str) -> VideoSource | None:
             if opened.done() and opened.exception() is None:
                 opened.result().close()
         return None
+
+
+def warn_if_cut_short(source: str, feed: SourceFeed) -> None:
+    """Warns when a local file's frames ended clearly before the count its container
+    declares (a copy or download cut short), as training does (actionstream/decoding.py).
+    FFmpeg's own lines are not held back here, where they come on gRPC's thread while
+    this one prints: so only a container that lists its frames (MP4/MOV, AVI) is judged,
+    by its count alone."""
+    path = Path(source)
+    if feed.frame_count is None or feed.fps is None or is_url(source) or not path.is_file():
+        return
+    said = NativeLines()  # none held: containers whose count is an estimate are not judged
+    if cut_short(path, feed.frame_count, feed.frames_read, feed.fps, feed.last_s, said):
+        shortfall = describe_shortfall(feed.frame_count, feed.frames_read, feed.fps, feed.last_s)
+        print(
+            f"warning: {source}: cut short or damaged: {shortfall}; streamed the frames it has",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -28,7 +28,7 @@ from actionstream.resampling import Resampler
 from actionstream.service.clients.latencies import Latencies
 from actionstream.service.clients.output import events_text, prediction_record, print_json
 from actionstream.service.clients.reconnection import KEEPALIVE, Reconnection
-from actionstream.service.clients.source_feed import SourceFeed, open_source
+from actionstream.service.clients.source_feed import SourceFeed, open_source, warn_if_cut_short
 from actionstream.service.clients.stream_summary import (
     StreamError,
     StreamSummary,
@@ -246,6 +246,8 @@ class _Session:
             read = self._feed.read()
             if read is None:
                 self._source_ended.set()
+                if self._feed.ran_out:
+                    warn_if_cut_short(cfg.source, self._feed)
                 return
             # Numbered as read, so that frame n of the source is sequence n whatever is
             # lost: --labels scores by it.
