@@ -253,6 +253,70 @@ def test_a_png_chunk_claiming_more_than_the_file_is_refused() -> None:
     assert DECODER.check(pb.Frame(encoded=good[:ihdr_end] + empty * 50 + good[ihdr_end:]))
 
 
+def _png_of(
+    width: int, height: int, colour: int, depth: int, interlace: int, extra: int = 0
+) -> tuple[bytes, int]:
+    """A PNG of random samples written by hand (OpenCV writes neither interlaced nor
+    palette PNGs), every row unfiltered; `extra` zero bytes inflated past its rows.
+    Returns the file and the bytes its rows take."""
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour]
+    rng = np.random.default_rng(width * height + colour + depth)
+    passes = (
+        [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+         (0, 1, 1, 2)]
+        if interlace
+        else [(0, 0, 1, 1)]
+    )  # fmt: skip
+    rows = b""
+    for x0, y0, dx, dy in passes:
+        columns, lines = -(-(width - x0) // dx), -(-(height - y0) // dy)
+        if columns > 0 and lines > 0:
+            size = -(-(columns * channels * depth) // 8)
+            for _ in range(lines):
+                rows += b"\x00" + rng.integers(0, 256, size, np.uint8).tobytes()
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return len(body).to_bytes(4, "big") + kind + body + crc.to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    header += bytes([depth, colour, 0, 0, interlace])
+    palette = chunk(b"PLTE", bytes(range(256)) * 3) if colour == 3 else b""
+    data = zlib.compress(rows + bytes(extra), 9)
+    body = chunk(b"IHDR", header) + palette + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body, len(rows)
+
+
+@pytest.mark.parametrize(
+    ("colour", "depth"), [(0, 1), (0, 8), (0, 16), (2, 8), (2, 16), (3, 4), (3, 8), (4, 8), (6, 16)]
+)
+@pytest.mark.parametrize("interlace", [0, 1])
+def test_every_kind_of_png_is_sized_as_it_inflates_and_decodes(
+    colour: int, depth: int, interlace: int
+) -> None:
+    for width, height in ((37, 23), (1, 1), (9, 3)):
+        data, rows = _png_of(width, height, colour, depth, interlace)
+        checked = DECODER.check(pb.Frame(encoded=data))
+        assert checked.inflated == rows, (width, height)
+        expected = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert expected is not None
+        np.testing.assert_array_equal(DECODER.decode_image(data), DECODER.fit(expected))
+
+
+def test_png_data_that_inflates_past_its_pixels_is_refused_before_libpng() -> None:
+    # libpng inflates the rest of the data after the rows it needs, to throw it away:
+    # an 8x8 image in 1 MB whose data inflated to 1 GB took 4 s of a decode thread.
+    bomb, rows = _png_of(8, 8, 2, 8, 0, extra=200_000_000)
+    assert len(bomb) < DECODER.max_bytes and DECODER.check(pb.Frame(encoded=bomb))
+    with pytest.raises(FrameError, match=f"inflates past the {rows} bytes its 8x8 pixels") as err:
+        DECODER.decode_image(bomb)
+    assert err.value.reason == "corrupt"
+    # One byte past them is refused; the rows alone decode.
+    with pytest.raises(FrameError, match="inflates past"):
+        DECODER.decode_image(_png_of(8, 8, 2, 8, 0, extra=1)[0])
+    assert DECODER.decode_image(_png_of(8, 8, 2, 8, 0)[0]).shape == (64, 64, 3)
+
+
 def test_a_raw_frame_over_the_byte_limit_is_refused() -> None:
     # gRPC's own message limit leaves room above max_frame_bytes; the frame's is ours.
     small = FrameDecoder(height=64, width=64, max_bytes=10_000, max_pixels=1920 * 1080)
