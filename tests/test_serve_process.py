@@ -187,10 +187,12 @@ def test_json_logs_stay_json_lines_when_frames_are_corrupt(log: IO[str]) -> None
     from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
     image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), np.uint8)
-    # A flipped byte in the image data: the chunks are whole (the server's own check
-    # passes), and libpng finds the CRC wrong and says so on stderr.
+    # A flipped byte in the image data's checksum: the chunks are whole and the data
+    # inflates to the image (the server's own checks pass), and libpng finds the CRC
+    # wrong and says so on stderr.
     png = bytearray(cv2.imencode(".png", image)[1].tobytes())
-    png[png.find(b"IDAT") + 104] ^= 0xFF
+    idat = png.find(b"IDAT")
+    png[idat + 4 + int.from_bytes(png[idat - 4 : idat], "big")] ^= 0xFF
     damaged_png = pb.FrameRequest(frame=pb.Frame(encoded=bytes(png)))
     # Damaged entropy data that still decodes: libjpeg prints a line for each such frame.
     damaged = bytearray(cv2.imencode(".jpg", image)[1].tobytes())

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import typing
@@ -36,6 +38,7 @@ from prometheus_client import CollectorRegistry
 from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint.launch import ServeError
 from actionstream.service.inference.model import OnnxStepModel, bundled_model_path
+from actionstream.service.telemetry import metrics_http
 from actionstream.service.telemetry.metrics import (
     SERVED_METHODS,
     DropReason,
@@ -474,6 +477,40 @@ def test_metrics_count_every_frame(start_server: Callable[..., BackgroundServer]
     assert m[f"actionstream_predictions_total{{label={top}}}"] >= 1
     info = [k for k in m if k.startswith("actionstream_model_info")]
     assert len(info) == 1 and "labels_count=9" in info[0] and "version=" in info[0]
+
+
+def test_half_sent_metrics_requests_hold_neither_threads_nor_the_scrape(
+    start_server: Callable[..., BackgroundServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each connection that sent half a request held a thread and a descriptor forever:
+    # at the descriptor limit gRPC could accept no connection either.
+    monkeypatch.setattr(metrics_http, "REQUEST_DEADLINE_S", 1.0)
+    monkeypatch.setattr(metrics_http._QuietHandler, "timeout", 1.0)
+    server = start_server(metrics_port=0)
+    threads = threading.active_count()
+    flood = []
+    for _ in range(100):  # from another loopback address than the scrapes below
+        conn = socket.create_connection(
+            ("127.0.0.1", server.metrics_port), timeout=5, source_address=("127.0.0.2", 0)
+        )
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never the blank line
+        flood.append(conn)
+    time.sleep(0.3)
+    held = threading.active_count() - threads  # a handler thread and its deadline each
+    assert held <= 2 * metrics_http.PER_ADDRESS, held
+    assert "actionstream_frames_received_total" in _scrape(server.metrics_port)
+    stub_for(server.port).GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+    # A client that sends a byte just inside each read's timeout is cut at the deadline.
+    drip = socket.create_connection(("127.0.0.1", server.metrics_port), timeout=5)
+    start = time.monotonic()
+    with contextlib.suppress(OSError):
+        while time.monotonic() - start < 5:
+            drip.sendall(b"X")
+            time.sleep(0.3)
+    assert time.monotonic() - start < 3
+    for conn in flood:
+        conn.close()
+    drip.close()
 
 
 def test_watch_source_is_off_unless_allowed(stub: pb_grpc.ActionRecognitionStub) -> None:

@@ -44,7 +44,8 @@ from actionstream.service.inference.batcher import Batcher
 from actionstream.service.inference.frames import FrameDecoder
 from actionstream.service.inference.model import ModelError, OnnxStepModel
 from actionstream.service.telemetry import logs, native_stderr
-from actionstream.service.telemetry.metrics import Metrics, MetricsServer
+from actionstream.service.telemetry.metrics import Metrics
+from actionstream.service.telemetry.metrics_http import MetricsServer
 from actionstream.service.telemetry.processes import Processes
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc

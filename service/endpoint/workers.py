@@ -90,7 +90,7 @@ def _supervise(
 ) -> int:
     from prometheus_client import CollectorRegistry, multiprocess
 
-    from actionstream.service.telemetry.metrics import MetricsServer
+    from actionstream.service.telemetry.metrics_http import MetricsServer
     from actionstream.service.telemetry.processes import Processes
 
     metrics_server = None

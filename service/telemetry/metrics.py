@@ -6,18 +6,14 @@ and embedded servers each count from zero and never collide on names.
 
 from __future__ import annotations
 
-import threading
 import urllib.request
 from typing import Literal, get_args
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    disable_created_metrics,
-    start_http_server,
 )
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -206,31 +202,6 @@ class Metrics:
             input_size=f"{metadata.width}x{metadata.height}",
             fps=f"{metadata.fps:g}",
         ).set(1)
-
-
-class MetricsServer:
-    """The /metrics HTTP endpoint, served from a daemon thread."""
-
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
-        """Binds `host:port` (port 0 picks a free one) and starts serving."""
-        # Without the `_created` series prometheus_client adds beside every counter and
-        # histogram in the text format: they doubled the series an operator stores, for a
-        # reset time Prometheus finds from the counters themselves. (Process-wide: this
-        # process exports no other metrics.)
-        disable_created_metrics()
-        self._server: WSGIServer
-        self._thread: threading.Thread
-        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
-
-    @property
-    def port(self) -> int:
-        """The port actually bound."""
-        return int(self._server.server_address[1])
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
 
 
 def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> dict[str, float]:

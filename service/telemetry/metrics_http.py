@@ -1,0 +1,128 @@
+"""The /metrics HTTP endpoint: prometheus_client's WSGI app, on a server that bounds
+what a client can hold.
+
+prometheus_client's own `start_http_server` gives every connection a thread with
+no timeout: a client that opens connections and sends half a request holds each
+thread and file descriptor forever. 300 such connections took 316 threads, and
+at the process's descriptor limit gRPC could accept no connection either (an
+honest stream failed with DEADLINE_EXCEEDED) until they closed. Here a
+connection has `REQUEST_DEADLINE_S` to be answered, however slowly it sends;
+one address holds at most `PER_ADDRESS` connections and all together at most
+`MAX_CONNECTIONS`; a connection past either is closed unanswered. A scrape
+takes milliseconds and Prometheus sends one at a time, so a flood from one
+address leaves Prometheus's own scrapes, from another, answered.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import socket
+import threading
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, disable_created_metrics, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+
+MAX_CONNECTIONS = 64
+PER_ADDRESS = 4
+REQUEST_DEADLINE_S = 10.0
+
+
+class _QuietHandler(WSGIRequestHandler):
+    # A read that waits this long for the client's next bytes gives up.
+    timeout = REQUEST_DEADLINE_S
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged: one every few seconds, forever."""
+
+
+class _BoundedServer(ThreadingWSGIServer):
+    """A thread a connection, so many of them and so many an address, each cut off at
+    its deadline."""
+
+    daemon_threads = True
+    # The listen backlog: socketserver's 5 made connections beyond it wait a second for
+    # a SYN to be sent again, a flood's and a scrape's alike.
+    request_queue_size = 128
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lock = threading.Lock()
+        self._open: collections.Counter[str] = collections.Counter()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        address = str(client_address[0])
+        with self._lock:
+            full = self._open.total() >= MAX_CONNECTIONS or self._open[address] >= PER_ADDRESS
+            if not full:
+                self._open[address] += 1
+        if full:
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._leave(address)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # The socket's timeout bounds each read; this bounds the whole request, for a
+        # client that sends a byte just inside each timeout.
+        deadline = threading.Timer(REQUEST_DEADLINE_S, _cut, (request,))
+        deadline.daemon = True
+        deadline.start()
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            deadline.cancel()
+            self._leave(str(client_address[0]))
+
+    def _leave(self, address: str) -> None:
+        with self._lock:
+            self._open[address] -= 1
+            if not self._open[address]:
+                del self._open[address]
+
+
+def _cut(connection: socket.socket) -> None:
+    # Wakes the handler's blocked read or write with an error; its thread then ends.
+    with contextlib.suppress(OSError):  # already closed
+        connection.shutdown(socket.SHUT_RDWR)
+
+
+class MetricsServer:
+    """The /metrics HTTP endpoint, served from a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        """Binds `host:port` (port 0 picks a free one) and starts serving."""
+        # Without the `_created` series prometheus_client adds beside every counter and
+        # histogram in the text format: they doubled the series an operator stores, for a
+        # reset time Prometheus finds from the counters themselves. (Process-wide: this
+        # process exports no other metrics.)
+        disable_created_metrics()
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+
+        class Server(_BoundedServer):
+            address_family = family
+
+        self._server = make_server(
+            str(sockaddr[0]), port, make_wsgi_app(registry), Server, handler_class=_QuietHandler
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def port(self) -> int:
+        """The port actually bound."""
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
