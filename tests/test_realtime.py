@@ -25,6 +25,7 @@ from actionstream.service.inference.frames import FrameDecoder, FrameError
 from actionstream.service.inference.model import OnnxStepModel
 from actionstream.service.inference.streams import ActionTracker, ClockCheck, PendingFrame, Stream
 from actionstream.service.telemetry.metrics import scrape as scrape_metrics
+from actionstream.service.trailers import SKIPPED_FRAMES
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -687,10 +688,28 @@ def test_a_client_that_stops_reading_is_ended_and_freed(start_server: StartServe
             yield frame_request(image)
             time.sleep(0.0005)
 
-    call = pb_grpc.ActionRecognitionStub(channel).StreamFrames(requests())  # never read
+    # Unread so far; the deadline only keeps a regression from hanging the test.
+    call = pb_grpc.ActionRecognitionStub(channel).StreamFrames(requests(), timeout=60)
     try:
         _wait_for(server, "actionstream_streams_ended_total{reason=not_reading}", 1, timeout=60)
         _wait_for(server, "actionstream_active_streams", 0)
+        stop.set()
+        # Reading again, the client gets what gRPC held for it, then why the call ended:
+        # it had waited forever, the call open on both sides, when the sweep only cancelled.
+        answered = 0
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in call:
+                answered += 1
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert ended.value.details().startswith("took no prediction for 0.5 s")
+        skipped = dict(ended.value.trailing_metadata() or ())[SKIPPED_FRAMES]
+        assert answered > 0 and int(skipped) >= 0
+        assert (
+            scrape(server)[
+                "actionstream_rpc_errors_total{code=DEADLINE_EXCEEDED,method=StreamFrames}"
+            ]
+            == 1
+        )
     finally:
         stop.set()
         call.cancel()

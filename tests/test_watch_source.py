@@ -316,9 +316,10 @@ def test_a_watcher_that_stops_reading_is_ended_and_freed(
     channel = grpc.insecure_channel(
         f"127.0.0.1:{watcher.port}", options=[("grpc.http2.bdp_probe", 0)]
     )
+    # Unread until the server ends it; the deadline only keeps a regression from hanging.
     call = pb_grpc.ActionRecognitionStub(channel).WatchSource(
-        pb.SourceRequest(source=str(path))
-    )  # never read
+        pb.SourceRequest(source=str(path)), timeout=90
+    )
     try:
         deadline = time.monotonic() + 60
         key = "actionstream_streams_ended_total{reason=not_reading}"
@@ -327,6 +328,12 @@ def test_a_watcher_that_stops_reading_is_ended_and_freed(
             time.sleep(0.2)
         assert metrics(watcher)["actionstream_active_streams"] == 0
         assert metrics(watcher)["actionstream_frames_processed_total"] < 3000
+        # Reading again, it gets what gRPC held for it, then the status (it waited forever).
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in call:
+                pass
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert ended.value.details().startswith("took no prediction for")
     finally:
         call.cancel()
         channel.close()

@@ -143,7 +143,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self, request_iterator: AsyncIterator[pb.FrameRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Prediction]:
         stream = self._new_stream(pb.StreamOptions(), context.peer())
-        self._idle.watch(stream)
+        self._idle.watch(stream, context)
         self._places.wait(stream)
         reader = asyncio.create_task(self._read(request_iterator, stream))
         reason: EndReason = "error"
@@ -283,7 +283,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         # Its frames come from the source, not the client: only a client that takes no
         # prediction is idle here.
         stream.input_done = True
-        self._idle.watch(stream)
+        self._idle.watch(stream, context)
         reason: EndReason = "error"
         try:
             self._admit(stream)
