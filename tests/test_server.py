@@ -632,6 +632,57 @@ def test_requests_that_are_not_their_message_are_invalid_argument_and_counted(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
+def test_one_request_calls_that_never_send_it_are_ended_and_bounded(
+    start_server: Callable[..., BackgroundServer],
+) -> None:
+    # gRPC waited for such a request as long as the client liked, outside every cap:
+    # 60,000 silent GetModelInfo and Check calls took a server from 151 to 320 MB.
+    server = start_server(metrics_port=0, idle_timeout_seconds=1.0, max_waiting_calls=2)
+    never = threading.Event()
+
+    def silent() -> Iterator[bytes]:  # opens the call and sends nothing
+        never.wait(30)
+        yield from ()
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        info = channel.stream_unary("/actionstream.v1.ActionRecognition/GetModelInfo")
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as late:
+            info(silent(), timeout=20)
+        assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert late.value.details() == (
+            "no request for 1 s (idle_timeout_seconds); the call was ended"
+        )
+        assert time.monotonic() - started < 10
+        with pytest.raises(grpc.RpcError) as empty:  # half-closed with no request at all
+            channel.stream_unary("/grpc.health.v1.Health/Check")(iter([]), timeout=20)
+        assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert empty.value.details() == "the call ended without its request"
+        # Past the cap, the longest-waiting call makes room.
+        watch = channel.stream_stream("/actionstream.v1.ActionRecognition/WatchSource")
+        first = watch(silent(), timeout=20)
+        time.sleep(0.2)
+        others = [info.future(silent(), timeout=20) for _ in range(2)]
+        with pytest.raises(grpc.RpcError) as evicted:
+            list(first)
+        assert evicted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "its limit of 2 calls waiting for one" in evicted.value.details()
+        # A call that sends its request is answered as ever, the cap full or not.
+        stub = pb_grpc.ActionRecognitionStub(channel)
+        assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).labels
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == 1
+        never.set()
+        for other in others:
+            with contextlib.suppress(grpc.RpcError):
+                other.result()
+    m = _scrape(server.metrics_port)
+    errors = "actionstream_rpc_errors_total{code="
+    assert m[f"{errors}DEADLINE_EXCEEDED,method=GetModelInfo}}"] >= 1
+    assert m[f"{errors}INVALID_ARGUMENT,method=Check}}"] == 1
+    assert m[f"{errors}RESOURCE_EXHAUSTED,method=WatchSource}}"] == 1
+
+
 def test_a_clients_deadline_is_counted_as_such(
     start_server: Callable[..., BackgroundServer], tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ from actionstream.service.endpoint.launch import (
 from actionstream.service.endpoint.malformed import MalformedRequests
 from actionstream.service.endpoint.servicer import ActionRecognition
 from actionstream.service.endpoint.side_calls import SideCallLimit
+from actionstream.service.endpoint.unary_requests import UnaryRequestDeadline
 from actionstream.service.inference.batcher import Batcher
 from actionstream.service.inference.frames import FrameDecoder
 from actionstream.service.inference.model import ModelError, OnnxStepModel
@@ -128,6 +129,7 @@ class Server:
         server = grpc.aio.server(
             interceptors=[
                 CallCount(metrics),
+                UnaryRequestDeadline(cfg.idle_timeout_seconds, cfg.waiting_calls_cap, metrics),
                 MalformedRequests(metrics),
                 SideCallLimit(cfg.max_side_calls, metrics),
             ],
