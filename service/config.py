@@ -31,7 +31,7 @@ MAX_BATCH_WAIT_MS = 1000.0
 # a typo, and one such (--threads 100000) started a server that made threads until the
 # machine stalled, or (--max-batch) would warm every batch size up to it before serving.
 # gRPC takes its message limit (max_frame_bytes + MESSAGE_OVERHEAD_BYTES) in a C int.
-MAX_FRAME_BYTES = 2**31 - 1 - 64 * 1024
+MAX_FRAME_BYTES = 2**31 - 1 - MESSAGE_OVERHEAD_BYTES
 MAX_FRAME_PIXELS = 2**30  # OpenCV's own limit on a decoded image
 MAX_THREADS = 64
 MAX_BATCH = 256
@@ -79,7 +79,8 @@ class ServeConfig:
         help="StreamFrames calls that have sent no frame yet (they hold no place, but memory: "
         "about 25 KB each); a call that opens beyond this ends the one waiting longest "
         "(RESOURCE_EXHAUSTED); unset: 4 x max_streams, so that cameras reconnecting all at "
-        "once are not cut",
+        "once are not cut. As many calls of GetModelInfo, WatchSource and health Check and "
+        "Watch may wait for their request, with the same rule",
         group="Limits",
     )
     max_side_calls: int = setting(
@@ -152,7 +153,8 @@ class ServeConfig:
     idle_timeout_seconds: float = setting(
         30.0,
         help="a stream that sends no frame, or takes no prediction, this long ends "
-        "(DEADLINE_EXCEEDED)",
+        "(DEADLINE_EXCEEDED); so does a call of GetModelInfo, WatchSource or health Check "
+        "or Watch that sends no request",
         group="Real time",
     )
     workers: int = setting(

@@ -703,7 +703,7 @@ def test_a_client_that_stops_reading_is_ended_and_freed(start_server: StartServe
         assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert ended.value.details().startswith("took no prediction for 0.5 s")
         skipped = dict(ended.value.trailing_metadata() or ())[SKIPPED_FRAMES]
-        assert answered > 0 and int(skipped) >= 0
+        assert answered > 0 and skipped.isdigit()
         assert (
             scrape(server)[
                 "actionstream_rpc_errors_total{code=DEADLINE_EXCEEDED,method=StreamFrames}"

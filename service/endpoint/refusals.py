@@ -43,3 +43,15 @@ def refusal(error: Exception) -> Refused:
         code = _REFUSAL_CODES[error.error.reason]
         return Refused(code, f"frame {error.sequence}: {error.error}", "invalid_frame")
     raise error
+
+
+# A call cancelled this close to its deadline was ended by it (see deadline_passed).
+DEADLINE_MARGIN_S = 0.25
+
+
+def deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """The client set a deadline, and it has passed, or all but: gRPC ended the call for
+    it. The server's deadline runs from the request's arrival, so it ends a little after
+    the client's, which cancels the call first: measured here, 5-7 ms before."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining < DEADLINE_MARGIN_S

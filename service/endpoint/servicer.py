@@ -30,7 +30,7 @@ from actionstream.service.config import ServeConfig
 from actionstream.service.credentials import hide_credentials
 from actionstream.service.endpoint.idle_sweep import IdleSweep
 from actionstream.service.endpoint.places import Places
-from actionstream.service.endpoint.refusals import Refused, refusal
+from actionstream.service.endpoint.refusals import Refused, deadline_passed, refusal
 from actionstream.service.inference.batcher import Batcher
 from actionstream.service.inference.frames import FrameError
 from actionstream.service.inference.streams import (
@@ -68,8 +68,6 @@ _TOLD_WHY = frozenset({"invalid_frame", "malformed", "refused", "evicted", "inva
 # Refusals that come in floods, cameras retrying against a full server: logged at most
 # one a second (logs.Throttle), each counted in the metrics.
 _FLOODS = frozenset({"refused", "evicted"})
-# A call cancelled this close to its deadline was ended by it (see _deadline_passed).
-DEADLINE_MARGIN_S = 0.25
 # The longest a WatchSource open may take, below the idle timeout when that is longer: an
 # open holds FFmpeg's process-wide open lock, so every other open waits out a slow one,
 # and a camera or stream that answers at all opens well within this.
@@ -171,7 +169,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             if self._cut_off:  # the client got UNAVAILABLE, as _cancelled counts it
                 self._count_error("StreamFrames", grpc.StatusCode.UNAVAILABLE)
                 reason = "shutdown"
-            elif _deadline_passed(context):  # the input ended as the client's deadline did
+            elif deadline_passed(context):  # the input ended as the client's deadline did
                 self._count_error("StreamFrames", grpc.StatusCode.DEADLINE_EXCEEDED)
                 reason = "cancelled"
             else:
@@ -405,7 +403,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         if self._cut_off:  # past the grace period: the client got UNAVAILABLE
             self._count_error(method, grpc.StatusCode.UNAVAILABLE)
             return "shutdown"
-        if _deadline_passed(context):
+        if deadline_passed(context):
             self._count_error(method, grpc.StatusCode.DEADLINE_EXCEEDED)
             return "cancelled"
         # A client that cancels, one whose connection dropped, and a message gRPC refused
@@ -493,14 +491,6 @@ async def _next_from(feed: SourceFeed) -> PendingFrame | None:
         return await feed.next()
     except SourceError as e:
         raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e), "invalid_source") from e
-
-
-def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
-    """The client set a deadline, and it has passed, or all but: gRPC ended the call for
-    it. The server's deadline runs from the request's arrival, so it ends a little after
-    the client's, which cancels the call first: measured here, 5-7 ms before."""
-    remaining = context.time_remaining()
-    return remaining is not None and remaining < DEADLINE_MARGIN_S
 
 
 def _shown_name(name: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from actionstream.service.endpoint.refusals import deadline_passed
 from actionstream.service.telemetry.metrics import Metrics
 
 
@@ -108,10 +109,22 @@ class UnaryRequestDeadline(grpc.aio.ServerInterceptor):
             eviction.cancel()
             if not arrival.done():
                 arrival.cancel()
+            elif not arrival.cancelled():
+                # Taken even when this call is being cancelled, so that asyncio has no
+                # error of it left to log ("Task exception was never retrieved").
+                arrival.exception()
         if arrival.done() and not arrival.cancelled():
             try:
                 return arrival.result()
             except StopAsyncIteration:
+                # The client's end of the call comes as the requests' end: a client that
+                # cancels, or whose deadline passes, ends them just before gRPC cancels
+                # this handler. One turn of the loop lets that cancellation land first.
+                await asyncio.sleep(0)
+                if deadline_passed(context):
+                    await self._end(
+                        context, name, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"
+                    )
                 await self._end(
                     context,
                     name,

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import socket
+import sys
 import threading
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, disable_created_metrics, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
+
+logger = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 64
 PER_ADDRESS = 4
@@ -68,16 +72,28 @@ class _BoundedServer(ThreadingWSGIServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        # The socket's timeout bounds each read; this bounds the whole request, for a
-        # client that sends a byte just inside each timeout.
-        deadline = threading.Timer(REQUEST_DEADLINE_S, _cut, (request,))
-        deadline.daemon = True
-        deadline.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
-            deadline.cancel()
             self._leave(str(client_address[0]))
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # The socket's timeout bounds each read; the deadline bounds the whole request,
+        # for a client that sends a byte just inside each timeout. It is over before the
+        # socket is closed (after this returns), so it never cuts a closed one.
+        deadline = _Deadline(request)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            deadline.stop()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client too slow (cut at its deadline, or its read timed out) or gone is no
+        error of the server's: socketserver's default printed a traceback to stderr for
+        each, outside the log. Anything else is logged, with its traceback."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        logger.exception("the metrics endpoint failed to answer %s", client_address[0])
 
     def _leave(self, address: str) -> None:
         with self._lock:
@@ -86,10 +102,29 @@ class _BoundedServer(ThreadingWSGIServer):
                 del self._open[address]
 
 
-def _cut(connection: socket.socket) -> None:
-    # Wakes the handler's blocked read or write with an error; its thread then ends.
-    with contextlib.suppress(OSError):  # already closed
-        connection.shutdown(socket.SHUT_RDWR)
+class _Deadline:
+    """Shuts a connection down after REQUEST_DEADLINE_S unless stopped first."""
+
+    def __init__(self, connection: socket.socket) -> None:
+        self._connection = connection
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._timer = threading.Timer(REQUEST_DEADLINE_S, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+        self._timer.cancel()
+
+    def _cut(self) -> None:
+        # Wakes the handler's blocked read or write with an error; its thread then ends.
+        with self._lock:
+            if self._stopped:
+                return
+            with contextlib.suppress(OSError):
+                self._connection.shutdown(socket.SHUT_RDWR)
 
 
 class MetricsServer:
