@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,50 @@ def test_every_process_decides_on_the_teams_loss(
     mp.spawn(_decide, args=(str(tmp_path / "store"), own, out), nprocs=2)
     assert json.loads(Path(f"{out}.0").read_text()) == expected
     assert json.loads(Path(f"{out}.1").read_text()) == expected
+
+
+def _load(rank: int, store: str, cache: str, out: str, fail: bool) -> None:
+    import torch.distributed as dist
+
+    from actionstream.training.distributed import Team
+    from actionstream.training.errors import TrainingError
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+
+    def load() -> str:  # as a data set's first load: slow, and it fills the cache
+        if Path(cache).exists():
+            return "read the cache"
+        if fail:
+            raise TrainingError("no videos in videos/")
+        time.sleep(0.5)
+        Path(cache).write_text("decoded")
+        return "decoded"
+
+    try:
+        said = Team(rank=rank, size=2, local_rank=rank).local_first(load)
+    except TrainingError as e:
+        said = f"error: {e}"
+    finally:
+        dist.destroy_process_group()
+    Path(f"{out}.{rank}").write_text(said)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_one_process_a_machine_decodes_the_data_and_a_failure_ends_every_process(
+    tmp_path: Path, fail: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every process decoded the whole data set at once, each the same videos into the
+    # same cache: on one machine, the first load's time and CPU times the processes.
+    pytest.importorskip("torch")
+    import torch.multiprocessing as mp
+
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    out = str(tmp_path / "said")
+    args = (str(tmp_path / "store"), str(tmp_path / "cache"), out, fail)
+    mp.spawn(_load, args=args, nprocs=2)
+    said = [Path(f"{out}.{rank}").read_text() for rank in (0, 1)]
+    if fail:  # the second process does not wait for the first forever
+        assert said[0] == "error: no videos in videos/"
+        assert said[1].startswith("error: another training process could not get the data")
+    else:
+        assert said == ["decoded", "read the cache"]

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from actionstream.training.errors import TrainingError
 
 _CPU = torch.device("cpu")
 T = TypeVar("T")
@@ -30,6 +33,7 @@ class Team:
     size: int = 1
     # Where collectives run: NCCL takes CUDA tensors only.
     device: torch.device = _CPU
+    local_rank: int = 0  # among the processes on this machine (torchrun's LOCAL_RANK)
 
     @property
     def leader(self) -> bool:
@@ -60,6 +64,30 @@ class Team:
         dist.broadcast_object_list(objs, src=0, device=self.device)
         return objs[0]
 
+    def local_first(self, work: Callable[[], T]) -> T:
+        """`work()` on each machine's first process, then on the rest of its processes:
+        what the first caches there (decoded videos) the others read instead of making it
+        again. A failure in a first process ends the others too, which would otherwise
+        wait for it forever; each process must call this at the same point."""
+        if self.size == 1:
+            return work()
+        first = self.local_rank == 0
+        done: T | None = None
+        failure: Exception | None = None
+        if first:
+            try:
+                done = work()
+            except Exception as e:  # raised below, once the others know
+                failure = e
+        failed = self.agree(failure is not None)
+        if failure is not None:
+            raise failure
+        if failed:
+            raise TrainingError(
+                "another training process could not get the data ready; its error says why"
+            )
+        return done if first else work()  # type: ignore[return-value]
+
     def wait(self) -> None:
         """Until every process is here (while the leader validates, say)."""
         if self.size > 1:
@@ -76,7 +104,8 @@ def join(device: torch.device) -> tuple[Team, torch.device]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     dist.init_process_group(backend)
-    return Team(dist.get_rank(), dist.get_world_size(), device), device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return Team(dist.get_rank(), dist.get_world_size(), device, local_rank), device
 
 
 def leave(team: Team, finished: bool) -> None:

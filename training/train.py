@@ -284,7 +284,8 @@ def _train(
         assert saved is not None
         return run_folder.out_of_time(out, cfg.minutes, saved.seconds, say)
     if data is None:
-        data = _load_run_data(cfg, saved, say)
+        # Under torchrun, one process a machine decodes the videos into the cache first.
+        data = team.local_first(lambda: _load_run_data(cfg, saved, say))
     if saved is not None:
         run_folder.same_data(saved, data.clip_sides)
         if team.leader:
