@@ -654,6 +654,23 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return actionstream("stream", *args, timeout=60)
 
 
+def test_a_file_that_cannot_be_opened_is_one_line_with_what_the_decoder_said(
+    tmp_path: Path,
+) -> None:
+    # FFmpeg's own line ("[mov,mp4,m4a,3gp,3g2,mj2 @ 0x...] moov atom not found") came
+    # raw before ours, where train and evaluate quote it in theirs.
+    (tmp_path / "notes.mp4").write_text("not a video at all")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    for name, said in (
+        ("notes.mp4", 'OpenCV cannot read {} as a video; the decoder said "moov atom not found"'),
+        ("empty.mp4", "{} is empty (0 bytes)"),
+    ):
+        path = str(tmp_path / name)
+        result = _cli("--source", path, "--target", "127.0.0.1:1")
+        assert result.returncode == 1
+        assert result.stderr == f"actionstream stream: cannot open source: {said.format(path)}\n"
+
+
 def test_labels_the_model_lacks_are_refused_before_streaming(
     server: BackgroundServer, video: Path, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ OpenCV (see SourceFeed).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from concurrent.futures import Future
@@ -15,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from actionstream.decoding import NativeLines, cut_short, describe_shortfall
+from actionstream.decoding import NativeLines, cut_short, describe_shortfall, held_back
 from actionstream.resampling import FileClock
 from actionstream.service.clients.stream_summary import StreamError
 from actionstream.service.sources.video_source import SourceError, VideoSource, is_url
@@ -116,10 +117,20 @@ def open_source(name: str) -> VideoSource | None:
     lock = threading.Lock()  # whoever comes second closes a source opened too late
     abandoned = False
 
+    # A local file opens at once, so FFmpeg's lines about it ("moov atom not found") can
+    # be held back from the terminal and quoted in the error; a URL's open may last 30 s,
+    # and stderr held that long would swallow what this process says meanwhile (Ctrl-C).
+    local = not is_url(name) and Path(name).is_file()
+    if local and Path(name).stat().st_size == 0:
+        raise StreamError(f"cannot open source: {name} is empty (0 bytes)")
+    said = NativeLines()
+
     def open_source() -> None:
         try:
-            source = VideoSource(name)
+            with held_back() if local else contextlib.nullcontext(said) as heard:
+                source = VideoSource(name)
         except BaseException as e:
+            said.lines = heard.lines
             opened.set_exception(e)
             return
         with lock:
@@ -131,7 +142,8 @@ def open_source(name: str) -> VideoSource | None:
     try:
         return opened.result()
     except SourceError as e:
-        raise StreamError(f"cannot open source: {e}") from None
+        decoder = f"; {said.summary()}" if said.lines else ""
+        raise StreamError(f"cannot open source: {e}{decoder}") from None
     except KeyboardInterrupt:
         with lock:
             abandoned = True

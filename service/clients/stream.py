@@ -392,7 +392,9 @@ def _print_prediction(prediction: pb.Prediction, truth: str | None, latency_ms: 
     best = prediction.top[0]
     line = f"frame {prediction.sequence:6d}  {best.label:>12s} {best.probability:5.2f}"
     if truth is not None:
-        line += f"  truth {truth:>12s} {'✓' if truth == best.label else '✗'}"
+        # The CSV counts source frames from 0, the stream's numbers from 1: row n - 1.
+        mark = "✓" if truth == best.label else "✗"
+        line += f"  truth {truth:>12s} {mark} (csv frame {prediction.sequence - 1})"
     print(f"{line}  {latency_ms:6.1f} ms{events_text(prediction)}", flush=True)
 
 
