@@ -61,6 +61,8 @@ def test_class_folders_to_a_served_model(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert "skipped" in out and "corrupt.mp4" in out
+    # --init auto with a CNN the shipped encoder does not fit: said, and why.
+    assert "CNN starts from scratch (the shipped encoder fits 64x64 input" in out
     header = (run / "metrics.csv").read_text().splitlines()[0]
     assert header.startswith("epoch,seconds,train_loss,frame_accuracy")
 

@@ -32,8 +32,10 @@ def _start_shipped(net: Recognizer, init: str) -> str:
             f"--init pretrained: the shipped encoder fits {pretrained.describe()} "
             "(no frame-only cell); change those settings or use --init scratch"
         )
-    if init == "scratch" or not fits:
+    if init == "scratch":
         return "scratch"
+    if not fits:  # --init auto: said, so that a user who meant to start from it knows why not
+        return f"scratch (the shipped encoder fits {pretrained.describe()}, not these settings)"
     pretrained.load_into(net)
     return f"the pretrained motion encoder ({pretrained.encoder_path().name})"
 
