@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from actionstream.service.endpoint.behaviours import after_step
 from actionstream.service.telemetry.metrics import Metrics
 
 
@@ -66,52 +67,27 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
         what = _message_name(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._checked_unary(handler.unary_unary, name, what),
+                self._checked(handler.unary_unary, name, what),
                 request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._checked_stream(handler.unary_stream, name, what),
+                self._checked(handler.unary_stream, name, what),
                 request_deserializer=parse,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _checked_unary(
-        self, behaviour: Callable[..., Any], name: str, what: str
-    ) -> Callable[..., Any]:
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _checked(self, behaviour: Callable[..., Any], name: str, what: str) -> Callable[..., Any]:
+        """`behaviour` behind the check of its one request, in its own form (behaviours.py)."""
+
+        async def check(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if request is MALFORMED:
                 await self._refuse(context, name, what)
-            answer = behaviour(request, context)
-            return await answer if inspect.isawaitable(answer) else answer
+            return request
 
-        return unary
-
-    def _checked_stream(
-        self, behaviour: Callable[..., Any], name: str, what: str
-    ) -> Callable[..., Any]:
-        """`behaviour` (an async generator, or a coroutine writing with context.write)
-        behind the check, in the same form, so that gRPC drives it as before."""
-        if inspect.isasyncgenfunction(behaviour):
-
-            async def generator(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                if request is MALFORMED:
-                    await self._refuse(context, name, what)
-                async for response in behaviour(request, context):
-                    yield response
-
-            return generator
-
-        async def coroutine(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if request is MALFORMED:
-                await self._refuse(context, name, what)
-            return await behaviour(request, context)
-
-        return coroutine
+        return after_step(behaviour, check)
 
     def _checked_requests(
         self, behaviour: Callable[..., Any], name: str, what: str

@@ -12,12 +12,12 @@ capped here.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from actionstream.service.endpoint.behaviours import after_step
 from actionstream.service.telemetry.metrics import Metrics
 
 # Methods whose calls stay open as long as the client likes.
@@ -60,30 +60,13 @@ class SideCallLimit(grpc.aio.ServerInterceptor):
         return handler
 
     def _capped(self, behaviour: Callable[..., Any], name: str) -> Callable[..., Any]:
-        """`behaviour` (a coroutine writing with context.write, or an async generator)
-        behind the cap, in the same form, so that gRPC drives it as before."""
-        if inspect.isasyncgenfunction(behaviour):
+        """`behaviour` behind the cap, in its own form (behaviours.py)."""
 
-            async def generator(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                await self._enter(name, context)
-                try:
-                    async for response in behaviour(request, context):
-                        yield response
-                finally:
-                    self._leave()
-
-            return generator
-
-        async def coroutine(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def enter(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await self._enter(name, context)
-            try:
-                return await behaviour(request, context)
-            finally:
-                self._leave()
+            return request
 
-        return coroutine
+        return after_step(behaviour, enter, self._leave)
 
     async def _enter(self, name: str, context: grpc.aio.ServicerContext) -> None:
         if self._open >= self._limit:

@@ -17,12 +17,12 @@ changes: one request either way.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from actionstream.service.endpoint.behaviours import after_step
 from actionstream.service.endpoint.refusals import deadline_passed
 from actionstream.service.telemetry.metrics import Metrics
 
@@ -47,45 +47,25 @@ class UnaryRequestDeadline(grpc.aio.ServerInterceptor):
         name = details.method.rsplit("/", 1)[-1]
         if handler.unary_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, name),
+                self._reading(handler.unary_unary, name),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, name),
+                self._reading(handler.unary_stream, name),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _unary(self, behaviour: Callable[..., Any], name: str) -> Callable[..., Any]:
-        async def unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            request = await self._request(requests, context, name)
-            answer = behaviour(request, context)
-            return await answer if inspect.isawaitable(answer) else answer
+    def _reading(self, behaviour: Callable[..., Any], name: str) -> Callable[..., Any]:
+        """`behaviour` handed the one request this reads, in its own form (behaviours.py)."""
 
-        return unary
+        async def read(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            return await self._request(requests, context, name)
 
-    def _streaming(self, behaviour: Callable[..., Any], name: str) -> Callable[..., Any]:
-        """`behaviour` (an async generator, or a coroutine writing with context.write)
-        behind the request's reading, in the same form, so that gRPC drives it as before."""
-        if inspect.isasyncgenfunction(behaviour):
-
-            async def generator(
-                requests: AsyncIterator[Any], context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                request = await self._request(requests, context, name)
-                async for response in behaviour(request, context):
-                    yield response
-
-            return generator
-
-        async def coroutine(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            request = await self._request(requests, context, name)
-            return await behaviour(request, context)
-
-        return coroutine
+        return after_step(behaviour, read)
 
     async def _request(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext, name: str
