@@ -91,6 +91,7 @@ model: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(PY) bench/step_latency.py
 	$(PY) bench/serve_throughput.py
+	$(PY) bench/png_decode.py
 
 # Live cameras against the server, one process then two (minutes; a quiet machine).
 load: $(VENV)/.dev swarm-tools
