@@ -37,10 +37,10 @@ from prometheus_client import CollectorRegistry
 
 from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint.launch import ServeError
+from actionstream.service.endpoint.server import SERVED_METHODS
 from actionstream.service.inference.model import OnnxStepModel, bundled_model_path
 from actionstream.service.telemetry import metrics_http
 from actionstream.service.telemetry.metrics import (
-    SERVED_METHODS,
     DropReason,
     EndReason,
     RejectReason,
@@ -240,6 +240,12 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as err:
         health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # List, newer than Check and Watch, answers too (grpcio's servicer leaves it out).
+    statuses = health.List(health_pb2.HealthListRequest(), timeout=10).statuses
+    assert {name: s.status for name, s in statuses.items()} == {
+        "": health_pb2.HealthCheckResponse.SERVING,
+        "actionstream.v1.ActionRecognition": health_pb2.HealthCheckResponse.SERVING,
+    }
 
     services = ProtoReflectionDescriptorDatabase(channel).get_services()
     assert "actionstream.v1.ActionRecognition" in services
@@ -355,6 +361,8 @@ def test_every_call_is_counted_by_method_beside_its_errors(
     server = start_server(metrics_port=0)
     started = "actionstream_rpcs_started_total{method="
     before = {k: v for k, v in _scrape(server.metrics_port).items() if k.startswith(started)}
+    served = {"StreamFrames", "WatchSource", "GetModelInfo", "Check", "Watch", "List"}
+    assert set(SERVED_METHODS) == served | {"ServerReflectionInfo"}
     assert before == {f"{started}{m}}}": 0.0 for m in SERVED_METHODS}
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.ActionRecognitionStub(channel)
@@ -366,6 +374,9 @@ def test_every_call_is_counted_by_method_beside_its_errors(
             list(stub.StreamFrames(iter([frame_request(b"GIF89a")]), timeout=30))
         health = health_pb2_grpc.HealthStub(channel)
         health.Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        with pytest.raises(grpc.RpcError) as no_such:  # a probe's typo is an error too
+            health.Check(health_pb2.HealthCheckRequest(service="x.Y"), timeout=10)
+        assert no_such.value.code() == grpc.StatusCode.NOT_FOUND
         with pytest.raises(grpc.RpcError) as unknown:
             channel.unary_unary("/actionstream.v1.ActionRecognition/Nope")(b"", timeout=10)
         assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
@@ -374,10 +385,10 @@ def test_every_call_is_counted_by_method_beside_its_errors(
     assert counts == dict.fromkeys(SERVED_METHODS, 0.0) | {
         "GetModelInfo": 2.0,
         "StreamFrames": 2.0,
-        "Check": 1.0,
+        "Check": 2.0,
     }
     errors = sum(v for k, v in m.items() if k.startswith("actionstream_rpc_errors_total"))
-    assert errors / sum(counts.values()) == 1 / 5
+    assert errors / sum(counts.values()) == 2 / 6
 
 
 def test_streams_cut_by_shutdown_are_counted_as_such(model: OnnxStepModel) -> None:

@@ -19,13 +19,13 @@ from pathlib import Path
 import cv2
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
 from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint import grpc_listener
 from actionstream.service.endpoint.call_count import CallCount
+from actionstream.service.endpoint.health import Health
 from actionstream.service.endpoint.launch import (
     HURRIED_WHILE_STARTING,
     HURRY,
@@ -61,7 +61,14 @@ SOURCES_RELEASE_S = 1.0
 # How long the streams cut at the grace period's end have to send their own status and
 # trailer (a loop turn each) before gRPC cancels what is left.
 CUT_OFF_S = 0.5
-_HEALTH_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Every service the server answers: it reflects them all, and counts each of their
+# methods' calls from 0.
+SERVED = (
+    pb.DESCRIPTOR.services_by_name["ActionRecognition"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+)
+SERVED_METHODS = tuple(method.name for service in SERVED for method in service.methods)
 
 
 class Server:
@@ -71,7 +78,7 @@ class Server:
         self,
         cfg: ServeConfig,
         grpc_server: grpc.aio.Server,
-        health: health_aio.HealthServicer,
+        health: Health,
         servicer: ActionRecognition,
         batcher: Batcher,
         port: int,
@@ -107,7 +114,7 @@ class Server:
             # supervisor's to sum).
             if not shared_port:
                 registry.register(Processes(lambda: [os.getpid()]))
-        metrics = Metrics(registry)
+        metrics = Metrics(registry, SERVED_METHODS)
         metrics.describe_model(model.metadata)
         meta = model.metadata
         decoder = FrameDecoder(
@@ -157,11 +164,9 @@ class Server:
             ],
         )
         pb_grpc.add_ActionRecognitionServicer_to_server(servicer, server)
-        health = health_aio.HealthServicer()
+        health = Health(metrics)
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, _HEALTH_NAME, reflection.SERVICE_NAME), server
-        )
+        reflection.enable_server_reflection([service.full_name for service in SERVED], server)
         where = address(cfg.host, cfg.port)
         try:
             port = server.add_insecure_port(where)

@@ -7,6 +7,7 @@ and embedded servers each count from zero and never collide on names.
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Iterable
 from typing import Literal, get_args
 
 from prometheus_client import (
@@ -34,12 +35,6 @@ EndReason = Literal[
     "completed", "cancelled", "shutdown", "idle", "not_reading", "evicted", "invalid_frame",
     "malformed", "refused", "invalid_source", "source_lost", "error",
 ]  # fmt: skip
-# The methods the server serves (its own, health's and reflection's), by the name the
-# rpc counters give them: exported at 0 from the start, as the reasons are.
-SERVED_METHODS = (
-    "StreamFrames", "WatchSource", "GetModelInfo", "Check", "Watch", "ServerReflectionInfo",
-)  # fmt: skip
-
 # Frame-to-prediction latency spans decode + queueing + inference: from about
 # a millisecond on an idle server to seconds when frames far larger than the model's
 # input queue for the heavy lane (3 s measured with three 4K streams), up to the idle
@@ -59,7 +54,9 @@ STAGE_BUCKETS = (
 class Metrics:
     """The service's metrics, registered on `registry`."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, methods: Iterable[str] = ()) -> None:
+        """`methods`: those the server serves, by the name the rpc counters give them
+        (`StreamFrames`), exported at 0 from the start as the reasons are."""
         self.registry = registry
         self.frames_received = Counter(
             "actionstream_frames_received",
@@ -176,7 +173,7 @@ class Metrics:
         self._rejected = {r: self.frames_rejected.labels(r) for r in get_args(RejectReason)}
         self._dropped = {r: self.frames_dropped.labels(r) for r in get_args(DropReason)}
         self._ended = {r: self.streams_ended.labels(r) for r in get_args(EndReason)}
-        self._started = {m: self.rpcs_started.labels(m) for m in SERVED_METHODS}
+        self._started = {m: self.rpcs_started.labels(m) for m in methods}
 
     def rejected(self, reason: RejectReason) -> Counter:
         """The rejected-frames counter for `reason`."""
