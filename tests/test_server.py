@@ -10,6 +10,8 @@ import socket
 import threading
 import time
 import typing
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -488,6 +490,30 @@ def test_metrics_count_every_frame(start_server: Callable[..., BackgroundServer]
     assert m[f"actionstream_predictions_total{{label={top}}}"] >= 1
     info = [k for k in m if k.startswith("actionstream_model_info")]
     assert len(info) == 1 and "labels_count=9" in info[0] and "version=" in info[0]
+
+
+def test_metrics_are_served_at_their_path_alone(
+    start_server: Callable[..., BackgroundServer],
+) -> None:
+    # Every path answered with the metrics, so a scrape config's wrong path looked fine.
+    server = start_server(metrics_port=0)
+    base = f"http://127.0.0.1:{server.metrics_port}"
+
+    def get(path: str, method: str = "GET") -> tuple[int, str]:
+        request = urllib.request.Request(base + path, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    status, text = get("/metrics?name[]=actionstream_frames_received_total")
+    assert status == 200 and "actionstream_frames_received_total 0.0" in text
+    assert get("/") == (200, "actionstream: metrics are at /metrics\n")
+    for path in ("/metric", "/metrics/", "/favicon.ico", "/metrics/../x"):
+        assert get(path) == (404, "not found: metrics are at /metrics\n"), path
+    assert get("/metrics", "POST")[0] == 405
+    assert "actionstream_frames_received_total" in _scrape(server.metrics_port)
 
 
 def test_half_sent_metrics_requests_hold_neither_threads_nor_the_scrape(

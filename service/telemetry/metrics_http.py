@@ -11,6 +11,10 @@ one address holds at most `PER_ADDRESS` connections and all together at most
 `MAX_CONNECTIONS`; a connection past either is closed unanswered. A scrape
 takes milliseconds and Prometheus sends one at a time, so a flood from one
 address leaves Prometheus's own scrapes, from another, answered.
+
+Only `/metrics` answers with the metrics (and `/` with a line pointing there);
+every other path is 404, as exporters do, so a typo in a scrape config shows as
+a failing target instead of a working one at the wrong path.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import socket
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
@@ -127,6 +132,36 @@ class _Deadline:
                 self._connection.shutdown(socket.SHUT_RDWR)
 
 
+_App = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+PATH = "/metrics"
+
+
+def _at_metrics_only(metrics: _App) -> _App:
+    """`metrics` at PATH; a pointer to it at `/`; 404 elsewhere, 405 for a method
+    other than GET or HEAD."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in (PATH, "/"):
+            return _plain(start_response, "404 Not Found", f"not found: metrics are at {PATH}")
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            return _plain(start_response, "405 Method Not Allowed", "GET or HEAD only")
+        if path == "/":
+            return _plain(start_response, "200 OK", f"actionstream: metrics are at {PATH}")
+        return metrics(environ, start_response)
+
+    return app
+
+
+def _plain(start_response: Callable[..., Any], status: str, text: str) -> list[bytes]:
+    body = f"{text}\n".encode()
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    if status.startswith("405"):
+        headers.append(("Allow", "GET, HEAD"))
+    start_response(status, headers)
+    return [body]
+
+
 class MetricsServer:
     """The /metrics HTTP endpoint, served from a daemon thread."""
 
@@ -145,7 +180,11 @@ class MetricsServer:
             address_family = family
 
         self._server = make_server(
-            str(sockaddr[0]), port, make_wsgi_app(registry), Server, handler_class=_QuietHandler
+            str(sockaddr[0]),
+            port,
+            _at_metrics_only(make_wsgi_app(registry)),
+            Server,
+            handler_class=_QuietHandler,
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="metrics-http", daemon=True
