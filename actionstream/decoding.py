@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ SHORT_FRACTION = 0.02
 _HELD_BYTES = 64 * 1024
 # "[mjpeg @ 0x55d0c3a1c2c0] overread 8": the decoder's address says nothing to a user.
 _FFMPEG_PREFIX = re.compile(r"^\[[^\]@]+ @ 0x[0-9a-fA-F]+\]\s*")
+_FFMPEG_LINE = re.compile(_FFMPEG_PREFIX.pattern.encode())
 
 
 @dataclass
@@ -75,6 +77,70 @@ def held_back() -> Iterator[NativeLines]:
             os.dup2(saved, 2)
             sink.seek(0)
             said.lines = _lines(sink.read(_HELD_BYTES))
+
+
+@contextlib.contextmanager
+def ffmpeg_lines_kept() -> Iterator[NativeLines]:
+    """Within the block, FFmpeg's lines on fd 2 (those it prefixes with its decoder,
+    "[mjpeg @ 0x55d0c3a1c2c0] overread 8") are kept, and every other line written there
+    goes on to the real stderr as it comes; after it, the kept lines are in the
+    NativeLines yielded. For a whole run that prints as it goes (`stream` reading a
+    file), where held_back() would hold the process's own lines back too. Where no pipe
+    can be made, the lines go where they always did."""
+    said = NativeLines()
+    sys.stderr.flush()
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        yield said
+        return
+    try:
+        real = os.dup(2)
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        yield said
+        return
+    kept: list[bytes] = []
+    relay = threading.Thread(
+        target=_relay, args=(read_end, real, kept), name="ffmpeg-lines", daemon=True
+    )
+    relay.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield said
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)  # the pipe's last writer gone: the relay reads to its end and stops
+        relay.join(timeout=1.0)
+        if not relay.is_alive():  # else a thread of ours still writes to it, and may use it
+            os.close(real)
+        said.lines = _lines(b"\n".join(kept))
+
+
+def _relay(read_end: int, real: int, kept: list[bytes]) -> None:
+    """Reads the pipe to its end: FFmpeg's lines into `kept` (bounded), the rest on to
+    `real` a line at a time (a last unfinished line once the pipe ends)."""
+    held = 0
+    pending = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(read_end, 65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if _FFMPEG_LINE.match(line):
+                    if held < _HELD_BYTES:
+                        kept.append(line)
+                        held += len(line)
+                else:
+                    _write_all(real, line + b"\n")
+        _write_all(real, pending)
+    os.close(read_end)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
 
 
 def _lines(raw: bytes) -> list[str]:

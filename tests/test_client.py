@@ -28,6 +28,7 @@ from background import BackgroundServer
 from helpers import WITH_CTRL_C, MjpegCamera, actionstream, render
 from videogen import motion_clip, variable_rate, write
 
+from actionstream.decoding import ffmpeg_lines_kept
 from actionstream.serve_process import ServeProcess
 from actionstream.service.clients import reconnection, source_feed
 from actionstream.service.clients import stream as client
@@ -717,27 +718,41 @@ def test_labels_that_miss_frames_of_a_file_are_warned_of_before_streaming(
 
 
 def test_a_file_cut_short_is_warned_of_when_it_ends(
-    server: BackgroundServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    server: BackgroundServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    # A copy that stopped halfway streamed its frames and ended as if whole.
+    # A copy that stopped halfway streamed its frames and ended as if whole, and FFmpeg's
+    # "[mjpeg @ 0x55d0c3a1c2c0] overread 8" came raw on the terminal meanwhile.
     path = tmp_path / "cut.avi"
     write(motion_clip("left", 3.0, 10.0, (96, 72), seed=1), path, 10.0)  # 30 frames, MJPG
     whole = path.read_bytes()
     path.write_bytes(whole[: int(len(whole) * 0.7)])
     cfg = StreamConfig(source=str(path), target=f"127.0.0.1:{server.port}", realtime=False)
     assert run_stream(dataclasses.replace(cfg, quiet=True)) == 0
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     read = int(re.findall(r"frames: (\d+) sent", out)[0])
     assert 5 < read < 25
     assert err.startswith(
         f"warning: {path}: cut short or damaged: its frames end at "
     ) and err.endswith(
-        f", after {read} of the 30 its container declares (3.0 s at 10 fps); streamed the "
-        "frames it has\n"
+        f", after {read} of the 30 its container declares (3.0 s at 10 fps); the decoder "
+        'said "overread 8"; streamed the frames it has\n'
     ), err
     # Stopped by --max-frames, it never reached the end to find it short.
     assert run_stream(dataclasses.replace(cfg, quiet=True, max_frames=3)) == 0
-    assert capsys.readouterr().err == ""
+    assert capfd.readouterr().err == ""
+
+
+def test_ffmpegs_lines_alone_are_kept_from_the_terminal(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    # Kept for a whole `stream` run: what anyone else writes to stderr meanwhile (the
+    # stream's own warnings, gRPC's lines) must still come, and as it comes.
+    with ffmpeg_lines_kept() as said:
+        os.write(2, b"[h264 @ 0x5581c0ffee00] Invalid NAL unit size\n")
+        print("a line of the process's own", file=sys.stderr, flush=True)
+        os.write(2, b"[h264 @ 0x5581c0ffee00] Invalid NAL unit size\ngRPC's own line\nno newline")
+    assert said.lines == ["Invalid NAL unit size"]
+    assert capfd.readouterr().err == "a line of the process's own\ngRPC's own line\nno newline"
 
 
 @pytest.fixture(scope="module")

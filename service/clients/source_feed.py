@@ -152,20 +152,26 @@ def open_source(name: str) -> VideoSource | None:
         return None
 
 
-def warn_if_cut_short(source: str, feed: SourceFeed) -> None:
+def warn_if_damaged(source: str, feed: SourceFeed, said: NativeLines) -> None:
     """Warns when a local file's frames ended clearly before the count its container
-    declares (a copy or download cut short), as training does (actionstream/decoding.py).
-    FFmpeg's own lines are not held back here, where they come on gRPC's thread while
-    this one prints: so only a container that lists its frames (MP4/MOV, AVI) is judged,
-    by its count alone."""
+    declares (a copy or download cut short), or the decoder complained while reading
+    it, as training does (actionstream/decoding.py). `said`: FFmpeg's lines while the
+    file was read, kept from the terminal (ffmpeg_lines_kept)."""
     path = Path(source)
-    if feed.frame_count is None or feed.fps is None or is_url(source) or not path.is_file():
+    if is_url(source) or not path.is_file():
         return
-    said = NativeLines()  # none held: containers whose count is an estimate are not judged
-    if cut_short(path, feed.frame_count, feed.frames_read, feed.fps, feed.last_s, said):
-        shortfall = describe_shortfall(feed.frame_count, feed.frames_read, feed.fps, feed.last_s)
-        print(
-            f"warning: {source}: cut short or damaged: {shortfall}; streamed the frames it has",
-            file=sys.stderr,
-            flush=True,
-        )
+    detail = f"; {said.summary()}" if said.lines else ""
+    count, fps = feed.frame_count, feed.fps
+    if (
+        feed.ran_out
+        and count is not None
+        and fps is not None
+        and (cut_short(path, count, feed.frames_read, fps, feed.last_s, said))
+    ):
+        shortfall = describe_shortfall(count, feed.frames_read, fps, feed.last_s)
+        warning = f"cut short or damaged: {shortfall}{detail}; streamed the frames it has"
+    elif said.lines:
+        warning = f"{said.summary()} while reading it; streamed the frames decoded"
+    else:
+        return
+    print(f"warning: {source}: {warning}", file=sys.stderr, flush=True)

@@ -23,12 +23,13 @@ from pathlib import Path
 import cv2
 import grpc
 
+from actionstream.decoding import NativeLines, ffmpeg_lines_kept
 from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.resampling import Resampler
 from actionstream.service.clients.latencies import Latencies
 from actionstream.service.clients.output import events_text, prediction_record, print_json
 from actionstream.service.clients.reconnection import KEEPALIVE, Reconnection
-from actionstream.service.clients.source_feed import SourceFeed, open_source, warn_if_cut_short
+from actionstream.service.clients.source_feed import SourceFeed, open_source, warn_if_damaged
 from actionstream.service.clients.stream_summary import (
     StreamError,
     StreamSummary,
@@ -39,6 +40,7 @@ from actionstream.service.clients.termination import Termination
 from actionstream.service.clients.truth import check_names, warn_uncovered
 from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
+from actionstream.service.sources.video_source import is_url
 from actionstream.service.trailers import skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -86,15 +88,21 @@ def stream_source(
     if source is None:  # Ctrl-C while it opened
         return StreamSummary(0, 0, None, None, None, interrupted=True, source_released=False)
     feed = SourceFeed(source)
-    try:
-        with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
-            return _Session(cfg, feed, truth, channel, on_prediction).run()  # it closes the feed
-    except KeyboardInterrupt:
-        feed.close(0.0)  # Ctrl-C again: the caller must not wait, nor exit normally
-        raise
-    except BaseException:
-        feed.close()  # on this thread, before raising: see SourceFeed
-        raise
+    # FFmpeg's lines about a damaged file come on gRPC's thread, which reads it, while
+    # this one prints: they are kept from the terminal and told in one line at the end.
+    local = not is_url(cfg.source) and Path(cfg.source).is_file()
+    with ffmpeg_lines_kept() if local else contextlib.nullcontext(NativeLines()) as said:
+        try:
+            with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
+                summary = _Session(cfg, feed, truth, channel, on_prediction).run()  # closes feed
+        except KeyboardInterrupt:
+            feed.close(0.0)  # Ctrl-C again: the caller must not wait, nor exit normally
+            raise
+        except BaseException:
+            feed.close()  # on this thread, before raising: see SourceFeed
+            raise
+    warn_if_damaged(cfg.source, feed, said)
+    return summary
 
 
 class _Session:
@@ -246,8 +254,6 @@ class _Session:
             read = self._feed.read()
             if read is None:
                 self._source_ended.set()
-                if self._feed.ran_out:
-                    warn_if_cut_short(cfg.source, self._feed)
                 return
             # Numbered as read, so that frame n of the source is sequence n whatever is
             # lost: --labels scores by it.
