@@ -467,12 +467,26 @@ def test_tracker_hysteresis_does_not_flicker() -> None:
     borderline = np.array([0.45, 0.5, 0.05])  # around the middle of ENTER and EXIT
     events = [tracker.update(steady, i) for i in range(1, 11)]
     assert [e.kind for es in events for e in es] == [pb.ActionEvent.KIND_START]
+    started = next(e.start_sequence for es in events for e in es)
+    assert 2 <= started <= 5  # within half a second, not on the stream's first guess
     flicker = [tracker.update(borderline if i % 2 else steady, i) for i in range(11, 41)]
     assert not any(flicker), "a score hovering between the thresholds switched the action"
     ends = [tracker.update(np.array([0.9, 0.05, 0.05]), i) for i in range(41, 61)]
     kinds = [(e.kind, e.label, e.start_sequence) for es in ends for e in es]
-    assert kinds == [(pb.ActionEvent.KIND_END, "wave", events.index(events[0]) + 1)]
+    assert kinds == [(pb.ActionEvent.KIND_END, "wave", started)]
     assert tracker.action == "idle"
+
+
+@pytest.mark.parametrize("background", ["idle", None])
+def test_one_confident_first_frame_starts_no_action(background: str | None) -> None:
+    # A stream's first predictions come from a zero state: one confident guess started
+    # an action at its first frame, and ended it six frames later.
+    tracker = ActionTracker(("idle", "wave", "jump"), background, fps=10)
+    first = tracker.update(np.array([0.02, 0.96, 0.02]), 1)
+    unsure = np.array([0.4, 0.3, 0.3])
+    rest = [tracker.update(unsure, i) for i in range(2, 20)]
+    assert first == [] and not any(rest)
+    assert tracker.action == (background or "")
 
 
 @pytest.mark.parametrize("bad", [b"\xff\xff\xff", b"\x12\x05\x1a\x03abc\xff"])

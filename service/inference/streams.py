@@ -62,6 +62,9 @@ class ActionTracker:
     action starts when its smoothed probability reaches `ENTER` and is the
     highest, and it lasts until its own falls below `EXIT`. The gap between
     the two keeps a borderline score from flickering an action on and off.
+    The average starts from nothing going on (the background label, or every
+    label alike): seeded with a stream's first frame, one confident guess from
+    a zero state started an action at once, and ended it frames later.
     """
 
     TAU_S = 0.3
@@ -85,9 +88,11 @@ class ActionTracker:
 
     def update(self, probs: np.ndarray, sequence: int) -> list[pb.ActionEvent]:
         if self._smoothed is None:
-            self._smoothed = probs.copy()
-        else:
-            self._smoothed += self._alpha * (probs - self._smoothed)
+            self._smoothed = np.full(len(self._labels), 1 / len(self._labels), probs.dtype)
+            if self._idle is not None:
+                self._smoothed[:] = 0
+                self._smoothed[self._idle] = 1
+        self._smoothed += self._alpha * (probs - self._smoothed)
         s = self._smoothed
         events: list[pb.ActionEvent] = []
         if self._current is not None and s[self._current] < self.EXIT:
