@@ -54,6 +54,9 @@ from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.0005
 
+# The shortest time between a client's keepalive pings the server takes, while it sends
+# nothing (README: clients may ping every 10 s or more).
+MIN_PING_INTERVAL_MS = 5_000
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ActionRecognition"].full_name
 # How long, once stopped, sources' threads have to let their sources go before the process
 # ends without them (_leave_no_source_behind).
@@ -150,10 +153,15 @@ class Server:
                 # gone) are found by keepalive pings, so their streams end and free their place.
                 ("grpc.keepalive_time_ms", 20_000),
                 ("grpc.keepalive_timeout_ms", 10_000),
-                # And clients may ping it as often (`actionstream stream` does, every 20 s,
-                # to find a server gone without a reset): gRPC's default takes pings more
-                # often than every 5 minutes, on a quiet connection, as abuse.
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # And clients may ping it (`actionstream stream` does, every 20 s, to find a
+                # server gone without a reset), on a stream that is quiet between frames
+                # and on a connection with no call open: gRPC's defaults take pings more
+                # often than every 5 minutes on a quiet connection, or any ping while no
+                # call is open, as abuse, and end the connection with its streams
+                # (GOAWAY "too_many_pings"). Half the 10 s the README tells clients, so
+                # that a client's ping every 10 s never arrives early.
+                ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+                ("grpc.keepalive_permit_without_calls", 1),
                 # No grace option: a stream open when its connection is asked to move on
                 # keeps its state and runs as long as its camera sends.
                 *(
