@@ -6,9 +6,20 @@ package read the key from here.
 
 from collections.abc import Iterable
 
-# A completed call's trailer: frames the server skipped after its last prediction
-# (resampled or dropped behind), which no Prediction's skipped_frames counts.
+# A call's trailer, however it ended: frames the server skipped after its last
+# prediction (resampled, dropped behind, or still waiting when the call ended), which
+# no Prediction's skipped_frames counts.
 SKIPPED_FRAMES = "actionstream-skipped-frames"
+# Beside an error status the server gave: why, in one word a program can act on (the
+# reasons of the rejected-frames counter for a refused frame, else those of the
+# streams-ended counter), where the code alone is several things: RESOURCE_EXHAUSTED
+# is a frame too large (`too_many_bytes`) or a server full (`refused`).
+REASON = "actionstream-reason"
+
+
+def trailer(skipped: int, reason: str | None = None) -> tuple[tuple[str, str], ...]:
+    """A StreamFrames or WatchSource call's trailing metadata."""
+    return ((SKIPPED_FRAMES, str(skipped)),) + (((REASON, reason),) if reason else ())
 
 
 def skipped_in(trailer: Iterable[tuple[str, str | bytes]] | None) -> int:

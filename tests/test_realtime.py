@@ -25,7 +25,7 @@ from actionstream.service.inference.frames import FrameDecoder, FrameError
 from actionstream.service.inference.model import OnnxStepModel
 from actionstream.service.inference.streams import ActionTracker, ClockCheck, PendingFrame, Stream
 from actionstream.service.telemetry.metrics import scrape as scrape_metrics
-from actionstream.service.trailers import SKIPPED_FRAMES
+from actionstream.service.trailers import REASON, SKIPPED_FRAMES
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -710,14 +710,19 @@ def test_a_client_that_stops_reading_is_ended_and_freed(start_server: StartServe
         stop.set()
         # Reading again, the client gets what gRPC held for it, then why the call ended:
         # it had waited forever, the call open on both sides, when the sweep only cancelled.
-        answered = 0
+        answered = accounted = 0
         with pytest.raises(grpc.RpcError) as ended:
-            for _ in call:
+            for prediction in call:
                 answered += 1
+                accounted += 1 + prediction.skipped_frames
         assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert ended.value.details().startswith("took no prediction for 0.5 s")
-        skipped = dict(ended.value.trailing_metadata() or ())[SKIPPED_FRAMES]
-        assert answered > 0 and skipped.isdigit()
+        trailer = dict(ended.value.trailing_metadata() or ())
+        assert answered > 0 and trailer[REASON] == "not_reading"
+        # Every frame the server read is in a prediction or the trailer: the frames still
+        # waiting when it ended the call were in neither (the trailer said 0 of ~280).
+        received = scrape(server)["actionstream_frames_received_total"]
+        assert accounted + int(trailer[SKIPPED_FRAMES]) == received
         assert (
             scrape(server)[
                 "actionstream_rpc_errors_total{code=DEADLINE_EXCEEDED,method=StreamFrames}"

@@ -48,7 +48,7 @@ from actionstream.service.telemetry.metrics import (
     RejectReason,
     scrape,
 )
-from actionstream.service.trailers import SKIPPED_FRAMES
+from actionstream.service.trailers import REASON, SKIPPED_FRAMES
 from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -163,9 +163,18 @@ def strict_stub(strict: BackgroundServer) -> pb_grpc.ActionRecognitionStub:
 
 
 def _status(stub: pb_grpc.ActionRecognitionStub, frame: pb.Frame) -> tuple[grpc.StatusCode, str]:
+    code, details, _ = _ended(stub, frame)
+    return code, details
+
+
+def _ended(
+    stub: pb_grpc.ActionRecognitionStub, frame: pb.Frame
+) -> tuple[grpc.StatusCode, str, str | None]:
+    """The status of a call of one frame, and the reason in its trailer."""
     with pytest.raises(grpc.RpcError) as err:
         list(stub.StreamFrames(iter([pb.FrameRequest(frame=frame)])))
-    return err.value.code(), err.value.details()
+    reason = dict(err.value.trailing_metadata() or ()).get(REASON)
+    return err.value.code(), err.value.details(), reason
 
 
 def test_raw_frame_of_the_wrong_length_is_invalid(
@@ -180,13 +189,14 @@ def test_raw_frame_of_the_wrong_length_is_invalid(
 def test_oversized_frames_are_refused(strict_stub: pb_grpc.ActionRecognitionStub) -> None:
     # Over max_frame_pixels, by its header: refused by the service.
     big = np.zeros((240, 400, 3), np.uint8)
-    code, details = _status(strict_stub, pb.Frame(encoded=png(big)))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    code, details, reason = _ended(strict_stub, pb.Frame(encoded=png(big)))
+    assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "too_many_pixels")
     assert "400x240 = 96000 pixels" in details and "max_frame_pixels" in details
     # Over max_frame_bytes but inside gRPC's slack: refused by the service, with
-    # the code gRPC gives a message over its own limit (the README promises one code).
-    code, details = _status(strict_stub, pb.Frame(encoded=b"\xff\xd8" + bytes(60_000)))
-    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # the code gRPC gives a message over its own limit (the README promises one code),
+    # and a reason a program can tell from a full server's.
+    code, details, reason = _ended(strict_stub, pb.Frame(encoded=b"\xff\xd8" + bytes(60_000)))
+    assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "too_many_bytes")
     assert "image is 60002 bytes" in details and "max_frame_bytes" in details
     # Far over: refused by gRPC itself before the message is read.
     code, details = _status(strict_stub, pb.Frame(encoded=bytes(500_000)))
@@ -210,6 +220,7 @@ def test_streams_past_the_limit_are_refused(
         list(strict_stub.StreamFrames(iter([frame])))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "limit of 2 concurrent streams" in err.value.details()
+    assert dict(err.value.trailing_metadata() or ())[REASON] == "refused"
     # An operator paged for a full server finds the cameras turned away in the log.
     assert re.search(
         r"stream \d+ ipv[46]:\S+ refused \(refused: RESOURCE_EXHAUSTED: the server is at its "
@@ -418,7 +429,8 @@ def test_streams_cut_by_shutdown_are_counted_as_such(model: OnnxStepModel) -> No
                 live.outcome()
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "shutting down" in (err.value.details() or "")
-            assert dict(err.value.trailing_metadata() or ()) == {SKIPPED_FRAMES: "2"}
+            trailer = dict(err.value.trailing_metadata() or ())
+            assert trailer == {SKIPPED_FRAMES: "2", REASON: "shutdown"}
     finally:
         server.stop()
 

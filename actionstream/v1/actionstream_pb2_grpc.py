@@ -57,6 +57,10 @@ class ActionRecognitionServicer:
     def StreamFrames(self, request_iterator, context):
         """A camera client pushes frames; the server answers every processed frame
         with a Prediction, in order. Options may ride on the first message only.
+        An error status the server gives carries, in the trailing metadata
+        `actionstream-reason`, one word a program can act on where a code stands
+        for several causes: for RESOURCE_EXHAUSTED, `too_many_bytes` (a frame too
+        large: send smaller ones) or `refused` (the server is full: try later).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

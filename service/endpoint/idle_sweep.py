@@ -23,7 +23,7 @@ import grpc
 
 from actionstream.service.endpoint.refusals import Refused
 from actionstream.service.inference.streams import Stream
-from actionstream.service.trailers import SKIPPED_FRAMES
+from actionstream.service.trailers import trailer
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +101,8 @@ class _Call:
 async def _send_status(context: grpc.aio.ServicerContext, refused: Refused, stream: Stream) -> None:
     """The call's status and trailer, queued behind the predictions gRPC holds for the
     client; whatever this meets, the call is over for the server."""
-    trailer = ((SKIPPED_FRAMES, str(stream.skipped)),)
     try:
-        await context.abort(refused.code, refused.details, trailer)
+        await context.abort(refused.code, refused.details, trailer(stream.unreported, refused.told))
     except grpc.aio.AbortError:
         pass  # how abort() says it has sent the status
     except Exception:  # the client went away meanwhile: gRPC refuses the status

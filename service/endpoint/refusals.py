@@ -17,13 +17,18 @@ from actionstream.service.telemetry.metrics import EndReason, RejectReason
 
 
 class Refused(Exception):
-    """Ends the RPC with `code` and `details`; `reason` labels the streams-ended metric."""
+    """Ends the RPC with `code` and `details`; `reason` labels the streams-ended metric,
+    and `told` (a refused frame's reason, else `reason`) goes to the client in the
+    trailer (trailers.REASON)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, reason: EndReason) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, details: str, reason: EndReason, told: str | None = None
+    ) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
         self.reason = reason
+        self.told: str = told or reason
 
 
 # A frame over --max-frame-bytes gets the code gRPC itself gives a message over
@@ -41,7 +46,9 @@ def refusal(error: Exception) -> Refused:
         return error
     if isinstance(error, FrameRejected):
         code = _REFUSAL_CODES[error.error.reason]
-        return Refused(code, f"frame {error.sequence}: {error.error}", "invalid_frame")
+        return Refused(
+            code, f"frame {error.sequence}: {error.error}", "invalid_frame", error.error.reason
+        )
     raise error
 
 

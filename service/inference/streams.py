@@ -194,6 +194,8 @@ class Stream:
         self.skipped = 0  # frames resampled away since the last one queued
         self.dropped_overload = 0  # frames dropped because the queue was full, all told
         self.frames = 0  # frames that arrived
+        self.accepted = 0  # of them, those past the checks: resampled away or queued
+        self.reported = 0  # frames the predictions handed to gRPC account for
         self.answered = 0
         self.last_sequence = 0
         self.in_flight = False  # a frame of this stream is in a batch or the heavy lane
@@ -215,16 +217,25 @@ class Stream:
         return self.last_sequence
 
     @contextlib.contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self, prediction: pb.Prediction) -> Iterator[None]:
         """Around handing a prediction to gRPC: the idle sweep ends a client that stops
         reading (writing_since), and the prediction counts as answered once taken."""
         self.writing_since = time.monotonic()
+        self.reported += 1 + prediction.skipped_frames
         yield
         self.writing_since = None
         self.answered += 1
 
+    @property
+    def unreported(self) -> int:
+        """Frames taken in that no prediction handed to the client accounts for: those
+        skipped after the last one, and, when the call ends early, those still waiting,
+        in a batch, or answered too late, with the drops each carried."""
+        return self.accepted - self.reported
+
     def resampled_away(self) -> None:
         """Counts a frame the resampler skipped; the next frame queued reports it."""
+        self.accepted += 1
         self.skipped += 1
 
     def push(self, pending: PendingFrame) -> bool:
@@ -234,6 +245,7 @@ class Stream:
         previous frame queued, and, when the oldest waiting frame is dropped,
         that frame and its own count pass to the frame now first in line.
         """
+        self.accepted += 1
         pending.skipped, self.skipped = self.skipped, 0
         self.queue.append(pending)
         if len(self.queue) > self.queue_frames:
