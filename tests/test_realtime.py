@@ -310,12 +310,33 @@ def test_timestamps_too_slow_to_be_microseconds_are_judged_once() -> None:
     with pytest.raises(FrameError, match=r"advanced 2\.0 ms over 2\.0 s") as refused:
         check.check(1_700_000_000_000 + 20 * 100, 2.0)
     assert refused.value.reason == "slow_timestamps" and check.done
-    # Microseconds, a file sent ten times faster than real time, or nanoseconds: no refusal.
-    for per_frame_us, per_frame_s in ((100_000, 0.1), (100_000, 0.01), (100_000_000, 0.1)):
+    # Microseconds, or a file sent ten or a hundred times faster than real time: no refusal.
+    for per_frame_us, per_frame_s in ((100_000, 0.1), (100_000, 0.01), (100_000, 0.001)):
         check = ClockCheck()
-        for i in range(300):
+        for i in range(3000):
             check.check(i * per_frame_us, i * per_frame_s)
         assert check.done
+
+
+@pytest.mark.parametrize(
+    ("per_frame_us", "told", "reason"),
+    [
+        # Nanoseconds (process.hrtime, a GStreamer PTS) from a 30 fps camera: every frame
+        # was taken, as if a model period apart, and the answers were mostly wrong.
+        (33_333_333, r"advanced 2,000 s over 2\.0 s .*\(are these nanoseconds\?\)", "fast_timestamps"),
+        # A clock that never moves, told as such rather than as milliseconds.
+        (0, r"did not advance over 2\.0 s .*\(a clock that does not move\?\)", "slow_timestamps"),
+    ],
+)
+def test_timestamps_too_fast_or_frozen_are_told_so(
+    per_frame_us: int, told: str, reason: str
+) -> None:
+    check = ClockCheck()
+    t0 = 1_700_000_000_000_000
+    with pytest.raises(FrameError, match=told) as refused:
+        for i in range(61):  # 30 fps, judged at two seconds
+            check.check(t0 + i * per_frame_us, i / 30)
+    assert refused.value.reason == reason and check.done
 
 
 def test_a_stream_whose_timestamps_look_like_milliseconds_is_told_so(

@@ -26,7 +26,7 @@ from actionstream.contract import ModelSpec
 # Why a frame was refused: FrameError's reasons, and `malformed` (not a FrameRequest).
 RejectReason = Literal[
     "missing", "empty", "too_many_bytes", "too_many_pixels", "not_an_image", "corrupt",
-    "bad_raw", "slow_timestamps", "malformed",
+    "bad_raw", "slow_timestamps", "fast_timestamps", "malformed",
 ]  # fmt: skip
 # Why a frame accepted was never stepped.
 DropReason = Literal["resampled", "overload", "stream_ended"]
