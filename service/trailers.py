@@ -28,3 +28,11 @@ def skipped_in(trailer: Iterable[tuple[str, str | bytes]] | None) -> int:
         if key == SKIPPED_FRAMES and isinstance(value, str) and value.isdigit():
             return int(value)
     return 0
+
+
+def reason_in(trailer: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The REASON in a call's trailing metadata (None when absent)."""
+    for key, value in trailer or ():
+        if key == REASON and isinstance(value, str):
+            return value
+    return None

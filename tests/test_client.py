@@ -158,6 +158,9 @@ def test_reconnection_rules() -> None:
     assert not outage.may_try(code.RESOURCE_EXHAUSTED, resumable=True)
     assert outage.begins_outage() and not outage.begins_outage()  # only the first does
     assert outage.may_try(code.RESOURCE_EXHAUSTED, resumable=True)
+    assert outage.may_try(code.RESOURCE_EXHAUSTED, resumable=True, reason="refused")
+    # A frame too large has the code of a full server; its reason tells them apart.
+    assert not outage.may_try(code.RESOURCE_EXHAUSTED, resumable=True, reason="too_many_bytes")
     assert not outage.may_try(code.INVALID_ARGUMENT, resumable=True)
     assert not outage.over
     outage.back()

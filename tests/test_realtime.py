@@ -323,7 +323,11 @@ def test_timestamps_too_slow_to_be_microseconds_are_judged_once() -> None:
     [
         # Nanoseconds (process.hrtime, a GStreamer PTS) from a 30 fps camera: every frame
         # was taken, as if a model period apart, and the answers were mostly wrong.
-        (33_333_333, r"advanced 2,000 s over 2\.0 s .*\(are these nanoseconds\?\)", "fast_timestamps"),
+        (
+            33_333_333,
+            r"advanced 2,000 s over 2\.0 s .*\(are these nanoseconds\?\)",
+            "fast_timestamps",
+        ),
         # A clock that never moves, told as such rather than as milliseconds.
         (0, r"did not advance over 2\.0 s .*\(a clock that does not move\?\)", "slow_timestamps"),
     ],

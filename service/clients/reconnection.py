@@ -31,6 +31,11 @@ def pause_s(left_s: float) -> float:
     return max(0.0, min(PAUSE_S * random.uniform(0.5, 1.5), left_s))
 
 
+# Reasons a new call would meet again (a frame too large is RESOURCE_EXHAUSTED, like a
+# full server, which a new call may find free).
+_NEVER_PASSING = frozenset({"too_many_bytes"})
+
+
 class Reconnection:
     """One client's outages: whether to try again, and when to give up."""
 
@@ -47,10 +52,11 @@ class Reconnection:
         """An answer came: the outage, if any, is over."""
         self._until = None
 
-    def may_try(self, code: grpc.StatusCode, resumable: bool) -> bool:
-        """Whether a call that ended with `code` is worth a new one; `resumable` when
-        something was answered and there is more to come (the client's to say)."""
-        if self.limit_s <= 0 or not resumable:
+    def may_try(self, code: grpc.StatusCode, resumable: bool, reason: str | None = None) -> bool:
+        """Whether a call that ended with `code` (and the server's `reason` for it, from
+        the trailer) is worth a new one; `resumable` when something was answered and
+        there is more to come (the client's to say)."""
+        if self.limit_s <= 0 or not resumable or reason in _NEVER_PASSING:
             return False
         return code == grpc.StatusCode.UNAVAILABLE or (self.away and code in self._passing)
 

@@ -41,7 +41,7 @@ from actionstream.service.clients.truth import check_names, warn_uncovered
 from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
 from actionstream.service.sources.video_source import is_url
-from actionstream.service.trailers import skipped_in
+from actionstream.service.trailers import reason_in, skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -329,8 +329,10 @@ class _Session:
         call, StreamError when the outage has lasted --reconnect-seconds. A source that
         had ended has nothing left to send: True when the server had answered its last
         frame, so that the stream is complete however the call ended."""
+        reason = None
         if isinstance(e, grpc.Call):  # frames the server skipped after its last answer
             self._skipped += skipped_in(e.trailing_metadata())
+            reason = reason_in(e.trailing_metadata())
         if self._source_ended.is_set() and self._all_answered():
             print(
                 f"actionstream stream: every frame was answered or skipped, then the call "
@@ -340,7 +342,7 @@ class _Session:
             )
             return True
         more_to_send = self._answered > 0 and not self._source_ended.is_set()
-        if not self._reconnection.may_try(e.code(), more_to_send):
+        if not self._reconnection.may_try(e.code(), more_to_send, reason):
             raise e
         limit_s = self._reconnection.limit_s
         if self._reconnection.begins_outage():
