@@ -25,7 +25,7 @@ from actionstream.service.inference.frames import FrameDecoder, FrameError
 from actionstream.service.inference.model import OnnxStepModel
 from actionstream.service.inference.streams import ActionTracker, ClockCheck, PendingFrame, Stream
 from actionstream.service.telemetry.metrics import scrape as scrape_metrics
-from actionstream.service.trailers import REASON, SKIPPED_FRAMES
+from actionstream.service.trailers import REASON, SKIPPED_FRAMES, UNANSWERED_FRAMES
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -744,10 +744,13 @@ def test_a_client_that_stops_reading_is_ended_and_freed(start_server: StartServe
         assert ended.value.details().startswith("took no prediction for 0.5 s")
         trailer = dict(ended.value.trailing_metadata() or ())
         assert answered > 0 and trailer[REASON] == "not_reading"
-        # Every frame the server read is in a prediction or the trailer: the frames still
-        # waiting when it ended the call were in neither (the trailer said 0 of ~280).
+        # Every frame the server read is in a prediction or the trailer: those dropped
+        # behind while the frames that carried their count waited were in neither (the
+        # trailer said 0 of ~280), and those still waiting are told apart, as lost.
         received = scrape(server)["actionstream_frames_received_total"]
-        assert accounted + int(trailer[SKIPPED_FRAMES]) == received
+        skipped, unanswered = int(trailer[SKIPPED_FRAMES]), int(trailer[UNANSWERED_FRAMES])
+        assert accounted + skipped + unanswered == received
+        assert skipped > 0 and unanswered > 0
         assert (
             scrape(server)[
                 "actionstream_rpc_errors_total{code=DEADLINE_EXCEEDED,method=StreamFrames}"

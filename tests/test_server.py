@@ -167,6 +167,12 @@ def _status(stub: pb_grpc.ActionRecognitionStub, frame: pb.Frame) -> tuple[grpc.
     return code, details
 
 
+def _reason(error: grpc.RpcError) -> str | None:
+    """The server's reason in a failed call's trailer."""
+    assert isinstance(error, grpc.Call)
+    return dict(error.trailing_metadata() or ()).get(REASON)
+
+
 def _ended(
     stub: pb_grpc.ActionRecognitionStub, frame: pb.Frame
 ) -> tuple[grpc.StatusCode, str, str | None]:
@@ -524,6 +530,7 @@ def test_metrics_are_served_at_their_path_alone(
     assert get("/") == (200, "actionstream: metrics are at /metrics\n")
     for path in ("/metric", "/metrics/", "/favicon.ico", "/metrics/../x"):
         assert get(path) == (404, "not found: metrics are at /metrics\n"), path
+    assert get("/metrics", "HEAD") == (200, "")
     assert get("/metrics", "POST")[0] == 405
     assert "actionstream_frames_received_total" in _scrape(server.metrics_port)
 
@@ -671,6 +678,7 @@ def test_requests_that_are_not_their_message_are_invalid_argument_and_counted(
                     list(channel.unary_stream(method)(NOT_A_MESSAGE, timeout=10))
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
             assert refused.value.details() == f"the request is not a valid {message}"
+            assert _reason(refused.value) == "malformed", method
         # Well-formed calls are untouched.
         stub = pb_grpc.ActionRecognitionStub(channel)
         assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).labels
@@ -707,11 +715,13 @@ def test_one_request_calls_that_never_send_it_are_ended_and_bounded(
         assert late.value.details() == (
             "no request for 1 s (idle_timeout_seconds); the call was ended"
         )
+        assert _reason(late.value) == "idle"
         assert time.monotonic() - started < 10
         with pytest.raises(grpc.RpcError) as empty:  # half-closed with no request at all
             channel.stream_unary("/grpc.health.v1.Health/Check")(iter([]), timeout=20)
         assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert empty.value.details() == "the call ended without its request"
+        assert _reason(empty.value) == "missing"
         # Past the cap, the longest-waiting call makes room.
         watch = channel.stream_stream("/actionstream.v1.ActionRecognition/WatchSource")
         first = watch(silent(), timeout=20)
@@ -721,6 +731,7 @@ def test_one_request_calls_that_never_send_it_are_ended_and_bounded(
             list(first)
         assert evicted.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "its limit of 2 calls waiting for one" in evicted.value.details()
+        assert _reason(evicted.value) == "evicted"  # told apart from a frame too large
         # A call that sends its request is answered as ever, the cap full or not.
         stub = pb_grpc.ActionRecognitionStub(channel)
         assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5).labels

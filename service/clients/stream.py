@@ -90,19 +90,25 @@ def stream_source(
     feed = SourceFeed(source)
     # FFmpeg's lines about a damaged file come on gRPC's thread, which reads it, while
     # this one prints: they are kept from the terminal and told in one line at the end.
+    # Told whether the run succeeds or fails (before its error), not after Ctrl-C.
     local = not is_url(cfg.source) and Path(cfg.source).is_file()
-    with ffmpeg_lines_kept() if local else contextlib.nullcontext(NativeLines()) as said:
-        try:
-            with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
-                summary = _Session(cfg, feed, truth, channel, on_prediction).run()  # closes feed
-        except KeyboardInterrupt:
-            feed.close(0.0)  # Ctrl-C again: the caller must not wait, nor exit normally
-            raise
-        except BaseException:
-            feed.close()  # on this thread, before raising: see SourceFeed
-            raise
-    warn_if_damaged(cfg.source, feed, said)
-    return summary
+    said = NativeLines()
+    interrupted = False
+    try:
+        with ffmpeg_lines_kept() if local else contextlib.nullcontext(said) as said:
+            try:
+                with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
+                    return _Session(cfg, feed, truth, channel, on_prediction).run()  # closes feed
+            except KeyboardInterrupt:
+                interrupted = True
+                feed.close(0.0)  # Ctrl-C again: the caller must not wait, nor exit normally
+                raise
+            except BaseException:
+                feed.close()  # on this thread, before raising: see SourceFeed
+                raise
+    finally:
+        if not interrupted:
+            warn_if_damaged(cfg.source, feed, said)
 
 
 class _Session:
@@ -333,6 +339,8 @@ class _Session:
         if isinstance(e, grpc.Call):  # frames the server skipped after its last answer
             self._skipped += skipped_in(e.trailing_metadata())
             reason = reason_in(e.trailing_metadata())
+        if reason is None and e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            reason = "too_many_bytes"  # gRPC's own message limit: the server gives one else
         if self._source_ended.is_set() and self._all_answered():
             print(
                 f"actionstream stream: every frame was answered or skipped, then the call "

@@ -102,7 +102,7 @@ async def _send_status(context: grpc.aio.ServicerContext, refused: Refused, stre
     """The call's status and trailer, queued behind the predictions gRPC holds for the
     client; whatever this meets, the call is over for the server."""
     try:
-        await context.abort(refused.code, refused.details, trailer(stream.unreported, refused.told))
+        await context.abort(refused.code, refused.details, trailer(stream, refused.told))
     except grpc.aio.AbortError:
         pass  # how abort() says it has sent the status
     except Exception:  # the client went away meanwhile: gRPC refuses the status

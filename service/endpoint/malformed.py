@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 
 from actionstream.service.endpoint.behaviours import after_step
 from actionstream.service.telemetry.metrics import Metrics
+from actionstream.service.trailers import REASON
 
 
 class _Malformed:
@@ -119,7 +120,7 @@ class MalformedRequests(grpc.aio.ServerInterceptor):
     async def _refuse(self, context: grpc.aio.ServicerContext, name: str, what: str) -> None:
         code = grpc.StatusCode.INVALID_ARGUMENT
         self._metrics.rpc_errors.labels(method=name, code=code.name).inc()
-        await context.abort(code, f"the request is not a valid {what}")
+        await context.abort(code, f"the request is not a valid {what}", ((REASON, "malformed"),))
 
 
 def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:

@@ -55,7 +55,7 @@ from actionstream.service.sources.video_source import (
 from actionstream.service.telemetry.logs import Throttle
 from actionstream.service.telemetry.metrics import EndReason, Metrics
 from actionstream.service.text import printable
-from actionstream.service.trailers import trailer
+from actionstream.service.trailers import REASON, trailer
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -176,7 +176,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 reason = "completed"
             # Frames resampled away after the last one answered have no prediction to
             # report them; the trailer does, so a client's counts add up.
-            context.set_trailing_metadata(trailer(stream.unreported))
+            context.set_trailing_metadata(trailer(stream))
         except Refused as e:
             reason = self._refused("StreamFrames", stream, e, context)
         except (asyncio.CancelledError, GeneratorExit):
@@ -210,6 +210,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                             f"request {read} carries no frame (only a stream's first request "
                             "may come without one)",
                             "malformed",
+                            "missing",  # as the rejected-frames counter has it
                         )
                     )
                     return
@@ -270,7 +271,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         # sharing between watchers yet.
         if not self._cfg.allow_sources:
             self._count_error("WatchSource", grpc.StatusCode.PERMISSION_DENIED)
-            context.set_trailing_metadata(trailer(0, "invalid_source"))
+            context.set_trailing_metadata(((REASON, "invalid_source"),))
             context.set_code(grpc.StatusCode.PERMISSION_DENIED)
             context.set_details(
                 "WatchSource is disabled on this server, because it lets clients make the "
@@ -309,7 +310,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 source.close()
             reason = "completed"
             # Frames skipped after the last answer, for a lost camera as for a file.
-            context.set_trailing_metadata(trailer(stream.unreported))
+            context.set_trailing_metadata(trailer(stream))
         except Refused as e:
             reason = self._refused("WatchSource", stream, e, context)
         except (asyncio.CancelledError, GeneratorExit):
@@ -390,7 +391,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._count_error(method, refused.code)
         context.set_code(refused.code)
         context.set_details(refused.details)
-        context.set_trailing_metadata(trailer(stream.unreported, refused.told))
+        context.set_trailing_metadata(trailer(stream, refused.told))
         return refused.reason
 
     def _cancelled(
@@ -465,7 +466,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         the client gets INTERNAL and the stream's id to quote, never the exception's text."""
         logger.exception("%s failed", method, extra=_about(stream))
         self._count_error(method, grpc.StatusCode.INTERNAL)
-        context.set_trailing_metadata(trailer(stream.unreported, "error"))
+        context.set_trailing_metadata(trailer(stream, "error"))
         context.set_code(grpc.StatusCode.INTERNAL)
         context.set_details(
             f"internal server error; the server's log has it under stream id {stream.id}"

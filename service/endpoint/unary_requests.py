@@ -25,6 +25,7 @@ import grpc
 from actionstream.service.endpoint.behaviours import after_step
 from actionstream.service.endpoint.refusals import deadline_passed
 from actionstream.service.telemetry.metrics import Metrics
+from actionstream.service.trailers import REASON
 
 
 class UnaryRequestDeadline(grpc.aio.ServerInterceptor):
@@ -110,6 +111,7 @@ class UnaryRequestDeadline(grpc.aio.ServerInterceptor):
                     name,
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "the call ended without its request",
+                    "missing",
                 )
         if evicted.is_set():
             await self._end(
@@ -118,16 +120,25 @@ class UnaryRequestDeadline(grpc.aio.ServerInterceptor):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"no request yet, and the server was at its limit of {self._limit} calls "
                 "waiting for one: the longest-waiting call was ended to make room",
+                "evicted",
             )
         await self._end(
             context,
             name,
             grpc.StatusCode.DEADLINE_EXCEEDED,
             f"no request for {self._timeout_s:g} s (idle_timeout_seconds); the call was ended",
+            "idle",
         )
 
     async def _end(
-        self, context: grpc.aio.ServicerContext, name: str, code: grpc.StatusCode, details: str
+        self,
+        context: grpc.aio.ServicerContext,
+        name: str,
+        code: grpc.StatusCode,
+        details: str,
+        reason: str | None = None,
     ) -> None:
+        """Ends the call; `reason` for the client (trailers.REASON), as the servicer's
+        refusals give one."""
         self._metrics.rpc_errors.labels(method=name, code=code.name).inc()
-        await context.abort(code, details)
+        await context.abort(code, details, ((REASON, reason),) if reason else None)

@@ -215,8 +215,10 @@ class Stream:
         self.skipped = 0  # frames resampled away since the last one queued
         self.dropped_overload = 0  # frames dropped because the queue was full, all told
         self.frames = 0  # frames that arrived
-        self.accepted = 0  # of them, those past the checks: resampled away or queued
-        self.reported = 0  # frames the predictions handed to gRPC account for
+        self.resampled = 0  # of them, taken out by the resampler
+        self.queued = 0  # and queued for the model (the overload drops among them)
+        self.handed = 0  # predictions handed to gRPC
+        self.skips_handed = 0  # the skipped_frames they reported, all told
         self.answered = 0
         self.last_sequence = 0
         self.in_flight = False  # a frame of this stream is in a batch or the heavy lane
@@ -242,21 +244,28 @@ class Stream:
         """Around handing a prediction to gRPC: the idle sweep ends a client that stops
         reading (writing_since), and the prediction counts as answered once taken."""
         self.writing_since = time.monotonic()
-        self.reported += 1 + prediction.skipped_frames
+        self.handed += 1
+        self.skips_handed += prediction.skipped_frames
         yield
         self.writing_since = None
         self.answered += 1
 
     @property
-    def unreported(self) -> int:
-        """Frames taken in that no prediction handed to the client accounts for: those
-        skipped after the last one, and, when the call ends early, those still waiting,
-        in a batch, or answered too late, with the drops each carried."""
-        return self.accepted - self.reported
+    def skipped_since_answer(self) -> int:
+        """Frames skipped (resampled away, or dropped behind) that no prediction handed to
+        the client reported: those after its last, with those the frames still waiting
+        carried when the call ended early."""
+        return self.resampled + self.dropped_overload - self.skips_handed
+
+    @property
+    def unanswered(self) -> int:
+        """Frames queued for the model, not dropped, and never answered: waiting, in a
+        batch, or answered too late, when the call ended early."""
+        return self.queued - self.dropped_overload - self.handed
 
     def resampled_away(self) -> None:
         """Counts a frame the resampler skipped; the next frame queued reports it."""
-        self.accepted += 1
+        self.resampled += 1
         self.skipped += 1
 
     def push(self, pending: PendingFrame) -> bool:
@@ -266,7 +275,7 @@ class Stream:
         previous frame queued, and, when the oldest waiting frame is dropped,
         that frame and its own count pass to the frame now first in line.
         """
-        self.accepted += 1
+        self.queued += 1
         pending.skipped, self.skipped = self.skipped, 0
         self.queue.append(pending)
         if len(self.queue) > self.queue_frames:

@@ -148,6 +148,11 @@ def _at_metrics_only(metrics: _App) -> _App:
             return _plain(start_response, "405 Method Not Allowed", "GET or HEAD only")
         if path == "/":
             return _plain(start_response, "200 OK", f"actionstream: metrics are at {PATH}")
+        if environ["REQUEST_METHOD"] == "HEAD":  # prometheus_client's app takes GET alone
+            body = metrics({**environ, "REQUEST_METHOD": "GET"}, start_response)
+            if hasattr(body, "close"):
+                body.close()
+            return []
         return metrics(environ, start_response)
 
     return app
