@@ -25,12 +25,11 @@ import numpy as np
 import torch
 
 from actionstream.training.checkpoint import Checkpoint, CheckpointError, save_whole, write_whole
-from actionstream.training.config import INIT_CHOICES, TrainConfig
+from actionstream.training.config import INIT_CHOICES, PROGRESS, TrainConfig
 from actionstream.training.errors import TrainingError
 from actionstream.training.evaluate import Scores
 from actionstream.training.model import Recognizer
 
-PROGRESS = "last.pt"
 CONFIG = "train_config.json"
 # What a resumed run may change: where and how long it runs, not what it learns. `out` is
 # the run folder itself, wherever it lies now: a moved or renamed run is the same run.
