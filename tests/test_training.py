@@ -690,3 +690,43 @@ def test_short_actions_have_no_settled_accuracy_rather_than_none_right(
     report = json.loads((run / "evaluation.json").read_text())
     assert report["settled_frame_accuracy"] is None and report["frame_accuracy"] >= 0
     assert (run / "training_curves.png").is_file()  # drawn with the gap
+
+
+def test_train_tells_skipped_videos_and_warnings_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # They came on stdout, between the run's own lines, where `evaluate` has them on
+    # stderr: a log of stdout alone missed them, and a pipe of it carried them.
+    pytest.importorskip("torch")
+    from videogen import class_folders
+
+    from actionstream.training.train import main
+
+    data = class_folders(tmp_path / "videos", ("left",), 3, seconds=0.8, fps=10.0)
+    class_folders(data, ("right",), 2, seconds=0.8, fps=10.0, seed=5)  # none held out
+    (data / "left" / "corrupt.mp4").write_bytes(b"\x00" * 4096)
+    main(
+        TrainConfig(
+            data=str(data),
+            out=str(tmp_path / "run"),
+            cache=str(tmp_path / "cache"),
+            init="scratch",
+            size=16,
+            channels=(4, 8),
+            embed=8,
+            hidden=8,
+            train_streams=8,
+            stream_frames=16,
+            bptt=16,
+            batch_size=8,
+            epochs=1,
+            threads=2,
+        )
+    )
+    out, err = capsys.readouterr()
+    told = err.splitlines()
+    assert any(line.startswith(f"skipped {data / 'left' / 'corrupt.mp4'}: ") for line in told)
+    assert "warning: the split leaves no held-out video for label(s) right; " in err
+    said = out.splitlines()
+    assert not [line for line in said if line.startswith(("skipped", "warning"))], out
+    assert any(" clips to train on" in line for line in said) and "epoch  1" in out

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -266,6 +267,8 @@ def _train(
 ) -> Checkpoint | None:
     """The run; its checkpoint on the leader, None on the other processes."""
     say = print if team.leader else _silent
+    # Skipped videos and warnings to stderr, as `evaluate` has them: stdout is the run's.
+    warn = _warn if team.leader else _silent
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -285,7 +288,7 @@ def _train(
         return run_folder.out_of_time(out, cfg.minutes, saved.seconds, say)
     if data is None:
         # Under torchrun, one process a machine decodes the videos into the cache first.
-        data = team.local_first(lambda: _load_run_data(cfg, saved, say))
+        data = team.local_first(lambda: _load_run_data(cfg, saved, say, warn))
     if saved is not None:
         run_folder.same_data(saved, data.clip_sides)
         if team.leader:
@@ -369,7 +372,7 @@ def _batches_per_process(cfg: TrainConfig, team: Team) -> int:
 
 
 def _load_run_data(
-    cfg: TrainConfig, saved: Progress | None, say: Callable[..., None]
+    cfg: TrainConfig, saved: Progress | None, say: Callable[..., None], warn: Callable[..., None]
 ) -> TrainingData:
     """What `cfg` names to train on, split as a resumed run recorded; read before the run
     folder is made, so that bad data leaves nothing behind."""
@@ -377,7 +380,7 @@ def _load_run_data(
         run_folder.refuse_lost_videos(saved, cfg)
     t_data = time.perf_counter()
     sides = dict(saved.data_clips) if saved is not None and saved.data_clips else None
-    data = load_data(cfg, say, sides)
+    data = load_data(cfg, say, sides, warn=warn)
     say(f"data ready in {time.perf_counter() - t_data:.1f}s")
     return data
 
@@ -500,15 +503,21 @@ def weights_digest(weights: dict[str, torch.Tensor]) -> str:
 
 
 def load_data(
-    cfg: TrainConfig, say: Callable[..., None] = print, sides: dict[str, str] | None = None
+    cfg: TrainConfig,
+    say: Callable[..., None] = print,
+    sides: dict[str, str] | None = None,
+    *,
+    warn: Callable[..., None] | None = None,
 ) -> TrainingData:
     """The synthetic world, or the user's videos under `cfg.data`, split as a resumed run
-    recorded (`sides`, by clip) when it holds these clips."""
+    recorded (`sides`, by clip) when it holds these clips. Its skipped-video and warning
+    lines go to `warn` (train's stderr), or with the rest to `say` when it is not given."""
+    warn = warn or say
     if cfg.data is None:
         return synthetic_data(cfg)
     try:
         dataset = open_videos(
-            Path(cfg.data), Path(cfg.cache), cfg.size, cfg.fps, MIN_CLIP_FRAMES, report=say
+            Path(cfg.data), Path(cfg.cache), cfg.size, cfg.fps, MIN_CLIP_FRAMES, report=warn
         )
     except DatasetError as e:
         raise TrainingError(str(e)) from None
@@ -541,7 +550,7 @@ def load_data(
         f"{len(train_idx)} clips to train on, {len(val_idx)} held out "
         f"(held out of each label's clips: {counts})"
     )
-    _warn_unscored(dataset, val_idx, cfg.split, say)
+    _warn_unscored(dataset, val_idx, cfg.split, warn)
     return VideoData(
         dataset,
         train_idx,
@@ -587,7 +596,7 @@ def _split_by(split_file: str | None) -> str:
 
 
 def _warn_unscored(
-    dataset: VideoDataset, val_idx: list[int], split_file: str | None, say: Callable[..., None]
+    dataset: VideoDataset, val_idx: list[int], split_file: str | None, warn: Callable[..., None]
 ) -> None:
     """Names the labels that validation cannot score."""
     unscored = [
@@ -596,7 +605,7 @@ def _warn_unscored(
         if all(dataset.targets[i] != k for i in val_idx)
     ]
     if unscored:
-        say(
+        warn(
             f"warning: {_split_by(split_file)} no held-out video for label(s) "
             f"{', '.join(unscored)}; "
             "validation cannot tell how well the model knows them"
@@ -633,6 +642,11 @@ def resolve_device(name: str) -> torch.device:
 def _accuracy(value: float | None) -> str:
     """An accuracy for the log line; "n/a" where no frame was there to score."""
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _warn(line: str) -> None:
+    """A skipped video or a warning, on stderr: what `train` prints on stdout is the run."""
+    print(line, file=sys.stderr)
 
 
 def _silent(*args: object, **kwargs: object) -> None:
