@@ -68,9 +68,10 @@ class TrainConfig:
     resume: bool = setting(
         False,
         help="carry on the run in --out from its last saved epoch, with the settings it was "
-        "started with (only --minutes, --device, --threads and --cache may change, and "
-        "--data and --split to where the same videos are now); a run that --minutes "
-        "stopped goes on from the epoch after the one the clock cut short",
+        "started with (only --epochs, --minutes, --device, --threads and --cache may change, "
+        "and --data and --split to where the same videos are now); a run that --minutes "
+        "stopped goes on from the epoch after the one the clock cut short; a new --epochs or "
+        "--minutes starts a new learning-rate cycle from the rate the run had reached",
         group="Run",
     )
     minutes: float = setting(

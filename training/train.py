@@ -44,7 +44,7 @@ from actionstream.training.errors import TrainingError
 from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, Scores, score
 from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
-from actionstream.training.run_folder import EpochLog, Progress, resolved
+from actionstream.training.run_folder import Cycle, EpochLog, Progress, resolved
 from actionstream.training.synth import SynthConfig
 from actionstream.training.video_data import VideoData, open_videos, recorded_split
 from actionstream.training.videos import (
@@ -70,18 +70,24 @@ class Deadline:
     def passed(self) -> bool:
         return self.spent() >= 1.0
 
-    def spent(self) -> float:
-        """The share of the budget used so far (0 without one)."""
-        return (time.monotonic() - self._start) / self._seconds
+    def spent(self, after: float = 0.0) -> float:
+        """The share used so far of the budget (0 without one), or of what was left of it
+        `after` that many seconds of training (where a learning-rate cycle began)."""
+        return (time.monotonic() - self._start - after) / (self._seconds - after)
 
 
 def one_cycle(
-    progress: float, warm_up: float = 0.15, start: float = 25.0, end: float = 1e4
+    progress: float,
+    warm_up: float = 0.15,
+    start: float = 25.0,
+    end: float = 1e4,
+    rise_from: float | None = None,
 ) -> float:
     """The one-cycle learning-rate factor at `progress` (0..1) of training: a cosine
-    rise from 1/start to 1 over the warm-up, then a cosine fall to 1/(start*end)."""
+    rise from 1/start (or `rise_from`, where a resumed run's new cycle finds the rate) to
+    1 over the warm-up, then a cosine fall to 1/(start*end)."""
     if progress < warm_up:
-        low = 1 / start
+        low = 1 / start if rise_from is None else rise_from
         return low + (1 - low) * (1 - math.cos(math.pi * progress / warm_up)) / 2
     low = 1 / (start * end)
     rest = min(1.0, (progress - warm_up) / (1 - warm_up))
@@ -187,6 +193,7 @@ class RunParts:
     inherited: tuple[str, ...]  # the videos (SHA-256) --init RUN's weights learnt from
     # When its training started (time.perf_counter), earlier by a resumed run's seconds.
     started: float
+    cycle: Cycle  # the learning-rate cycle it trains in
 
 
 def check_loss(epoch: int, loss: float, counted: int, cfg: TrainConfig) -> None:
@@ -226,6 +233,7 @@ def score_and_save(
         sched=run.sched,
         rng=run.rng,
         device=run.device,
+        cycle=run.cycle,
     )
     with run_folder.saving(run.out, epoch):
         # The best so far as the run's model, before the progress that counts this epoch
@@ -279,7 +287,7 @@ def _train(
     # Without its checkpoint.pt (killed while saving it) it goes on: no epoch is left to
     # run, and the model is saved from the progress.
     if saved is not None and saved.epoch >= cfg.epochs and (out / "checkpoint.pt").is_file():
-        return run_folder.finished(out, cfg.epochs, say)
+        return run_folder.finished(out, cfg.epochs, saved.epoch, say)
     # --minutes bounds the whole run, the time before a resume included. A run whose time
     # is spent trains no further; without its checkpoint.pt it is saved from the progress.
     spent = saved is not None and 0 < cfg.minutes * 60 <= saved.seconds
@@ -292,7 +300,7 @@ def _train(
     if saved is not None:
         run_folder.same_data(saved, data.clip_sides)
         if team.leader:
-            run_folder.relocate(out, cfg)
+            run_folder.note_changes(out, cfg)
     model_cfg = _model_config(cfg, len(data.labels))
     net, inherited = _network(model_cfg, cfg.init, data.labels, cfg.fps, saved, say)
     net = net.to(device)
@@ -305,10 +313,12 @@ def _train(
     together = f", data-parallel over {team.size} processes" if team.size > 1 else ""
     say(f"training on {device}{where}{together}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * batches * math.ceil(cfg.stream_frames / cfg.bptt)
+    per_epoch = batches * math.ceil(cfg.stream_frames / cfg.bptt)
+    steps = cfg.epochs * per_epoch
     # The time a resumed run already spent: its progress keeps it (old last.pt files too).
     deadline = Deadline(cfg.minutes, saved.seconds if saved is not None else 0.0)
-    sched = _schedule(opt, cfg, steps, deadline)
+    cycle = run_folder.cycle_on(saved, cfg)
+    sched = _schedule(opt, cfg, per_epoch, deadline, cycle)
     t_train = time.perf_counter()
     best = Best(None, 0, {})
     first = 1
@@ -317,11 +327,11 @@ def _train(
         best = Best.from_record(saved.best, saved.best_weights)
         t_train -= saved.seconds
         first = saved.epoch + 1
-        say(f"resuming {out} after epoch {saved.epoch}")
+        say(f"resuming {out} after epoch {saved.epoch}{_new_cycle(cycle, saved, cfg)}")
     rows = saved.log if saved is not None else []
     log = EpochLog(out / "metrics.csv", rows) if team.leader else None
     run = RunParts(
-        out, cfg, model_cfg, data, net, opt, sched, rng, team, device, inherited, t_train
+        out, cfg, model_cfg, data, net, opt, sched, rng, team, device, inherited, t_train, cycle
     )
     done = (first - 1) * steps // cfg.epochs
     with tqdm(
@@ -447,16 +457,42 @@ def _model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
 
 
 def _schedule(
-    opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int, deadline: Deadline
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    per_epoch: int,
+    deadline: Deadline,
+    cycle: Cycle,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """One cycle over the run's `steps`, or, with a time budget, over whichever ends first,
-    steps or time: a run cut short by the clock has still cooled its learning rate down."""
-    if cfg.minutes > 0:
-        return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: one_cycle(max(step / steps, deadline.spent()))
+    """One cycle over the run's steps, or, with a time budget, over whichever ends first,
+    steps or time: a run cut short by the clock has still cooled its learning rate down.
+
+    A run resumed with another --epochs or --minutes is in a new `cycle`, from where it
+    stood: its rate rises from the one it had reached (no jump) back to --lr, then cools
+    down by the end of the run's epochs or budget as they are now."""
+    # The cycle's own steps: its epochs', none cut short (the clock's last ends a run).
+    steps = max(1, (cfg.epochs - cycle.epoch) * per_epoch)
+    if cycle.factor is None and cfg.minutes == 0:  # the run's first, by its steps alone
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
         )
-    return torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda step: one_cycle(
+            max((step - cycle.step) / steps, deadline.spent(cycle.seconds)),
+            rise_from=cycle.factor,
+        ),
+    )
+
+
+def _new_cycle(cycle: Cycle, saved: Progress, cfg: TrainConfig) -> str:
+    """What a resume that changed --epochs or --minutes does with the learning rate."""
+    if cycle is saved.cycle:
+        return ""
+    budget = f" or {cfg.minutes:g} minutes" if cfg.minutes > 0 else ""
+    return (
+        f"; --epochs or --minutes changed, so its learning rate starts a new cycle: from "
+        f"the {cfg.lr * (cycle.factor or 0):.2g} it had reached, up to --lr {cfg.lr:g} "
+        f"and down again by epoch {cfg.epochs}{budget}"
     )
 
 
