@@ -30,6 +30,7 @@ from actionstream.service.config import (
     WatchConfig,
 )
 from actionstream.training.config import (
+    PROGRESS,
     EvaluateConfig,
     ExportConfig,
     SynthVideoConfig,
@@ -112,7 +113,7 @@ def _stop_on_sigterm() -> signal.Handlers | Callable[..., object] | int | None:
 
 def _where_it_stopped(out: Path) -> str:
     """What a stopped run left: how to resume it, and the best epoch so far to use."""
-    if not (out / "last.pt").is_file():
+    if not (out / PROGRESS).is_file():
         if (out / "checkpoint.pt").is_file():  # stopped between an epoch's two saves
             return (
                 f"interrupted; {out / 'checkpoint.pt'} holds its first epoch to evaluate or "

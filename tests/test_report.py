@@ -122,3 +122,38 @@ def test_a_video_without_labels_beside_it_is_told_of_labels(
     assert main(["evaluate", str(tmp_path / "run"), *common, "--labels", "gone.csv"]) == 1
     err = capfd.readouterr().err
     assert err.endswith("cannot read labels gone.csv: No such file or directory\n"), err
+
+
+def test_label_rows_past_the_videos_last_frame_are_told_in_one_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # Rows for frames the video does not have were passed over without a word: a CSV of
+    # a longer cut of the video scored as if it fitted.
+    pytest.importorskip("torch")
+    from videogen import labelled_video
+
+    from actionstream.cli import main
+    from actionstream.contract import ModelConfig
+    from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.model import build_recognizer
+
+    labels = ("down", "left", "right", "up")
+    config = ModelConfig(num_classes=4, height=32, width=32, channels=(8, 16), embed=16, hidden=16)
+    Checkpoint(config, labels, 10.0, None, "t", build_recognizer(config).state_dict()).save(
+        tmp_path / "run" / "checkpoint.pt"
+    )
+    video = tmp_path / "v.avi"
+    truth = labelled_video(video, labels, 1, seed=3)
+    last = len(truth.read_text().splitlines()) - 2  # the header, and frames from 0
+    common = [str(tmp_path / "run"), "--data", str(video), "--cache", str(tmp_path / "cache")]
+    assert main(["evaluate", *common]) == 0
+    assert "past the last frame" not in capfd.readouterr().err  # a CSV that fits
+    with truth.open("a") as f:
+        f.write(f"{last + 1},left\n{last + 2},up\n{last + 7},up\n")
+    assert main(["evaluate", *common]) == 0
+    out, err = capfd.readouterr()
+    assert [line for line in err.splitlines() if "past the last frame" in line] == [
+        f"warning: {truth}: 3 row(s) past the last frame of {video} (frame {last}), from "
+        f"frame {last + 1}, left out of the scores"
+    ]
+    assert json.loads(out)["frames"] == last + 1  # the scores, alone on stdout

@@ -690,3 +690,146 @@ def test_short_actions_have_no_settled_accuracy_rather_than_none_right(
     report = json.loads((run / "evaluation.json").read_text())
     assert report["settled_frame_accuracy"] is None and report["frame_accuracy"] >= 0
     assert (run / "training_curves.png").is_file()  # drawn with the gap
+
+
+class _LearningRates(list[float]):
+    """The learning rate of every optimiser step taken within `with`, as the step had it."""
+
+    def __enter__(self) -> _LearningRates:
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        self._hook = register_optimizer_step_pre_hook(
+            lambda opt, args, kwargs: self.append(opt.param_groups[0]["lr"])
+        )
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._hook.remove()
+
+
+def test_a_finished_run_goes_on_for_more_epochs_in_a_new_cycle(tmp_path: Path) -> None:
+    # --resume refused a larger --epochs ("epochs: 1 then, 3 now"): a run that had trained
+    # its epochs could not be trained further. Its rate had cooled to nothing, so the
+    # epochs added start a new cycle, from that rate (no jump) up to --lr and down again.
+    torch = pytest.importorskip("torch")
+    import dataclasses
+    import shutil
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.train import TrainingError, main, synthetic_data
+
+    out = tmp_path / "run"
+    # 20 steps an epoch (chunks of 8 frames): enough for a cycle to show its shape.
+    first = dataclasses.replace(TINY, out=str(out), epochs=1, bptt=8)
+    data = synthetic_data(first)  # rendered once for every run here
+    main(first, data)
+    cooled = Progress.load(out / PROGRESS).optimizer["param_groups"][0]["lr"]
+    assert cooled < TINY.lr * 0.01
+    twin = shutil.copytree(out, tmp_path / "twin")
+
+    def more(run: Path) -> TrainConfig:
+        return resume_config(TrainConfig(out=str(run), resume=True, epochs=3), {"epochs"})
+
+    with _LearningRates() as rates:
+        main(more(out), data)
+    assert len(rates) == 40 and rates[0] == cooled
+    assert max(abs(b - a) for a, b in itertools.pairwise(rates)) < 0.3 * TINY.lr
+    assert max(rates) > 0.95 * TINY.lr and rates[-1] < 0.01 * TINY.lr
+    assert [r[0] for r in _rows(out)] == ["epoch", "1", "2", "3"]
+    # The run's settings say how long it now runs: a plain --resume needs no --epochs.
+    assert json.loads((out / "train_config.json").read_text())["epochs"] == 3
+
+    # Stopped in the cycle it began, it goes on in that cycle, as if it had not stopped.
+    steps = itertools.count(1)
+
+    def interrupt(*_: object) -> None:
+        if next(steps) == 25:  # in epoch 3, epoch 2 saved
+            raise KeyboardInterrupt
+
+    hook = register_optimizer_step_pre_hook(interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(more(twin), data)
+    finally:
+        hook.remove()
+    main(resume_config(TrainConfig(out=str(twin), resume=True), set()), data)
+    a, b = Progress.load(out / PROGRESS), Progress.load(twin / PROGRESS)
+    assert a.epoch == b.epoch == 3
+    for name, tensor in a.weights.items():
+        assert torch.equal(tensor, b.weights[name]), name
+
+    # What the run learns is not for a resume to change: refused, saying what may change.
+    changed = TrainConfig(out=str(out), resume=True, epochs=4, hidden=32)
+    with pytest.raises(TrainingError, match=r"hidden: 16 then, 32 now\); a resumed run may"):
+        main(resume_config(changed, {"epochs", "hidden"}), data)
+
+
+@pytest.mark.parametrize("then", [0.0, 5.0])
+def test_a_run_the_clock_stopped_goes_on_without_a_jump_in_its_rate(
+    tmp_path: Path, then: float
+) -> None:
+    # The clock had cooled its rate to nothing; resumed with no limit (0) the schedule
+    # followed the steps alone and jumped back to the peak, and with a larger budget it
+    # jumped to where the new budget's share put it. A new cycle rises from where it was.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.train import main, synthetic_data
+
+    out = tmp_path / "run"
+    # Cut short in epoch 1 of 3, of 20 steps each (chunks of 8 frames).
+    cfg = dataclasses.replace(TINY, out=str(out), minutes=0.001, bptt=8, epochs=3)
+    data = synthetic_data(cfg)
+    main(cfg, data)
+    cooled = Progress.load(out / PROGRESS).optimizer["param_groups"][0]["lr"]
+    assert cooled < TINY.lr * 0.01
+    again = resume_config(TrainConfig(out=str(out), resume=True, minutes=then), {"minutes"})
+    with _LearningRates() as rates:
+        main(again, data)
+    assert len(rates) == 40 and rates[0] == cooled
+    assert max(abs(b - a) for a, b in itertools.pairwise(rates)) < 0.3 * TINY.lr
+    assert rates[-1] < 0.01 * TINY.lr  # cooled again by the end of its last epoch
+    assert json.loads((out / "train_config.json").read_text())["minutes"] == then
+
+
+def test_train_tells_skipped_videos_and_warnings_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # They came on stdout, between the run's own lines, where `evaluate` has them on
+    # stderr: a log of stdout alone missed them, and a pipe of it carried them.
+    pytest.importorskip("torch")
+    from videogen import class_folders
+
+    from actionstream.training.train import main
+
+    data = class_folders(tmp_path / "videos", ("left",), 3, seconds=0.8, fps=10.0)
+    class_folders(data, ("right",), 2, seconds=0.8, fps=10.0, seed=5)  # none held out
+    (data / "left" / "corrupt.mp4").write_bytes(b"\x00" * 4096)
+    main(
+        TrainConfig(
+            data=str(data),
+            out=str(tmp_path / "run"),
+            cache=str(tmp_path / "cache"),
+            init="scratch",
+            size=16,
+            channels=(4, 8),
+            embed=8,
+            hidden=8,
+            train_streams=8,
+            stream_frames=16,
+            bptt=16,
+            batch_size=8,
+            epochs=1,
+            threads=2,
+        )
+    )
+    out, err = capsys.readouterr()
+    told = err.splitlines()
+    assert any(line.startswith(f"skipped {data / 'left' / 'corrupt.mp4'}: ") for line in told)
+    assert "warning: the split leaves no held-out video for label(s) right; " in err
+    said = out.splitlines()
+    assert not [line for line in said if line.startswith(("skipped", "warning"))], out
+    assert any(" clips to train on" in line for line in said) and "epoch  1" in out

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from actionstream.contract import ModelConfig
+from actionstream.training.config import PROGRESS
 from actionstream.training.model import Recognizer, build_recognizer
 
 
@@ -75,7 +76,7 @@ class Checkpoint:
         if path.is_dir():
             path = path / "checkpoint.pt"
         if not path.is_file():
-            if (path.parent / "last.pt").is_file():  # train's progress file: the run stopped
+            if (path.parent / PROGRESS).is_file():  # train's progress file: the run stopped
                 raise CheckpointError(
                     f"{path}: no such checkpoint; the run in {path.parent} stopped before its "
                     f"end (carry it on with `actionstream train --out {path.parent} --resume`)"

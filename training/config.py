@@ -17,6 +17,8 @@ from actionstream.settings import refuse_non_finite, setting
 
 # A run folder, as `train` writes it and `evaluate` / `export` read it.
 DEFAULT_RUN = "runs/default"
+# A run's progress after its last finished epoch, what `--resume` goes on from (no model).
+PROGRESS = "last.pt"
 # Decoded frames of the user's videos, kept between runs: in the user's cache folder.
 DEFAULT_FRAME_CACHE = str(
     Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "actionstream" / "frames"
@@ -66,9 +68,10 @@ class TrainConfig:
     resume: bool = setting(
         False,
         help="carry on the run in --out from its last saved epoch, with the settings it was "
-        "started with (only --minutes, --device, --threads and --cache may change, and "
-        "--data and --split to where the same videos are now); a run that --minutes "
-        "stopped goes on from the epoch after the one the clock cut short",
+        "started with (only --epochs, --minutes, --device, --threads and --cache may change, "
+        "and --data and --split to where the same videos are now); a run that --minutes "
+        "stopped goes on from the epoch after the one the clock cut short; a new --epochs or "
+        "--minutes starts a new learning-rate cycle from the rate the run had reached",
         group="Run",
     )
     minutes: float = setting(

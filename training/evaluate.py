@@ -36,7 +36,7 @@ from actionstream.training.videos import (
     ClipRef,
     DatasetError,
     Preprocessing,
-    decode_indexed,
+    decode_counted,
     file_digest,
     find_clips,
     load_dataset,
@@ -363,11 +363,19 @@ def _labelled_video(
         raise DatasetError(
             f"{csv_path}: label(s) {', '.join(map(repr, unknown))} are not the model's"
         )
-    frames, sources = decode_indexed(
+    taken = decode_counted(
         ClipRef(video, "video"), prep, lambda note: _tell(f"warning: {video}: {note}")
     )
-    missing = sorted({int(i) for i in sources} - set(by_frame))
+    missing = sorted({int(i) for i in taken.sources} - set(by_frame))
     if missing:
         raise DatasetError(f"{csv_path}: no label for source frame(s) {missing[:5]}...")
-    labels = np.array([names.index(by_frame[int(i)]) for i in sources])
-    return Streams(frames[None], labels[None])  # (1, T, H, W, 3), (1, T)
+    # Rows for frames the video does not have score nothing: said, since a CSV for
+    # another (longer) cut of the video would otherwise pass unnoticed.
+    past = sorted(f for f in by_frame if f >= taken.read)
+    if past:
+        _tell(
+            f"warning: {csv_path}: {len(past)} row(s) past the last frame of {video} "
+            f"(frame {taken.read - 1}), from frame {past[0]}, left out of the scores"
+        )
+    labels = np.array([names.index(by_frame[int(i)]) for i in taken.sources])
+    return Streams(taken.frames[None], labels[None])  # (1, T, H, W, 3), (1, T)

@@ -33,7 +33,7 @@ from actionstream.contract import (
     write_props,
 )
 from actionstream.training.checkpoint import Checkpoint
-from actionstream.training.config import ExportConfig
+from actionstream.training.config import PROGRESS, ExportConfig
 from actionstream.training.model import Recognizer, StepModule
 
 DEFAULT_EXPORT = ExportConfig()
@@ -46,7 +46,7 @@ class ExportError(Exception):
 # A run folder's own files, which an export must never replace: `export RUN --out
 # RUN/checkpoint.pt` destroyed the run, and a card named train_config.json its resume.
 RUN_FILES = (
-    "checkpoint.pt", "checkpoint.json", "last.pt", "train_config.json", "metrics.csv",
+    "checkpoint.pt", "checkpoint.json", PROGRESS, "train_config.json", "metrics.csv",
     "evaluation.json",
 )  # fmt: skip
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +25,40 @@ import numpy as np
 import torch
 
 from actionstream.training.checkpoint import Checkpoint, CheckpointError, save_whole, write_whole
-from actionstream.training.config import INIT_CHOICES, TrainConfig
+from actionstream.training.config import INIT_CHOICES, PROGRESS, TrainConfig
 from actionstream.training.errors import TrainingError
 from actionstream.training.evaluate import Scores
 from actionstream.training.model import Recognizer
 
-PROGRESS = "last.pt"
 CONFIG = "train_config.json"
 # What a resumed run may change: where and how long it runs, not what it learns. `out` is
 # the run folder itself, wherever it lies now: a moved or renamed run is the same run.
-_RESUMABLE_CHANGES = {"resume", "out", "minutes", "device", "threads", "cache"}
+_RESUMABLE_CHANGES = {"resume", "out", "epochs", "minutes", "device", "threads", "cache"}
 # Validation numbers written to metrics.csv after every epoch: the Scores that EpochLog.row
 # writes, by name (report.py plots them by these).
 LOGGED = ("frame_accuracy", "settled_frame_accuracy", "clip_accuracy")
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """The learning-rate cycle a run is in (train.py's _schedule): the first from its
+    start, and a new one from each --resume that changes --epochs or --minutes, begun
+    where the run stands so that the rate does not jump."""
+
+    # What it cools down by: the run's --epochs and --minutes when it began.
+    epochs: int
+    minutes: float
+    # Where it began: the epochs finished, the optimiser steps and training seconds then,
+    # and the learning rate then as a share of --lr, which it rises from (None for the
+    # run's first cycle, which rises from one_cycle's own start).
+    epoch: int = 0
+    step: int = 0
+    seconds: float = 0.0
+    factor: float | None = None
+
+    def runs(self, cfg: TrainConfig) -> bool:
+        """Whether it is the cycle of a run with `cfg`'s length and time budget."""
+        return (self.epochs, self.minutes) == (cfg.epochs, cfg.minutes)
 
 
 @dataclass(kw_only=True)
@@ -64,6 +85,8 @@ class Progress:
     rng: Mapping[str, Any]  # numpy's, which orders the batches
     torch_rng: torch.Tensor
     cuda_rng: torch.Tensor | None = None  # a GPU draws its dropout masks from its own
+    # None in progress saved before runs recorded it: then the first, by train_config.json.
+    cycle: Cycle | None = None
 
     @classmethod
     def snapshot(
@@ -81,6 +104,7 @@ class Progress:
         sched: torch.optim.lr_scheduler.LRScheduler,
         rng: np.random.Generator,
         device: torch.device,
+        cycle: Cycle,
     ) -> Progress:
         """The run as it stands after `epoch`."""
         return cls(
@@ -99,6 +123,7 @@ class Progress:
             rng=rng.bit_generator.state,
             torch_rng=torch.get_rng_state(),
             cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            cycle=cycle,
         )
 
     def save(self, path: Path) -> None:
@@ -106,6 +131,8 @@ class Progress:
         fields by name, not asdict (which deep-copies every tensor); those that are None
         left out, as the progress saved before them has them."""
         state = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.cycle is not None:  # plain values, which torch.load(weights_only) reads
+            state["cycle"] = asdict(self.cycle)
         save_whole(path, {k: v for k, v in state.items() if v is not None})
 
     @classmethod
@@ -126,7 +153,10 @@ class Progress:
         """The progress in `saved`, as `save` leaves it; keys it does not know are ignored."""
         names = {f.name for f in fields(cls)}
         try:
-            return cls(**{k: v for k, v in saved.items() if k in names})
+            kept = {k: v for k, v in saved.items() if k in names}
+            if isinstance(kept.get("cycle"), dict):
+                kept["cycle"] = Cycle(**kept["cycle"])
+            return cls(**kept)
         except TypeError as e:  # a field missing
             raise ValueError(f"not a run's progress ({e})") from None
 
@@ -281,8 +311,35 @@ def resumable(out: Path, cfg: TrainConfig) -> Progress:
     changed = sorted(k for k in now if k not in free and before.get(k) != now[k])
     if changed:
         detail = ", ".join(f"{k}: {before.get(k)!r} then, {now[k]!r} now" for k in changed)
-        raise TrainingError(f"--resume: {out} was trained with other settings ({detail})")
+        raise TrainingError(
+            f"--resume: {out} was trained with other settings ({detail}); a resumed run "
+            "may change only --epochs, --minutes, --device, --threads and --cache (and "
+            "--data and --split to where the same videos are now): to train with these, "
+            f"start a new run in another --out, from this one's weights with --init {out}"
+        )
+    if saved.cycle is None:  # saved before runs recorded it: the run's first, as started
+        first = Cycle(before.get("epochs", cfg.epochs), before.get("minutes", cfg.minutes))
+        return replace(saved, cycle=first)
     return saved
+
+
+def cycle_on(saved: Progress | None, cfg: TrainConfig) -> Cycle:
+    """The learning-rate cycle the run trains in: a new run's first, a resumed run's own,
+    or, when --resume changed --epochs or --minutes, a new one from where it stands: from
+    its last finished epoch, its steps and time so far, and the rate it had reached."""
+    if saved is None:
+        return Cycle(cfg.epochs, cfg.minutes)
+    if saved.cycle is not None and saved.cycle.runs(cfg):
+        return saved.cycle
+    reached = saved.optimizer["param_groups"][0]["lr"] / cfg.lr
+    return Cycle(
+        cfg.epochs,
+        cfg.minutes,
+        epoch=saved.epoch,
+        step=saved.schedule["last_epoch"],
+        seconds=saved.seconds,
+        factor=min(1.0, reached),
+    )
 
 
 def _its_checkpoint(out: Path) -> Checkpoint:
@@ -293,12 +350,18 @@ def _its_checkpoint(out: Path) -> Checkpoint:
         raise TrainingError(f"--resume: {e}") from None
 
 
-def finished(out: Path, epochs: int, say: Callable[..., None]) -> Checkpoint:
-    """A run `--resume` finds complete: said so, and nothing rewritten (resuming is safe
-    to repeat, as when a training container restarts with it)."""
+def finished(out: Path, epochs: int, done: int, say: Callable[..., None]) -> Checkpoint:
+    """A run `--resume` finds complete, having run `done` epochs of `epochs`: said so,
+    and nothing rewritten (resuming is safe to repeat, as when a training container
+    restarts with it)."""
     ckpt = _its_checkpoint(out)
+    ran = (
+        f"its last epoch ({epochs})"
+        if done == epochs
+        else f"{done} epochs, more than --epochs {epochs}"
+    )
     say(
-        f"{out} has already run its last epoch ({epochs}); nothing to resume "
+        f"{out} has already run {ran}; nothing to resume "
         f"({out / 'checkpoint.pt'} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
     )
     return ckpt
@@ -349,15 +412,18 @@ def same_data(saved: Progress, clip_sides: tuple[tuple[str, str], ...]) -> None:
     )
 
 
-def relocate(out: Path, cfg: TrainConfig) -> None:
+def note_changes(out: Path, cfg: TrainConfig) -> None:
     """Notes in train_config.json where the run folder, its videos and split file are now,
-    if they moved: the next --resume finds them without being told again."""
+    if they moved, and the run's --epochs and --minutes if this resume changed them: the
+    next --resume finds them without being told again, and the run's settings say how
+    long it now runs."""
     path = out / CONFIG
     before, now = json.loads(path.read_text()), resolved(cfg)
-    moved = {k: now[k] for k in ("out", "data", "split") if before.get(k) != now[k]}
-    if moved:
+    changed = ("out", "data", "split", "epochs", "minutes")
+    noted = {k: now[k] for k in changed if before.get(k) != now[k]}
+    if noted:
         try:
-            write_whole(path, (json.dumps(before | moved, indent=2) + "\n").encode())
+            write_whole(path, (json.dumps(before | noted, indent=2) + "\n").encode())
         except OSError as e:
             raise TrainingError(_out_problem(out, e)) from None
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -43,7 +44,7 @@ from actionstream.training.errors import TrainingError
 from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, Scores, score
 from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
-from actionstream.training.run_folder import EpochLog, Progress, resolved
+from actionstream.training.run_folder import Cycle, EpochLog, Progress, resolved
 from actionstream.training.synth import SynthConfig
 from actionstream.training.video_data import VideoData, open_videos, recorded_split
 from actionstream.training.videos import (
@@ -69,18 +70,24 @@ class Deadline:
     def passed(self) -> bool:
         return self.spent() >= 1.0
 
-    def spent(self) -> float:
-        """The share of the budget used so far (0 without one)."""
-        return (time.monotonic() - self._start) / self._seconds
+    def spent(self, after: float = 0.0) -> float:
+        """The share used so far of the budget (0 without one), or of what was left of it
+        `after` that many seconds of training (where a learning-rate cycle began)."""
+        return (time.monotonic() - self._start - after) / (self._seconds - after)
 
 
 def one_cycle(
-    progress: float, warm_up: float = 0.15, start: float = 25.0, end: float = 1e4
+    progress: float,
+    warm_up: float = 0.15,
+    start: float = 25.0,
+    end: float = 1e4,
+    rise_from: float | None = None,
 ) -> float:
     """The one-cycle learning-rate factor at `progress` (0..1) of training: a cosine
-    rise from 1/start to 1 over the warm-up, then a cosine fall to 1/(start*end)."""
+    rise from 1/start (or `rise_from`, where a resumed run's new cycle finds the rate) to
+    1 over the warm-up, then a cosine fall to 1/(start*end)."""
     if progress < warm_up:
-        low = 1 / start
+        low = 1 / start if rise_from is None else rise_from
         return low + (1 - low) * (1 - math.cos(math.pi * progress / warm_up)) / 2
     low = 1 / (start * end)
     rest = min(1.0, (progress - warm_up) / (1 - warm_up))
@@ -186,6 +193,7 @@ class RunParts:
     inherited: tuple[str, ...]  # the videos (SHA-256) --init RUN's weights learnt from
     # When its training started (time.perf_counter), earlier by a resumed run's seconds.
     started: float
+    cycle: Cycle  # the learning-rate cycle it trains in
 
 
 def check_loss(epoch: int, loss: float, counted: int, cfg: TrainConfig) -> None:
@@ -225,6 +233,7 @@ def score_and_save(
         sched=run.sched,
         rng=run.rng,
         device=run.device,
+        cycle=run.cycle,
     )
     with run_folder.saving(run.out, epoch):
         # The best so far as the run's model, before the progress that counts this epoch
@@ -266,6 +275,8 @@ def _train(
 ) -> Checkpoint | None:
     """The run; its checkpoint on the leader, None on the other processes."""
     say = print if team.leader else _silent
+    # Skipped videos and warnings to stderr, as `evaluate` has them: stdout is the run's.
+    warn = _warn if team.leader else _silent
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -276,7 +287,7 @@ def _train(
     # Without its checkpoint.pt (killed while saving it) it goes on: no epoch is left to
     # run, and the model is saved from the progress.
     if saved is not None and saved.epoch >= cfg.epochs and (out / "checkpoint.pt").is_file():
-        return run_folder.finished(out, cfg.epochs, say)
+        return run_folder.finished(out, cfg.epochs, saved.epoch, say)
     # --minutes bounds the whole run, the time before a resume included. A run whose time
     # is spent trains no further; without its checkpoint.pt it is saved from the progress.
     spent = saved is not None and 0 < cfg.minutes * 60 <= saved.seconds
@@ -285,11 +296,11 @@ def _train(
         return run_folder.out_of_time(out, cfg.minutes, saved.seconds, say)
     if data is None:
         # Under torchrun, one process a machine decodes the videos into the cache first.
-        data = team.local_first(lambda: _load_run_data(cfg, saved, say))
+        data = team.local_first(lambda: _load_run_data(cfg, saved, say, warn))
     if saved is not None:
         run_folder.same_data(saved, data.clip_sides)
         if team.leader:
-            run_folder.relocate(out, cfg)
+            run_folder.note_changes(out, cfg)
     model_cfg = _model_config(cfg, len(data.labels))
     net, inherited = _network(model_cfg, cfg.init, data.labels, cfg.fps, saved, say)
     net = net.to(device)
@@ -302,10 +313,12 @@ def _train(
     together = f", data-parallel over {team.size} processes" if team.size > 1 else ""
     say(f"training on {device}{where}{together}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * batches * math.ceil(cfg.stream_frames / cfg.bptt)
+    per_epoch = batches * math.ceil(cfg.stream_frames / cfg.bptt)
+    steps = cfg.epochs * per_epoch
     # The time a resumed run already spent: its progress keeps it (old last.pt files too).
     deadline = Deadline(cfg.minutes, saved.seconds if saved is not None else 0.0)
-    sched = _schedule(opt, cfg, steps, deadline)
+    cycle = run_folder.cycle_on(saved, cfg)
+    sched = _schedule(opt, cfg, per_epoch, deadline, cycle)
     t_train = time.perf_counter()
     best = Best(None, 0, {})
     first = 1
@@ -314,11 +327,11 @@ def _train(
         best = Best.from_record(saved.best, saved.best_weights)
         t_train -= saved.seconds
         first = saved.epoch + 1
-        say(f"resuming {out} after epoch {saved.epoch}")
+        say(f"resuming {out} after epoch {saved.epoch}{_new_cycle(cycle, saved, cfg)}")
     rows = saved.log if saved is not None else []
     log = EpochLog(out / "metrics.csv", rows) if team.leader else None
     run = RunParts(
-        out, cfg, model_cfg, data, net, opt, sched, rng, team, device, inherited, t_train
+        out, cfg, model_cfg, data, net, opt, sched, rng, team, device, inherited, t_train, cycle
     )
     done = (first - 1) * steps // cfg.epochs
     with tqdm(
@@ -369,7 +382,7 @@ def _batches_per_process(cfg: TrainConfig, team: Team) -> int:
 
 
 def _load_run_data(
-    cfg: TrainConfig, saved: Progress | None, say: Callable[..., None]
+    cfg: TrainConfig, saved: Progress | None, say: Callable[..., None], warn: Callable[..., None]
 ) -> TrainingData:
     """What `cfg` names to train on, split as a resumed run recorded; read before the run
     folder is made, so that bad data leaves nothing behind."""
@@ -377,7 +390,7 @@ def _load_run_data(
         run_folder.refuse_lost_videos(saved, cfg)
     t_data = time.perf_counter()
     sides = dict(saved.data_clips) if saved is not None and saved.data_clips else None
-    data = load_data(cfg, say, sides)
+    data = load_data(cfg, say, sides, warn=warn)
     say(f"data ready in {time.perf_counter() - t_data:.1f}s")
     return data
 
@@ -444,16 +457,42 @@ def _model_config(cfg: TrainConfig, num_classes: int) -> ModelConfig:
 
 
 def _schedule(
-    opt: torch.optim.Optimizer, cfg: TrainConfig, steps: int, deadline: Deadline
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    per_epoch: int,
+    deadline: Deadline,
+    cycle: Cycle,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """One cycle over the run's `steps`, or, with a time budget, over whichever ends first,
-    steps or time: a run cut short by the clock has still cooled its learning rate down."""
-    if cfg.minutes > 0:
-        return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: one_cycle(max(step / steps, deadline.spent()))
+    """One cycle over the run's steps, or, with a time budget, over whichever ends first,
+    steps or time: a run cut short by the clock has still cooled its learning rate down.
+
+    A run resumed with another --epochs or --minutes is in a new `cycle`, from where it
+    stood: its rate rises from the one it had reached (no jump) back to --lr, then cools
+    down by the end of the run's epochs or budget as they are now."""
+    # The cycle's own steps: its epochs', none cut short (the clock's last ends a run).
+    steps = max(1, (cfg.epochs - cycle.epoch) * per_epoch)
+    if cycle.factor is None and cfg.minutes == 0:  # the run's first, by its steps alone
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
         )
-    return torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda step: one_cycle(
+            max((step - cycle.step) / steps, deadline.spent(cycle.seconds)),
+            rise_from=cycle.factor,
+        ),
+    )
+
+
+def _new_cycle(cycle: Cycle, saved: Progress, cfg: TrainConfig) -> str:
+    """What a resume that changed --epochs or --minutes does with the learning rate."""
+    if cycle is saved.cycle:
+        return ""
+    budget = f" or {cfg.minutes:g} minutes" if cfg.minutes > 0 else ""
+    return (
+        f"; --epochs or --minutes changed, so its learning rate starts a new cycle: from "
+        f"the {cfg.lr * (cycle.factor or 0):.2g} it had reached, up to --lr {cfg.lr:g} "
+        f"and down again by epoch {cfg.epochs}{budget}"
     )
 
 
@@ -500,15 +539,21 @@ def weights_digest(weights: dict[str, torch.Tensor]) -> str:
 
 
 def load_data(
-    cfg: TrainConfig, say: Callable[..., None] = print, sides: dict[str, str] | None = None
+    cfg: TrainConfig,
+    say: Callable[..., None] = print,
+    sides: dict[str, str] | None = None,
+    *,
+    warn: Callable[..., None] | None = None,
 ) -> TrainingData:
     """The synthetic world, or the user's videos under `cfg.data`, split as a resumed run
-    recorded (`sides`, by clip) when it holds these clips."""
+    recorded (`sides`, by clip) when it holds these clips. Its skipped-video and warning
+    lines go to `warn` (train's stderr), or with the rest to `say` when it is not given."""
+    warn = warn or say
     if cfg.data is None:
         return synthetic_data(cfg)
     try:
         dataset = open_videos(
-            Path(cfg.data), Path(cfg.cache), cfg.size, cfg.fps, MIN_CLIP_FRAMES, report=say
+            Path(cfg.data), Path(cfg.cache), cfg.size, cfg.fps, MIN_CLIP_FRAMES, report=warn
         )
     except DatasetError as e:
         raise TrainingError(str(e)) from None
@@ -541,7 +586,7 @@ def load_data(
         f"{len(train_idx)} clips to train on, {len(val_idx)} held out "
         f"(held out of each label's clips: {counts})"
     )
-    _warn_unscored(dataset, val_idx, cfg.split, say)
+    _warn_unscored(dataset, val_idx, cfg.split, warn)
     return VideoData(
         dataset,
         train_idx,
@@ -587,7 +632,7 @@ def _split_by(split_file: str | None) -> str:
 
 
 def _warn_unscored(
-    dataset: VideoDataset, val_idx: list[int], split_file: str | None, say: Callable[..., None]
+    dataset: VideoDataset, val_idx: list[int], split_file: str | None, warn: Callable[..., None]
 ) -> None:
     """Names the labels that validation cannot score."""
     unscored = [
@@ -596,7 +641,7 @@ def _warn_unscored(
         if all(dataset.targets[i] != k for i in val_idx)
     ]
     if unscored:
-        say(
+        warn(
             f"warning: {_split_by(split_file)} no held-out video for label(s) "
             f"{', '.join(unscored)}; "
             "validation cannot tell how well the model knows them"
@@ -633,6 +678,11 @@ def resolve_device(name: str) -> torch.device:
 def _accuracy(value: float | None) -> str:
     """An accuracy for the log line; "n/a" where no frame was there to score."""
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def _warn(line: str) -> None:
+    """A skipped video or a warning, on stderr: what `train` prints on stdout is the run."""
+    print(line, file=sys.stderr)
 
 
 def _silent(*args: object, **kwargs: object) -> None:

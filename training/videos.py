@@ -460,7 +460,24 @@ def decode_clip(
 def decode_indexed(
     ref: ClipRef, prep: Preprocessing, warn: Callable[[str], None] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Like decode_clip, with the source frame index (0-based) each output frame shows.
+    """Like decode_clip, with the source frame index (0-based) each output frame shows."""
+    taken = decode_counted(ref, prep, warn)
+    return taken.frames, taken.sources
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A video's frames at the model's rate, and the source frames it gave in all."""
+
+    frames: np.ndarray  # (T, H, W, 3)
+    sources: np.ndarray  # (T,) the source frame index (0-based) each frame shows
+    read: int  # source frames read: those past it are not in the file (or not in the span)
+
+
+def decode_counted(
+    ref: ClipRef, prep: Preprocessing, warn: Callable[[str], None] | None = None
+) -> Counted:
+    """Like decode_indexed, with the number of source frames the video gave.
 
     FFmpeg's own lines about a damaged file are held back from the terminal
     (actionstream/decoding.py) and told in the line that names the file: a skip's
@@ -490,7 +507,7 @@ def decode_indexed(
         warn(f"cut short or damaged: {shortfall}{detail}; using the frames it has")
     elif warn is not None and said.lines:
         warn(f"{said.summary()} while decoding it; using the frames decoded")
-    return np.stack(decoded.frames), np.array(decoded.sources)
+    return Counted(np.stack(decoded.frames), np.array(decoded.sources), decoded.read)
 
 
 @dataclass
