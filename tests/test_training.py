@@ -665,22 +665,7 @@ def test_short_actions_have_no_settled_accuracy_rather_than_none_right(
 
     data = class_folders(tmp_path / "videos", ("left", "right"), 5, seconds=0.8, fps=10.0)
     run = tmp_path / "run"
-    cfg = TrainConfig(
-        data=str(data),
-        out=str(run),
-        cache=str(tmp_path / "cache"),
-        init="scratch",
-        size=16,
-        channels=(4, 8),
-        embed=8,
-        hidden=8,
-        train_streams=8,
-        stream_frames=16,
-        bptt=16,
-        batch_size=8,
-        epochs=1,
-        threads=2,
-    )
+    cfg = _tiny_on_videos(data, run, tmp_path / "cache")
     ckpt = main(cfg)
     assert ckpt.eval_metrics["settled_frame_accuracy"] is None
     assert "settled n/a" in capsys.readouterr().out
@@ -808,24 +793,7 @@ def test_train_tells_skipped_videos_and_warnings_on_stderr(
     data = class_folders(tmp_path / "videos", ("left",), 3, seconds=0.8, fps=10.0)
     class_folders(data, ("right",), 2, seconds=0.8, fps=10.0, seed=5)  # none held out
     (data / "left" / "corrupt.mp4").write_bytes(b"\x00" * 4096)
-    main(
-        TrainConfig(
-            data=str(data),
-            out=str(tmp_path / "run"),
-            cache=str(tmp_path / "cache"),
-            init="scratch",
-            size=16,
-            channels=(4, 8),
-            embed=8,
-            hidden=8,
-            train_streams=8,
-            stream_frames=16,
-            bptt=16,
-            batch_size=8,
-            epochs=1,
-            threads=2,
-        )
-    )
+    main(_tiny_on_videos(data, tmp_path / "run", tmp_path / "cache"))
     out, err = capsys.readouterr()
     told = err.splitlines()
     assert any(line.startswith(f"skipped {data / 'left' / 'corrupt.mp4'}: ") for line in told)
@@ -833,3 +801,23 @@ def test_train_tells_skipped_videos_and_warnings_on_stderr(
     said = out.splitlines()
     assert not [line for line in said if line.startswith(("skipped", "warning"))], out
     assert any(" clips to train on" in line for line in said) and "epoch  1" in out
+
+
+def _tiny_on_videos(data: Path, run: Path, cache: Path) -> TrainConfig:
+    """One epoch of a tiny model from scratch on the videos in `data`."""
+    return TrainConfig(
+        data=str(data),
+        out=str(run),
+        cache=str(cache),
+        init="scratch",
+        size=16,
+        channels=(4, 8),
+        embed=8,
+        hidden=8,
+        train_streams=8,
+        stream_frames=16,
+        bptt=16,
+        batch_size=8,
+        epochs=1,
+        threads=2,
+    )
