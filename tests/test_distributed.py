@@ -49,7 +49,17 @@ def test_torchrun_trains_with_two_processes(tmp_path: Path) -> None:
     assert [row["steps"] for row in rows] == ["4", "4"]
 
 
-def _decide(rank: int, store: str, own: list[tuple[float, int]], out: str) -> None:
+# Each case: the two processes' own (loss, counted frames), and what both must decide.
+TEAM_LOSSES = [
+    # One process's share had no frame to count: the team's loss is the other's.
+    ([(0.5, 10), (math.nan, 0)], [0.5, 10]),
+    # Weighted by frames; a process that diverged makes it NaN for every process.
+    ([(1.0, 10), (4.0, 30)], [3.25, 40]),
+    ([(1.0, 10), (math.nan, 30)], [None, 40]),
+]
+
+
+def _decide(rank: int, store: str, owns: list[list[tuple[float, int]]], out: str) -> None:
     import torch.distributed as dist
 
     from actionstream.training.distributed import Team
@@ -57,38 +67,40 @@ def _decide(rank: int, store: str, own: list[tuple[float, int]], out: str) -> No
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        loss, counted = _over_the_team(*own[rank], Team(rank=rank, size=2))
-        Path(f"{out}.{rank}").write_text(json.dumps([None if math.isnan(loss) else loss, counted]))
+        decided = []
+        for own in owns:  # one after another, as a run's epochs are
+            loss, counted = _over_the_team(*own[rank], Team(rank=rank, size=2))
+            decided.append([None if math.isnan(loss) else loss, counted])
+        Path(f"{out}.{rank}").write_text(json.dumps(decided))
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize(
-    ("own", "expected"),
-    [
-        # One process's share had no frame to count: the team's loss is the other's.
-        ([(0.5, 10), (math.nan, 0)], [0.5, 10]),
-        # Weighted by frames; a process that diverged makes it NaN for every process.
-        ([(1.0, 10), (4.0, 30)], [3.25, 40]),
-        ([(1.0, 10), (math.nan, 30)], [None, 40]),
-    ],
-)
-def test_every_process_decides_on_the_teams_loss(
-    tmp_path: Path,
-    own: list[tuple[float, int]],
-    expected: list[float | None],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Each process decided on its own loss: one whose share had no counted frame stopped
-    # the whole run, and the leader's message could blame the wrong setting.
+@pytest.fixture(scope="module")
+def decided(tmp_path_factory: pytest.TempPathFactory) -> list[list[list[float | None]]]:
+    """What each of two processes decided in every case of TEAM_LOSSES, [rank][case]: one
+    team for them all, since each process starts by importing torch."""
     pytest.importorskip("torch")
     import torch.multiprocessing as mp
 
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback only, as the torchrun test
-    out = str(tmp_path / "decided")
-    mp.spawn(_decide, args=(str(tmp_path / "store"), own, out), nprocs=2)
-    assert json.loads(Path(f"{out}.0").read_text()) == expected
-    assert json.loads(Path(f"{out}.1").read_text()) == expected
+    folder = tmp_path_factory.mktemp("decided")
+    out = str(folder / "decided")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback only, as the torchrun test
+        owns = [own for own, _ in TEAM_LOSSES]
+        mp.spawn(_decide, args=(str(folder / "store"), owns, out), nprocs=2)
+    return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in (0, 1)]
+
+
+@pytest.mark.parametrize("case", range(len(TEAM_LOSSES)))
+def test_every_process_decides_on_the_teams_loss(
+    decided: list[list[list[float | None]]], case: int
+) -> None:
+    # Each process decided on its own loss: one whose share had no counted frame stopped
+    # the whole run, and the leader's message could blame the wrong setting.
+    expected = TEAM_LOSSES[case][1]
+    assert decided[0][case] == expected
+    assert decided[1][case] == expected
 
 
 def _load(rank: int, store: str, cache: str, out: str, fail: bool) -> None:
