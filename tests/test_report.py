@@ -98,16 +98,8 @@ def test_a_video_without_labels_beside_it_is_told_of_labels(
     from videogen import labelled_video
 
     from actionstream.cli import main
-    from actionstream.contract import ModelConfig
-    from actionstream.training.checkpoint import Checkpoint
-    from actionstream.training.model import build_recognizer
 
-    labels = ("down", "left", "right", "up")
-    config = ModelConfig(num_classes=4, height=32, width=32, channels=(8, 16), embed=16, hidden=16)
-    net = build_recognizer(config)
-    Checkpoint(config, labels, 10.0, None, "t", net.state_dict()).save(
-        tmp_path / "run" / "checkpoint.pt"
-    )
+    labels = _untrained_run(tmp_path / "run")
     video = tmp_path / "v.avi"
     labelled_video(video, labels, 1, seed=3).rename(tmp_path / "truth.csv")
     common = ["--data", str(video), "--cache", str(tmp_path / "cache")]
@@ -133,15 +125,8 @@ def test_label_rows_past_the_videos_last_frame_are_told_in_one_line(
     from videogen import labelled_video
 
     from actionstream.cli import main
-    from actionstream.contract import ModelConfig
-    from actionstream.training.checkpoint import Checkpoint
-    from actionstream.training.model import build_recognizer
 
-    labels = ("down", "left", "right", "up")
-    config = ModelConfig(num_classes=4, height=32, width=32, channels=(8, 16), embed=16, hidden=16)
-    Checkpoint(config, labels, 10.0, None, "t", build_recognizer(config).state_dict()).save(
-        tmp_path / "run" / "checkpoint.pt"
-    )
+    labels = _untrained_run(tmp_path / "run")
     video = tmp_path / "v.avi"
     truth = labelled_video(video, labels, 1, seed=3)
     last = len(truth.read_text().splitlines()) - 2  # the header, and frames from 0
@@ -157,3 +142,17 @@ def test_label_rows_past_the_videos_last_frame_are_told_in_one_line(
         f"frame {last + 1}, left out of the scores"
     ]
     assert json.loads(out)["frames"] == last + 1  # the scores, alone on stdout
+
+
+def _untrained_run(run: Path) -> tuple[str, ...]:
+    """A run folder holding an untrained four-label model; its labels."""
+    from actionstream.contract import ModelConfig
+    from actionstream.training.checkpoint import Checkpoint
+    from actionstream.training.model import build_recognizer
+
+    labels = ("down", "left", "right", "up")
+    config = ModelConfig(num_classes=4, height=32, width=32, channels=(8, 16), embed=16, hidden=16)
+    Checkpoint(config, labels, 10.0, None, "t", build_recognizer(config).state_dict()).save(
+        run / "checkpoint.pt"
+    )
+    return labels
