@@ -228,6 +228,11 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
+def _frames(x: float | None) -> str:
+    """A median of whole frames: "1", or "1.5" between two."""
+    return "n/a" if x is None else f"{x:g}"
+
+
 def _row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
@@ -261,7 +266,7 @@ def _print_tables(results: dict[str, Any], base: TrainConfig, long_frames: int) 
                 _pct(s["settled_frame_accuracy"]),
                 _pct(lg["frame_accuracy"]),
                 _pct(lg["settled_frame_accuracy"]),
-                s["switch_latency_frames"],
+                _frames(s["switch_latency_frames"]),
                 f"{r['train_seconds']:.0f} s",
             )
         )

@@ -349,7 +349,16 @@ def test_a_resumed_run_under_a_time_budget_goes_on_cooling(tmp_path: Path) -> No
     (out / "checkpoint.pt").unlink()
     main(resume_config(TrainConfig(out=str(out), resume=True), set()))
     assert (out / PROGRESS).read_bytes() == cut and (out / "checkpoint.pt").is_file()
-    # As if it had trained 54 s of a 1-minute budget: 90% of the way down.
+    # As if it had trained 54 s of a 1-minute budget, resumed under that budget: it goes
+    # on in its own cycle, 90% of the way down.
+    assert progress.cycle is not None
+    same = dataclasses.replace(progress.cycle, minutes=1.0)
+    dataclasses.replace(progress, seconds=54.0, cycle=same).save(out / PROGRESS)
+    main(resume_config(TrainConfig(out=str(out), resume=True, minutes=1.0), {"minutes"}))
+    resumed = Progress.load(out / PROGRESS)
+    assert resumed.cycle == same
+    assert resumed.optimizer["param_groups"][0]["lr"] <= TINY.lr * one_cycle(0.9) + 1e-12
+    # The same under a budget --resume changed: a new cycle, cooled by the new end.
     dataclasses.replace(progress, seconds=54.0).save(out / PROGRESS)
     main(resume_config(TrainConfig(out=str(out), resume=True, minutes=1.0), {"minutes"}))
     lr = Progress.load(out / PROGRESS).optimizer["param_groups"][0]["lr"]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from actionstream.contract import ModelConfig
-from actionstream.training.config import PROGRESS
+from actionstream.training.config import CHECKPOINT, PROGRESS
 from actionstream.training.model import Recognizer, build_recognizer
 
 
@@ -74,7 +74,7 @@ class Checkpoint:
     def load(cls, path: Path) -> Checkpoint:
         """Reads a checkpoint written by `save`; a run folder means its checkpoint.pt."""
         if path.is_dir():
-            path = path / "checkpoint.pt"
+            path = path / CHECKPOINT
         if not path.is_file():
             if (path.parent / PROGRESS).is_file():  # train's progress file: the run stopped
                 raise CheckpointError(

@@ -33,7 +33,7 @@ from actionstream.contract import (
     write_props,
 )
 from actionstream.training.checkpoint import Checkpoint
-from actionstream.training.config import PROGRESS, ExportConfig
+from actionstream.training.config import CHECKPOINT, PROGRESS, ExportConfig
 from actionstream.training.model import Recognizer, StepModule
 
 DEFAULT_EXPORT = ExportConfig()
@@ -46,7 +46,7 @@ class ExportError(Exception):
 # A run folder's own files, which an export must never replace: `export RUN --out
 # RUN/checkpoint.pt` destroyed the run, and a card named train_config.json its resume.
 RUN_FILES = (
-    "checkpoint.pt", "checkpoint.json", PROGRESS, "train_config.json", "metrics.csv",
+    CHECKPOINT, "checkpoint.json", PROGRESS, "train_config.json", "metrics.csv",
     "evaluation.json",
 )  # fmt: skip
 
@@ -54,7 +54,7 @@ RUN_FILES = (
 def refuse_overwriting(run: Path, out: Path) -> None:
     """Refuses an `out` whose model or card (`out` with .json) would replace the checkpoint
     exported from, its card where it has one, or a file of its run folder."""
-    source = run / "checkpoint.pt" if run.is_dir() else run
+    source = run / CHECKPOINT if run.is_dir() else run
     card = out.with_suffix(".json")
     kept_files = [source, *(source.parent / name for name in RUN_FILES)]
     if source.with_suffix(".json").exists():

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from actionstream.training.checkpoint import Checkpoint, CheckpointError, save_whole, write_whole
-from actionstream.training.config import INIT_CHOICES, PROGRESS, TrainConfig
+from actionstream.training.config import CHECKPOINT, INIT_CHOICES, PROGRESS, TrainConfig
 from actionstream.training.errors import TrainingError
 from actionstream.training.evaluate import Scores
 from actionstream.training.model import Recognizer
@@ -255,7 +255,7 @@ def refuse_taken(out: Path) -> None:
 
 def _fresh(out: Path) -> None:
     """Refuses to start a new run over an earlier one, whose results would stay beside it."""
-    for name in ("checkpoint.pt", PROGRESS):
+    for name in (CHECKPOINT, PROGRESS):
         if (out / name).exists():
             raise TrainingError(
                 f"{out} already holds a run ({name}); carry it on with --resume, or train "
@@ -362,7 +362,7 @@ def finished(out: Path, epochs: int, done: int, say: Callable[..., None]) -> Che
     )
     say(
         f"{out} has already run {ran}; nothing to resume "
-        f"({out / 'checkpoint.pt'} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
+        f"({out / CHECKPOINT} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
     )
     return ckpt
 
@@ -374,7 +374,7 @@ def out_of_time(out: Path, minutes: float, seconds: float, say: Callable[..., No
     say(
         f"{out} has already trained {seconds / 60:.1f} of its --minutes {minutes:g} (the whole "
         "run's budget); give a larger --minutes to go on, or 0 for no limit "
-        f"({out / 'checkpoint.pt'} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
+        f"({out / CHECKPOINT} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
     )
     return ckpt
 

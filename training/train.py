@@ -37,7 +37,7 @@ from tqdm import tqdm
 from actionstream.contract import ModelConfig
 from actionstream.training import distributed, run_folder
 from actionstream.training.checkpoint import Checkpoint
-from actionstream.training.config import TrainConfig
+from actionstream.training.config import CHECKPOINT, TrainConfig
 from actionstream.training.data import IGNORE, SyntheticData, TrainingData, loss_targets
 from actionstream.training.distributed import Team
 from actionstream.training.errors import TrainingError
@@ -240,7 +240,7 @@ def score_and_save(
         # done: a run stopped at any point can be evaluated and exported.
         _make_checkpoint(
             best, run.model_cfg, run.data, cfg, seconds, run.team, run.device, run.inherited
-        ).save(run.out / "checkpoint.pt")
+        ).save(run.out / CHECKPOINT)
         progress.save(run.out / run_folder.PROGRESS)
         log.write(row)
     return (
@@ -286,12 +286,12 @@ def _train(
     saved = run_folder.open_run(out, cfg)
     # Without its checkpoint.pt (killed while saving it) it goes on: no epoch is left to
     # run, and the model is saved from the progress.
-    if saved is not None and saved.epoch >= cfg.epochs and (out / "checkpoint.pt").is_file():
+    if saved is not None and saved.epoch >= cfg.epochs and (out / CHECKPOINT).is_file():
         return run_folder.finished(out, cfg.epochs, saved.epoch, say)
     # --minutes bounds the whole run, the time before a resume included. A run whose time
     # is spent trains no further; without its checkpoint.pt it is saved from the progress.
     spent = saved is not None and 0 < cfg.minutes * 60 <= saved.seconds
-    if spent and (out / "checkpoint.pt").is_file():
+    if spent and (out / CHECKPOINT).is_file():
         assert saved is not None
         return run_folder.out_of_time(out, cfg.minutes, saved.seconds, say)
     if data is None:
@@ -361,9 +361,9 @@ def _train(
     seconds = time.perf_counter() - t_train
     ckpt = _make_checkpoint(best, model_cfg, data, cfg, seconds, team, device, inherited)
     with run_folder.saving(out, best.epoch):
-        ckpt.save(out / "checkpoint.pt")
+        ckpt.save(out / CHECKPOINT)
     say(
-        f"saved {out / 'checkpoint.pt'} (epoch {best.epoch}, the best on held-out "
+        f"saved {out / CHECKPOINT} (epoch {best.epoch}, the best on held-out "
         f"data) after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
     )
     return ckpt
