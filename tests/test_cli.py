@@ -100,7 +100,10 @@ def test_bad_setting_is_one_line_not_a_traceback() -> None:
 def test_a_misspelt_serve_variable_is_warned_of_and_the_changed_settings_told() -> None:
     # ACTIONSTREAM_GRACE ran the server with the default grace, without a word.
     from actionstream.service.config import ServeConfig
-    from actionstream.service.endpoint.launch import changed_settings, warn_unknown_variables
+    from actionstream.service.endpoint.settings_check import (
+        changed_settings,
+        warn_unknown_variables,
+    )
 
     environ = {"ACTIONSTREAM_GRACE": "20", "ACTIONSTREAM_PORT": "1", "ACTIONSTREAM_IMAGE": "x"}
     # Nothing like a setting: no guess (the shared prefix made ACTIONSTREAM_HOST one).

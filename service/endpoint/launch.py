@@ -1,75 +1,36 @@
 """How `actionstream serve` starts: one server in this process, or a supervisor
-of several (`--workers`). Nothing heavy is imported until it is known which,
-so a supervisor never loads onnxruntime or OpenCV it has no use for.
+of several (`--workers`), and what both do alike as they start (their ports, the
+ready file, the line that says where metrics are). Nothing heavy is imported until
+it is known which, so a supervisor never loads onnxruntime or OpenCV it has no use
+for.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
 from pathlib import Path
-from types import FrameType
+from typing import TYPE_CHECKING
 
-from actionstream.service.config import ENV_PREFIX, ServeConfig
+from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint import grpc_listener
+from actionstream.service.endpoint.settings_check import changed_settings, warn_unknown_variables
+from actionstream.service.endpoint.start_signals import stop_once_started
 from actionstream.service.telemetry import logs
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
-# compose.yaml's own ACTIONSTREAM_IMAGE names the image for compose, never the server's.
-_OTHER_VARIABLES = frozenset({"ACTIONSTREAM_IMAGE"})
-# Kubernetes' service links for a Service named actionstream, where a pod leaves them on
-# (deploy/k8s turns them off): ACTIONSTREAM_SERVICE_HOST, ACTIONSTREAM_PORT_50051_TCP...
-_SERVICE_LINKS = ("ACTIONSTREAM_SERVICE_", "ACTIONSTREAM_PORT_")
+    from actionstream.service.telemetry.metrics_http import MetricsServer
+
+logger = logging.getLogger(__name__)
 
 
 class ServeError(Exception):
     """The server cannot start, with the reason in words."""
-
-
-# A stop asked for while the server starts (imports, the model's load and warm-up): the
-# server stops as soon as it is up. Without it a SIGTERM then killed the process, and
-# as a container's PID 1, which has no default signal actions, was ignored outright:
-# `docker stop` in the first second waited out its 10 s and killed the container.
-STOPPED_WHILE_STARTING = threading.Event()
-# What a `--workers` supervisor sends its workers on a second stop: end the open streams
-# now. Not SIGTERM, which a worker may get twice for one stop (see run_worker).
-HURRY = signal.SIGUSR1
-HURRIED_WHILE_STARTING = threading.Event()
-
-
-def hurry_once_started() -> None:
-    """A worker's HURRY before its serving loop takes it (its default would kill the
-    worker, resetting connections): noted, it stops and ends its streams once up."""
-    signal.signal(HURRY, _hurry_while_starting)
-
-
-def _hurry_while_starting(signum: int, frame: FrameType | None) -> None:
-    HURRIED_WHILE_STARTING.set()
-    STOPPED_WHILE_STARTING.set()
-
-
-def stop_once_started(*signals: signal.Signals) -> None:
-    """From now until the server takes its own signal handlers, `signals` (default:
-    SIGTERM and SIGINT) stop it as soon as it is up."""
-    for sig in signals or (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _stop_while_starting)
-
-
-def _stop_while_starting(signum: int, frame: FrameType | None) -> None:
-    if STOPPED_WHILE_STARTING.is_set():
-        # Asked again (a model load that hangs, an impatient Ctrl-C): nothing is served
-        # yet, so nothing is cut. os.write and os._exit, as a signal handler may.
-        os.write(2, b"actionstream serve: stopped while starting\n")
-        os._exit(128 + signum)
-    STOPPED_WHILE_STARTING.set()
 
 
 def address(host: str, port: int) -> str:
@@ -100,44 +61,35 @@ def write_ready_file(path: Path, port: int, metrics_port: int | None, **more: ob
     tmp.replace(path)
 
 
-def warn_unknown_variables(environ: dict[str, str] | os._Environ[str]) -> list[str]:
-    """Warns of ACTIONSTREAM_* variables that are no setting: a misspelt one
-    (ACTIONSTREAM_GRACE for ACTIONSTREAM_GRACE_SECONDS) is otherwise ignored without a
-    word, and the server runs with the default. Returns the warnings."""
-    known = {ENV_PREFIX + f.name.upper() for f in dataclasses.fields(ServeConfig)}
-    said = []
-    for name in sorted(environ):
-        if name.startswith(_SERVICE_LINKS) or name in known | _OTHER_VARIABLES:
-            continue
-        if name.startswith(ENV_PREFIX):
-            close = _closest_setting(name, known)
-            hint = f" (did you mean {close}?)" if close else ""
-            said.append(f"{name} is not a setting of serve{hint}; it is ignored")
-            logger.warning("%s", said[-1])
-    return said
+def announce_ready(cfg: ServeConfig, port: int, metrics_port: int | None, **more: object) -> None:
+    """Writes `cfg`'s ready file, if it names one; ServeError if it cannot."""
+    if not cfg.ready_file:
+        return
+    try:
+        write_ready_file(Path(cfg.ready_file), port, metrics_port, **more)
+    except OSError as e:
+        raise ServeError(f"cannot write the ready file {cfg.ready_file}: {e.strerror}") from None
 
 
-def _closest_setting(name: str, known: set[str]) -> str | None:
-    """The setting a misspelt variable most likely meant, if one is close. Compared
-    without the prefix they all share, which alone made any name "close" to some
-    setting (ACTIONSTREAM_BOGUS to ACTIONSTREAM_HOST); one cut short is its setting's."""
-    given = name.removeprefix(ENV_PREFIX)
-    suffixes = sorted(k.removeprefix(ENV_PREFIX) for k in known)
-    begun = [s for s in suffixes if s.startswith(given)]
-    # Cut short of one setting only: ACTIONSTREAM_MAX begins five, and names none.
-    close = begun if len(begun) == 1 and len(given) >= 3 else []
-    close = close or difflib.get_close_matches(given, suffixes, n=1, cutoff=0.75)
-    return ENV_PREFIX + close[0] if close else None
+def serve_metrics(registry: CollectorRegistry, cfg: ServeConfig) -> MetricsServer | None:
+    """`registry` served at /metrics where `cfg` asks for it (None when off); ServeError
+    if its port cannot be had."""
+    if not cfg.metrics_enabled:
+        return None
+    from actionstream.service.telemetry.metrics_http import MetricsServer
+
+    try:
+        return MetricsServer(registry, cfg.metrics_address, cfg.metrics_port)
+    except OSError as e:
+        where = address(cfg.metrics_address, cfg.metrics_port)
+        raise ServeError(f"cannot serve metrics on {where}: {e}") from None
 
 
-def changed_settings(cfg: ServeConfig) -> str:
-    """The settings that differ from their defaults, as name=value: what an operator
-    changed, to check against what they meant."""
-    return ", ".join(
-        f"{f.name}={getattr(cfg, f.name)!r}"
-        for f in dataclasses.fields(cfg)
-        if f.default is not dataclasses.MISSING and getattr(cfg, f.name) != f.default
-    )
+def where_metrics(cfg: ServeConfig, metrics_port: int | None) -> str:
+    """Where the metrics are served, as the serving line says it."""
+    if metrics_port is None:
+        return "metrics off"
+    return f"metrics on http://{address(cfg.metrics_address, metrics_port)}/metrics"
 
 
 def run(cfg: ServeConfig) -> int:

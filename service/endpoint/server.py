@@ -27,19 +27,23 @@ from actionstream.service.endpoint import grpc_listener
 from actionstream.service.endpoint.call_count import CallCount
 from actionstream.service.endpoint.health import Health
 from actionstream.service.endpoint.launch import (
-    HURRIED_WHILE_STARTING,
-    HURRY,
-    STOPPED_WHILE_STARTING,
     ServeError,
     address,
+    announce_ready,
     bind_problem,
-    hurry_once_started,
-    stop_once_started,
-    write_ready_file,
+    serve_metrics,
+    where_metrics,
 )
 from actionstream.service.endpoint.malformed import MalformedRequests
 from actionstream.service.endpoint.servicer import ActionRecognition
 from actionstream.service.endpoint.side_calls import SideCallLimit
+from actionstream.service.endpoint.start_signals import (
+    HURRIED_WHILE_STARTING,
+    HURRY,
+    STOPPED_WHILE_STARTING,
+    hurry_once_started,
+    stop_once_started,
+)
 from actionstream.service.endpoint.unary_requests import UnaryRequestDeadline
 from actionstream.service.inference.batcher import Batcher
 from actionstream.service.inference.frames import FrameDecoder
@@ -143,33 +147,7 @@ class Server:
                 MalformedRequests(metrics),
                 SideCallLimit(cfg.max_side_calls, metrics),
             ],
-            options=[
-                ("grpc.max_receive_message_length", cfg.max_message_bytes),
-                # Without this a second server on the same port would start and
-                # silently share its traffic instead of failing to bind; only
-                # `--workers` processes share a port, on purpose.
-                ("grpc.so_reuseport", int(shared_port)),
-                # Clients that vanish without closing their connection (power cut, network
-                # gone) are found by keepalive pings, so their streams end and free their place.
-                ("grpc.keepalive_time_ms", 20_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                # And clients may ping it (`actionstream stream` does, every 20 s, to find a
-                # server gone without a reset), on a stream that is quiet between frames
-                # and on a connection with no call open: gRPC's defaults take pings more
-                # often than every 5 minutes on a quiet connection, or any ping while no
-                # call is open, as abuse, and end the connection with its streams
-                # (GOAWAY "too_many_pings"). Half the 10 s the README tells clients, so
-                # that a client's ping every 10 s never arrives early.
-                ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
-                ("grpc.keepalive_permit_without_calls", 1),
-                # No grace option: a stream open when its connection is asked to move on
-                # keeps its state and runs as long as its camera sends.
-                *(
-                    [("grpc.max_connection_age_ms", round(cfg.max_connection_age_seconds * 1e3))]
-                    if cfg.max_connection_age_seconds
-                    else []
-                ),
-            ],
+            options=_grpc_options(cfg, shared_port),
         )
         pb_grpc.add_ActionRecognitionServicer_to_server(servicer, server)
         health = Health(metrics)
@@ -186,17 +164,12 @@ class Server:
                 f"{e if shared_port else bind_problem(cfg.host, cfg.port, e)}"
             ) from None
 
-        metrics_server = None
-        if cfg.metrics_enabled:
-            try:
-                metrics_server = MetricsServer(
-                    metrics.registry, cfg.metrics_address, cfg.metrics_port
-                )
-            except OSError as e:
-                await server.stop(None)
-                await batcher.stop()
-                where = address(cfg.metrics_address, cfg.metrics_port)
-                raise ServeError(f"cannot serve metrics on {where}: {e}") from None
+        try:
+            metrics_server = serve_metrics(metrics.registry, cfg)
+        except ServeError:
+            await server.stop(None)
+            await batcher.stop()
+            raise
         await server.start()
         for name in ("", SERVICE_NAME):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -242,6 +215,37 @@ class Server:
         await self._batcher.stop()
         if self._metrics_server is not None:
             await asyncio.to_thread(self._metrics_server.close)
+
+
+def _grpc_options(cfg: ServeConfig, shared_port: bool) -> list[tuple[str, int]]:
+    """gRPC's server options for `cfg`; `shared_port` for one of `--workers`' processes."""
+    return [
+        ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        # Without this a second server on the same port would start and
+        # silently share its traffic instead of failing to bind; only
+        # `--workers` processes share a port, on purpose.
+        ("grpc.so_reuseport", int(shared_port)),
+        # Clients that vanish without closing their connection (power cut, network
+        # gone) are found by keepalive pings, so their streams end and free their place.
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        # And clients may ping it (`actionstream stream` does, every 20 s, to find a
+        # server gone without a reset), on a stream that is quiet between frames
+        # and on a connection with no call open: gRPC's defaults take pings more
+        # often than every 5 minutes on a quiet connection, or any ping while no
+        # call is open, as abuse, and end the connection with its streams
+        # (GOAWAY "too_many_pings"). Half the 10 s the README tells clients, so
+        # that a client's ping every 10 s never arrives early.
+        ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # No grace option: a stream open when its connection is asked to move on
+        # keeps its state and runs as long as its camera sends.
+        *(
+            [("grpc.max_connection_age_ms", round(cfg.max_connection_age_seconds * 1e3))]
+            if cfg.max_connection_age_seconds
+            else []
+        ),
+    ]
 
 
 def serve_here(cfg: ServeConfig) -> int:
@@ -347,26 +351,17 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
     server = await Server.start(cfg, shared_port=shared_port)
     signals = _StopSignals(worker=shared_port)
 
-    metrics = (
-        "metrics off"
-        if server.metrics_port is None
-        else f"metrics on http://{address(cfg.metrics_address, server.metrics_port)}/metrics"
-    )
-    ready_file = Path(cfg.ready_file) if cfg.ready_file else None
-    if ready_file is not None:
-        try:
-            write_ready_file(
-                ready_file, server.port, server.metrics_port, model=server.model.metadata.version
-            )
-        except OSError as e:
-            await server.stop(0)
-            raise ServeError(f"cannot write the ready file {ready_file}: {e.strerror}") from None
+    try:
+        announce_ready(cfg, server.port, server.metrics_port, model=server.model.metadata.version)
+    except ServeError:
+        await server.stop(0)
+        raise
     # The workers' supervisor announces them, once; a server asked to stop while it
     # started says so instead (above), not that it is serving.
     if not shared_port and not signals.stop.is_set():
         logs.announce(
             f"actionstream serving {server.model.metadata.version} on "
-            f"{address(cfg.host, server.port)}, {metrics}",
+            f"{address(cfg.host, server.port)}, {where_metrics(cfg, server.metrics_port)}",
             cfg.log_format,
         )
     logger.info(
@@ -384,8 +379,8 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
     signals.stopping(server)
     await server.stop()
     await signals.stopped()
-    if ready_file is not None:
-        ready_file.unlink(missing_ok=True)  # a stale file would announce a server that is gone
+    if cfg.ready_file:  # a stale file would announce a server that is gone
+        Path(cfg.ready_file).unlink(missing_ok=True)
     await _leave_no_source_behind(server)
     logger.info("stopped")
     return 0

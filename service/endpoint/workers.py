@@ -43,12 +43,13 @@ from pathlib import Path
 
 from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint.launch import (
-    HURRY,
-    STOPPED_WHILE_STARTING,
     ServeError,
     address,
-    write_ready_file,
+    announce_ready,
+    serve_metrics,
+    where_metrics,
 )
+from actionstream.service.endpoint.start_signals import HURRY, STOPPED_WHILE_STARTING
 from actionstream.service.telemetry import logs
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,6 @@ def _supervise(
 ) -> int:
     from prometheus_client import CollectorRegistry, multiprocess
 
-    from actionstream.service.telemetry.metrics_http import MetricsServer
     from actionstream.service.telemetry.processes import Processes
 
     metrics_server = None
@@ -110,11 +110,7 @@ def _supervise(
         multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
         # The supervisor and whichever workers are running now (read at each scrape).
         registry.register(Processes(lambda: [os.getpid(), *(w.pid for w in workers if w.pid)]))
-        try:
-            metrics_server = MetricsServer(registry, cfg.metrics_address, cfg.metrics_port)
-        except OSError as e:
-            where = address(cfg.metrics_address, cfg.metrics_port)
-            raise ServeError(f"cannot serve metrics on {where}: {e}") from None
+        metrics_server = serve_metrics(registry, cfg)
     context = multiprocessing.get_context("spawn")
     ready = None
     try:
@@ -148,28 +144,11 @@ def _supervise(
         if ready is None:
             return 0 if stop.is_set() else 1
         metrics_port = None if metrics_server is None else metrics_server.port
-        if cfg.ready_file:
-            try:
-                write_ready_file(
-                    Path(cfg.ready_file),
-                    port,
-                    metrics_port,
-                    model=ready,
-                    workers=[w.pid for w in workers],
-                )
-            except OSError as e:
-                raise ServeError(
-                    f"cannot write the ready file {cfg.ready_file}: {e.strerror}"
-                ) from None
-        metrics = (
-            "metrics off"
-            if metrics_port is None
-            else f"metrics on http://{address(cfg.metrics_address, metrics_port)}/metrics"
-        )
+        announce_ready(cfg, port, metrics_port, model=ready, workers=[w.pid for w in workers])
         if not stop.is_set():  # asked to stop while starting: it said so, not this
             logs.announce(
                 f"actionstream serving {ready} on {address(cfg.host, port)} from "
-                f"{cfg.workers} worker processes, {metrics}",
+                f"{cfg.workers} worker processes, {where_metrics(cfg, metrics_port)}",
                 cfg.log_format,
             )
         return _watch(workers, stop)
