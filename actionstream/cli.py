@@ -30,6 +30,7 @@ from actionstream.service.config import (
     WatchConfig,
 )
 from actionstream.training.config import (
+    CHECKPOINT,
     PROGRESS,
     EvaluateConfig,
     ExportConfig,
@@ -40,7 +41,8 @@ from actionstream.training.config import (
 PROG = "actionstream"
 TRAIN_EXTRA_HINT = (
     "this command needs the training extra (torch); install it with: "
-    "pip install 'actionstream[train]'"
+    "pip install 'actionstream[train]' (for a CPU-only torch, install it first: "
+    "pip install torch --index-url https://download.pytorch.org/whl/cpu)"
 )
 
 
@@ -56,7 +58,12 @@ def synth(cfg: SynthVideoConfig) -> int:
 
     look = SynthConfig(size=cfg.size, fps=cfg.fps)
     frames, labels = render_stream(int(cfg.seconds * cfg.fps), cfg.seed, look)
-    csv_path = write_video(frames, labels, Path(cfg.out), cfg.fps)
+    try:
+        csv_path = write_video(frames, labels, Path(cfg.out), cfg.fps)
+    except FileExistsError as e:  # mkdir's word for a file where a folder must go
+        raise click.ClickException(f"cannot write {cfg.out}: {e.filename} is a file") from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write {cfg.out}: {e.strerror or e}") from None
     print(f"wrote {cfg.out} ({len(frames)} frames at {cfg.fps:g} fps) and labels {csv_path}")
     return 0
 
@@ -114,9 +121,9 @@ def _stop_on_sigterm() -> signal.Handlers | Callable[..., object] | int | None:
 def _where_it_stopped(out: Path) -> str:
     """What a stopped run left: how to resume it, and the best epoch so far to use."""
     if not (out / PROGRESS).is_file():
-        if (out / "checkpoint.pt").is_file():  # stopped between an epoch's two saves
+        if (out / CHECKPOINT).is_file():  # stopped between an epoch's two saves
             return (
-                f"interrupted; {out / 'checkpoint.pt'} holds its first epoch to evaluate or "
+                f"interrupted; {out / CHECKPOINT} holds its first epoch to evaluate or "
                 f"export, but nothing to resume from: delete {out} to train again"
             )
         return "interrupted; no epoch had finished, so there is nothing to resume"
@@ -128,7 +135,7 @@ def _where_it_stopped(out: Path) -> str:
         epoch = json.loads((out / "checkpoint.json").read_text())["eval_metrics"]["epoch"]
     except (OSError, ValueError, KeyError, TypeError):
         return said
-    best = out / "checkpoint.pt"
+    best = out / CHECKPOINT
     return f"{said}; {best} holds the best epoch so far ({epoch}) to evaluate or export"
 
 
@@ -267,6 +274,7 @@ def build_cli() -> click.Group:
         "it as an ONNX step model, serve it over gRPC, stream cameras and files to it.",
         context_settings={"help_option_names": ["-h", "--help"]},
     )
+    cli = click.version_option(package_name="actionstream", prog_name=PROG)(cli)
     for command in (
         config_command(
             "synth",

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import IO
 
 import grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from actionstream.demo_config import DemoConfig
 from actionstream.serve_process import ServeProcess, ServeProcessError
+from actionstream.service.clients.scrape import scrape
 from actionstream.service.clients.stream import (
     StreamError,
     StreamSummary,
@@ -38,19 +37,6 @@ def _model_info(target: str) -> pb.ModelInfo:
             pb.GetModelInfoRequest(), timeout=10
         )
         return info
-
-
-def _scrape(metrics_port: int) -> dict[str, float]:
-    """A few of the server's own numbers, read over HTTP the way Prometheus does."""
-    url = f"http://127.0.0.1:{metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if not s.labels or s.name.endswith(("_count", "_sum")):
-                samples[s.name] = s.value
-    return samples
 
 
 def _printer(prediction: pb.Prediction, truth: str | None, latency_ms: float) -> None:
@@ -88,8 +74,15 @@ def _summary(
 
 def run_demo(cfg: DemoConfig) -> int:
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "server.log").open("w") as log:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        log = (out / "server.log").open("w")
+    except OSError as e:
+        # mkdir's word for a file where a folder must go is "File exists".
+        why = f"{e.filename} is a file" if isinstance(e, FileExistsError) else e.strerror or e
+        print(f"actionstream demo: cannot write {out} (--out): {why}", file=sys.stderr)
+        return 1
+    with log:
         return _run(cfg, out, log)
 
 
@@ -123,7 +116,7 @@ def _run(cfg: DemoConfig, out: Path, log: IO[str]) -> int:
             )
             summary = stream_source(stream_cfg, None if cfg.quiet else _printer)
             elapsed = time.perf_counter() - started
-            scraped = _scrape(server.metrics_port) if server.metrics_port else {}
+            scraped = scrape(server.metrics_port) if server.metrics_port else {}
         except StreamError as e:
             print(f"actionstream demo: {e}", file=sys.stderr)
             server.stop()  # before a process left with its source held ends at once

@@ -51,7 +51,7 @@ sys.path[:0] = [str(BENCH), str(BENCH.parent / "tests")]
 from deploy_engine import Engine, EngineError, build_images  # noqa: E402
 from load import Cameras, choose_cameras, percentiles, render_frames  # noqa: E402
 
-from actionstream.service.telemetry.metrics import scrape  # noqa: E402
+from actionstream.service.clients.scrape import scrape  # noqa: E402
 
 MIB = 2**20
 CGROUP_ROOT = Path("/sys/fs/cgroup")

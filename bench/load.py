@@ -63,8 +63,8 @@ import grpc
 import numpy as np
 
 from actionstream.serve_process import ServeProcess
+from actionstream.service.clients.scrape import scrape
 from actionstream.service.endpoint import grpc_listener
-from actionstream.service.telemetry.metrics import scrape
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 

@@ -6,8 +6,12 @@ python=${1:-python3}
 out=${2:-.}
 here=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out/actionstream/v1"
+# mypy-protobuf types the service stubs (grpc_tools types the messages only), for the
+# synchronous and the asyncio channel; its plugin lies beside PYTHON.
 "$python" -m grpc_tools.protoc -I"$here/protos" \
   --python_out="$out" --grpc_python_out="$out" --pyi_out="$out" \
+  --plugin=protoc-gen-mypy_grpc="$(dirname "$python")/protoc-gen-mypy_grpc" \
+  --mypy_grpc_out=quiet:"$out" \
   "$here/protos/actionstream/v1/actionstream.proto"
 # protoc does not write package markers; an empty one makes the folder importable.
 : > "$out/actionstream/v1/__init__.py"

@@ -207,6 +207,42 @@ def test_synth_writes_a_labelled_video(tmp_path: Path) -> None:
     assert len((tmp_path / "f.csv").read_text().splitlines()) == 21
 
 
+def test_synth_and_demo_say_in_one_line_where_they_cannot_write(tmp_path: Path) -> None:
+    # A file where their folder must go (root may write anywhere else).
+    afile = tmp_path / "afile"
+    afile.write_text("in the way")
+    synth = _run("synth", "--out", str(afile / "f.avi"), "--seconds", "1")
+    assert synth.returncode == 1
+    assert f"synth: cannot write {afile / 'f.avi'}: {afile} is a file" in synth.stderr
+    deeper = _run("synth", "--out", str(afile / "sub" / "f.avi"), "--seconds", "1")
+    assert f"synth: cannot write {afile / 'sub' / 'f.avi'}: Not a directory" in deeper.stderr
+    demo = _run("demo", "--out", str(afile), "--seconds", "1")
+    assert demo.returncode == 1
+    assert f"actionstream demo: cannot write {afile} (--out): {afile} is a file" in demo.stderr
+    for result in (synth, deeper, demo):
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_version_is_told() -> None:
+    from importlib.metadata import version
+
+    result = _run("--version")
+    assert (result.returncode, result.stdout) == (
+        0,
+        f"actionstream, version {version('actionstream')}\n",
+    )
+
+
+def test_shipping_an_encoder_says_its_usage_and_errors_in_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from actionstream.training.pretrained import main
+
+    assert main(["--help"]) == 0
+    assert main([]) == 2
+    assert main([str(tmp_path / "no-run")]) == 1
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     argv = ["demo", "--seconds", "10", "--no-realtime", "--out", str(tmp_path)]

@@ -165,7 +165,10 @@ def test_the_build_context_is_the_sources_alone(engine: Engine, images: Images) 
     assert listing.returncode == 0
     paths = [Path(f).relative_to("/context") for f in files]
     top = {p.parts[0] for p in paths}
-    assert top == {"pyproject.toml", "README.md", "actionstream", "service", "training", "deploy"}
+    assert top == {
+        *("pyproject.toml", "README.md", "actionstream", "service", "training", "protos"),
+        "deploy",
+    }
     assert {p.parts[:2] for p in paths if p.parts[0] == "deploy" and len(p.parts) > 1} == {
         ("deploy", "wheels")
     }

@@ -23,7 +23,7 @@ from typing import IO
 import pytest
 
 from actionstream.serve_process import ServeProcess
-from actionstream.service.telemetry.metrics import scrape
+from actionstream.service.clients.scrape import scrape
 
 pytestmark = pytest.mark.slow
 

@@ -25,8 +25,9 @@ from background import BackgroundServer
 from helpers import LiveStream, frame_request, jpeg, render
 from prometheus_client import CollectorRegistry
 
+from actionstream.service.clients.scrape import scrape
 from actionstream.service.config import ServeConfig
-from actionstream.service.telemetry.metrics import Metrics, scrape
+from actionstream.service.telemetry.metrics import Metrics
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 

@@ -24,8 +24,8 @@ from helpers import LiveStream, MjpegCamera, frame_request, jpeg, render
 
 from actionstream.contract import read_props
 from actionstream.serve_process import ServeProcess, ServeProcessError
+from actionstream.service.clients.scrape import scrape
 from actionstream.service.inference.model import bundled_model_path
-from actionstream.service.telemetry.metrics import scrape
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 

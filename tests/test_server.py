@@ -37,17 +37,13 @@ from helpers import (
 )
 from prometheus_client import CollectorRegistry
 
+from actionstream.service.clients.scrape import scrape
 from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint.launch import ServeError
 from actionstream.service.endpoint.server import SERVED_METHODS
 from actionstream.service.inference.model import OnnxStepModel, bundled_model_path
 from actionstream.service.telemetry import metrics_http
-from actionstream.service.telemetry.metrics import (
-    DropReason,
-    EndReason,
-    RejectReason,
-    scrape,
-)
+from actionstream.service.telemetry.metrics import DropReason, EndReason, RejectReason
 from actionstream.service.trailers import REASON, SKIPPED_FRAMES
 from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb

@@ -28,7 +28,7 @@ import pytest
 from background import BackgroundServer
 from helpers import LiveStream, MjpegCamera, camera_sequences, frame_request, jpeg, png, render
 
-from actionstream.service.telemetry.metrics import scrape
+from actionstream.service.clients.scrape import scrape
 from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc

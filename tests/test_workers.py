@@ -20,10 +20,10 @@ import pytest
 from helpers import LiveStream, assert_matches, frame_request, jpeg, render
 
 from actionstream.serve_process import ServeProcess, ServeProcessError
+from actionstream.service.clients.scrape import scrape
 from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint.workers import _reserve_port, share_of
 from actionstream.service.inference.model import OnnxStepModel
-from actionstream.service.telemetry.metrics import scrape
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 

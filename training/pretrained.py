@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from actionstream.contract import ModelConfig
-from actionstream.training.checkpoint import Checkpoint
+from actionstream.training.checkpoint import Checkpoint, CheckpointError
 from actionstream.training.model import Recognizer
 
 _PREFIX = "encoder."
@@ -77,15 +77,35 @@ def write(ckpt: Checkpoint, path: Path) -> None:
         "weights": weights,
         "source": {"version": ckpt.version, "eval": ckpt.eval_metrics},
     }
-    torch.save(payload, path)
+    with path.open("wb") as f:  # torch.save's own open says "enforce fail" for EACCES
+        torch.save(payload, f)
     card = {**payload["source"], "architecture": payload["architecture"]}
     card["train_config"] = ckpt.train_config
     card["model_config"] = dataclasses.asdict(ckpt.model_config)
     path.with_suffix(".json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m actionstream.training.pretrained RUN")
-    write(Checkpoint.load(Path(sys.argv[1])), encoder_path())
+def main(argv: list[str]) -> int:
+    """Ships RUN's encoder as the one `--init pretrained` starts from (a maintainer's job:
+    it rewrites a file of the installed package)."""
+    usage = "usage: python -m actionstream.training.pretrained RUN"
+    if argv in (["-h"], ["--help"]):
+        print(usage)
+        return 0
+    if len(argv) != 1:
+        print(usage, file=sys.stderr)
+        return 2
+    try:
+        write(Checkpoint.load(Path(argv[0])), encoder_path())
+    except CheckpointError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"cannot write {encoder_path()}: {e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"wrote {encoder_path()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

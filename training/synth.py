@@ -206,7 +206,7 @@ def write_video(frames: np.ndarray, labels: np.ndarray, path: Path, fps: float) 
     height, width = frames.shape[1:3]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
     if not writer.isOpened():
-        raise RuntimeError(f"OpenCV cannot write {path}")
+        raise OSError("OpenCV cannot open it to write (a folder you may not write to?)")
     for frame in frames:
         writer.write(frame)
     writer.release()

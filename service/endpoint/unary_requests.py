@@ -39,9 +39,9 @@ class UnaryRequestDeadline(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None or handler.request_streaming:
             return handler
@@ -141,4 +141,4 @@ class UnaryRequestDeadline(grpc.aio.ServerInterceptor):
         """Ends the call; `reason` for the client (trailers.REASON), as the servicer's
         refusals give one."""
         self._metrics.rpc_errors.labels(method=name, code=code.name).inc()
-        await context.abort(code, details, ((REASON, reason),) if reason else None)
+        await context.abort(code, details, ((REASON, reason),) if reason else ())

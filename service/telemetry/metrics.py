@@ -6,7 +6,6 @@ and embedded servers each count from zero and never collide on names.
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Iterable
 from typing import Literal, get_args
 
@@ -16,7 +15,6 @@ from prometheus_client import (
     Gauge,
     Histogram,
 )
-from prometheus_client.parser import text_string_to_metric_families
 
 from actionstream.contract import ModelSpec
 
@@ -199,17 +197,3 @@ class Metrics:
             input_size=f"{metadata.width}x{metadata.height}",
             fps=f"{metadata.fps:g}",
         ).set(1)
-
-
-def scrape(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> dict[str, float]:
-    """Reads a /metrics endpoint as Prometheus would: {series: value}, each series
-    written `name{label=value,...}` with its labels sorted (bare `name` without)."""
-    url = f"http://{host}:{port}/metrics"
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        text = response.read().decode()
-    values: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return values
