@@ -164,6 +164,8 @@ def _click_type(base: Any, name: str) -> click.ParamType:
         return click.STRING
     if typing.get_origin(base) is tuple and typing.get_args(base)[0] is int:
         return IntTuple()
+    if typing.get_origin(base) is typing.Literal:  # a closed set of words, in any case
+        return click.Choice(typing.get_args(base), case_sensitive=False)
     raise TypeError(f"config field {name}: no command-line type for {base!r}")
 
 

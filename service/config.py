@@ -11,9 +11,13 @@ gRPC (which `serve` configures before it loads: service/endpoint/grpc_listener.p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from actionstream.service.sources.allowlist import SourceAllowlist
 from actionstream.settings import refuse_non_finite, setting
+
+# How the server writes its log lines (service/telemetry/logs.py).
+LogFormat = Literal["text", "json"]
 
 # The longest connection age gRPC can take: (2**31 - 1) ms, about 24 days.
 _MAX_CONNECTION_AGE_S = 2_147_483.0
@@ -178,7 +182,7 @@ class ServeConfig:
         group="Operation",
     )
     log_level: str = setting("INFO", help="DEBUG, INFO, WARNING or ERROR", group="Operation")
-    log_format: str = setting(
+    log_format: LogFormat = setting(
         "text",
         help="text, or json: one JSON object a line, with the stream's name and id as keys",
         group="Operation",

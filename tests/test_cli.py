@@ -126,6 +126,12 @@ def test_log_format_takes_any_case_as_log_level_does() -> None:
     from actionstream.service.config import ServeConfig
 
     assert ServeConfig(log_format="JSON", log_level="debug").log_format == "json"
+    # On the command line its words are offered, and refused by click before anything starts.
+    assert "--log-format [text|json]" in _run("serve", "--help").stdout
+    refused = _run("serve", "--host", "127.0.0.1", "--log-format", "xml")
+    assert refused.returncode == 2
+    assert "Invalid value for '--log-format'" in refused.stderr
+    assert "'xml' is not one of 'text', 'json'" in refused.stderr
 
 
 @pytest.mark.parametrize(

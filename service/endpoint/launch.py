@@ -99,7 +99,7 @@ def run(cfg: ServeConfig) -> int:
     could not start (the reason goes to stderr).
     """
     stop_once_started()
-    logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
+    logs.configure(cfg.log_level, cfg.log_format)
     warn_unknown_variables(os.environ)
     logger.info("settings: %s", changed_settings(cfg) or "the defaults")
     # gRPC reads its experiments once, as it loads: only a process that has not loaded it

@@ -271,7 +271,7 @@ def run_worker(cfg: ServeConfig, error_file: Path) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop_once_started(signal.SIGTERM)
     hurry_once_started()
-    logs.configure(cfg.log_level, "json" if cfg.log_format == "json" else "text")
+    logs.configure(cfg.log_level, cfg.log_format)
     try:
         return _run_server(cfg, shared_port=True)
     except (ModelError, ServeError) as e:

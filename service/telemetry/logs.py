@@ -11,9 +11,9 @@ import json
 import logging
 import sys
 import time
-from typing import Literal
 
-LogFormat = Literal["text", "json"]
+from actionstream.service.config import LogFormat
+
 # LogRecord's own attributes: everything else on a record came in through `extra`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
 
@@ -58,7 +58,7 @@ class Throttle:
         return held_back
 
 
-def announce(message: str, fmt: str) -> None:
+def announce(message: str, fmt: LogFormat) -> None:
     """The line that says the server is up: on stdout for a person reading a terminal, or
     as a log line when the logs are JSON, so that a log pipeline sees only JSON."""
     if fmt == "json":
@@ -67,7 +67,7 @@ def announce(message: str, fmt: str) -> None:
         print(message, flush=True)
 
 
-def cannot_serve(message: str, fmt: str) -> None:
+def cannot_serve(message: str, fmt: LogFormat) -> None:
     """Why the server could not start: one line on stderr for a person, or a JSON log
     line at ERROR when the logs are JSON, so that a log pipeline sees why too."""
     if fmt == "json":
