@@ -1,16 +1,16 @@
 """The ActionRecognition gRPC service: thin glue from requests to the batcher and back.
 
 A StreamFrames call runs as two tasks. Its reader takes requests off the
-wire as fast as they come, checks each frame's headers, resamples by
-capture time and queues the frame on its stream (dropping the oldest when
-inference is behind); the handler hands each prediction the batcher
-produces to gRPC. Reading never waits for inference, so a stream is always
-answered for its most recent frames, and a stream never holds more than a
-few frames of work.
+wire as fast as they come, passes each frame through the intake
+(inference/intake.py: headers checked, resampled by capture time) and
+queues it on its stream (dropping the oldest when inference is behind);
+the handler hands each prediction the batcher produces to gRPC. Reading
+never waits for inference, so a stream is always answered for its most
+recent frames, and a stream never holds more than a few frames of work.
 
 A WatchSource call's frames come from a source the server opens itself,
-through sources/feed.py, one at a time: the next is read once this one is
-answered.
+through sources/feed.py and the same intake, one at a time: the next is
+read once this one is answered.
 
 Refusals end an RPC by raising `Refused` (refusals.py); the places streams hold
 are places.py's, the idle sweep idle_sweep.py's.
@@ -32,7 +32,7 @@ from actionstream.service.endpoint.idle_sweep import IdleSweep
 from actionstream.service.endpoint.places import Places
 from actionstream.service.endpoint.refusals import Refused, deadline_passed, refusal
 from actionstream.service.inference.batcher import Batcher
-from actionstream.service.inference.frames import FrameError
+from actionstream.service.inference.intake import Intake
 from actionstream.service.inference.streams import (
     FrameRejected,
     PendingFrame,
@@ -83,7 +83,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._metrics = metrics
         meta = batcher.model.metadata
         self._meta = meta
-        self._decoder = batcher.decoder  # `check` must foresee what the batcher decodes
+        self._decoder = batcher.decoder
         self._places = Places(cfg.max_streams, cfg.waiting_calls_cap, metrics)
         self._idle = IdleSweep(cfg.idle_timeout_seconds)
         # WatchSource's sources: as many threads again as places may outlive their calls.
@@ -101,11 +101,11 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 else SourceAllowlist.parse(cfg.source_allowlist)
             ),
         )
+        self._intake = Intake(self._decoder, metrics, cfg.heavy_pixels, self._admit)
         self._received = metrics.frames_received
         self._cut_off = False
         self._open: set[Stream] = set()  # every stream whose call is open
         self._turned_away = Throttle()
-        self._resampled = metrics.dropped("resampled")
         self._overload = metrics.dropped("overload")
 
     async def cut_off(self, within_s: float) -> None:
@@ -216,7 +216,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     return
                 stream.last_activity = time.monotonic()
                 if request.HasField("frame"):
-                    self._accept(stream, request.frame)
+                    pending = self._intake.client_frame(stream, request.frame)
+                    if pending is not None and not self._batcher.push(stream, pending):
+                        self._overload.inc()
                     if stream.failure is not None or stream.rejection is not None:
                         return
         except DecodeError:
@@ -230,38 +232,15 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 )
             )
             return
+        except Refused as e:  # no place for it (Intake's admit)
+            stream.fail(e)
+            return
         except Exception as e:
             # A fault of the server's own: the handler raises it (INTERNAL, logged there).
             stream.fail(e)
             return
         stream.input_done = True
         stream.wakeup.set()
-
-    def _accept(self, stream: Stream, frame: pb.Frame) -> None:
-        received = time.perf_counter()
-        self._received.inc()
-        sequence = stream.number(frame.sequence)
-        try:
-            checked = self._decoder.check(frame)
-            if frame.timestamp_us and not stream.clock.done:
-                stream.clock.check(frame.timestamp_us, time.monotonic())
-        except FrameError as e:
-            self._metrics.rejected(e.reason).inc()
-            stream.reject(FrameRejected(sequence, e))
-            return
-        if stream.state is None:
-            try:
-                self._admit(stream)
-            except Refused as e:
-                stream.fail(e)
-                return
-        if not stream.resampler.take(frame.timestamp_us or time.time_ns() // 1000):
-            stream.resampled_away()
-            self._resampled.inc()
-            return
-        heavy = checked.work > self._cfg.heavy_pixels
-        if not self._batcher.push(stream, PendingFrame(frame, checked, sequence, received, heavy)):
-            self._overload.inc()
 
     async def WatchSource(
         self, request: pb.SourceRequest, context: grpc.aio.ServicerContext
@@ -288,9 +267,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         try:
             self._admit(stream)
             source = await self._open_source(request.source)
-            feed = SourceFeed(
-                source, stream, self._decoder, self._meta.fps, self._received, self._resampled
-            )
+            feed = SourceFeed(source, stream, self._intake, self._decoder, self._meta.fps)
             try:
                 while (pending := await _next_from(feed)) is not None:
                     self._batcher.push(stream, pending)

@@ -25,7 +25,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 
@@ -120,6 +120,7 @@ class PendingFrame:
     checked: Checked | None  # what its headers said (None for a source's frame)
     sequence: int
     received: float  # perf_counter() at arrival
+    _: KW_ONLY  # a bare True or False says nothing at the call
     heavy: bool  # decodes to more pixels than the batch's lane takes (see batcher.py)
     image: np.ndarray | None = None  # decoded ahead, by the heavy lane or a source reader
     skipped: int = 0  # frames of its stream dropped just before it (see Stream.push)
