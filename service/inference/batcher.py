@@ -68,18 +68,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from actionstream.service.inference.batch_step import BatchStep, Result
 from actionstream.service.inference.frames import FrameDecoder, FrameError
 from actionstream.service.inference.model import OnnxStepModel
-from actionstream.service.inference.streams import FrameRejected, PendingFrame, Stream, softmax
+from actionstream.service.inference.streams import FrameRejected, PendingFrame, Stream
 from actionstream.service.telemetry.metrics import Metrics
-from actionstream.v1 import actionstream_pb2 as pb
 
 HEAVY_SHARE = 0.25
 logger = logging.getLogger(__name__)
-
-# A frame's outcome: its prediction, the client's mistake (FrameError), or a fault of the
-# server's own with that one stream (any other exception), which ends only that stream.
-_Result = pb.Prediction | FrameError | Exception
 
 
 def _lower_priority(nice: int) -> None:
@@ -141,7 +137,7 @@ class Batcher:
         self._heavy_executor = thread_pool("heavy")
         self._tasks: list[asyncio.Task[None]] = []
         self._first_ready = 0.0  # when the oldest stream in line lined up
-        self._state_names = [spec.input for spec in model.metadata.states]
+        self._step = BatchStep(model, metrics)
         self._predicted = {
             label: metrics.predictions.labels(label) for label in model.metadata.labels
         }
@@ -196,7 +192,7 @@ class Batcher:
 
     def _line_up(self, stream: Stream) -> bool:
         # Holding the lock.
-        if not stream.schedulable or stream.in_flight:
+        if not stream.schedulable:
             return False
         stream.in_flight = True  # lined up counts: it must not line up twice
         if not self._ready:
@@ -299,7 +295,7 @@ class Batcher:
         (see the module's docstring); each batch's answers go to the loop as it ends."""
         while True:
             try:
-                outcome: list[_Result] | Exception = self._run(loop, batch, number, helpers)
+                outcome: list[Result] | Exception = self._run(loop, batch, number, helpers)
             except Exception as e:
                 outcome = e
             following: list[tuple[Stream, PendingFrame]] = []
@@ -315,7 +311,7 @@ class Batcher:
     def _settle(
         self,
         batch: list[tuple[Stream, PendingFrame]],
-        outcome: list[_Result] | Exception,
+        outcome: list[Result] | Exception,
         heavy: list[tuple[Stream, PendingFrame]],
     ) -> None:
         """On the loop: answers a batch's streams."""
@@ -363,8 +359,9 @@ class Batcher:
         batch: list[tuple[Stream, PendingFrame]],
         number: int,
         helpers: list[int],
-    ) -> list[_Result]:
-        """On a batch thread: decode, gather, step, scatter. The loop leaves these alone."""
+    ) -> list[Result]:
+        """On a batch thread: decodes the batch, sharing it with the helper threads, and
+        steps it (batch_step.py). The loop leaves these streams alone meanwhile."""
         frames = [pending for _, pending in batch]
         # Decoding is most of a batch's work and OpenCV releases the GIL: the helper
         # threads take a share each, so a batch decodes on every core at once.
@@ -384,38 +381,9 @@ class Batcher:
                 # fault, once their shares are done: a share must not wait behind them).
                 concurrent.futures.wait(helped)
                 loop.call_soon_threadsafe(self._return, number, helpers)
-        results: list[_Result | None] = [None] * len(batch)
-        images, rows = [], []
-        for i, image in enumerate(decoded):
-            if isinstance(image, FrameError):
-                results[i] = image
-            else:
-                images.append(image)
-                rows.append(i)
-        if rows:
-            streams = [batch[i][0] for i in rows]
-            # Each stream's (1, ...) state -> the batch's (N, ...), row j for streams[j].
-            state = {
-                key: np.concatenate([s.state[key] for s in streams])  # type: ignore[index]
-                for key in self._state_names
-            }
-            start = time.perf_counter()
-            # N x (H, W, 3) -> (N, H, W, 3); logits (N, C)
-            logits, new_state = self.model.step(np.stack(images), state)
-            self._metrics.inference.observe(time.perf_counter() - start)
-            self._metrics.batch_size.observe(len(rows))
-            probs = softmax(logits.astype(np.float64))
-            for j, (i, stream) in enumerate(zip(rows, streams, strict=True)):
-                # (N, ...) -> row j as (1, ...). Copies, not views: a view would keep the
-                # whole batch's arrays alive.
-                stream.state = {key: value[j : j + 1].copy() for key, value in new_state.items()}
-                try:
-                    results[i] = stream.prediction(probs[j], batch[i][1])
-                except Exception as e:
-                    results[i] = e  # this stream ends; the others in the batch are answered
-        return results  # type: ignore[return-value]
+        return self._step(batch, decoded)
 
-    def _deliver(self, batch: list[tuple[Stream, PendingFrame]], results: list[_Result]) -> None:
+    def _deliver(self, batch: list[tuple[Stream, PendingFrame]], results: list[Result]) -> None:
         now = time.perf_counter()
         metrics = self._metrics
         predicted = self._predicted

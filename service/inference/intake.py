@@ -54,7 +54,7 @@ class Intake:
             self._metrics.rejected(e.reason).inc()
             stream.reject(FrameRejected(sequence, e))
             return None
-        if stream.state is None:
+        if not stream.state:
             self._admit(stream)
         if not self._kept(stream, frame.timestamp_us or time.time_ns() // 1000):
             return None

@@ -40,12 +40,6 @@ SEQUENCE_MAX = 2**64 - 1
 _ids = itertools.count(1)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Probabilities over the last axis, stable for large logits."""
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 class FrameRejected(Exception):
     """A frame of this stream was refused; ends the stream with the frame's number."""
 
@@ -207,7 +201,7 @@ class Stream:
         self.name = printable(name)
         self.top_k = min(top_k, len(labels))
         self.labels = labels
-        self.state: dict[str, np.ndarray] | None = None
+        self.state: dict[str, np.ndarray] = {}  # none until admitted
         self.admitted = False  # holds one of max_streams places (from its first frame)
         self.tracker = ActionTracker(labels, background, fps)
         self.resampler = Resampler(fps)
