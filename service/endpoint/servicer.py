@@ -19,9 +19,10 @@ are places.py's, the idle sweep idle_sweep.py's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -144,49 +145,36 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._idle.watch(stream, context)
         self._places.wait(stream)
         reader = asyncio.create_task(self._read(request_iterator, stream))
-        reason: EndReason = "error"
-        try:
-            while True:
-                if stream.outbox is not None:
-                    prediction, stream.outbox = stream.outbox, None
-                    with stream.writing(prediction):
-                        yield prediction
-                    self._batcher.offer(stream)
-                elif stream.failure is not None:
-                    raise refusal(stream.failure)
-                elif stream.finished:
-                    if stream.rejection is not None:
-                        raise refusal(stream.rejection)
-                    # A client that cancels or whose connection drops ends the input as a
-                    # half-close would, and then the handler is cancelled: one turn of the
-                    # loop lets that cancellation land here, to be counted as such. (When
-                    # it comes later, the stream is counted as completed.)
-                    await asyncio.sleep(0)
-                    break
-                else:
-                    await stream.wakeup.wait()
-                    stream.wakeup.clear()
-            if self._cut_off:  # the client got UNAVAILABLE, as _cancelled counts it
-                self._count_error("StreamFrames", grpc.StatusCode.UNAVAILABLE)
-                reason = "shutdown"
-            elif deadline_passed(context):  # the input ended as the client's deadline did
-                self._count_error("StreamFrames", grpc.StatusCode.DEADLINE_EXCEEDED)
-                reason = "cancelled"
-            else:
-                reason = "completed"
-            # Frames resampled away after the last one answered have no prediction to
-            # report them; the trailer does, so a client's counts add up.
-            context.set_trailing_metadata(trailer(stream))
-        except Refused as e:
-            reason = self._refused("StreamFrames", stream, e, context)
-        except (asyncio.CancelledError, GeneratorExit):
-            reason = self._cancelled(stream, "StreamFrames", context)
-            raise
-        except Exception:
-            self._internal_error("StreamFrames", stream, context)
-        finally:
-            reader.cancel()
-            self._close(stream, reason)
+        with self._ending("StreamFrames", stream, context) as ending:
+            try:
+                while True:
+                    if stream.outbox is not None:
+                        prediction, stream.outbox = stream.outbox, None
+                        with stream.writing(prediction):
+                            yield prediction
+                        self._batcher.offer(stream)
+                    elif stream.failure is not None:
+                        raise refusal(stream.failure)
+                    elif stream.finished:
+                        if stream.rejection is not None:
+                            raise refusal(stream.rejection)
+                        # A client that cancels or whose connection drops ends the input
+                        # as a half-close would, and then the handler is cancelled: one
+                        # turn of the loop lets that cancellation land here, to be counted
+                        # as such. (When it comes later, the stream is counted as
+                        # completed.)
+                        await asyncio.sleep(0)
+                        break
+                    else:
+                        await stream.wakeup.wait()
+                        stream.wakeup.clear()
+                # The input ended, but maybe as the grace period or the client's deadline did.
+                ending.reason = self._cut_short("StreamFrames", context) or "completed"
+                # Frames resampled away after the last one answered have no prediction to
+                # report them; the trailer does, so a client's counts add up.
+                context.set_trailing_metadata(trailer(stream))
+            finally:
+                reader.cancel()
 
     async def _read(self, requests: AsyncIterator[pb.FrameRequest], stream: Stream) -> None:
         """Takes requests off the wire into the stream's queue; never waits for inference."""
@@ -263,8 +251,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         # prediction is idle here.
         stream.input_done = True
         self._idle.watch(stream, context)
-        reason: EndReason = "error"
-        try:
+        with self._ending("WatchSource", stream, context) as ending:
             self._admit(stream)
             source = await self._open_source(request.source)
             feed = SourceFeed(source, stream, self._intake, self._decoder, self._meta.fps)
@@ -272,31 +259,23 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 while (pending := await _next_from(feed)) is not None:
                     self._batcher.push(stream, pending)
                     # One frame at a time: the next is read once this one is answered.
-                    while stream.outbox is None and stream.failure is None:
+                    while True:
+                        if stream.failure is not None:
+                            raise refusal(stream.failure)
+                        if (answer := stream.outbox) is not None:
+                            break
                         await stream.wakeup.wait()
                         stream.wakeup.clear()
-                    if stream.failure is not None:
-                        raise refusal(stream.failure)
-                    answer, stream.outbox = stream.outbox, None
-                    if answer is not None:
-                        with stream.writing(answer):
-                            yield answer
+                    stream.outbox = None
+                    with stream.writing(answer):
+                        yield answer
                 if source.live:
                     raise _source_lost(stream.answered)
             finally:
                 source.close()
-            reason = "completed"
+            ending.reason = "completed"
             # Frames skipped after the last answer, for a lost camera as for a file.
             context.set_trailing_metadata(trailer(stream))
-        except Refused as e:
-            reason = self._refused("WatchSource", stream, e, context)
-        except (asyncio.CancelledError, GeneratorExit):
-            reason = self._cancelled(stream, "WatchSource", context)
-            raise
-        except Exception:
-            self._internal_error("WatchSource", stream, context)
-        finally:
-            self._close(stream, reason)
 
     async def _open_source(self, source: str) -> AsyncVideoSource:
         """The opened source, or the status that says why not (quoting it cut short)."""
@@ -340,10 +319,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         return stream
 
     def _configure(self, stream: Stream, options: pb.StreamOptions) -> None:
-        if options.stream_name:
-            stream.name = printable(_shown_name(options.stream_name))
-        if options.top_k:
-            stream.top_k = min(options.top_k, len(stream.labels))
+        stream.configure(
+            _shown_name(options.stream_name) if options.stream_name else "", options.top_k
+        )
 
     def _admit(self, stream: Stream) -> None:
         """Gives the stream a place and its state: on its first frame, not when it opens."""
@@ -371,6 +349,26 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         context.set_trailing_metadata(trailer(stream, refused.told))
         return refused.reason
 
+    @contextlib.contextmanager
+    def _ending(
+        self, method: str, stream: Stream, context: grpc.aio.ServicerContext
+    ) -> Iterator[_Ending]:
+        """Around a streaming call's handler, which sets the reason of a call it ends itself:
+        a call ended otherwise gets its status and trailer, and is counted; either way
+        everything its stream held is freed."""
+        ending = _Ending()
+        try:
+            yield ending
+        except Refused as e:
+            ending.reason = self._refused(method, stream, e, context)
+        except (asyncio.CancelledError, GeneratorExit):
+            ending.reason = self._cancelled(stream, method, context)
+            raise
+        except Exception:
+            self._internal_error(method, stream, context)
+        finally:
+            self._close(stream, ending.reason)
+
     def _cancelled(
         self, stream: Stream, method: str, context: grpc.aio.ServicerContext
     ) -> EndReason:
@@ -379,17 +377,25 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         if isinstance(stream.failure, Refused):
             self._count_error(method, stream.failure.code)
             return stream.failure.reason
-        if self._cut_off:  # past the grace period: the client got UNAVAILABLE
-            self._count_error(method, grpc.StatusCode.UNAVAILABLE)
-            return "shutdown"
-        if deadline_passed(context):
-            self._count_error(method, grpc.StatusCode.DEADLINE_EXCEEDED)
-            return "cancelled"
+        if (reason := self._cut_short(method, context)) is not None:
+            return reason
         # A client that cancels, one whose connection dropped, and a message gRPC refused
         # for its size (the client gets RESOURCE_EXHAUSTED) all reach the handler the
         # same way in grpc.aio: the input ends, then the handler is cancelled.
         self._count_error(method, grpc.StatusCode.CANCELLED)
         return "cancelled"
+
+    def _cut_short(self, method: str, context: grpc.aio.ServicerContext) -> EndReason | None:
+        """The reason, counted, of a call that the grace period's end or the client's
+        deadline cut short (the client got UNAVAILABLE, or DEADLINE_EXCEEDED); None if
+        neither did."""
+        if self._cut_off:
+            self._count_error(method, grpc.StatusCode.UNAVAILABLE)
+            return "shutdown"
+        if deadline_passed(context):
+            self._count_error(method, grpc.StatusCode.DEADLINE_EXCEEDED)
+            return "cancelled"
+        return None
 
     def _close(self, stream: Stream, reason: EndReason) -> None:
         """Frees everything the stream held; counts how it ended."""
@@ -451,6 +457,12 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
 
     def _count_error(self, method: str, code: grpc.StatusCode) -> None:
         self._metrics.rpc_errors.labels(method=method, code=code.name).inc()
+
+
+class _Ending:
+    """How a call ended, for _close: "error" unless its handler or _ending says otherwise."""
+
+    reason: EndReason = "error"
 
 
 def _source_lost(answered: int) -> Refused:

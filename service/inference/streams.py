@@ -198,9 +198,10 @@ class Stream:
         queue_frames: int,
     ) -> None:
         self.id = next(_ids)
-        self.name = printable(name)
-        self.top_k = min(top_k, len(labels))
         self.labels = labels
+        self.name = ""
+        self.top_k = 0
+        self.configure(name, top_k)
         self.state: dict[str, np.ndarray] = {}  # none until admitted
         self.admitted = False  # holds one of max_streams places (from its first frame)
         self.tracker = ActionTracker(labels, background, fps)
@@ -227,6 +228,14 @@ class Stream:
         self.last_activity = time.monotonic()
         self.writing_since: float | None = None
         self.clock = ClockCheck()
+
+    def configure(self, name: str, top_k: int) -> None:
+        """Sets what the client asked for, as far as the stream allows: a name fit for the
+        logs, and no more labels than the model has; an empty name or a 0 leaves it be."""
+        if name:
+            self.name = printable(name)
+        if top_k:
+            self.top_k = min(top_k, len(self.labels))
 
     def number(self, client_sequence: int) -> int:
         """The frame's sequence number: the client's, or one more than the previous frame's."""
