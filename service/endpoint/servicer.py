@@ -246,10 +246,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 "(or ACTIONSTREAM_ALLOW_SOURCES=true) on a trusted network to enable it"
             )
             return
-        stream = self._new_stream(request.options, request.source)
         # Its frames come from the source, not the client: only a client that takes no
         # prediction is idle here.
-        stream.input_done = True
+        stream = self._new_stream(request.options, request.source, client_sends=False)
         self._idle.watch(stream, context)
         with self._ending("WatchSource", stream, context) as ending:
             self._admit(stream)
@@ -305,7 +304,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             version=meta.version,
         )
 
-    def _new_stream(self, options: pb.StreamOptions, default_name: str) -> Stream:
+    def _new_stream(
+        self, options: pb.StreamOptions, default_name: str, *, client_sends: bool = True
+    ) -> Stream:
         meta = self._meta
         stream = Stream(
             _shown_name(options.stream_name or default_name),
@@ -314,6 +315,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             meta.background_label,
             meta.fps,
             self._cfg.queue_frames,
+            client_sends=client_sends,
         )
         self._open.add(stream)
         return stream
@@ -414,7 +416,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             if isinstance(told, Refused) and reason in _TOLD_WHY
             else ""
         )
-        stream.fail(Refused(grpc.StatusCode.CANCELLED, "stream ended", reason))
+        stream.close()
         self._metrics.ended(reason).inc()
         # The state goes with the stream object; a batch in flight may still be writing it.
         if self._places.give_back(stream):

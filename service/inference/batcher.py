@@ -194,7 +194,7 @@ class Batcher:
         # Holding the lock.
         if not stream.schedulable:
             return False
-        stream.in_flight = True  # lined up counts: it must not line up twice
+        stream.in_batcher = True  # lined up counts: it must not line up twice
         if not self._ready:
             self._first_ready = time.monotonic()
         self._ready.append(stream)
@@ -249,7 +249,7 @@ class Batcher:
         while self._ready and len(batch) < self._max_batch:
             stream = self._ready.popleft()
             if stream.failure is not None or (stream.decoded is None and not stream.queue):
-                stream.in_flight = False  # it ended while in line
+                stream.in_batcher = False  # it ended while in line
                 continue
             pending = stream.take()
             if pending.heavy and pending.image is None:
@@ -320,7 +320,7 @@ class Batcher:
             # A fault of the server's own: these streams end (INTERNAL), the others go on.
             logger.error("batch of %d failed", len(batch), exc_info=outcome)
             for stream, _ in batch:
-                stream.in_flight = False
+                stream.in_batcher = False
                 stream.fail(outcome)
         else:
             self._deliver(batch, outcome)
@@ -389,7 +389,7 @@ class Batcher:
         predicted = self._predicted
         answered = 0
         for (stream, pending), result in zip(batch, results, strict=True):
-            stream.in_flight = False
+            stream.in_batcher = False
             if isinstance(result, FrameError):
                 metrics.rejected(result.reason).inc()
                 stream.fail(FrameRejected(pending.sequence, result))
@@ -411,7 +411,7 @@ class Batcher:
 
     def _drop_ended(self, stream: Stream) -> None:
         """Counts a heavy-lane frame whose stream ended: drain() could not see it."""
-        stream.in_flight = False
+        stream.in_batcher = False
         self._metrics.dropped("stream_ended").inc()
 
     async def _heavy_lane(self) -> None:
@@ -431,19 +431,19 @@ class Batcher:
                 )
             except FrameError as e:
                 self._metrics.rejected(e.reason).inc()
-                stream.in_flight = False
+                stream.in_batcher = False
                 stream.fail(FrameRejected(pending.sequence, e))
             except Exception as e:
                 # A fault of the server's own: this stream ends (INTERNAL); the lane
                 # goes on for the others.
-                stream.in_flight = False
+                stream.in_batcher = False
                 stream.fail(e)
             else:
                 if stream.failure is not None:  # ended (and drained) while it was decoded
                     self._drop_ended(stream)
                 else:
                     stream.decoded = pending
-                    stream.in_flight = False
+                    stream.in_batcher = False
                     self.offer(stream)
             spent = time.perf_counter() - start
             self._metrics.decode.observe(spent)
