@@ -1,23 +1,24 @@
 """One cross-stream micro-batcher: many streams' frames, one thread hop, one model step.
 
 Streams with a frame waiting line up in a FIFO (round robin, so every stream
-gets its turn); the batcher takes up to `max_batch` of them, never two frames
-of one stream, waiting at most `max_wait` for a batch to fill while no batch
-runs. The whole batch crosses to a batch thread once: there every frame is
-decoded (OpenCV releases the GIL, so the event loop keeps reading and writing
-meanwhile), the streams' states are gathered along the batch axis, one model
-step runs, and each stream gets its row of the new state and its prediction
-back. Per frame, nothing crosses a thread on its own and no future is created.
+gets its turn); the batcher takes up to `max_batch` of them, never two
+frames of one stream, waiting at most `max_wait` for a batch to fill while
+no batch runs. The whole batch crosses to a batch thread once: there every
+frame is decoded (OpenCV releases the GIL, so the event loop keeps reading
+and writing meanwhile), the streams' states are gathered along the batch
+axis, one model step runs, and each stream gets its row of the new state and
+its prediction back (batch_step.py). Per frame, nothing crosses a thread on
+its own and no future is created.
 
-There are `decode_threads` batch threads (2 by default: one per core suits
-most machines, and this one has two). The batch threads
-with no batch of their own decode a share of the running one, so a batch
-decodes on every core at once. A second batch starts beside a running one
-only when the line already holds a full batch: short of that, waiting lets
-the next batch grow, and a wider step costs less a frame. Once the server
-falls behind, one batch's step and bookkeeping (a single thread's work)
-overlap another's decoding instead of leaving a core idle. (Measured at 100
-cameras on this 2-core machine, five runs each, alternately: 95-100% of
+There are `decode_threads` batch threads (2 by default; one per core suits
+most machines, and the figures here were measured on a 2-core one). The
+batch threads with no batch of their own decode a share of the running one,
+so a batch decodes on every core at once. A second batch starts beside a
+running one only when the line already holds a full batch: short of that,
+waiting lets the next batch grow, and a wider step costs less a frame. Once
+the server falls behind, one batch's step and bookkeeping (a single thread's
+work) overlap another's decoding instead of leaving a core idle. (Measured
+at 100 cameras on that machine, five runs each, alternately: 95-100% of
 frames answered, three runs all of them, against 76-88% with one batch at a
 time.) A thread lent to decode a share of one batch takes no batch of its
 own until that share is done, or the share would wait behind a whole batch.
@@ -47,10 +48,10 @@ The decode and model threads run at a lower CPU priority (`nice`, 5 by
 default) than the event loop. When the cores are full, reading frames off
 the sockets and sending predictions then go first: frames that cannot be
 decoded in time are dropped from their streams' queues, counted and
-reported, instead of piling up unread in socket buffers where they would
-age unseen. (Measured with two processes and 200 cameras at 10 fps here:
-p99 capture-to-prediction 148-234 ms in five runs at nice 5, against 275
-and 310 ms in two at 0.)
+reported, instead of piling up unread in socket buffers where they would age
+unseen. (Measured with two processes and 200 cameras at 10 fps on the 2-core
+machine: p99 capture-to-prediction 148-234 ms in five runs at nice 5,
+against 275 and 310 ms in two at 0.)
 """
 
 from __future__ import annotations
