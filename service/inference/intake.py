@@ -56,7 +56,11 @@ class Intake:
             return None
         if not stream.state:
             self._admit(stream)
-        if not self._kept(stream, frame.timestamp_us or time.time_ns() // 1000):
+        # A frame the resampler skips is counted, and reported by the next frame queued.
+        # Spelt out here and in source_frame, not called: a call costs every frame.
+        if not stream.resampler.take(frame.timestamp_us or time.time_ns() // 1000):
+            stream.resampled_away()
+            self._resampled.inc()
             return None
         heavy = checked.work > self._heavy_pixels
         return PendingFrame(frame, checked, sequence, received, heavy=heavy)
@@ -68,16 +72,9 @@ class Intake:
         `timestamp_us`, to queue once decoded; None when it is resampled away."""
         self._received.inc()
         sequence = stream.number(0)
-        if not self._kept(stream, timestamp_us):
+        if not stream.resampler.take(timestamp_us):
+            stream.resampled_away()
+            self._resampled.inc()
             return None
         frame = pb.Frame(timestamp_us=timestamp_us)
         return PendingFrame(frame, None, sequence, received, heavy=False)
-
-    def _kept(self, stream: Stream, timestamp_us: int) -> bool:
-        """Whether the resampler takes the frame; one it skips is counted, and reported by
-        the next frame queued."""
-        if stream.resampler.take(timestamp_us):
-            return True
-        stream.resampled_away()
-        self._resampled.inc()
-        return False
