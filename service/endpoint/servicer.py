@@ -326,7 +326,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         )
 
     def _admit(self, stream: Stream) -> None:
-        """Gives the stream a place and its state: on its first frame, not when it opens."""
+        """Gives the stream a place and its state: a client's stream on its first frame, not
+        when its call opens; a watched source's when its call opens."""
         self._places.take(stream)
         stream.state = self._batcher.model.zero_state(1)
         logger.info(
