@@ -188,9 +188,9 @@ class ClockCheck:
 class Stream:
     """A live stream: its queue of frames, its state once it has one, its next answer.
 
-    Its fields are public, read and written where they are used, the hot ones on
-    every frame, so they are handed over by these rules, all on the event loop
-    unless said:
+    Its fields are public and written where they are used: the hot ones change
+    on every frame, where a method would cost a call each. These rules say who
+    writes which, all on the event loop unless said:
 
     - The intake (intake.py, for a client's or a source's frames) numbers and
       resamples: `frames`, `last_sequence`, `resampler`, `skipped`,
