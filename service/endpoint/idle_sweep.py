@@ -76,7 +76,7 @@ class IdleSweep:
                     if call.task is not None:
                         call.task.cancel()
                 elif (
-                    not stream.input_done
+                    stream.awaits_frames
                     and stream.writing_since is None
                     and now - stream.last_activity > timeout
                 ):

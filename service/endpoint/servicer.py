@@ -1,16 +1,16 @@
 """The ActionRecognition gRPC service: thin glue from requests to the batcher and back.
 
 A StreamFrames call runs as two tasks. Its reader takes requests off the
-wire as fast as they come, checks each frame's headers, resamples by
-capture time and queues the frame on its stream (dropping the oldest when
-inference is behind); the handler hands each prediction the batcher
-produces to gRPC. Reading never waits for inference, so a stream is always
-answered for its most recent frames, and a stream never holds more than a
-few frames of work.
+wire as fast as they come, passes each frame through the intake
+(inference/intake.py: headers checked, resampled by capture time) and
+queues it on its stream (dropping the oldest when inference is behind);
+the handler hands each prediction the batcher produces to gRPC. Reading
+never waits for inference, so a stream is always answered for its most
+recent frames, and a stream never holds more than a few frames of work.
 
 A WatchSource call's frames come from a source the server opens itself,
-through sources/feed.py, one at a time: the next is read once this one is
-answered.
+through sources/feed.py and the same intake, one at a time: the next is
+read once this one is answered.
 
 Refusals end an RPC by raising `Refused` (refusals.py); the places streams hold
 are places.py's, the idle sweep idle_sweep.py's.
@@ -19,9 +19,10 @@ are places.py's, the idle sweep idle_sweep.py's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -32,7 +33,7 @@ from actionstream.service.endpoint.idle_sweep import IdleSweep
 from actionstream.service.endpoint.places import Places
 from actionstream.service.endpoint.refusals import Refused, deadline_passed, refusal
 from actionstream.service.inference.batcher import Batcher
-from actionstream.service.inference.frames import FrameError
+from actionstream.service.inference.intake import Intake
 from actionstream.service.inference.streams import (
     FrameRejected,
     PendingFrame,
@@ -83,7 +84,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._metrics = metrics
         meta = batcher.model.metadata
         self._meta = meta
-        self._decoder = batcher.decoder  # `check` must foresee what the batcher decodes
+        self._decoder = batcher.decoder
         self._places = Places(cfg.max_streams, cfg.waiting_calls_cap, metrics)
         self._idle = IdleSweep(cfg.idle_timeout_seconds)
         # WatchSource's sources: as many threads again as places may outlive their calls.
@@ -101,11 +102,11 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 else SourceAllowlist.parse(cfg.source_allowlist)
             ),
         )
+        self._intake = Intake(self._decoder, metrics, cfg.heavy_pixels, self._admit)
         self._received = metrics.frames_received
         self._cut_off = False
         self._open: set[Stream] = set()  # every stream whose call is open
         self._turned_away = Throttle()
-        self._resampled = metrics.dropped("resampled")
         self._overload = metrics.dropped("overload")
 
     async def cut_off(self, within_s: float) -> None:
@@ -144,49 +145,36 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._idle.watch(stream, context)
         self._places.wait(stream)
         reader = asyncio.create_task(self._read(request_iterator, stream))
-        reason: EndReason = "error"
-        try:
-            while True:
-                if stream.outbox is not None:
-                    prediction, stream.outbox = stream.outbox, None
-                    with stream.writing(prediction):
-                        yield prediction
-                    self._batcher.offer(stream)
-                elif stream.failure is not None:
-                    raise refusal(stream.failure)
-                elif stream.finished:
-                    if stream.rejection is not None:
-                        raise refusal(stream.rejection)
-                    # A client that cancels or whose connection drops ends the input as a
-                    # half-close would, and then the handler is cancelled: one turn of the
-                    # loop lets that cancellation land here, to be counted as such. (When
-                    # it comes later, the stream is counted as completed.)
-                    await asyncio.sleep(0)
-                    break
-                else:
-                    await stream.wakeup.wait()
-                    stream.wakeup.clear()
-            if self._cut_off:  # the client got UNAVAILABLE, as _cancelled counts it
-                self._count_error("StreamFrames", grpc.StatusCode.UNAVAILABLE)
-                reason = "shutdown"
-            elif deadline_passed(context):  # the input ended as the client's deadline did
-                self._count_error("StreamFrames", grpc.StatusCode.DEADLINE_EXCEEDED)
-                reason = "cancelled"
-            else:
-                reason = "completed"
-            # Frames resampled away after the last one answered have no prediction to
-            # report them; the trailer does, so a client's counts add up.
-            context.set_trailing_metadata(trailer(stream))
-        except Refused as e:
-            reason = self._refused("StreamFrames", stream, e, context)
-        except (asyncio.CancelledError, GeneratorExit):
-            reason = self._cancelled(stream, "StreamFrames", context)
-            raise
-        except Exception:
-            self._internal_error("StreamFrames", stream, context)
-        finally:
-            reader.cancel()
-            self._close(stream, reason)
+        with self._ending("StreamFrames", stream, context) as ending:
+            try:
+                while True:
+                    if stream.outbox is not None:
+                        prediction, stream.outbox = stream.outbox, None
+                        with stream.writing(prediction):
+                            yield prediction
+                        self._batcher.offer(stream)
+                    elif stream.failure is not None:
+                        raise refusal(stream.failure)
+                    elif stream.finished:
+                        if stream.rejection is not None:
+                            raise refusal(stream.rejection)
+                        # A client that cancels or whose connection drops ends the input
+                        # as a half-close would, and then the handler is cancelled: one
+                        # turn of the loop lets that cancellation land here, to be counted
+                        # as such. (When it comes later, the stream is counted as
+                        # completed.)
+                        await asyncio.sleep(0)
+                        break
+                    else:
+                        await stream.wakeup.wait()
+                        stream.wakeup.clear()
+                # The input ended, but maybe as the grace period or the client's deadline did.
+                ending.reason = self._cut_short("StreamFrames", context) or "completed"
+                # Frames resampled away after the last one answered have no prediction to
+                # report them; the trailer does, so a client's counts add up.
+                context.set_trailing_metadata(trailer(stream))
+            finally:
+                reader.cancel()
 
     async def _read(self, requests: AsyncIterator[pb.FrameRequest], stream: Stream) -> None:
         """Takes requests off the wire into the stream's queue; never waits for inference."""
@@ -216,7 +204,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     return
                 stream.last_activity = time.monotonic()
                 if request.HasField("frame"):
-                    self._accept(stream, request.frame)
+                    pending = self._intake.client_frame(stream, request.frame)
+                    if pending is not None and not self._batcher.push(stream, pending):
+                        self._overload.inc()
                     if stream.failure is not None or stream.rejection is not None:
                         return
         except DecodeError:
@@ -230,38 +220,15 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 )
             )
             return
+        except Refused as e:  # no place for it (Intake's admit)
+            stream.fail(e)
+            return
         except Exception as e:
             # A fault of the server's own: the handler raises it (INTERNAL, logged there).
             stream.fail(e)
             return
         stream.input_done = True
         stream.wakeup.set()
-
-    def _accept(self, stream: Stream, frame: pb.Frame) -> None:
-        received = time.perf_counter()
-        self._received.inc()
-        sequence = stream.number(frame.sequence)
-        try:
-            checked = self._decoder.check(frame)
-            if frame.timestamp_us and not stream.clock.done:
-                stream.clock.check(frame.timestamp_us, time.monotonic())
-        except FrameError as e:
-            self._metrics.rejected(e.reason).inc()
-            stream.reject(FrameRejected(sequence, e))
-            return
-        if stream.state is None:
-            try:
-                self._admit(stream)
-            except Refused as e:
-                stream.fail(e)
-                return
-        if not stream.resampler.take(frame.timestamp_us or time.time_ns() // 1000):
-            stream.resampled_away()
-            self._resampled.inc()
-            return
-        heavy = checked.work > self._cfg.heavy_pixels
-        if not self._batcher.push(stream, PendingFrame(frame, checked, sequence, received, heavy)):
-            self._overload.inc()
 
     async def WatchSource(
         self, request: pb.SourceRequest, context: grpc.aio.ServicerContext
@@ -279,47 +246,35 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                 "(or ACTIONSTREAM_ALLOW_SOURCES=true) on a trusted network to enable it"
             )
             return
-        stream = self._new_stream(request.options, request.source)
         # Its frames come from the source, not the client: only a client that takes no
         # prediction is idle here.
-        stream.input_done = True
+        stream = self._new_stream(request.options, request.source, client_sends=False)
         self._idle.watch(stream, context)
-        reason: EndReason = "error"
-        try:
+        with self._ending("WatchSource", stream, context) as ending:
             self._admit(stream)
             source = await self._open_source(request.source)
-            feed = SourceFeed(
-                source, stream, self._decoder, self._meta.fps, self._received, self._resampled
-            )
+            feed = SourceFeed(source, stream, self._intake, self._decoder, self._meta.fps)
             try:
                 while (pending := await _next_from(feed)) is not None:
                     self._batcher.push(stream, pending)
                     # One frame at a time: the next is read once this one is answered.
-                    while stream.outbox is None and stream.failure is None:
+                    while True:
+                        if stream.failure is not None:
+                            raise refusal(stream.failure)
+                        if (answer := stream.outbox) is not None:
+                            break
                         await stream.wakeup.wait()
                         stream.wakeup.clear()
-                    if stream.failure is not None:
-                        raise refusal(stream.failure)
-                    answer, stream.outbox = stream.outbox, None
-                    if answer is not None:
-                        with stream.writing(answer):
-                            yield answer
+                    stream.outbox = None
+                    with stream.writing(answer):
+                        yield answer
                 if source.live:
                     raise _source_lost(stream.answered)
             finally:
                 source.close()
-            reason = "completed"
+            ending.reason = "completed"
             # Frames skipped after the last answer, for a lost camera as for a file.
             context.set_trailing_metadata(trailer(stream))
-        except Refused as e:
-            reason = self._refused("WatchSource", stream, e, context)
-        except (asyncio.CancelledError, GeneratorExit):
-            reason = self._cancelled(stream, "WatchSource", context)
-            raise
-        except Exception:
-            self._internal_error("WatchSource", stream, context)
-        finally:
-            self._close(stream, reason)
 
     async def _open_source(self, source: str) -> AsyncVideoSource:
         """The opened source, or the status that says why not (quoting it cut short)."""
@@ -349,7 +304,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             version=meta.version,
         )
 
-    def _new_stream(self, options: pb.StreamOptions, default_name: str) -> Stream:
+    def _new_stream(
+        self, options: pb.StreamOptions, default_name: str, *, client_sends: bool = True
+    ) -> Stream:
         meta = self._meta
         stream = Stream(
             _shown_name(options.stream_name or default_name),
@@ -358,18 +315,19 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             meta.background_label,
             meta.fps,
             self._cfg.queue_frames,
+            client_sends=client_sends,
         )
         self._open.add(stream)
         return stream
 
     def _configure(self, stream: Stream, options: pb.StreamOptions) -> None:
-        if options.stream_name:
-            stream.name = printable(_shown_name(options.stream_name))
-        if options.top_k:
-            stream.top_k = min(options.top_k, len(stream.labels))
+        stream.configure(
+            _shown_name(options.stream_name) if options.stream_name else "", options.top_k
+        )
 
     def _admit(self, stream: Stream) -> None:
-        """Gives the stream a place and its state: on its first frame, not when it opens."""
+        """Gives the stream a place and its state: a client's stream on its first frame, not
+        when its call opens; a watched source's when its call opens."""
         self._places.take(stream)
         stream.state = self._batcher.model.zero_state(1)
         logger.info(
@@ -394,6 +352,26 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         context.set_trailing_metadata(trailer(stream, refused.told))
         return refused.reason
 
+    @contextlib.contextmanager
+    def _ending(
+        self, method: str, stream: Stream, context: grpc.aio.ServicerContext
+    ) -> Iterator[_Ending]:
+        """Around a streaming call's handler, which sets the reason of a call it ends itself:
+        a call ended otherwise gets its status and trailer, and is counted; either way
+        everything its stream held is freed."""
+        ending = _Ending()
+        try:
+            yield ending
+        except Refused as e:
+            ending.reason = self._refused(method, stream, e, context)
+        except (asyncio.CancelledError, GeneratorExit):
+            ending.reason = self._cancelled(stream, method, context)
+            raise
+        except Exception:
+            self._internal_error(method, stream, context)
+        finally:
+            self._close(stream, ending.reason)
+
     def _cancelled(
         self, stream: Stream, method: str, context: grpc.aio.ServicerContext
     ) -> EndReason:
@@ -402,17 +380,25 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         if isinstance(stream.failure, Refused):
             self._count_error(method, stream.failure.code)
             return stream.failure.reason
-        if self._cut_off:  # past the grace period: the client got UNAVAILABLE
-            self._count_error(method, grpc.StatusCode.UNAVAILABLE)
-            return "shutdown"
-        if deadline_passed(context):
-            self._count_error(method, grpc.StatusCode.DEADLINE_EXCEEDED)
-            return "cancelled"
+        if (reason := self._cut_short(method, context)) is not None:
+            return reason
         # A client that cancels, one whose connection dropped, and a message gRPC refused
         # for its size (the client gets RESOURCE_EXHAUSTED) all reach the handler the
         # same way in grpc.aio: the input ends, then the handler is cancelled.
         self._count_error(method, grpc.StatusCode.CANCELLED)
         return "cancelled"
+
+    def _cut_short(self, method: str, context: grpc.aio.ServicerContext) -> EndReason | None:
+        """The reason, counted, of a call that the grace period's end or the client's
+        deadline cut short (the client got UNAVAILABLE, or DEADLINE_EXCEEDED); None if
+        neither did."""
+        if self._cut_off:
+            self._count_error(method, grpc.StatusCode.UNAVAILABLE)
+            return "shutdown"
+        if deadline_passed(context):
+            self._count_error(method, grpc.StatusCode.DEADLINE_EXCEEDED)
+            return "cancelled"
+        return None
 
     def _close(self, stream: Stream, reason: EndReason) -> None:
         """Frees everything the stream held; counts how it ended."""
@@ -431,7 +417,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             if isinstance(told, Refused) and reason in _TOLD_WHY
             else ""
         )
-        stream.fail(Refused(grpc.StatusCode.CANCELLED, "stream ended", reason))
+        stream.close()
         self._metrics.ended(reason).inc()
         # The state goes with the stream object; a batch in flight may still be writing it.
         if self._places.give_back(stream):
@@ -474,6 +460,12 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
 
     def _count_error(self, method: str, code: grpc.StatusCode) -> None:
         self._metrics.rpc_errors.labels(method=method, code=code.name).inc()
+
+
+class _Ending:
+    """How a call ended, for _close: "error" unless its handler or _ending says otherwise."""
+
+    reason: EndReason = "error"
 
 
 def _source_lost(answered: int) -> Refused:

@@ -1,23 +1,24 @@
 """One cross-stream micro-batcher: many streams' frames, one thread hop, one model step.
 
 Streams with a frame waiting line up in a FIFO (round robin, so every stream
-gets its turn); the batcher takes up to `max_batch` of them, never two frames
-of one stream, waiting at most `max_wait` for a batch to fill while no batch
-runs. The whole batch crosses to a batch thread once: there every frame is
-decoded (OpenCV releases the GIL, so the event loop keeps reading and writing
-meanwhile), the streams' states are gathered along the batch axis, one model
-step runs, and each stream gets its row of the new state and its prediction
-back. Per frame, nothing crosses a thread on its own and no future is created.
+gets its turn); the batcher takes up to `max_batch` of them, never two
+frames of one stream, waiting at most `max_wait` for a batch to fill while
+no batch runs. The whole batch crosses to a batch thread once: there every
+frame is decoded (OpenCV releases the GIL, so the event loop keeps reading
+and writing meanwhile), the streams' states are gathered along the batch
+axis, one model step runs, and each stream gets its row of the new state and
+its prediction back (batch_step.py). Per frame, nothing crosses a thread on
+its own and no future is created.
 
-There are `decode_threads` batch threads (2 by default: one per core suits
-most machines, and this one has two). The batch threads
-with no batch of their own decode a share of the running one, so a batch
-decodes on every core at once. A second batch starts beside a running one
-only when the line already holds a full batch: short of that, waiting lets
-the next batch grow, and a wider step costs less a frame. Once the server
-falls behind, one batch's step and bookkeeping (a single thread's work)
-overlap another's decoding instead of leaving a core idle. (Measured at 100
-cameras on this 2-core machine, five runs each, alternately: 95-100% of
+There are `decode_threads` batch threads (2 by default; one per core suits
+most machines, and the figures here were measured on a 2-core one). The
+batch threads with no batch of their own decode a share of the running one,
+so a batch decodes on every core at once. A second batch starts beside a
+running one only when the line already holds a full batch: short of that,
+waiting lets the next batch grow, and a wider step costs less a frame. Once
+the server falls behind, one batch's step and bookkeeping (a single thread's
+work) overlap another's decoding instead of leaving a core idle. (Measured
+at 100 cameras on that machine, five runs each, alternately: 95-100% of
 frames answered, three runs all of them, against 76-88% with one batch at a
 time.) A thread lent to decode a share of one batch takes no batch of its
 own until that share is done, or the share would wait behind a whole batch.
@@ -47,10 +48,10 @@ The decode and model threads run at a lower CPU priority (`nice`, 5 by
 default) than the event loop. When the cores are full, reading frames off
 the sockets and sending predictions then go first: frames that cannot be
 decoded in time are dropped from their streams' queues, counted and
-reported, instead of piling up unread in socket buffers where they would
-age unseen. (Measured with two processes and 200 cameras at 10 fps here:
-p99 capture-to-prediction 148-234 ms in five runs at nice 5, against 275
-and 310 ms in two at 0.)
+reported, instead of piling up unread in socket buffers where they would age
+unseen. (Measured with two processes and 200 cameras at 10 fps on the 2-core
+machine: p99 capture-to-prediction 148-234 ms in five runs at nice 5,
+against 275 and 310 ms in two at 0.)
 """
 
 from __future__ import annotations
@@ -68,18 +69,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from actionstream.service.inference.batch_step import BatchStep, Result
 from actionstream.service.inference.frames import FrameDecoder, FrameError
 from actionstream.service.inference.model import OnnxStepModel
-from actionstream.service.inference.streams import FrameRejected, PendingFrame, Stream, softmax
+from actionstream.service.inference.streams import FrameRejected, PendingFrame, Stream
 from actionstream.service.telemetry.metrics import Metrics
-from actionstream.v1 import actionstream_pb2 as pb
 
 HEAVY_SHARE = 0.25
 logger = logging.getLogger(__name__)
-
-# A frame's outcome: its prediction, the client's mistake (FrameError), or a fault of the
-# server's own with that one stream (any other exception), which ends only that stream.
-_Result = pb.Prediction | FrameError | Exception
 
 
 def _lower_priority(nice: int) -> None:
@@ -141,7 +138,7 @@ class Batcher:
         self._heavy_executor = thread_pool("heavy")
         self._tasks: list[asyncio.Task[None]] = []
         self._first_ready = 0.0  # when the oldest stream in line lined up
-        self._state_names = [spec.input for spec in model.metadata.states]
+        self._step = BatchStep(model, metrics)
         self._predicted = {
             label: metrics.predictions.labels(label) for label in model.metadata.labels
         }
@@ -196,9 +193,9 @@ class Batcher:
 
     def _line_up(self, stream: Stream) -> bool:
         # Holding the lock.
-        if not stream.schedulable or stream.in_flight:
+        if not stream.schedulable:
             return False
-        stream.in_flight = True  # lined up counts: it must not line up twice
+        stream.in_batcher = True  # lined up counts: it must not line up twice
         if not self._ready:
             self._first_ready = time.monotonic()
         self._ready.append(stream)
@@ -253,7 +250,7 @@ class Batcher:
         while self._ready and len(batch) < self._max_batch:
             stream = self._ready.popleft()
             if stream.failure is not None or (stream.decoded is None and not stream.queue):
-                stream.in_flight = False  # it ended while in line
+                stream.in_batcher = False  # it ended while in line
                 continue
             pending = stream.take()
             if pending.heavy and pending.image is None:
@@ -299,7 +296,7 @@ class Batcher:
         (see the module's docstring); each batch's answers go to the loop as it ends."""
         while True:
             try:
-                outcome: list[_Result] | Exception = self._run(loop, batch, number, helpers)
+                outcome: list[Result] | Exception = self._run(loop, batch, number, helpers)
             except Exception as e:
                 outcome = e
             following: list[tuple[Stream, PendingFrame]] = []
@@ -315,7 +312,7 @@ class Batcher:
     def _settle(
         self,
         batch: list[tuple[Stream, PendingFrame]],
-        outcome: list[_Result] | Exception,
+        outcome: list[Result] | Exception,
         heavy: list[tuple[Stream, PendingFrame]],
     ) -> None:
         """On the loop: answers a batch's streams."""
@@ -324,7 +321,7 @@ class Batcher:
             # A fault of the server's own: these streams end (INTERNAL), the others go on.
             logger.error("batch of %d failed", len(batch), exc_info=outcome)
             for stream, _ in batch:
-                stream.in_flight = False
+                stream.in_batcher = False
                 stream.fail(outcome)
         else:
             self._deliver(batch, outcome)
@@ -363,8 +360,9 @@ class Batcher:
         batch: list[tuple[Stream, PendingFrame]],
         number: int,
         helpers: list[int],
-    ) -> list[_Result]:
-        """On a batch thread: decode, gather, step, scatter. The loop leaves these alone."""
+    ) -> list[Result]:
+        """On a batch thread: decodes the batch, sharing it with the helper threads, and
+        steps it (batch_step.py). The loop leaves these streams alone meanwhile."""
         frames = [pending for _, pending in batch]
         # Decoding is most of a batch's work and OpenCV releases the GIL: the helper
         # threads take a share each, so a batch decodes on every core at once.
@@ -384,44 +382,15 @@ class Batcher:
                 # fault, once their shares are done: a share must not wait behind them).
                 concurrent.futures.wait(helped)
                 loop.call_soon_threadsafe(self._return, number, helpers)
-        results: list[_Result | None] = [None] * len(batch)
-        images, rows = [], []
-        for i, image in enumerate(decoded):
-            if isinstance(image, FrameError):
-                results[i] = image
-            else:
-                images.append(image)
-                rows.append(i)
-        if rows:
-            streams = [batch[i][0] for i in rows]
-            # Each stream's (1, ...) state -> the batch's (N, ...), row j for streams[j].
-            state = {
-                key: np.concatenate([s.state[key] for s in streams])  # type: ignore[index]
-                for key in self._state_names
-            }
-            start = time.perf_counter()
-            # N x (H, W, 3) -> (N, H, W, 3); logits (N, C)
-            logits, new_state = self.model.step(np.stack(images), state)
-            self._metrics.inference.observe(time.perf_counter() - start)
-            self._metrics.batch_size.observe(len(rows))
-            probs = softmax(logits.astype(np.float64))
-            for j, (i, stream) in enumerate(zip(rows, streams, strict=True)):
-                # (N, ...) -> row j as (1, ...). Copies, not views: a view would keep the
-                # whole batch's arrays alive.
-                stream.state = {key: value[j : j + 1].copy() for key, value in new_state.items()}
-                try:
-                    results[i] = stream.prediction(probs[j], batch[i][1])
-                except Exception as e:
-                    results[i] = e  # this stream ends; the others in the batch are answered
-        return results  # type: ignore[return-value]
+        return self._step(batch, decoded)
 
-    def _deliver(self, batch: list[tuple[Stream, PendingFrame]], results: list[_Result]) -> None:
+    def _deliver(self, batch: list[tuple[Stream, PendingFrame]], results: list[Result]) -> None:
         now = time.perf_counter()
         metrics = self._metrics
         predicted = self._predicted
         answered = 0
         for (stream, pending), result in zip(batch, results, strict=True):
-            stream.in_flight = False
+            stream.in_batcher = False
             if isinstance(result, FrameError):
                 metrics.rejected(result.reason).inc()
                 stream.fail(FrameRejected(pending.sequence, result))
@@ -443,7 +412,7 @@ class Batcher:
 
     def _drop_ended(self, stream: Stream) -> None:
         """Counts a heavy-lane frame whose stream ended: drain() could not see it."""
-        stream.in_flight = False
+        stream.in_batcher = False
         self._metrics.dropped("stream_ended").inc()
 
     async def _heavy_lane(self) -> None:
@@ -463,19 +432,19 @@ class Batcher:
                 )
             except FrameError as e:
                 self._metrics.rejected(e.reason).inc()
-                stream.in_flight = False
+                stream.in_batcher = False
                 stream.fail(FrameRejected(pending.sequence, e))
             except Exception as e:
                 # A fault of the server's own: this stream ends (INTERNAL); the lane
                 # goes on for the others.
-                stream.in_flight = False
+                stream.in_batcher = False
                 stream.fail(e)
             else:
                 if stream.failure is not None:  # ended (and drained) while it was decoded
                     self._drop_ended(stream)
                 else:
                     stream.decoded = pending
-                    stream.in_flight = False
+                    stream.in_batcher = False
                     self.offer(stream)
             spent = time.perf_counter() - start
             self._metrics.decode.observe(spent)

@@ -8,12 +8,8 @@ recurrent state (a dict of arrays with a leading batch axis of 1, the
 model's own layout) exists only once the first frame has arrived, so an
 opened call that never sends anything costs no model memory.
 
-Threads: the event loop owns everything here except `state`, `tracker` and
-`prediction()`, which the batcher's worker thread uses while the stream's
-frame is in a batch (`in_flight`); the loop does not touch them meanwhile.
-While a stream is lined up for a batch, a batch thread may take its next
-frame, so its `queue`, `decoded` and `in_flight` change only under the
-batcher's lock then (Batcher.push, offer and drain).
+Which thread and which module writes what of a stream is set out in
+Stream's docstring.
 """
 
 from __future__ import annotations
@@ -25,7 +21,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 
@@ -40,12 +36,6 @@ SEQUENCE_MAX = 2**64 - 1
 _ids = itertools.count(1)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Probabilities over the last axis, stable for large logits."""
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 class FrameRejected(Exception):
     """A frame of this stream was refused; ends the stream with the frame's number."""
 
@@ -53,6 +43,10 @@ class FrameRejected(Exception):
         super().__init__(f"frame {sequence}: {error}")
         self.sequence = sequence
         self.error = error
+
+
+class StreamClosed(Exception):
+    """A stream's failure once its call is over, unless it had failed before (Stream.close)."""
 
 
 class ActionTracker:
@@ -120,6 +114,7 @@ class PendingFrame:
     checked: Checked | None  # what its headers said (None for a source's frame)
     sequence: int
     received: float  # perf_counter() at arrival
+    _: KW_ONLY  # a bare True or False says nothing at the call
     heavy: bool  # decodes to more pixels than the batch's lane takes (see batcher.py)
     image: np.ndarray | None = None  # decoded ahead, by the heavy lane or a source reader
     skipped: int = 0  # frames of its stream dropped just before it (see Stream.push)
@@ -191,7 +186,35 @@ class ClockCheck:
 
 
 class Stream:
-    """A live stream: its queue of frames, its state once it has one, its next answer."""
+    """A live stream: its queue of frames, its state once it has one, its next answer.
+
+    Its fields are public and written where they are used: the hot ones change
+    on every frame, where a method would cost a call each. These rules say who
+    writes which, all on the event loop unless said:
+
+    - The intake (intake.py, for a client's or a source's frames) numbers and
+      resamples: `frames`, `last_sequence`, `resampler`, `skipped`,
+      `resampled`, `clock`. The servicer's reader sets `last_activity`,
+      `input_done` and `rejection` (`reject()`), and `name` and `top_k`
+      (`configure()`) before its first frame.
+    - Places (endpoint/places.py) sets `admitted`; the servicer sets `state`
+      when it admits the stream, before its first frame is queued.
+    - The batcher owns `in_batcher`: set while the stream is lined up, and
+      while its frame is in a batch or the heavy lane; it is lined up again
+      only once that frame's answer has been handed to gRPC. While lined up,
+      a batch thread may take its next frame, so `queue`, `decoded`,
+      `in_batcher` and the counts `push()` keeps change only under the
+      batcher's lock then (Batcher.push, offer, drain, _take).
+    - While its frame is in a batch, the batch thread (batch_step.py) owns
+      `state`, `tracker` and `prediction()`; the loop leaves them alone.
+    - The batcher sets `outbox` on the loop; the handler takes it, and keeps
+      `handed`, `skips_handed`, `answered` and `writing_since` (`writing()`).
+    - Any of them ends the stream with `fail()` (the first failure stays),
+      which sets `wakeup` for the handler, as a new `outbox` and the end of
+      the input do; the servicer calls `close()` once the call is over. The
+      idle sweep (endpoint/idle_sweep.py) reads `awaits_frames`,
+      `last_activity` and `writing_since`, and writes nothing but a failure.
+    """
 
     def __init__(
         self,
@@ -201,13 +224,19 @@ class Stream:
         background: str | None,
         fps: float,
         queue_frames: int,
+        *,
+        client_sends: bool = True,
     ) -> None:
+        """`client_sends` is False for a stream whose frames the server reads itself."""
         self.id = next(_ids)
-        self.name = printable(name)
-        self.top_k = min(top_k, len(labels))
         self.labels = labels
-        self.state: dict[str, np.ndarray] | None = None
-        self.admitted = False  # holds one of max_streams places (from its first frame)
+        self.name = ""
+        self.top_k = 0
+        self.configure(name, top_k)
+        self.state: dict[str, np.ndarray] = {}  # none until admitted
+        # Holds one of max_streams places: from its first frame, or a watched source's from
+        # when its call opens.
+        self.admitted = False
         self.tracker = ActionTracker(labels, background, fps)
         self.resampler = Resampler(fps)
         self.queue: deque[PendingFrame] = deque()
@@ -221,10 +250,11 @@ class Stream:
         self.skips_handed = 0  # the skipped_frames they reported, all told
         self.answered = 0
         self.last_sequence = 0
-        self.in_flight = False  # a frame of this stream is in a batch or the heavy lane
+        self.in_batcher = False  # lined up, or its frame in a batch or the heavy lane
         self.decoded: PendingFrame | None = None  # back from the heavy lane, next for a batch
         self.outbox: pb.Prediction | None = None  # answered, not yet handed to gRPC
-        self.input_done = False
+        self.client_sends = client_sends
+        self.input_done = False  # its client sent its last request
         self.failure: Exception | None = None
         # The client's bad request: ends the call once the frames before it are answered.
         self.rejection: Exception | None = None
@@ -232,6 +262,14 @@ class Stream:
         self.last_activity = time.monotonic()
         self.writing_since: float | None = None
         self.clock = ClockCheck()
+
+    def configure(self, name: str, top_k: int) -> None:
+        """Sets what the client asked for, as far as the stream allows: a name fit for the
+        logs, and no more labels than the model has; an empty name or a 0 leaves it be."""
+        if name:
+            self.name = printable(name)
+        if top_k:
+            self.top_k = min(top_k, len(self.labels))
 
     def number(self, client_sequence: int) -> int:
         """The frame's sequence number: the client's, or one more than the previous frame's."""
@@ -290,7 +328,7 @@ class Stream:
         """Has a frame for a batch and nothing between it and its client."""
         return (
             (self.decoded is not None or bool(self.queue))
-            and not self.in_flight
+            and not self.in_batcher
             and self.outbox is None
             and self.failure is None
         )
@@ -298,7 +336,7 @@ class Stream:
     @property
     def finished(self) -> bool:
         """The client is done sending and every frame it sent has been answered or dropped."""
-        return self.input_done and not self.queue and self.decoded is None and not self.in_flight
+        return self.input_done and not self.queue and self.decoded is None and not self.in_batcher
 
     def take(self) -> PendingFrame:
         """The next frame for a batch (schedulable must hold)."""
@@ -311,6 +349,18 @@ class Stream:
         if self.failure is None:
             self.failure = error
         self.wakeup.set()
+
+    def close(self) -> None:
+        """The call is over: whatever of the stream the batcher or the heavy lane still
+        holds is dropped, as a failed stream's is (a closed stream always has a failure;
+        one it failed with stays, as what its client was told)."""
+        self.fail(StreamClosed())
+
+    @property
+    def awaits_frames(self) -> bool:
+        """Its client is to send frames and has not ended its input: the idle sweep ends a
+        stream that waits too long for one."""
+        return self.client_sends and not self.input_done
 
     def reject(self, error: Exception) -> None:
         """The client sent what the stream cannot take: nothing more is read, the frames it
