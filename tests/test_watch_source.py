@@ -29,6 +29,7 @@ from background import BackgroundServer
 from helpers import LiveStream, MjpegCamera, camera_sequences, frame_request, jpeg, png, render
 
 from actionstream.service.clients.scrape import scrape
+from actionstream.service.trailers import REASON
 from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -167,6 +168,21 @@ def test_odd_sources_end_with_a_clear_status_and_a_short_log(
     # Every line that quotes the client is cut to 64 characters (plus the server's words).
     assert all(len(r.getMessage()) < 300 for r in caplog.records)
     assert not any(line.startswith("2026-01-01") for line in caplog.text.splitlines())
+
+
+def test_a_server_without_sources_refuses_and_counts_it_as_its_reason_says(
+    start_server: StartServer, video: Path
+) -> None:
+    server = start_server(metrics_port=0)
+    outcome = watch(server, str(video))
+    assert (outcome.code, outcome.predictions) == (grpc.StatusCode.PERMISSION_DENIED, [])
+    assert outcome.details.startswith("WatchSource is disabled on this server")
+    assert outcome.trailer[REASON] == "invalid_source"
+    # The trailer's reason is the label the ended-streams counter counts it under.
+    m = metrics(server)
+    assert m["actionstream_streams_ended_total{reason=invalid_source}"] == 1
+    assert m["actionstream_rpc_errors_total{code=PERMISSION_DENIED,method=WatchSource}"] == 1
+    assert m["actionstream_active_streams"] == 0
 
 
 def test_local_sources_other_than_regular_files_are_refused(

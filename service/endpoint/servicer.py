@@ -237,7 +237,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         # previous prediction); a camera or URL at its own rate. No reconnecting and no
         # sharing between watchers yet.
         if not self._cfg.allow_sources:
+            # Counted as the allowlist's refusals are, with the reason its trailer gives.
             self._count_error("WatchSource", grpc.StatusCode.PERMISSION_DENIED)
+            self._metrics.ended("invalid_source").inc()
             context.set_trailing_metadata(((REASON, "invalid_source"),))
             context.set_code(grpc.StatusCode.PERMISSION_DENIED)
             context.set_details(

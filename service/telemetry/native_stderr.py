@@ -26,6 +26,9 @@ import time
 
 logger = logging.getLogger("actionstream.native")
 LINE_LIMIT = 500  # characters of one native line that reach the log
+# Native lines the server says again in its own words, left out: gRPC's for a port it
+# cannot bind came before `serve`'s one line on why it cannot start (launch.bind_problem).
+RESTATED = (b"] Failed to add port to server",)
 
 
 def capture(per_second: int = 10) -> None:
@@ -62,6 +65,8 @@ def _relay(read_end: int, per_second: int) -> None:
             return
         *lines, pending = (pending + chunk).split(b"\n")
         for raw in lines:
+            if any(words in raw for words in RESTATED):
+                continue
             line = raw.decode("utf-8", "backslashreplace").strip()
             if line:
                 limit.log(line if line.isprintable() else line.encode("unicode_escape").decode())
