@@ -25,8 +25,7 @@ from actionstream.training.data import (
     Streams,
     action_starts,
     frames_since_change,
-    render_streams,
-    synthetic_clips,
+    synthetic_held_out,
 )
 from actionstream.training.model import Recognizer
 from actionstream.training.synth import LABELS, SynthConfig
@@ -45,9 +44,6 @@ from actionstream.training.videos import (
 # A frame is "settled" once its action has run this long: before that, the
 # network has not yet seen enough of the new motion (and neither could anyone).
 SETTLE_SECONDS = 1.0
-# Isolated clips: this many per class, this long, judged on their last frame.
-CLIPS_PER_CLASS = 20
-CLIP_SECONDS = 2.0
 
 
 @torch.no_grad()
@@ -273,8 +269,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             )
         synth = SynthConfig(size=ckpt.model_config.height, fps=ckpt.fps)
         n_frames = int(cfg.seconds * ckpt.fps)
-        streams = render_streams(cfg.streams, n_frames, cfg.seed, synth, held_out=True)
-        clips = synthetic_clips(synth, CLIPS_PER_CLASS, int(CLIP_SECONDS * ckpt.fps), cfg.seed)
+        streams, clips = synthetic_held_out(synth, cfg.streams, n_frames, cfg.seed, cfg.seed)
         metrics["data"] = f"synthetic, {cfg.streams} streams of {cfg.seconds:g} s, seed {cfg.seed}"
     elif (labels_csv := _labels_csv(cfg)) is not None:
         video, beside = Path(cfg.data), cfg.labels is None
