@@ -57,15 +57,16 @@ def test_parity_check_can_fail(exported: tuple[Checkpoint, Path]) -> None:
 def test_batch_is_dynamic_and_streams_do_not_mix(exported: tuple[Checkpoint, Path]) -> None:
     _, path = exported
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # The inputs' names and shapes as the file describes them, as the service reads them.
+    spec = read_props(sess.get_modelmeta().custom_metadata_map, str(path))
+    assert spec.states  # a recurrent model: the state is what must not mix
     rng = np.random.default_rng(1)
-    frames = rng.integers(0, 256, (5, 48, 64, 3), dtype=np.uint8)
-    h = np.zeros((5, 1, 32), np.float32)
-    prev = np.zeros((5, 3, 48, 64), np.float32)
-    batched = sess.run(None, {"frames": frames, "h": h, "prev_frame": prev})
+    frames = rng.integers(0, 256, (5, spec.height, spec.width, 3), dtype=np.uint8)
+    state = {s.input: np.zeros((5, *s.shape), np.float32) for s in spec.states}
+    batched = sess.run(None, {INPUT_FRAMES: frames, **state})
     for i in range(5):
-        single = sess.run(
-            None, {"frames": frames[i : i + 1], "h": h[i : i + 1], "prev_frame": prev[i : i + 1]}
-        )
+        one = {INPUT_FRAMES: frames[i : i + 1]} | {k: v[i : i + 1] for k, v in state.items()}
+        single = sess.run(None, one)
         for b, s in zip(batched, single, strict=True):
             np.testing.assert_allclose(b[i : i + 1], s, atol=1e-5)
 
