@@ -188,8 +188,9 @@ def clip_predictions(
     for length, members in by_length.items():
         for b0 in range(0, len(members), batch):
             part = members[b0 : b0 + batch]
-            # Only this chunk of each (memory-mapped) clip is read: (P, K, H, W, 3).
+            # Only this chunk of each (memory-mapped) clip is read.
             chunks = (
+                # P x (K, H, W, 3) -> (P, K, H, W, 3)
                 np.stack([np.asarray(clips[i].frames[t0 : t0 + chunk]) for i in part])
                 for t0 in range(0, length, chunk)
             )
@@ -346,10 +347,10 @@ def _on_clips(
     order = [int(i) for i in np.random.default_rng(cfg.seed).permutation(len(clips))]
     # All clips, one unbroken stream, scored clip by clip: never joined in memory.
     joined = [clips[i] for i in order]
-    labels = np.concatenate([np.full(len(c.frames), c.label, np.int64) for c in joined])
+    labels = np.concatenate([np.full(len(c.frames), c.label, np.int64) for c in joined])  # (T,)
     frames = predict_joined(net, joined)
     # Each clip's first frame: two clips of one label in a row are two actions.
-    cuts = np.concatenate([np.arange(len(c.frames)) == 0 for c in joined])
+    cuts = np.concatenate([np.arange(len(c.frames)) == 0 for c in joined])  # (T,)
     about = {
         "data": str(data.resolve()),  # the file says where, from anywhere
         "skipped": list(dataset.skipped),

@@ -112,6 +112,8 @@ def train_one_epoch(
             x = torch.from_numpy(batch.frames[:, t0 : t0 + cfg.bptt]).to(device)  # (B, K, H, W, 3)
             y = torch.from_numpy(targets[:, t0 : t0 + cfg.bptt]).to(device)  # (B, K)
             logits, *state = model(x, *state)  # (B, K, classes)
+            # Every frame of every stream one sample: (B, K, classes) -> (B*K, classes),
+            # (B, K) -> (B*K,).
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
