@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from actionstream.frame_labels import LabelsError, read_frame_labels
+from actionstream.settings import resolved
 from actionstream.training.config import VIDEO_SUFFIXES, EvaluateConfig
 from actionstream.training.data import (
     LabelledClip,
@@ -288,7 +289,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     settle = int(SETTLE_SECONDS * ckpt.fps)
     metrics |= asdict(stream_metrics(got.frames, got.truth, names, settle, got.cuts))
     metrics["switch_latency"] = switch_latency(got.frames, got.truth, got.cuts)
-    metrics["config"] = resolved(cfg)  # what produced these scores
+    # What produced these scores; a video's labels, the CSV they came from.
+    metrics["config"] = resolved(cfg, labels=_labels_csv(cfg))
     out = None if cfg.out is None else Path(cfg.out)
     written = write_report(run if run.is_dir() else run.parent, metrics, names, out)
     print(json.dumps(metrics, indent=2))
@@ -370,14 +372,6 @@ def _on_clips(
 
 def _tell(line: str) -> None:
     print(line, file=sys.stderr)
-
-
-def resolved(cfg: EvaluateConfig) -> dict[str, Any]:
-    """`cfg` as evaluation.json records it: paths absolute, so that the scores say what
-    produced them wherever they are read, and a video's labels the CSV they came from."""
-    settings = asdict(cfg) | {"labels": _labels_csv(cfg)}
-    paths = [k for k in ("run", "data", "labels", "cache", "out") if settings[k] is not None]
-    return settings | {k: str(Path(settings[k]).resolve()) for k in paths}
 
 
 def _labels_csv(cfg: EvaluateConfig) -> str | None:

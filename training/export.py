@@ -32,6 +32,7 @@ from actionstream.contract import (
     write_props,
 )
 from actionstream.service.inference.model import ModelError, OnnxStepModel
+from actionstream.settings import resolved
 from actionstream.training.checkpoint import Checkpoint
 from actionstream.training.config import CHECKPOINT, PROGRESS, ExportConfig
 from actionstream.training.model import Recognizer, StepModule
@@ -235,8 +236,7 @@ def _card(out: Path, ckpt: Checkpoint, cfg: ExportConfig) -> str:
         "model_config": asdict(ckpt.model_config),
         "train_config": ckpt.train_config,
         # Paths as absolute as train_config's: the card is read from anywhere.
-        "export_config": asdict(cfg)
-        | {"run": str(Path(cfg.run).resolve()), "out": str(out.resolve())},
+        "export_config": resolved(cfg, out=str(out)),
         "eval": ckpt.eval_metrics,
     }
     return json.dumps(card, indent=2, sort_keys=True) + "\n"

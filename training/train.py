@@ -35,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from actionstream.contract import ModelConfig
+from actionstream.settings import resolved
 from actionstream.training import distributed, run_folder
 from actionstream.training.checkpoint import Checkpoint
 from actionstream.training.config import CHECKPOINT, TrainConfig
@@ -45,7 +46,7 @@ from actionstream.training.errors import TrainingError
 from actionstream.training.evaluate import Scores, score
 from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
-from actionstream.training.run_folder import Cycle, EpochLog, Progress, resolved
+from actionstream.training.run_folder import Cycle, EpochLog, Progress
 
 
 class Deadline:
