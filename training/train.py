@@ -288,14 +288,14 @@ def _train(
         assert saved is not None
         return run_folder.out_of_time(out, cfg.minutes, saved.seconds, say)
     training = set_up(cfg, data, saved, rng, batches, team, device, say, warn)
-    if not spent:
+    if not spent:  # spent, it only saves its model from the progress, as below
         train_epochs(training, say)
     if not team.leader:
         return None  # only the leader validated, so only it knows the best epoch
     return finish(training, say)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Training:
     """A run ready for its epochs, started fresh or resumed from its progress."""
 
