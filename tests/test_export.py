@@ -15,8 +15,9 @@ import onnxruntime as ort
 import pytest
 
 torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")  # with torch, in the training extras
 
-from actionstream.contract import INPUT_FRAMES, ModelConfig, read_props
+from actionstream.contract import INPUT_FRAMES, ModelConfig, read_props, write_props
 from actionstream.service.inference.model import OnnxStepModel
 from actionstream.training.checkpoint import Checkpoint, CheckpointError
 from actionstream.training.config import ExportConfig
@@ -52,6 +53,25 @@ def test_parity_check_can_fail(exported: tuple[Checkpoint, Path]) -> None:
     with torch.no_grad():
         other.head.bias.add_(0.01)
     assert parity_error(other, path) > 1e-3
+
+
+def test_parity_check_loads_the_model_as_the_service_does(
+    exported: tuple[Checkpoint, Path], tmp_path: Path
+) -> None:
+    # A graph that computes the same logits but whose metadata the server would refuse
+    # (a state shape the graph does not have) fails the check, not the server later.
+    ckpt, path = exported
+    model = onnx.load(str(path))
+    spec = read_props({p.key: p.value for p in model.metadata_props}, str(path))
+    first, *rest = spec.states
+    wrong = dataclasses.replace(first, shape=(*first.shape[:-1], first.shape[-1] + 1))
+    onnx.helper.set_model_props(
+        model, write_props(dataclasses.replace(spec, states=(wrong, *rest)))
+    )
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    with pytest.raises(ExportError, match="the service would not load the exported model"):
+        parity_error(ckpt.build_model(), broken)
 
 
 def test_batch_is_dynamic_and_streams_do_not_mix(exported: tuple[Checkpoint, Path]) -> None:
