@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint protos prometheus-rule model bench load serve clean prometheus-tools docker-tools swarm-tools
+.PHONY: demo test lint protos prometheus-rule model bench load serve clean prometheus-tools docker-tools swarm-tools video-tools
 
 # The service alone (no torch): all that serving and the demo need.
 $(VENV)/.service: pyproject.toml
@@ -31,7 +31,7 @@ demo: $(VENV)/.service
 # servers, processes and clocks more than they compute. PYTEST_WORKERS= runs them in one.
 PYTEST_WORKERS ?= --numprocesses=auto --maxprocesses=4 --dist=loadfile
 
-test: $(VENV)/.dev prometheus-tools docker-tools swarm-tools
+test: $(VENV)/.dev prometheus-tools docker-tools swarm-tools video-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_WORKERS)
@@ -65,6 +65,15 @@ swarm-tools:
 	     --no-install-recommends g++ make pkg-config libgrpc++-dev libprotobuf-dev \
 	     protobuf-compiler-grpc >/dev/null; } \
 	  || echo "gRPC's C++ files not installed: the C++ camera swarm's test will be skipped"
+
+# Debian's ffmpeg, for the test that makes videos the way users' tools do (H.264 MP4,
+# Matroska, audio tracks, variable rates) and cuts them short. Installed when we are
+# root with apt (as in CI); elsewhere that test skips.
+video-tools:
+	@command -v ffmpeg >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     --no-install-recommends ffmpeg >/dev/null; } \
+	  || echo "ffmpeg not installed: the test of videos it makes will be skipped"
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

@@ -2,17 +2,20 @@
 
 `setting(default, help=..., group=...)` is a `dataclasses.field` whose
 metadata the command line reads (actionstream/command.py): the help text, the
-`--help` section, and whether it is a positional argument. No click here, so
-configs stay importable by code that has no command line.
+`--help` section, and whether it is a positional argument; and whether it names
+a file or folder, which `resolved` makes absolute in the config a stage saves.
+No click here, so configs stay importable by code that has no command line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 from typing import Any
 
-HELP, GROUP, POSITIONAL = "help", "group", "positional"
+HELP, GROUP, POSITIONAL, PATH, NOT_PATHS = "help", "group", "positional", "path", "not_paths"
 DEFAULT_GROUP = "Options"
 
 
@@ -22,11 +25,38 @@ def setting(
     help: str,
     group: str = DEFAULT_GROUP,
     positional: bool = False,
+    path: bool = False,
+    not_paths: tuple[str, ...] = (),
 ) -> Any:
-    """A dataclass field with its help text and `--help` section; no default: required."""
-    return dataclasses.field(
-        default=default, metadata={HELP: help, GROUP: group, POSITIONAL: positional}
-    )
+    """A dataclass field with its help text and `--help` section; no default: required.
+
+    `path`: its value is a file or folder (but for the names in `not_paths`, such as
+    `--init`'s choices), made absolute where the config is saved (`resolved`)."""
+    metadata = {HELP: help, GROUP: group, POSITIONAL: positional, PATH: path}
+    return dataclasses.field(default=default, metadata=metadata | {NOT_PATHS: not_paths})
+
+
+def resolved(config: Any, **given: Any) -> dict[str, Any]:
+    """`config` as a stage saves it beside what it writes, `given` settings in place of its
+    own: as JSON holds it (tuples as lists), and its paths absolute, so that it says what
+    produced the files wherever they are read, and the run can be repeated from anywhere."""
+    return absolute(type(config), json.loads(json.dumps(dataclasses.asdict(config) | given)))
+
+
+def absolute(config_type: type, settings: dict[str, Any]) -> dict[str, Any]:
+    """`settings` (a `config_type` as saved) with the values of its path settings made
+    absolute, from here: two spellings of one folder then compare equal. A path left
+    empty (none given) is kept as it is."""
+    paths = {
+        f.name: f.metadata[NOT_PATHS]
+        for f in dataclasses.fields(config_type)
+        if f.metadata.get(PATH)
+    }
+    return settings | {
+        k: str(Path(settings[k]).resolve())
+        for k, names in paths.items()
+        if settings.get(k) and settings[k] not in names
+    }
 
 
 def refuse_non_finite(config: Any) -> None:

@@ -37,6 +37,7 @@ import torch
 
 from actionstream.training.config import TrainConfig
 from actionstream.training.data import SyntheticData, render_streams
+from actionstream.training.data_loading import synthetic_data
 from actionstream.training.evaluate import (
     SETTLE_SECONDS,
     clip_accuracy,
@@ -47,7 +48,6 @@ from actionstream.training.evaluate import (
 from actionstream.training.model import ActionRecognizer, Recognizer, build_recognizer
 from actionstream.training.synth import LABELS, SynthConfig
 from actionstream.training.train import main as train
-from actionstream.training.train import synthetic_data
 
 CELLS = ("gru", "lstm", "rnn", "frame-only")
 # The GRU again with the frame difference alone as input (the default for users' videos);

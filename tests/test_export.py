@@ -15,8 +15,9 @@ import onnxruntime as ort
 import pytest
 
 torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")  # with torch, in the training extras
 
-from actionstream.contract import INPUT_FRAMES, ModelConfig, read_props
+from actionstream.contract import INPUT_FRAMES, ModelConfig, read_props, write_props
 from actionstream.service.inference.model import OnnxStepModel
 from actionstream.training.checkpoint import Checkpoint, CheckpointError
 from actionstream.training.config import ExportConfig
@@ -54,18 +55,38 @@ def test_parity_check_can_fail(exported: tuple[Checkpoint, Path]) -> None:
     assert parity_error(other, path) > 1e-3
 
 
+def test_parity_check_loads_the_model_as_the_service_does(
+    exported: tuple[Checkpoint, Path], tmp_path: Path
+) -> None:
+    # A graph that computes the same logits but whose metadata the server would refuse
+    # (a state shape the graph does not have) fails the check, not the server later.
+    ckpt, path = exported
+    model = onnx.load(str(path))
+    spec = read_props({p.key: p.value for p in model.metadata_props}, str(path))
+    first, *rest = spec.states
+    wrong = dataclasses.replace(first, shape=(*first.shape[:-1], first.shape[-1] + 1))
+    onnx.helper.set_model_props(
+        model, write_props(dataclasses.replace(spec, states=(wrong, *rest)))
+    )
+    broken = tmp_path / "broken.onnx"
+    onnx.save(model, str(broken))
+    with pytest.raises(ExportError, match="the service would not load the exported model"):
+        parity_error(ckpt.build_model(), broken)
+
+
 def test_batch_is_dynamic_and_streams_do_not_mix(exported: tuple[Checkpoint, Path]) -> None:
     _, path = exported
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # The inputs' names and shapes as the file describes them, as the service reads them.
+    spec = read_props(sess.get_modelmeta().custom_metadata_map, str(path))
+    assert spec.states  # a recurrent model: the state is what must not mix
     rng = np.random.default_rng(1)
-    frames = rng.integers(0, 256, (5, 48, 64, 3), dtype=np.uint8)
-    h = np.zeros((5, 1, 32), np.float32)
-    prev = np.zeros((5, 3, 48, 64), np.float32)
-    batched = sess.run(None, {"frames": frames, "h": h, "prev_frame": prev})
+    frames = rng.integers(0, 256, (5, spec.height, spec.width, 3), dtype=np.uint8)
+    state = {s.input: np.zeros((5, *s.shape), np.float32) for s in spec.states}
+    batched = sess.run(None, {INPUT_FRAMES: frames, **state})
     for i in range(5):
-        single = sess.run(
-            None, {"frames": frames[i : i + 1], "h": h[i : i + 1], "prev_frame": prev[i : i + 1]}
-        )
+        one = {INPUT_FRAMES: frames[i : i + 1]} | {k: v[i : i + 1] for k, v in state.items()}
+        single = sess.run(None, one)
         for b, s in zip(batched, single, strict=True):
             np.testing.assert_allclose(b[i : i + 1], s, atol=1e-5)
 

@@ -711,8 +711,9 @@ def test_a_finished_run_goes_on_for_more_epochs_in_a_new_cycle(tmp_path: Path) -
 
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+    from actionstream.training.data_loading import synthetic_data
     from actionstream.training.run_folder import PROGRESS, Progress, resume_config
-    from actionstream.training.train import TrainingError, main, synthetic_data
+    from actionstream.training.train import TrainingError, main
 
     out = tmp_path / "run"
     # 20 steps an epoch (chunks of 8 frames): enough for a cycle to show its shape.
@@ -770,8 +771,9 @@ def test_a_run_the_clock_stopped_goes_on_without_a_jump_in_its_rate(
     pytest.importorskip("torch")
     import dataclasses
 
+    from actionstream.training.data_loading import synthetic_data
     from actionstream.training.run_folder import PROGRESS, Progress, resume_config
-    from actionstream.training.train import main, synthetic_data
+    from actionstream.training.train import main
 
     out = tmp_path / "run"
     # Cut short in epoch 1 of 3, of 20 steps each (chunks of 8 frames).

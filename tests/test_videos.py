@@ -668,7 +668,8 @@ def test_a_split_file_fixes_the_held_out_videos(tmp_path: Path) -> None:
 def test_a_split_that_leaves_a_label_untrained_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from actionstream.training.config import TrainConfig
-    from actionstream.training.train import TrainingError, load_data
+    from actionstream.training.data_loading import load_data
+    from actionstream.training.errors import TrainingError
 
     class_folders(tmp_path / "data", ("left", "right", "up"), 3)
     clips = sorted((tmp_path / "data").rglob("*_*.*"))
@@ -762,7 +763,7 @@ def test_a_long_video_of_many_spans_is_not_held_out_in_place_of_short_clips(
     # would leave three clips to train on.
     pytest.importorskip("torch")
     from actionstream.training.config import TrainConfig
-    from actionstream.training.train import load_data
+    from actionstream.training.data_loading import load_data
 
     write(np.zeros((120, 48, 64, 3), np.uint8), tmp_path / "long.avi", 10.0)
     for k, label in enumerate(("left", "right", "up")):

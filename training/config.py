@@ -53,7 +53,9 @@ class SynthVideoConfig:
 class TrainConfig:
     """`actionstream train`: truncated BPTT over untrimmed synthetic streams."""
 
-    out: str = setting(DEFAULT_RUN, help="run folder for checkpoint and configs", group="Run")
+    out: str = setting(
+        DEFAULT_RUN, help="run folder for checkpoint and configs", group="Run", path=True
+    )
     seed: int = setting(0, help="seeds data, init and batch order", group="Run")
     threads: int = setting(0, help="torch CPU threads (0: all cores)", group="Run")
     device: str = setting(
@@ -66,6 +68,8 @@ class TrainConfig:
         "encoder has its shape, else scratch), or a run folder or checkpoint.pt of yours to "
         "fine-tune from (its CNN, its cell when it fits, its head when its labels are these)",
         group="Run",
+        path=True,
+        not_paths=INIT_CHOICES,
     )
     resume: bool = setting(
         False,
@@ -89,6 +93,7 @@ class TrainConfig:
         "too: .mp4 .m4v .avi .mkv .webm .mov .mpg .mpeg .wmv .ts) or a CSV manifest "
         "(path,label[,start_s,end_s]); unset trains on the synthetic world",
         group="Data",
+        path=True,
     )
     background: str | None = setting(
         None,
@@ -103,11 +108,13 @@ class TrainConfig:
         help="a CSV (path,split with split train or val) fixing which videos are held out, "
         "instead of --val-fraction (not with it)",
         group="Data",
+        path=True,
     )
     cache: str = setting(
         DEFAULT_FRAME_CACHE,
         help="where decoded video frames are kept between epochs and runs",
         group="Data",
+        path=True,
     )
     train_streams: int = setting(
         1024, help="training streams per epoch (synthetic: rendered once)", group="Data"
@@ -223,19 +230,19 @@ class TrainConfig:
 class EvaluateConfig:
     """`actionstream evaluate`: a checkpoint scored on held-out synthetic streams."""
 
-    run: str = setting(DEFAULT_RUN, help="run folder or checkpoint.pt", positional=True)
+    run: str = setting(DEFAULT_RUN, help="run folder or checkpoint.pt", positional=True, path=True)
     data: str | None = setting(
         None,
         help="videos to score: class folders or a CSV manifest (as for train), or one "
         "untrimmed video labelled per frame by a frame,label CSV; unset: synthetic streams",
+        path=True,
     )
     labels: str | None = setting(
-        None, help="the frame,label CSV of a --data video (default: the video's name, .csv)"
+        None,
+        help="the frame,label CSV of a --data video (default: the video's name, .csv)",
+        path=True,
     )
-    cache: str = setting(
-        DEFAULT_FRAME_CACHE,
-        help="where decoded video frames are kept",
-    )
+    cache: str = setting(DEFAULT_FRAME_CACHE, help="where decoded video frames are kept", path=True)
     streams: int = setting(32, help="synthetic: held-out streams, each scored frame by frame")
     seconds: float = setting(60.0, help="synthetic: length of each held-out stream")
     seed: int = setting(10_000, help="seed of the synthetic data, and of the clip order")
@@ -243,6 +250,7 @@ class EvaluateConfig:
         None,
         help="folder for evaluation.json and its plots, made if missing (so that scores on "
         "other data do not replace the run's own); unset: the run folder",
+        path=True,
     )
 
     def __post_init__(self) -> None:
@@ -270,8 +278,10 @@ class EvaluateConfig:
 class ExportConfig:
     """`actionstream export`: a checkpoint as the ONNX step model, parity-checked."""
 
-    run: str = setting(DEFAULT_RUN, help="run folder or checkpoint.pt", positional=True)
-    out: str = setting("model.onnx", help="output .onnx path; its .json card goes beside it")
+    run: str = setting(DEFAULT_RUN, help="run folder or checkpoint.pt", positional=True, path=True)
+    out: str = setting(
+        "model.onnx", help="output .onnx path; its .json card goes beside it", path=True
+    )
     opset: int = setting(18, help="ONNX opset")
     parity_frames: int = setting(24, help="frames stepped through ONNX for the parity check")
     parity_batch: int = setting(2, help="streams in the parity check")

@@ -27,6 +27,10 @@ IGNORE = -100  # target value cross-entropy skips
 
 # Held-out streams draw seeds from a range training never uses.
 _HELD_OUT_OFFSET = 1_000_000_000
+# Isolated held-out clips of the synthetic world: this many per class, this long, judged
+# on their last frame.
+CLIPS_PER_CLASS = 20
+CLIP_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -111,14 +115,13 @@ class SyntheticData:
         val_frames: int,
         batch_size: int,
         seed: int,
-        clips_per_class: int,
-        clip_frames: int,
     ) -> None:
         self.version = f"synthetic-{cfg.size}px-seed{seed}"
         self.train = render_streams(train_streams, stream_frames, seed, cfg)
-        self.val_streams = render_streams(val_streams, val_frames, seed, cfg, held_out=True)
         # Clip seeds sit apart from the streams' seeds.
-        self.val_clips = synthetic_clips(cfg, clips_per_class, clip_frames, seed + 5)
+        self.val_streams, self.val_clips = synthetic_held_out(
+            cfg, val_streams, val_frames, seed, clip_seed=seed + 5
+        )
         self._batch_size = batch_size
 
     def batches(
@@ -131,6 +134,16 @@ class SyntheticData:
         for b0 in starts[:even][rank::size]:
             idx = np.sort(order[b0 : b0 + self._batch_size])
             yield Streams(self.train.frames[idx], self.train.labels[idx])
+
+
+def synthetic_held_out(
+    cfg: SynthConfig, streams: int, frames: int, seed: int, clip_seed: int
+) -> tuple[Streams, list[LabelledClip]]:
+    """The synthetic world's held-out data, as training validates on it and `evaluate`
+    scores a model: `streams` unbroken streams of `frames` frames, and CLIPS_PER_CLASS
+    isolated clips of every action, CLIP_SECONDS long."""
+    clips = synthetic_clips(cfg, CLIPS_PER_CLASS, int(CLIP_SECONDS * cfg.fps), clip_seed)
+    return render_streams(streams, frames, seed, cfg, held_out=True), clips
 
 
 def synthetic_clips(

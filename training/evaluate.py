@@ -7,26 +7,27 @@ streams with it after every epoch, `actionstream evaluate` scores a checkpoint.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from actionstream.frame_labels import LabelsError, read_frame_labels
+from actionstream.settings import resolved
 from actionstream.training.config import VIDEO_SUFFIXES, EvaluateConfig
 from actionstream.training.data import (
     LabelledClip,
     Streams,
     action_starts,
     frames_since_change,
-    render_streams,
-    synthetic_clips,
+    synthetic_held_out,
 )
 from actionstream.training.model import Recognizer
 from actionstream.training.synth import LABELS, SynthConfig
@@ -42,27 +43,32 @@ from actionstream.training.videos import (
     load_dataset,
 )
 
+if TYPE_CHECKING:
+    from actionstream.training.checkpoint import Checkpoint
+
 # A frame is "settled" once its action has run this long: before that, the
 # network has not yet seen enough of the new motion (and neither could anyone).
 SETTLE_SECONDS = 1.0
-# Isolated clips: this many per class, this long, judged on their last frame.
-CLIPS_PER_CLASS = 20
-CLIP_SECONDS = 2.0
+
+
+def _stepped(net: Recognizer, chunks: Iterable[np.ndarray], n: int) -> Iterator[torch.Tensor]:
+    """The logits (N, K, classes) of each chunk (N, K, H, W, 3) of `n` streams in turn, from
+    a zero state carried from one chunk into the next, as the service carries it."""
+    device = next(net.parameters()).device
+    state = net.initial_state(n)
+    for x in chunks:
+        logits, *state = net(torch.from_numpy(x).to(device), *state)
+        yield logits
 
 
 @torch.no_grad()
 def predict_streams(net: Recognizer, streams: Streams, chunk: int = 100) -> np.ndarray:
     """Per-frame predicted label index (N, T), state carried across the whole stream."""
     net.eval()
-    device = next(net.parameters()).device
     n, total = streams.labels.shape
-    state = net.initial_state(n)
-    preds = []
-    for t0 in range(0, total, chunk):
-        x = torch.from_numpy(streams.frames[:, t0 : t0 + chunk]).to(device)  # (N, K, H, W, 3)
-        logits, *state = net(x, *state)  # (N, K, classes)
-        preds.append(logits.argmax(-1).cpu().numpy())
-    return np.concatenate(preds, axis=1)
+    chunks = (streams.frames[:, t0 : t0 + chunk] for t0 in range(0, total, chunk))
+    preds = [logits.argmax(-1).cpu().numpy() for logits in _stepped(net, chunks, n)]
+    return np.concatenate(preds, axis=1)  # (N, K) chunks -> (N, T)
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,6 @@ def clip_predictions(
     held-out clip costs what a 10-second one does, and every epoch's validation runs it.
     """
     net.eval()
-    device = next(net.parameters()).device
     by_length: dict[int, list[int]] = {}
     for i, clip in enumerate(clips):
         by_length.setdefault(len(clip.frames), []).append(i)
@@ -184,11 +189,14 @@ def clip_predictions(
     for length, members in by_length.items():
         for b0 in range(0, len(members), batch):
             part = members[b0 : b0 + batch]
-            state = net.initial_state(len(part))
-            for t0 in range(0, length, chunk):
-                # Only this chunk of each (memory-mapped) clip is read.
-                x = np.stack([np.asarray(clips[i].frames[t0 : t0 + chunk]) for i in part])
-                logits, *state = net(torch.from_numpy(x).to(device), *state)  # (P, K, classes)
+            # Only this chunk of each (memory-mapped) clip is read.
+            chunks = (
+                # P x (K, H, W, 3) -> (P, K, H, W, 3)
+                np.stack([np.asarray(clips[i].frames[t0 : t0 + chunk]) for i in part])
+                for t0 in range(0, length, chunk)
+            )
+            # A clip is judged on its last frame, which the last chunk holds.
+            (logits,) = collections.deque(_stepped(net, chunks, len(part)), maxlen=1)
             out[part] = logits[:, -1].argmax(-1).cpu().numpy()  # (P, K, classes) -> (P,)
     return out
 
@@ -199,16 +207,14 @@ def predict_joined(net: Recognizer, clips: Sequence[LabelledClip], chunk: int = 
     as predict_streams gives for them joined, without joining them: only a chunk of
     one clip at a time is in memory, however many clips an evaluation scores."""
     net.eval()
-    device = next(net.parameters()).device
-    state = net.initial_state(1)
-    preds = []
-    for clip in clips:
-        for t0 in range(0, len(clip.frames), chunk):
-            # A copy: the cache's frames are a read-only memmap, which torch warns of.
-            x = np.array(clip.frames[t0 : t0 + chunk])[None]  # (K, H, W, 3) -> (1, K, H, W, 3)
-            logits, *state = net(torch.from_numpy(x).to(device), *state)  # (1, K, classes)
-            preds.append(logits[0].argmax(-1).cpu().numpy())
-    return np.concatenate(preds)
+    # A copy: the cache's frames are a read-only memmap, which torch warns of.
+    chunks = (
+        np.array(clip.frames[t0 : t0 + chunk])[None]  # (K, H, W, 3) -> (1, K, H, W, 3)
+        for clip in clips
+        for t0 in range(0, len(clip.frames), chunk)
+    )
+    preds = [logits[0].argmax(-1).cpu().numpy() for logits in _stepped(net, chunks, 1)]
+    return np.concatenate(preds)  # (K,) chunks -> (T,)
 
 
 def clip_report(preds: np.ndarray, truth: np.ndarray, names: Sequence[str]) -> dict[str, Any]:
@@ -249,6 +255,18 @@ def _trained_on(run: Path, trained_videos: Sequence[str], digests: list[str]) ->
     return seen
 
 
+@dataclass(frozen=True)
+class Predicted:
+    """A model's predictions on one source of data, with the truth to score them against."""
+
+    about: dict[str, Any]  # what evaluation.json says of the data, in the order it says it
+    frames: np.ndarray  # (N, T) predicted label of every frame of unbroken streams
+    truth: np.ndarray  # (N, T) their labels
+    cuts: np.ndarray | None  # (N, T) as Streams holds them
+    # Each isolated clip's predicted label and its own, (M,) each; None for one video.
+    clips: tuple[np.ndarray, np.ndarray] | None
+
+
 def main(cfg: EvaluateConfig) -> dict[str, Any]:
     """`actionstream evaluate`: prints the metrics (as JSON, alone on stdout; what else it
     says goes to stderr), writes evaluation.json and plots."""
@@ -258,67 +276,21 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     run = Path(cfg.run)
     ckpt = Checkpoint.load(run)
     net = ckpt.build_model()
-    prep = Preprocessing(ckpt.model_config.height, ckpt.fps)
     names = ckpt.labels
-    metrics: dict[str, Any] = {"model": ckpt.version, "labels": list(names)}
-    streams: Streams | None = None  # or, for clips, their predictions, labels and cuts
-    stream_preds = stream_labels = np.empty((1, 0), np.int64)
-    stream_cuts: np.ndarray | None = None
     if cfg.data is None:
-        if tuple(names) != LABELS:
-            raise DatasetError(
-                f"{run} was trained on other labels than the synthetic world's "
-                f"({', '.join(names)}): give --data with videos it has not seen (class "
-                "folders, a manifest, or one video with a frame,label CSV)"
-            )
-        synth = SynthConfig(size=ckpt.model_config.height, fps=ckpt.fps)
-        n_frames = int(cfg.seconds * ckpt.fps)
-        streams = render_streams(cfg.streams, n_frames, cfg.seed, synth, held_out=True)
-        clips = synthetic_clips(synth, CLIPS_PER_CLASS, int(CLIP_SECONDS * ckpt.fps), cfg.seed)
-        metrics["data"] = f"synthetic, {cfg.streams} streams of {cfg.seconds:g} s, seed {cfg.seed}"
+        got = _on_synthetic(net, ckpt, cfg, run)
     elif (labels_csv := _labels_csv(cfg)) is not None:
-        video, beside = Path(cfg.data), cfg.labels is None
-        streams, clips = _labelled_video(video, Path(labels_csv), names, prep, beside), []
-        metrics["data"] = str(Path(cfg.data).resolve())  # the file says where, from anywhere
-        metrics["trained_on_clips"] = _trained_on(
-            run, ckpt.trained_videos, [file_digest(Path(cfg.data))]
-        )
+        got = _on_labelled_video(net, ckpt, Path(cfg.data), Path(labels_csv), cfg, run)
     else:
-        dataset = load_dataset(
-            find_clips(Path(cfg.data), _tell),
-            ClipCache(Path(cfg.cache), prep),
-            MIN_CLIP_FRAMES,
-            report=_tell,
-            known=names,
-        )
-        clips = [
-            LabelledClip(c.frames, t) for c, t in zip(dataset.clips, dataset.targets, strict=True)
-        ]
-        order = [int(i) for i in np.random.default_rng(cfg.seed).permutation(len(clips))]
-        # All clips, one unbroken stream, scored clip by clip: never joined in memory.
-        joined = [clips[i] for i in order]
-        labels = np.concatenate([np.full(len(c.frames), c.label, np.int64) for c in joined])
-        stream_preds = predict_joined(net, joined)[None]  # (T,) -> (1, T)
-        stream_labels = labels[None]  # (T,) -> (1, T)
-        # Each clip's first frame: two clips of one label in a row are two actions.
-        cuts = np.concatenate([np.arange(len(c.frames)) == 0 for c in joined])
-        stream_cuts = cuts[None]  # (T,) -> (1, T)
-        metrics["data"] = str(Path(cfg.data).resolve())  # the file says where, from anywhere
-        metrics["skipped"] = list(dataset.skipped)
-        metrics["trained_on_clips"] = _trained_on(
-            run, ckpt.trained_videos, [c.digest for c in dataset.clips]
-        )
-
-    if clips:
-        truth = np.array([c.label for c in clips])
-        metrics |= clip_report(clip_predictions(net, clips), truth, names)
-    if streams is not None:
-        stream_preds, stream_labels = predict_streams(net, streams), streams.labels
-        stream_cuts = streams.cuts
+        got = _on_clips(net, ckpt, Path(cfg.data), cfg, run)
+    metrics: dict[str, Any] = {"model": ckpt.version, "labels": list(names), **got.about}
+    if got.clips is not None:
+        metrics |= clip_report(*got.clips, names)
     settle = int(SETTLE_SECONDS * ckpt.fps)
-    metrics |= asdict(stream_metrics(stream_preds, stream_labels, names, settle, stream_cuts))
-    metrics["switch_latency"] = switch_latency(stream_preds, stream_labels, stream_cuts)
-    metrics["config"] = resolved(cfg)  # what produced these scores
+    metrics |= asdict(stream_metrics(got.frames, got.truth, names, settle, got.cuts))
+    metrics["switch_latency"] = switch_latency(got.frames, got.truth, got.cuts)
+    # What produced these scores; a video's labels, the CSV they came from.
+    metrics["config"] = resolved(cfg, labels=_labels_csv(cfg))
     out = None if cfg.out is None else Path(cfg.out)
     written = write_report(run if run.is_dir() else run.parent, metrics, names, out)
     print(json.dumps(metrics, indent=2))
@@ -326,16 +298,80 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     return metrics
 
 
+def _on_synthetic(net: Recognizer, ckpt: Checkpoint, cfg: EvaluateConfig, run: Path) -> Predicted:
+    """Held-out synthetic streams and clips at the model's size and rate."""
+    if tuple(ckpt.labels) != LABELS:
+        raise DatasetError(
+            f"{run} was trained on other labels than the synthetic world's "
+            f"({', '.join(ckpt.labels)}): give --data with videos it has not seen (class "
+            "folders, a manifest, or one video with a frame,label CSV)"
+        )
+    synth = SynthConfig(size=ckpt.model_config.height, fps=ckpt.fps)
+    n_frames = int(cfg.seconds * ckpt.fps)
+    streams, clips = synthetic_held_out(synth, cfg.streams, n_frames, cfg.seed, cfg.seed)
+    truth = np.array([c.label for c in clips])
+    return Predicted(
+        about={"data": f"synthetic, {cfg.streams} streams of {cfg.seconds:g} s, seed {cfg.seed}"},
+        frames=predict_streams(net, streams),
+        truth=streams.labels,
+        cuts=streams.cuts,
+        clips=(clip_predictions(net, clips), truth),
+    )
+
+
+def _on_labelled_video(
+    net: Recognizer, ckpt: Checkpoint, video: Path, labels_csv: Path, cfg: EvaluateConfig, run: Path
+) -> Predicted:
+    """One untrimmed video, labelled per frame by its CSV: one stream, no isolated clips."""
+    prep = Preprocessing(ckpt.model_config.height, ckpt.fps)
+    streams = _labelled_video(video, labels_csv, ckpt.labels, prep, beside=cfg.labels is None)
+    about = {
+        "data": str(video.resolve()),  # the file says where, from anywhere
+        "trained_on_clips": _trained_on(run, ckpt.trained_videos, [file_digest(video)]),
+    }
+    return Predicted(about, predict_streams(net, streams), streams.labels, streams.cuts, None)
+
+
+def _on_clips(
+    net: Recognizer, ckpt: Checkpoint, data: Path, cfg: EvaluateConfig, run: Path
+) -> Predicted:
+    """Class folders or a manifest: every clip on its own, and all of them one after another
+    (in an order `cfg.seed` draws) as one unbroken stream."""
+    prep = Preprocessing(ckpt.model_config.height, ckpt.fps)
+    dataset = load_dataset(
+        find_clips(data, _tell),
+        ClipCache(Path(cfg.cache), prep),
+        MIN_CLIP_FRAMES,
+        report=_tell,
+        known=ckpt.labels,
+    )
+    clips = [LabelledClip(c.frames, t) for c, t in zip(dataset.clips, dataset.targets, strict=True)]
+    order = [int(i) for i in np.random.default_rng(cfg.seed).permutation(len(clips))]
+    # All clips, one unbroken stream, scored clip by clip: never joined in memory.
+    joined = [clips[i] for i in order]
+    labels = np.concatenate([np.full(len(c.frames), c.label, np.int64) for c in joined])  # (T,)
+    frames = predict_joined(net, joined)
+    # Each clip's first frame: two clips of one label in a row are two actions.
+    cuts = np.concatenate([np.arange(len(c.frames)) == 0 for c in joined])  # (T,)
+    about = {
+        "data": str(data.resolve()),  # the file says where, from anywhere
+        "skipped": list(dataset.skipped),
+        "trained_on_clips": _trained_on(
+            run, ckpt.trained_videos, [c.digest for c in dataset.clips]
+        ),
+    }
+    truth = np.array([c.label for c in clips])
+    return Predicted(
+        about,
+        frames[None],  # (T,) -> (1, T)
+        labels[None],  # (T,) -> (1, T)
+        cuts[None],  # (T,) -> (1, T)
+        (clip_predictions(net, clips), truth),
+    )
+
+
 def _tell(line: str) -> None:
     print(line, file=sys.stderr)
-
-
-def resolved(cfg: EvaluateConfig) -> dict[str, Any]:
-    """`cfg` as evaluation.json records it: paths absolute, so that the scores say what
-    produced them wherever they are read, and a video's labels the CSV they came from."""
-    settings = asdict(cfg) | {"labels": _labels_csv(cfg)}
-    paths = [k for k in ("run", "data", "labels", "cache", "out") if settings[k] is not None]
-    return settings | {k: str(Path(settings[k]).resolve()) for k in paths}
 
 
 def _labels_csv(cfg: EvaluateConfig) -> str | None:

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 from actionstream.contract import (
@@ -32,6 +31,8 @@ from actionstream.contract import (
     state_output,
     write_props,
 )
+from actionstream.service.inference.model import ModelError, OnnxStepModel
+from actionstream.settings import resolved
 from actionstream.training.checkpoint import Checkpoint
 from actionstream.training.config import CHECKPOINT, PROGRESS, ExportConfig
 from actionstream.training.model import Recognizer, StepModule
@@ -198,7 +199,12 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 def parity_error(net: Recognizer, onnx_path: Path, cfg: ExportConfig = DEFAULT_EXPORT) -> float:
-    """Max abs logit difference: ONNX stepped frame by frame vs torch over the whole sequence."""
+    """Max abs logit difference: ONNX stepped frame by frame vs torch over the whole sequence.
+
+    The file is loaded and stepped by the service's own loader, from the zero state its
+    metadata describes: a file whose metadata or graph the server would refuse, or read
+    otherwise than `net` means, fails here rather than where it is served.
+    """
     gen = torch.Generator().manual_seed(0)
     B, T = cfg.parity_batch, cfg.parity_frames
     video = torch.randint(0, 256, (B, T, net.cfg.height, net.cfg.width, 3), generator=gen)
@@ -206,16 +212,15 @@ def parity_error(net: Recognizer, onnx_path: Path, cfg: ExportConfig = DEFAULT_E
     with torch.no_grad():
         expected, *_ = net.eval()(video, *net.initial_state(B))  # (B, T, classes)
 
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    state = [s.numpy() for s in net.initial_state(B)]
-    outputs = [OUTPUT_LOGITS, *(state_output(name) for name in net.state_names)]
+    try:
+        # On the CPU, as the PyTorch side runs: CUDA's convolutions may round as TF32 does.
+        served = OnnxStepModel.load(onnx_path, providers=["CPUExecutionProvider"])
+    except ModelError as e:
+        raise ExportError(f"the service would not load the exported model: {e}") from None
+    state = served.zero_state(B)
     got = []
     for t in range(T):
-        feeds = {
-            INPUT_FRAMES: video[:, t].numpy(),
-            **dict(zip(net.state_names, state, strict=True)),
-        }
-        logits, *state = session.run(outputs, feeds)
+        logits, state = served.step(video[:, t].numpy(), state)  # (B, classes)
         got.append(logits)
     stepped = np.stack(got, axis=1)  # T x (B, classes) -> (B, T, classes)
     return float(np.abs(stepped - expected.numpy()).max())
@@ -232,8 +237,7 @@ def _card(out: Path, ckpt: Checkpoint, cfg: ExportConfig) -> str:
         "model_config": asdict(ckpt.model_config),
         "train_config": ckpt.train_config,
         # Paths as absolute as train_config's: the card is read from anywhere.
-        "export_config": asdict(cfg)
-        | {"run": str(Path(cfg.run).resolve()), "out": str(out.resolve())},
+        "export_config": resolved(cfg, out=str(out)),
         "eval": ckpt.eval_metrics,
     }
     return json.dumps(card, indent=2, sort_keys=True) + "\n"

@@ -98,7 +98,7 @@ class FrameAndMotion(nn.Module):
     channels = 6
 
     def forward(self, x: Tensor, before: Tensor) -> Tensor:
-        return torch.cat([x, x - before], dim=2)
+        return torch.cat([x, x - before], dim=2)  # 2 x (B, T, 3, H, W) -> (B, T, 6, H, W)
 
 
 class MotionOnly(nn.Module):

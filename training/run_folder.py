@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from actionstream.settings import absolute, resolved
 from actionstream.training.checkpoint import Checkpoint, CheckpointError, save_whole, write_whole
-from actionstream.training.config import CHECKPOINT, INIT_CHOICES, PROGRESS, TrainConfig
+from actionstream.training.config import CHECKPOINT, PROGRESS, TrainConfig
 from actionstream.training.errors import TrainingError
 from actionstream.training.evaluate import Scores
 from actionstream.training.model import Recognizer
@@ -199,21 +200,6 @@ def _restore_schedule(
     sched.last_epoch = schedule["last_epoch"]
 
 
-def resolved(cfg: TrainConfig) -> dict[str, Any]:
-    """`cfg` as train_config.json holds it: paths absolute, so the run can be resumed,
-    evaluated or repeated from any folder; tuples as lists, as JSON has them."""
-    return _absolute(json.loads(json.dumps(asdict(cfg))))
-
-
-def _absolute(settings: dict[str, Any]) -> dict[str, Any]:
-    """`settings` with its paths made absolute (from here, for a file written with them
-    relative), so that two spellings of one folder compare equal."""
-    paths = [k for k in ("out", "data", "split", "cache") if settings.get(k)]
-    if settings.get("init") not in (None, *INIT_CHOICES):  # a run to start from
-        paths.append("init")
-    return settings | {k: str(Path(settings[k]).resolve()) for k in paths}
-
-
 def resume_config(cfg: TrainConfig, given: Collection[str]) -> TrainConfig:
     """The settings the run in `cfg.out` was started with, but those named in `given`
     (set on this command line) taken from `cfg`: `--resume` needs nothing repeated."""
@@ -303,7 +289,8 @@ def resumable(out: Path, cfg: TrainConfig) -> Progress:
         saved = Progress.load(out / PROGRESS)
     except (OSError, ValueError, RuntimeError) as e:
         raise TrainingError(f"--resume: {out} holds no run to continue ({e})") from None
-    now, before = resolved(cfg), _absolute(before)
+    # Paths absolute from here, for a file written with them relative.
+    now, before = resolved(cfg), absolute(TrainConfig, before)
     # A run that recorded its data is checked by it once read (same_data): its videos
     # may have moved (another mount in a container), and --data then names them anew.
     recorded = saved.data_fingerprint is not None

@@ -8,8 +8,8 @@ chunk edge), so the network learns to switch actions with a state that was
 never reset, exactly as the service runs it. After every epoch the held-out
 streams and clips are scored; the run keeps the best epoch by per-frame
 accuracy on the held-out streams (what the service delivers). The run folder,
-and resuming from it, are training/run_folder.py's; where a new network starts,
-training/init.py's.
+and resuming from it, are training/run_folder.py's; where its data comes from,
+training/data_loading.py's; where a new network starts, training/init.py's.
 
     actionstream train --out runs/default                 # the bundled model
     actionstream train --data videos/ --out runs/mine     # a user's class folders
@@ -35,25 +35,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from actionstream.contract import ModelConfig
+from actionstream.settings import resolved
 from actionstream.training import distributed, run_folder
 from actionstream.training.checkpoint import Checkpoint
 from actionstream.training.config import CHECKPOINT, TrainConfig
-from actionstream.training.data import IGNORE, SyntheticData, TrainingData, loss_targets
+from actionstream.training.data import IGNORE, TrainingData, loss_targets
+from actionstream.training.data_loading import load_data
 from actionstream.training.distributed import Team
 from actionstream.training.errors import TrainingError
-from actionstream.training.evaluate import CLIP_SECONDS, CLIPS_PER_CLASS, Scores, score
+from actionstream.training.evaluate import Scores, score
 from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
-from actionstream.training.run_folder import Cycle, EpochLog, Progress, resolved
-from actionstream.training.synth import SynthConfig
-from actionstream.training.video_data import VideoData, open_videos, recorded_split
-from actionstream.training.videos import (
-    MIN_CLIP_FRAMES,
-    DatasetError,
-    VideoDataset,
-    split,
-    split_from_file,
-)
+from actionstream.training.run_folder import Cycle, EpochLog, Progress
 
 
 class Deadline:
@@ -120,6 +113,8 @@ def train_one_epoch(
             x = torch.from_numpy(batch.frames[:, t0 : t0 + cfg.bptt]).to(device)  # (B, K, H, W, 3)
             y = torch.from_numpy(targets[:, t0 : t0 + cfg.bptt]).to(device)  # (B, K)
             logits, *state = model(x, *state)  # (B, K, classes)
+            # Every frame of every stream one sample: (B, K, classes) -> (B*K, classes),
+            # (B, K) -> (B*K,).
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -238,9 +233,7 @@ def score_and_save(
     with run_folder.saving(run.out, epoch):
         # The best so far as the run's model, before the progress that counts this epoch
         # done: a run stopped at any point can be evaluated and exported.
-        _make_checkpoint(
-            best, run.model_cfg, run.data, cfg, seconds, run.team, run.device, run.inherited
-        ).save(run.out / CHECKPOINT)
+        _make_checkpoint(run, best, seconds).save(run.out / CHECKPOINT)
         progress.save(run.out / run_folder.PROGRESS)
         log.write(row)
     return (
@@ -294,6 +287,41 @@ def _train(
     if spent and (out / CHECKPOINT).is_file():
         assert saved is not None
         return run_folder.out_of_time(out, cfg.minutes, saved.seconds, say)
+    training = set_up(cfg, data, saved, rng, batches, team, device, say, warn)
+    if not spent:  # spent, it only saves its model from the progress, as below
+        train_epochs(training, say)
+    if not team.leader:
+        return None  # only the leader validated, so only it knows the best epoch
+    return finish(training, say)
+
+
+@dataclass(frozen=True)
+class Training:
+    """A run ready for its epochs, started fresh or resumed from its progress."""
+
+    run: RunParts
+    model: nn.Module  # run.net, or its DDP wrapper
+    deadline: Deadline
+    best: Best  # the resumed run's best epoch, or none yet
+    first: int  # the first epoch to train: 1, or the one after a resumed run's last
+    steps: int  # optimiser steps in the whole run, its epochs before a resume included
+    log: EpochLog | None  # the leader's metrics.csv; the other processes save nothing
+
+
+def set_up(
+    cfg: TrainConfig,
+    data: TrainingData | None,
+    saved: Progress | None,
+    rng: np.random.Generator,
+    batches: int,
+    team: Team,
+    device: torch.device,
+    say: Callable[..., None],
+    warn: Callable[..., None],
+) -> Training:
+    """Reads the data, builds the network and its optimiser and schedule, and makes the
+    run folder (fresh) or restores them as `saved` left them (resumed)."""
+    out = Path(cfg.out)
     if data is None:
         # Under torchrun, one process a machine decodes the videos into the cache first.
         data = team.local_first(lambda: _load_run_data(cfg, saved, say, warn))
@@ -314,56 +342,94 @@ def _train(
     say(f"training on {device}{where}{together}")
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = batches * math.ceil(cfg.stream_frames / cfg.bptt)
-    steps = cfg.epochs * per_epoch
     # The time a resumed run already spent: its progress keeps it (old last.pt files too).
     deadline = Deadline(cfg.minutes, saved.seconds if saved is not None else 0.0)
     cycle = run_folder.cycle_on(saved, cfg)
     sched = _schedule(opt, cfg, per_epoch, deadline, cycle)
-    t_train = time.perf_counter()
+    started = time.perf_counter()
     best = Best(None, 0, {})
     first = 1
     if saved is not None:  # carry on where the run's last finished epoch left it
         saved.restore(net, opt, sched, rng, device)
         best = Best.from_record(saved.best, saved.best_weights)
-        t_train -= saved.seconds
+        started -= saved.seconds
         first = saved.epoch + 1
         say(f"resuming {out} after epoch {saved.epoch}{_new_cycle(cycle, saved, cfg)}")
     rows = saved.log if saved is not None else []
-    log = EpochLog(out / "metrics.csv", rows) if team.leader else None
     run = RunParts(
-        out, cfg, model_cfg, data, net, opt, sched, rng, team, device, inherited, t_train, cycle
+        out=out,
+        cfg=cfg,
+        model_cfg=model_cfg,
+        data=data,
+        net=net,
+        opt=opt,
+        sched=sched,
+        rng=rng,
+        team=team,
+        device=device,
+        inherited=inherited,
+        started=started,
+        cycle=cycle,
     )
-    done = (first - 1) * steps // cfg.epochs
+    return Training(
+        run=run,
+        model=model,
+        deadline=deadline,
+        best=best,
+        first=first,
+        steps=cfg.epochs * per_epoch,
+        log=EpochLog(out / "metrics.csv", rows) if team.leader else None,
+    )
+
+
+def train_epochs(training: Training, say: Callable[..., None]) -> None:
+    """The epochs from `training.first` to --epochs, or until the clock stops the run: each
+    trained on every process, then scored and saved by the leader."""
+    run, cfg, team = training.run, training.run.cfg, training.run.team
     with tqdm(
-        total=steps,
-        initial=done,
+        total=training.steps,
+        initial=(training.first - 1) * training.steps // cfg.epochs,
         unit="step",
         dynamic_ncols=True,
         # None: no bar when stderr is no terminal, as in a log file, which its redraws flood.
         disable=None if team.leader else True,
     ) as bar:
-        for epoch in range(first, first - 1 if spent else cfg.epochs + 1):
+        for epoch in range(training.first, cfg.epochs + 1):
             loss, steps_taken, counted = train_one_epoch(
-                net, model, data, cfg, opt, sched, rng, bar, deadline, team
+                run.net,
+                training.model,
+                run.data,
+                cfg,
+                run.opt,
+                run.sched,
+                run.rng,
+                bar,
+                training.deadline,
+                team,
             )
             loss, counted = _over_the_team(loss, counted, team)
             check_loss(epoch, loss, counted, cfg)
             # Asked before the epoch is saved: a run the clock stops has spent its budget.
-            stop = team.agree(deadline.passed())
-            if log is not None:  # the leader scores and saves the epoch
-                bar.write(score_and_save(run, epoch, loss, steps_taken, stop, best, log))
+            stop = team.agree(training.deadline.passed())
+            if training.log is not None:  # the leader scores and saves the epoch
+                line = score_and_save(
+                    run, epoch, loss, steps_taken, stop, training.best, training.log
+                )
+                bar.write(line)
             team.wait()
             if stop:
                 say(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")
-                break
-    if not team.leader:
-        return None  # only the leader validated, so only it knows the best epoch
-    seconds = time.perf_counter() - t_train
-    ckpt = _make_checkpoint(best, model_cfg, data, cfg, seconds, team, device, inherited)
-    with run_folder.saving(out, best.epoch):
-        ckpt.save(out / CHECKPOINT)
+                return
+
+
+def finish(training: Training, say: Callable[..., None]) -> Checkpoint:
+    """The leader's end of the run: its best epoch saved as checkpoint.pt, and returned."""
+    run, best = training.run, training.best
+    ckpt = _make_checkpoint(run, best, seconds=time.perf_counter() - run.started)
+    with run_folder.saving(run.out, best.epoch):
+        ckpt.save(run.out / CHECKPOINT)
     say(
-        f"saved {out / CHECKPOINT} (epoch {best.epoch}, the best on held-out "
+        f"saved {run.out / CHECKPOINT} (epoch {best.epoch}, the best on held-out "
         f"data) after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
     )
     return ckpt
@@ -496,35 +562,28 @@ def _new_cycle(cycle: Cycle, saved: Progress, cfg: TrainConfig) -> str:
     )
 
 
-def _make_checkpoint(
-    best: Best,
-    model_cfg: ModelConfig,
-    data: TrainingData,
-    cfg: TrainConfig,
-    seconds: float,
-    team: Team,
-    device: torch.device,
-    inherited: tuple[str, ...],
-) -> Checkpoint:
+def _make_checkpoint(run: RunParts, best: Best, seconds: float) -> Checkpoint:
     """The run's model: the best epoch's weights, with its metrics and how it was trained;
-    its videos are its training split's and those `inherited` with `--init RUN`'s weights."""
+    its videos are its training split's and those `run.inherited` with `--init RUN`'s
+    weights."""
     metrics = {
         **best.record(),
         "train_seconds": round(seconds, 1),
         "torch_threads": torch.get_num_threads(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "processes": team.size,
+        "device": torch.cuda.get_device_name(run.device) if run.device.type == "cuda" else "cpu",
+        "processes": run.team.size,
     }
+    data = run.data
     return Checkpoint(
-        model_config=model_cfg,
+        model_config=run.model_cfg,
         labels=data.labels,
-        fps=cfg.fps,
+        fps=run.cfg.fps,
         background_label=data.background_label,
         version=f"{data.version}-{weights_digest(best.weights)}",
         state_dict={k: v.detach().cpu() for k, v in best.weights.items()},
-        train_config=resolved(cfg),  # paths as train_config.json has them
+        train_config=resolved(run.cfg),  # paths as train_config.json has them
         eval_metrics=metrics,
-        trained_videos=tuple(sorted({*data.trained_videos, *inherited})),
+        trained_videos=tuple(sorted({*data.trained_videos, *run.inherited})),
     )
 
 
@@ -536,131 +595,6 @@ def weights_digest(weights: dict[str, torch.Tensor]) -> str:
         digest.update(name.encode())
         digest.update(weights[name].detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()[:8]
-
-
-def load_data(
-    cfg: TrainConfig,
-    say: Callable[..., None] = print,
-    sides: dict[str, str] | None = None,
-    *,
-    warn: Callable[..., None] | None = None,
-) -> TrainingData:
-    """The synthetic world, or the user's videos under `cfg.data`, split as a resumed run
-    recorded (`sides`, by clip) when it holds these clips. Its skipped-video and warning
-    lines go to `warn` (train's stderr), or with the rest to `say` when it is not given."""
-    warn = warn or say
-    if cfg.data is None:
-        return synthetic_data(cfg)
-    try:
-        dataset = open_videos(
-            Path(cfg.data), Path(cfg.cache), cfg.size, cfg.fps, MIN_CLIP_FRAMES, report=warn
-        )
-    except DatasetError as e:
-        raise TrainingError(str(e)) from None
-    if cfg.background is not None and cfg.background not in dataset.labels:
-        raise TrainingError(
-            f"--background {cfg.background!r} is not one of the labels {list(dataset.labels)}"
-        )
-    recorded = None if sides is None else recorded_split(dataset, sides)
-    try:
-        train_idx, val_idx = (
-            recorded
-            if recorded is not None
-            else split_from_file(dataset, Path(cfg.split))
-            if cfg.split
-            else split(dataset, cfg.val_fraction, cfg.seed)
-        )
-    except DatasetError as e:
-        raise TrainingError(str(e)) from None
-    # Per label, what was held out of how many: a bare count there read as the held-out one.
-    held = [dataset.targets[i] for i in val_idx]
-    counts = ", ".join(
-        # A label with a comma or a space of its own in quotes, so the list still reads.
-        f"{repr(label) if ',' in label or ' ' in label else label} {held.count(k)} of {n}"
-        for k, (label, n) in enumerate(dataset.per_class().items())
-    )
-    # Refused before the summary: a split that cannot train said "N clips to train on"
-    # first, as if it would.
-    _check_split(dataset, train_idx, val_idx, cfg.split, cfg.val_fraction)
-    say(
-        f"{len(train_idx)} clips to train on, {len(val_idx)} held out "
-        f"(held out of each label's clips: {counts})"
-    )
-    _warn_unscored(dataset, val_idx, cfg.split, warn)
-    return VideoData(
-        dataset,
-        train_idx,
-        val_idx,
-        cfg.background,
-        cfg.train_streams,
-        cfg.stream_frames,
-        cfg.batch_size,
-        cfg.val_frames,
-        cfg.seed,
-    )
-
-
-def _check_split(
-    dataset: VideoDataset,
-    train_idx: list[int],
-    val_idx: list[int],
-    split_file: str | None,
-    val_fraction: float,
-) -> None:
-    """Refuses a split that leaves a label untrainable or nothing to validate on."""
-    by = _split_by(split_file)
-    untrained = [
-        label
-        for k, label in enumerate(dataset.labels)
-        if all(dataset.targets[i] != k for i in train_idx)
-    ]
-    if untrained:
-        raise TrainingError(f"{by} no video to train on for label(s) {', '.join(untrained)}")
-    if not val_idx:
-        raise TrainingError(
-            f"{split_file} marks no usable video val: nothing left to validate on"
-            if split_file
-            else f"no clip left to validate on: --val-fraction {val_fraction:g} held out no "
-            f"whole video (of each label's {max(dataset.per_class().values())} clip(s) or "
-            "fewer it rounds down to none, and a label keeps a video to train on); raise it, "
-            "add videos, or name the held-out ones with --split"
-        )
-
-
-def _split_by(split_file: str | None) -> str:
-    return f"{split_file} leaves" if split_file else "the split leaves"
-
-
-def _warn_unscored(
-    dataset: VideoDataset, val_idx: list[int], split_file: str | None, warn: Callable[..., None]
-) -> None:
-    """Names the labels that validation cannot score."""
-    unscored = [
-        label
-        for k, label in enumerate(dataset.labels)
-        if all(dataset.targets[i] != k for i in val_idx)
-    ]
-    if unscored:
-        warn(
-            f"warning: {_split_by(split_file)} no held-out video for label(s) "
-            f"{', '.join(unscored)}; "
-            "validation cannot tell how well the model knows them"
-        )
-
-
-def synthetic_data(cfg: TrainConfig) -> SyntheticData:
-    """The synthetic world at `cfg`'s size, rate and amounts, rendered up front."""
-    return SyntheticData(
-        SynthConfig(size=cfg.size, fps=cfg.fps),
-        cfg.train_streams,
-        cfg.stream_frames,
-        cfg.val_streams,
-        cfg.val_frames,
-        cfg.batch_size,
-        cfg.seed,
-        CLIPS_PER_CLASS,
-        int(CLIP_SECONDS * cfg.fps),
-    )
 
 
 def resolve_device(name: str) -> torch.device:

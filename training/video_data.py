@@ -147,12 +147,14 @@ def join_clips(
                 break
         if n_frames is not None and total >= n_frames:
             break
+    # Clips end to end: (T_i, H, W, 3) -> (T, H, W, 3); their labels and cuts (T_i,) -> (T,).
     frames_out, labels_out = np.concatenate(parts), np.concatenate(labels)
     cuts_out = np.concatenate(cuts)
     if n_frames is None:
         return frames_out, labels_out, cuts_out
     if total < n_frames:  # fewer clips than the stream is long: go round again
         reps = -(-n_frames // total)
+        # (T, H, W, 3) -> (reps*T, H, W, 3); (T,) -> (reps*T,)
         frames_out, labels_out = np.concatenate([frames_out] * reps), np.tile(labels_out, reps)
         cuts_out = np.tile(cuts_out, reps)  # going round is a cut too: its first frame's is True
     return frames_out[:n_frames], labels_out[:n_frames], cuts_out[:n_frames]
@@ -215,7 +217,7 @@ class VideoData:
             streams = [self._stream(rng) for _ in range(self._batch_size)]
             frames = np.stack([f for f, _, _ in streams])  # B x (T, H, W, 3) -> (B, T, H, W, 3)
             labels = np.stack([y for _, y, _ in streams])  # B x (T,) -> (B, T)
-            yield Streams(frames, labels, np.stack([c for _, _, c in streams]))
+            yield Streams(frames, labels, np.stack([c for _, _, c in streams]))  # cuts (B, T)
 
     def _stream(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # A label drawn evenly, then one of its clips: a rare label is seen as often as the rest.

@@ -507,6 +507,7 @@ def decode_counted(
         warn(f"cut short or damaged: {shortfall}{detail}; using the frames it has")
     elif warn is not None and said.lines:
         warn(f"{said.summary()} while decoding it; using the frames decoded")
+    # T x (H, W, 3) -> (T, H, W, 3), with each frame's source frame number (T,)
     return Counted(np.stack(decoded.frames), np.array(decoded.sources), decoded.read)
 
 

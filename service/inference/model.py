@@ -8,7 +8,7 @@ carry them is refused at load with a message naming the file and the key.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 
@@ -58,10 +58,17 @@ class OnnxStepModel:
         self._output_names = [OUTPUT_LOGITS, *(s.output for s in metadata.states)]
 
     @classmethod
-    def load(cls, path: Path | str | None = None, threads: int = 0) -> OnnxStepModel:
+    def load(
+        cls,
+        path: Path | str | None = None,
+        threads: int = 0,
+        providers: Sequence[str] | None = None,
+    ) -> OnnxStepModel:
         """Loads, validates and warms up a model; None loads the bundled default.
 
         `threads` is onnxruntime's intra-op thread count (0: its own choice).
+        `providers`: onnxruntime's, in order of preference (None: CUDA where this
+        build has it, then the CPU).
         Raises ModelError with the file name and the reason for any file that
         is missing, not ONNX, or not an actionstream step model.
         """
@@ -72,7 +79,9 @@ class OnnxStepModel:
         options.inter_op_num_threads = 1  # one step is a chain of ops; nothing to run side by side
         # onnxruntime's load errors (InvalidProtobuf, Fail, ...) share no base below Exception.
         try:
-            session = ort.InferenceSession(str(path), options, providers=_providers())
+            session = ort.InferenceSession(
+                str(path), options, providers=_providers() if providers is None else providers
+            )
         except Exception as e:
             raise ModelError(f"{path}: not a loadable ONNX model ({e})") from None
         try:
