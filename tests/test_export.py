@@ -17,7 +17,12 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")  # with torch, in the training extras
 
+from background import BackgroundServer
+from helpers import frame_request, jpeg, render, stub_for
+
 from actionstream.contract import INPUT_FRAMES, ModelConfig, read_props, write_props
+from actionstream.service.clients.scrape import scrape
+from actionstream.service.config import ServeConfig
 from actionstream.service.inference.model import OnnxStepModel
 from actionstream.training.checkpoint import Checkpoint, CheckpointError
 from actionstream.training.config import ExportConfig
@@ -198,6 +203,17 @@ def test_every_cell_exports_and_the_service_runs_it(tmp_path: Path, cell: str, l
     alone, _ = model.step(frames[2:], model.zero_state(1))
     np.testing.assert_allclose(alone[0], logits[2], atol=1e-5)
     assert set(state) == set(expected[cell])
+
+    # Served, a stream of it takes one place for all its frames, stateless or not.
+    serve = ServeConfig(
+        host="127.0.0.1", port=0, metrics_port=0, grace_seconds=0, max_streams=1, queue_frames=9
+    )
+    with BackgroundServer(serve, model=model) as server:
+        requests = [frame_request(jpeg(image)) for image in render(6, seed=1)]
+        answers = list(stub_for(server.port).StreamFrames(iter(requests), timeout=30))
+        assert [a.sequence for a in answers] == list(range(1, 7))
+        assert server.metrics_port is not None
+        assert scrape(server.metrics_port)["actionstream_active_streams"] == 0
 
 
 def test_an_export_over_its_own_run_is_refused(

@@ -54,7 +54,7 @@ class Intake:
             self._metrics.rejected(e.reason).inc()
             stream.reject(FrameRejected(sequence, e))
             return None
-        if not stream.state:
+        if not stream.admitted:  # not `state`: a stateless model's is {} once admitted
             self._admit(stream)
         # A frame the resampler skips is counted, and reported by the next frame queued.
         # Spelt out here and in source_frame, not called: a call costs every frame.
