@@ -231,7 +231,8 @@ def _export(cfg: ExportConfig) -> int:
         # Which path failed: the model's folder, the model, or its card.
         at = f"{e.filename}: " if e.filename and str(e.filename) != cfg.out else ""
         raise click.ClickException(f"cannot write {cfg.out}: {at}{e.strerror or e}") from None
-    print(f"wrote {out} and {out.with_suffix('.json')} (parity with PyTorch checked)")
+    # Flushed: a Ctrl-C once SIGINT's default is back would lose a line still buffered.
+    print(f"wrote {out} and {out.with_suffix('.json')} (parity with PyTorch checked)", flush=True)
     return 0
 
 

@@ -367,19 +367,25 @@ def test_a_server_that_cannot_start_is_reported_not_waited_for(log: IO[str]) -> 
     assert "no such model file" in log.read()
 
 
-def test_an_unwritable_ready_file_is_a_clear_error() -> None:
-    done = subprocess.run(
-        [
-            *(str(BIN / "actionstream"), "serve", "--host", "127.0.0.1", "--port", "0"),
-            *("--metrics-port", "-1", "--ready-file", "/nonexistent/dir/ready.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 1
-    assert "cannot write the ready file /nonexistent/dir/ready.json" in done.stderr
-    assert "Traceback" not in done.stderr
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_unwritable_ready_file_is_a_clear_error(tmp_path: Path, workers: str) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("in the way")
+    # A missing folder, and a file where the folder must be (removing the file that was
+    # never written failed then too, with a traceback).
+    for ready in ("/nonexistent/dir/ready.json", str(afile / "ready.json")):
+        done = subprocess.run(
+            [
+                *(str(BIN / "actionstream"), "serve", "--host", "127.0.0.1", "--port", "0"),
+                *("--metrics-port", "-1", "--ready-file", ready, "--workers", workers),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1
+        assert f"cannot write the ready file {ready}" in done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_a_busy_port_is_said_in_the_systems_words_and_in_the_logs_format() -> None:

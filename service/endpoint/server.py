@@ -9,6 +9,7 @@ actually bound readable afterwards (and written to `--ready-file`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -390,7 +391,8 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
     await server.stop()
     await signals.stopped()
     if cfg.ready_file:  # a stale file would announce a server that is gone
-        Path(cfg.ready_file).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # one that could not be written, say
+            Path(cfg.ready_file).unlink(missing_ok=True)
     await _leave_no_source_behind(server)
     logger.info("stopped")
     return 0

@@ -26,6 +26,7 @@ has room.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -157,7 +158,8 @@ def _supervise(
         if metrics_server is not None:
             metrics_server.close()
         if cfg.ready_file:
-            Path(cfg.ready_file).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # one that could not be written, say
+                Path(cfg.ready_file).unlink(missing_ok=True)
         if ready is not None or stop.is_set():  # one that failed to start says why, only
             logger.info("stopped")
 

@@ -5,8 +5,10 @@ new frame arrives to a full queue the oldest waiting one is dropped, so an
 overloaded server answers fewer frames but always recent ones. Frames are
 first resampled by capture timestamp to the model's frame rate. The
 recurrent state (a dict of arrays with a leading batch axis of 1, the
-model's own layout) exists only once the first frame has arrived, so an
-opened call that never sends anything costs no model memory.
+model's own layout; empty until the stream is admitted, and for a stateless
+model) is made when the stream is admitted, on its first frame (a watched
+source's when its call opens), so an opened call that never sends anything
+costs no model memory.
 
 Which thread and which module writes what of a stream is set out in
 Stream's docstring.
