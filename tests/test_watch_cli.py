@@ -47,8 +47,9 @@ def watcher(start_server: StartServer) -> BackgroundServer:
 @pytest.fixture
 def camera() -> Iterator[MjpegCamera]:
     """Four frames to each connection (three predictions), then silence: a camera that
-    drops."""
-    camera = MjpegCamera(list(render(4, seed=1)))
+    drops. At 2.5 fps, so that a frame the server reads up to 325 ms late is still taken:
+    at 5 fps, one read 125 ms late on a loaded machine was thinned (see MjpegCamera)."""
+    camera = MjpegCamera(list(render(4, seed=1)), fps=2.5)
     yield camera
     camera.close()
 
