@@ -13,6 +13,7 @@ declares. Pure Python: the service's clients and training both import it.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import re
 import sys
@@ -108,11 +109,21 @@ def ffmpeg_lines_kept() -> Iterator[NativeLines]:
     relay.start()
     os.dup2(write_end, 2)
     os.close(write_end)
+    # A crash inside FFmpeg would leave what is still in the pipe unread, its reader dying
+    # with the process: Python's traceback of every thread goes to the real stderr instead.
+    crash_file = os.fdopen(os.dup(real), "w")
+    crashes_told = faulthandler.is_enabled()
+    faulthandler.enable(file=crash_file, all_threads=True)
     try:
         yield said
     finally:
         sys.stderr.flush()
         os.dup2(real, 2)  # the pipe's last writer gone: the relay reads to its end and stops
+        if crashes_told:
+            faulthandler.enable(file=sys.stderr, all_threads=True)
+        else:
+            faulthandler.disable()
+        crash_file.close()
         relay.join(timeout=1.0)
         if not relay.is_alive():  # else a thread of ours still writes to it, and may use it
             os.close(real)

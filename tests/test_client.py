@@ -764,6 +764,31 @@ def test_ffmpegs_lines_alone_are_kept_from_the_terminal(
     assert capfd.readouterr().err == "gRPC's own line\nno newline"
 
 
+def test_a_crash_while_ffmpegs_lines_are_kept_is_told_on_the_terminal() -> None:
+    # What is still in the pipe dies with its reader; Python's traceback of the crash goes
+    # to the real stderr instead (a segfault in a decoder, here a read of address 0).
+    crash = (
+        "import ctypes, faulthandler\n"
+        "from actionstream.decoding import ffmpeg_lines_kept\n"
+        "with ffmpeg_lines_kept():\n"
+        "    ctypes.string_at(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", crash], capture_output=True, text=True)
+    assert done.returncode == -signal.SIGSEGV
+    assert "Fatal Python error: Segmentation fault" in done.stderr
+    assert 'File "<string>", line 4 in <module>' in done.stderr
+    # And afterwards faulthandler is as it was.
+    after = (
+        "import faulthandler\n"
+        "from actionstream.decoding import ffmpeg_lines_kept\n"
+        "with ffmpeg_lines_kept():\n"
+        "    pass\n"
+        "print(faulthandler.is_enabled())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", after], capture_output=True, text=True)
+    assert done.stdout == "False\n"
+
+
 @pytest.fixture(scope="module")
 def mjpeg(video: Path) -> Path:
     """The video as a bare MJPEG stream: it says no frame count, like a camera or live URL."""
