@@ -78,6 +78,13 @@ class ServeConfig:
         help="concurrent streams (StreamFrames + WatchSource); more get RESOURCE_EXHAUSTED",
         group="Limits",
     )
+    max_streams_per_address: int = setting(
+        0,
+        help="streams one client address may hold at once, of max_streams (so that one host "
+        "cannot take them all); more get RESOURCE_EXHAUSTED; 0: no such limit. Cameras behind "
+        "one NAT or proxy share its address. With --workers, each process counts its own",
+        group="Limits",
+    )
     max_waiting_calls: int | None = setting(
         None,
         help="StreamFrames calls that have sent no frame yet (they hold no place, but memory: "
@@ -226,6 +233,11 @@ class ServeConfig:
             )
         if self.max_side_calls < 1:
             raise ValueError(f"max_side_calls must be at least 1, got {self.max_side_calls}")
+        if self.max_streams_per_address < 0:
+            raise ValueError(
+                "max_streams_per_address must be 0 (no limit) or more, "
+                f"got {self.max_streams_per_address}"
+            )
         if self.max_waiting_calls is not None and self.max_waiting_calls < 1:
             raise ValueError(f"max_waiting_calls must be at least 1, got {self.max_waiting_calls}")
         for name in (

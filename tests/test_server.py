@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry
 from actionstream.service.clients.scrape import scrape
 from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint.launch import ServeError
+from actionstream.service.endpoint.places import client_address
 from actionstream.service.endpoint.server import SERVED_METHODS
 from actionstream.service.inference.model import OnnxStepModel, bundled_model_path
 from actionstream.service.telemetry import metrics_http
@@ -233,6 +234,48 @@ def test_streams_past_the_limit_are_refused(
     first.close()
     assert len(list(strict_stub.StreamFrames(iter([frame])))) == 1
     second.close()
+
+
+def test_one_address_holds_no_more_streams_than_its_limit(
+    start_server: Callable[..., BackgroundServer],
+) -> None:
+    server = start_server(max_streams_per_address=2, metrics_port=0)
+    stub = stub_for(server.port)
+    frame = frame_request(png(render(1, seed=9)[0]))
+    first, second = (LiveStream(stub, pb.StreamOptions()) for _ in range(2))
+    silent = LiveStream(stub, pb.StreamOptions())  # no frame yet: it holds no place
+    first.send(frame)
+    second.send(frame)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.StreamFrames(iter([frame])))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.value.details().startswith(
+        "127.0.0.1 holds 2 streams, this server's limit for one address"
+    )
+    assert dict(err.value.trailing_metadata() or ())[REASON] == "refused"
+    assert _scrape(server.metrics_port)["actionstream_active_streams"] == 2
+    # A place an address frees is its own again; the server's own limit (64) is far off.
+    first.close()
+    assert len(list(stub.StreamFrames(iter([frame])))) == 1
+    assert len(silent.send(frame).top) > 0
+    second.close()
+    silent.close()
+    m = _scrape(server.metrics_port)
+    assert m["actionstream_active_streams"] == 0
+    assert m["actionstream_streams_ended_total{reason=refused}"] == 1
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:127.0.0.1:52698", "127.0.0.1"),
+        ("ipv6:%5B::1%5D:36958", "::1"),  # as grpcio 1.85 names an IPv6 client
+        ("ipv6:%5B::ffff:192.0.2.7%5D:1", "::ffff:192.0.2.7"),
+        ("unix:/run/actionstream.sock", "unix:/run/actionstream.sock"),
+    ],
+)
+def test_a_clients_address_is_its_host_alone(peer: str, address: str) -> None:
+    assert client_address(peer) == address
 
 
 def test_model_info_matches_the_onnx_metadata(stub: pb_grpc.ActionRecognitionStub) -> None:

@@ -5,10 +5,13 @@ camera sends its first frame as soon as its call opens, so only a bounded
 number may wait (`max_waiting_calls`), and the one that has waited longest
 is ended to make room for the next. A stream takes one of `max_streams`
 places with its first frame (WatchSource: when its call opens), and gives it
-back when its call ends.
+back when its call ends; where `max_per_address` is set, no client address
+holds more of them than that, so one host cannot take every place.
 """
 
 from __future__ import annotations
+
+import urllib.parse
 
 import grpc
 
@@ -17,14 +20,30 @@ from actionstream.service.inference.streams import Stream
 from actionstream.service.telemetry.metrics import Metrics
 
 
+def client_address(peer: str) -> str:
+    """The client's host in gRPC's name for a call's far end: "ipv4:10.1.2.3:5678" ->
+    "10.1.2.3", "ipv6:%5B::1%5D:5678" (gRPC escapes the brackets) -> "::1"; any other
+    kind (a Unix socket) as it is."""
+    kind, _, where = peer.partition(":")
+    if kind == "ipv4":
+        return where.rpartition(":")[0]
+    if kind == "ipv6":
+        return urllib.parse.unquote(where).rpartition(":")[0].strip("[]")
+    return peer
+
+
 class Places:
     """The streams waiting for a first frame, and the places of those being served."""
 
-    def __init__(self, max_streams: int, max_waiting: int, metrics: Metrics) -> None:
+    def __init__(
+        self, max_streams: int, max_waiting: int, metrics: Metrics, max_per_address: int = 0
+    ) -> None:
         self._max_streams = max_streams
         self._max_waiting = max_waiting
+        self._max_per_address = max_per_address  # 0: no such limit
         self._metrics = metrics
         self._taken = 0
+        self._by_address: dict[str, int] = {}  # places held, by client address
         self._waiting: dict[Stream, None] = {}  # oldest first
 
     def wait(self, stream: Stream) -> None:
@@ -61,6 +80,17 @@ class Places:
                 "(max_streams; with --workers, this process's share of it); retry later",
                 "refused",
             )
+        if self._max_per_address:
+            held = self._by_address.get(stream.address, 0)
+            if held >= self._max_per_address:
+                raise Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{stream.address} holds {held} streams, this server's limit for one "
+                    "address (max_streams_per_address; with --workers, this process's); end "
+                    "one or retry later",
+                    "refused",
+                )
+            self._by_address[stream.address] = held + 1
         self._taken += 1
         self._metrics.active_streams.inc()
         stream.admitted = True
@@ -72,5 +102,9 @@ class Places:
             return False
         stream.admitted = False
         self._taken -= 1
+        if self._max_per_address:
+            held = self._by_address.pop(stream.address) - 1
+            if held:
+                self._by_address[stream.address] = held
         self._metrics.active_streams.dec()
         return True

@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError
 from actionstream.service.config import ServeConfig
 from actionstream.service.credentials import hide_credentials
 from actionstream.service.endpoint.idle_sweep import IdleSweep
-from actionstream.service.endpoint.places import Places
+from actionstream.service.endpoint.places import Places, client_address
 from actionstream.service.endpoint.refusals import Refused, deadline_passed, refusal
 from actionstream.service.inference.batcher import Batcher
 from actionstream.service.inference.intake import Intake
@@ -85,7 +85,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         meta = batcher.model.metadata
         self._meta = meta
         self._decoder = batcher.decoder
-        self._places = Places(cfg.max_streams, cfg.waiting_calls_cap, metrics)
+        self._places = Places(
+            cfg.max_streams, cfg.waiting_calls_cap, metrics, cfg.max_streams_per_address
+        )
         self._idle = IdleSweep(cfg.idle_timeout_seconds)
         # WatchSource's sources: as many threads again as places may outlive their calls.
         self._sources = SourceOpener(
@@ -141,7 +143,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
     async def StreamFrames(
         self, request_iterator: AsyncIterator[pb.FrameRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Prediction]:
-        stream = self._new_stream(pb.StreamOptions(), context.peer())
+        stream = self._new_stream(pb.StreamOptions(), context.peer(), context.peer())
         self._idle.watch(stream, context)
         self._places.wait(stream)
         reader = asyncio.create_task(self._read(request_iterator, stream))
@@ -250,7 +252,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             return
         # Its frames come from the source, not the client: only a client that takes no
         # prediction is idle here.
-        stream = self._new_stream(request.options, request.source, client_sends=False)
+        stream = self._new_stream(
+            request.options, request.source, context.peer(), client_sends=False
+        )
         self._idle.watch(stream, context)
         with self._ending("WatchSource", stream, context) as ending:
             self._admit(stream)
@@ -307,8 +311,14 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         )
 
     def _new_stream(
-        self, options: pb.StreamOptions, default_name: str, *, client_sends: bool = True
+        self,
+        options: pb.StreamOptions,
+        default_name: str,
+        peer: str,
+        *,
+        client_sends: bool = True,
     ) -> Stream:
+        """A stream for a call from `peer` (gRPC's name for the client's end)."""
         meta = self._meta
         stream = Stream(
             _shown_name(options.stream_name or default_name),
@@ -319,6 +329,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
             self._cfg.queue_frames,
             client_sends=client_sends,
         )
+        stream.address = client_address(peer)
         self._open.add(stream)
         return stream
 

@@ -199,7 +199,8 @@ class Stream:
       `resampled`, `clock`. The servicer's reader sets `last_activity`,
       `input_done` and `rejection` (`reject()`), and `name` and `top_k`
       (`configure()`) before its first frame.
-    - Places (endpoint/places.py) sets `admitted`; the servicer sets `state`
+    - The servicer sets `address` as it makes the stream; places
+      (endpoint/places.py) sets `admitted`; the servicer sets `state`
       when it admits the stream, before its first frame is queued.
     - The batcher owns `in_batcher`: set while the stream is lined up, and
       while its frame is in a batch or the heavy lane; it is lined up again
@@ -231,6 +232,7 @@ class Stream:
     ) -> None:
         """`client_sends` is False for a stream whose frames the server reads itself."""
         self.id = next(_ids)
+        self.address = ""  # the client's host, for its limit of places (endpoint/places.py)
         self.labels = labels
         self.name = ""
         self.top_k = 0
