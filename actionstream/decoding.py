@@ -119,8 +119,8 @@ def ffmpeg_lines_kept() -> Iterator[NativeLines]:
     finally:
         sys.stderr.flush()
         os.dup2(real, 2)  # the pipe's last writer gone: the relay reads to its end and stops
-        if crashes_told:
-            faulthandler.enable(file=sys.stderr, all_threads=True)
+        if crashes_told:  # to fd 2 again: sys.stderr may have no descriptor (pytest's)
+            faulthandler.enable(file=2, all_threads=True)
         else:
             faulthandler.disable()
         crash_file.close()

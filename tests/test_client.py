@@ -777,16 +777,21 @@ def test_a_crash_while_ffmpegs_lines_are_kept_is_told_on_the_terminal() -> None:
     assert done.returncode == -signal.SIGSEGV
     assert "Fatal Python error: Segmentation fault" in done.stderr
     assert 'File "<string>", line 4 in <module>' in done.stderr
-    # And afterwards faulthandler is as it was.
-    after = (
-        "import faulthandler\n"
-        "from actionstream.decoding import ffmpeg_lines_kept\n"
-        "with ffmpeg_lines_kept():\n"
-        "    pass\n"
-        "print(faulthandler.is_enabled())\n"
-    )
-    done = subprocess.run([sys.executable, "-c", after], capture_output=True, text=True)
-    assert done.stdout == "False\n"
+    # And afterwards faulthandler is as it was, off or on (on, where sys.stderr has no
+    # descriptor of its own, as under pytest's capture).
+    for enabled in ("False", "True"):
+        after = (
+            "import faulthandler, io, sys\n"
+            "from actionstream.decoding import ffmpeg_lines_kept\n"
+            f"if {enabled}:\n"
+            "    faulthandler.enable()\n"
+            "    sys.stderr = io.StringIO()\n"
+            "with ffmpeg_lines_kept():\n"
+            "    pass\n"
+            "print(faulthandler.is_enabled())\n"
+        )
+        done = subprocess.run([sys.executable, "-c", after], capture_output=True, text=True)
+        assert (done.stdout, done.stderr) == (f"{enabled}\n", "")
 
 
 @pytest.fixture(scope="module")
