@@ -77,37 +77,9 @@ def _counts(targets: np.ndarray, clips: list[int], labels: int) -> np.ndarray:
 def split_from_file(dataset: VideoDataset, path: Path) -> tuple[list[int], list[int]]:
     """Clip indices for training and validation as a `path,split` CSV says (split: train
     or val; paths relative to the CSV, as in a manifest). Every clip must be listed."""
-    listed: list[tuple[int, Path, str]] = []
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            if not {"path", "split"} <= {n.strip() for n in reader.fieldnames or ()}:
-                raise DatasetError(f"{path}:1: expected a header row with columns path,split")
-            reader.fieldnames = [n.strip() for n in reader.fieldnames or ()]
-            for r in reader:
-                if not r["path"] or not r["split"]:
-                    raise DatasetError(f"{path}:{reader.line_num}: expected path,split")
-                video = (path.parent / r["path"].strip()).resolve()
-                listed.append((reader.line_num, video, r["split"].strip()))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path}: cannot read the split ({e})") from None
-    wanted: dict[Path, str] = {}
-    for line, video, where in listed:
-        if video in wanted:
-            # Last-wins would quietly move a video to the other side of the split.
-            raise DatasetError(f"{path}: line {line} lists {video} a second time")
-        wanted[video] = where
-    bad = sorted(set(wanted.values()) - {"train", "val"})
-    if bad:
-        raise DatasetError(f"{path}: split must be train or val, got {bad}")
-    # A row for a video the data lacks is a typo, which would leave the video it meant
-    # unlisted or, where that video is listed too, the row silently ignored.
-    known = {p.resolve() for p in dataset.found} | {c.ref.path.resolve() for c in dataset.clips}
-    for line, video, _ in listed:
-        if video not in known:
-            raise DatasetError(
-                f"{path}:{line}: {video} is not in the data set; fix its path or drop the row"
-            )
+    listed = _read_split(path)
+    wanted = _side_of_each_video(path, listed)
+    _refuse_unknown_videos(path, dataset, listed)
     train: list[int] = []
     val: list[int] = []
     side_of: dict[str, tuple[str, Path]] = {}  # by the file's digest
@@ -124,3 +96,48 @@ def split_from_file(dataset: VideoDataset, path: Path) -> tuple[list[int], list[
             )
         (val if side == "val" else train).append(i)
     return train, val
+
+
+def _read_split(path: Path) -> list[tuple[int, Path, str]]:
+    """The split file's rows: each line, the video it names (absolute) and its side."""
+    listed: list[tuple[int, Path, str]] = []
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            if not {"path", "split"} <= {n.strip() for n in reader.fieldnames or ()}:
+                raise DatasetError(f"{path}:1: expected a header row with columns path,split")
+            reader.fieldnames = [n.strip() for n in reader.fieldnames or ()]
+            for r in reader:
+                if not r["path"] or not r["split"]:
+                    raise DatasetError(f"{path}:{reader.line_num}: expected path,split")
+                video = (path.parent / r["path"].strip()).resolve()
+                listed.append((reader.line_num, video, r["split"].strip()))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: cannot read the split ({e})") from None
+    return listed
+
+
+def _side_of_each_video(path: Path, listed: list[tuple[int, Path, str]]) -> dict[Path, str]:
+    wanted: dict[Path, str] = {}
+    for line, video, where in listed:
+        if video in wanted:
+            # Last-wins would quietly move a video to the other side of the split.
+            raise DatasetError(f"{path}: line {line} lists {video} a second time")
+        wanted[video] = where
+    bad = sorted(set(wanted.values()) - {"train", "val"})
+    if bad:
+        raise DatasetError(f"{path}: split must be train or val, got {bad}")
+    return wanted
+
+
+def _refuse_unknown_videos(
+    path: Path, dataset: VideoDataset, listed: list[tuple[int, Path, str]]
+) -> None:
+    # A row for a video the data lacks is a typo, which would leave the video it meant
+    # unlisted or, where that video is listed too, the row silently ignored.
+    known = {p.resolve() for p in dataset.found} | {c.ref.path.resolve() for c in dataset.clips}
+    for line, video, _ in listed:
+        if video not in known:
+            raise DatasetError(
+                f"{path}:{line}: {video} is not in the data set; fix its path or drop the row"
+            )
