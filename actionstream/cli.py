@@ -150,8 +150,8 @@ def evaluate(cfg: EvaluateConfig) -> int:
     _needs_torch()
     from actionstream.training.allocator import keep_freed_memory
     from actionstream.training.checkpoint import CheckpointError
+    from actionstream.training.clips import DatasetError
     from actionstream.training.evaluate import main as evaluate_main
-    from actionstream.training.videos import DatasetError
 
     keep_freed_memory()
 

@@ -1,6 +1,6 @@
 """The one resize rule from a source's frame to the model's input, shared by training
-(training/videos.py) and serving (service/inference/frames.py), so the model is served frames
-made as its training frames were."""
+(training/clip_decode.py) and serving (service/inference/frames.py), so the model is served
+frames made as its training frames were."""
 
 from __future__ import annotations
 

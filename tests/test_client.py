@@ -126,7 +126,8 @@ def test_a_variable_rate_file_is_sent_as_training_takes_it(
     # server must step the frames training took from the file, by its own timeline,
     # whether the file is sent in real time or as fast as answered.
     pytest.importorskip("torch")
-    from actionstream.training.videos import ClipRef, Preprocessing, decode_indexed
+    from actionstream.training.clip_decode import decode_indexed
+    from actionstream.training.clips import ClipRef, Preprocessing
 
     path = tmp_path / "vfr.mp4"
     write(motion_clip("left", 1.2, 20.0, (96, 72), seed=3), path, 20.0)

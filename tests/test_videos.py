@@ -13,19 +13,12 @@ import numpy as np
 import pytest
 from videogen import class_folders, labelled_video, motion_clip, write
 
-from actionstream.training.videos import (
-    Clip,
-    ClipCache,
-    ClipRef,
-    DatasetError,
-    Preprocessing,
-    VideoDataset,
-    decode_clip,
-    file_digest,
-    find_clips,
-    load_dataset,
-    split,
-)
+from actionstream.training.clip_decode import decode_clip
+from actionstream.training.clip_sources import find_clips
+from actionstream.training.clips import Clip, ClipRef, DatasetError, Preprocessing
+from actionstream.training.frame_cache import ClipCache, file_digest
+from actionstream.training.splits import split
+from actionstream.training.videos import VideoDataset, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,7 +171,7 @@ def test_a_manifests_other_columns_are_named_and_left_alone(tmp_path: Path) -> N
 def test_csvs_from_a_spreadsheet_with_a_byte_order_mark_are_read(tmp_path: Path) -> None:
     # Excel's "CSV UTF-8" starts with U+FEFF, which used to make the first column unknown.
     from actionstream.frame_labels import read_frame_labels
-    from actionstream.training.videos import split_from_file
+    from actionstream.training.splits import split_from_file
 
     class_folders(tmp_path / "data", ("left", "right"), 1)
     bom = "\ufeff"
@@ -381,7 +374,7 @@ def test_spans_of_copies_of_one_video_are_held_out_together(tmp_path: Path) -> N
         train, val = split(dataset, 0.5, seed)
         assert copies <= set(train) or copies <= set(val), seed
     # A split file of the user's own that parts them is refused.
-    from actionstream.training.videos import split_from_file
+    from actionstream.training.splits import split_from_file
 
     sheet = tmp_path / "split.csv"
     sides = {"long.avi": "train", "long copy.avi": "val", "a.avi": "val"}
@@ -619,7 +612,7 @@ def test_spans_of_one_video_are_held_out_together() -> None:
 
 
 def test_a_split_file_fixes_the_held_out_videos(tmp_path: Path) -> None:
-    from actionstream.training.videos import split_from_file
+    from actionstream.training.splits import split_from_file
 
     class_folders(tmp_path / "data", ("left", "right"), 2)
     dataset = load_dataset(

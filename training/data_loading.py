@@ -11,18 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from actionstream.training.clips import DatasetError
 from actionstream.training.config import TrainConfig
 from actionstream.training.data import SyntheticData, TrainingData
 from actionstream.training.errors import TrainingError
+from actionstream.training.splits import split, split_from_file
 from actionstream.training.synth import SynthConfig
 from actionstream.training.video_data import VideoData, open_videos, recorded_split
-from actionstream.training.videos import (
-    MIN_CLIP_FRAMES,
-    DatasetError,
-    VideoDataset,
-    split,
-    split_from_file,
-)
+from actionstream.training.videos import MIN_CLIP_FRAMES, VideoDataset
 
 
 def load_data(

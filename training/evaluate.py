@@ -21,6 +21,9 @@ import torch
 
 from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.settings import resolved
+from actionstream.training.clip_decode import decode_counted
+from actionstream.training.clip_sources import find_clips
+from actionstream.training.clips import ClipRef, DatasetError, Preprocessing
 from actionstream.training.config import VIDEO_SUFFIXES, EvaluateConfig
 from actionstream.training.data import (
     LabelledClip,
@@ -29,19 +32,10 @@ from actionstream.training.data import (
     frames_since_change,
     synthetic_held_out,
 )
+from actionstream.training.frame_cache import ClipCache, file_digest
 from actionstream.training.model import Recognizer
 from actionstream.training.synth import LABELS, SynthConfig
-from actionstream.training.videos import (
-    MIN_CLIP_FRAMES,
-    ClipCache,
-    ClipRef,
-    DatasetError,
-    Preprocessing,
-    decode_counted,
-    file_digest,
-    find_clips,
-    load_dataset,
-)
+from actionstream.training.videos import MIN_CLIP_FRAMES, load_dataset
 
 if TYPE_CHECKING:
     from actionstream.training.checkpoint import Checkpoint

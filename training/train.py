@@ -88,25 +88,17 @@ def one_cycle(
 
 
 def train_one_epoch(
-    net: Recognizer,
-    model: nn.Module,
-    data: TrainingData,
-    cfg: TrainConfig,
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
-    rng: np.random.Generator,
-    bar: tqdm,
-    deadline: Deadline,
-    team: Team,
+    run: RunParts, model: nn.Module, *, bar: tqdm, deadline: Deadline
 ) -> tuple[float, int, int]:
     """One pass over this process's batches, or less when the time budget runs out: the
     mean loss (NaN when no frame counted), the optimiser steps taken and the frames the
-    loss counted. `model` is `net`, or its DDP wrapper."""
+    loss counted. `model` is `run.net`, or its DDP wrapper."""
+    net, cfg, opt, sched, team = run.net, run.cfg, run.opt, run.sched, run.team
     model.train()
     device = next(net.parameters()).device
     losses = []
     steps = counted = 0
-    for batch in data.batches(rng, (team.rank, team.size)):
+    for batch in run.data.batches(run.rng, (team.rank, team.size)):
         targets = loss_targets(batch.labels, cfg.boundary_ignore, batch.cuts)
         state = list(net.initial_state(len(batch)))
         for t0 in range(0, batch.frames.shape[1], cfg.bptt):
@@ -172,8 +164,9 @@ class Best:
 
 @dataclass(frozen=True)
 class RunParts:
-    """What saving an epoch needs of the run, the same for every epoch: where it goes, its
-    settings and data, and the network with its optimiser, schedule and random state."""
+    """What training and saving an epoch need of the run, the same for every epoch: where
+    it goes, its settings and data, and the network with its optimiser, schedule and
+    random state."""
 
     out: Path
     cfg: TrainConfig
@@ -396,16 +389,7 @@ def train_epochs(training: Training, say: Callable[..., None]) -> None:
     ) as bar:
         for epoch in range(training.first, cfg.epochs + 1):
             loss, steps_taken, counted = train_one_epoch(
-                run.net,
-                training.model,
-                run.data,
-                cfg,
-                run.opt,
-                run.sched,
-                run.rng,
-                bar,
-                training.deadline,
-                team,
+                run, training.model, bar=bar, deadline=training.deadline
             )
             loss, counted = _over_the_team(loss, counted, team)
             check_loss(epoch, loss, counted, cfg)

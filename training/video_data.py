@@ -24,15 +24,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from actionstream.training.clip_sources import find_clips
+from actionstream.training.clips import Clip, Preprocessing
 from actionstream.training.data import LabelledClip, Streams
-from actionstream.training.videos import (
-    Clip,
-    ClipCache,
-    Preprocessing,
-    VideoDataset,
-    find_clips,
-    load_dataset,
-)
+from actionstream.training.frame_cache import ClipCache
+from actionstream.training.videos import VideoDataset, load_dataset
 
 
 @dataclass(frozen=True)
