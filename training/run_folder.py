@@ -318,7 +318,13 @@ def cycle_on(saved: Progress | None, cfg: TrainConfig) -> Cycle:
         return Cycle(cfg.epochs, cfg.minutes)
     if saved.cycle is not None and saved.cycle.runs(cfg):
         return saved.cycle
-    reached = saved.optimizer["param_groups"][0]["lr"] / cfg.lr
+    group, schedule = saved.optimizer["param_groups"][0], saved.schedule
+    reached = group["lr"] / cfg.lr
+    if "total_steps" in schedule and schedule["last_epoch"] >= schedule["total_steps"]:
+        # A first cycle (OneCycleLR) that ran all its steps: its last step() left the
+        # optimiser one step past the cosine's end, where the rate climbs again, while
+        # the last step trained at the floor.
+        reached = group["min_lr"] / cfg.lr
     return Cycle(
         cfg.epochs,
         cfg.minutes,

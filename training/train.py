@@ -344,6 +344,11 @@ def set_up(
     first = 1
     if saved is not None:  # carry on where the run's last finished epoch left it
         saved.restore(net, opt, sched, rng, device)
+        if cycle is not saved.cycle and cycle.factor is not None:
+            # A new cycle's first step trains at the rate it rises from; the optimiser
+            # was saved holding the old cycle's next rate.
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * cycle.factor
         best = Best.from_record(saved.best, saved.best_weights)
         started -= saved.seconds
         first = saved.epoch + 1
