@@ -184,21 +184,26 @@ def cut_short(
     """Whether a file whose frames ran out after `read` of them (the last at `last_s`
     seconds, at `fps`) ended clearly before the `declared` count its container reports.
 
-    Where the container lists its frames (indexes_frames), the count alone says so.
-    Elsewhere the count is the file's duration times a frame rate: the time the frames
-    reached must fall as far short of that duration (a variable-rate file holds fewer
-    frames than its nominal rate gives, over its whole length), and the decoder must
-    have said something too (Matroska's "File ended prematurely"): an audio track longer
-    than the video stretches the duration without any damage.
+    Where the container lists its frames (indexes_frames), the count falls short, and
+    so does the time the frames reached: FFmpeg's AVI muxer lists a frame repeated to
+    keep a constant rate (`ffmpeg -r 25` from a slower source) as an empty entry,
+    which no decoder returns, so such a file holds fewer frames than it lists and
+    still reaches its end. Elsewhere the count is the file's duration times a frame
+    rate: the time the frames reached must fall as far short of that duration (a
+    variable-rate file holds fewer frames than its nominal rate gives, over its whole
+    length), and the decoder must have said something too (Matroska's "File ended
+    prematurely"): an audio track longer than the video stretches the duration without
+    any damage.
     """
     if not (declared > 0 and fps > 0) or declared == float("inf"):
         return False
+    short_of_time = declared - (last_s * fps + 1)
     if indexes_frames(path):
-        missing = declared - read
+        missing = min(declared - read, short_of_time)
     else:
         if not said.lines:
             return False
-        missing = declared - (last_s * fps + 1)
+        missing = short_of_time
     return missing >= max(SHORT_FRAMES, SHORT_FRACTION * declared)
 
 

@@ -884,21 +884,25 @@ def test_ffmpeg_made_videos_cut_short_are_told_and_whole_ones_are_not(
 ) -> None:
     # Where the container lists its frames (MP4, AVI), its count is exact; elsewhere
     # OpenCV estimates it from the file's duration, which a longer audio track or a
-    # variable frame rate leaves above the frames there are: no warning for those.
+    # variable frame rate leaves above the frames there are: no warning for those. Nor
+    # for an AVI whose repeated frames FFmpeg listed as empty entries (`-r 25` from a
+    # 12-fps source: 36 frames, 74 listed), which a user's trial had warned of.
     source = ["-f", "lavfi", "-i", "testsrc=size=96x72:rate=25:duration=3"]
     sound = ["-f", "lavfi", "-i", "sine=duration=4"]
+    slow = ["-f", "lavfi", "-i", "testsrc=size=96x72:rate=12:duration=3"]
     made = {
         "h264.mp4": [*source, "-c:v", "libx264", "-movflags", "+faststart"],
         "mpeg4.avi": [*source, "-c:v", "mpeg4"],
         "mjpeg.mkv": [*source, "-c:v", "mjpeg"],
         "sound.mkv": [*source, *sound, "-c:v", "mjpeg", "-c:a", "aac"],
         "vfr.mkv": [*source, "-vf", "select='lt(mod(n,10),4)'", "-fps_mode", "vfr"],
+        "repeats.avi": [*slow, "-r", "25", "-c:v", "mpeg4"],
     }
     for name, args in made.items():
         _ffmpeg(*args, str(tmp_path / name))
         capfd.readouterr()
     prep = Preprocessing(16, 10.0)
-    for name in ("sound.mkv", "vfr.mkv", "h264.mp4"):
+    for name in ("sound.mkv", "vfr.mkv", "h264.mp4", "repeats.avi"):
         notes: list[str] = []
         decode_clip(ClipRef(tmp_path / name, "x"), prep, notes.append)
         assert notes == [], name
