@@ -746,6 +746,27 @@ def test_a_file_cut_short_is_warned_of_when_it_ends(
     assert capfd.readouterr().err == ""
 
 
+def test_a_file_with_no_frame_to_decode_fails(
+    server: BackgroundServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A user's trial: a file cut off after its header opened, streamed nothing and
+    # exited 0 with "frames: 0 sent, 0 answered" and a warning.
+    path = tmp_path / "header.avi"
+    write(motion_clip("left", 3.0, 10.0, (96, 72), seed=1), path, 10.0)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.index(b"00dc", whole.index(b"movi")) + 16])  # no frame
+    cfg = StreamConfig(source=str(path), target=f"127.0.0.1:{server.port}", realtime=False)
+    assert run_stream(cfg) == 1
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert (
+        err.startswith(
+            f"actionstream stream: the source ended before its first frame: {path}; the decoder "
+        )
+        and err.count("\n") == 1
+    ), err
+
+
 def test_ffmpegs_lines_alone_are_kept_from_the_terminal(
     capfd: pytest.CaptureFixture[str],
 ) -> None:

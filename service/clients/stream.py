@@ -98,7 +98,7 @@ def stream_source(
         with ffmpeg_lines_kept() if local else contextlib.nullcontext(said) as said:
             try:
                 with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
-                    return _Session(cfg, feed, truth, channel, on_prediction).run()  # closes feed
+                    summary = _Session(cfg, feed, truth, channel, on_prediction).run()
             except KeyboardInterrupt:
                 interrupted = True
                 feed.close(0.0)  # Ctrl-C again: the caller must not wait, nor exit normally
@@ -107,8 +107,15 @@ def stream_source(
                 feed.close()  # on this thread, before raising: see SourceFeed
                 raise
     finally:
-        if not interrupted:
+        if not interrupted and feed.frames_read:
             warn_if_damaged(cfg.source, feed, said)
+    if not feed.frames_read and not summary.interrupted:
+        # A file that opens and holds no frame OpenCV can decode (cut off after its
+        # header), or a camera that ends before its first: nothing was streamed.
+        decoder = f"; {said.summary()}" if said.lines else ""
+        name = hide_credentials(cfg.source)
+        raise StreamError(f"the source ended before its first frame: {name}{decoder}")
+    return summary
 
 
 class _Session:
