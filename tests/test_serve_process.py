@@ -132,8 +132,10 @@ def test_a_stop_while_starting_stops_it_once_up(log: IO[str], tmp_path: Path, wo
     assert "actionstream serving" not in text, text  # it never said it served
 
 
-def test_a_second_stop_ends_the_open_streams_at_once(log: IO[str]) -> None:
-    # A grace period of a minute, and an operator who does not want to wait for it.
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "hang-up"])
+def test_a_second_stop_ends_the_open_streams_at_once(log: IO[str], sig: signal.Signals) -> None:
+    # A grace period of a minute, and an operator who does not want to wait for it. A
+    # hang-up (the terminal or SSH session closed) killed the server without its drain.
     with (
         ServeProcess(log, args=["--grace-seconds", "60"]) as server,
         grpc.insecure_channel(server.target) as channel,
@@ -142,10 +144,10 @@ def test_a_second_stop_ends_the_open_streams_at_once(log: IO[str]) -> None:
         [image] = render(1, seed=3)
         assert stream.send(frame_request(jpeg(image), sequence=1)).sequence == 1
         started = time.monotonic()
-        os.kill(server.pid, signal.SIGINT)
+        os.kill(server.pid, sig)
         time.sleep(1.0)
         assert server.poll() is None  # draining: the stream has a minute
-        os.kill(server.pid, signal.SIGINT)
+        os.kill(server.pid, sig)
         assert server.stop(timeout=20) == 0
         assert time.monotonic() - started < 10
         with pytest.raises(grpc.RpcError) as ended:
@@ -371,9 +373,10 @@ def test_a_server_that_cannot_start_is_reported_not_waited_for(log: IO[str]) -> 
 def test_an_unwritable_ready_file_is_a_clear_error(tmp_path: Path, workers: str) -> None:
     afile = tmp_path / "afile"
     afile.write_text("in the way")
-    # A missing folder, and a file where the folder must be (removing the file that was
-    # never written failed then too, with a traceback).
-    for ready in ("/nonexistent/dir/ready.json", str(afile / "ready.json")):
+    # A missing folder, a file where the folder must be (removing the file that was
+    # never written failed then too, with a traceback), and a folder in the file's place.
+    # Found before anything starts: the workers started, and stopped, first.
+    for ready in ("/nonexistent/dir/ready.json", str(afile / "ready.json"), str(tmp_path)):
         done = subprocess.run(
             [
                 *(str(BIN / "actionstream"), "serve", "--host", "127.0.0.1", "--port", "0"),
@@ -386,6 +389,8 @@ def test_an_unwritable_ready_file_is_a_clear_error(tmp_path: Path, workers: str)
         assert done.returncode == 1
         assert f"cannot write the ready file {ready}" in done.stderr
         assert "Traceback" not in done.stderr
+        assert "shutting down" not in done.stderr and "stopped" not in done.stderr
+    assert sorted(tmp_path.iterdir()) == [afile]  # no probe left behind
 
 
 def test_a_busy_port_is_said_in_the_systems_words_and_in_the_logs_format() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -66,8 +67,8 @@ def _rss(pid: int) -> int:
 
 @pytest.mark.parametrize(
     ("sig", "again_to_group"),
-    [(signal.SIGINT, True), (signal.SIGTERM, False)],
-    ids=["ctrl-c-twice-at-a-terminal", "systemd-stop-then-kill-again"],
+    [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGHUP, True)],
+    ids=["ctrl-c-twice-at-a-terminal", "systemd-stop-then-kill-again", "terminal-closed-twice"],
 )
 def test_one_stop_drains_the_workers_and_a_second_ends_their_streams(
     tmp_path: Path, log: IO[str], sig: signal.Signals, again_to_group: bool
@@ -224,6 +225,44 @@ def test_a_dead_worker_stops_the_server_with_an_error(log: IO[str]) -> None:
         assert not Path(f"/proc/{second}").exists()
     log.seek(0)
     assert f"exited with -{int(signal.SIGKILL)}; stopping the others" in log.read()
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or one exited and not yet reaped by its new parent."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return re.search(r"^State:\s*Z", status, re.M) is not None
+
+
+def test_workers_stop_when_their_supervisor_is_killed(log: IO[str], tmp_path: Path) -> None:
+    # A supervisor killed outright (SIGKILL, the OOM killer) left its workers serving the
+    # port with no /metrics, and a new `serve` on that port was refused as in use.
+    with ServeProcess(log, args=["--workers", "2", "--grace-seconds", "3"]) as server:
+        pids = _worker_pids(server)
+        port = server.port
+        with grpc.insecure_channel(server.target) as channel:
+            stream = LiveStream(pb_grpc.ActionRecognitionStub(channel), pb.StreamOptions())
+            [image] = render(1, seed=3)
+            assert stream.send(frame_request(jpeg(image), sequence=1)).sequence == 1
+            os.kill(server.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            try:
+                while not all(_gone(pid) for pid in pids):
+                    assert time.monotonic() < deadline, "the workers outlived their supervisor"
+                    time.sleep(0.1)
+            finally:  # none left serving the port whatever the outcome
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            # They stopped as on SIGTERM: the open stream was ended, not cut.
+            with pytest.raises(grpc.RpcError) as ended:
+                stream.outcome()
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "shutting down" in (ended.value.details() or "")
+    with ServeProcess(log, args=["--port", str(port), "--workers", "2"]) as again:
+        assert again.port == port
 
 
 def test_workers_never_join_a_port_another_server_holds(log: IO[str], tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ for.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -61,6 +62,22 @@ def write_ready_file(path: Path, port: int, metrics_port: int | None, **more: ob
     tmp.replace(path)
 
 
+def check_ready_file(cfg: ServeConfig) -> None:
+    """Fails now, before a model is loaded or a worker started, where `cfg`'s ready file
+    could not be written once the server is up; ServeError in announce_ready's words."""
+    if not cfg.ready_file:
+        return
+    path = Path(cfg.ready_file)
+    probe = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # write_ready_file's own
+    try:
+        if path.is_dir():  # the file would replace it
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ServeError(f"cannot write the ready file {cfg.ready_file}: {e.strerror}") from None
+
+
 def announce_ready(cfg: ServeConfig, port: int, metrics_port: int | None, **more: object) -> None:
     """Writes `cfg`'s ready file, if it names one; ServeError if it cannot."""
     if not cfg.ready_file:
@@ -102,6 +119,11 @@ def run(cfg: ServeConfig) -> int:
     logs.configure(cfg.log_level, cfg.log_format)
     warn_unknown_variables(os.environ)
     logger.info("settings: %s", changed_settings(cfg) or "the defaults")
+    try:
+        check_ready_file(cfg)
+    except ServeError as e:
+        logs.cannot_serve(str(e), cfg.log_format)
+        return 1
     # gRPC reads its experiments once, as it loads: only a process that has not loaded it
     # yet can still choose the listener, for itself and for the workers it starts.
     if "grpc" not in sys.modules:

@@ -36,8 +36,16 @@ class Places:
     """The streams waiting for a first frame, and the places of those being served."""
 
     def __init__(
-        self, max_streams: int, max_waiting: int, metrics: Metrics, max_per_address: int = 0
+        self,
+        max_streams: int,
+        max_waiting: int,
+        metrics: Metrics,
+        max_per_address: int = 0,
+        worker: bool = False,
     ) -> None:
+        """`worker`: one of `serve --workers`' processes, whose limits are its own."""
+        self._share = ", this worker's share of it" if worker else ""
+        self._own = "; with --workers, each process's" if worker else ""
         self._max_streams = max_streams
         self._max_waiting = max_waiting
         self._max_per_address = max_per_address  # 0: no such limit
@@ -77,7 +85,7 @@ class Places:
             raise Refused(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"the server is at its limit of {self._max_streams} concurrent streams "
-                "(max_streams; with --workers, this process's share of it); retry later",
+                f"(max_streams{self._share}); retry later",
                 "refused",
             )
         if self._max_per_address:
@@ -86,8 +94,7 @@ class Places:
                 raise Refused(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"{stream.address} holds {held} streams, this server's limit for one "
-                    "address (max_streams_per_address; with --workers, this process's); end "
-                    "one or retry later",
+                    f"address (max_streams_per_address{self._own}); end one or retry later",
                     "refused",
                 )
             self._by_address[stream.address] = held + 1

@@ -42,8 +42,10 @@ from actionstream.service.endpoint.start_signals import (
     HURRIED_WHILE_STARTING,
     HURRY,
     STOPPED_WHILE_STARTING,
+    STOPS,
     hurry_once_started,
     stop_once_started,
+    stop_with,
 )
 from actionstream.service.endpoint.unary_requests import UnaryRequestDeadline
 from actionstream.service.inference.batcher import Batcher
@@ -139,7 +141,7 @@ class Server:
         )
         await asyncio.to_thread(batcher.warm_up)
         batcher.start()
-        servicer = ActionRecognition(cfg, batcher, metrics)
+        servicer = ActionRecognition(cfg, batcher, metrics, worker=shared_port)
 
         server = grpc.aio.server(
             interceptors=[
@@ -259,19 +261,22 @@ def serve_here(cfg: ServeConfig) -> int:
         return 1
 
 
-def run_worker(cfg: ServeConfig, error_file: Path) -> int:
-    """One of `serve --workers`' processes: a server on the port the others share.
+def run_worker(cfg: ServeConfig, error_file: Path, supervisor: int) -> int:
+    """One of `serve --workers`' processes: a server on the port the others share, which
+    stops when its `supervisor` (a pid) dies.
 
     Why it could not start goes to `error_file`, for the supervisor to report
     once for all workers (they would all fail alike)."""
-    # A terminal's Ctrl-C reaches every process of its group, and systemd's stop every
-    # process of its cgroup: a worker would take that as one stop and the supervisor's
-    # SIGTERM after it as a second, ending its streams at once. So a worker ignores
-    # SIGINT, takes SIGTERM as its stop however often it comes, and hurries only on
-    # HURRY, which the supervisor sends on a second stop of its own.
+    # A terminal's Ctrl-C (or hang-up) reaches every process of its group, and systemd's
+    # stop every process of its cgroup: a worker would take that as one stop and the
+    # supervisor's SIGTERM after it as a second, ending its streams at once. So a worker
+    # ignores SIGINT and SIGHUP, takes SIGTERM as its stop however often it comes, and
+    # hurries only on HURRY, which the supervisor sends on a second stop of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal's, as Ctrl-C
     stop_once_started(signal.SIGTERM)
     hurry_once_started()
+    stop_with(supervisor)
     logs.configure(cfg.log_level, cfg.log_format)
     try:
         return _run_server(cfg, shared_port=True)
@@ -322,7 +327,7 @@ class _StopSignals:
     def __init__(self, worker: bool) -> None:
         self.stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._stops = (signal.SIGTERM,) if worker else (signal.SIGTERM, signal.SIGINT)
+        self._stops = (signal.SIGTERM,) if worker else STOPS
         self._hurries = (HURRY,) if worker else self._stops
         self._hurried: asyncio.Task[None] | None = None
         self._asked_to_hurry = worker and HURRIED_WHILE_STARTING.is_set()

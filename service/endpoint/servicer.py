@@ -78,7 +78,10 @@ _SOURCE_OPEN_TIMEOUT_S = 10.0
 class ActionRecognition(pb_grpc.ActionRecognitionServicer):
     """Serves one model to many streams; each stream's state lives as long as its RPC."""
 
-    def __init__(self, cfg: ServeConfig, batcher: Batcher, metrics: Metrics) -> None:
+    def __init__(
+        self, cfg: ServeConfig, batcher: Batcher, metrics: Metrics, worker: bool = False
+    ) -> None:
+        """`worker`: one of `serve --workers`' processes."""
         self._cfg = cfg
         self._batcher = batcher
         self._metrics = metrics
@@ -86,7 +89,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._meta = meta
         self._decoder = batcher.decoder
         self._places = Places(
-            cfg.max_streams, cfg.waiting_calls_cap, metrics, cfg.max_streams_per_address
+            cfg.max_streams, cfg.waiting_calls_cap, metrics, cfg.max_streams_per_address, worker
         )
         self._idle = IdleSweep(cfg.idle_timeout_seconds)
         # WatchSource's sources: as many threads again as places may outlive their calls.

@@ -14,9 +14,10 @@ own multiprocessing example serves:
 - it serves one /metrics for all of them from prometheus_client's
   multiprocess files (counters and histograms add up, the active-streams
   gauge sums the live workers);
-- it stops them together on SIGTERM or SIGINT, and stops the rest and exits
-  non-zero if one dies (so Docker or Kubernetes restart the whole server
-  rather than run it short of a worker).
+- it stops them together on SIGTERM, SIGINT or SIGHUP, and stops the rest and
+  exits non-zero if one dies (so Docker or Kubernetes restart the whole server
+  rather than run it short of a worker); a worker stops by itself if the
+  supervisor dies (see start_signals.stop_with).
 
 What it costs: each worker batches only its own streams (smaller batches at
 the same load), each holds its own copy of the model, and `--max-streams` is
@@ -50,7 +51,7 @@ from actionstream.service.endpoint.launch import (
     serve_metrics,
     where_metrics,
 )
-from actionstream.service.endpoint.start_signals import HURRY, STOPPED_WHILE_STARTING
+from actionstream.service.endpoint.start_signals import HURRY, STOPPED_WHILE_STARTING, STOPS
 from actionstream.service.telemetry import logs
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def supervise(cfg: ServeConfig) -> int:
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ServeError("--workers above 1 needs SO_REUSEPORT, which this system lacks")
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOPS:
         signal.signal(sig, lambda *_: stop.set())
     if STOPPED_WHILE_STARTING.is_set():  # before the handlers above
         logger.info("asked to stop while starting")
@@ -104,7 +105,7 @@ def _supervise(
                     os.kill(worker.pid, HURRY)
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOPS:
         signal.signal(sig, on_stop)
     if cfg.metrics_enabled:
         registry = CollectorRegistry()
@@ -134,7 +135,7 @@ def _supervise(
             )
             worker = context.Process(
                 target=_worker_main,
-                args=(worker_cfg, tmp / f"worker-{i}.error"),
+                args=(worker_cfg, tmp / f"worker-{i}.error", os.getpid()),
                 name=f"actionstream-worker-{i}",
             )
             worker.start()
@@ -170,12 +171,12 @@ def share_of(total: int, workers: int, i: int) -> int:
     return total // workers + (i < total % workers)
 
 
-def _worker_main(cfg: ServeConfig, error_file: Path) -> None:
+def _worker_main(cfg: ServeConfig, error_file: Path, supervisor: int) -> None:
     # In the worker: its first heavy import.
     from actionstream.service.endpoint.server import run_worker
 
     # A process target's return value is lost: the exit code must be raised.
-    sys.exit(run_worker(cfg, error_file))
+    sys.exit(run_worker(cfg, error_file, supervisor))
 
 
 def _reserve_port(host: str, port: int) -> socket.socket:
