@@ -45,7 +45,7 @@ from actionstream.service.endpoint.server import SERVED_METHODS
 from actionstream.service.inference.model import OnnxStepModel, bundled_model_path
 from actionstream.service.telemetry import metrics_http
 from actionstream.service.telemetry.metrics import DropReason, EndReason, RejectReason
-from actionstream.service.trailers import REASON, SKIPPED_FRAMES
+from actionstream.service.trailers import REASON, SKIPPED_FRAMES, UNANSWERED_FRAMES
 from actionstream.training.synth import render_stream, write_video
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -147,6 +147,29 @@ def test_frames_sent_before_a_bad_one_are_answered_before_it_ends_the_call(
         assert answered[-1].sequence == 3, attempt
         skipped = int(dict(call.trailing_metadata())[SKIPPED_FRAMES])
         assert len(answered) + sum(p.skipped_frames for p in answered) + skipped == 3
+
+
+@pytest.mark.parametrize("bad", [b"this is not a jpeg", b"cut"], ids=["on-arrival", "at-decode"])
+def test_a_refused_frame_is_told_by_its_reason_alone(
+    stub: pb_grpc.ActionRecognitionStub, bad: bytes
+) -> None:
+    # A JPEG whose header passes and whose data is cut is refused as the batch decodes
+    # it, after it was queued: the trailer counted it as taken and not answered too
+    # ("actionstream-unanswered-frames: 1" beside "corrupt"), where a frame refused on
+    # arrival had no such count (an operator's trial).
+    images = render(4, seed=31)
+    cut = jpeg(cv2.resize(images[3], (640, 480)))[:1500]  # its header whole, its data not
+    stream = LiveStream(stub, pb.StreamOptions())
+    for i, image in enumerate(images[:3], start=1):
+        assert stream.send(frame_request(png(image), sequence=i)).sequence == i
+    stream.put(frame_request(cut if bad == b"cut" else bad, sequence=4))
+    with pytest.raises(grpc.RpcError) as err:
+        stream.outcome()
+    stream.cancel()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    trailer = dict(err.value.trailing_metadata() or ())
+    assert trailer[REASON] == ("corrupt" if bad == b"cut" else "not_an_image")
+    assert UNANSWERED_FRAMES not in trailer, trailer
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ import numpy as np
 from actionstream.service.inference.batch_step import BatchStep, Result
 from actionstream.service.inference.frames import FrameDecoder, FrameError
 from actionstream.service.inference.model import OnnxStepModel
-from actionstream.service.inference.streams import FrameRejected, PendingFrame, Stream
+from actionstream.service.inference.streams import PendingFrame, Stream
 from actionstream.service.telemetry.metrics import Metrics
 
 HEAVY_SHARE = 0.25
@@ -393,7 +393,7 @@ class Batcher:
             stream.in_batcher = False
             if isinstance(result, FrameError):
                 metrics.rejected(result.reason).inc()
-                stream.fail(FrameRejected(pending.sequence, result))
+                stream.refuse_frame(pending.sequence, result)
                 continue
             if isinstance(result, Exception):
                 stream.fail(result)  # its handler logs it and ends the call with INTERNAL
@@ -433,7 +433,7 @@ class Batcher:
             except FrameError as e:
                 self._metrics.rejected(e.reason).inc()
                 stream.in_batcher = False
-                stream.fail(FrameRejected(pending.sequence, e))
+                stream.refuse_frame(pending.sequence, e)
             except Exception as e:
                 # A fault of the server's own: this stream ends (INTERNAL); the lane
                 # goes on for the others.

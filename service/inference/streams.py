@@ -251,6 +251,7 @@ class Stream:
         self.resampled = 0  # of them, taken out by the resampler
         self.queued = 0  # and queued for the model (the overload drops among them)
         self.handed = 0  # predictions handed to gRPC
+        self.refused_queued = 0  # queued frames refused as they were decoded (refuse_frame)
         self.skips_handed = 0  # the skipped_frames they reported, all told
         self.answered = 0
         self.last_sequence = 0
@@ -302,8 +303,10 @@ class Stream:
     @property
     def unanswered(self) -> int:
         """Frames queued for the model, not dropped, and never answered: waiting, in a
-        batch, or answered too late, when the call ended early."""
-        return self.queued - self.dropped_overload - self.handed
+        batch, or answered too late, when the call ended early. Not a frame refused as
+        it was decoded, which the call's reason tells (as it tells one refused on
+        arrival, which was never queued)."""
+        return self.queued - self.dropped_overload - self.handed - self.refused_queued
 
     def resampled_away(self) -> None:
         """Counts a frame the resampler skipped; the next frame queued reports it."""
@@ -353,6 +356,11 @@ class Stream:
         if self.failure is None:
             self.failure = error
         self.wakeup.set()
+
+    def refuse_frame(self, sequence: int, error: FrameError) -> None:
+        """Ends the stream for queued frame `sequence`, which its decode found bad."""
+        self.refused_queued += 1
+        self.fail(FrameRejected(sequence, error))
 
     def close(self) -> None:
         """The call is over: whatever of the stream the batcher or the heavy lane still
