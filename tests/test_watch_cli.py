@@ -194,23 +194,32 @@ def test_refusals_and_an_absent_server_are_one_line(
     ), result.stderr
 
 
+@pytest.mark.parametrize("times", [1, 2], ids=["once", "twice-at-once"])
 @pytest.mark.parametrize(("sig", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_stops_a_watch_with_its_summary(
-    watcher: BackgroundServer, camera: MjpegCamera, sig: signal.Signals, exit_code: int
+    watcher: BackgroundServer, camera: MjpegCamera, sig: signal.Signals, exit_code: int, times: int
 ) -> None:
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-c", WITH_CTRL_C, "watch", "--source", camera.url),
-            *("--target", f"127.0.0.1:{watcher.port}"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for _ in range(3):
-        assert proc.stdout.readline().startswith("frame ")
-    proc.send_signal(sig)  # while the server waits on the silent camera
-    out, err = proc.communicate(timeout=30)
-    assert (proc.returncode, err) == (exit_code, "")
-    assert out.splitlines() == ["predictions: 3", SKIPPED.format(1), "ended: interrupted"]
+    # Twice at once as `timeout` stops it (the process, then its group): a user's trial
+    # lost the summary in 4 runs of 6, and 3 of them hung in gRPC's channel close. Where
+    # the second signal lands is chance: three rounds (one in six failed here before).
+    for _ in range(1 if times == 1 else 3):
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-c", WITH_CTRL_C, "watch", "--source", camera.url),
+                *("--target", f"127.0.0.1:{watcher.port}"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for _ in range(3):
+            assert proc.stdout.readline().startswith("frame ")
+        for _ in range(times):  # while the server waits on the silent camera
+            proc.send_signal(sig)
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert (proc.returncode, err) == (exit_code, "")
+        assert out.splitlines() == ["predictions: 3", SKIPPED.format(1), "ended: interrupted"]

@@ -15,15 +15,24 @@ from types import FrameType, TracebackType
 
 
 class Termination:
-    """While entered (on the main thread), SIGTERM raises KeyboardInterrupt."""
+    """While entered (on the main thread), SIGTERM raises KeyboardInterrupt.
 
-    def __init__(self) -> None:
+    `once`: the first SIGTERM or SIGINT raises it and later ones are only noted, for a
+    client with nothing to let go of but its gRPC channel (`watch`). A second stop comes
+    at once from `timeout`, which signals the process and then its group; raised inside
+    gRPC's channel close, it lost the summary and left the channel to hang the exit.
+    (`stream` takes a second stop as "do not wait for the source".)"""
+
+    def __init__(self, once: bool = False) -> None:
         self.terminated = False
-        self._before: signal.Handlers | object = None
+        self._once = once
+        self._stopped = False
+        self._before: dict[signal.Signals, signal.Handlers | object] = {}
 
     def __enter__(self) -> Termination:
         if threading.current_thread() is threading.main_thread():
-            self._before = signal.signal(signal.SIGTERM, self._interrupt)
+            for sig in (signal.SIGTERM, signal.SIGINT) if self._once else (signal.SIGTERM,):
+                self._before[sig] = signal.signal(sig, self._interrupt)
         return self
 
     def __exit__(
@@ -32,11 +41,14 @@ class Termination:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._before is not None:
-            signal.signal(signal.SIGTERM, self._before)  # type: ignore[arg-type]
+        for sig, before in self._before.items():
+            signal.signal(sig, before)  # type: ignore[arg-type]
 
     def _interrupt(self, signum: int, frame: FrameType | None) -> None:
-        self.terminated = True
+        if self._once and self._stopped:
+            return
+        self._stopped = True
+        self.terminated = signum == signal.SIGTERM
         raise KeyboardInterrupt
 
     @property

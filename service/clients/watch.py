@@ -164,7 +164,7 @@ def print_summary(summary: WatchSummary) -> None:
 def run_watch(cfg: WatchConfig) -> int:
     """`actionstream watch`: 0 when the source ended or max_predictions were answered,
     1 on failure, 130 on Ctrl-C and 143 on SIGTERM (both with the summary)."""
-    with Termination() as stop:
+    with Termination(once=True) as stop:
         try:
             return _run_watch(cfg, stop)
         except KeyboardInterrupt:  # while the summary was printed, say
