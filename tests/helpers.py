@@ -133,11 +133,14 @@ class MjpegCamera:
     predictions, numbered as `camera_sequences` says.
     """
 
-    def __init__(self, frames: Sequence[np.ndarray], fps: float = 5.0) -> None:
+    def __init__(
+        self, frames: Sequence[np.ndarray], fps: float = 5.0, sent_as: Sequence[bytes] = ()
+    ) -> None:
+        """`sent_as`: the bytes each part carries instead of the frames' JPEGs."""
         self._parts = [
             b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
             % (len(data), data)
-            for data in map(jpeg, frames)
+            for data in (sent_as or list(map(jpeg, frames)))
         ]
         self._period_s = 1.0 / fps
         self._listener = socket.create_server(("127.0.0.1", 0))

@@ -1088,10 +1088,84 @@ def test_a_live_camera_is_read_as_it_sends_whatever_rate_it_reports(
         camera.close()  # the camera goes: its stream ends once every frame sent was read
     thread.join(timeout=30)
     behind_s = time.monotonic() - sent
-    summary = outcome["summary"]
-    assert isinstance(summary, client.StreamSummary), outcome
-    assert summary.frames_read >= 95
+    # A camera that goes is lost, not streamed to its end (which a camera does not have).
+    error = outcome["error"]
+    assert isinstance(error, StreamError), outcome
+    assert str(error).startswith("the source stopped sending frames after ")
+    assert str(error).endswith(f"{camera.url} ended, dropped, or sent nothing for 30 s")
+    summary = error.summary
+    assert summary is not None and summary.frames_read >= 95
     assert behind_s < 1.0  # it was 2 s behind
+
+
+def test_a_camera_that_sends_no_image_fails_in_one_line(server: BackgroundServer) -> None:
+    # A user's trial: about 128 of FFmpeg's "[mjpeg @ 0x...] No JPEG data found in image"
+    # lines, then "frames: 0 sent, 0 answered" and exit 0.
+    camera = MjpegCamera([], fps=20.0, sent_as=[b"not a jpeg at all" * 50] * 40)
+    args = ("--source", camera.url, "--target", f"127.0.0.1:{server.port}", "--quiet")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(_cli, *args)
+        try:
+            assert camera.sent.wait(30)
+        finally:
+            camera.close()  # not OpenCV's 30 s of silence
+        result = running.result()
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    assert result.stderr.startswith(
+        f"actionstream stream: the source ended before its first frame: {camera.url}; the "
+        'decoder said "'
+    ), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_live_camera_goes_on_from_its_current_frame_after_a_reconnection(
+    start_server: Callable[..., BackgroundServer],
+) -> None:
+    # Unread while the server was away, a camera's frames waited in FFmpeg's and the
+    # socket's buffers; the new call got them in a burst, stamped as read then, and the
+    # server skipped most as far above its rate (a user's trial: 550 frames up to 18 s
+    # old in 0.6 s). They are let go while away, and counted as lost.
+    first = start_server()
+    camera = MjpegCamera(list(render(60, seed=6)), fps=5.0)
+    skipped: list[tuple[int, int]] = []  # (sequence, frames skipped before it)
+    outcome: dict[str, object] = {}
+    cfg = StreamConfig(
+        source=camera.url, target=f"127.0.0.1:{first.port}", quiet=True, max_frames=45
+    )
+
+    def run() -> None:
+        try:
+            outcome["summary"] = stream_source(
+                cfg, lambda p, _, __: skipped.append((p.sequence, p.skipped_frames))
+            )
+        except StreamError as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run)
+    try:
+        thread.start()
+        deadline = time.monotonic() + 30
+        while len(skipped) < 8:
+            assert time.monotonic() < deadline and thread.is_alive(), outcome
+            time.sleep(0.05)
+        first.stop(grace=0.0)
+        away_from = skipped[-1][0]
+        time.sleep(3.0)  # 15 frames of the camera's
+        start_server(port=first.port)
+        thread.join(timeout=60)
+    finally:
+        camera.close()
+    assert not thread.is_alive() and "error" not in outcome, outcome
+    summary = outcome["summary"]
+    assert isinstance(summary, client.StreamSummary)
+    assert summary.reconnects == 1
+    after = [(sequence, n) for sequence, n in skipped if sequence > away_from]
+    # The new stream's first answer is a frame read after the outage, and none of its
+    # frames came too fast to take: the server skipped next to none (it was 10 of 11).
+    assert after[0][0] - away_from >= 10, skipped
+    assert sum(n for _, n in after) <= 2, skipped
+    assert summary.frames_lost >= 10
 
 
 def test_a_frame_the_client_cannot_encode_is_its_own_error_not_the_servers(

@@ -19,6 +19,7 @@ import numpy as np
 from actionstream.decoding import NativeLines, cut_short, describe_shortfall, held_back
 from actionstream.resampling import FileClock
 from actionstream.service.clients.stream_summary import StreamError
+from actionstream.service.credentials import hide_credentials
 from actionstream.service.sources.video_source import SourceError, VideoSource, is_url
 
 
@@ -39,6 +40,7 @@ class SourceFeed:
         self._source = source
         self.fps = source.opened_fps
         self.frame_count = source.frame_count
+        self.live = source.live  # a camera or live stream: its end is a loss
         # A file's frames are timed by its own timeline, as training and the server's
         # WatchSource time them; a camera's or live stream's by when they are read. (A
         # file that reports no frame rate, rare, is counted at FFmpeg's own 25 fps here,
@@ -72,6 +74,14 @@ class SourceFeed:
             if file_s is not None:
                 self.last_s = file_s
         return number, image, file_s
+
+    def let_go_until(self, resumed: threading.Event) -> None:
+        """Reads and lets go of frames until `resumed` is set, the source ends or the feed
+        is closed: a live source unread while no call takes its frames keeps them in its
+        buffers, and a new call then got them in a burst, seconds old, read as new. Run
+        on a thread of its own (a read of a stalled source lasts up to 30 s)."""
+        while not resumed.is_set() and self.read() is not None:
+            pass
 
     def encode(self, image: np.ndarray, quality: int, sequence: int) -> bytes | None:
         """Frame `sequence` as JPEG; None when the feed is closed."""
@@ -159,6 +169,10 @@ def warn_if_damaged(source: str, feed: SourceFeed, said: NativeLines) -> None:
     file was read, kept from the terminal (ffmpeg_lines_kept)."""
     path = Path(source)
     if is_url(source) or not path.is_file():
+        if said.lines:  # a live stream's damaged frames, told once at the end
+            name = hide_credentials(source)
+            warning = f"{said.summary()} while reading it; streamed the frames decoded"
+            print(f"warning: {name}: {warning}", file=sys.stderr, flush=True)
         return
     detail = f"; {said.summary()}" if said.lines else ""
     count, fps = feed.frame_count, feed.fps

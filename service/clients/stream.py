@@ -26,6 +26,7 @@ import grpc
 from actionstream.decoding import NativeLines, ffmpeg_lines_kept
 from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.resampling import Resampler
+from actionstream.service import opencv_log
 from actionstream.service.clients.latencies import Latencies
 from actionstream.service.clients.output import events_text, prediction_record, print_json
 from actionstream.service.clients.reconnection import KEEPALIVE, Reconnection
@@ -40,7 +41,6 @@ from actionstream.service.clients.termination import Termination
 from actionstream.service.clients.truth import check_names, warn_uncovered
 from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
-from actionstream.service.sources.video_source import is_url
 from actionstream.service.trailers import reason_in, skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -84,18 +84,21 @@ def stream_source(
     streamed without a label are warned of.
     """
     truth = read_labels(Path(cfg.labels)) if cfg.labels else None
-    source = open_source(cfg.source)
-    if source is None:  # Ctrl-C while it opened
-        return StreamSummary(0, 0, None, None, None, interrupted=True, source_released=False)
-    feed = SourceFeed(source)
-    # FFmpeg's lines about a damaged file come on gRPC's thread, which reads it, while
-    # this one prints: they are kept from the terminal and told in one line at the end.
+    # FFmpeg's lines about a damaged file or stream come on the thread that opens it, then
+    # on gRPC's, which reads it, while this one prints: they are kept from the terminal
+    # and told in one line at the end (a stream of garbage gave hundreds, a line a frame).
     # Told whether the run succeeds or fails (before its error), not after Ctrl-C.
-    local = not is_url(cfg.source) and Path(cfg.source).is_file()
     said = NativeLines()
+    feed: SourceFeed | None = None
     interrupted = False
     try:
-        with ffmpeg_lines_kept() if local else contextlib.nullcontext(said) as said:
+        with ffmpeg_lines_kept() as said:
+            source = open_source(cfg.source)
+            if source is None:  # Ctrl-C while it opened
+                return StreamSummary(
+                    0, 0, None, None, None, interrupted=True, source_released=False
+                )
+            feed = SourceFeed(source)
             try:
                 with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
                     summary = _Session(cfg, feed, truth, channel, on_prediction).run()
@@ -107,14 +110,22 @@ def stream_source(
                 feed.close()  # on this thread, before raising: see SourceFeed
                 raise
     finally:
-        if not interrupted and feed.frames_read:
+        if feed is not None and not interrupted and feed.frames_read:
             warn_if_damaged(cfg.source, feed, said)
+    name = hide_credentials(cfg.source)
     if not feed.frames_read and not summary.interrupted:
         # A file that opens and holds no frame OpenCV can decode (cut off after its
         # header), or a camera that ends before its first: nothing was streamed.
         decoder = f"; {said.summary()}" if said.lines else ""
-        name = hide_credentials(cfg.source)
         raise StreamError(f"the source ended before its first frame: {name}{decoder}")
+    if feed.live and feed.ran_out and not summary.interrupted:
+        # A camera or live stream has no end: it was lost (closed, or silent for OpenCV's
+        # 30 s), and the run said it had streamed the source whole.
+        raise StreamError(
+            f"the source stopped sending frames after {feed.frames_read}: {name} ended, "
+            "dropped, or sent nothing for 30 s",
+            summary,
+        )
     return summary
 
 
@@ -374,8 +385,23 @@ class _Session:
                 f"{limit_s:g} s; gave up reconnecting (last: {e.code().name}: {e.details()})",
                 self.summary(),
             ) from None
-        self._reconnection.wait()
+        self._wait_away()
         return False
+
+    def _wait_away(self) -> None:
+        """Waits for the next try; a live source's frames meanwhile are let go (lost), so
+        that the next call goes on from its current frame."""
+        if not self._feed.live:
+            self._reconnection.wait()
+            return
+        resumed = threading.Event()
+        threading.Thread(
+            target=self._feed.let_go_until, args=(resumed,), name="source-away", daemon=True
+        ).start()
+        try:
+            self._reconnection.wait()
+        finally:
+            resumed.set()
 
     def _all_answered(self) -> bool:
         """Every frame sent was answered or skipped by the server: its last was answered,
@@ -431,6 +457,7 @@ def _print_prediction_json(prediction: pb.Prediction, truth: str | None, latency
 def run_stream(cfg: StreamConfig) -> int:
     """`actionstream stream`: 0 when the source was streamed to the end, 1 on failure,
     130 after Ctrl-C and 143 after SIGTERM (both with the summary so far)."""
+    opencv_log.errors_only()  # what it warns of (a stalled stream), the errors here say
     with Termination() as stop:
         try:
             return _run_stream(cfg, stop)

@@ -38,7 +38,7 @@ class StreamSummary:
     @property
     def frames_lost(self) -> int:
         """Read and meant to be sent, and neither answered nor reported skipped: in flight,
-        or being read, when a call ended."""
+        or being read, when a call ended, or a live source's, let go while reconnecting."""
         return max(
             0, self.frames_read - self.frames_unsent - self.frames_answered - self.frames_skipped
         )
@@ -76,7 +76,7 @@ def print_summary(summary: StreamSummary) -> None:
             f"{summary.frames_answered} answered"
         )
     if summary.frames_lost:
-        frames += f", {summary.frames_lost} lost when a call ended"
+        frames += f", {summary.frames_lost} lost when a call ended or while reconnecting"
     if summary.frames_skipped:
         frames += (
             f", {summary.frames_skipped} skipped by the server (above the model's frame rate, "

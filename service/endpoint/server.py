@@ -17,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 from prometheus_client import CollectorRegistry
 
+from actionstream.service import opencv_log
 from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint import grpc_listener
 from actionstream.service.endpoint.call_count import CallCount
@@ -296,7 +296,7 @@ def _run_server(cfg: ServeConfig, shared_port: bool) -> int:
     # OpenCV warns about some corrupt images (a truncated PNG) on stderr, in a format of its
     # own that breaks JSON logs; the client is told why its frame was refused and the
     # rejected-frames metric counts it, so its warnings add nothing. Its errors still show.
-    _opencv_errors_only()
+    opencv_log.errors_only()
     # The image libraries under it print straight to stderr; their lines become log lines.
     native_stderr.capture()
     try:
@@ -304,16 +304,6 @@ def _run_server(cfg: ServeConfig, shared_port: bool) -> int:
     finally:
         if shared_port:  # the loop's handlers are gone: a late HURRY must not kill it
             signal.signal(HURRY, signal.SIG_IGN)
-
-
-def _opencv_errors_only() -> None:
-    """OpenCV's own log level at errors: set in cv2.utils.logging from OpenCV 5 on, and
-    by cv2.setLogLevel (where ERROR is 2) in the 4.x the dependencies allow."""
-    opencv_logging = getattr(cv2.utils, "logging", None)
-    if opencv_logging is not None:
-        opencv_logging.setLogLevel(opencv_logging.LOG_LEVEL_ERROR)
-    else:
-        cv2.setLogLevel(2)  # type: ignore[attr-defined]  # 4.x only, not in 5.0's stubs
 
 
 class _StopSignals:
