@@ -353,9 +353,15 @@ class StreamConfig:
     """What `actionstream stream` sends where, and how."""
 
     source: str = setting(
-        help="video file, camera index (e.g. 0) or stream URL to read frames from"
+        help="video file ('-': standard input, as a pipe from ffmpeg or a camera tool), "
+        "camera index (e.g. 0) or stream URL to read frames from"
     )
     target: str = setting("127.0.0.1:50051", help="server address HOST:PORT")
+    name: str = setting(
+        "",
+        help="the stream's name in the server's logs; empty: the source as given (a "
+        "URL's password hidden)",
+    )
     labels: str | None = setting(
         None,
         help="CSV of ground truth per source frame (frame,label, from 0) to score against; "

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import http.server
 import json
+import logging
 import os
 import re
 import signal
@@ -641,6 +642,29 @@ def test_a_cameras_password_never_leaves_the_client(video: Path) -> None:
         finally:
             web.shutdown()
     assert recorder.names == [f"http://***@127.0.0.1:{port}/{video.name}?pwd=***&fps=10"]
+
+
+def test_a_video_piped_in_is_streamed_under_the_name_given(
+    server: BackgroundServer, video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `--source -` was "no such video file: -", and a stream could not be named: the
+    # server's log showed it by its source alone (a user's trial).
+    caplog.set_level(logging.INFO)
+    target = f"127.0.0.1:{server.port}"
+    with video.open("rb") as piped:
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "actionstream", "stream", "--source", "-"),
+                *("--name", "dock-door-3", "--target", target, "--no-realtime", "--quiet"),
+            ],
+            stdin=piped,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("frames: 30 sent, 30 answered\n"), done.stdout
+    assert re.search(r"stream \d+ dock-door-3 opened", caplog.text), caplog.text
 
 
 def _write_labels(path: Path, rows: list[list[str]]) -> Path:

@@ -111,10 +111,29 @@ def test_a_lost_camera_is_watched_again(watcher: BackgroundServer, camera: Mjpeg
     frames = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("frame")]
     # Each call's own frame numbers (the second frame is thinned, see MjpegCamera).
     assert frames == [str(n) for n in camera_sequences(4) + camera_sequences(4)[:2]]
-    (said,) = result.stderr.splitlines()
+    said, back = result.stderr.splitlines()
     assert said.startswith(f"actionstream watch: UNAVAILABLE: {LOST}")
     assert said.endswith("watching again for up to 20 s (a new call starts from a zero state)")
+    # Said as `stream` says it: a watch that came back said nothing (a user's trial).
+    assert back == "actionstream watch: watching again; the new call answers (from a zero state)"
     assert time.monotonic() - start < 30
+
+
+def test_a_source_lost_before_its_first_answer_is_not_an_unreachable_server(
+    watcher: BackgroundServer,
+) -> None:
+    # A camera sending no image: the server ended the call, saying why, and the client
+    # said "the server ... is unreachable, or lost the source at once" (a user's trial).
+    camera = MjpegCamera([], fps=20.0, sent_as=[b"not a jpeg at all" * 50] * 20)
+    try:
+        result = _watch(watcher, "--source", camera.url, "--reconnect-seconds", "0")
+    finally:
+        camera.close()
+    assert (result.returncode, result.stdout) == (1, ""), result
+    assert result.stderr.startswith(
+        "actionstream watch: the server ended the watch with UNAVAILABLE: the source stopped "
+        "sending frames after 0 predictions"
+    ), result.stderr
 
 
 def test_a_lost_camera_ends_the_watch_when_asked_not_to_reconnect(

@@ -58,6 +58,8 @@ __all__ = [
 
 # Called for each prediction with the frame's true label (if known) and its latency in ms.
 PredictionCallback = Callable[[pb.Prediction, str | None, float], None]
+# `--source -`: a video piped in (its frames timed as a file's, by its own timeline).
+STDIN = "/dev/stdin"
 # After Ctrl-C, how long the source may take to finish a read before it is left behind.
 INTERRUPTED_WAIT_S = 1.0
 # Latencies kept for the summary's percentiles: a live camera streams for days, and a
@@ -93,7 +95,7 @@ def stream_source(
     interrupted = False
     try:
         with ffmpeg_lines_kept() as said:
-            source = open_source(cfg.source)
+            source = open_source(STDIN if cfg.source == "-" else cfg.source)
             if source is None:  # Ctrl-C while it opened
                 return StreamSummary(
                     0, 0, None, None, None, interrupted=True, source_released=False
@@ -269,7 +271,7 @@ class _Session:
         """With `resampler` (as fast as the server answers): one frame in flight, and only
         the frames the server would take, so none is dropped and none waits."""
         cfg = self._cfg
-        name = hide_credentials(cfg.source)  # a camera's password stays here
+        name = cfg.name or hide_credentials(cfg.source)  # a camera's password stays here
         yield pb.FrameRequest(options=pb.StreamOptions(top_k=cfg.top_k, stream_name=name))
         # Paced from where this call starts: after a reconnection a file goes on at its
         # rate rather than rushing to catch up on the time the server was away.
@@ -374,8 +376,7 @@ class _Session:
         if self._reconnection.begins_outage():
             print(
                 f"actionstream stream: the server ended the stream ({e.code().name}: "
-                f"{e.details()}); reconnecting for up to {limit_s:g} s (a new stream "
-                "starts from a zero state)",
+                f"{e.details()}); reconnecting for up to {limit_s:g} s",
                 file=sys.stderr,
                 flush=True,
             )

@@ -21,7 +21,7 @@ from actionstream.service.clients.output import events_text, prediction_record, 
 from actionstream.service.clients.reconnection import KEEPALIVE, Reconnection
 from actionstream.service.clients.termination import Termination
 from actionstream.service.config import WatchConfig
-from actionstream.service.trailers import skipped_in
+from actionstream.service.trailers import reason_in, skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -78,6 +78,13 @@ def watch_source(
                     for prediction in call:
                         if first:
                             first = False
+                            if reconnection.away:
+                                print(
+                                    f"{PROG}: watching again; the new call answers (from a "
+                                    "zero state)",
+                                    file=sys.stderr,
+                                    flush=True,
+                                )
                             reconnection.back()
                             watches += 1
                         answered += 1
@@ -91,11 +98,13 @@ def watch_source(
                     return summary("the source ended")
                 except grpc.RpcError as e:
                     code, details = e.code(), e.details()
+                    reason = None
                     if isinstance(e, grpc.Call):  # a call's end: its trailer counts too
                         skipped += skipped_in(e.trailing_metadata())
+                        reason = reason_in(e.trailing_metadata())
                     if not reconnection.may_try(code, answered > 0):
                         raise WatchError(
-                            _describe(code, details, cfg.target, answered > 0),
+                            _describe(code, details, cfg.target, answered > 0 or bool(reason)),
                             summary(f"the server ended it with {code.name}") if answered else None,
                         ) from None
                     if reconnection.begins_outage():
@@ -118,10 +127,10 @@ def watch_source(
             return summary("interrupted", interrupted=True)
 
 
-def _describe(code: grpc.StatusCode, details: str | None, target: str, answered: bool) -> str:
-    if code == _CODE.UNAVAILABLE and not answered:
-        # gRPC's own words say which: no connection, or the server's message.
-        return f"the server at {target} is unreachable, or lost the source at once: {details}"
+def _describe(code: grpc.StatusCode, details: str | None, target: str, reached: bool) -> str:
+    """The error's line; `reached`: the server answered, or gave its reason."""
+    if code == _CODE.UNAVAILABLE and not reached:
+        return f"the server at {target} is unreachable: {details}"
     return f"the server ended the watch with {code.name}: {details}"
 
 
