@@ -13,14 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "actionstream", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
     )
 
@@ -182,6 +182,37 @@ def test_training_commands_refuse_garbage_with_a_message(tmp_path: Path) -> None
         assert result.returncode != 0, argv
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "run").exists()
+
+
+# A run of seconds, where a refusal that should have come does not.
+_TINY_TRAIN = (
+    *("--epochs", "1", "--train-streams", "8", "--batch-size", "8", "--stream-frames", "16"),
+    *("--bptt", "16", "--val-streams", "2", "--val-frames", "20", "--size", "16"),
+    *("--channels", "4,8", "--embed", "8", "--hidden", "8", "--threads", "1", "--init", "scratch"),
+)
+
+
+def test_an_empty_path_is_refused_not_taken_as_here_or_unset(tmp_path: Path) -> None:
+    # `train --data ""` trained on the synthetic world without a word, `--out ""` wrote
+    # the run into the current folder, `--cache ""` scattered its files there, and
+    # `export RUN --out ""` ended in a traceback (PosixPath('.') has an empty name).
+    pytest.importorskip("torch")
+    for argv, name in (
+        (["train", *_TINY_TRAIN, "--data", ""], "data"),
+        (["train", *_TINY_TRAIN, "--out", ""], "out"),
+        (["train", *_TINY_TRAIN, "--cache", ""], "cache"),
+        (["train", *_TINY_TRAIN, "--split", ""], "split"),
+        (["train", *_TINY_TRAIN, "--init", ""], "init"),
+        (["evaluate", ""], "run"),
+        (["evaluate", "run", "--data", ""], "data"),
+        (["evaluate", "run", "--out", ""], "out"),
+        (["export", "run", "--out", ""], "out"),
+    ):
+        result = _run(*argv, cwd=tmp_path)
+        assert result.returncode == 2, (argv, result.stdout, result.stderr)
+        assert f"{name} must name a file or folder, got an empty value" in result.stderr, argv
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_training_on_cuda_without_a_gpu_says_so(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actionstream.contract import CELLS
-from actionstream.settings import refuse_non_finite, setting
+from actionstream.settings import refuse_empty_paths, refuse_non_finite, setting
 
 # A run folder, as `train` writes it and `evaluate` / `export` read it.
 DEFAULT_RUN = "runs/default"
@@ -166,6 +166,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         refuse_non_finite(self)
+        refuse_empty_paths(self)
         for name in (
             "train_streams",
             "stream_frames",
@@ -255,6 +256,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         refuse_non_finite(self)
+        refuse_empty_paths(self)
         if self.streams < 1:
             raise ValueError(f"streams must be at least 1, got {self.streams}")
         _require_positive(self, "seconds")
@@ -291,6 +293,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         refuse_non_finite(self)
+        refuse_empty_paths(self)
         if self.parity_frames < 2 or self.parity_batch < 1:
             raise ValueError("parity_frames must be at least 2 and parity_batch at least 1")
         if not (math.isfinite(self.tolerance) and self.tolerance > 0):
