@@ -215,6 +215,19 @@ def test_an_empty_path_is_refused_not_taken_as_here_or_unset(tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_negative_seed_is_refused_in_one_line(tmp_path: Path) -> None:
+    # numpy's generators take no negative seed: a traceback, in train after the data
+    # was read.
+    for argv in (
+        ["train", "--data", "videos", "--seed", "-1"],
+        ["evaluate", "run", "--seed", "-1"],
+    ):
+        result = _run(*argv, cwd=tmp_path)
+        assert result.returncode == 2, (argv, result.stderr)
+        assert "seed must not be negative, got -1" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_training_on_cuda_without_a_gpu_says_so(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

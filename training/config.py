@@ -206,7 +206,7 @@ class TrainConfig:
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        for name in ("boundary_ignore", "weight_decay", "threads"):
+        for name in ("boundary_ignore", "weight_decay", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.boundary_ignore >= self.stream_frames:
@@ -259,6 +259,8 @@ class EvaluateConfig:
         refuse_empty_paths(self)
         if self.streams < 1:
             raise ValueError(f"streams must be at least 1, got {self.streams}")
+        if self.seed < 0:  # numpy's generators take none
+            raise ValueError(f"seed must not be negative, got {self.seed}")
         _require_positive(self, "seconds")
         # Only one untrimmed video is labelled by a CSV of its own: other data carries its
         # labels, and was scored on them with --labels ignored, unsaid.
