@@ -228,6 +228,16 @@ def test_a_negative_seed_is_refused_in_one_line(tmp_path: Path) -> None:
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_huge_size_is_refused_in_one_line(tmp_path: Path) -> None:
+    # --size 100000 passed every check (a multiple of 16) and ended in OpenCV's
+    # out-of-memory traceback once frames were resized to it. (--data names no folder:
+    # without the check the run is refused for that instead, never resizing a frame.)
+    result = _run("train", "--data", "videos", "--size", "100000", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "size must be at most 1024 pixels, got 100000" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_training_on_cuda_without_a_gpu_says_so(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     if torch.cuda.is_available():

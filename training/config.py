@@ -29,6 +29,9 @@ DEFAULT_FRAME_CACHE = str(
 INIT_CHOICES = ("auto", "pretrained", "scratch")
 # Containers OpenCV's FFmpeg reads (a manifest may name any other file); here, not beside
 # the decoder, so that a config can tell a video from a folder or manifest without it.
+# The largest --size: 256 times the bundled model's 64 x 64 frames; far past it, a decoded
+# video's frames outgrew memory (100000 ended in OpenCV's out-of-memory traceback).
+MAX_SIZE = 1024
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".wmv", ".ts")
 
 
@@ -219,6 +222,11 @@ class TrainConfig:
             )
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"channels must be positive widths, got {self.channels}")
+        if self.size > MAX_SIZE:
+            raise ValueError(
+                f"size must be at most {MAX_SIZE} pixels, got {self.size}: every frame is "
+                "resized to size x size for the model"
+            )
         stride = 2 ** len(self.channels)  # each conv block halves the frame
         if self.size < stride or self.size % stride:
             raise ValueError(
