@@ -406,6 +406,44 @@ def test_a_label_without_usable_video_is_refused_before_training(tmp_path: Path)
         load_dataset(find_clips(tmp_path / "data"), cache, 2, report=lambda _: None)
 
 
+def test_videos_beside_the_class_folders_are_named_not_dropped(tmp_path: Path) -> None:
+    # A class's videos copied to the top of --data, beside the class folders, were left
+    # out without a word: a whole class could go missing from the model.
+    data = class_folders(tmp_path / "data", ("left", "right"), 2)
+    for video in (class_folders(tmp_path / "more", ("up",), 3) / "up").iterdir():
+        video.rename(data / video.name)
+    said: list[str] = []
+    assert {ref.label for ref in find_clips(data, said.append)} == {"left", "right"}
+    assert said == [
+        f"ignored 3 video(s) directly in {data}, beside the class folders (a video's label "
+        f"is the folder it is in): up_000.mp4, up_001.avi, up_002.mp4; move each into "
+        f"{data}/<label>/ to train on it"
+    ]
+
+
+def test_a_class_folder_given_as_the_data_says_to_give_its_parent(tmp_path: Path) -> None:
+    # `train --data videos/left` said "no videos found; expected videos/left/<label>/*.mp4"
+    # of a folder full of videos.
+    pytest.importorskip("torch")
+    data = class_folders(tmp_path / "videos", ("left", "right"), 2)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "actionstream", "train", "--data", str(data / "left")),
+            *("--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (
+        f"actionstream train: {data / 'left'}: no videos in class folders, but 2 directly in "
+        f"it: it looks like one class's folder; give --data its parent ({data}), the folder "
+        "of class folders (one per label)\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_class_folder_without_videos_is_refused_by_name(tmp_path: Path) -> None:
     # Every folder is a label: a class not copied in yet, or in a format the list lacks,
     # would otherwise leave a model without it.
