@@ -4,7 +4,7 @@ it becomes once decoded, and the errors a data set is refused with."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,9 @@ class ClipRef:
     label: str
     start_s: float = 0.0
     end_s: float | None = None  # None: to the end of the file
+    # Where a manifest lists it, `manifest.csv:LINE`, for what is said of its span; not
+    # part of what the clip is (a row repeated on another line is the same clip).
+    row: str = field(default="", compare=False)
 
     def describe(self) -> str:
         if self.start_s == 0.0 and self.end_s is None:

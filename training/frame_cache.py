@@ -16,8 +16,9 @@ from actionstream.training.clip_decode import decode_clip
 from actionstream.training.clips import CacheError, Clip, ClipRef, DatasetError, Preprocessing
 
 # Bump when decoding or resampling changes, so old cache entries are not reused (4: entries
-# keep decoding's notes, a cut-short video's warning among them).
-_CACHE_VERSION = "4"
+# keep decoding's notes, a cut-short video's warning among them; 5: a span that ends well
+# past its video's end is refused, not cached).
+_CACHE_VERSION = "5"
 
 
 class ClipCache:
