@@ -234,7 +234,7 @@ def refuse_taken(out: Path) -> None:
     become a run folder."""
     try:
         _fresh(out)
-        _writable(out)
+        writable(out)
     except OSError as e:  # a folder on the way that may not even be looked into
         raise TrainingError(_out_problem(out, e)) from None
 
@@ -249,19 +249,20 @@ def _fresh(out: Path) -> None:
             )
 
 
-def _writable(out: Path) -> None:
-    """Refuses an `out` that cannot become a run folder, before any data is read: a
-    file in the way, or a folder that cannot be written, would otherwise end the run
-    after the data had loaded. Makes nothing, so a refusal leaves nothing behind."""
+def writable(out: Path, what: str = "the run folder") -> None:
+    """Refuses an `out` that cannot become `what` (a run folder, evaluate's output
+    folder), before any data is read: a file in the way, or a folder that cannot be
+    written, would otherwise end the run after the data had loaded (or evaluate after
+    scoring it all). Makes nothing, so a refusal leaves nothing behind."""
     there = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not there.is_dir():
         raise TrainingError(
-            f"--out {out}: cannot make the run folder ({there} is a file, not a folder); "
+            f"--out {out}: cannot make {what} ({there} is a file, not a folder); "
             "give --out a folder path"
         )
     if not os.access(there, os.W_OK | os.X_OK):
         raise TrainingError(
-            f"--out {out}: cannot make the run folder ({there} cannot be written); "
+            f"--out {out}: cannot make {what} ({there} cannot be written); "
             "give --out a folder you can write"
         )
 
