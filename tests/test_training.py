@@ -419,6 +419,38 @@ def test_a_new_run_never_starts_over_an_earlier_one(tmp_path: Path) -> None:
         Checkpoint.load(out)
 
 
+def test_a_run_folder_in_use_is_refused_to_a_second_run(tmp_path: Path) -> None:
+    # Two runs into one --out at once were both accepted, and metrics.csv interleaved
+    # their epochs. The test holds the folder's lock as a run training there holds it.
+    pytest.importorskip("torch")
+    import dataclasses
+    import fcntl
+
+    from actionstream.training.run_folder import resume_config
+    from actionstream.training.train import TrainingError, main
+
+    out = tmp_path / "run"
+    main(dataclasses.replace(TINY, out=str(out), epochs=1))  # let go of it when done
+    resumed = resume_config(TrainConfig(out=str(out), resume=True, epochs=2), {"epochs"})
+    new = tmp_path / "new"
+    new.mkdir()  # a new run's folder, made where that run's data was ready
+    for folder in (out, new):
+        with (folder / "train.lock").open("ab") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            in_use = f"{folder} is in use: another run is training into it now; wait for it"
+            with pytest.raises(TrainingError, match=in_use):
+                if folder == out:
+                    main(resumed)
+                else:
+                    main(dataclasses.replace(TINY, out=str(new), epochs=1))
+    assert sorted(p.name for p in new.iterdir()) == ["train.lock"]  # nothing written
+    assert [r[0] for r in _rows(out)] == ["epoch", "1"]
+    main(resumed)  # once the other run has ended
+    assert [r[0] for r in _rows(out)] == ["epoch", "1", "2"]
+    main(dataclasses.replace(TINY, out=str(new), epochs=1))
+    assert (new / "checkpoint.pt").is_file()
+
+
 def test_too_few_batches_for_the_processes_is_refused(tmp_path: Path) -> None:
     # Under torchrun each process takes its share of the batches: 16 streams in batches
     # of 16 leave the second of two processes none. A Team of two needs no process
