@@ -451,6 +451,26 @@ def test_a_run_folder_in_use_is_refused_to_a_second_run(tmp_path: Path) -> None:
     assert (new / "checkpoint.pt").is_file()
 
 
+def test_a_spent_time_budget_is_told_in_figures_that_agree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 3.1 s of a 3 s budget read "has already trained 0.1 of its --minutes 0.05".
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.train import main
+
+    out = tmp_path / "run"
+    main(dataclasses.replace(TINY, out=str(out), minutes=0.001))
+    progress = Progress.load(out / PROGRESS)
+    dataclasses.replace(progress, seconds=3.1).save(out / PROGRESS)
+    capsys.readouterr()
+    main(resume_config(TrainConfig(out=str(out), resume=True, minutes=0.05), {"minutes"}))
+    said = capsys.readouterr().out
+    assert f"{out} has already trained 0.0516667 of its --minutes 0.05 (the whole" in said
+
+
 def test_too_few_batches_for_the_processes_is_refused(tmp_path: Path) -> None:
     # Under torchrun each process takes its share of the batches: 16 streams in batches
     # of 16 leave the second of two processes none. A Team of two needs no process

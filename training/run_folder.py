@@ -411,7 +411,7 @@ def out_of_time(out: Path, minutes: float, seconds: float, say: Callable[..., No
     said so, and nothing rewritten, as for a finished run."""
     ckpt = _its_checkpoint(out)
     say(
-        f"{out} has already trained {seconds / 60:.1f} of its --minutes {minutes:g} (the whole "
+        f"{out} has already trained {seconds / 60:g} of its --minutes {minutes:g} (the whole "
         "run's budget); give a larger --minutes to go on, or 0 for no limit "
         f"({out / CHECKPOINT} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
     )
