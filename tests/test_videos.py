@@ -729,6 +729,26 @@ def test_a_split_file_fixes_the_held_out_videos(tmp_path: Path) -> None:
         split_from_file(dataset, sheet)
 
 
+def test_a_split_file_missing_many_videos_says_how_many(tmp_path: Path) -> None:
+    # Only the first unlisted video was named: a split file missing many was fixed one
+    # run at a time.
+    from actionstream.training.splits import split_from_file
+
+    class_folders(tmp_path / "data", ("left", "right"), 3)
+    dataset = load_dataset(
+        find_clips(tmp_path / "data"), ClipCache(tmp_path / "cache", Preprocessing(16, 10.0)), 2
+    )
+    sheet = tmp_path / "split.csv"
+    sheet.write_text("path,split\ndata/left/left_000.mp4,val\n")
+    unlisted = [c.ref.path for c in dataset.clips][1:4]
+    with pytest.raises(DatasetError) as refused:
+        split_from_file(dataset, sheet)
+    assert str(refused.value) == (
+        f"{sheet}: no split for 5 video(s) of the data set: {', '.join(map(str, unlisted))}, "
+        "...; list every video, train or val"
+    )
+
+
 def test_a_split_that_leaves_a_label_untrained_is_refused(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from actionstream.training.config import TrainConfig
