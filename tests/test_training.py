@@ -866,6 +866,34 @@ def test_train_tells_skipped_videos_and_warnings_on_stderr(
     assert any(" clips to train on" in line for line in said) and "epoch  1" in out
 
 
+def test_a_model_rate_above_the_videos_is_warned_of_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --fps above every video's frame rate trained without a word: each of their frames
+    # is stepped once, and the only sign was "settled n/a".
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from videogen import class_folders
+
+    from actionstream.training.train import main
+
+    data = class_folders(tmp_path / "videos", ("left", "right"), 3, seconds=0.8, fps=10.0)
+    cfg = _tiny_on_videos(data, tmp_path / "run", tmp_path / "cache")
+    warning = (
+        "warning: --fps 25 is above the frame rate of 6 of the 6 videos (10 fps): every "
+        "frame of theirs is taken, each farther apart in time than the model assumes; "
+        "train at --fps 10 or lower to match them"
+    )
+    for run in ("decoded", "read back from the cache"):
+        main(dataclasses.replace(cfg, fps=25.0, out=str(tmp_path / run)))
+        out, err = capsys.readouterr()
+        assert [line for line in err.splitlines() if "frame rate" in line] == [warning], run
+        assert "frame rate" not in out
+    main(cfg)  # at their own rate: nothing to say
+    assert "frame rate" not in capsys.readouterr().err
+
+
 def _tiny_on_videos(data: Path, run: Path, cache: Path) -> TrainConfig:
     """One epoch of a tiny model from scratch on the videos in `data`."""
     return TrainConfig(

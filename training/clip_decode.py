@@ -58,6 +58,7 @@ class Counted:
     frames: np.ndarray  # (T, H, W, 3)
     sources: np.ndarray  # (T,) the source frame index (0-based) each frame shows
     read: int  # source frames read: those past it are not in the file (or not in the span)
+    fps: float  # the video's own frame rate, as its container gives it (else the model's)
 
 
 def decode_counted(
@@ -95,7 +96,7 @@ def decode_counted(
     elif warn is not None and said.lines:
         warn(f"{said.summary()} while decoding it; using the frames decoded")
     # T x (H, W, 3) -> (T, H, W, 3), with each frame's source frame number (T,)
-    return Counted(np.stack(decoded.frames), np.array(decoded.sources), decoded.read)
+    return Counted(np.stack(decoded.frames), np.array(decoded.sources), decoded.read, decoded.fps)
 
 
 def _refuse_span_past_the_end(ref: ClipRef, decoded: _Decoded, short: bool) -> None:

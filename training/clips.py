@@ -49,6 +49,9 @@ class Clip:
     # name: kept with the cache entry, so that every run that uses the clip says it, not
     # only the one that decoded it, under the name the clip has in that run.
     notes: tuple[str, ...] = ()
+    # The video's own frame rate (its container's), None where it is not known: a model
+    # at a higher rate steps its every frame, each farther apart than it assumes.
+    source_fps: float | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
