@@ -151,13 +151,14 @@ def evaluate(cfg: EvaluateConfig) -> int:
     from actionstream.training.allocator import keep_freed_memory
     from actionstream.training.checkpoint import CheckpointError
     from actionstream.training.clips import DatasetError
+    from actionstream.training.errors import TrainingError
     from actionstream.training.evaluate import main as evaluate_main
 
     keep_freed_memory()
 
     try:
         evaluate_main(cfg)
-    except (CheckpointError, DatasetError) as e:
+    except (CheckpointError, DatasetError, TrainingError) as e:
         raise click.ClickException(str(e)) from None
     return 0
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from actionstream.settings import DEFAULT_GROUP, GROUP, HELP, POSITIONAL
+from actionstream.settings import DEFAULT_GROUP, GROUP, HELP, PATH, POSITIONAL
 
 
 class IntTuple(click.ParamType):
@@ -122,7 +122,8 @@ def _parameter(f: dataclasses.Field[Any], hint: Any, env: str | None) -> click.P
     required = default is dataclasses.MISSING
     help_text = f.metadata.get(HELP, "")
     click_type = _click_type(base, f.name)
-    callback = _empty_is_none if optional else None
+    # An empty path is refused by its config (refuse_empty_paths), not taken as unset.
+    callback = _empty_is_none if optional and not f.metadata.get(PATH) else None
     # Click tells "no value" from an explicit None default only when none is passed.
     defaults: dict[str, Any] = {} if required else {"default": default}
     if f.metadata.get(POSITIONAL, False):

@@ -59,6 +59,19 @@ def absolute(config_type: type, settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def refuse_empty_paths(config: Any) -> None:
+    """Raises ValueError for a path setting of `config` given as an empty string: read as
+    a path it is the current folder (`--out ""` wrote a run there, `--cache ""` scattered
+    its files there), and an optional one would quietly mean "not set" (`--data ""`
+    trained on the synthetic world). Leaving the option out keeps its default."""
+    for f in dataclasses.fields(config):
+        if f.metadata.get(PATH) and getattr(config, f.name) == "":
+            raise ValueError(
+                f"{f.name} must name a file or folder, got an empty value; leave the option "
+                "out for its default"
+            )
+
+
 def refuse_non_finite(config: Any) -> None:
     """Raises ValueError for a float setting of `config` that is NaN or infinite: NaN
     passes every `<` check a config makes (an idle timeout of NaN turned the timeout

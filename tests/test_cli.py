@@ -13,14 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "actionstream", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
     )
 
@@ -182,6 +182,60 @@ def test_training_commands_refuse_garbage_with_a_message(tmp_path: Path) -> None
         assert result.returncode != 0, argv
         assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "run").exists()
+
+
+# A run of seconds, where a refusal that should have come does not.
+_TINY_TRAIN = (
+    *("--epochs", "1", "--train-streams", "8", "--batch-size", "8", "--stream-frames", "16"),
+    *("--bptt", "16", "--val-streams", "2", "--val-frames", "20", "--size", "16"),
+    *("--channels", "4,8", "--embed", "8", "--hidden", "8", "--threads", "1", "--init", "scratch"),
+)
+
+
+def test_an_empty_path_is_refused_not_taken_as_here_or_unset(tmp_path: Path) -> None:
+    # `train --data ""` trained on the synthetic world without a word, `--out ""` wrote
+    # the run into the current folder, `--cache ""` scattered its files there, and
+    # `export RUN --out ""` ended in a traceback (PosixPath('.') has an empty name).
+    pytest.importorskip("torch")
+    for argv, name in (
+        (["train", *_TINY_TRAIN, "--data", ""], "data"),
+        (["train", *_TINY_TRAIN, "--out", ""], "out"),
+        (["train", *_TINY_TRAIN, "--cache", ""], "cache"),
+        (["train", *_TINY_TRAIN, "--split", ""], "split"),
+        (["train", *_TINY_TRAIN, "--init", ""], "init"),
+        (["evaluate", ""], "run"),
+        (["evaluate", "run", "--data", ""], "data"),
+        (["evaluate", "run", "--out", ""], "out"),
+        (["export", "run", "--out", ""], "out"),
+    ):
+        result = _run(*argv, cwd=tmp_path)
+        assert result.returncode == 2, (argv, result.stdout, result.stderr)
+        assert f"{name} must name a file or folder, got an empty value" in result.stderr, argv
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_negative_seed_is_refused_in_one_line(tmp_path: Path) -> None:
+    # numpy's generators take no negative seed: a traceback, in train after the data
+    # was read.
+    for argv in (
+        ["train", "--data", "videos", "--seed", "-1"],
+        ["evaluate", "run", "--seed", "-1"],
+    ):
+        result = _run(*argv, cwd=tmp_path)
+        assert result.returncode == 2, (argv, result.stderr)
+        assert "seed must not be negative, got -1" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_huge_size_is_refused_in_one_line(tmp_path: Path) -> None:
+    # --size 100000 passed every check (a multiple of 16) and ended in OpenCV's
+    # out-of-memory traceback once frames were resized to it. (--data names no folder:
+    # without the check the run is refused for that instead, never resizing a frame.)
+    result = _run("train", "--data", "videos", "--size", "100000", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "size must be at most 1024 pixels, got 100000" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_training_on_cuda_without_a_gpu_says_so(tmp_path: Path) -> None:

@@ -144,6 +144,33 @@ def test_label_rows_past_the_videos_last_frame_are_told_in_one_line(
     assert json.loads(out)["frames"] == last + 1  # the scores, alone on stdout
 
 
+def test_an_out_that_cannot_be_a_folder_is_refused_before_scoring(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A file as --out (or on its way) ended in a traceback from mkdir, after the whole
+    # evaluation had run; train refuses one up front.
+    pytest.importorskip("torch")
+    from videogen import labelled_video
+
+    from actionstream.cli import main
+
+    labels = _untrained_run(tmp_path / "run")
+    video = tmp_path / "v.avi"
+    labelled_video(video, labels, 1, seed=3)
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    common = [str(tmp_path / "run"), "--data", str(video), "--cache", str(tmp_path / "cache")]
+    for out in (afile, afile / "scores"):
+        assert main(["evaluate", *common, "--out", str(out)]) == 1
+        out_said, err = capfd.readouterr()
+        assert err == (
+            f"actionstream evaluate: --out {out}: cannot make the output folder ({afile} is a "
+            "file, not a folder); give --out a folder path\n"
+        )
+        assert out_said == ""  # refused before any score
+    assert not (tmp_path / "cache").exists()  # not a video decoded
+
+
 def _untrained_run(run: Path) -> tuple[str, ...]:
     """A run folder holding an untrained four-label model; its labels."""
     from actionstream.contract import ModelConfig

@@ -419,6 +419,58 @@ def test_a_new_run_never_starts_over_an_earlier_one(tmp_path: Path) -> None:
         Checkpoint.load(out)
 
 
+def test_a_run_folder_in_use_is_refused_to_a_second_run(tmp_path: Path) -> None:
+    # Two runs into one --out at once were both accepted, and metrics.csv interleaved
+    # their epochs. The test holds the folder's lock as a run training there holds it.
+    pytest.importorskip("torch")
+    import dataclasses
+    import fcntl
+
+    from actionstream.training.run_folder import resume_config
+    from actionstream.training.train import TrainingError, main
+
+    out = tmp_path / "run"
+    main(dataclasses.replace(TINY, out=str(out), epochs=1))  # let go of it when done
+    resumed = resume_config(TrainConfig(out=str(out), resume=True, epochs=2), {"epochs"})
+    new = tmp_path / "new"
+    new.mkdir()  # a new run's folder, made where that run's data was ready
+    for folder in (out, new):
+        with (folder / "train.lock").open("ab") as held:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            in_use = f"{folder} is in use: another run is training into it now; wait for it"
+            with pytest.raises(TrainingError, match=in_use):
+                if folder == out:
+                    main(resumed)
+                else:
+                    main(dataclasses.replace(TINY, out=str(new), epochs=1))
+    assert sorted(p.name for p in new.iterdir()) == ["train.lock"]  # nothing written
+    assert [r[0] for r in _rows(out)] == ["epoch", "1"]
+    main(resumed)  # once the other run has ended
+    assert [r[0] for r in _rows(out)] == ["epoch", "1", "2"]
+    main(dataclasses.replace(TINY, out=str(new), epochs=1))
+    assert (new / "checkpoint.pt").is_file()
+
+
+def test_a_spent_time_budget_is_told_in_figures_that_agree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 3.1 s of a 3 s budget read "has already trained 0.1 of its --minutes 0.05".
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.train import main
+
+    out = tmp_path / "run"
+    main(dataclasses.replace(TINY, out=str(out), minutes=0.001))
+    progress = Progress.load(out / PROGRESS)
+    dataclasses.replace(progress, seconds=3.1).save(out / PROGRESS)
+    capsys.readouterr()
+    main(resume_config(TrainConfig(out=str(out), resume=True, minutes=0.05), {"minutes"}))
+    said = capsys.readouterr().out
+    assert f"{out} has already trained 0.0516667 of its --minutes 0.05 (the whole" in said
+
+
 def test_too_few_batches_for_the_processes_is_refused(tmp_path: Path) -> None:
     # Under torchrun each process takes its share of the batches: 16 streams in batches
     # of 16 leave the second of two processes none. A Team of two needs no process
@@ -815,6 +867,34 @@ def test_train_tells_skipped_videos_and_warnings_on_stderr(
     said = out.splitlines()
     assert not [line for line in said if line.startswith(("skipped", "warning"))], out
     assert any(" clips to train on" in line for line in said) and "epoch  1" in out
+
+
+def test_a_model_rate_above_the_videos_is_warned_of_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --fps above every video's frame rate trained without a word: each of their frames
+    # is stepped once, and the only sign was "settled n/a".
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from videogen import class_folders
+
+    from actionstream.training.train import main
+
+    data = class_folders(tmp_path / "videos", ("left", "right"), 3, seconds=0.8, fps=10.0)
+    cfg = _tiny_on_videos(data, tmp_path / "run", tmp_path / "cache")
+    warning = (
+        "warning: --fps 25 is above the frame rate of 6 of the 6 videos (10 fps): every "
+        "frame of theirs is taken, each farther apart in time than the model assumes; "
+        "train at --fps 10 or lower to match them"
+    )
+    for run in ("decoded", "read back from the cache"):
+        main(dataclasses.replace(cfg, fps=25.0, out=str(tmp_path / run)))
+        out, err = capsys.readouterr()
+        assert [line for line in err.splitlines() if "frame rate" in line] == [warning], run
+        assert "frame rate" not in out
+    main(cfg)  # at their own rate: nothing to say
+    assert "frame rate" not in capsys.readouterr().err
 
 
 def _tiny_on_videos(data: Path, run: Path, cache: Path) -> TrainConfig:

@@ -72,7 +72,7 @@ def test_a_manifest_names_clips_and_segments_relative_to_itself(tmp_path: Path) 
     ("text", "message"),
     [
         ("file,label\nx.avi,a\n", "expected columns path,label"),
-        ("path,label,start_s\nx.avi,a,soon\n", "numbers in seconds"),
+        ("path,label,start_s,end_s\nx.avi,a,soon,1\n", "numbers in seconds"),
         ("path,label,start_s,end_s\nx.avi,a,3,1\n", "need 0 <= start_s < end_s"),
         # NaN compares False with everything: it passed the check above and spanned the file.
         ("path,label,start_s,end_s\nx.avi,a,nan,2\n", "m.csv:2: start_s and end_s must be finite"),
@@ -112,7 +112,16 @@ def test_a_bad_manifest_says_which_line(tmp_path: Path, text: str, message: str)
         ("path,label,start_s,duration\nx.avi,a,0,1\n", r"'duration' \(spans go in start_s"),
         ("path\nx.avi\n", r"m.csv:1: no path,label in the header"),
         # Blank lines still count: the line is the file's, not the row's.
-        ("path,label,start_s\nx.avi,a,0\n\n\nx.avi,b,soon\n", "m.csv:5: expected columns"),
+        ("path,label,start_s,end_s\nx.avi,a,0,1\n\n\nx.avi,b,soon,2\n", "m.csv:5: expected"),
+        # A span with one end was read to the video's start or end: a forgotten cell, or
+        # column, labelled a whole multi-action recording.
+        ("path,label,start_s\nx.avi,a,0\n", r"m.csv:1: end_s is missing from the header"),
+        ("path,label,end_s\nx.avi,a,1\n", r"m.csv:1: start_s is missing from the header"),
+        (
+            "path,label,start_s,end_s\nx.avi,a,,\nx.avi,b,0.2,\n",
+            r"m.csv:3: end_s is blank where start_s is not; give both, or leave both blank",
+        ),
+        ("path,label,start_s,end_s\nx.avi,a, ,0.2\n", r"m.csv:2: start_s is blank where end_s"),
         # A row naming a file that is not there is a typo, not a clip to skip.
         ("path,label\nx.avi,a\nnothere.avi,b\n", r"m.csv:3: .*nothere.avi: no such file"),
         # A folder was only skipped ("Is a directory"), where a missing file is an error.
@@ -135,6 +144,30 @@ def test_a_manifests_header_and_rows_are_checked_by_line(
     manifest.write_text(text)
     with pytest.raises(DatasetError, match=message):
         find_clips(manifest)
+
+
+def test_a_span_well_past_the_videos_end_is_skipped_naming_its_line(tmp_path: Path) -> None:
+    # Spans in milliseconds by mistake: the first row's span, 0 to 3000 "seconds", was
+    # read to the end of the video and labelled all of it.
+    for seed, name in enumerate(("long.avi", "ms.avi", "whole.avi")):
+        write(motion_clip("left", 3.0, 10.0, (96, 72), seed=seed), tmp_path / name, 10.0)
+    manifest = _manifest(
+        tmp_path,
+        [
+            "long.avi,a,0,1.5",
+            "long.avi,b,1.5,3.5",  # past its 3 s by less than the slack: to its end
+            "ms.avi,a,0,3000",
+            "whole.avi,b,,",  # both blank: the whole video
+        ],
+    )
+    said: list[str] = []
+    cache = ClipCache(tmp_path / "cache", Preprocessing(16, 10.0))
+    dataset = load_dataset(find_clips(manifest), cache, 2, said.append)
+    assert said == [
+        f"skipped {manifest}:4: {tmp_path / 'ms.avi'} [0s-3000s]: the span ends at 3000 s, "
+        "past the video's end at 3.0 s; start_s and end_s are in seconds (milliseconds given?)"
+    ]
+    assert [len(c) for c in dataset.clips] == [15, 15, 30]
 
 
 def test_labels_that_differ_only_by_case_or_spaces_are_refused(tmp_path: Path) -> None:
@@ -406,6 +439,44 @@ def test_a_label_without_usable_video_is_refused_before_training(tmp_path: Path)
         load_dataset(find_clips(tmp_path / "data"), cache, 2, report=lambda _: None)
 
 
+def test_videos_beside_the_class_folders_are_named_not_dropped(tmp_path: Path) -> None:
+    # A class's videos copied to the top of --data, beside the class folders, were left
+    # out without a word: a whole class could go missing from the model.
+    data = class_folders(tmp_path / "data", ("left", "right"), 2)
+    for video in (class_folders(tmp_path / "more", ("up",), 3) / "up").iterdir():
+        video.rename(data / video.name)
+    said: list[str] = []
+    assert {ref.label for ref in find_clips(data, said.append)} == {"left", "right"}
+    assert said == [
+        f"ignored 3 video(s) directly in {data}, beside the class folders (a video's label "
+        f"is the folder it is in): up_000.mp4, up_001.avi, up_002.mp4; move each into "
+        f"{data}/<label>/ to train on it"
+    ]
+
+
+def test_a_class_folder_given_as_the_data_says_to_give_its_parent(tmp_path: Path) -> None:
+    # `train --data videos/left` said "no videos found; expected videos/left/<label>/*.mp4"
+    # of a folder full of videos.
+    pytest.importorskip("torch")
+    data = class_folders(tmp_path / "videos", ("left", "right"), 2)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "actionstream", "train", "--data", str(data / "left")),
+            *("--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (
+        f"actionstream train: {data / 'left'}: no videos in class folders, but 2 directly in "
+        f"it: it looks like one class's folder; give --data its parent ({data}), the folder "
+        "of class folders (one per label)\n"
+    )
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_class_folder_without_videos_is_refused_by_name(tmp_path: Path) -> None:
     # Every folder is a label: a class not copied in yet, or in a format the list lacks,
     # would otherwise leave a model without it.
@@ -656,6 +727,26 @@ def test_a_split_file_fixes_the_held_out_videos(tmp_path: Path) -> None:
     sheet.write_text("path,split\n" + "".join(f"{r},train\n" for r in rows) + f"{rows[1]},val\n")
     with pytest.raises(DatasetError, match=f"line 6 lists .*{names[1]} a second time"):
         split_from_file(dataset, sheet)
+
+
+def test_a_split_file_missing_many_videos_says_how_many(tmp_path: Path) -> None:
+    # Only the first unlisted video was named: a split file missing many was fixed one
+    # run at a time.
+    from actionstream.training.splits import split_from_file
+
+    class_folders(tmp_path / "data", ("left", "right"), 3)
+    dataset = load_dataset(
+        find_clips(tmp_path / "data"), ClipCache(tmp_path / "cache", Preprocessing(16, 10.0)), 2
+    )
+    sheet = tmp_path / "split.csv"
+    sheet.write_text("path,split\ndata/left/left_000.mp4,val\n")
+    unlisted = [c.ref.path for c in dataset.clips][1:4]
+    with pytest.raises(DatasetError) as refused:
+        split_from_file(dataset, sheet)
+    assert str(refused.value) == (
+        f"{sheet}: no split for 5 video(s) of the data set: {', '.join(map(str, unlisted))}, "
+        "...; list every video, train or val"
+    )
 
 
 def test_a_split_that_leaves_a_label_untrained_is_refused(tmp_path: Path) -> None:

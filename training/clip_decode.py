@@ -24,6 +24,10 @@ from actionstream.resampling import FileClock, Resampler
 from actionstream.resizing import fit
 from actionstream.training.clips import ClipRef, DatasetError, Preprocessing
 
+# How far past a video's end a span may end, in seconds: an end rounded up, or given as
+# the length a player shows, is the end of the video.
+SPAN_END_SLACK_S = 1.0
+
 
 def decode_clip(
     ref: ClipRef, prep: Preprocessing, warn: Callable[[str], None] | None = None
@@ -54,6 +58,7 @@ class Counted:
     frames: np.ndarray  # (T, H, W, 3)
     sources: np.ndarray  # (T,) the source frame index (0-based) each frame shows
     read: int  # source frames read: those past it are not in the file (or not in the span)
+    fps: float  # the video's own frame rate, as its container gives it (else the model's)
 
 
 def decode_counted(
@@ -85,12 +90,33 @@ def decode_counted(
                 f"{decoded.last_s:.1f} s{why}{detail}"
             )
         raise DatasetError(f"{ref.describe()}: no frames could be decoded{detail}")
+    _refuse_span_past_the_end(ref, decoded, short)
     if warn is not None and short:
         warn(f"cut short or damaged: {shortfall}{detail}; using the frames it has")
     elif warn is not None and said.lines:
         warn(f"{said.summary()} while decoding it; using the frames decoded")
     # T x (H, W, 3) -> (T, H, W, 3), with each frame's source frame number (T,)
-    return Counted(np.stack(decoded.frames), np.array(decoded.sources), decoded.read)
+    return Counted(np.stack(decoded.frames), np.array(decoded.sources), decoded.read, decoded.fps)
+
+
+def _refuse_span_past_the_end(ref: ClipRef, decoded: _Decoded, short: bool) -> None:
+    """Refuses (as a span that starts after the last frame is) a span that ends more than
+    SPAN_END_SLACK_S past the video's end, by its container's length when it declares
+    more frames than it gave (cut short): a span in milliseconds by mistake, whose
+    first row would otherwise label the whole video."""
+    if ref.end_s is None or not decoded.ran_out:
+        return
+    length = decoded.last_s + 1 / decoded.fps
+    if math.isfinite(decoded.declared) and decoded.declared > 0:
+        length = max(length, decoded.declared / decoded.fps)
+    if ref.end_s <= length + SPAN_END_SLACK_S:
+        return
+    where = f"{ref.row}: " if ref.row else ""
+    why = "; it was cut short or damaged" if short else ""
+    raise DatasetError(
+        f"{where}{ref.describe()}: the span ends at {ref.end_s:g} s, past the video's end at "
+        f"{length:.1f} s{why}; start_s and end_s are in seconds (milliseconds given?)"
+    )
 
 
 @dataclass

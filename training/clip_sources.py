@@ -67,10 +67,30 @@ def _from_folders(root: Path, report: Callable[[str], None]) -> list[ClipRef]:
             f"ignored {len(others)} file(s) that are not videos by their name "
             f"({'|'.join(VIDEO_SUFFIXES)}): {names}"
         )
+    # Videos beside the class folders have no label: named, as a class's folder given as
+    # --data (its videos directly in it) or a class left out would otherwise go unsaid.
+    loose = sorted(
+        p
+        for p in root.iterdir()
+        if not _hidden(Path(p.name)) and p.suffix.lower() in VIDEO_SUFFIXES and not p.is_dir()
+    )
     if not refs:
+        if loose:
+            raise DatasetError(
+                f"{root}: no videos in class folders, but {len(loose)} directly in it: it "
+                f"looks like one class's folder; give --data its parent ({root.parent}), "
+                "the folder of class folders (one per label)"
+            )
         raise DatasetError(
             f"{root}: no videos found; expected {root}/<label>/*"
             f"{'|'.join(VIDEO_SUFFIXES)} (one folder per class)"
+        )
+    if loose:
+        names = ", ".join(p.name for p in loose[:5]) + (", ..." if len(loose) > 5 else "")
+        report(
+            f"ignored {len(loose)} video(s) directly in {root}, beside the class folders "
+            f"(a video's label is the folder it is in): {names}; move each into "
+            f"{root}/<label>/ to train on it"
         )
     if empty:
         # Every folder is a label: one with no video would leave a model that lacks it.

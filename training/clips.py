@@ -4,7 +4,7 @@ it becomes once decoded, and the errors a data set is refused with."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,9 @@ class ClipRef:
     label: str
     start_s: float = 0.0
     end_s: float | None = None  # None: to the end of the file
+    # Where a manifest lists it, `manifest.csv:LINE`, for what is said of its span; not
+    # part of what the clip is (a row repeated on another line is the same clip).
+    row: str = field(default="", compare=False)
 
     def describe(self) -> str:
         if self.start_s == 0.0 and self.end_s is None:
@@ -46,6 +49,9 @@ class Clip:
     # name: kept with the cache entry, so that every run that uses the clip says it, not
     # only the one that decoded it, under the name the clip has in that run.
     notes: tuple[str, ...] = ()
+    # The video's own frame rate (its container's), None where it is not known: a model
+    # at a higher rate steps its every frame, each farther apart than it assumes.
+    source_fps: float | None = None
 
     def __len__(self) -> int:
         return len(self.frames)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actionstream.contract import CELLS
-from actionstream.settings import refuse_non_finite, setting
+from actionstream.settings import refuse_empty_paths, refuse_non_finite, setting
 
 # A run folder, as `train` writes it and `evaluate` / `export` read it.
 DEFAULT_RUN = "runs/default"
@@ -29,6 +29,9 @@ DEFAULT_FRAME_CACHE = str(
 INIT_CHOICES = ("auto", "pretrained", "scratch")
 # Containers OpenCV's FFmpeg reads (a manifest may name any other file); here, not beside
 # the decoder, so that a config can tell a video from a folder or manifest without it.
+# The largest --size: 256 times the bundled model's 64 x 64 frames; far past it, a decoded
+# video's frames outgrew memory (100000 ended in OpenCV's out-of-memory traceback).
+MAX_SIZE = 1024
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".wmv", ".ts")
 
 
@@ -166,6 +169,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         refuse_non_finite(self)
+        refuse_empty_paths(self)
         for name in (
             "train_streams",
             "stream_frames",
@@ -205,7 +209,7 @@ class TrainConfig:
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        for name in ("boundary_ignore", "weight_decay", "threads"):
+        for name in ("boundary_ignore", "weight_decay", "threads", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.boundary_ignore >= self.stream_frames:
@@ -218,6 +222,11 @@ class TrainConfig:
             )
         if not self.channels or min(self.channels) < 1:
             raise ValueError(f"channels must be positive widths, got {self.channels}")
+        if self.size > MAX_SIZE:
+            raise ValueError(
+                f"size must be at most {MAX_SIZE} pixels, got {self.size}: every frame is "
+                "resized to size x size for the model"
+            )
         stride = 2 ** len(self.channels)  # each conv block halves the frame
         if self.size < stride or self.size % stride:
             raise ValueError(
@@ -255,8 +264,11 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         refuse_non_finite(self)
+        refuse_empty_paths(self)
         if self.streams < 1:
             raise ValueError(f"streams must be at least 1, got {self.streams}")
+        if self.seed < 0:  # numpy's generators take none
+            raise ValueError(f"seed must not be negative, got {self.seed}")
         _require_positive(self, "seconds")
         # Only one untrimmed video is labelled by a CSV of its own: other data carries its
         # labels, and was scored on them with --labels ignored, unsaid.
@@ -291,6 +303,7 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         refuse_non_finite(self)
+        refuse_empty_paths(self)
         if self.parity_frames < 2 or self.parity_batch < 1:
             raise ValueError("parity_frames must be at least 2 and parity_batch at least 1")
         if not (math.isfinite(self.tolerance) and self.tolerance > 0):

@@ -20,6 +20,10 @@ from actionstream.training.synth import SynthConfig
 from actionstream.training.video_data import VideoData, open_videos, recorded_split
 from actionstream.training.videos import MIN_CLIP_FRAMES, VideoDataset
 
+# How much slower than --fps a video must be to be warned of: a 29.97 fps video at --fps
+# 30 gives every frame either way.
+_RATE_SLACK = 0.05
+
 
 def load_data(
     cfg: TrainConfig,
@@ -60,6 +64,7 @@ def load_data(
         f"(held out of each label's clips: {counts})"
     )
     _warn_unscored(dataset, val_idx, cfg.split, warn)
+    _warn_slower_videos(dataset, cfg.fps, warn)
     return VideoData(
         dataset,
         train_idx,
@@ -134,6 +139,23 @@ def _warn_unscored(
             f"warning: {_split_by(split_file)} no held-out video for label(s) "
             f"{', '.join(unscored)}; "
             "validation cannot tell how well the model knows them"
+        )
+
+
+def _warn_slower_videos(dataset: VideoDataset, fps: float, warn: Callable[..., None]) -> None:
+    """Warns once when --fps is above the frame rate of videos (by their bytes): each of
+    their frames is stepped once (actionstream/resampling.py), so the model learns their
+    motion as if it came faster than it does, and its seconds-long measures (settled
+    accuracy) see fewer frames than they count on."""
+    rates = {c.digest: c.source_fps for c in dataset.clips if c.source_fps is not None}
+    slower = sorted(r for r in rates.values() if fps > r * (1 + _RATE_SLACK))
+    if slower:
+        span = f"{slower[0]:g}" if slower[0] == slower[-1] else f"{slower[0]:g} to {slower[-1]:g}"
+        warn(
+            f"warning: --fps {fps:g} is above the frame rate of {len(slower)} of the "
+            f"{len(rates)} videos ({span} fps): every frame of theirs is taken, each farther "
+            f"apart in time than the model assumes; train at --fps {slower[0]:g} or lower to "
+            "match them"
         )
 
 

@@ -266,7 +266,10 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     says goes to stderr), writes evaluation.json and plots."""
     from actionstream.training.checkpoint import Checkpoint
     from actionstream.training.report import write_report
+    from actionstream.training.run_folder import writable
 
+    if cfg.out is not None:  # before any scoring: its report would have nowhere to go
+        writable(Path(cfg.out), "the output folder")
     run = Path(cfg.run)
     ckpt = Checkpoint.load(run)
     net = ckpt.build_model()

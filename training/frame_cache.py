@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from actionstream.training.clip_decode import decode_clip
+from actionstream.training.clip_decode import decode_counted
 from actionstream.training.clips import CacheError, Clip, ClipRef, DatasetError, Preprocessing
 
 # Bump when decoding or resampling changes, so old cache entries are not reused (4: entries
-# keep decoding's notes, a cut-short video's warning among them).
-_CACHE_VERSION = "4"
+# keep decoding's notes, a cut-short video's warning among them; 5: a span that ends well
+# past its video's end is refused, not cached, and each video's frame rate is noted).
+_CACHE_VERSION = "5"
 
 
 class ClipCache:
@@ -26,6 +27,7 @@ class ClipCache:
     A video's bytes are known by their SHA-256, which costs a read of the whole file:
     it is noted under `digests/` by the file's path, size, modification time and inode,
     so a video read once is not read again for it, however many runs and spans use it.
+    Its frame rate is noted under `rates/` by that SHA-256 when it is decoded.
     """
 
     def __init__(self, root: Path, prep: Preprocessing) -> None:
@@ -55,9 +57,11 @@ class ClipCache:
         notes_path = path.with_suffix(".notes")
         cached = _read_cached(path)
         if cached is not None:
-            return Clip(ref, cached, digest, _read_notes(notes_path))
+            return Clip(ref, cached, digest, _read_notes(notes_path), self._rate(digest))
         notes: list[str] = []
-        frames = decode_clip(ref, self.prep, notes.append)
+        taken = decode_counted(ref, self.prep, notes.append)
+        frames = taken.frames
+        self._note_rate(digest, taken.fps)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             # The notes before the frames: an entry is found by its frames, and then
@@ -75,7 +79,23 @@ class ClipCache:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise CacheError(_cache_problem(self.root, "cannot write the frame cache", e)) from None
-        return Clip(ref, np.load(path, mmap_mode="r"), digest, tuple(notes))
+        return Clip(ref, np.load(path, mmap_mode="r"), digest, tuple(notes), taken.fps)
+
+    def _rate(self, digest: str) -> float | None:
+        """The frame rate noted for the video of SHA-256 `digest`; None if none is."""
+        with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
+            return float((self.root / "rates" / digest).read_text())
+        return None
+
+    def _note_rate(self, digest: str, fps: float) -> None:
+        """Notes the video's frame rate under `rates/` by its bytes, for the runs that read
+        its clips back; a note that cannot be written leaves the rate unknown to them."""
+        note = self.root / "rates" / digest
+        with contextlib.suppress(OSError):
+            note.parent.mkdir(exist_ok=True)
+            tmp = note.with_name(f".{digest}.{os.getpid()}.tmp")
+            tmp.write_text(repr(fps))
+            tmp.replace(note)
 
     def _digest(self, video: Path) -> str:
         """`video`'s SHA-256, from its note when the file is as it was then."""

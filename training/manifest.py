@@ -1,7 +1,8 @@
 """A CSV manifest's clips: a header `path,label[,start_s,end_s]`, then a clip a row, a
-whole file or a labelled segment of a long untrimmed video, its path relative to the
-CSV. A row that cannot be read, a misspelt column, spans of one video that share
-frames or a file that is not there refuse the manifest, naming the line."""
+whole file (both span cells blank) or a labelled segment of a long untrimmed video, its
+path relative to the CSV. A row that cannot be read, a misspelt column, a span with
+one end (in the header or a row), spans of one video that share frames or a file that
+is not there refuse the manifest, naming the line."""
 
 from __future__ import annotations
 
@@ -70,14 +71,23 @@ def _clip_of_row(manifest: Path, line: int, row: _Row, columns: int) -> ClipRef:
         )
     try:
         path, label = row["path"].strip(), row["label"].strip()
-        start = float(row.get("start_s") or 0.0)
-        end = float(row["end_s"]) if row.get("end_s") else None
+        start_cell, end_cell = (str(row.get(k) or "").strip() for k in ("start_s", "end_s"))
+        start = float(start_cell or 0.0)
+        end = float(end_cell) if end_cell else None
     except (KeyError, AttributeError, ValueError):
         raise DatasetError(f"{manifest}:{line}: {_EXPECTED}, and numbers in seconds") from None
     if not path or not label:
         raise DatasetError(f"{manifest}:{line}: path and label must not be empty")
+    if bool(start_cell) != bool(end_cell):
+        # A forgotten cell would label the video to its start or end: both blank is the
+        # whole video, one blank a mistake.
+        raise DatasetError(
+            f"{manifest}:{line}: {'end_s' if start_cell else 'start_s'} is blank where "
+            f"{'start_s' if start_cell else 'end_s'} is not; give both, or leave both blank "
+            "for the whole video"
+        )
     _check_span(f"{manifest}:{line}", start, end)
-    return ClipRef((manifest.parent / path).resolve(), label, start, end)
+    return ClipRef((manifest.parent / path).resolve(), label, start, end, f"{manifest}:{line}")
 
 
 def _check_span(where: str, start: float, end: float | None) -> None:
@@ -120,6 +130,12 @@ def _check_columns(manifest: Path, header: list[str], report: Callable[[str], No
         )
     if "path" in missing or "label" in missing:
         raise DatasetError(f"{manifest}:1: no path,label in the header; {_EXPECTED}")
+    if ("start_s" in missing) != ("end_s" in missing):
+        # A span with one end: every row read to its video's start or end.
+        raise DatasetError(
+            f"{manifest}:1: {'end_s' if 'end_s' in missing else 'start_s'} is missing from "
+            f"the header; a span needs both start_s and end_s; {_EXPECTED}"
+        )
     if unknown:
         report(f"{manifest}: ignored column(s) {', '.join(map(repr, unknown))}")
 

@@ -4,6 +4,7 @@
     RUN/last.pt            the progress after the last finished epoch (Progress)
     RUN/metrics.csv        a row per epoch (EpochLog)
     RUN/checkpoint.pt      the best epoch so far, the run's model (written by train)
+    RUN/train.lock         locked by the run training there now, if any (RunLock)
 
 Whatever would refuse a run is checked before its data is read: a new run over an
 earlier one, a folder that cannot be written, a resume with other settings.
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import json
 import os
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -32,6 +34,8 @@ from actionstream.training.evaluate import Scores
 from actionstream.training.model import Recognizer
 
 CONFIG = "train_config.json"
+# Held by the run training in the folder (RunLock).
+LOCK = "train.lock"
 # What a resumed run may change: where and how long it runs, not what it learns. `out` is
 # the run folder itself, wherever it lies now: a moved or renamed run is the same run.
 _RESUMABLE_CHANGES = {"resume", "out", "epochs", "minutes", "device", "threads", "cache"}
@@ -234,7 +238,7 @@ def refuse_taken(out: Path) -> None:
     become a run folder."""
     try:
         _fresh(out)
-        _writable(out)
+        writable(out)
     except OSError as e:  # a folder on the way that may not even be looked into
         raise TrainingError(_out_problem(out, e)) from None
 
@@ -249,19 +253,20 @@ def _fresh(out: Path) -> None:
             )
 
 
-def _writable(out: Path) -> None:
-    """Refuses an `out` that cannot become a run folder, before any data is read: a
-    file in the way, or a folder that cannot be written, would otherwise end the run
-    after the data had loaded. Makes nothing, so a refusal leaves nothing behind."""
+def writable(out: Path, what: str = "the run folder") -> None:
+    """Refuses an `out` that cannot become `what` (a run folder, evaluate's output
+    folder), before any data is read: a file in the way, or a folder that cannot be
+    written, would otherwise end the run after the data had loaded (or evaluate after
+    scoring it all). Makes nothing, so a refusal leaves nothing behind."""
     there = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not there.is_dir():
         raise TrainingError(
-            f"--out {out}: cannot make the run folder ({there} is a file, not a folder); "
+            f"--out {out}: cannot make {what} ({there} is a file, not a folder); "
             "give --out a folder path"
         )
     if not os.access(there, os.W_OK | os.X_OK):
         raise TrainingError(
-            f"--out {out}: cannot make the run folder ({there} cannot be written); "
+            f"--out {out}: cannot make {what} ({there} cannot be written); "
             "give --out a folder you can write"
         )
 
@@ -273,13 +278,60 @@ def _out_problem(out: Path, e: OSError) -> str:
     )
 
 
-def start(out: Path, cfg: TrainConfig) -> None:
-    """Makes the run folder with its train_config.json, once data and model are sound."""
+def start(out: Path, cfg: TrainConfig, lock: RunLock) -> None:
+    """Makes the run folder with its train_config.json, once data and model are sound,
+    and takes `lock` there first: a run started into it meanwhile has it, or has since
+    finished there (its checkpoint.pt is refused as at the start)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
+        lock.take()
+        _fresh(out)
         (out / CONFIG).write_text(json.dumps(resolved(cfg), indent=2) + "\n")
     except OSError as e:
         raise TrainingError(_out_problem(out, e)) from None
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the run's life (flock on RUN/train.lock, taken
+    without waiting): a second `train` into the same --out, a new run or a resume, is
+    refused in a line while the first runs, where it would interleave its epochs with the
+    first's in metrics.csv and save over its checkpoint. Under torchrun only the leader,
+    which writes the folder, holds it (`hold`). The system drops it when the process ends,
+    however it ends; the empty file is left in the folder."""
+
+    def __init__(self, out: Path, hold: bool = True) -> None:
+        self._path = out / LOCK
+        self._hold = hold
+        self._file: IO[bytes] | None = None
+
+    def take(self) -> None:
+        """Takes the lock (the run folder must exist); TrainingError if another run has it."""
+        if not self._hold or self._file is not None:
+            return
+        try:
+            file = self._path.open("ab")
+        except OSError as e:
+            raise TrainingError(_out_problem(self._path.parent, e)) from None
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            file.close()
+            raise TrainingError(
+                f"{self._path.parent} is in use: another run is training into it now; wait "
+                "for it to end, or train into another --out"
+            ) from None
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # which drops the lock
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def resumable(out: Path, cfg: TrainConfig) -> Progress:
@@ -365,7 +417,7 @@ def out_of_time(out: Path, minutes: float, seconds: float, say: Callable[..., No
     said so, and nothing rewritten, as for a finished run."""
     ckpt = _its_checkpoint(out)
     say(
-        f"{out} has already trained {seconds / 60:.1f} of its --minutes {minutes:g} (the whole "
+        f"{out} has already trained {seconds / 60:g} of its --minutes {minutes:g} (the whole "
         "run's budget); give a larger --minutes to go on, or 0 for no limit "
         f"({out / CHECKPOINT} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
     )

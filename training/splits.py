@@ -80,13 +80,12 @@ def split_from_file(dataset: VideoDataset, path: Path) -> tuple[list[int], list[
     listed = _read_split(path)
     wanted = _side_of_each_video(path, listed)
     _refuse_unknown_videos(path, dataset, listed)
+    _refuse_unlisted_videos(path, dataset, wanted)
     train: list[int] = []
     val: list[int] = []
     side_of: dict[str, tuple[str, Path]] = {}  # by the file's digest
     for i, clip in enumerate(dataset.clips):
-        side = wanted.get(clip.ref.path.resolve())
-        if side is None:
-            raise DatasetError(f"{path}: no split for {clip.ref.path}")
+        side = wanted[clip.ref.path.resolve()]
         first, first_path = side_of.setdefault(clip.digest, (side, clip.ref.path))
         if first != side:
             # Frames held out beside the same frames trained on, under another name.
@@ -96,6 +95,20 @@ def split_from_file(dataset: VideoDataset, path: Path) -> tuple[list[int], list[
             )
         (val if side == "val" else train).append(i)
     return train, val
+
+
+def _refuse_unlisted_videos(path: Path, dataset: VideoDataset, wanted: dict[Path, str]) -> None:
+    """Refuses a split that leaves videos out, saying how many and naming the first few:
+    one named at a time, a split file missing many was fixed a run at a time."""
+    missing = list(
+        dict.fromkeys(c.ref.path for c in dataset.clips if c.ref.path.resolve() not in wanted)
+    )
+    if missing:
+        names = ", ".join(map(str, missing[:3])) + (", ..." if len(missing) > 3 else "")
+        raise DatasetError(
+            f"{path}: no split for {len(missing)} video(s) of the data set: {names}; list "
+            "every video, train or val"
+        )
 
 
 def _read_split(path: Path) -> list[tuple[int, Path, str]]:

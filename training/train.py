@@ -269,23 +269,27 @@ def _train(
     rng = np.random.default_rng(cfg.seed)
     batches = _batches_per_process(cfg, team)
     out = Path(cfg.out)
-    saved = run_folder.open_run(out, cfg)
-    # Without its checkpoint.pt (killed while saving it) it goes on: no epoch is left to
-    # run, and the model is saved from the progress.
-    if saved is not None and saved.epoch >= cfg.epochs and (out / CHECKPOINT).is_file():
-        return run_folder.finished(out, cfg.epochs, saved.epoch, say)
-    # --minutes bounds the whole run, the time before a resume included. A run whose time
-    # is spent trains no further; without its checkpoint.pt it is saved from the progress.
-    spent = saved is not None and 0 < cfg.minutes * 60 <= saved.seconds
-    if spent and (out / CHECKPOINT).is_file():
-        assert saved is not None
-        return run_folder.out_of_time(out, cfg.minutes, saved.seconds, say)
-    training = set_up(cfg, data, saved, rng, batches, team, device, say, warn)
-    if not spent:  # spent, it only saves its model from the progress, as below
-        train_epochs(training, say)
-    if not team.leader:
-        return None  # only the leader validated, so only it knows the best epoch
-    return finish(training, say)
+    # The leader holds the run folder for the run's life: a second run into it is refused.
+    with run_folder.RunLock(out, hold=team.leader) as lock:
+        saved = run_folder.open_run(out, cfg)
+        if saved is not None:  # a new run takes it where it makes the folder (set_up)
+            lock.take()
+        # Without its checkpoint.pt (killed while saving it) it goes on: no epoch is left to
+        # run, and the model is saved from the progress.
+        if saved is not None and saved.epoch >= cfg.epochs and (out / CHECKPOINT).is_file():
+            return run_folder.finished(out, cfg.epochs, saved.epoch, say)
+        # --minutes bounds the whole run, the time before a resume included. A run whose time
+        # is spent trains no further; without its checkpoint.pt it is saved from the progress.
+        spent = saved is not None and 0 < cfg.minutes * 60 <= saved.seconds
+        if spent and (out / CHECKPOINT).is_file():
+            assert saved is not None
+            return run_folder.out_of_time(out, cfg.minutes, saved.seconds, say)
+        training = set_up(cfg, data, saved, rng, batches, team, device, say, warn, lock)
+        if not spent:  # spent, it only saves its model from the progress, as below
+            train_epochs(training, say)
+        if not team.leader:
+            return None  # only the leader validated, so only it knows the best epoch
+        return finish(training, say)
 
 
 @dataclass(frozen=True)
@@ -311,9 +315,11 @@ def set_up(
     device: torch.device,
     say: Callable[..., None],
     warn: Callable[..., None],
+    lock: run_folder.RunLock,
 ) -> Training:
     """Reads the data, builds the network and its optimiser and schedule, and makes the
-    run folder (fresh) or restores them as `saved` left them (resumed)."""
+    run folder (fresh), taking `lock` there, or restores them as `saved` left them
+    (resumed)."""
     out = Path(cfg.out)
     if data is None:
         # Under torchrun, one process a machine decodes the videos into the cache first.
@@ -329,7 +335,7 @@ def set_up(
     if team.size > 1:
         model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
     if team.leader and saved is None:  # made once data and model are sound
-        run_folder.start(out, cfg)
+        run_folder.start(out, cfg, lock)
     where = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     together = f", data-parallel over {team.size} processes" if team.size > 1 else ""
     say(f"training on {device}{where}{together}")
