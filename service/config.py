@@ -353,7 +353,7 @@ class StreamConfig:
     """What `actionstream stream` sends where, and how."""
 
     source: str = setting(
-        help="video file ('-': standard input, as a pipe from ffmpeg or a camera tool), "
+        help="video file ('-': one piped in, timed as a file by its own timeline), "
         "camera index (e.g. 0) or stream URL to read frames from"
     )
     target: str = setting("127.0.0.1:50051", help="server address HOST:PORT")

@@ -1112,14 +1112,62 @@ def test_a_live_camera_is_read_as_it_sends_whatever_rate_it_reports(
         camera.close()  # the camera goes: its stream ends once every frame sent was read
     thread.join(timeout=30)
     behind_s = time.monotonic() - sent
-    # A camera that goes is lost, not streamed to its end (which a camera does not have).
-    error = outcome["error"]
-    assert isinstance(error, StreamError), outcome
-    assert str(error).startswith("the source stopped sending frames after ")
-    assert str(error).endswith(f"{camera.url} ended, dropped, or sent nothing for 30 s")
-    summary = error.summary
-    assert summary is not None and summary.frames_read >= 95
+    # A URL that closes may have ended (a file served over HTTP): no error.
+    summary = outcome["summary"]
+    assert isinstance(summary, client.StreamSummary), outcome
+    assert summary.frames_read >= 95
     assert behind_s < 1.0  # it was 2 s behind
+
+
+@pytest.mark.slow
+def test_a_live_stream_that_stalls_is_lost_not_ended(server: BackgroundServer) -> None:
+    # Five frames, then silence: after OpenCV's 30 s the run said "frames: 5 sent, ..."
+    # and exited 0, with OpenCV's own "[ WARN:0@34.750] ... Stream timeout triggered"
+    # line (a user's trial).
+    camera = MjpegCamera(list(render(5, seed=3)))
+    try:
+        result = _cli("--source", camera.url, "--target", f"127.0.0.1:{server.port}", "--quiet")
+    finally:
+        camera.close()
+    assert result.returncode == 1, result
+    assert result.stdout.startswith("frames: 5 sent, "), result.stdout  # its summary
+    assert result.stderr == (
+        f"actionstream stream: the source stopped sending frames after 5: {camera.url}: "
+        "sent nothing for 30 s\n"
+    )
+
+
+def test_a_url_that_cannot_be_opened_is_told_with_ffmpegs_reason() -> None:
+    # Held back with the rest of FFmpeg's lines, its reason was lost from the error.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/clip.mp4"
+    result = _cli("--source", url, "--target", "127.0.0.1:1")
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("actionstream stream: cannot open source: "), result.stderr
+    assert "Connection refused" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_a_dash_with_nothing_piped_in_is_refused() -> None:
+    # It waited, silent, on the terminal.
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "actionstream", "stream", "--source", "-"],
+            stdin=terminal,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert done.returncode == 1
+    assert done.stderr == (
+        "actionstream stream: --source -: nothing is piped in (standard input is a terminal)\n"
+    )
 
 
 def test_a_camera_that_sends_no_image_fails_in_one_line(server: BackgroundServer) -> None:
@@ -1155,7 +1203,7 @@ def test_a_live_camera_goes_on_from_its_current_frame_after_a_reconnection(
     skipped: list[tuple[int, int]] = []  # (sequence, frames skipped before it)
     outcome: dict[str, object] = {}
     cfg = StreamConfig(
-        source=camera.url, target=f"127.0.0.1:{first.port}", quiet=True, max_frames=45
+        source=camera.url, target=f"127.0.0.1:{first.port}", quiet=True, max_frames=30
     )
 
     def run() -> None:
@@ -1190,6 +1238,9 @@ def test_a_live_camera_goes_on_from_its_current_frame_after_a_reconnection(
     assert after[0][0] - away_from >= 10, skipped
     assert sum(n for _, n in after) <= 2, skipped
     assert summary.frames_lost >= 10
+    # --max-frames counts the frames meant to be sent, not those let go while away (one
+    # or two may be lost as the call ends, read or in flight).
+    assert 28 <= summary.frames_sent <= 30 and summary.frames_read >= 40
 
 
 def test_a_frame_the_client_cannot_encode_is_its_own_error_not_the_servers(

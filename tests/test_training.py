@@ -445,6 +445,15 @@ def test_a_run_folder_in_use_is_refused_to_a_second_run(tmp_path: Path) -> None:
                     main(dataclasses.replace(TINY, out=str(new), epochs=1))
     assert sorted(p.name for p in new.iterdir()) == ["train.lock"]  # nothing written
     assert [r[0] for r in _rows(out)] == ["epoch", "1"]
+    # A resume takes it before it reads the progress, which the run holding it writes:
+    # read first, it went on from an epoch that run was replacing (here, mid-save).
+    progress = out / "last.pt"
+    aside = progress.rename(tmp_path / "last.pt")
+    with (out / "train.lock").open("ab") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(TrainingError, match=f"{out} is in use"):
+            main(resumed)
+    aside.rename(progress)
     main(resumed)  # once the other run has ended
     assert [r[0] for r in _rows(out)] == ["epoch", "1", "2"]
     main(dataclasses.replace(TINY, out=str(new), epochs=1))

@@ -98,6 +98,16 @@ def test_a_bad_manifest_says_which_line(tmp_path: Path, text: str, message: str)
         find_clips(manifest)
 
 
+def test_a_span_to_its_videos_end_is_written_end(tmp_path: Path) -> None:
+    # With a blank end_s refused (a forgotten cell), a span to the end of a recording of
+    # unknown length had no way to be written: a number past the end is skipped too.
+    write(motion_clip("left", 1.0, 10.0, (32, 24), seed=1), tmp_path / "x.avi", 10.0)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label,start_s,end_s\nx.avi,a,0,0.4\nx.avi,b,0.4,END\n")
+    refs = find_clips(manifest)
+    assert [(r.label, r.start_s, r.end_s) for r in refs] == [("a", 0.0, 0.4), ("b", 0.4, None)]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -119,7 +129,8 @@ def test_a_bad_manifest_says_which_line(tmp_path: Path, text: str, message: str)
         ("path,label,end_s\nx.avi,a,1\n", r"m.csv:1: start_s is missing from the header"),
         (
             "path,label,start_s,end_s\nx.avi,a,,\nx.avi,b,0.2,\n",
-            r"m.csv:3: end_s is blank where start_s is not; give both, or leave both blank",
+            r"m.csv:3: end_s is blank where start_s is not; give both \(end_s `end` for the "
+            r"video's end\), or leave both blank",
         ),
         ("path,label,start_s,end_s\nx.avi,a, ,0.2\n", r"m.csv:2: start_s is blank where end_s"),
         # A row naming a file that is not there is a typo, not a clip to skip.

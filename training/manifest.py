@@ -18,6 +18,8 @@ from actionstream.training.clips import ClipRef, DatasetError, span_end
 
 # A manifest's columns: a misspelt span column left out would train on whole videos.
 MANIFEST_COLUMNS = ("path", "label", "start_s", "end_s")
+# end_s for a span that runs to its video's end.
+TO_THE_END = "end"
 _EXPECTED = "expected columns path,label[,start_s,end_s] with a header row"
 
 # A row as csv.DictReader gives it: fields past the header's are listed under None.
@@ -73,7 +75,8 @@ def _clip_of_row(manifest: Path, line: int, row: _Row, columns: int) -> ClipRef:
         path, label = row["path"].strip(), row["label"].strip()
         start_cell, end_cell = (str(row.get(k) or "").strip() for k in ("start_s", "end_s"))
         start = float(start_cell or 0.0)
-        end = float(end_cell) if end_cell else None
+        # `end`: to the video's end, which a number must not guess (one past it is refused).
+        end = float(end_cell) if end_cell and end_cell.lower() != TO_THE_END else None
     except (KeyError, AttributeError, ValueError):
         raise DatasetError(f"{manifest}:{line}: {_EXPECTED}, and numbers in seconds") from None
     if not path or not label:
@@ -83,8 +86,8 @@ def _clip_of_row(manifest: Path, line: int, row: _Row, columns: int) -> ClipRef:
         # whole video, one blank a mistake.
         raise DatasetError(
             f"{manifest}:{line}: {'end_s' if start_cell else 'start_s'} is blank where "
-            f"{'start_s' if start_cell else 'end_s'} is not; give both, or leave both blank "
-            "for the whole video"
+            f"{'start_s' if start_cell else 'end_s'} is not; give both (end_s `{TO_THE_END}` "
+            "for the video's end), or leave both blank for the whole video"
         )
     _check_span(f"{manifest}:{line}", start, end)
     return ClipRef((manifest.parent / path).resolve(), label, start, end, f"{manifest}:{line}")

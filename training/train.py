@@ -271,6 +271,8 @@ def _train(
     out = Path(cfg.out)
     # The leader holds the run folder for the run's life: a second run into it is refused.
     with run_folder.RunLock(out, hold=team.leader) as lock:
+        if cfg.resume and out.is_dir():  # before its progress is read, which a run may write
+            lock.take()
         saved = run_folder.open_run(out, cfg)
         if saved is not None:  # a new run takes it where it makes the folder (set_up)
             lock.take()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from actionstream.resampling import FileClock
 from actionstream.service.clients.stream_summary import StreamError
 from actionstream.service.credentials import hide_credentials
 from actionstream.service.sources.video_source import SourceError, VideoSource, is_url
+
+# A read that gave up after this long found the source stalled, not ended: OpenCV waits
+# 30 s for a network source's next frame.
+STALLED_S = 20.0
 
 
 class SourceFeed:
@@ -40,7 +45,8 @@ class SourceFeed:
         self._source = source
         self.fps = source.opened_fps
         self.frame_count = source.frame_count
-        self.live = source.live  # a camera or live stream: its end is a loss
+        self.live = source.live  # a camera or live stream (no frame count)
+        self.camera = source.camera  # a camera index: its end is a loss
         # A file's frames are timed by its own timeline, as training and the server's
         # WatchSource time them; a camera's or live stream's by when they are read. (A
         # file that reports no frame rate, rare, is counted at FFmpeg's own 25 fps here,
@@ -54,25 +60,33 @@ class SourceFeed:
         self.frames_read = 0
         self.last_s = 0.0  # a file's time at the last frame read
         self.ran_out = False  # the source ended (not the feed closed)
+        self.stalled = False  # it ended when a read gave up waiting (OpenCV's 30 s)
+        self.let_go = 0  # of the frames read, those let go while the server was away
 
     def read(self) -> tuple[int, np.ndarray, float | None] | None:
         """The next frame's number (1, 2, ... over the whole source), the frame and, for a
         file, its time into the file in seconds; None when the source has ended or the
         feed is closed."""
         with self._lock:
-            if self._closed:
-                return None
-            read = self._source.read_positioned()
-            self._release_if_left()
-            if read is None:
-                self.ran_out = True
-                return None
-            self.frames_read += 1
-            number = self.frames_read
-            image, position_ms = read
-            file_s = None if self._clock is None else self._clock.next(position_ms)
-            if file_s is not None:
-                self.last_s = file_s
+            return self._read()
+
+    def _read(self) -> tuple[int, np.ndarray, float | None] | None:
+        # Under the lock.
+        if self._closed:
+            return None
+        asked = time.monotonic()
+        read = self._source.read_positioned()
+        self._release_if_left()
+        if read is None:
+            self.ran_out = True
+            self.stalled = time.monotonic() - asked >= STALLED_S
+            return None
+        self.frames_read += 1
+        number = self.frames_read
+        image, position_ms = read
+        file_s = None if self._clock is None else self._clock.next(position_ms)
+        if file_s is not None:
+            self.last_s = file_s
         return number, image, file_s
 
     def let_go_until(self, resumed: threading.Event) -> None:
@@ -80,8 +94,12 @@ class SourceFeed:
         is closed: a live source unread while no call takes its frames keeps them in its
         buffers, and a new call then got them in a burst, seconds old, read as new. Run
         on a thread of its own (a read of a stalled source lasts up to 30 s)."""
-        while not resumed.is_set() and self.read() is not None:
-            pass
+        while True:
+            with self._lock:
+                # Asked again under the lock: a call may have read since.
+                if resumed.is_set() or self._read() is None:
+                    return
+                self.let_go += 1
 
     def encode(self, image: np.ndarray, quality: int, sequence: int) -> bytes | None:
         """Frame `sequence` as JPEG; None when the feed is closed."""

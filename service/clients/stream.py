@@ -41,6 +41,7 @@ from actionstream.service.clients.termination import Termination
 from actionstream.service.clients.truth import check_names, warn_uncovered
 from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
+from actionstream.service.sources.video_source import VideoSource, is_url
 from actionstream.service.trailers import reason_in, skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -86,16 +87,25 @@ def stream_source(
     streamed without a label are warned of.
     """
     truth = read_labels(Path(cfg.labels)) if cfg.labels else None
-    # FFmpeg's lines about a damaged file or stream come on the thread that opens it, then
-    # on gRPC's, which reads it, while this one prints: they are kept from the terminal
-    # and told in one line at the end (a stream of garbage gave hundreds, a line a frame).
-    # Told whether the run succeeds or fails (before its error), not after Ctrl-C.
+    name = STDIN if cfg.source == "-" else cfg.source
+    if name == STDIN and sys.stdin.isatty():
+        raise StreamError("--source -: nothing is piped in (standard input is a terminal)")
+    # A local file opens at once, its decoder's lines held back for the open alone
+    # (open_source); a URL's open may last 30 s, and joins the run's block below.
+    local = not is_url(name) and Path(name).is_file()
+    source = open_source(name) if local else None
+    # FFmpeg's lines about a damaged file or stream come on the thread that opens a URL,
+    # then on gRPC's, which reads the source, while this one prints: they are kept from
+    # the terminal and told in one line at the end (a stream of garbage gave hundreds, a
+    # line a frame). Told whether the run succeeds or fails (before its error), not after
+    # Ctrl-C.
     said = NativeLines()
     feed: SourceFeed | None = None
     interrupted = False
     try:
         with ffmpeg_lines_kept() as said:
-            source = open_source(STDIN if cfg.source == "-" else cfg.source)
+            if not local:
+                source = _open_keeping(name)
             if source is None:  # Ctrl-C while it opened
                 return StreamSummary(
                     0, 0, None, None, None, interrupted=True, source_released=False
@@ -111,24 +121,40 @@ def stream_source(
             except BaseException:
                 feed.close()  # on this thread, before raising: see SourceFeed
                 raise
+    except _OpenFailed as e:  # its decoder's lines, known once the block is over
+        decoder = f"; {said.summary()}" if said.lines else ""
+        raise StreamError(f"{e}{decoder}") from None
     finally:
         if feed is not None and not interrupted and feed.frames_read:
             warn_if_damaged(cfg.source, feed, said)
-    name = hide_credentials(cfg.source)
+    shown = hide_credentials(cfg.source)
     if not feed.frames_read and not summary.interrupted:
         # A file that opens and holds no frame OpenCV can decode (cut off after its
         # header), or a camera that ends before its first: nothing was streamed.
         decoder = f"; {said.summary()}" if said.lines else ""
-        raise StreamError(f"the source ended before its first frame: {name}{decoder}")
-    if feed.live and feed.ran_out and not summary.interrupted:
-        # A camera or live stream has no end: it was lost (closed, or silent for OpenCV's
-        # 30 s), and the run said it had streamed the source whole.
+        raise StreamError(f"the source ended before its first frame: {shown}{decoder}")
+    if (feed.stalled or feed.camera) and not summary.interrupted:
+        # A camera has no end, and a stream that sends nothing for OpenCV's 30 s has not
+        # ended either: it was lost, where the run said it had streamed the source whole.
+        # (A URL that closes may have ended: a file served over HTTP, a finite TS.)
+        why = "sent nothing for 30 s" if feed.stalled else "the camera stopped"
         raise StreamError(
-            f"the source stopped sending frames after {feed.frames_read}: {name} ended, "
-            "dropped, or sent nothing for 30 s",
+            f"the source stopped sending frames after {feed.frames_read}: {shown}: {why}",
             summary,
         )
     return summary
+
+
+class _OpenFailed(Exception):
+    """A URL or camera that could not be opened, before its decoder's lines are added."""
+
+
+def _open_keeping(name: str) -> VideoSource | None:
+    """open_source, its failure held until the decoder's lines are known."""
+    try:
+        return open_source(name)
+    except StreamError as e:
+        raise _OpenFailed(str(e)) from None
 
 
 class _Session:
@@ -180,6 +206,7 @@ class _Session:
         self._call_answered = False  # the call now open has answered a frame
         self._interrupted = False
         self._released = True
+        self._away: threading.Event | None = None  # set to end an outage's letting go
 
     def run(self) -> StreamSummary:
         """Streams until the source ends; raises StreamError. Closes the feed."""
@@ -218,6 +245,7 @@ class _Session:
             failure = e
         finally:
             self._done.set()
+            self._back()
             # After Ctrl-C or a failure, a read stuck on a stalled source is not waited out
             # (OpenCV gives up after 30 s): the user hears at once; after a second Ctrl-C,
             # not at all (the summary is still printed).
@@ -276,7 +304,9 @@ class _Session:
         # Paced from where this call starts: after a reconnection a file goes on at its
         # rate rather than rushing to catch up on the time the server was away.
         start = time.perf_counter() - self._played_s
-        while cfg.max_frames == 0 or self._feed.frames_read < cfg.max_frames:
+        self._back()
+        # Frames let go while away were not to be sent: --max-frames counts the others.
+        while cfg.max_frames == 0 or self._feed.frames_read - self._feed.let_go < cfg.max_frames:
             read = self._feed.read()
             if read is None:
                 self._source_ended.set()
@@ -390,19 +420,21 @@ class _Session:
         return False
 
     def _wait_away(self) -> None:
-        """Waits for the next try; a live source's frames meanwhile are let go (lost), so
-        that the next call goes on from its current frame."""
-        if not self._feed.live:
-            self._reconnection.wait()
-            return
-        resumed = threading.Event()
-        threading.Thread(
-            target=self._feed.let_go_until, args=(resumed,), name="source-away", daemon=True
-        ).start()
-        try:
-            self._reconnection.wait()
-        finally:
-            resumed.set()
+        """Waits for the next try. A live source's frames are let go (lost) until the next
+        call reads, by one thread an outage, so that the call goes on from its current
+        frame."""
+        if self._feed.live and self._away is None:
+            self._away = threading.Event()
+            threading.Thread(
+                target=self._feed.let_go_until, args=(self._away,), name="source-away"
+            ).start()
+        self._reconnection.wait()
+
+    def _back(self) -> None:
+        """A call reads the source again (or the run is over): the outage's thread stops."""
+        if self._away is not None:
+            self._away.set()
+            self._away = None
 
     def _all_answered(self) -> bool:
         """Every frame sent was answered or skipped by the server: its last was answered,

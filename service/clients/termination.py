@@ -9,6 +9,7 @@ signal's own, 143 (128 + 15), where Ctrl-C's is 130.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType, TracebackType
@@ -17,16 +18,17 @@ from types import FrameType, TracebackType
 class Termination:
     """While entered (on the main thread), SIGTERM raises KeyboardInterrupt.
 
-    `once`: the first SIGTERM or SIGINT raises it and later ones are only noted, for a
+    `once`: the first SIGTERM or SIGINT raises it and the second is only noted, for a
     client with nothing to let go of but its gRPC channel (`watch`). A second stop comes
     at once from `timeout`, which signals the process and then its group; raised inside
-    gRPC's channel close, it lost the summary and left the channel to hang the exit.
-    (`stream` takes a second stop as "do not wait for the source".)"""
+    gRPC's channel close, it lost the summary and left the channel to hang the exit. A
+    third ends the process at once, should the ending hang. (`stream` takes a second
+    stop as "do not wait for the source".)"""
 
     def __init__(self, once: bool = False) -> None:
         self.terminated = False
         self._once = once
-        self._stopped = False
+        self._stops = 0
         self._before: dict[signal.Signals, signal.Handlers | object] = {}
 
     def __enter__(self) -> Termination:
@@ -42,12 +44,15 @@ class Termination:
         traceback: TracebackType | None,
     ) -> None:
         for sig, before in self._before.items():
-            signal.signal(sig, before)  # type: ignore[arg-type]
+            if before is not None:  # None: a handler set outside Python, not to be restored
+                signal.signal(sig, before)  # type: ignore[arg-type]
 
     def _interrupt(self, signum: int, frame: FrameType | None) -> None:
-        if self._once and self._stopped:
+        self._stops += 1
+        if self._once and self._stops == 2:
             return
-        self._stopped = True
+        if self._once and self._stops > 2:
+            os._exit(self.code)
         self.terminated = signum == signal.SIGTERM
         raise KeyboardInterrupt
 

@@ -138,6 +138,7 @@ class VideoSource:
         # A camera, or a stream with no end in sight; a local file is never live, even one
         # that reports no frame count (raw MJPEG or H.264). This and the frame rate are
         # read once, here: asking OpenCV later could meet a read in flight on another thread.
+        self.camera = camera  # a camera index
         self.live = camera or (is_url(source) and self.frame_count is None)
         self.opened_fps = self.fps
 
