@@ -37,7 +37,7 @@ from actionstream.service.clients.stream_summary import (
     print_summary,
     print_summary_json,
 )
-from actionstream.service.clients.termination import Termination
+from actionstream.service.clients.termination import Termination, is_stop
 from actionstream.service.clients.truth import check_names, warn_uncovered
 from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
@@ -228,7 +228,9 @@ class _Session:
                         break
             if self._request_failure is not None:
                 raise self._request_failure
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RuntimeError) as e:
+            if not is_stop(e):
+                raise
             if call is not None:
                 call.cancel()
             self._interrupted = True

@@ -60,3 +60,14 @@ class Termination:
     def code(self) -> int:
         """The exit code of a stop: SIGTERM's 143, or Ctrl-C's 130."""
         return 143 if self.terminated else 130
+
+
+def is_stop(error: BaseException) -> bool:
+    """Whether `error` is a stop: KeyboardInterrupt, or the RuntimeError one leaves when it
+    is raised inside threading's Condition.wait (gRPC's, as a call is iterated) between
+    its lock's release and its restore: the `with` around the wait then fails to release
+    a lock it no longer holds ("cannot release un-acquired lock"), with the interrupt as
+    its context. Seen about once in 120 stops of `stream` on a loaded machine."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    return isinstance(error, RuntimeError) and isinstance(error.__context__, KeyboardInterrupt)

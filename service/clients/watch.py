@@ -19,7 +19,7 @@ import grpc
 
 from actionstream.service.clients.output import events_text, prediction_record, print_json
 from actionstream.service.clients.reconnection import KEEPALIVE, Reconnection
-from actionstream.service.clients.termination import Termination
+from actionstream.service.clients.termination import Termination, is_stop
 from actionstream.service.config import WatchConfig
 from actionstream.service.trailers import reason_in, skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
@@ -121,7 +121,9 @@ def watch_source(
                             summary("gave up watching again"),
                         ) from None
                     reconnection.wait()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, RuntimeError) as e:
+            if not is_stop(e):
+                raise
             if call is not None:
                 call.cancel()
             return summary("interrupted", interrupted=True)
