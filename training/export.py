@@ -184,8 +184,12 @@ def _quiet_exporter() -> Iterator[None]:
     """Silences the exporter's notices about torch internals (deprecations, optional
     torchvision ops); the parity check after the export is what guards the graph."""
     # onnxscript logs a conversion it cannot make with its traceback; export_onnx checks
-    # the opset written and says so in one line.
-    logs = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    # the opset written and says so in one line. torch.export's fake tensors log any error
+    # met while tracing, with its traceback, before raising it: a Ctrl-C there gave 100
+    # lines before `export`'s own "interrupted" (seen once in CI), and a real failure is
+    # told by the exception.
+    names = ("torch.onnx", "onnxscript", "torch._subclasses.fake_tensor")
+    logs = [logging.getLogger(name) for name in names]
     levels = [log.level for log in logs]
     for log in logs:
         log.setLevel(logging.CRITICAL)
