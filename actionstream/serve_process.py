@@ -31,6 +31,19 @@ class ServeProcessError(Exception):
     """The server process did not come up; the message says why and where its log is."""
 
 
+def _said(log: IO[str]) -> str:
+    """The server's last line (its reason, when it could not start), and where its log
+    is when it is a file with a name: a temporary one's "name" is its descriptor."""
+    last = ""
+    with contextlib.suppress(OSError, ValueError):  # not readable, or closed
+        log.flush()
+        log.seek(0)
+        lines = [line.strip() for line in log.read()[-4096:].splitlines() if line.strip()]
+        last = f": {lines[-1]}" if lines else ""
+    where = f"; its log: {log.name}" if isinstance(log.name, str) else ""
+    return last + where
+
+
 class ServeProcess(contextlib.AbstractContextManager["ServeProcess"]):
     """A running `actionstream serve`; `port` and `metrics_port` (None when off) once ready."""
 
@@ -60,11 +73,11 @@ class ServeProcess(contextlib.AbstractContextManager["ServeProcess"]):
             code = self._proc.poll()
             if code is not None:
                 self._dir.cleanup()
-                raise ServeProcessError(f"the server exited with {code}; its log: {log.name}")
+                raise ServeProcessError(f"the server exited with {code}{_said(log)}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise ServeProcessError(
-                    f"the server was not ready within {startup_timeout:g} s; its log: {log.name}"
+                    f"the server was not ready within {startup_timeout:g} s{_said(log)}"
                 )
             time.sleep(0.02)
         self.ready: dict[str, Any] = json.loads(ready.read_text())

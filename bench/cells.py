@@ -117,6 +117,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.scale <= 1:
         sys.exit("cells.py: --scale must be in (0, 1]")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("cells.py: --device cuda, and this torch has no CUDA device")
     gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if gpu else "cpu")
     args.out.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ import cv2
 import grpc
 import numpy as np
 
-from actionstream.serve_process import ServeProcess
+from actionstream.serve_process import ServeProcess, ServeProcessError
 from actionstream.service.clients.scrape import scrape
 from actionstream.service.endpoint import grpc_listener
 from actionstream.v1 import actionstream_pb2 as pb
@@ -651,6 +651,19 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error(f"--repeat must be at least 1, got {args.repeat}")
+    # Checked before a frame is rendered or a server started: a bad level late in the list
+    # would fail after the good ones had run.
+    try:
+        counts = [int(s) for s in args.cameras.split(",")]
+    except ValueError:
+        parser.error(f"--cameras takes whole numbers joined by commas, got {args.cameras!r}")
+    if min(counts) < 1 or args.fps <= 0 or args.seconds <= 0:
+        parser.error(
+            f"--cameras, --fps and --seconds must be above 0, got {args.cameras} {args.fps:g} "
+            f"{args.seconds:g}"
+        )
+    if args.plot and not args.plot.resolve().parent.is_dir():
+        parser.error(f"--plot: no folder {args.plot.resolve().parent} to write it in")
 
     if args.serve_echo:
         asyncio.run(_serve_echo(args.serve_echo, args.echo_share))
@@ -664,11 +677,14 @@ def main() -> None:
     size_kb = statistics.mean(len(j) for j in jpegs) / 1e3
     print(f"{WIDTH}x{HEIGHT} JPEG frames, {size_kb:.0f} KB on average, {args.fps:g} fps a camera")
     with tempfile.TemporaryDirectory() as clip_dir:
-        levels = run_levels(args, jpegs, choose_cameras(args.swarm, jpegs, Path(clip_dir)))
+        try:
+            levels = run_levels(args, jpegs, choose_cameras(args.swarm, jpegs, Path(clip_dir)))
+        except ServeProcessError as e:  # the server's own line: a port in use, a bad model
+            raise SystemExit(f"load.py: {e}") from None
     held = [lv.cameras for lv in levels if lv.held]
     print(f"largest N held with no drops: {max(held) if held else 'none'}")
-    if args.plot and plot(levels, args.plot):
-        print(f"plot: {args.plot}")
+    if args.plot:
+        print(f"plot: {args.plot}" if plot(levels, args.plot) else "no plot: needs matplotlib")
 
 
 def choose_cameras(swarm: str, jpegs: list[bytes], clip_dir: Path) -> Cameras:

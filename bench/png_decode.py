@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--frames", type=int, default=200)
     args = parser.parse_args()
+    if args.rounds < 1 or args.frames < 1:
+        parser.error("--rounds and --frames must be at least 1")
     decoder = FrameDecoder(64, 64, 8 << 20, 3840 * 2160)
     frames = _frames(args.frames)
 

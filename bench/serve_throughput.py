@@ -15,18 +15,20 @@ stages; needs only the service install (no torch).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import queue
 import statistics
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import IO
 
 import cv2
 import grpc
 import numpy as np
 
-from actionstream.serve_process import ServeProcess
+from actionstream.serve_process import ServeProcess, ServeProcessError
 from actionstream.service.inference.frames import FrameDecoder
 from actionstream.service.inference.model import OnnxStepModel
 from actionstream.training.synth import SynthConfig, render_stream
@@ -70,6 +72,17 @@ def _camera(target: str, jpegs: list[bytes], frames: int, latencies: list[float]
             answered.put(None)
 
 
+@contextlib.contextmanager
+def _serving(log: IO[str]) -> Iterator[ServeProcess]:
+    """`actionstream serve`, or the exit with its own reason where it cannot start."""
+    try:
+        server = ServeProcess(log)
+    except ServeProcessError as e:
+        raise SystemExit(f"serve_throughput.py: {e}") from None
+    with server:
+        yield server
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,6 +91,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=150, help="frames per stream")
     parser.add_argument("--size", type=int, default=480, help="camera frame side, pixels")
     args = parser.parse_args()
+    try:
+        counts = [int(s) for s in args.streams.split(",")]
+    except ValueError:
+        parser.error(f"--streams takes whole numbers joined by commas, got {args.streams!r}")
+    if min(counts) < 1 or args.frames < 1 or args.size < 16:
+        parser.error("--streams and --frames must be at least 1, and --size at least 16")
 
     model = OnnxStepModel.load()
     meta = model.metadata
@@ -99,7 +118,7 @@ def main() -> None:
 
     # The server runs in a process of its own, as `actionstream serve`: the
     # client threads here must not share its GIL.
-    with tempfile.TemporaryFile("w+") as log, ServeProcess(log) as server:
+    with tempfile.TemporaryFile("w+") as log, _serving(log) as server:
         target = server.target
         for n in (int(s) for s in args.streams.split(",")):
             latencies: list[list[float]] = [[] for _ in range(n)]

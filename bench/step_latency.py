@@ -43,6 +43,10 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=300, help="frames timed per batch size")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
     args = parser.parse_args()
+    if args.frames < 1 or args.threads < 0:
+        parser.error("--frames must be at least 1, and --threads 0 (all cores) or more")
+    if not args.model.is_file():
+        parser.error(f"--model: no such model file: {args.model}")
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads

@@ -64,7 +64,7 @@ def _measure(batch: int, frames: int, size: int, steps: int, keep: bool) -> dict
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--frames", type=int, default=40, help="frames a chunk (--bptt)")
     p.add_argument("--size", type=int, default=64)
@@ -72,6 +72,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--child", choices=["default", "kept"], help=argparse.SUPPRESS)
     args = p.parse_args()
+    if min(args.batch, args.frames, args.steps, args.rounds) < 1 or args.size < 16:
+        p.error("--batch, --frames, --steps and --rounds must be at least 1, --size at least 16")
     if args.child:
         result = _measure(args.batch, args.frames, args.size, args.steps, args.child == "kept")
         print(json.dumps(result))

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -362,8 +363,19 @@ def test_onnxruntime_reports_nothing_unless_an_operator_asks(
 
 def test_a_server_that_cannot_start_is_reported_not_waited_for(log: IO[str]) -> None:
     start = time.monotonic()
-    with pytest.raises(ServeProcessError, match="exited with 1"):
+    # The error says why: load.py's "the server exited with 1; its log: 3" named a
+    # temporary file's descriptor, and the file was gone (a developer's trial).
+    with pytest.raises(
+        ServeProcessError,
+        match=r"exited with 1: actionstream serve: /nonexistent/model\.onnx: no such model file"
+        r"; its log: ",
+    ):
         ServeProcess(log, args=["--model", "/nonexistent/model.onnx"])
+    with tempfile.TemporaryFile("w+") as unnamed, pytest.raises(ServeProcessError) as raised:
+        ServeProcess(unnamed, args=["--model", "/nonexistent/model.onnx"])
+    assert str(raised.value) == (
+        "the server exited with 1: actionstream serve: /nonexistent/model.onnx: no such model file"
+    )
     assert time.monotonic() - start < 30
     log.seek(0)
     assert "no such model file" in log.read()
