@@ -113,7 +113,7 @@ def main() -> None:
     print(f"bare stages: decode+resize {decode_ms:.3f} ms + model step {step_ms:.3f} ms")
     print(
         f"{'streams':>7}  {'frames/s':>9}  {'p50 ms':>7}  {'p99 ms':>7}  "
-        f"{'server ms/frame':>15}  {'/ bare stages':>13}"
+        f"{'wall ms/frame':>15}  {'/ bare stages':>13}"
     )
 
     # The server runs in a process of its own, as `actionstream serve`: the
