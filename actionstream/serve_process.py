@@ -34,14 +34,18 @@ class ServeProcessError(Exception):
 def _said(log: IO[str]) -> str:
     """The server's last line (its reason, when it could not start), and where its log
     is when it is a file with a name: a temporary one's "name" is its descriptor."""
+    named = isinstance(log.name, str)
     last = ""
     with contextlib.suppress(OSError, ValueError):  # not readable, or closed
         log.flush()
-        log.seek(0)
-        lines = [line.strip() for line in log.read()[-4096:].splitlines() if line.strip()]
+        if named:  # read anew: the caller's may be open for writing only
+            text = Path(log.name).read_text(errors="replace")
+        else:
+            log.seek(0)
+            text = log.read()
+        lines = [line.strip() for line in text[-4096:].splitlines() if line.strip()]
         last = f": {lines[-1]}" if lines else ""
-    where = f"; its log: {log.name}" if isinstance(log.name, str) else ""
-    return last + where
+    return last + (f"; its log: {log.name}" if named else "")
 
 
 class ServeProcess(contextlib.AbstractContextManager["ServeProcess"]):

@@ -284,6 +284,18 @@ def test_synth_and_demo_say_in_one_line_where_they_cannot_write(tmp_path: Path) 
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_demo_whose_server_cannot_start_says_why(tmp_path: Path) -> None:
+    # It said "the server exited with 1; its log: build/demo/server.log", the reason in
+    # the log alone.
+    out = tmp_path / "demo"
+    demo = _run("demo", "--model", "/nonexistent.onnx", "--out", str(out), "--seconds", "1")
+    assert demo.returncode == 1
+    assert demo.stderr == (
+        "actionstream demo: the server exited with 1: actionstream serve: /nonexistent.onnx: "
+        f"no such model file; its log: {out / 'server.log'}\n"
+    )
+
+
 def test_the_version_is_told() -> None:
     from importlib.metadata import version
 
