@@ -65,7 +65,7 @@ class ServeProcess(contextlib.AbstractContextManager["ServeProcess"]):
         if the server exits or is not ready within `startup_timeout` seconds.
         """
         self._dir = tempfile.TemporaryDirectory(prefix="actionstream-serve-")
-        ready = Path(self._dir.name) / "ready.json"
+        ready = self.ready_file = Path(self._dir.name) / "ready.json"
         cmd = [sys.executable, "-m", "actionstream", "serve", *flags, *args]
         cmd += ["--ready-file", str(ready)]
         # Output goes to a file: a pipe nobody reads would stall the server once full.
@@ -95,6 +95,11 @@ class ServeProcess(contextlib.AbstractContextManager["ServeProcess"]):
     def poll(self) -> int | None:
         """The exit code once the server has exited, else None."""
         return self._proc.poll()
+
+    def wait(self, timeout: float) -> int:
+        """The exit code, once the server exits by itself within `timeout` seconds
+        (subprocess.TimeoutExpired if it does not)."""
+        return self._proc.wait(timeout=timeout)
 
     @property
     def target(self) -> str:

@@ -24,7 +24,7 @@ from actionstream.serve_process import ServeProcess, ServeProcessError
 from actionstream.service.clients.scrape import scrape
 from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint.workers import _reserve_port, share_of
-from actionstream.service.inference.model import OnnxStepModel
+from actionstream.service.inference.model import OnnxStepModel, bundled_model_path
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -214,17 +214,120 @@ def _worker_pids(server: ServeProcess) -> list[int]:
     return pids
 
 
-def test_a_dead_worker_stops_the_server_with_an_error(log: IO[str]) -> None:
+def _serving_in_place_of(server: ServeProcess, dead: Sequence[int]) -> list[int]:
+    """The workers' pids once the supervisor has replaced each of `dead` and says so."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert server.poll() is None, "the server exited instead of replacing a worker"
+        pids: list[int] = json.loads(server.ready_file.read_text())["workers"]
+        if not set(pids) & set(dead):
+            return pids
+        assert time.monotonic() < deadline, "no worker was started in a dead one's place"
+        time.sleep(0.1)
+
+
+def test_a_dead_worker_is_replaced_and_the_others_streams_go_on(
+    log: IO[str], reference: Reference, model: OnnxStepModel
+) -> None:
+    # A worker that died (a crash in native code, the OOM killer) stopped the whole
+    # server, cutting the streams of every other worker with it.
     with ServeProcess(log, args=["--workers", "2"]) as server:
-        first, second = _worker_pids(server)
-        os.kill(first, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while server.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert server.poll() == 1
-        assert not Path(f"/proc/{second}").exists()
+        assert server.metrics_port is not None
+        dead, survivor = _worker_pids(server)
+        channels = [
+            grpc.insecure_channel(server.target, options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(2 * STREAMS)
+        ]
+        try:
+            streams = [
+                LiveStream(pb_grpc.ActionRecognitionStub(c), pb.StreamOptions(top_k=9))
+                for c in channels[:STREAMS]
+            ]
+            clips = [render(4, seed=200 + i) for i in range(STREAMS)]
+            got: list[list[pb.Prediction]] = [[] for _ in range(STREAMS)]
+            for t in range(2):
+                for clip, live, out in zip(clips, streams, got, strict=True):
+                    out.append(live.send(frame_request(jpeg(clip[t]))))
+            on_dead = _connections(dead, server.port)
+            assert 0 < on_dead < STREAMS  # both workers hold some (2 in 2**16 not)
+            cpu_before = scrape(server.metrics_port)["process_cpu_seconds_total"]
+            os.kill(dead, signal.SIGKILL)
+            lost = 0
+            for t in range(2, 4):
+                for clip, live, out in zip(clips, streams, got, strict=True):
+                    if len(out) < t:
+                        continue  # lost with its worker
+                    try:
+                        out.append(live.send(frame_request(jpeg(clip[t]))))
+                    except grpc.RpcError as e:
+                        assert e.code() == grpc.StatusCode.UNAVAILABLE
+                        lost += 1
+            assert lost == on_dead
+            pids = _serving_in_place_of(server, [dead])
+            [new] = set(pids) - {survivor}
+            assert survivor in pids and Path(f"/proc/{new}").exists()
+            values = scrape(server.metrics_port)
+            # New cameras are spread over the survivor and the new worker alike.
+            fresh = [
+                LiveStream(pb_grpc.ActionRecognitionStub(c), pb.StreamOptions())
+                for c in channels[STREAMS:]
+            ]
+            for i, live in enumerate(fresh):
+                assert live.send(frame_request(jpeg(render(1, seed=300 + i)[0]), sequence=1))
+            on_new = _connections(new, server.port)
+            for live in (*streams, *fresh):
+                with contextlib.suppress(grpc.RpcError):
+                    live.close()
+        finally:
+            for c in channels:
+                c.close()
+        assert values["actionstream_worker_restarts_total"] == 1
+        # The dead worker's streams left the gauge with it; the survivor's are all there.
+        assert values["actionstream_active_streams"] == STREAMS - on_dead
+        # A counter: the dead worker's CPU seconds stay in it.
+        assert values["process_cpu_seconds_total"] >= cpu_before
+        assert on_new > 0  # (1 in 2**16 not)
+        # The survivor's streams went on with their state, frame for frame.
+        for clip, out in zip(clips, got, strict=True):
+            if len(out) == 4:
+                assert_matches(out, reference([_decoded(f) for f in clip]), model.metadata.labels)
+        assert server.stop() == 0
     log.seek(0)
-    assert f"exited with -{int(signal.SIGKILL)}; stopping the others" in log.read()
+    text = log.read()
+    assert f"(pid {dead}) exited with -{int(signal.SIGKILL)}; starting another in its place" in (
+        text
+    )
+    assert f"(pid {new}) is serving" in text
+
+
+def test_workers_that_keep_dying_stop_the_server(log: IO[str]) -> None:
+    with ServeProcess(log, args=["--workers", "2"]) as server:
+        first = _worker_pids(server)
+        for pid in first:
+            os.kill(pid, signal.SIGKILL)
+        second = _serving_in_place_of(server, first)
+        for pid in second:  # the third and fourth deaths within a minute
+            os.kill(pid, signal.SIGKILL)
+        assert server.wait(30) == 1
+    log.seek(0)
+    text = log.read()
+    assert f"exited with -{int(signal.SIGKILL)}, 4 workers dead within 60s" in text, text
+    assert "Traceback" not in text
+
+
+def test_a_replacement_that_cannot_start_stops_the_server_with_its_reason(
+    log: IO[str], tmp_path: Path
+) -> None:
+    served = tmp_path / "model.onnx"
+    served.write_bytes(bundled_model_path().read_bytes())
+    with ServeProcess(log, args=["--workers", "2", "--model", str(served)]) as server:
+        served.write_bytes(b"not a model")  # a broken deploy, under the running server
+        os.kill(_worker_pids(server)[0], signal.SIGKILL)
+        assert server.wait(60) == 1
+    log.seek(0)
+    text = log.read()
+    assert "model.onnx: not a loadable ONNX model" in text, text
+    assert "Traceback" not in text
 
 
 def _gone(pid: int) -> bool:

@@ -14,10 +14,12 @@ own multiprocessing example serves:
 - it serves one /metrics for all of them from prometheus_client's
   multiprocess files (counters and histograms add up, the active-streams
   gauge sums the live workers);
-- it stops them together on SIGTERM, SIGINT or SIGHUP, and stops the rest and
-  exits non-zero if one dies (so Docker or Kubernetes restart the whole server
-  rather than run it short of a worker); a worker stops by itself if the
-  supervisor dies (see start_signals.stop_with).
+- it stops them together on SIGTERM, SIGINT or SIGHUP; a worker stops by itself
+  if the supervisor dies (see start_signals.stop_with);
+- it starts a new worker in place of one that dies (a crash in native code, the
+  OOM killer), so the other workers' streams go on; a replacement that cannot
+  start, or workers that keep dying, stop the server with exit code 1, since
+  restarting will not cure that (Docker or Kubernetes then restart it whole).
 
 What it costs: each worker batches only its own streams (smaller batches at
 the same load), each holds its own copy of the model, and `--max-streams` is
@@ -39,7 +41,9 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
@@ -53,6 +57,7 @@ from actionstream.service.endpoint.launch import (
 )
 from actionstream.service.endpoint.start_signals import HURRY, STOPPED_WHILE_STARTING, STOPS
 from actionstream.service.telemetry import logs
+from actionstream.service.telemetry.worker_restarts import WorkerRestarts
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +65,10 @@ logger = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 120.0
 # After the grace period a worker still has its own shutdown to finish.
 STOP_MARGIN_S = 10.0
+# More deaths than this within RESTART_WINDOW_S are a fault a new worker will not
+# cure (a model that crashes on some input, a memory limit too small for N workers).
+MAX_RESTARTS = 3
+RESTART_WINDOW_S = 60.0
 
 
 def supervise(cfg: ServeConfig) -> int:
@@ -97,6 +106,7 @@ def _supervise(
 
     metrics_server = None
     workers: list[BaseProcess] = []
+    restarts = WorkerRestarts()
 
     def on_stop(*_: object) -> None:
         if stop.is_set():  # asked again: the workers end their open streams now
@@ -112,48 +122,46 @@ def _supervise(
         multiprocess.MultiProcessCollector(registry, path=str(metrics_dir))
         # The supervisor and whichever workers are running now (read at each scrape).
         registry.register(Processes(lambda: [os.getpid(), *(w.pid for w in workers if w.pid)]))
+        registry.register(restarts)
         metrics_server = serve_metrics(registry, cfg)
     context = multiprocessing.get_context("spawn")
+
+    def spawn(i: int) -> BaseProcess:
+        for stale in (tmp / f"worker-{i}.json", tmp / f"worker-{i}.error"):
+            stale.unlink(missing_ok=True)  # a replacement's, left by the one before
+        worker = context.Process(
+            target=_worker_main,
+            args=(_worker_config(cfg, port, tmp, i), tmp / f"worker-{i}.error", os.getpid()),
+            name=f"actionstream-worker-{i}",
+        )
+        worker.start()
+        return worker
+
     ready = None
     try:
         for i in range(cfg.workers):
             if stop.is_set():  # asked to stop while the others started
                 break
-            worker_cfg = replace(
-                cfg,
-                port=port,
-                metrics_port=-1,
-                workers=1,
-                max_streams=share_of(cfg.max_streams, cfg.workers, i),
-                # Unset, each worker derives its own from its share of max_streams.
-                max_waiting_calls=None
-                if cfg.max_waiting_calls is None
-                else max(1, share_of(cfg.max_waiting_calls, cfg.workers, i)),
-                # At least one each: a worker without any would refuse every health Watch.
-                max_side_calls=max(1, share_of(cfg.max_side_calls, cfg.workers, i)),
-                ready_file=str(tmp / f"worker-{i}.json"),
-            )
-            worker = context.Process(
-                target=_worker_main,
-                args=(worker_cfg, tmp / f"worker-{i}.error", os.getpid()),
-                name=f"actionstream-worker-{i}",
-            )
-            worker.start()
-            workers.append(worker)
+            workers.append(spawn(i))
         if stop.is_set():
             return 0
         ready = _wait_ready(workers, tmp, stop)
         if ready is None:
             return 0 if stop.is_set() else 1
         metrics_port = None if metrics_server is None else metrics_server.port
-        announce_ready(cfg, port, metrics_port, model=ready, workers=[w.pid for w in workers])
+        model = ready
+
+        def announce() -> None:
+            announce_ready(cfg, port, metrics_port, model=model, workers=[w.pid for w in workers])
+
+        announce()
         if not stop.is_set():  # asked to stop while starting: it said so, not this
             logs.announce(
                 f"actionstream serving {ready} on {address(cfg.host, port)} from "
                 f"{cfg.workers} worker processes, {where_metrics(cfg, metrics_port)}",
                 cfg.log_format,
             )
-        return _watch(workers, stop)
+        return _watch(_Replacing(workers, spawn, tmp, metrics_dir, restarts, announce), stop)
     finally:
         _stop_all(workers, cfg.grace_seconds + STOP_MARGIN_S, metrics_dir)
         if metrics_server is not None:
@@ -163,6 +171,25 @@ def _supervise(
                 Path(cfg.ready_file).unlink(missing_ok=True)
         if ready is not None or stop.is_set():  # one that failed to start says why, only
             logger.info("stopped")
+
+
+def _worker_config(cfg: ServeConfig, port: int, tmp: Path, i: int) -> ServeConfig:
+    """Worker `i`'s settings: the server's, on the reserved port, with its share of
+    the limits, no metrics port of its own, and a ready file the supervisor reads."""
+    return replace(
+        cfg,
+        port=port,
+        metrics_port=-1,
+        workers=1,
+        max_streams=share_of(cfg.max_streams, cfg.workers, i),
+        # Unset, each worker derives its own from its share of max_streams.
+        max_waiting_calls=None
+        if cfg.max_waiting_calls is None
+        else max(1, share_of(cfg.max_waiting_calls, cfg.workers, i)),
+        # At least one each: a worker without any would refuse every health Watch.
+        max_side_calls=max(1, share_of(cfg.max_side_calls, cfg.workers, i)),
+        ready_file=str(tmp / f"worker-{i}.json"),
+    )
 
 
 def share_of(total: int, workers: int, i: int) -> int:
@@ -238,9 +265,7 @@ def _wait_ready(workers: list[BaseProcess], tmp: Path, stop: threading.Event) ->
     while not all(f.exists() for f in files):
         for i, worker in enumerate(workers):
             if worker.exitcode is not None:
-                reason = tmp / f"worker-{i}.error"
-                if reason.exists():
-                    raise ServeError(reason.read_text())
+                _raise_start_error(tmp, i)
                 logger.error(
                     "%s exited with %s while starting; stopping the others",
                     worker.name,
@@ -256,22 +281,88 @@ def _wait_ready(workers: list[BaseProcess], tmp: Path, stop: threading.Event) ->
     return str(json.loads(files[0].read_text())["model"])
 
 
-def _watch(workers: list[BaseProcess], stop: threading.Event) -> int:
-    """Waits for a stop (0) or a worker that exits on its own (1)."""
-    sentinels = [w.sentinel for w in workers]
+@dataclass
+class _Replacing:
+    """What `_watch` needs to put a new worker in a dead one's place."""
+
+    workers: list[BaseProcess]  # by slot; a replacement takes its slot in place
+    spawn: Callable[[int], BaseProcess]
+    tmp: Path
+    metrics_dir: Path
+    restarts: WorkerRestarts
+    announce: Callable[[], None]  # rewrites the ready file with the workers' pids
+
+
+def _watch(pool: _Replacing, stop: threading.Event) -> int:
+    """Waits for a stop (0), replacing each worker that exits on its own; 1 if a
+    replacement cannot start or workers keep dying (ServeError with a replacement's
+    own reason for not starting, as at start)."""
+    from prometheus_client import multiprocess
+
+    workers = pool.workers
+    deaths: deque[float] = deque()
+    starting: dict[int, float] = {}  # slot -> when its replacement was started
     while not stop.is_set():
-        if multiprocessing.connection.wait(sentinels, timeout=0.2):
-            # A SIGINT from a terminal reaches the workers too, maybe before this process.
+        if multiprocessing.connection.wait([w.sentinel for w in workers], timeout=0.2):
+            # A stop that reached a worker before this process (the group's, or a
+            # systemd stop to the whole cgroup) is a stop, not a death.
             if stop.wait(0.5):
-                return 0
-            dead = next(w for w in workers if not w.is_alive())
-            logger.error(
-                "%s (pid %s) exited with %s; stopping the others",
-                *(dead.name, dead.pid, dead.exitcode),
-            )
-            return 1
+                break
+            for i, dead in enumerate(workers):
+                if dead.exitcode is None:
+                    continue
+                if i in starting:
+                    _raise_start_error(pool.tmp, i)
+                    logger.error(
+                        "%s, started in place of one that died, exited with %s while "
+                        "starting; stopping the others",
+                        *(dead.name, dead.exitcode),
+                    )
+                    return 1
+                now = time.monotonic()
+                deaths.append(now)
+                while deaths[0] < now - RESTART_WINDOW_S:
+                    deaths.popleft()
+                if len(deaths) > MAX_RESTARTS:
+                    logger.error(
+                        "%s (pid %s) exited with %s, %d workers dead within %gs; "
+                        "stopping the others",
+                        *(dead.name, dead.pid, dead.exitcode, len(deaths), RESTART_WINDOW_S),
+                    )
+                    return 1
+                logger.error(
+                    "%s (pid %s) exited with %s; starting another in its place",
+                    *(dead.name, dead.pid, dead.exitcode),
+                )
+                if dead.pid is not None:  # its streams are gone from the gauges
+                    multiprocess.mark_process_dead(dead.pid, str(pool.metrics_dir))
+                workers[i] = pool.spawn(i)
+                starting[i] = now
+                pool.restarts.inc()
+        for i, since in list(starting.items()):
+            if (pool.tmp / f"worker-{i}.json").exists():
+                del starting[i]
+                logger.info("%s (pid %s) is serving", workers[i].name, workers[i].pid)
+                if not starting:  # the ready file lists workers that serve
+                    try:
+                        pool.announce()
+                    except ServeError as e:  # written at start; the server serves on
+                        logger.error("%s", e)
+            elif time.monotonic() - since > STARTUP_TIMEOUT_S:
+                logger.error(
+                    "%s was not serving within %gs; stopping the others",
+                    *(workers[i].name, STARTUP_TIMEOUT_S),
+                )
+                return 1
     logger.info("shutting down %d workers", len(workers))
     return 0
+
+
+def _raise_start_error(tmp: Path, i: int) -> None:
+    """Raises ServeError with the reason worker `i` left for not starting, if any."""
+    reason = tmp / f"worker-{i}.error"
+    if reason.exists():
+        raise ServeError(reason.read_text())
 
 
 def _stop_all(workers: list[BaseProcess], timeout: float, metrics_dir: Path) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -31,11 +32,17 @@ def _boot_time() -> float:
 
 class Processes(Collector):
     """Sums CPU, resident memory and open files over `pids()`; the start time is the
-    first process's (the one that serves or supervises)."""
+    first process's (the one that serves or supervises). The CPU counts, beside the
+    live processes', that of the first one's children that have exited and been
+    waited for: a worker that died and was replaced keeps its seconds in the total."""
 
     def __init__(self, pids: Callable[[], Iterable[int]]) -> None:
         self._pids = pids
         self._boot = _boot_time() if Path("/proc/stat").exists() else None
+        # A worker reaped between reading its own times and its parent's would be
+        # counted twice in one scrape, or missed in one; a counter must never go back.
+        self._cpu_floor = 0.0
+        self._lock = threading.Lock()  # scrapes may run at once
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         if self._boot is None:
@@ -44,7 +51,7 @@ class Processes(Collector):
         rss = vsize = fds = 0
         max_fds = 0.0
         start: float | None = None
-        for pid in self._pids():
+        for i, pid in enumerate(self._pids()):
             try:
                 # After the command name, which may hold spaces and parentheses.
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -53,12 +60,16 @@ class Processes(Collector):
             except (FileNotFoundError, ProcessLookupError):  # a worker that just exited
                 continue
             cpu += (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+            if i == 0:  # + cutime + cstime
+                cpu += (int(fields[13]) + int(fields[14])) / _TICKS
             vsize += int(fields[20])
             rss += int(fields[21]) * _PAGE
             fds += open_fds
             max_fds += limit
             if start is None:
                 start = self._boot + int(fields[19]) / _TICKS
+        with self._lock:
+            self._cpu_floor = cpu = max(cpu, self._cpu_floor)
         yield CounterMetricFamily(
             "process_cpu_seconds", "User and system CPU time of the server's processes.", cpu
         )
