@@ -140,42 +140,44 @@ class Server:
             cfg.inference_nice,
         )
         await asyncio.to_thread(batcher.warm_up)
-        batcher.start()
-        servicer = ActionRecognition(cfg, batcher, metrics, worker=shared_port)
-
-        server = grpc.aio.server(
-            interceptors=[
-                CallCount(metrics),
-                UnaryRequestDeadline(cfg.idle_timeout_seconds, cfg.waiting_calls_cap, metrics),
-                MalformedRequests(metrics),
-                SideCallLimit(cfg.max_side_calls, metrics),
-            ],
-            options=_grpc_options(cfg, shared_port),
-        )
-        pb_grpc.add_ActionRecognitionServicer_to_server(servicer, server)
-        health = Health(metrics)
-        health_pb2_grpc.add_HealthServicer_to_server(health, server)
-        reflection.enable_server_reflection([service.full_name for service in SERVED], server)
-        where = address(cfg.host, cfg.port)
-        try:
-            port = server.add_insecure_port(where)
-        except RuntimeError as e:
-            await batcher.stop()
-            raise ServeError(
-                # A worker's port is held by its supervisor: a probe would find it taken.
-                f"cannot listen on {where}: "
-                f"{e if shared_port else bind_problem(cfg.host, cfg.port, e)}"
-            ) from None
-
-        try:
+        # Whatever fails from here (the port, the metrics port, gRPC's own start) undoes
+        # what was built, in reverse, in one place: an embedded server that cannot start
+        # leaves no batch threads or bound sockets behind.
+        async with contextlib.AsyncExitStack() as undo:
+            batcher.start()
+            undo.push_async_callback(batcher.stop)
+            servicer = ActionRecognition(cfg, batcher, metrics, worker=shared_port)
+            undo.push_async_callback(servicer.close)
+            server = grpc.aio.server(
+                interceptors=[
+                    CallCount(metrics),
+                    UnaryRequestDeadline(cfg.idle_timeout_seconds, cfg.waiting_calls_cap, metrics),
+                    MalformedRequests(metrics),
+                    SideCallLimit(cfg.max_side_calls, metrics),
+                ],
+                options=_grpc_options(cfg, shared_port),
+            )
+            undo.push_async_callback(server.stop, None)
+            pb_grpc.add_ActionRecognitionServicer_to_server(servicer, server)
+            health = Health(metrics)
+            health_pb2_grpc.add_HealthServicer_to_server(health, server)
+            reflection.enable_server_reflection([service.full_name for service in SERVED], server)
+            where = address(cfg.host, cfg.port)
+            try:
+                port = server.add_insecure_port(where)
+            except RuntimeError as e:
+                raise ServeError(
+                    # A worker's port is held by its supervisor: a probe would find it taken.
+                    f"cannot listen on {where}: "
+                    f"{e if shared_port else bind_problem(cfg.host, cfg.port, e)}"
+                ) from None
             metrics_server = serve_metrics(metrics.registry, cfg)
-        except ServeError:
-            await server.stop(None)
-            await batcher.stop()
-            raise
-        await server.start()
-        for name in ("", SERVICE_NAME):
-            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            if metrics_server is not None:
+                undo.callback(metrics_server.close)
+            await server.start()
+            for name in ("", SERVICE_NAME):
+                await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            undo.pop_all()  # serving: the Server stops them
         return cls(cfg, server, health, servicer, batcher, port, metrics_server)
 
     @property
