@@ -22,9 +22,11 @@ from helpers import LiveStream, assert_matches, frame_request, jpeg, png, render
 
 from actionstream.resampling import FileClock, Resampler
 from actionstream.service.clients.scrape import scrape as scrape_metrics
+from actionstream.service.inference.action_tracker import ActionTracker
+from actionstream.service.inference.clock_check import ClockCheck
 from actionstream.service.inference.frames import FrameDecoder, FrameError
 from actionstream.service.inference.model import OnnxStepModel
-from actionstream.service.inference.streams import ActionTracker, ClockCheck, PendingFrame, Stream
+from actionstream.service.inference.streams import PendingFrame, Stream
 from actionstream.service.trailers import REASON, SKIPPED_FRAMES, UNANSWERED_FRAMES
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc

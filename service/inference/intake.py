@@ -56,11 +56,7 @@ class Intake:
             return None
         if not stream.admitted:  # not `state`: a stateless model's is {} once admitted
             self._admit(stream)
-        # A frame the resampler skips is counted, and reported by the next frame queued.
-        # Spelt out here and in source_frame, not called: a call costs every frame.
-        if not stream.resampler.take(frame.timestamp_us or time.time_ns() // 1000):
-            stream.resampled_away()
-            self._resampled.inc()
+        if self._resampled_away(stream, frame.timestamp_us or time.time_ns() // 1000):
             return None
         heavy = checked.work > self._heavy_pixels
         return PendingFrame(frame, checked, sequence, received, heavy=heavy)
@@ -72,9 +68,16 @@ class Intake:
         `timestamp_us`, to queue once decoded; None when it is resampled away."""
         self._received.inc()
         sequence = stream.number(0)
-        if not stream.resampler.take(timestamp_us):
-            stream.resampled_away()
-            self._resampled.inc()
+        if self._resampled_away(stream, timestamp_us):
             return None
         frame = pb.Frame(timestamp_us=timestamp_us)
         return PendingFrame(frame, None, sequence, received, heavy=False)
+
+    def _resampled_away(self, stream: Stream, timestamp_us: int) -> bool:
+        """Whether the resampler skips a frame captured at `timestamp_us`: counted, and
+        reported to the client by the stream's next frame queued."""
+        if stream.resampler.take(timestamp_us):
+            return False
+        stream.resampled_away()
+        self._resampled.inc()
+        return True

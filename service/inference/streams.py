@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import math
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -28,6 +27,8 @@ from dataclasses import KW_ONLY, dataclass
 import numpy as np
 
 from actionstream.resampling import Resampler
+from actionstream.service.inference.action_tracker import ActionTracker
+from actionstream.service.inference.clock_check import ClockCheck
 from actionstream.service.inference.frames import Checked, FrameError
 from actionstream.service.text import printable
 from actionstream.v1 import actionstream_pb2 as pb
@@ -51,63 +52,6 @@ class StreamClosed(Exception):
     """A stream's failure once its call is over, unless it had failed before (Stream.close)."""
 
 
-class ActionTracker:
-    """The current action from per-frame probabilities: smoothed, with hysteresis.
-
-    Probabilities are averaged exponentially (time constant `TAU_S`); an
-    action starts when its smoothed probability reaches `ENTER` and is the
-    highest, and it lasts until its own falls below `EXIT`. The gap between
-    the two keeps a borderline score from flickering an action on and off.
-    The average starts from nothing going on (the background label, or every
-    label alike): seeded with a stream's first frame, one confident guess from
-    a zero state started an action at once, and ended it frames later.
-    """
-
-    TAU_S = 0.3
-    ENTER = 0.6
-    EXIT = 0.4
-
-    def __init__(self, labels: tuple[str, ...], background: str | None, fps: float) -> None:
-        self._labels = labels
-        self._background = background
-        self._idle = labels.index(background) if background in labels else None
-        self._alpha = 1 - math.exp(-1 / (fps * self.TAU_S))
-        self._smoothed: np.ndarray | None = None
-        self._current: int | None = None  # the action going on, None when none (or background)
-        self._since = 0  # sequence number it started on
-
-    @property
-    def action(self) -> str:
-        if self._current is None:
-            return self._background or ""
-        return self._labels[self._current]
-
-    def update(self, probs: np.ndarray, sequence: int) -> list[pb.ActionEvent]:
-        if self._smoothed is None:
-            self._smoothed = np.full(len(self._labels), 1 / len(self._labels), probs.dtype)
-            if self._idle is not None:
-                self._smoothed[:] = 0
-                self._smoothed[self._idle] = 1
-        self._smoothed += self._alpha * (probs - self._smoothed)
-        s = self._smoothed
-        events: list[pb.ActionEvent] = []
-        if self._current is not None and s[self._current] < self.EXIT:
-            events.append(self._event(pb.ActionEvent.KIND_END, self._current))
-            self._current = None
-        best = int(s.argmax())
-        if best != self._current and s[best] >= self.ENTER:
-            if self._current is not None:
-                events.append(self._event(pb.ActionEvent.KIND_END, self._current))
-            self._current = None if best == self._idle else best
-            self._since = sequence
-            if self._current is not None:
-                events.append(self._event(pb.ActionEvent.KIND_START, self._current))
-        return events
-
-    def _event(self, kind: pb.ActionEvent.Kind, index: int) -> pb.ActionEvent:
-        return pb.ActionEvent(kind=kind, label=self._labels[index], start_sequence=self._since)
-
-
 @dataclass(slots=True)
 class PendingFrame:
     """A frame between its arrival and its prediction."""
@@ -120,71 +64,6 @@ class PendingFrame:
     heavy: bool  # decodes to more pixels than the batch's lane takes (see batcher.py)
     image: np.ndarray | None = None  # decoded ahead, by the heavy lane or a source reader
     skipped: int = 0  # frames of its stream dropped just before it (see Stream.push)
-
-
-class ClockCheck:
-    """Whether a stream's capture timestamps could be microseconds, judged once.
-
-    A camera that sends milliseconds in `timestamp_us` claims a thousand times
-    its frame rate: the resampler would keep about one frame in a thousand, and
-    the stream be answered once every couple of minutes, each answer reporting
-    its hundreds of frames skipped. One that sends nanoseconds claims a
-    thousandth of it: every frame is taken, a 30 fps camera's as if 10 fps
-    apart, and the model, seeing motion three times as fast as it learnt, is
-    wrong most of the time (37% against 94% in one trial). So once a stream has
-    sent for a while, its timestamps' advance is set against the time its
-    frames took to arrive; one far slower (a hundredth or less) or far faster
-    (`FASTEST` times or more) refuses the frame, saying why. A file sent faster
-    than real time does that rightly, but not that much faster: a 30 fps file
-    would take 15,000 frames a second.
-    """
-
-    MIN_FRAMES = 10
-    MIN_SECONDS = 2.0
-    SLOWEST = 0.01  # timestamp advance per second of arrivals, below which it refuses
-    FASTEST = 500.0  # and above which
-
-    def __init__(self) -> None:
-        self.done = False
-        self._first: tuple[int, float] | None = None  # (timestamp_us, arrival)
-        self._frames = 0
-
-    def check(self, timestamp_us: int, arrival: float) -> None:
-        """Raises FrameError once judged too slow or too fast to be microseconds; after
-        the one judgement (either way), `done` holds and there is nothing more to check."""
-        if self._first is None:
-            self._first = (timestamp_us, arrival)
-        self._frames += 1
-        first_us, first_arrival = self._first
-        seconds = arrival - first_arrival
-        if self._frames < self.MIN_FRAMES or seconds < self.MIN_SECONDS:
-            return
-        self.done = True
-        advance_us = timestamp_us - first_us
-        send = "send microseconds, or 0 to have each frame timed as it arrives"
-        over = f"over {seconds:.1f} s of its frames arriving"
-        if advance_us == 0:
-            raise FrameError(
-                f"the stream's capture timestamps did not advance {over} (a clock that "
-                f"does not move?), so only its first frame would be answered: {send}",
-                "slow_timestamps",
-            )
-        if 0 < advance_us < self.SLOWEST * seconds * 1e6:
-            raise FrameError(
-                f"the stream's capture timestamps advanced {advance_us / 1e3:.1f} ms {over}; "
-                "timestamp_us is in microseconds (are these milliseconds?), and frames "
-                "closer than the model's period are skipped, so almost none would be "
-                f"answered: {send}",
-                "slow_timestamps",
-            )
-        if advance_us > self.FASTEST * seconds * 1e6:
-            raise FrameError(
-                f"the stream's capture timestamps advanced {advance_us / 1e6:,.0f} s {over}; "
-                "timestamp_us is in microseconds (are these nanoseconds?), and frames "
-                "that far apart are each taken as one model period apart, so the model "
-                f"would see its motion sped up: {send}",
-                "fast_timestamps",
-            )
 
 
 class Stream:
