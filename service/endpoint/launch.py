@@ -129,7 +129,7 @@ def run(cfg: ServeConfig) -> int:
     if "grpc" not in sys.modules:
         grpc_listener.prefer_iomgr(os.environ)
     if cfg.workers == 1:
-        from actionstream.service.endpoint.server import serve_here
+        from actionstream.service.endpoint.serving import serve_here
 
         return serve_here(cfg)
     from actionstream.service.endpoint.workers import supervise

@@ -200,7 +200,7 @@ def share_of(total: int, workers: int, i: int) -> int:
 
 def _worker_main(cfg: ServeConfig, error_file: Path, supervisor: int) -> None:
     # In the worker: its first heavy import.
-    from actionstream.service.endpoint.server import run_worker
+    from actionstream.service.endpoint.serving import run_worker
 
     # A process target's return value is lost: the exit code must be raised.
     sys.exit(run_worker(cfg, error_file, supervisor))
