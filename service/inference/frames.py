@@ -35,6 +35,15 @@ from actionstream.v1 import actionstream_pb2 as pb
 
 # How small a reduced JPEG decode may come out, as a share of the model's input size.
 JPEG_FLOOR = 0.875
+# Pixels a JPEG's byte counts as, where its bytes outweigh its pixels. Entropy decoding
+# costs by the byte (5.6-8.3 ns here at 1/8 scale) and the rest by the pixel (0.4 ns):
+# a 640x480 camera frame of 67 KB takes 0.6 ms, a 1920x1080 one of white noise at
+# quality 95 (5 MB) 28-42 ms. Counted by its pixels alone, that frame cost exactly a
+# --heavy-pixels image and was decoded in the shared batches, where four streams of
+# them at 10 fps left an honest camera 25 frames of 101 at p50 362 ms. At 2, only a
+# JPEG of more than 4 bits a pixel counts by its bytes: cameras write 0.5-2 (3-4 at
+# the highest quality), so theirs still count by their pixels.
+JPEG_BYTE_PIXELS = 2
 
 _JPEG_REDUCED = (
     (8, cv2.IMREAD_REDUCED_COLOR_8),
@@ -53,7 +62,8 @@ class Checked:
     flag: int  # cv2.imdecode's flag for an encoded image
     # What decoding costs, as the pixel count of a baseline image that costs as much: a
     # JPEG's full size (libjpeg entropy-decodes every pixel at any reduced scale), times
-    # half its scans when progressive (each scan is another pass over the image).
+    # half its scans when progressive (each scan is another pass over the image), or
+    # its bytes times JPEG_BYTE_PIXELS where that is more.
     work: int = 0
     # The encoded bytes, read once: each read of a protobuf bytes field is a fresh copy.
     data: bytes = b""
@@ -101,6 +111,7 @@ class FrameDecoder:
             return self.fit(image)
         data = checked.data
         if checked.kind == "PNG":
+            data = png.pixel_chunks(data)
             png.check_inflation(data, checked.inflated)
         decoded = cv2.imdecode(np.frombuffer(data, np.uint8), checked.flag)
         if decoded is None:
@@ -156,7 +167,7 @@ class FrameDecoder:
                     )
                 passes = max(2, scans) / 2
             factor, flag = self._jpeg_reduction(width, height)
-            work = int(width * height * passes)
+            work = max(int(width * height * passes), len(data) * JPEG_BYTE_PIXELS)
             reduced = (-(-width // factor), -(-height // factor))
             return Checked("JPEG", *reduced, flag, work, data, (width, height))
         raise FrameError(f"not a JPEG or PNG image ({len(data)} bytes)", "not_an_image")
