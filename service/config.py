@@ -94,6 +94,16 @@ class ServeConfig:
         "Watch may wait for their request, with the same rule",
         group="Limits",
     )
+    max_connections: int | None = setting(
+        None,
+        help="client connections open at once (a camera's stream holds one); one beyond "
+        "this is closed before any call, and its client gets UNAVAILABLE; unset: 4 x "
+        "max_streams, at least 1024. It keeps a flood of connections from taking the "
+        "process's file descriptors and memory (20,000 held 380 MB, and no new camera "
+        "could connect); a connection with no call open for 60 s is closed (its client's "
+        "next call connects again), and one that says nothing for 10 s",
+        group="Limits",
+    )
     max_side_calls: int = setting(
         64,
         help="health Watch and reflection calls open at once (each stays open as long as its "
@@ -241,6 +251,11 @@ class ServeConfig:
             )
         if self.max_waiting_calls is not None and self.max_waiting_calls < 1:
             raise ValueError(f"max_waiting_calls must be at least 1, got {self.max_waiting_calls}")
+        if self.max_connections is not None and self.max_connections < self.workers:
+            raise ValueError(
+                f"max_connections must be at least 1 (and workers: each takes a share), "
+                f"got {self.max_connections}"
+            )
         for name in (
             "max_streams",
             "max_frame_bytes",
@@ -314,6 +329,12 @@ class ServeConfig:
     def waiting_calls_cap(self) -> int:
         """How many calls may wait for a first frame: as set, or four per place."""
         return self.max_waiting_calls or 4 * self.max_streams
+
+    @property
+    def connections_cap(self) -> int:
+        """How many client connections may be open: as set, or four per place, at least
+        1024 (a connection costs about 14 KB; a camera holds one)."""
+        return self.max_connections or max(1024, 4 * self.max_streams)
 
     @property
     def max_message_bytes(self) -> int:

@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry
 
 from actionstream.service.clients.scrape import scrape
 from actionstream.service.config import ServeConfig
+from actionstream.service.endpoint import server as server_module
 from actionstream.service.endpoint.launch import ServeError
 from actionstream.service.endpoint.places import client_address
 from actionstream.service.endpoint.server import SERVED_METHODS
@@ -399,6 +400,73 @@ def test_a_port_in_use_is_refused(start_server: Callable[..., BackgroundServer])
     first = start_server()
     with pytest.raises(ServeError, match=f"cannot listen on 127.0.0.1:{first.port}"):
         start_server(port=first.port)
+
+
+# What an HTTP/2 client sends first: the preface and an empty SETTINGS frame.
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes((0, 0, 0, 4, 0, 0, 0, 0, 0))
+
+
+def _model_info(port: int) -> grpc.StatusCode:
+    """The status of a GetModelInfo call on a fresh connection."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            pb_grpc.ActionRecognitionStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+        except grpc.RpcError as e:
+            return e.code()
+    return grpc.StatusCode.OK
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes `sock` within `seconds` (what it sends is read and
+    dropped: its settings, a GOAWAY)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if not sock.recv(4096):
+                return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+    return False
+
+
+def test_connections_beyond_max_connections_are_closed_before_any_call(
+    start_server: Callable[..., BackgroundServer],
+) -> None:
+    # 21,000 connections that only sent HTTP/2's preface took the server to its file
+    # descriptor limit and 380 MB: no camera could connect, and nothing counted them.
+    server = start_server(max_connections=4)
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+    try:
+        for sock in held:
+            sock.sendall(_PREFACE)
+        assert _model_info(server.port) == grpc.StatusCode.UNAVAILABLE
+        assert not _closed_within(held[0], 0.5)  # those it holds stay open
+    finally:
+        held[0].close()
+        deadline = time.monotonic() + 10
+        while _model_info(server.port) != grpc.StatusCode.OK:  # until it sees the close
+            assert time.monotonic() < deadline, "a closed connection kept its place"
+        for sock in held[1:]:
+            sock.close()
+
+
+def test_connections_that_say_nothing_or_make_no_call_are_closed(
+    start_server: Callable[..., BackgroundServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each would hold one of --max-connections' places until its client went away.
+    monkeypatch.setattr(server_module, "CONNECTION_IDLE_MS", 1000)
+    monkeypatch.setattr(server_module, "HANDSHAKE_TIMEOUT_MS", 1000)
+    server = start_server()
+    with (
+        socket.create_connection(("127.0.0.1", server.port)) as silent,
+        socket.create_connection(("127.0.0.1", server.port)) as idle,
+    ):
+        idle.sendall(_PREFACE)
+        assert _closed_within(silent, 5)
+        assert _closed_within(idle, 5)
 
 
 def _scrape(port: int | None) -> dict[str, float]:

@@ -23,7 +23,7 @@ from helpers import LiveStream, assert_matches, frame_request, jpeg, render
 from actionstream.serve_process import ServeProcess, ServeProcessError
 from actionstream.service.clients.scrape import scrape
 from actionstream.service.config import ServeConfig
-from actionstream.service.endpoint.workers import _reserve_port, share_of
+from actionstream.service.endpoint.workers import _reserve_port, _worker_config, share_of
 from actionstream.service.inference.model import OnnxStepModel, bundled_model_path
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -118,6 +118,12 @@ def test_workers_share_max_streams_exactly() -> None:
         assert sum(shares) == total and max(shares) - min(shares) <= 1, shares
     with pytest.raises(ValueError, match=r"max_streams \(1\) must be at least workers \(2\)"):
         ServeConfig(max_streams=1, workers=2)
+    with pytest.raises(ValueError, match=r"max_connections must be at least 1 \(and workers"):
+        ServeConfig(max_connections=1, workers=2)
+    # The connections too, set or derived (four per place, at least 1024).
+    for cfg in (ServeConfig(workers=3, max_connections=10), ServeConfig(workers=3)):
+        shares = [_worker_config(cfg, 1, Path("/tmp"), i).max_connections for i in range(3)]
+        assert sum(s for s in shares if s) == cfg.connections_cap, shares
 
 
 def test_workers_share_the_port_and_keep_each_streams_state(

@@ -44,6 +44,12 @@ logger = logging.getLogger(__name__)
 # The shortest time between a client's keepalive pings the server takes, while it sends
 # nothing (README: clients may ping every 10 s or more).
 MIN_PING_INTERVAL_MS = 5_000
+# A client connection with no call open this long is closed (HTTP/2 GOAWAY; its client's
+# next call connects again), and one that has not sent HTTP/2's preface and settings in
+# HANDSHAKE_TIMEOUT_MS (gRPC's default: 2 minutes): under --max-connections, connections
+# left open and unused would otherwise hold their places until their clients go.
+CONNECTION_IDLE_MS = 60_000
+HANDSHAKE_TIMEOUT_MS = 10_000
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ActionRecognition"].full_name
 # How long the streams cut at the grace period's end have to send their own status and
 # trailer (a loop turn each) before gRPC cancels what is left.
@@ -203,6 +209,10 @@ def _grpc_options(cfg: ServeConfig, shared_port: bool) -> list[tuple[str, int]]:
     """gRPC's server options for `cfg`; `shared_port` for one of `--workers`' processes."""
     return [
         ("grpc.max_receive_message_length", cfg.max_message_bytes),
+        # Checked as a connection is accepted, before any byte is read from it.
+        ("grpc.max_allowed_incoming_connections", cfg.connections_cap),
+        ("grpc.max_connection_idle_ms", CONNECTION_IDLE_MS),
+        ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
         # Without this a second server on the same port would start and
         # silently share its traffic instead of failing to bind; only
         # `--workers` processes share a port, on purpose.

@@ -188,6 +188,7 @@ def _worker_config(cfg: ServeConfig, port: int, tmp: Path, i: int) -> ServeConfi
         else max(1, share_of(cfg.max_waiting_calls, cfg.workers, i)),
         # At least one each: a worker without any would refuse every health Watch.
         max_side_calls=max(1, share_of(cfg.max_side_calls, cfg.workers, i)),
+        max_connections=share_of(cfg.connections_cap, cfg.workers, i),
         ready_file=str(tmp / f"worker-{i}.json"),
     )
 
