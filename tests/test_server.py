@@ -40,6 +40,7 @@ from prometheus_client import CollectorRegistry
 from actionstream.service.clients.scrape import scrape
 from actionstream.service.config import ServeConfig
 from actionstream.service.endpoint import server as server_module
+from actionstream.service.endpoint import servicer as servicer_module
 from actionstream.service.endpoint.launch import ServeError
 from actionstream.service.endpoint.places import client_address
 from actionstream.service.endpoint.server import SERVED_METHODS
@@ -400,6 +401,33 @@ def test_a_port_in_use_is_refused(start_server: Callable[..., BackgroundServer])
     first = start_server()
     with pytest.raises(ServeError, match=f"cannot listen on 127.0.0.1:{first.port}"):
         start_server(port=first.port)
+
+
+def test_streams_opened_and_closed_in_a_flood_are_logged_within_a_budget(
+    start_server: Callable[..., BackgroundServer],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 6,000 one-frame streams at 644 a second wrote two lines each: 250 KB of log a second.
+    monkeypatch.setattr(servicer_module, "STREAM_LINES_BURST", 4)
+    monkeypatch.setattr(servicer_module, "STREAM_LINES_PER_S", 0.5)
+    caplog.set_level("INFO")
+    server = start_server(max_streams=1)
+    stub = stub_for(server.port)
+    frame = frame_request(png(render(1, seed=9)[0]))
+
+    def stream_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("stream ")]
+
+    for _ in range(10):
+        assert len(list(stub.StreamFrames(iter([frame])))) == 1
+    logged = len(stream_lines())
+    # The burst (two streams' opened and ended lines), and one more for each 2 s taken.
+    assert 4 <= logged <= 5, stream_lines()
+    time.sleep(2.1)  # a line's worth
+    assert len(list(stub.StreamFrames(iter([frame])))) == 1
+    last = stream_lines()[logged]
+    assert last.endswith(f"opened (top_k=3); {20 - logged} stream lines left out before this one")
 
 
 # What an HTTP/2 client sends first: the preface and an empty SETTINGS frame.

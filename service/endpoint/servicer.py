@@ -69,6 +69,12 @@ _TOLD_WHY = frozenset({"invalid_frame", "malformed", "refused", "evicted", "inva
 # Refusals that come in floods, cameras retrying against a full server: logged at most
 # one a second (logs.Throttle), each counted in the metrics.
 _FLOODS = frozenset({"refused", "evicted"})
+# Streams' "opened" and "ended" lines: a burst as large as a server's cameras all
+# reconnecting after a restart (two lines each, at least), then a rate no honest set of
+# cameras keeps up, so that a client opening and closing streams as fast as it can
+# cannot fill the disk.
+STREAM_LINES_PER_S = 20.0
+STREAM_LINES_BURST = 500
 # The longest a WatchSource open may take, below the idle timeout when that is longer: an
 # open holds FFmpeg's process-wide open lock, so every other open waits out a slow one,
 # and a camera or stream that answers at all opens well within this.
@@ -112,6 +118,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._cut_off = False
         self._open: set[Stream] = set()  # every stream whose call is open
         self._turned_away = Throttle()
+        self._stream_lines = Throttle(
+            STREAM_LINES_PER_S, max(STREAM_LINES_BURST, 2 * cfg.max_streams)
+        )
         self._overload = metrics.dropped("overload")
 
     async def cut_off(self, within_s: float) -> None:
@@ -346,13 +355,16 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         when its call opens; a watched source's when its call opens."""
         self._places.take(stream)
         stream.state = self._batcher.model.zero_state(1)
-        logger.info(
-            "stream %d %s opened (top_k=%d)",
-            stream.id,
-            stream.name,
-            stream.top_k,
-            extra=_about(stream),
-        )
+        left_out = self._stream_lines.take()
+        if left_out is not None:
+            logger.info(
+                "stream %d %s opened (top_k=%d)%s",
+                stream.id,
+                stream.name,
+                stream.top_k,
+                _left_out(left_out),
+                extra=_about(stream),
+            )
 
     def _refused(
         self, method: str, stream: Stream, refused: Refused, context: grpc.aio.ServicerContext
@@ -437,17 +449,21 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._metrics.ended(reason).inc()
         # The state goes with the stream object; a batch in flight may still be writing it.
         if self._places.give_back(stream):
-            logger.info(
-                "stream %d %s ended (%s%s) after %d frames, %d answered, %d dropped by overload",
-                stream.id,
-                stream.name,
-                reason,
-                why,
-                stream.frames,
-                stream.answered,
-                stream.dropped_overload,
-                extra=_about(stream),
-            )
+            left_out = self._stream_lines.take()
+            if left_out is not None:
+                logger.info(
+                    "stream %d %s ended (%s%s) after %d frames, %d answered, %d dropped by "
+                    "overload%s",
+                    stream.id,
+                    stream.name,
+                    reason,
+                    why,
+                    stream.frames,
+                    stream.answered,
+                    stream.dropped_overload,
+                    _left_out(left_out),
+                    extra=_about(stream),
+                )
         elif why:  # refused on its first request, before it took a place
             left_out = self._turned_away.take() if reason in _FLOODS else 0
             if left_out is not None:
@@ -513,3 +529,8 @@ def _shown_name(name: str) -> str:
 
 def _about(stream: Stream) -> dict[str, object]:
     return {"stream": stream.name, "stream_id": stream.id}
+
+
+def _left_out(count: int) -> str:
+    """The end of a stream's line that says how many such lines the budget left out."""
+    return f"; {count} stream lines left out before this one" if count else ""

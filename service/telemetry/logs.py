@@ -37,23 +37,28 @@ class JsonFormatter(logging.Formatter):
 
 
 class Throttle:
-    """At most one line every `interval_s` for events that come in floods (cameras
-    retrying against a full server): the ones between are counted, and the next line
-    let through says how many were left out. Their metrics count every one."""
+    """At most `burst` lines at once and `per_second` after that, for lines that can come
+    in floods (cameras retrying against a full server, a client opening and closing
+    streams as fast as it can): the ones left out are counted, and the next line let
+    through says how many. Their metrics count every one."""
 
-    def __init__(self, interval_s: float = 1.0) -> None:
-        self._interval_s = interval_s
-        self._next = -float("inf")
+    def __init__(self, per_second: float = 1.0, burst: int = 1) -> None:
+        self._per_second = per_second
+        self._burst = burst
+        self._tokens = float(burst)
+        self._at = time.monotonic()
         self._held_back = 0
 
     def take(self) -> int | None:
         """None when this line is to be left out; else how many were left out since the
         last line let through."""
         now = time.monotonic()
-        if now < self._next:
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._per_second)
+        self._at = now
+        if self._tokens < 1:
             self._held_back += 1
             return None
-        self._next = now + self._interval_s
+        self._tokens -= 1
         held_back, self._held_back = self._held_back, 0
         return held_back
 
