@@ -27,11 +27,11 @@ DEFAULT_FRAME_CACHE = str(
 )
 # `--init` by name; anything else is a run folder or checkpoint to start from.
 INIT_CHOICES = ("auto", "pretrained", "scratch")
-# Containers OpenCV's FFmpeg reads (a manifest may name any other file); here, not beside
-# the decoder, so that a config can tell a video from a folder or manifest without it.
 # The largest --size: 256 times the bundled model's 64 x 64 frames; far past it, a decoded
 # video's frames outgrew memory (100000 ended in OpenCV's out-of-memory traceback).
 MAX_SIZE = 1024
+# Containers OpenCV's FFmpeg reads (a manifest may name any other file); here, not beside
+# the decoder, so that a config can tell a video from a folder or manifest without it.
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".wmv", ".ts")
 
 
