@@ -6,6 +6,7 @@ import itertools
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def test_training_learns_motion_and_exports(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("size", [(40, 40), (37, 53), (64, 48)])
 def test_the_model_runs_at_any_input_size(size: tuple[int, int]) -> None:
-    # Training asks for multiples of 16; the model itself must not break off them (its
+    # Training takes any --size (see the test below); the model must run at it (its
     # feature grid was sized as if each stride-2 block rounded down, not up).
     torch = pytest.importorskip("torch")
     from actionstream.contract import ModelConfig
@@ -274,7 +275,7 @@ def test_a_full_disk_while_saving_is_one_line_and_leaves_no_half_file(tmp_path: 
 
 def test_one_cycle_rises_then_cools_to_nothing() -> None:
     pytest.importorskip("torch")
-    from actionstream.training.train import one_cycle
+    from actionstream.training.schedule import one_cycle
 
     assert one_cycle(0.0) == pytest.approx(1 / 25)
     assert one_cycle(0.15) == pytest.approx(1.0)
@@ -284,6 +285,70 @@ def test_one_cycle_rises_then_cools_to_nothing() -> None:
     peak = values.index(max(values))
     assert all(a <= b for a, b in itertools.pairwise(values[: peak + 1]))
     assert all(a >= b for a, b in itertools.pairwise(values[peak:]))
+
+
+@pytest.mark.parametrize("steps", [1, 6, 37, 768])
+def test_without_a_budget_the_schedule_is_torchs_one_cycle_step_for_step(steps: int) -> None:
+    # The bundled model and the README's training figures came from torch's OneCycleLR,
+    # which --minutes runs and new cycles could not use (they had a LambdaLR, beta1 left
+    # at 0.9): the one schedule now used for all of them must be it, rate and beta1.
+    torch = pytest.importorskip("torch")
+    from actionstream.training.schedule import OneCycle
+
+    def optimiser() -> torch.optim.AdamW:
+        groups = [{"params": [torch.nn.Parameter(torch.zeros(n))]} for n in (2, 3)]
+        return torch.optim.AdamW(groups, lr=TINY.lr, weight_decay=1e-4)
+
+    theirs, ours = optimiser(), optimiser()
+    torchs = torch.optim.lr_scheduler.OneCycleLR(
+        theirs, max_lr=TINY.lr, total_steps=steps, pct_start=0.15
+    )
+    own = OneCycle(ours, TINY.lr, steps)
+    for step in range(steps):
+        for a, b in zip(theirs.param_groups, ours.param_groups, strict=True):
+            assert (a["lr"], a["betas"]) == (b["lr"], b["betas"]), step
+        for opt, sched in ((theirs, torchs), (ours, own)):
+            opt.step()
+            sched.step()
+    # After its last step it stays at the floor, where OneCycleLR climbs again.
+    assert [g["lr"] for g in ours.param_groups] == [TINY.lr / 25 / 1e4] * 2
+    assert [g["betas"][0] for g in ours.param_groups] == [0.95] * 2
+
+
+def test_a_cycle_on_the_clock_or_from_a_reached_rate_moves_beta1_as_the_rate() -> None:
+    # Under --minutes, and in a cycle a resume began from the rate reached, beta1 stayed
+    # at AdamW's 0.9. It mirrors the rate now, against the cycle's own progress.
+    torch = pytest.importorskip("torch")
+    from actionstream.training.schedule import OneCycle
+
+    floor = 1 / 250_000
+    for rise_from in (floor, 0.3, 1.0):
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=TINY.lr)
+        sched = OneCycle(opt, TINY.lr, 40, begin=100, rise_from=rise_from)
+        sched.go_to(100)  # where a resumed run's new cycle begins
+        seen = []
+        for _ in range(41):
+            seen.append((opt.param_groups[0]["lr"] / TINY.lr, opt.param_groups[0]["betas"][0]))
+            opt.step()
+            sched.step()
+        assert seen[0][0] == pytest.approx(rise_from, rel=1e-9)
+        for factor, beta1 in seen:  # the mirror of the rate, between the floor and 1
+            assert beta1 == pytest.approx(0.85 + 0.1 * (1 - factor) / (1 - floor), abs=1e-12)
+        assert min(b for _, b in seen) == pytest.approx(0.85) and seen[-1][1] == 0.95
+
+    # On the clock: where the steps or the time put it, whichever is further on.
+    spent = [0.0]
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=TINY.lr)
+    clocked = OneCycle(opt, TINY.lr, 1000, clock=lambda: spent[0])
+    assert opt.param_groups[0]["betas"][0] == 0.95
+    spent[0] = 0.15  # the peak by the clock, a step in
+    opt.step()
+    clocked.step()
+    assert opt.param_groups[0]["lr"] == TINY.lr and opt.param_groups[0]["betas"][0] == 0.85
+    spent[0] = 1.0
+    opt.step()
+    clocked.step()
+    assert opt.param_groups[0]["lr"] == TINY.lr / 25e4 and opt.param_groups[0]["betas"][0] == 0.95
 
 
 TINY = TrainConfig(
@@ -301,6 +366,28 @@ TINY = TrainConfig(
     threads=1,
     init="scratch",
 )
+
+
+def test_train_takes_a_size_that_is_no_multiple_and_the_model_serves_it(tmp_path: Path) -> None:
+    # --size had to be a multiple of 2 ** blocks ("each conv block halves the frame"),
+    # a rule left from before the blocks rounded up: 36 with three blocks was refused,
+    # though the model, its export and the server all take it.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.service.inference.model import OnnxStepModel
+    from actionstream.training.export import export_onnx
+    from actionstream.training.train import main
+
+    cfg = dataclasses.replace(
+        TINY, out=str(tmp_path / "run"), size=36, channels=(8, 16, 16), epochs=1
+    )
+    ckpt = main(cfg)
+    model = OnnxStepModel.load(export_onnx(ckpt, tmp_path / "model.onnx"))
+    assert (model.metadata.height, model.metadata.width) == (36, 36)
+    frame = np.random.default_rng(0).integers(0, 256, (1, 36, 36, 3), dtype=np.uint8)
+    logits, _ = model.step(frame, model.zero_state(1))
+    assert logits.shape == (1, len(LABELS)) and np.isfinite(logits).all()
 
 
 @pytest.mark.parametrize(("first", "then"), [(0.0, 5.0), (0.001, 0.0)])
@@ -328,6 +415,33 @@ def test_a_run_resumes_with_or_without_a_time_budget(
     assert cut_short == (first > 0), rows
 
 
+def test_a_time_budget_changes_the_schedule_not_the_optimiser(tmp_path: Path) -> None:
+    # With --minutes the schedule was a LambdaLR, without it torch's OneCycleLR, which
+    # also cycles AdamW's beta1 (0.95 to 0.85 and back) and keeps its own keys in the
+    # parameter groups: a budget gave another optimiser, beta1 fixed at 0.9. A budget
+    # that never catches up with the steps now trains as none does, value for value.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.data_loading import synthetic_data
+    from actionstream.training.run_folder import PROGRESS, Progress
+    from actionstream.training.train import main
+
+    cfg = dataclasses.replace(TINY, bptt=8)  # 2 epochs of 20 steps
+    data = synthetic_data(cfg)
+    runs = {}
+    for minutes in (0.0, 60.0):
+        out = tmp_path / f"minutes-{minutes:g}"
+        with _LearningRates() as runs[minutes]:
+            main(dataclasses.replace(cfg, out=str(out), minutes=minutes), data)
+        saved = Progress.load(out / PROGRESS).optimizer["param_groups"][0]
+        assert set(saved) == runs[minutes].keys
+    plain, budget = runs[0.0], runs[60.0]
+    assert len(plain) == 40 and plain.keys == budget.keys
+    assert min(plain.beta1) < 0.86 and plain.beta1[0] == plain.beta1[-1] == 0.95
+    assert (budget, budget.beta1) == (plain, plain.beta1)
+
+
 def test_a_resumed_run_under_a_time_budget_goes_on_cooling(tmp_path: Path) -> None:
     # The schedule follows the clock, which started again at zero on --resume: a run the
     # clock had cooled went back to near its peak learning rate.
@@ -335,7 +449,8 @@ def test_a_resumed_run_under_a_time_budget_goes_on_cooling(tmp_path: Path) -> No
     import dataclasses
 
     from actionstream.training.run_folder import PROGRESS, Progress, resume_config
-    from actionstream.training.train import main, one_cycle
+    from actionstream.training.schedule import one_cycle
+    from actionstream.training.train import main
 
     out = tmp_path / "run"
     main(dataclasses.replace(TINY, out=str(out), minutes=0.001))  # cut short in epoch 1
@@ -748,18 +863,37 @@ def test_short_actions_have_no_settled_accuracy_rather_than_none_right(
 
 
 class _LearningRates(list[float]):
-    """The learning rate of every optimiser step taken within `with`, as the step had it."""
+    """The learning rate of every optimiser step taken within `with`, as the step had it;
+    its AdamW beta1 in `beta1`."""
 
     def __enter__(self) -> _LearningRates:
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-        self._hook = register_optimizer_step_pre_hook(
-            lambda opt, args, kwargs: self.append(opt.param_groups[0]["lr"])
-        )
+        self.beta1: list[float] = []
+        self.keys: set[str] = set()
+
+        def note(opt: Any, args: object, kwargs: object) -> None:
+            self.append(opt.param_groups[0]["lr"])
+            self.beta1.append(opt.param_groups[0]["betas"][0])
+            self.keys = set(opt.param_groups[0])
+
+        self._hook = register_optimizer_step_pre_hook(note)
         return self
 
     def __exit__(self, *_: object) -> None:
         self._hook.remove()
+
+
+def _assert_beta1_mirrors(rates: _LearningRates, first: bool = False) -> None:
+    """Each step's beta1 is its rate's mirror between the cycle's floor and --lr: 0.95
+    at the floor, 0.85 at the peak. A `first` cycle rises from --lr / 25 at 0.95, its
+    rate and beta1 on a line of their own until the peak (as OneCycleLR has them)."""
+    peak, floor = TINY.lr, TINY.lr / 250_000
+    for lr, beta1 in zip(rates, rates.beta1, strict=True):
+        mirrors = [0.85 + 0.1 * (peak - lr) / (peak - floor)]
+        if first:
+            mirrors.append(0.85 + 0.1 * (peak - lr) / (peak - peak / 25))
+        assert any(beta1 == pytest.approx(m, abs=1e-9) for m in mirrors), (lr, beta1)
 
 
 def test_a_finished_run_goes_on_for_more_epochs_in_a_new_cycle(tmp_path: Path) -> None:
@@ -782,20 +916,26 @@ def test_a_finished_run_goes_on_for_more_epochs_in_a_new_cycle(tmp_path: Path) -
     data = synthetic_data(first)  # rendered once for every run here
     with _LearningRates() as trained:
         main(first, data)
-    # It goes on from the rate its last step trained at: the cycle's floor. The rate
-    # the optimiser was left with lies one step past the cosine's end, climbing again.
+    # It goes on from the rate its last step trained at: the cycle's floor, where the
+    # optimiser was left (OneCycleLR left it one step past the cosine's end, climbing).
     cooled = trained[-1]
     assert cooled == pytest.approx(TINY.lr / 250_000, rel=1e-9)
+    assert Progress.load(out / PROGRESS).optimizer["param_groups"][0]["lr"] == cooled
     twin = shutil.copytree(out, tmp_path / "twin")
 
     def more(run: Path) -> TrainConfig:
         return resume_config(TrainConfig(out=str(run), resume=True, epochs=3), {"epochs"})
 
+    assert trained.beta1[0] == trained.beta1[-1] == 0.95  # OneCycleLR's, at the low ends
     with _LearningRates() as rates:
         main(more(out), data)
     assert len(rates) == 40 and rates[0] == pytest.approx(cooled, rel=1e-9)
-    assert max(abs(b - a) for a, b in itertools.pairwise(rates)) < 0.3 * TINY.lr
+    assert max(abs(b - a) for a, b in itertools.pairwise(rates)) < TINY.lr / 3  # 5 rising
     assert max(rates) > 0.95 * TINY.lr and rates[-1] < 0.01 * TINY.lr
+    # beta1 too goes on from where it was, and mirrors the rate through the new cycle
+    # (it stayed at the 0.95 the first cycle had left, while the rate rose and fell).
+    _assert_beta1_mirrors(rates)
+    assert rates.beta1[0] == pytest.approx(0.95) and min(rates.beta1) < 0.86
     assert [r[0] for r in _rows(out)] == ["epoch", "1", "2", "3"]
     # The run's settings say how long it now runs: a plain --resume needs no --epochs.
     assert json.loads((out / "train_config.json").read_text())["epochs"] == 3
@@ -825,6 +965,41 @@ def test_a_finished_run_goes_on_for_more_epochs_in_a_new_cycle(tmp_path: Path) -
         main(resume_config(changed, {"epochs", "hidden"}), data)
 
 
+def test_a_run_saved_under_torchs_one_cycle_goes_on_from_its_floor(tmp_path: Path) -> None:
+    # A first cycle's last.pt from before runs had their own schedule holds torch's
+    # OneCycleLR, which left the optimiser one step past the cycle's end, its rate
+    # climbing again: more epochs start their cycle from the floor its last step
+    # trained at, and beta1 from where the floor has it.
+    torch = pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.data_loading import synthetic_data
+    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.train import main
+
+    out = tmp_path / "run"
+    first = dataclasses.replace(TINY, out=str(out), epochs=1, bptt=8)  # 20 steps
+    data = synthetic_data(first)
+    main(first, data)
+    progress = Progress.load(out / PROGRESS)
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=TINY.lr)
+    old = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=TINY.lr, total_steps=20, pct_start=0.15)
+    for _ in range(20):
+        opt.step()
+        old.step()
+    group = opt.param_groups[0]
+    assert group["lr"] > 100 * group["min_lr"]  # past the end
+    keys = ("lr", "betas", "initial_lr", "max_lr", "min_lr", "max_momentum", "base_momentum")
+    progress.optimizer["param_groups"][0].update({k: group[k] for k in keys})
+    dataclasses.replace(progress, schedule=old.state_dict()).save(out / PROGRESS)
+
+    with _LearningRates() as rates:
+        main(resume_config(TrainConfig(out=str(out), resume=True, epochs=3), {"epochs"}), data)
+    assert len(rates) == 40 and rates[0] == pytest.approx(TINY.lr / 250_000, rel=1e-9)
+    assert max(rates) > 0.95 * TINY.lr and rates[-1] < 0.01 * TINY.lr
+    _assert_beta1_mirrors(rates)
+
+
 @pytest.mark.parametrize("then", [0.0, 5.0])
 def test_a_run_the_clock_stopped_goes_on_without_a_jump_in_its_rate(
     tmp_path: Path, then: float
@@ -843,15 +1018,21 @@ def test_a_run_the_clock_stopped_goes_on_without_a_jump_in_its_rate(
     # Cut short in epoch 1 of 3, of 20 steps each (chunks of 8 frames).
     cfg = dataclasses.replace(TINY, out=str(out), minutes=0.001, bptt=8, epochs=3)
     data = synthetic_data(cfg)
-    main(cfg, data)
+    with _LearningRates() as first:
+        main(cfg, data)
     cooled = Progress.load(out / PROGRESS).optimizer["param_groups"][0]["lr"]
     assert cooled < TINY.lr * 0.01
     again = resume_config(TrainConfig(out=str(out), resume=True, minutes=then), {"minutes"})
     with _LearningRates() as rates:
         main(again, data)
     assert len(rates) == 40 and rates[0] == pytest.approx(cooled, rel=1e-9)
-    assert max(abs(b - a) for a, b in itertools.pairwise(rates)) < 0.3 * TINY.lr
+    assert max(abs(b - a) for a, b in itertools.pairwise(rates)) < TINY.lr / 3  # 5 rising
     assert rates[-1] < 0.01 * TINY.lr  # cooled again by the end of its last epoch
+    # beta1 followed the clock with the rate, and goes on mirroring it in the new cycle:
+    # it was left at AdamW's 0.9 under --minutes and in a new cycle.
+    _assert_beta1_mirrors(first, first=True)
+    _assert_beta1_mirrors(rates)
+    assert min(rates.beta1) < 0.86
     assert json.loads((out / "train_config.json").read_text())["minutes"] == then
 
 

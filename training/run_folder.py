@@ -32,6 +32,7 @@ from actionstream.training.config import CHECKPOINT, PROGRESS, TrainConfig
 from actionstream.training.errors import TrainingError
 from actionstream.training.evaluate import Scores
 from actionstream.training.model import Recognizer
+from actionstream.training.schedule import OneCycle
 
 CONFIG = "train_config.json"
 # Held by the run training in the folder (RunLock).
@@ -55,7 +56,7 @@ class Cycle:
     minutes: float
     # Where it began: the epochs finished, the optimiser steps and training seconds then,
     # and the learning rate then as a share of --lr, which it rises from (None for the
-    # run's first cycle, which rises from one_cycle's own start).
+    # run's first cycle, which rises from --lr / 25).
     epoch: int = 0
     step: int = 0
     seconds: float = 0.0
@@ -86,7 +87,9 @@ class Progress:
     log: list[list[str]]  # metrics.csv's rows so far
     weights: dict[str, torch.Tensor]
     optimizer: dict[str, Any]
-    schedule: dict[str, Any]  # only its step is read back (restore)
+    # The schedule's state: restore reads back its step alone; cycle_on tells one saved
+    # by torch's OneCycleLR (before runs had their own) by its total_steps.
+    schedule: dict[str, Any]
     rng: Mapping[str, Any]  # numpy's, which orders the batches
     torch_rng: torch.Tensor
     cuda_rng: torch.Tensor | None = None  # a GPU draws its dropout masks from its own
@@ -169,7 +172,7 @@ class Progress:
         self,
         net: Recognizer,
         opt: torch.optim.Optimizer,
-        sched: torch.optim.lr_scheduler.LRScheduler,
+        sched: OneCycle,
         rng: np.random.Generator,
         device: torch.device,
     ) -> None:
@@ -184,24 +187,27 @@ class Progress:
 
 def _restore_schedule(
     opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
+    sched: OneCycle,
     optimizer: dict[str, Any],
     schedule: dict[str, Any],
 ) -> None:
-    """The optimiser as saved and the schedule at the saved step.
+    """The optimiser as saved, with the schedule and its rate and beta1 at the saved step.
 
-    Only the step is carried, not the schedule's own state: with or without
-    `--minutes` the schedule is a different class (the clock joins the steps), and
-    either is a function of the step. The keys a schedule keeps in the optimiser's
-    parameter groups come from the one built now, since the saved run may have had
-    the other.
+    Only the step is carried, not the schedule's own state: the schedule is built anew
+    for the cycle the run is in now, and its rate and beta1 follow from the step (and,
+    under --minutes, from the clock, which counts the time saved). Set afresh there, a
+    run in the same cycle goes on as it was; a new cycle starts at the rate it rises
+    from, where the optimiser was saved holding the old cycle's next one; and last.pt
+    saved under torch's LambdaLR (whose beta1 stayed at AdamW's 0.9) goes on with the
+    beta1 its cycle has. Keys the saved parameter groups lack (saved under OneCycleLR
+    or LambdaLR, which kept others) come from those built now.
     """
     kept = [dict(group) for group in opt.param_groups]
     opt.load_state_dict(optimizer)
     for group, before in zip(opt.param_groups, kept, strict=True):
         for key, value in before.items():
             group.setdefault(key, value)
-    sched.last_epoch = schedule["last_epoch"]
+    sched.go_to(schedule["last_epoch"])
 
 
 def resume_config(cfg: TrainConfig, given: Collection[str]) -> TrainConfig:
@@ -373,9 +379,10 @@ def cycle_on(saved: Progress | None, cfg: TrainConfig) -> Cycle:
     group, schedule = saved.optimizer["param_groups"][0], saved.schedule
     reached = group["lr"] / cfg.lr
     if "total_steps" in schedule and schedule["last_epoch"] >= schedule["total_steps"]:
-        # A first cycle (OneCycleLR) that ran all its steps: its last step() left the
-        # optimiser one step past the cosine's end, where the rate climbs again, while
-        # the last step trained at the floor.
+        # last.pt saved by torch's OneCycleLR, the first cycle's schedule before OneCycle:
+        # one that ran all its steps left the optimiser one step past the cosine's end,
+        # where the rate climbs again, while the last step trained at the floor. OneCycle
+        # stays at the floor.
         reached = group["min_lr"] / cfg.lr
     return Cycle(
         cfg.epochs,

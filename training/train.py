@@ -47,6 +47,7 @@ from actionstream.training.evaluate import Scores, score
 from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
 from actionstream.training.run_folder import Cycle, EpochLog, Progress
+from actionstream.training.schedule import OneCycle
 
 
 class Deadline:
@@ -67,24 +68,6 @@ class Deadline:
         """The share used so far of the budget (0 without one), or of what was left of it
         `after` that many seconds of training (where a learning-rate cycle began)."""
         return (time.monotonic() - self._start - after) / (self._seconds - after)
-
-
-def one_cycle(
-    progress: float,
-    warm_up: float = 0.15,
-    start: float = 25.0,
-    end: float = 1e4,
-    rise_from: float | None = None,
-) -> float:
-    """The one-cycle learning-rate factor at `progress` (0..1) of training: a cosine
-    rise from 1/start (or `rise_from`, where a resumed run's new cycle finds the rate) to
-    1 over the warm-up, then a cosine fall to 1/(start*end)."""
-    if progress < warm_up:
-        low = 1 / start if rise_from is None else rise_from
-        return low + (1 - low) * (1 - math.cos(math.pi * progress / warm_up)) / 2
-    low = 1 / (start * end)
-    rest = min(1.0, (progress - warm_up) / (1 - warm_up))
-    return low + (1 - low) * (1 + math.cos(math.pi * rest)) / 2
 
 
 def train_one_epoch(
@@ -174,7 +157,7 @@ class RunParts:
     data: TrainingData
     net: Recognizer
     opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
+    sched: OneCycle
     rng: np.random.Generator
     team: Team
     device: torch.device
@@ -352,11 +335,6 @@ def set_up(
     first = 1
     if saved is not None:  # carry on where the run's last finished epoch left it
         saved.restore(net, opt, sched, rng, device)
-        if cycle is not saved.cycle and cycle.factor is not None:
-            # A new cycle's first step trains at the rate it rises from; the optimiser
-            # was saved holding the old cycle's next rate.
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * cycle.factor
         best = Best.from_record(saved.best, saved.best_weights)
         started -= saved.seconds
         first = saved.epoch + 1
@@ -525,26 +503,19 @@ def _schedule(
     per_epoch: int,
     deadline: Deadline,
     cycle: Cycle,
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """One cycle over the run's steps, or, with a time budget, over whichever ends first,
-    steps or time: a run cut short by the clock has still cooled its learning rate down.
+) -> OneCycle:
+    """One cycle of the learning rate and AdamW's beta1 (schedule.py) over the run's
+    steps, or, with a time budget, over whichever ends first, steps or time: a run cut
+    short by the clock has still cooled its learning rate down. Without one, and in a
+    run's first cycle, it is torch's OneCycleLR, as the bundled model was trained.
 
     A run resumed with another --epochs or --minutes is in a new `cycle`, from where it
     stood: its rate rises from the one it had reached (no jump) back to --lr, then cools
-    down by the end of the run's epochs or budget as they are now."""
+    down by the end of the run's epochs or budget as they are now; beta1 mirrors it."""
     # The cycle's own steps: its epochs', none cut short (the clock's last ends a run).
     steps = max(1, (cfg.epochs - cycle.epoch) * per_epoch)
-    if cycle.factor is None and cfg.minutes == 0:  # the run's first, by its steps alone
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
-        )
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda step: one_cycle(
-            max((step - cycle.step) / steps, deadline.spent(cycle.seconds)),
-            rise_from=cycle.factor,
-        ),
-    )
+    clock = (lambda: deadline.spent(cycle.seconds)) if cfg.minutes > 0 else None
+    return OneCycle(opt, cfg.lr, steps, begin=cycle.step, rise_from=cycle.factor, clock=clock)
 
 
 def _new_cycle(cycle: Cycle, saved: Progress, cfg: TrainConfig) -> str:
