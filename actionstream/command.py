@@ -52,6 +52,18 @@ class ConfigOption(click.Option):
         super().__init__(*args, **kwargs)
         self.group = group
 
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        """The flag a bad value came from, and its environment variable only when it came
+        from there: click names both, so `--max-streams abc` read as if the variable held
+        it."""
+        hint = click.Parameter.get_error_hint(self, ctx)
+        if ctx is None or self.name is None:
+            return hint
+        came_from = ctx.get_parameter_source(self.name)
+        if came_from is click.core.ParameterSource.ENVIRONMENT and isinstance(self.envvar, str):
+            hint += f" (from {self.envvar})"
+        return hint
+
 
 class ConfigCommand(click.Command):
     """A command whose `--help` lists options in their config groups, in field order."""

@@ -55,7 +55,9 @@ def test_serve_flags_name_their_environment_variables() -> None:
 def test_bad_setting_is_one_line_not_a_traceback() -> None:
     for argv, env, message in (
         (["serve", "--port", "70000"], {}, "actionstream serve: port must be 0..65535"),
-        (["serve"], {"ACTIONSTREAM_PORT": "http"}, "'ACTIONSTREAM_PORT'): 'http' is not a valid"),
+        (["serve"], {"ACTIONSTREAM_PORT": "http"}, "(from ACTIONSTREAM_PORT): 'http' is not a"),
+        # Given on the command line, not in the environment: the variable is not named.
+        (["serve", "--port", "http"], {}, "Invalid value for '--port': 'http' is not a valid"),
         (["serve"], {"ACTIONSTREAM_ALLOW_SOURCES": "maybe"}, "'maybe' is not a valid boolean"),
         (["serve", "--bogus"], {}, "No such option '--bogus'"),
         (["serve"], {"ACTIONSTREAM_WORKERS": "0"}, "workers must be at least 1, got 0"),

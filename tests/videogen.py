@@ -162,14 +162,36 @@ def labelled_video(
     return csv_path
 
 
-if __name__ == "__main__":
-    # python tests/videogen.py OUT [PER_CLASS]: the six-class set the README measures on.
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """The six-class data set the README measures on, written under OUT."""
+    import argparse
 
-    out = Path(sys.argv[1])
-    per_class = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    parser = argparse.ArgumentParser(
+        prog="python tests/videogen.py",
+        description="Writes labelled videos, one folder per class (left, right, up, down, "
+        "flash_once, flash_twice), under OUT, and a labelled video of unseen clips beside "
+        "it (OUT-unseen.mp4, with its per-frame labels in OUT-unseen.csv): the data set "
+        "the README's measurements on videos were made on.",
+    )
+    parser.add_argument("out", type=Path, metavar="OUT", help="the folder to write")
+    parser.add_argument(
+        "per_class",
+        type=int,
+        nargs="?",
+        default=100,
+        metavar="PER_CLASS",
+        help="videos of each class (default: 100)",
+    )
+    args = parser.parse_args(argv)
+    if args.per_class < 1:
+        parser.error(f"PER_CLASS must be at least 1, got {args.per_class}")
+    out: Path = args.out
     labels = ("left", "right", "up", "down", "flash_once", "flash_twice")
-    class_folders(out, labels, per_class, seconds=2.0, fps=12.0, size=(160, 120), seed=11)
+    class_folders(out, labels, args.per_class, seconds=2.0, fps=12.0, size=(160, 120), seed=11)
     unseen = out.with_name(out.name + "-unseen.mp4")
     labelled_video(unseen, labels, 4, seed=70_000, seconds=2.0, fps=12.0, size=(160, 120))
-    print(f"wrote {per_class} videos of each of {', '.join(labels)} under {out}, and {unseen}")
+    print(f"wrote {args.per_class} videos of each of {', '.join(labels)} under {out}, and {unseen}")
+
+
+if __name__ == "__main__":
+    main()
