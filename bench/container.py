@@ -226,13 +226,13 @@ def measure(
         peak, rss = box.cgroup.peak_bytes(), box.cgroup.rss_bytes()
     key = "actionstream_frames_processed_total"
     processed = after.get(key, 0.0) - before.get(key, 0.0)
-    scheduled = int(run["sent"]) + int(run["unsent"])  # type: ignore[call-overload]
-    p50, p99, *_ = percentiles(run["latencies"], seconds)  # type: ignore[arg-type]
+    scheduled = run.scheduled
+    p50, p99, *_ = percentiles(run.latencies, seconds)
     return Level(
         pod=pod,
         cameras=cameras,
         scheduled=scheduled,
-        answered=int(run["answered"]),  # type: ignore[call-overload]
+        answered=run.answered,
         p50_ms=p50,
         p99_ms=p99,
         # Over the cameras' clock: connecting before it and draining after cost little.

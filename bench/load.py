@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -183,7 +184,44 @@ async def _camera(
         del with_errors
 
 
-async def _generate(target: str, cameras: int, fps: float, seconds: float) -> dict[str, object]:
+@dataclass(frozen=True)
+class CameraRun:
+    """What the cameras counted over one run, as either swarm reports it (JSON)."""
+
+    sent: int
+    unsent: int  # due while an earlier write was still blocked
+    answered: int
+    skipped: int  # the server's own count of frames it dropped before an answer
+    late_send_ms: float  # worst lateness of the generator itself
+    refused: int  # cameras the server turned away (RESOURCE_EXHAUSTED)
+    cpu_s: float  # the cameras' own CPU
+    latencies: list[tuple[float, float]]  # (s since the clock started, capture -> answer ms)
+
+    @classmethod
+    def from_json(cls, text: str, cameras: int) -> CameraRun:
+        """A swarm's report; SystemExit if the server refused any of its `cameras`, which
+        would otherwise pass as quiet ones."""
+        d = json.loads(text)
+        run = cls(
+            sent=int(d["sent"]),
+            unsent=int(d["unsent"]),
+            answered=int(d["answered"]),
+            skipped=int(d["skipped"]),
+            late_send_ms=float(d["late_send_ms"]),
+            refused=int(d["refused"]),
+            cpu_s=float(d["cpu_s"]),
+            latencies=[(float(t), float(ms)) for t, ms in d["latencies"]],
+        )
+        if run.refused:
+            raise SystemExit(f"the server refused {run.refused} of {cameras} cameras")
+        return run
+
+    @property
+    def scheduled(self) -> int:
+        return self.sent + self.unsent
+
+
+async def _generate(target: str, cameras: int, fps: float, seconds: float) -> CameraRun:
     jpegs = render_frames()
     logs = [CameraLog() for _ in range(cameras)]
     latencies: list[tuple[float, float]] = []
@@ -192,19 +230,19 @@ async def _generate(target: str, cameras: int, fps: float, seconds: float) -> di
     await asyncio.gather(
         *(_camera(i, target, jpegs, fps, t0, seconds, logs[i], latencies) for i in range(cameras))
     )
-    return {
-        "sent": sum(c.sent for c in logs),
-        "unsent": sum(c.unsent for c in logs),
-        "answered": sum(c.answered for c in logs),
-        "skipped": sum(c.skipped for c in logs),
-        "late_send_ms": max(c.late_send_ms for c in logs),
-        "refused": sum(c.status == "RESOURCE_EXHAUSTED" for c in logs),
-        "cpu_s": cpu_seconds(os.getpid()) - cpu0,
-        "latencies": latencies,
-    }
+    return CameraRun(
+        sent=sum(c.sent for c in logs),
+        unsent=sum(c.unsent for c in logs),
+        answered=sum(c.answered for c in logs),
+        skipped=sum(c.skipped for c in logs),
+        late_send_ms=max(c.late_send_ms for c in logs),
+        refused=sum(c.status == "RESOURCE_EXHAUSTED" for c in logs),
+        cpu_s=cpu_seconds(os.getpid()) - cpu0,
+        latencies=latencies,
+    )
 
 
-def run_cameras(target: str, cameras: int, fps: float, seconds: float) -> dict[str, object]:
+def run_cameras(target: str, cameras: int, fps: float, seconds: float) -> CameraRun:
     """Runs the Python cameras in a child process (its own GIL and CPU account); returns its log."""
     done = subprocess.run(
         [
@@ -223,13 +261,7 @@ def run_cameras(target: str, cameras: int, fps: float, seconds: float) -> dict[s
         text=True,
         check=True,
     )
-    return _checked(json.loads(done.stdout), cameras)
-
-
-def _checked(result: dict[str, object], cameras: int) -> dict[str, object]:
-    if result["refused"]:
-        raise SystemExit(f"the server refused {result['refused']} of {cameras} cameras")
-    return result
+    return CameraRun.from_json(done.stdout, cameras)
 
 
 # --- the same cameras in C++ (bench/cameras) ------------------------------------------------
@@ -272,15 +304,15 @@ class CppSwarm:
             frames.append(path)
         return cls(SWARM_DIR.parents[1] / "build" / "cameras" / "cameras", frames)
 
-    def run(self, target: str, cameras: int, fps: float, seconds: float) -> dict[str, object]:
+    def run(self, target: str, cameras: int, fps: float, seconds: float) -> CameraRun:
         argv = [str(self.binary), target, str(cameras), str(fps), str(seconds)]
         done = subprocess.run(
             [*argv, *map(str, self.frames)], stdout=subprocess.PIPE, text=True, check=True
         )
-        return _checked(json.loads(done.stdout), cameras)
+        return CameraRun.from_json(done.stdout, cameras)
 
 
-Cameras = Callable[[str, int, float, float], dict[str, object]]
+Cameras = Callable[[str, int, float, float], CameraRun]
 
 
 # --- the bare gRPC echo (run in its own process) ------------------------------------------
@@ -484,7 +516,7 @@ class Level:
         return self.server_ms_per_frame / self.apart_ms
 
 
-def percentiles(latencies: list[list[float]], seconds: float) -> tuple[float, ...]:
+def percentiles(latencies: list[tuple[float, float]], seconds: float) -> tuple[float, ...]:
     if not latencies:
         return (float("nan"),) * 4
     arr = np.array(latencies)
@@ -502,18 +534,18 @@ def percentiles(latencies: list[list[float]], seconds: float) -> tuple[float, ..
 class Served:
     """One run of the cameras against a fresh server: what they saw and what it spent."""
 
-    run: dict[str, object]  # the cameras' log
+    run: CameraRun
     cpu_s: float  # the server's CPU over the run
     processed: float  # frames the server answered, from /metrics
     batch: float  # its mean batch size
 
     @property
     def scheduled(self) -> int:
-        return int(self.run["sent"]) + int(self.run["unsent"])  # type: ignore[call-overload]
+        return self.run.scheduled
 
     @property
     def dropped(self) -> int:
-        return self.scheduled - int(self.run["answered"])  # type: ignore[call-overload]
+        return self.run.scheduled - self.run.answered
 
 
 def serve_cameras(
@@ -550,7 +582,7 @@ def measure(
 
     # The echo reads every frame the cameras send and answers the share the server
     # answered: an overloaded server still reads the frames it drops, and so does the echo.
-    share = min(1.0, int(run["answered"]) / max(1, int(run["sent"])))  # type: ignore[call-overload]
+    share = min(1.0, run.answered / max(1, run.sent))
     echo = EchoProcess(share)
     try:
         echo_cpu0 = cpu_seconds(echo.pid)
@@ -558,22 +590,20 @@ def measure(
         echo_cpu = cpu_seconds(echo.pid) - echo_cpu0
     finally:
         echo.stop()
-    echo_ms = echo_cpu / max(1, int(echo_run["answered"])) * 1e3  # type: ignore[call-overload]
+    echo_ms = echo_cpu / max(1, echo_run.answered) * 1e3
     # Timed right after the level, not once for the run, and over most of a level's
     # length: this machine's speed drifts by tens of percent over minutes and by a sixth
     # from one second to the next, and the ratio must compare like with like.
     bare = time_bare_stages(jpegs, _jpeg_floor(server_args), batch, BARE_SPAN_S)
 
-    sent, unsent = int(run["sent"]), int(run["unsent"])  # type: ignore[call-overload]
-    answered, skipped = int(run["answered"]), int(run["skipped"])  # type: ignore[call-overload]
-    p50, p99, p99a, p99b = percentiles(run["latencies"], seconds)  # type: ignore[arg-type]
+    p50, p99, p99a, p99b = percentiles(run.latencies, seconds)
     work_ms = bare.batch_at(batch)
     return Level(
         cameras=cameras,
-        scheduled=sent + unsent,
-        answered=answered,
-        skipped=skipped,
-        dropped=sent + unsent - answered,
+        scheduled=run.scheduled,
+        answered=run.answered,
+        skipped=run.skipped,
+        dropped=run.scheduled - run.answered,
         p50_ms=p50,
         p99_ms=p99,
         p99_first_ms=p99a,
@@ -585,8 +615,8 @@ def measure(
         bare_ms=work_ms + echo_ms,
         decode_ms=bare.decode_ms,
         apart_ms=bare.decode_ms + bare.step_at(batch) + echo_ms,
-        generator_cpu=float(run["cpu_s"]) / (seconds + 1 + DRAIN_S),  # type: ignore[arg-type]
-        late_send_ms=float(run["late_send_ms"]),  # type: ignore[arg-type]
+        generator_cpu=run.cpu_s / (seconds + 1 + DRAIN_S),
+        late_send_ms=run.late_send_ms,
     )
 
 
@@ -670,7 +700,7 @@ def main() -> None:
         return
     if args.generate:
         log = _generate(args.generate, int(args.cameras), args.fps, args.seconds)
-        print(json.dumps(asyncio.run(log)))
+        print(json.dumps(dataclasses.asdict(asyncio.run(log))))
         return
 
     jpegs = render_frames()
@@ -737,10 +767,10 @@ def repeat_level(n: int, args: argparse.Namespace, cameras: Cameras, first_held:
     held = int(first_held)
     for k in range(2, args.repeat + 1):
         served = serve_cameras(n, args.fps, args.seconds, args.server_arg, cameras)
-        _, p99, _, _ = percentiles(served.run["latencies"], args.seconds)  # type: ignore[arg-type]
+        _, p99, _, _ = percentiles(served.run.latencies, args.seconds)
         held += served.dropped == 0
         print(
-            f"      run {k}: {served.run['answered']} of {served.scheduled} answered, "
+            f"      run {k}: {served.run.answered} of {served.scheduled} answered, "
             f"p99 {p99:.1f} ms, {served.cpu_s / max(1.0, served.processed) * 1e3:.3f} ms/frame",
             flush=True,
         )

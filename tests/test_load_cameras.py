@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 FPS, SECONDS, CAMERAS = 10.0, 2.0, 4
 
-Cameras = Callable[[str, int, float, float], dict[str, object]]
+Cameras = Callable[[str, int, float, float], Any]  # returns load.CameraRun
 
 
 @pytest.fixture(scope="module")
@@ -75,18 +75,18 @@ def test_every_frame_sent_is_answered_once_and_timed(cameras: Cameras, log: IO[s
         after = scrape(server.metrics_port)
 
     due = CAMERAS * int(FPS * SECONDS)
-    assert (result["sent"], result["unsent"]) == (due, 0)
-    assert (result["answered"], result["skipped"]) == (due, 0)
+    assert (result.sent, result.unsent) == (due, 0)
+    assert (result.answered, result.skipped) == (due, 0)
     processed = after["actionstream_frames_processed_total"] - before.get(
         "actionstream_frames_processed_total", 0.0
     )
     assert processed == due  # the server counted the same frames
-    latencies = result["latencies"]
-    assert isinstance(latencies, list) and len(latencies) == due
+    latencies = result.latencies
+    assert len(latencies) == due
     # (seconds since the clock started, capture -> prediction in ms): answers come
     # after their frames fall due and within the run plus its drain.
     assert all(0.0 <= t <= SECONDS + 1.0 and 0.0 < ms < 1000.0 for t, ms in latencies)
-    assert 0.0 < float(result["cpu_s"]) < SECONDS + 2.0  # type: ignore[arg-type]
+    assert 0.0 < result.cpu_s < SECONDS + 2.0
 
 
 def test_cameras_the_server_refuses_stop_the_bench(cameras: Cameras, log: IO[str]) -> None:
@@ -108,8 +108,8 @@ def test_the_bare_echo_reads_every_frame_and_answers_the_share_asked(
     finally:
         echo.stop()
     due = CAMERAS * int(FPS * SECONDS)
-    assert (result["sent"], result["unsent"]) == (due, 0)
-    assert result["answered"] == due // 4
+    assert (result.sent, result.unsent) == (due, 0)
+    assert result.answered == due // 4
 
 
 def test_the_bare_stages_are_timed_over_the_span_asked(load: ModuleType) -> None:
