@@ -98,6 +98,28 @@ def test_serve_process_with_grpcurl(log: IO[str]) -> None:
         assert _terminate(server, signal.SIGTERM) == 0
 
 
+def test_the_connections_on_the_grpc_port_are_counted_beside_their_cap(log: IO[str]) -> None:
+    # gRPC closes a connection beyond --max-connections before the service sees it: only
+    # the count at its cap tells an operator why a camera cannot connect.
+    with ServeProcess(log, args=["--max-connections", "5"]) as server:
+        assert server.metrics_port is not None
+        held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+        try:
+            deadline = time.monotonic() + 10
+            while (values := scrape(server.metrics_port))["actionstream_connections"] != 3:
+                assert time.monotonic() < deadline, values["actionstream_connections"]
+                time.sleep(0.05)
+            assert values["actionstream_max_connections"] == 5
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while scrape(server.metrics_port)["actionstream_connections"] != 0:
+            assert time.monotonic() < deadline, "closed connections still counted"
+            time.sleep(0.05)
+        assert _terminate(server, signal.SIGTERM) == 0
+
+
 def _catches(pid: int, sig: signal.Signals) -> bool:
     """Whether process `pid` has a handler of its own for `sig` (the kernel's SigCgt)."""
     status = Path(f"/proc/{pid}/status").read_text()

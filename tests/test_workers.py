@@ -161,6 +161,9 @@ def test_workers_share_the_port_and_keep_each_streams_state(
         # ...and the one /metrics adds both up.
         assert values["actionstream_active_streams"] == STREAMS
         assert values["actionstream_frames_processed_total"] == STREAMS * 6
+        # Each worker's connections, summed, beside the cap they share.
+        assert values["actionstream_connections"] == STREAMS
+        assert values["actionstream_max_connections"] == 1024
         assert any(k.startswith("actionstream_model_info{") for k in values)
         # process_* covers the supervisor and its workers together (a worker's model alone
         # is about 100 MB), read as the kernel counts each.

@@ -33,6 +33,7 @@ from actionstream.service.endpoint.unary_requests import UnaryRequestDeadline
 from actionstream.service.inference.batcher import Batcher
 from actionstream.service.inference.frames import FrameDecoder
 from actionstream.service.inference.model import OnnxStepModel
+from actionstream.service.telemetry.connections import Connections
 from actionstream.service.telemetry.metrics import Metrics
 from actionstream.service.telemetry.metrics_http import MetricsServer
 from actionstream.service.telemetry.processes import Processes
@@ -101,12 +102,13 @@ class Server:
         """
         if model is None:
             model = await asyncio.to_thread(OnnxStepModel.load, cfg.model, cfg.threads)
+        # Its own registry: the process's figures belong on it (a worker's are the
+        # supervisor's to sum).
+        own_process = registry is None and not shared_port
         if registry is None:
             registry = CollectorRegistry()
-            # Its own registry: the process's figures belong on it (a worker's are the
-            # supervisor's to sum).
-            if not shared_port:
-                registry.register(Processes(lambda: [os.getpid()]))
+        if own_process:
+            registry.register(Processes(lambda: [os.getpid()]))
         metrics = Metrics(registry, SERVED_METHODS)
         metrics.describe_model(model.metadata)
         meta = model.metadata
@@ -154,6 +156,8 @@ class Server:
                     f"cannot listen on {where}: "
                     f"{e if shared_port else bind_problem(cfg.host, cfg.port, e)}"
                 ) from None
+            if own_process:
+                registry.register(Connections(lambda: [os.getpid()], port, cfg.connections_cap))
             metrics_server = serve_metrics(metrics.registry, cfg)
             if metrics_server is not None:
                 undo.callback(metrics_server.close)

@@ -102,6 +102,7 @@ def _supervise(
 ) -> int:
     from prometheus_client import CollectorRegistry, multiprocess
 
+    from actionstream.service.telemetry.connections import Connections
     from actionstream.service.telemetry.processes import Processes
 
     metrics_server = None
@@ -123,6 +124,9 @@ def _supervise(
         # The supervisor and whichever workers are running now (read at each scrape).
         registry.register(Processes(lambda: [os.getpid(), *(w.pid for w in workers if w.pid)]))
         registry.register(restarts)
+        registry.register(
+            Connections(lambda: [w.pid for w in workers if w.pid], port, cfg.connections_cap)
+        )
         metrics_server = serve_metrics(registry, cfg)
     context = multiprocessing.get_context("spawn")
 
