@@ -209,8 +209,14 @@ def test_every_dashboard_series_is_one_the_service_exports() -> None:
 
     from actionstream.service.telemetry.metrics import Metrics
 
+    from actionstream.service.telemetry.connections import Connections
+    from actionstream.service.telemetry.worker_restarts import WorkerRestarts
+
     registry = CollectorRegistry()
     Metrics(registry)
+    # And those the server's process or a --workers supervisor adds.
+    registry.register(Connections(lambda: [], 0, 1))
+    registry.register(WorkerRestarts())
     # Labelled families have no samples until used: name the series by their type.
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
     suffixes |= {"gauge": ("",), "info": ("_info",)}
