@@ -38,7 +38,7 @@ from actionstream.contract import ModelConfig
 from actionstream.settings import resolved
 from actionstream.training import distributed, run_folder
 from actionstream.training.checkpoint import Checkpoint
-from actionstream.training.config import CHECKPOINT, TrainConfig
+from actionstream.training.config import TrainConfig
 from actionstream.training.data import IGNORE, TrainingData, loss_targets
 from actionstream.training.data_loading import load_data
 from actionstream.training.distributed import Team
@@ -46,6 +46,7 @@ from actionstream.training.errors import TrainingError
 from actionstream.training.evaluate import Scores, score
 from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
+from actionstream.training.run_files import CHECKPOINT, METRICS, PROGRESS
 from actionstream.training.run_folder import Cycle, EpochLog, Progress
 from actionstream.training.schedule import OneCycle
 
@@ -210,7 +211,7 @@ def score_and_save(
         # The best so far as the run's model, before the progress that counts this epoch
         # done: a run stopped at any point can be evaluated and exported.
         _make_checkpoint(run, best, seconds).save(run.out / CHECKPOINT)
-        progress.save(run.out / run_folder.PROGRESS)
+        progress.save(run.out / PROGRESS)
         log.write(row)
     return (
         f"epoch {epoch:2d}  loss {loss:.3f}  "
@@ -362,7 +363,7 @@ def set_up(
         best=best,
         first=first,
         steps=cfg.epochs * per_epoch,
-        log=EpochLog(out / "metrics.csv", rows) if team.leader else None,
+        log=EpochLog(out / METRICS, rows) if team.leader else None,
     )
 
 
