@@ -31,10 +31,10 @@ from actionstream.settings import absolute, resolved
 from actionstream.training.checkpoint import Checkpoint, CheckpointError, save_whole, write_whole
 from actionstream.training.config import TrainConfig
 from actionstream.training.errors import TrainingError
-from actionstream.training.evaluate import Scores
 from actionstream.training.model import Recognizer
 from actionstream.training.run_files import CHECKPOINT, LOCK, PROGRESS, TRAIN_CONFIG
 from actionstream.training.schedule import OneCycle
+from actionstream.training.scoring import Scores
 
 # What a resumed run may change: where and how long it runs, not what it learns. `out` is
 # the run folder itself, wherever it lies now: a moved or renamed run is the same run.

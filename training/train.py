@@ -43,12 +43,12 @@ from actionstream.training.data import IGNORE, TrainingData, loss_targets
 from actionstream.training.data_loading import load_data
 from actionstream.training.distributed import Team
 from actionstream.training.errors import TrainingError
-from actionstream.training.evaluate import Scores, score
 from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
 from actionstream.training.run_files import CHECKPOINT, METRICS, PROGRESS
 from actionstream.training.run_folder import Cycle, EpochLog, Progress
 from actionstream.training.schedule import OneCycle
+from actionstream.training.scoring import Scores, score
 
 
 class Deadline:
