@@ -9,7 +9,6 @@ service install (no torch) runs `serve`, `stream`, `watch`, `health`, `synth` an
 
 from __future__ import annotations
 
-import json
 import shlex
 import signal
 import sys
@@ -30,13 +29,12 @@ from actionstream.service.config import (
     WatchConfig,
 )
 from actionstream.training.config import (
-    CHECKPOINT,
-    PROGRESS,
     EvaluateConfig,
     ExportConfig,
     SynthVideoConfig,
     TrainConfig,
 )
+from actionstream.training.run_files import CHECKPOINT, PROGRESS, best_epoch
 
 PROG = "actionstream"
 TRAIN_EXTRA_HINT = (
@@ -131,9 +129,8 @@ def _where_it_stopped(out: Path) -> str:
         f"interrupted; `{PROG} train --out {shlex.quote(str(out))} --resume` goes on from "
         "the last epoch it finished"
     )
-    try:
-        epoch = json.loads((out / "checkpoint.json").read_text())["eval_metrics"]["epoch"]
-    except (OSError, ValueError, KeyError, TypeError):
+    epoch = best_epoch(out)
+    if epoch is None:
         return said
     best = out / CHECKPOINT
     return f"{said}; {best} holds the best epoch so far ({epoch}) to evaluate or export"

@@ -39,14 +39,14 @@ import torch
 from actionstream.training.config import TrainConfig
 from actionstream.training.data import SyntheticData, render_streams
 from actionstream.training.data_loading import synthetic_data
-from actionstream.training.evaluate import (
+from actionstream.training.model import ActionRecognizer, Recognizer, build_recognizer
+from actionstream.training.scoring import (
     SETTLE_SECONDS,
     clip_accuracy,
     predict_streams,
     stream_metrics,
     switch_latency,
 )
-from actionstream.training.model import ActionRecognizer, Recognizer, build_recognizer
 from actionstream.training.synth import LABELS, SynthConfig
 from actionstream.training.train import main as train
 
@@ -81,8 +81,8 @@ def _streams_score(net: Recognizer, streams: Any, fps: float) -> dict[str, Any]:
     return {
         "frame_accuracy": round(m.frame_accuracy, 4),
         "settled_frame_accuracy": None if settled is None else round(settled, 4),
-        "switch_latency_frames": lat["median_frames"],
-        "missed_switches": lat["missed"],
+        "switch_latency_frames": lat.median_frames,
+        "missed_switches": lat.missed,
     }
 
 

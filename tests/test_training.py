@@ -73,12 +73,14 @@ def test_the_model_runs_at_any_input_size(size: tuple[int, int]) -> None:
 
 def test_switch_latency_counts_frames_until_the_prediction_follows() -> None:
     pytest.importorskip("torch")
-    from actionstream.training.evaluate import switch_latency
+    import dataclasses
+
+    from actionstream.training.scoring import switch_latency
 
     labels = np.array([[0, 0, 0, 1, 1, 1, 1, 2, 2, 2]])
     preds = np.array([[0, 0, 0, 0, 0, 1, 1, 0, 0, 0]])
     # 0 -> 1 at frame 3, followed at frame 5 (2 frames); 1 -> 2 at frame 7, never.
-    assert switch_latency(preds, labels) == {
+    assert dataclasses.asdict(switch_latency(preds, labels)) == {
         "changes": 2,
         "followed": 1,
         "missed": 1,
@@ -94,8 +96,8 @@ def test_clips_are_scored_in_chunks_as_they_are_whole() -> None:
     torch = pytest.importorskip("torch")
     from actionstream.contract import ModelConfig
     from actionstream.training.data import LabelledClip, Streams
-    from actionstream.training.evaluate import clip_predictions, predict_joined, predict_streams
     from actionstream.training.model import build_recognizer
+    from actionstream.training.scoring import clip_predictions, predict_joined, predict_streams
 
     torch.manual_seed(0)
     cfg = ModelConfig(num_classes=7, height=16, width=16, channels=(4, 8), embed=8, hidden=8)
@@ -121,12 +123,12 @@ def test_clips_are_scored_in_chunks_as_they_are_whole() -> None:
 
 def test_clip_report_confusion_rows_are_the_truth() -> None:
     pytest.importorskip("torch")
-    from actionstream.training.evaluate import clip_report
+    from actionstream.training.scoring import clip_report
 
     report = clip_report(np.array([0, 1, 1, 2]), np.array([0, 0, 1, 2]), ("a", "b", "c"))
-    assert report["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
-    assert report["clip_accuracy"] == 0.75
-    assert report["per_class_clip_accuracy"] == {"a": 0.5, "b": 1.0, "c": 1.0}
+    assert report.confusion == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    assert report.clip_accuracy == 0.75
+    assert report.per_class_clip_accuracy == {"a": 0.5, "b": 1.0, "c": 1.0}
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -566,7 +567,7 @@ def test_a_cut_between_clips_of_one_label_starts_an_action(tmp_path: Path) -> No
     # --boundary-ignore asked for the label right after it.
     pytest.importorskip("torch")
     from actionstream.training.data import frames_since_change, loss_targets
-    from actionstream.training.evaluate import stream_metrics, switch_latency
+    from actionstream.training.scoring import stream_metrics, switch_latency
     from actionstream.training.video_data import NO_AUGMENT, VideoData, join_clips
 
     class_folders(tmp_path / "data", ("left", "right"), 4, seconds=1.0, fps=10.0)
@@ -587,19 +588,19 @@ def test_a_cut_between_clips_of_one_label_starts_an_action(tmp_path: Path) -> No
     preds = labels.copy()
     preds[0, 10:13] = 0
     # No label to switch to at the cut: it is no switch (each would count 0 frames).
-    assert switch_latency(preds, labels, cuts)["changes"] == 0
+    assert switch_latency(preds, labels, cuts).changes == 0
     # Two clips of each of two labels, the model 4 frames late at the one real change.
     two = np.repeat([0, 1], 20)[None]  # (1, 40)
     four_cuts = np.isin(np.arange(40), [0, 10, 20, 30])[None]
     late = two.copy()
     late[0, 20:24] = 0
-    assert switch_latency(late, two, four_cuts) == switch_latency(late, two) | {"changes": 1}
-    assert switch_latency(late, two, four_cuts)["median_frames"] == 4.0
+    assert switch_latency(late, two, four_cuts) == replace(switch_latency(late, two), changes=1)
+    assert switch_latency(late, two, four_cuts).median_frames == 4.0
     assert stream_metrics(preds, labels, ("left", "right"), 10, cuts).settled_frame_accuracy is None
     # Where the labels alone are all that is known (one labelled video), as before: one
     # action of 20 frames, the 3 wrong ones among its settled 10.
     assert stream_metrics(preds, labels, ("left", "right"), 10).settled_frame_accuracy == 0.7
-    assert switch_latency(preds, labels)["changes"] == 0
+    assert switch_latency(preds, labels).changes == 0
 
     # Training streams and held-out streams carry where their clips meet.
     data = VideoData(dataset, list(range(8)), list(range(8)), None, 8, 40, 4, 40, seed=1)

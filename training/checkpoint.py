@@ -11,8 +11,8 @@ from typing import Any
 import torch
 
 from actionstream.contract import ModelConfig
-from actionstream.training.config import CHECKPOINT, PROGRESS
 from actionstream.training.model import Recognizer, build_recognizer
+from actionstream.training.run_files import CHECKPOINT, PROGRESS
 
 
 class CheckpointError(Exception):

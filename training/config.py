@@ -17,10 +17,6 @@ from actionstream.settings import refuse_empty_paths, refuse_non_finite, setting
 
 # A run folder, as `train` writes it and `evaluate` / `export` read it.
 DEFAULT_RUN = "runs/default"
-# A run's model: its best epoch so far, what `evaluate` and `export` read.
-CHECKPOINT = "checkpoint.pt"
-# A run's progress after its last finished epoch, what `--resume` goes on from (no model).
-PROGRESS = "last.pt"
 # Decoded frames of the user's videos, kept between runs: in the user's cache folder.
 DEFAULT_FRAME_CACHE = str(
     Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "actionstream" / "frames"

@@ -34,8 +34,16 @@ from actionstream.contract import (
 from actionstream.service.inference.model import ModelError, OnnxStepModel
 from actionstream.settings import resolved
 from actionstream.training.checkpoint import Checkpoint
-from actionstream.training.config import CHECKPOINT, PROGRESS, ExportConfig
+from actionstream.training.config import ExportConfig
 from actionstream.training.model import Recognizer, StepModule
+from actionstream.training.run_files import (
+    CHECKPOINT,
+    CHECKPOINT_CARD,
+    EVALUATION,
+    METRICS,
+    PROGRESS,
+    TRAIN_CONFIG,
+)
 
 DEFAULT_EXPORT = ExportConfig()
 
@@ -46,10 +54,7 @@ class ExportError(Exception):
 
 # A run folder's own files, which an export must never replace: `export RUN --out
 # RUN/checkpoint.pt` destroyed the run, and a card named train_config.json its resume.
-RUN_FILES = (
-    CHECKPOINT, "checkpoint.json", PROGRESS, "train_config.json", "metrics.csv",
-    "evaluation.json",
-)  # fmt: skip
+RUN_FILES = (CHECKPOINT, CHECKPOINT_CARD, PROGRESS, TRAIN_CONFIG, METRICS, EVALUATION)
 
 
 def refuse_overwriting(run: Path, out: Path) -> None:

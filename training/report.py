@@ -20,6 +20,8 @@ matplotlib.use("Agg")  # before pyplot: files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 
+from actionstream.training.run_files import EVALUATION, METRICS
+
 
 def write_report(
     run: Path, metrics: dict[str, Any], names: Sequence[str], out: Path | None = None
@@ -28,11 +30,11 @@ def write_report(
     the run folder `run`), with the run's training curves; returns their paths. A plot
     this evaluation cannot draw is removed: an earlier evaluation's (of other data)
     would otherwise sit beside it as if it were this one's."""
-    curves_from = run / "metrics.csv"
+    curves_from = run / METRICS
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         run = out
-    written = [run / "evaluation.json"]
+    written = [run / EVALUATION]
     written[0].write_text(json.dumps(metrics, indent=2) + "\n")
     confusion, per_class_png = run / "confusion.png", run / "per_class_accuracy.png"
     confusion.unlink(missing_ok=True)

@@ -6,6 +6,7 @@
     RUN/checkpoint.pt      the best epoch so far, the run's model (written by train)
     RUN/train.lock         locked by the run training there now, if any (RunLock)
 
+Their names, and those of the files `evaluate` adds, are training/run_files.py's.
 Whatever would refuse a run is checked before its data is read: a new run over an
 earlier one, a folder that cannot be written, a resume with other settings.
 """
@@ -28,15 +29,13 @@ import torch
 
 from actionstream.settings import absolute, resolved
 from actionstream.training.checkpoint import Checkpoint, CheckpointError, save_whole, write_whole
-from actionstream.training.config import CHECKPOINT, PROGRESS, TrainConfig
+from actionstream.training.config import TrainConfig
 from actionstream.training.errors import TrainingError
-from actionstream.training.evaluate import Scores
 from actionstream.training.model import Recognizer
+from actionstream.training.run_files import CHECKPOINT, LOCK, PROGRESS, TRAIN_CONFIG
 from actionstream.training.schedule import OneCycle
+from actionstream.training.scoring import Scores
 
-CONFIG = "train_config.json"
-# Held by the run training in the folder (RunLock).
-LOCK = "train.lock"
 # What a resumed run may change: where and how long it runs, not what it learns. `out` is
 # the run folder itself, wherever it lies now: a moved or renamed run is the same run.
 _RESUMABLE_CHANGES = {"resume", "out", "epochs", "minutes", "device", "threads", "cache"}
@@ -213,7 +212,7 @@ def _restore_schedule(
 def resume_config(cfg: TrainConfig, given: Collection[str]) -> TrainConfig:
     """The settings the run in `cfg.out` was started with, but those named in `given`
     (set on this command line) taken from `cfg`: `--resume` needs nothing repeated."""
-    path = Path(cfg.out) / CONFIG
+    path = Path(cfg.out) / TRAIN_CONFIG
     try:
         before = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -292,7 +291,7 @@ def start(out: Path, cfg: TrainConfig, lock: RunLock) -> None:
         out.mkdir(parents=True, exist_ok=True)
         lock.take()
         _fresh(out)
-        (out / CONFIG).write_text(json.dumps(resolved(cfg), indent=2) + "\n")
+        (out / TRAIN_CONFIG).write_text(json.dumps(resolved(cfg), indent=2) + "\n")
     except OSError as e:
         raise TrainingError(_out_problem(out, e)) from None
 
@@ -343,7 +342,7 @@ class RunLock:
 def resumable(out: Path, cfg: TrainConfig) -> Progress:
     """The progress `out` holds, if `cfg` may continue it; raises TrainingError if not."""
     try:
-        before = json.loads((out / CONFIG).read_text())
+        before = json.loads((out / TRAIN_CONFIG).read_text())
         saved = Progress.load(out / PROGRESS)
     except (OSError, ValueError, RuntimeError) as e:
         raise TrainingError(f"--resume: {out} holds no run to continue ({e})") from None
@@ -469,7 +468,7 @@ def note_changes(out: Path, cfg: TrainConfig) -> None:
     if they moved, and the run's --epochs and --minutes if this resume changed them: the
     next --resume finds them without being told again, and the run's settings say how
     long it now runs."""
-    path = out / CONFIG
+    path = out / TRAIN_CONFIG
     before, now = json.loads(path.read_text()), resolved(cfg)
     changed = ("out", "data", "split", "epochs", "minutes")
     noted = {k: now[k] for k in changed if before.get(k) != now[k]}

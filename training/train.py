@@ -38,45 +38,24 @@ from actionstream.contract import ModelConfig
 from actionstream.settings import resolved
 from actionstream.training import distributed, run_folder
 from actionstream.training.checkpoint import Checkpoint
-from actionstream.training.config import CHECKPOINT, TrainConfig
+from actionstream.training.config import TrainConfig
 from actionstream.training.data import IGNORE, TrainingData, loss_targets
 from actionstream.training.data_loading import load_data
 from actionstream.training.distributed import Team
 from actionstream.training.errors import TrainingError
-from actionstream.training.evaluate import Scores, score
 from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
+from actionstream.training.run_files import CHECKPOINT, METRICS, PROGRESS
 from actionstream.training.run_folder import Cycle, EpochLog, Progress
 from actionstream.training.schedule import OneCycle
+from actionstream.training.scoring import Scores, score
 
 
-class Deadline:
-    """The time budget (`--minutes`) of the whole run; never expires when there is none.
-
-    `spent` seconds are those a resumed run had already trained: counted against the
-    budget, so that the schedule, which follows the clock, goes on cooling where it
-    stopped rather than starting its cycle again."""
-
-    def __init__(self, minutes: float, spent: float = 0.0) -> None:
-        self._start = time.monotonic() - spent
-        self._seconds = minutes * 60 if minutes > 0 else math.inf
-
-    def passed(self) -> bool:
-        return self.spent() >= 1.0
-
-    def spent(self, after: float = 0.0) -> float:
-        """The share used so far of the budget (0 without one), or of what was left of it
-        `after` that many seconds of training (where a learning-rate cycle began)."""
-        return (time.monotonic() - self._start - after) / (self._seconds - after)
-
-
-def train_one_epoch(
-    run: RunParts, model: nn.Module, *, bar: tqdm, deadline: Deadline
-) -> tuple[float, int, int]:
+def train_one_epoch(run: RunParts, *, bar: tqdm) -> tuple[float, int, int]:
     """One pass over this process's batches, or less when the time budget runs out: the
     mean loss (NaN when no frame counted), the optimiser steps taken and the frames the
-    loss counted. `model` is `run.net`, or its DDP wrapper."""
-    net, cfg, opt, sched, team = run.net, run.cfg, run.opt, run.sched, run.team
+    loss counted."""
+    net, model, cfg, opt, sched, team = run.net, run.model, run.cfg, run.opt, run.sched, run.team
     model.train()
     device = next(net.parameters()).device
     losses = []
@@ -108,74 +87,44 @@ def train_one_epoch(
                 counted += frames
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if team.agree(deadline.passed()):
+        if team.agree(run.deadline.passed()):
             break
     return float(np.mean(losses)) if losses else math.nan, steps, counted
 
 
-def evaluate(net: Recognizer, data: TrainingData, cfg: TrainConfig) -> Scores:
+def score_epoch(net: Recognizer, data: TrainingData, cfg: TrainConfig) -> Scores:
     """The epoch's scores on the held-out streams and clips, as `evaluate` scores a run."""
     return score(net, data.val_streams, data.val_clips, data.labels, cfg.fps)
 
 
-@dataclass
-class Best:
-    """The best epoch so far, by per-frame accuracy on the held-out streams: the run's model."""
-
-    scores: Scores | None  # None before the first epoch is scored
-    epoch: int
-    weights: dict[str, torch.Tensor]
-
-    def offer(self, scores: Scores, epoch: int, net: Recognizer) -> None:
-        # Ties go to the later epoch: it has seen more data for the same score.
-        if self.scores is None or scores.frame_accuracy >= self.scores.frame_accuracy:
-            self.scores, self.epoch = scores, epoch
-            self.weights = copy.deepcopy(net.state_dict())
-
-    def record(self) -> dict[str, Any]:
-        """Its scores with its epoch's number, as the checkpoint and last.pt hold them."""
-        if self.scores is None:
-            raise TrainingError("no epoch has been scored yet, so none is the best")
-        return asdict(self.scores) | {"epoch": self.epoch}
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any], weights: dict[str, torch.Tensor]) -> Best:
-        """The best epoch as `record` (of a resumed run's last.pt) holds it."""
-        scores = {k: v for k, v in record.items() if k != "epoch"}
-        return cls(Scores(**scores), record["epoch"], weights)
-
-
-@dataclass(frozen=True)
-class RunParts:
-    """What training and saving an epoch need of the run, the same for every epoch: where
-    it goes, its settings and data, and the network with its optimiser, schedule and
-    random state."""
-
-    out: Path
-    cfg: TrainConfig
-    model_cfg: ModelConfig
-    data: TrainingData
-    net: Recognizer
-    opt: torch.optim.Optimizer
-    sched: OneCycle
-    rng: np.random.Generator
-    team: Team
-    device: torch.device
-    inherited: tuple[str, ...]  # the videos (SHA-256) --init RUN's weights learnt from
-    # When its training started (time.perf_counter), earlier by a resumed run's seconds.
-    started: float
-    cycle: Cycle  # the learning-rate cycle it trains in
-
-
-def check_loss(epoch: int, loss: float, counted: int, cfg: TrainConfig) -> None:
-    """Stops the run when the epoch's loss is not a number, before it is scored or saved:
-    a NaN model is no best epoch."""
-    if not math.isfinite(loss):
-        raise TrainingError(_no_loss(epoch, loss, counted, cfg))
+def train_epochs(run: RunParts, say: Callable[..., None]) -> None:
+    """The epochs from `run.first` to --epochs, or until the clock stops the run: each
+    trained on every process, then scored and saved by the leader."""
+    cfg, team = run.cfg, run.team
+    with tqdm(
+        total=run.steps,
+        initial=(run.first - 1) * run.steps // cfg.epochs,
+        unit="step",
+        dynamic_ncols=True,
+        # None: no bar when stderr is no terminal, as in a log file, which its redraws flood.
+        disable=None if team.leader else True,
+    ) as bar:
+        for epoch in range(run.first, cfg.epochs + 1):
+            loss, steps_taken, counted = train_one_epoch(run, bar=bar)
+            loss, counted = _over_the_team(loss, counted, team)
+            check_loss(epoch, loss, counted, cfg)
+            # Asked before the epoch is saved: a run the clock stops has spent its budget.
+            stop = team.agree(run.deadline.passed())
+            if run.log is not None:  # the leader scores and saves the epoch
+                bar.write(score_and_save(run, epoch, loss, steps_taken, stop, run.log))
+            team.wait()
+            if stop:
+                say(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")
+                return
 
 
 def score_and_save(
-    run: RunParts, epoch: int, loss: float, steps: int, stop: bool, best: Best, log: EpochLog
+    run: RunParts, epoch: int, loss: float, steps: int, stop: bool, log: EpochLog
 ) -> str:
     """The leader's end of an epoch: scores it on the held-out data, keeps it if it is the
     best so far, and saves the best as the run's checkpoint.pt, then the progress that
@@ -184,8 +133,8 @@ def score_and_save(
     `steps` is the optimiser steps the epoch took, and `stop` whether the clock stopped
     the run: its progress then records the budget as spent, however long saving took.
     """
-    cfg = run.cfg
-    scores = evaluate(run.net, run.data, cfg)
+    cfg, best = run.cfg, run.best
+    scores = score_epoch(run.net, run.data, cfg)
     best.offer(scores, epoch, run.net)
     seconds = time.perf_counter() - run.started
     if stop:
@@ -209,8 +158,8 @@ def score_and_save(
     with run_folder.saving(run.out, epoch):
         # The best so far as the run's model, before the progress that counts this epoch
         # done: a run stopped at any point can be evaluated and exported.
-        _make_checkpoint(run, best, seconds).save(run.out / CHECKPOINT)
-        progress.save(run.out / run_folder.PROGRESS)
+        _make_checkpoint(run, seconds).save(run.out / CHECKPOINT)
+        progress.save(run.out / PROGRESS)
         log.write(row)
     return (
         f"epoch {epoch:2d}  loss {loss:.3f}  "
@@ -218,6 +167,13 @@ def score_and_save(
         f"settled {_accuracy(scores.settled_frame_accuracy)}  "
         f"clip acc {scores.clip_accuracy:.3f}"
     )
+
+
+def check_loss(epoch: int, loss: float, counted: int, cfg: TrainConfig) -> None:
+    """Stops the run when the epoch's loss is not a number, before it is scored or saved:
+    a NaN model is no best epoch."""
+    if not math.isfinite(loss):
+        raise TrainingError(_no_loss(epoch, loss, counted, cfg))
 
 
 def main(cfg: TrainConfig, data: TrainingData | None = None) -> Checkpoint:
@@ -249,7 +205,6 @@ def _train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     batches = _batches_per_process(cfg, team)
     out = Path(cfg.out)
     # The leader holds the run folder for the run's life: a second run into it is refused.
@@ -269,56 +224,32 @@ def _train(
         if spent and (out / CHECKPOINT).is_file():
             assert saved is not None
             return run_folder.out_of_time(out, cfg.minutes, saved.seconds, say)
-        training = set_up(cfg, data, saved, rng, batches, team, device, say, warn, lock)
+        run = set_up(cfg, data, saved, batches, team, device, say, warn, lock)
         if not spent:  # spent, it only saves its model from the progress, as below
-            train_epochs(training, say)
+            train_epochs(run, say)
         if not team.leader:
             return None  # only the leader validated, so only it knows the best epoch
-        return finish(training, say)
-
-
-@dataclass(frozen=True)
-class Training:
-    """A run ready for its epochs, started fresh or resumed from its progress."""
-
-    run: RunParts
-    model: nn.Module  # run.net, or its DDP wrapper
-    deadline: Deadline
-    best: Best  # the resumed run's best epoch, or none yet
-    first: int  # the first epoch to train: 1, or the one after a resumed run's last
-    steps: int  # optimiser steps in the whole run, its epochs before a resume included
-    log: EpochLog | None  # the leader's metrics.csv; the other processes save nothing
+        return finish(run, say)
 
 
 def set_up(
     cfg: TrainConfig,
     data: TrainingData | None,
     saved: Progress | None,
-    rng: np.random.Generator,
     batches: int,
     team: Team,
     device: torch.device,
     say: Callable[..., None],
     warn: Callable[..., None],
     lock: run_folder.RunLock,
-) -> Training:
+) -> RunParts:
     """Reads the data, builds the network and its optimiser and schedule, and makes the
     run folder (fresh), taking `lock` there, or restores them as `saved` left them
     (resumed)."""
     out = Path(cfg.out)
-    if data is None:
-        # Under torchrun, one process a machine decodes the videos into the cache first.
-        data = team.local_first(lambda: _load_run_data(cfg, saved, say, warn))
-    if saved is not None:
-        run_folder.same_data(saved, data.clip_sides)
-        if team.leader:
-            run_folder.note_changes(out, cfg)
+    data = _run_data(cfg, data, saved, team, say, warn)
     model_cfg = _model_config(cfg, len(data.labels))
-    net, inherited = _network(model_cfg, cfg.init, data.labels, cfg.fps, saved, say)
-    net = net.to(device)
-    model: nn.Module = net
-    if team.size > 1:
-        model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    net, model, inherited = _network(model_cfg, cfg, data.labels, saved, team, device, say)
     if team.leader and saved is None:  # made once data and model are sound
         run_folder.start(out, cfg, lock)
     where = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
@@ -330,6 +261,7 @@ def set_up(
     deadline = Deadline(cfg.minutes, saved.seconds if saved is not None else 0.0)
     cycle = run_folder.cycle_on(saved, cfg)
     sched = _schedule(opt, cfg, per_epoch, deadline, cycle)
+    rng = np.random.default_rng(cfg.seed)
     started = time.perf_counter()
     best = Best(None, 0, {})
     first = 1
@@ -340,12 +272,13 @@ def set_up(
         first = saved.epoch + 1
         say(f"resuming {out} after epoch {saved.epoch}{_new_cycle(cycle, saved, cfg)}")
     rows = saved.log if saved is not None else []
-    run = RunParts(
+    return RunParts(
         out=out,
         cfg=cfg,
         model_cfg=model_cfg,
         data=data,
         net=net,
+        model=model,
         opt=opt,
         sched=sched,
         rng=rng,
@@ -354,53 +287,18 @@ def set_up(
         inherited=inherited,
         started=started,
         cycle=cycle,
-    )
-    return Training(
-        run=run,
-        model=model,
         deadline=deadline,
         best=best,
         first=first,
         steps=cfg.epochs * per_epoch,
-        log=EpochLog(out / "metrics.csv", rows) if team.leader else None,
+        log=EpochLog(out / METRICS, rows) if team.leader else None,
     )
 
 
-def train_epochs(training: Training, say: Callable[..., None]) -> None:
-    """The epochs from `training.first` to --epochs, or until the clock stops the run: each
-    trained on every process, then scored and saved by the leader."""
-    run, cfg, team = training.run, training.run.cfg, training.run.team
-    with tqdm(
-        total=training.steps,
-        initial=(training.first - 1) * training.steps // cfg.epochs,
-        unit="step",
-        dynamic_ncols=True,
-        # None: no bar when stderr is no terminal, as in a log file, which its redraws flood.
-        disable=None if team.leader else True,
-    ) as bar:
-        for epoch in range(training.first, cfg.epochs + 1):
-            loss, steps_taken, counted = train_one_epoch(
-                run, training.model, bar=bar, deadline=training.deadline
-            )
-            loss, counted = _over_the_team(loss, counted, team)
-            check_loss(epoch, loss, counted, cfg)
-            # Asked before the epoch is saved: a run the clock stops has spent its budget.
-            stop = team.agree(training.deadline.passed())
-            if training.log is not None:  # the leader scores and saves the epoch
-                line = score_and_save(
-                    run, epoch, loss, steps_taken, stop, training.best, training.log
-                )
-                bar.write(line)
-            team.wait()
-            if stop:
-                say(f"stopped after {cfg.minutes:g} minutes, in epoch {epoch}")
-                return
-
-
-def finish(training: Training, say: Callable[..., None]) -> Checkpoint:
+def finish(run: RunParts, say: Callable[..., None]) -> Checkpoint:
     """The leader's end of the run: its best epoch saved as checkpoint.pt, and returned."""
-    run, best = training.run, training.best
-    ckpt = _make_checkpoint(run, best, seconds=time.perf_counter() - run.started)
+    best = run.best
+    ckpt = _make_checkpoint(run, seconds=time.perf_counter() - run.started)
     with run_folder.saving(run.out, best.epoch):
         ckpt.save(run.out / CHECKPOINT)
     say(
@@ -408,6 +306,81 @@ def finish(training: Training, say: Callable[..., None]) -> Checkpoint:
         f"data) after {ckpt.eval_metrics['train_seconds']:.0f}s of training"
     )
     return ckpt
+
+
+@dataclass(frozen=True)
+class RunParts:
+    """The run as its epochs need it, built once by set_up, fresh or restored from a
+    resumed run's progress: where it goes, its settings and data, the network with its
+    optimiser, schedule and random state, its clock, and its best epoch so far."""
+
+    out: Path
+    cfg: TrainConfig
+    model_cfg: ModelConfig
+    data: TrainingData
+    net: Recognizer
+    model: nn.Module  # `net`, or its DDP wrapper: what trains
+    opt: torch.optim.Optimizer
+    sched: OneCycle
+    rng: np.random.Generator
+    team: Team
+    device: torch.device
+    inherited: tuple[str, ...]  # the videos (SHA-256) --init RUN's weights learnt from
+    # When its training started (time.perf_counter), earlier by a resumed run's seconds.
+    started: float
+    cycle: Cycle  # the learning-rate cycle it trains in
+    deadline: Deadline
+    best: Best  # the resumed run's best epoch, or none yet; offered each epoch's scores
+    first: int  # the first epoch to train: 1, or the one after a resumed run's last
+    steps: int  # optimiser steps in the whole run, its epochs before a resume included
+    log: EpochLog | None  # the leader's metrics.csv; the other processes save nothing
+
+
+@dataclass
+class Best:
+    """The best epoch so far, by per-frame accuracy on the held-out streams: the run's model."""
+
+    scores: Scores | None  # None before the first epoch is scored
+    epoch: int
+    weights: dict[str, torch.Tensor]
+
+    def offer(self, scores: Scores, epoch: int, net: Recognizer) -> None:
+        # Ties go to the later epoch: it has seen more data for the same score.
+        if self.scores is None or scores.frame_accuracy >= self.scores.frame_accuracy:
+            self.scores, self.epoch = scores, epoch
+            self.weights = copy.deepcopy(net.state_dict())
+
+    def record(self) -> dict[str, Any]:
+        """Its scores with its epoch's number, as the checkpoint and last.pt hold them."""
+        if self.scores is None:
+            raise TrainingError("no epoch has been scored yet, so none is the best")
+        return asdict(self.scores) | {"epoch": self.epoch}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], weights: dict[str, torch.Tensor]) -> Best:
+        """The best epoch as `record` (of a resumed run's last.pt) holds it."""
+        scores = {k: v for k, v in record.items() if k != "epoch"}
+        return cls(Scores(**scores), record["epoch"], weights)
+
+
+class Deadline:
+    """The time budget (`--minutes`) of the whole run; never expires when there is none.
+
+    `spent` seconds are those a resumed run had already trained: counted against the
+    budget, so that the schedule, which follows the clock, goes on cooling where it
+    stopped rather than starting its cycle again."""
+
+    def __init__(self, minutes: float, spent: float = 0.0) -> None:
+        self._start = time.monotonic() - spent
+        self._seconds = minutes * 60 if minutes > 0 else math.inf
+
+    def passed(self) -> bool:
+        return self.spent() >= 1.0
+
+    def spent(self, after: float = 0.0) -> float:
+        """The share used so far of the budget (0 without one), or of what was left of it
+        `after` that many seconds of training (where a learning-rate cycle began)."""
+        return (time.monotonic() - self._start - after) / (self._seconds - after)
 
 
 def _batches_per_process(cfg: TrainConfig, team: Team) -> int:
@@ -420,6 +393,26 @@ def _batches_per_process(cfg: TrainConfig, team: Team) -> int:
             "--train-streams or lower --batch-size"
         )
     return batches
+
+
+def _run_data(
+    cfg: TrainConfig,
+    data: TrainingData | None,
+    saved: Progress | None,
+    team: Team,
+    say: Callable[..., None],
+    warn: Callable[..., None],
+) -> TrainingData:
+    """`data`, or what `cfg` names; a resumed run's checked to be the data it started
+    with, and where it is now noted in the run folder."""
+    if data is None:
+        # Under torchrun, one process a machine decodes the videos into the cache first.
+        data = team.local_first(lambda: _load_run_data(cfg, saved, say, warn))
+    if saved is not None:
+        run_folder.same_data(saved, data.clip_sides)
+        if team.leader:
+            run_folder.note_changes(Path(cfg.out), cfg)
+    return data
 
 
 def _load_run_data(
@@ -438,20 +431,27 @@ def _load_run_data(
 
 def _network(
     model_cfg: ModelConfig,
-    init: str,
+    cfg: TrainConfig,
     labels: tuple[str, ...],
-    fps: float,
     saved: Progress | None,
+    team: Team,
+    device: torch.device,
     say: Callable[..., None],
-) -> tuple[Recognizer, tuple[str, ...]]:
-    """The network as --init starts it (a resumed run's loads its own weights later), and
-    the videos (SHA-256) its weights learnt from before this run."""
+) -> tuple[Recognizer, nn.Module, tuple[str, ...]]:
+    """The network on `device` as --init starts it (a resumed run's loads its own weights
+    later); what trains it, the network itself or, with more than one process, its DDP
+    wrapper; and the videos (SHA-256) its weights learnt from before this run."""
     net = build_recognizer(model_cfg)
     if saved is not None:
-        return net, saved.inherited_videos
-    start, inherited = initialise(net, init, labels, fps)
-    say(f"CNN starts from {start}")
-    return net, inherited
+        inherited = saved.inherited_videos
+    else:
+        start, inherited = initialise(net, cfg.init, labels, cfg.fps)
+        say(f"CNN starts from {start}")
+    net = net.to(device)
+    model: nn.Module = net
+    if team.size > 1:
+        model = DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    return net, model, inherited
 
 
 def _over_the_team(loss: float, counted: int, team: Team) -> tuple[float, int]:
@@ -530,10 +530,11 @@ def _new_cycle(cycle: Cycle, saved: Progress, cfg: TrainConfig) -> str:
     )
 
 
-def _make_checkpoint(run: RunParts, best: Best, seconds: float) -> Checkpoint:
+def _make_checkpoint(run: RunParts, seconds: float) -> Checkpoint:
     """The run's model: the best epoch's weights, with its metrics and how it was trained;
     its videos are its training split's and those `run.inherited` with `--init RUN`'s
     weights."""
+    best = run.best
     metrics = {
         **best.record(),
         "train_seconds": round(seconds, 1),
