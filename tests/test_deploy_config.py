@@ -207,9 +207,8 @@ def test_the_dashboard_shows_what_an_operator_watches() -> None:
 def test_every_dashboard_series_is_one_the_service_exports() -> None:
     from prometheus_client import CollectorRegistry
 
-    from actionstream.service.telemetry.metrics import Metrics
-
     from actionstream.service.telemetry.connections import Connections
+    from actionstream.service.telemetry.metrics import Metrics
     from actionstream.service.telemetry.worker_restarts import WorkerRestarts
 
     registry = CollectorRegistry()
