@@ -167,7 +167,7 @@ class ServeConfig:
         1920 * 1080,
         help="frames whose decoding costs more than an image of this many pixels (a JPEG "
         "counts its full size at any decode scale, a progressive one times half its scans, "
-        "one of more than 4 bits a pixel twice its bytes) "
+        "one of more than 8 bits a pixel its bytes) "
         "go to a lane of their own, limited to a quarter of one core, so that they cannot "
         "hold up other streams",
         group="Real time",

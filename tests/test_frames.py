@@ -210,17 +210,23 @@ def test_a_jpeg_costs_its_full_size_and_a_progressive_one_its_scans_too() -> Non
     assert _checked(png(np.full((1080, 1920, 3), 7, np.uint8)))[2] == 1920 * 1080
 
 
-def test_a_jpeg_denser_than_four_bits_a_pixel_counts_by_its_bytes() -> None:
+def test_a_jpeg_denser_than_eight_bits_a_pixel_counts_by_its_bytes() -> None:
     # Entropy decoding costs by the byte: 1920x1080 of noise at quality 95 (5 MB) took
     # 28-42 ms at 1/8, counted as exactly a --heavy-pixels image by its pixels alone.
     noise = np.random.default_rng(1).integers(0, 256, (270, 480, 3), dtype=np.uint8)
-    dense = bytes(cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_QUALITY, 95])[1])
-    assert len(dense) * 8 > 4 * 480 * 270
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95]
+    params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    dense = bytes(cv2.imencode(".jpg", noise, params)[1])
+    assert len(dense) * 8 > 8 * 480 * 270
     decoder = FrameDecoder(64, 64, max_bytes=8 << 20, max_pixels=1920 * 1080)
-    assert decoder.check(pb.Frame(encoded=dense)).work == 2 * len(dense)
-    # A camera's frame, a few bits a pixel at most, counts its pixels.
+    assert decoder.check(pb.Frame(encoded=dense)).work == len(dense)
+    # A camera's frame, a few bits a pixel at most, counts its pixels; and so does a
+    # detailed scene at quality 95 (a photograph: 4.6 bits a pixel at 4:2:0, 5.1 at 4:2:2).
     camera = jpeg(_smooth_image(270, 480))
     assert decoder.check(pb.Frame(encoded=camera)).work == 480 * 270
+    fine = bytes(cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_QUALITY, 75])[1])
+    assert 4 * 480 * 270 < len(fine) * 8 < 8 * 480 * 270
+    assert decoder.check(pb.Frame(encoded=fine)).work == 480 * 270
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:
@@ -250,6 +256,14 @@ def test_a_png_is_decoded_without_the_chunks_its_pixels_do_not_come_from() -> No
     whole = cv2.imdecode(np.frombuffer(dressed, np.uint8), cv2.IMREAD_COLOR)
     assert np.array_equal(whole, image)
     assert np.array_equal(DECODER.decode_image(dressed), DECODER.decode_image(plain))
+    # An eXIf chunk's orientation is kept: OpenCV turns the image to it (6: 90 degrees).
+    wide = np.ascontiguousarray(image[:48])
+    orientation = b"MM\0*" + bytes((0, 0, 0, 8, 0, 1, 1, 0x12, 0, 3, 0, 0, 0, 1, 0, 6, 0, 0))
+    turned = png(wide)
+    turned = turned[:after_header] + _chunk(b"eXIf", orientation + bytes(4)) + turned[33:]
+    as_opencv = cv2.imdecode(np.frombuffer(turned, np.uint8), cv2.IMREAD_COLOR)
+    assert as_opencv.shape == (64, 48, 3)  # turned from 48x64
+    assert np.array_equal(DECODER.decode_image(turned), DECODER.fit(as_opencv))
 
 
 def test_a_progressive_jpeg_of_too_many_scans_is_refused() -> None:

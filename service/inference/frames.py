@@ -38,12 +38,13 @@ JPEG_FLOOR = 0.875
 # Pixels a JPEG's byte counts as, where its bytes outweigh its pixels. Entropy decoding
 # costs by the byte (5.6-8.3 ns here at 1/8 scale) and the rest by the pixel (0.4 ns):
 # a 640x480 camera frame of 67 KB takes 0.6 ms, a 1920x1080 one of white noise at
-# quality 95 (5 MB) 28-42 ms. Counted by its pixels alone, that frame cost exactly a
-# --heavy-pixels image and was decoded in the shared batches, where four streams of
-# them at 10 fps left an honest camera 25 frames of 101 at p50 362 ms. At 2, only a
-# JPEG of more than 4 bits a pixel counts by its bytes: cameras write 0.5-2 (3-4 at
-# the highest quality), so theirs still count by their pixels.
-JPEG_BYTE_PIXELS = 2
+# quality 95 (5 MB, 19 bits a pixel) 28-42 ms. Counted by its pixels alone, that frame
+# cost exactly a --heavy-pixels image and was decoded in the shared batches, where four
+# streams of them at 10 fps left an honest camera 25 frames of 101 at p50 362 ms. At 1,
+# only a JPEG of more than 8 bits a pixel counts by its bytes: cameras write 0.5-2, and
+# a detailed scene at quality 95 about 4.5-6 (USB cameras' 4:2:2 MJPEG included), so
+# theirs still count by their pixels and never flip lanes from frame to frame.
+JPEG_BYTE_PIXELS = 1
 
 _JPEG_REDUCED = (
     (8, cv2.IMREAD_REDUCED_COLOR_8),
