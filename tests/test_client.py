@@ -175,6 +175,20 @@ def test_reconnection_rules() -> None:
     assert spent.over
 
 
+def test_after_a_failed_call_the_outage_is_said_once(capsys: pytest.CaptureFixture[str]) -> None:
+    code, step = grpc.StatusCode, reconnection.Next
+    outage = reconnection.Reconnection(5.0, frozenset())
+    assert outage.after_failure(code.UNAVAILABLE, False, "not said") is step.FAIL
+    assert outage.after_failure(code.UNAVAILABLE, True, "said") is step.TRY
+    assert outage.after_failure(code.UNAVAILABLE, True, "not said again") is step.TRY
+    assert outage.after_failure(code.INVALID_ARGUMENT, True, "not said") is step.FAIL
+    spent = reconnection.Reconnection(1e-9, frozenset())
+    spent.begins_outage()
+    time.sleep(0.001)
+    assert spent.after_failure(code.UNAVAILABLE, True, "not said") is step.GIVE_UP
+    assert capsys.readouterr().err == "said\n"
+
+
 def test_run_stream_prints_predictions_and_summary(
     server: BackgroundServer, video: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
