@@ -31,7 +31,7 @@ from videogen import motion_clip, variable_rate, write
 
 from actionstream.decoding import ffmpeg_lines_kept
 from actionstream.serve_process import ServeProcess
-from actionstream.service.clients import reconnection, source_feed, termination
+from actionstream.service.clients import reconnection, sent_source, termination
 from actionstream.service.clients import stream as client
 from actionstream.service.clients.latencies import Latencies
 from actionstream.service.clients.stream import StreamError, read_labels, run_stream, stream_source
@@ -953,7 +953,7 @@ def test_the_source_is_released_on_the_callers_thread_before_an_error(
             used.append(("close", threading.current_thread()))
             super().close()
 
-    monkeypatch.setattr(source_feed, "VideoSource", WatchedSource)
+    monkeypatch.setattr(sent_source, "VideoSource", WatchedSource)
     with _refusing_port() as port:
         for _ in range(3):
             used.clear()

@@ -31,7 +31,7 @@ from actionstream.service.clients.call_failure import CallFailure
 from actionstream.service.clients.latencies import Latencies
 from actionstream.service.clients.output import events_text, prediction_record, print_json, report
 from actionstream.service.clients.reconnection import KEEPALIVE, Next, Reconnection
-from actionstream.service.clients.source_feed import SourceFeed, open_source, warn_if_damaged
+from actionstream.service.clients.sent_source import SentSource, open_source, warn_if_damaged
 from actionstream.service.clients.stream_summary import (
     StreamError,
     StreamSummary,
@@ -101,7 +101,7 @@ def stream_source(
     # line a frame). Told whether the run succeeds or fails (before its error), not after
     # Ctrl-C.
     said = NativeLines()
-    feed: SourceFeed | None = None
+    feed: SentSource | None = None
     interrupted = False
     try:
         with ffmpeg_lines_kept() as said:
@@ -111,7 +111,7 @@ def stream_source(
                 return StreamSummary(
                     0, 0, None, None, None, interrupted=True, source_released=False
                 )
-            feed = SourceFeed(source)
+            feed = SentSource(source)
             try:
                 with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
                     summary = _Session(cfg, feed, truth, channel, on_prediction).run()
@@ -120,7 +120,7 @@ def stream_source(
                 feed.close(0.0)  # Ctrl-C again: the caller must not wait, nor exit normally
                 raise
             except BaseException:
-                feed.close()  # on this thread, before raising: see SourceFeed
+                feed.close()  # on this thread, before raising: see SentSource
                 raise
     except _OpenFailed as e:  # its decoder's lines, known once the block is over
         decoder = f"; {said.summary()}" if said.lines else ""
@@ -165,7 +165,7 @@ class _Session:
     def __init__(
         self,
         cfg: StreamConfig,
-        feed: SourceFeed,
+        feed: SentSource,
         truth: dict[int, str] | None,
         channel: grpc.Channel,
         on_prediction: PredictionCallback | None,
