@@ -31,6 +31,17 @@ class Refused(Exception):
         self.told: str = told or reason
 
 
+def sources_off() -> Refused:
+    """WatchSource's status on a server started without --allow-sources."""
+    return Refused(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "WatchSource is disabled on this server, because it lets clients make the "
+        "server open files, cameras and URLs; start it with --allow-sources "
+        "(or ACTIONSTREAM_ALLOW_SOURCES=true) on a trusted network to enable it",
+        "invalid_source",
+    )
+
+
 # A frame over --max-frame-bytes gets the code gRPC itself gives a message over
 # its size limit, so a client sees one answer for "too big" wherever the line
 # is drawn; every other bad frame is the client's mistake to fix.
