@@ -50,9 +50,10 @@ _REFUSAL_CODES: dict[RejectReason, grpc.StatusCode] = {
 } | {"too_many_bytes": grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-def refusal(error: Exception) -> Refused:
-    """The status a stream's failure ends its call with; re-raises a fault of the server's
-    own, which is no refusal."""
+def as_refused(error: Exception) -> Refused:
+    """The status a stream's failure ends its call with, when it is a refusal; re-raises
+    any other failure, a fault of the server's own (so `raise as_refused(e)` may raise
+    that fault instead, for the handler to end the call with INTERNAL)."""
     if isinstance(error, Refused):
         return error
     if isinstance(error, FrameRejected):

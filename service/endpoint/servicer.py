@@ -33,8 +33,8 @@ from actionstream.service.endpoint.idle_sweep import IdleSweep
 from actionstream.service.endpoint.places import Places, client_address
 from actionstream.service.endpoint.refusals import (
     Refused,
+    as_refused,
     deadline_passed,
-    refusal,
     sources_off,
 )
 from actionstream.service.inference.batcher import Batcher
@@ -173,10 +173,10 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                             yield prediction
                         self._batcher.offer(stream)
                     elif stream.failure is not None:
-                        raise refusal(stream.failure)
+                        raise as_refused(stream.failure)
                     elif stream.finished:
                         if stream.rejection is not None:
-                            raise refusal(stream.rejection)
+                            raise as_refused(stream.rejection)
                         # A client that cancels or whose connection drops ends the input
                         # as a half-close would, and then the handler is cancelled: one
                         # turn of the loop lets that cancellation land here, to be counted
@@ -274,7 +274,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     # One frame at a time: the next is read once this one is answered.
                     while True:
                         if stream.failure is not None:
-                            raise refusal(stream.failure)
+                            raise as_refused(stream.failure)
                         if (answer := stream.outbox) is not None:
                             break
                         await stream.wakeup.wait()
@@ -465,7 +465,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         # sends bad frames. Server-made text (numbers, fixed words), bounded all the same.
         told = stream.failure
         if isinstance(told, FrameRejected):
-            told = refusal(told)
+            told = as_refused(told)
         why = _told_why(told) if isinstance(told, Refused) and reason in _TOLD_WHY else ""
         stream.close()
         self._metrics.ended(reason).inc()
