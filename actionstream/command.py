@@ -17,11 +17,14 @@ import re
 import types
 import typing
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from actionstream.settings import DEFAULT_GROUP, GROUP, HELP, PATH, POSITIONAL
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class IntTuple(click.ParamType):
@@ -81,7 +84,7 @@ class ConfigCommand(click.Command):
                 formatter.write_dl(sections[group])
 
 
-C = typing.TypeVar("C")
+C = typing.TypeVar("C", bound="DataclassInstance")
 
 
 def config_command(
@@ -98,7 +101,7 @@ def config_command(
     read `env_prefix + FIELD_NAME`.
     """
     hints = typing.get_type_hints(config)
-    fields = dataclasses.fields(config)  # type: ignore[arg-type]
+    fields = dataclasses.fields(config)
     params: list[click.Parameter] = []
     for f in fields:
         env = None

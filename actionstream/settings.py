@@ -13,7 +13,10 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 HELP, GROUP, POSITIONAL, PATH, NOT_PATHS = "help", "group", "positional", "path", "not_paths"
 DEFAULT_GROUP = "Options"
@@ -36,14 +39,14 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata | {NOT_PATHS: not_paths})
 
 
-def resolved(config: Any, **given: Any) -> dict[str, Any]:
+def resolved(config: DataclassInstance, **given: Any) -> dict[str, Any]:
     """`config` as a stage saves it beside what it writes, `given` settings in place of its
     own: as JSON holds it (tuples as lists), and its paths absolute, so that it says what
     produced the files wherever they are read, and the run can be repeated from anywhere."""
     return absolute(type(config), json.loads(json.dumps(dataclasses.asdict(config) | given)))
 
 
-def absolute(config_type: type, settings: dict[str, Any]) -> dict[str, Any]:
+def absolute(config_type: type[DataclassInstance], settings: dict[str, Any]) -> dict[str, Any]:
     """`settings` (a `config_type` as saved) with the values of its path settings made
     absolute, from here: two spellings of one folder then compare equal. A path left
     empty (none given) is kept as it is."""
@@ -59,7 +62,7 @@ def absolute(config_type: type, settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def refuse_empty_paths(config: Any) -> None:
+def refuse_empty_paths(config: DataclassInstance) -> None:
     """Raises ValueError for a path setting of `config` given as an empty string: read as
     a path it is the current folder (`--out ""` wrote a run there, `--cache ""` scattered
     its files there), and an optional one would quietly mean "not set" (`--data ""`
@@ -72,7 +75,7 @@ def refuse_empty_paths(config: Any) -> None:
             )
 
 
-def refuse_non_finite(config: Any) -> None:
+def refuse_non_finite(config: DataclassInstance) -> None:
     """Raises ValueError for a float setting of `config` that is NaN or infinite: NaN
     passes every `<` check a config makes (an idle timeout of NaN turned the timeout
     off), and no setting here means anything at infinity."""

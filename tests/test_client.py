@@ -31,7 +31,7 @@ from videogen import motion_clip, variable_rate, write
 
 from actionstream.decoding import ffmpeg_lines_kept
 from actionstream.serve_process import ServeProcess
-from actionstream.service.clients import reconnection, source_feed, termination
+from actionstream.service.clients import reconnection, sent_source, termination
 from actionstream.service.clients import stream as client
 from actionstream.service.clients.latencies import Latencies
 from actionstream.service.clients.stream import StreamError, read_labels, run_stream, stream_source
@@ -173,6 +173,20 @@ def test_reconnection_rules() -> None:
     spent.begins_outage()
     time.sleep(0.001)
     assert spent.over
+
+
+def test_after_a_failed_call_the_outage_is_said_once(capsys: pytest.CaptureFixture[str]) -> None:
+    code, step = grpc.StatusCode, reconnection.Next
+    outage = reconnection.Reconnection(5.0, frozenset())
+    assert outage.after_failure(code.UNAVAILABLE, False, "not said") is step.FAIL
+    assert outage.after_failure(code.UNAVAILABLE, True, "said") is step.TRY
+    assert outage.after_failure(code.UNAVAILABLE, True, "not said again") is step.TRY
+    assert outage.after_failure(code.INVALID_ARGUMENT, True, "not said") is step.FAIL
+    spent = reconnection.Reconnection(1e-9, frozenset())
+    spent.begins_outage()
+    time.sleep(0.001)
+    assert spent.after_failure(code.UNAVAILABLE, True, "not said") is step.GIVE_UP
+    assert capsys.readouterr().err == "said\n"
 
 
 def test_run_stream_prints_predictions_and_summary(
@@ -939,7 +953,7 @@ def test_the_source_is_released_on_the_callers_thread_before_an_error(
             used.append(("close", threading.current_thread()))
             super().close()
 
-    monkeypatch.setattr(source_feed, "VideoSource", WatchedSource)
+    monkeypatch.setattr(sent_source, "VideoSource", WatchedSource)
     with _refusing_port() as port:
         for _ in range(3):
             used.clear()

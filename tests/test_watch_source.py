@@ -171,13 +171,20 @@ def test_odd_sources_end_with_a_clear_status_and_a_short_log(
 
 
 def test_a_server_without_sources_refuses_and_counts_it_as_its_reason_says(
-    start_server: StartServer, video: Path
+    start_server: StartServer, video: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     server = start_server(metrics_port=0)
     outcome = watch(server, str(video))
     assert (outcome.code, outcome.predictions) == (grpc.StatusCode.PERMISSION_DENIED, [])
     assert outcome.details.startswith("WatchSource is disabled on this server")
-    assert outcome.trailer[REASON] == "invalid_source"
+    # Its reason alone: no stream was opened, so there are no frames to count.
+    assert outcome.trailer == {REASON: "invalid_source"}
+    # Logged as the allowlist's refusals are, with what the client was told.
+    assert (
+        f"stream {video} refused (invalid_source: PERMISSION_DENIED: WatchSource is "
+        "disabled on this server" in caplog.text
+    ), caplog.text
     # The trailer's reason is the label the ended-streams counter counts it under.
     m = metrics(server)
     assert m["actionstream_streams_ended_total{reason=invalid_source}"] == 1

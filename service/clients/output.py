@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from actionstream.v1 import actionstream_pb2 as pb
+
+S = TypeVar("S")
 
 _KINDS = {pb.ActionEvent.KIND_START: "start", pb.ActionEvent.KIND_END: "end"}
 
@@ -52,6 +55,25 @@ def prediction_record(prediction: pb.Prediction) -> dict[str, Any]:
 def print_json(key: str, record: dict[str, Any]) -> None:
     """One JSON line, flushed: a program reading the pipe sees each as it comes."""
     print(json.dumps({key: _finite(record)}, ensure_ascii=False), flush=True)
+
+
+def report(
+    summary: S,
+    as_json: bool,
+    text: Callable[[S], None],
+    record: Callable[[S], dict[str, Any]],
+    error: str | None = None,
+) -> None:
+    """Prints a run's summary: as `text` prints it, or with `as_json` as the last JSON
+    line, its fields by `record`, and the run's `error` when it failed (which the client
+    says on stderr too)."""
+    if not as_json:
+        text(summary)
+        return
+    fields = record(summary)
+    if error is not None:
+        fields["error"] = error
+    print_json("summary", fields)
 
 
 def _finite(value: Any) -> Any:

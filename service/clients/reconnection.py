@@ -12,7 +12,9 @@ is per outage, not per run.
 
 from __future__ import annotations
 
+import enum
 import random
+import sys
 import time
 
 import grpc
@@ -34,6 +36,14 @@ def pause_s(left_s: float) -> float:
 # Reasons a new call would meet again (a frame too large is RESOURCE_EXHAUSTED, like a
 # full server, which a new call may find free).
 _NEVER_PASSING = frozenset({"too_many_bytes"})
+
+
+class Next(enum.Enum):
+    """What follows a failed call."""
+
+    FAIL = enum.auto()  # not worth a new call: the run fails with the call's own error
+    GIVE_UP = enum.auto()  # worth one, but the outage has lasted its limit
+    TRY = enum.auto()  # a new call, after wait()
 
 
 class Reconnection:
@@ -67,6 +77,17 @@ class Reconnection:
             return False
         self._until = time.monotonic() + self.limit_s
         return True
+
+    def after_failure(
+        self, code: grpc.StatusCode, resumable: bool, outage_line: str, reason: str | None = None
+    ) -> Next:
+        """What follows a call that ended with `code` (see may_try). When the failure
+        starts an outage, `outage_line` says so on stderr, in the client's words."""
+        if not self.may_try(code, resumable, reason):
+            return Next.FAIL
+        if self.begins_outage():
+            print(outage_line, file=sys.stderr, flush=True)
+        return Next.GIVE_UP if self.over else Next.TRY
 
     @property
     def over(self) -> bool:

@@ -27,22 +27,23 @@ from actionstream.decoding import NativeLines, ffmpeg_lines_kept
 from actionstream.frame_labels import LabelsError, read_frame_labels
 from actionstream.resampling import Resampler
 from actionstream.service import opencv_log
+from actionstream.service.clients.call_failure import CallFailure
 from actionstream.service.clients.latencies import Latencies
-from actionstream.service.clients.output import events_text, prediction_record, print_json
-from actionstream.service.clients.reconnection import KEEPALIVE, Reconnection
-from actionstream.service.clients.source_feed import SourceFeed, open_source, warn_if_damaged
+from actionstream.service.clients.output import events_text, prediction_record, print_json, report
+from actionstream.service.clients.reconnection import KEEPALIVE, Next, Reconnection
+from actionstream.service.clients.sent_source import SentSource, open_source, warn_if_damaged
 from actionstream.service.clients.stream_summary import (
     StreamError,
     StreamSummary,
     print_summary,
-    print_summary_json,
+    summary_record,
 )
 from actionstream.service.clients.termination import Termination, is_stop
 from actionstream.service.clients.truth import check_names, warn_uncovered
 from actionstream.service.config import StreamConfig
 from actionstream.service.credentials import hide_credentials
 from actionstream.service.sources.video_source import VideoSource, is_url
-from actionstream.service.trailers import reason_in, skipped_in
+from actionstream.service.trailers import skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -100,7 +101,7 @@ def stream_source(
     # line a frame). Told whether the run succeeds or fails (before its error), not after
     # Ctrl-C.
     said = NativeLines()
-    feed: SourceFeed | None = None
+    feed: SentSource | None = None
     interrupted = False
     try:
         with ffmpeg_lines_kept() as said:
@@ -110,7 +111,7 @@ def stream_source(
                 return StreamSummary(
                     0, 0, None, None, None, interrupted=True, source_released=False
                 )
-            feed = SourceFeed(source)
+            feed = SentSource(source)
             try:
                 with grpc.insecure_channel(cfg.target, options=KEEPALIVE) as channel:
                     summary = _Session(cfg, feed, truth, channel, on_prediction).run()
@@ -119,7 +120,7 @@ def stream_source(
                 feed.close(0.0)  # Ctrl-C again: the caller must not wait, nor exit normally
                 raise
             except BaseException:
-                feed.close()  # on this thread, before raising: see SourceFeed
+                feed.close()  # on this thread, before raising: see SentSource
                 raise
     except _OpenFailed as e:  # its decoder's lines, known once the block is over
         decoder = f"; {said.summary()}" if said.lines else ""
@@ -164,7 +165,7 @@ class _Session:
     def __init__(
         self,
         cfg: StreamConfig,
-        feed: SourceFeed,
+        feed: SentSource,
         truth: dict[int, str] | None,
         channel: grpc.Channel,
         on_prediction: PredictionCallback | None,
@@ -236,9 +237,12 @@ class _Session:
             self._interrupted = True
         except grpc.RpcError as e:
             streamed = self._answered > 0
-            failure = StreamError(
-                _describe(e, self._cfg.target, streamed), self.summary() if streamed else None
+            said = CallFailure.of(e).describe(
+                streamed,
+                f"cannot reach the server at {self._cfg.target}",
+                "the server ended the stream",
             )
+            failure = StreamError(said, self.summary() if streamed else None)
         except StreamError as e:
             # Such as a new call's model lacking a label of the CSV: what was answered
             # before still counts.
@@ -387,35 +391,32 @@ class _Session:
         call, StreamError when the outage has lasted --reconnect-seconds. A source that
         had ended has nothing left to send: True when the server had answered its last
         frame, so that the stream is complete however the call ended."""
-        reason = None
-        if isinstance(e, grpc.Call):  # frames the server skipped after its last answer
-            self._skipped += skipped_in(e.trailing_metadata())
-            reason = reason_in(e.trailing_metadata())
-        if reason is None and e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        failure = CallFailure.of(e)
+        self._skipped += failure.skipped  # frames the server skipped after its last answer
+        reason = failure.reason
+        if reason is None and failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             reason = "too_many_bytes"  # gRPC's own message limit: the server gives one else
         if self._source_ended.is_set() and self._all_answered():
             print(
                 f"actionstream stream: every frame was answered or skipped, then the call "
-                f"ended with {e.code().name}: {e.details()}",
+                f"ended with {failure}",
                 file=sys.stderr,
                 flush=True,
             )
             return True
         more_to_send = self._answered > 0 and not self._source_ended.is_set()
-        if not self._reconnection.may_try(e.code(), more_to_send, reason):
-            raise e
         limit_s = self._reconnection.limit_s
-        if self._reconnection.begins_outage():
-            print(
-                f"actionstream stream: the server ended the stream ({e.code().name}: "
-                f"{e.details()}); reconnecting for up to {limit_s:g} s",
-                file=sys.stderr,
-                flush=True,
-            )
-        if self._reconnection.over:
+        outage_line = (
+            f"actionstream stream: the server ended the stream ({failure}); reconnecting "
+            f"for up to {limit_s:g} s"
+        )
+        step = self._reconnection.after_failure(failure.code, more_to_send, outage_line, reason)
+        if step is Next.FAIL:
+            raise e
+        if step is Next.GIVE_UP:
             raise StreamError(
                 f"the server went away mid-stream and no new stream could be opened within "
-                f"{limit_s:g} s; gave up reconnecting (last: {e.code().name}: {e.details()})",
+                f"{limit_s:g} s; gave up reconnecting (last: {failure})",
                 self.summary(),
             ) from None
         self._wait_away()
@@ -465,13 +466,6 @@ class _Session:
         )
 
 
-def _describe(error: grpc.RpcError, target: str, streamed: bool = False) -> str:
-    code, details = error.code(), error.details()
-    if code == grpc.StatusCode.UNAVAILABLE and not streamed:
-        return f"cannot reach the server at {target}: {details}"
-    return f"the server ended the stream with {code.name}: {details}"
-
-
 def _print_prediction(prediction: pb.Prediction, truth: str | None, latency_ms: float) -> None:
     best = prediction.top[0]
     line = f"frame {prediction.sequence:6d}  {best.label:>12s} {best.probability:5.2f}"
@@ -511,17 +505,11 @@ def _run_stream(cfg: StreamConfig, stop: Termination) -> int:
         os._exit(stop.code)
     except StreamError as e:
         if e.summary is not None:
-            if cfg.json:
-                print_summary_json(e.summary, str(e))
-            else:
-                print_summary(e.summary)
+            report(e.summary, cfg.json, print_summary, summary_record, str(e))
         print(f"actionstream stream: {e}", file=sys.stderr)
         leave_if_source_held(e.source_released, "actionstream stream", 1)
         return 1
-    if cfg.json:
-        print_summary_json(summary)
-    else:
-        print_summary(summary)
+    report(summary, cfg.json, print_summary, summary_record)
     leave_if_source_held(summary.source_released, "actionstream stream", stop.code)
     return stop.code if summary.interrupted else 0
 

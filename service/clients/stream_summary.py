@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-
-from actionstream.service.clients.output import print_json
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -56,15 +55,14 @@ class StreamError(Exception):
         self.source_released = True
 
 
-def print_summary_json(summary: StreamSummary, error: str | None = None) -> None:
+def summary_record(summary: StreamSummary) -> dict[str, Any]:
+    """The summary's JSON fields (service/clients/output.py's report)."""
     # Every count the summary has, by its field's name; not whether the source was let go
     # (what the process does about it is its exit).
-    record: dict[str, object] = dataclasses.asdict(summary)
+    record: dict[str, Any] = dataclasses.asdict(summary)
     del record["source_released"]
     record["frames_lost"] = summary.frames_lost
-    if error is not None:
-        record["error"] = error
-    print_json("summary", record)
+    return record
 
 
 def print_summary(summary: StreamSummary) -> None:

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import grpc
 
-from actionstream.service.clients.output import events_text, prediction_record, print_json
-from actionstream.service.clients.reconnection import KEEPALIVE, Reconnection
+from actionstream.service.clients.call_failure import CallFailure
+from actionstream.service.clients.output import events_text, prediction_record, print_json, report
+from actionstream.service.clients.reconnection import KEEPALIVE, Next, Reconnection
 from actionstream.service.clients.termination import Termination, is_stop
 from actionstream.service.config import WatchConfig
-from actionstream.service.trailers import reason_in, skipped_in
+from actionstream.service.trailers import skipped_in
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
 
@@ -97,27 +98,30 @@ def watch_source(
                     skipped += skipped_in(call.trailing_metadata())
                     return summary("the source ended")
                 except grpc.RpcError as e:
-                    code, details = e.code(), e.details()
-                    reason = None
-                    if isinstance(e, grpc.Call):  # a call's end: its trailer counts too
-                        skipped += skipped_in(e.trailing_metadata())
-                        reason = reason_in(e.trailing_metadata())
-                    if not reconnection.may_try(code, answered > 0):
+                    failure = CallFailure.of(e)
+                    skipped += failure.skipped  # a call's end: its trailer counts too
+                    outage_line = (
+                        f"{PROG}: {failure}; watching again for up to "
+                        f"{cfg.reconnect_seconds:g} s (a new call starts from a zero state)"
+                    )
+                    step = reconnection.after_failure(failure.code, answered > 0, outage_line)
+                    if step is Next.FAIL:
+                        # A reason is the server's answer: the source it could not open
+                        # or lost at once, not a server that is unreachable.
                         raise WatchError(
-                            _describe(code, details, cfg.target, answered > 0 or bool(reason)),
-                            summary(f"the server ended it with {code.name}") if answered else None,
+                            failure.describe(
+                                answered > 0 or bool(failure.reason),
+                                f"the server at {cfg.target} is unreachable",
+                                "the server ended the watch",
+                            ),
+                            summary(f"the server ended it with {failure.code.name}")
+                            if answered
+                            else None,
                         ) from None
-                    if reconnection.begins_outage():
-                        print(
-                            f"{PROG}: {code.name}: {details}; watching again for up to "
-                            f"{cfg.reconnect_seconds:g} s (a new call starts from a zero state)",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-                    if reconnection.over:
+                    if step is Next.GIVE_UP:
                         raise WatchError(
                             f"could not watch the source again within "
-                            f"{cfg.reconnect_seconds:g} s; gave up (last: {code.name}: {details})",
+                            f"{cfg.reconnect_seconds:g} s; gave up (last: {failure})",
                             summary("gave up watching again"),
                         ) from None
                     reconnection.wait()
@@ -127,13 +131,6 @@ def watch_source(
             if call is not None:
                 call.cancel()
             return summary("interrupted", interrupted=True)
-
-
-def _describe(code: grpc.StatusCode, details: str | None, target: str, reached: bool) -> str:
-    """The error's line; `reached`: the server answered, or gave its reason."""
-    if code == _CODE.UNAVAILABLE and not reached:
-        return f"the server at {target} is unreachable: {details}"
-    return f"the server ended the watch with {code.name}: {details}"
 
 
 def print_prediction(prediction: pb.Prediction) -> None:
@@ -147,13 +144,6 @@ def print_prediction(prediction: pb.Prediction) -> None:
 
 def _print_prediction_json(prediction: pb.Prediction) -> None:
     print_json("prediction", prediction_record(prediction))
-
-
-def _print_summary_json(summary: WatchSummary, error: str | None = None) -> None:
-    record: dict[str, object] = dataclasses.asdict(summary)
-    if error is not None:
-        record["error"] = error
-    print_json("summary", record)
 
 
 def print_summary(summary: WatchSummary) -> None:
@@ -189,14 +179,9 @@ def _run_watch(cfg: WatchConfig, stop: Termination) -> int:
         summary = watch_source(cfg, None if cfg.quiet else each)
     except WatchError as e:
         if e.summary is not None:
-            if cfg.json:
-                _print_summary_json(e.summary, str(e))
-            else:
-                print_summary(e.summary)
+            # Every field by its name, in JSON: a watch has nothing to hold back.
+            report(e.summary, cfg.json, print_summary, dataclasses.asdict, str(e))
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
-    if cfg.json:
-        _print_summary_json(summary)
-    else:
-        print_summary(summary)
+    report(summary, cfg.json, print_summary, dataclasses.asdict)
     return stop.code if summary.interrupted else 0

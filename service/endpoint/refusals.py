@@ -31,6 +31,17 @@ class Refused(Exception):
         self.told: str = told or reason
 
 
+def sources_off() -> Refused:
+    """WatchSource's status on a server started without --allow-sources."""
+    return Refused(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "WatchSource is disabled on this server, because it lets clients make the "
+        "server open files, cameras and URLs; start it with --allow-sources "
+        "(or ACTIONSTREAM_ALLOW_SOURCES=true) on a trusted network to enable it",
+        "invalid_source",
+    )
+
+
 # A frame over --max-frame-bytes gets the code gRPC itself gives a message over
 # its size limit, so a client sees one answer for "too big" wherever the line
 # is drawn; every other bad frame is the client's mistake to fix.
@@ -39,9 +50,10 @@ _REFUSAL_CODES: dict[RejectReason, grpc.StatusCode] = {
 } | {"too_many_bytes": grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
-def refusal(error: Exception) -> Refused:
-    """The status a stream's failure ends its call with; re-raises a fault of the server's
-    own, which is no refusal."""
+def as_refused(error: Exception) -> Refused:
+    """The status a stream's failure ends its call with, when it is a refusal; re-raises
+    any other failure, a fault of the server's own (so `raise as_refused(e)` may raise
+    that fault instead, for the handler to end the call with INTERNAL)."""
     if isinstance(error, Refused):
         return error
     if isinstance(error, FrameRejected):

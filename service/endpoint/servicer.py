@@ -31,7 +31,12 @@ from actionstream.service.config import ServeConfig
 from actionstream.service.credentials import hide_credentials
 from actionstream.service.endpoint.idle_sweep import IdleSweep
 from actionstream.service.endpoint.places import Places, client_address
-from actionstream.service.endpoint.refusals import Refused, deadline_passed, refusal
+from actionstream.service.endpoint.refusals import (
+    Refused,
+    as_refused,
+    deadline_passed,
+    sources_off,
+)
 from actionstream.service.inference.batcher import Batcher
 from actionstream.service.inference.intake import Intake
 from actionstream.service.inference.streams import (
@@ -168,10 +173,10 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                             yield prediction
                         self._batcher.offer(stream)
                     elif stream.failure is not None:
-                        raise refusal(stream.failure)
+                        raise as_refused(stream.failure)
                     elif stream.finished:
                         if stream.rejection is not None:
-                            raise refusal(stream.rejection)
+                            raise as_refused(stream.rejection)
                         # A client that cancels or whose connection drops ends the input
                         # as a half-close would, and then the handler is cancelled: one
                         # turn of the loop lets that cancellation land here, to be counted
@@ -251,16 +256,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         # previous prediction); a camera or URL at its own rate. No reconnecting and no
         # sharing between watchers yet.
         if not self._cfg.allow_sources:
-            # Counted as the allowlist's refusals are, with the reason its trailer gives.
-            self._count_error("WatchSource", grpc.StatusCode.PERMISSION_DENIED)
-            self._metrics.ended("invalid_source").inc()
-            context.set_trailing_metadata(((REASON, "invalid_source"),))
-            context.set_code(grpc.StatusCode.PERMISSION_DENIED)
-            context.set_details(
-                "WatchSource is disabled on this server, because it lets clients make the "
-                "server open files, cameras and URLs; start it with --allow-sources "
-                "(or ACTIONSTREAM_ALLOW_SOURCES=true) on a trusted network to enable it"
-            )
+            self._sources_off(request, context)
             return
         # Its frames come from the source, not the client: only a client that takes no
         # prediction is idle here.
@@ -278,7 +274,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     # One frame at a time: the next is read once this one is answered.
                     while True:
                         if stream.failure is not None:
-                            raise refusal(stream.failure)
+                            raise as_refused(stream.failure)
                         if (answer := stream.outbox) is not None:
                             break
                         await stream.wakeup.wait()
@@ -374,11 +370,41 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         for _close's log line."""
         if stream.failure is None:
             stream.fail(refused)
+        self._refuse(method, refused, trailer(stream, refused.told), context)
+        return refused.reason
+
+    def _refuse(
+        self,
+        method: str,
+        refused: Refused,
+        trailing: tuple[tuple[str, str], ...],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
         self._count_error(method, refused.code)
         context.set_code(refused.code)
         context.set_details(refused.details)
-        context.set_trailing_metadata(trailer(stream, refused.told))
-        return refused.reason
+        context.set_trailing_metadata(trailing)
+
+    def _sources_off(self, request: pb.SourceRequest, context: grpc.aio.ServicerContext) -> None:
+        """Refuses WatchSource on a server without --allow-sources as the allowlist
+        refuses a source: counted, ended and logged under the same reason. No stream is
+        opened for it, so its trailer holds the reason alone; its line spends the stream
+        lines' budget, as the allowlist's do, so a client calling in a loop cannot fill
+        the disk."""
+        refused = sources_off()
+        self._refuse("WatchSource", refused, ((REASON, refused.told),), context)
+        self._metrics.ended(refused.reason).inc()
+        left_out = self._stream_lines.take()
+        if left_out is not None:
+            name = _shown_name(request.options.stream_name or request.source)
+            logger.info(
+                "stream %s refused (%s%s)%s",
+                name,
+                refused.reason,
+                _told_why(refused),
+                _left_out(left_out),
+                extra={"stream": name},
+            )
 
     @contextlib.contextmanager
     def _ending(
@@ -439,12 +465,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         # sends bad frames. Server-made text (numbers, fixed words), bounded all the same.
         told = stream.failure
         if isinstance(told, FrameRejected):
-            told = refusal(told)
-        why = (
-            f": {told.code.name}: {printable(told.details, 200)}"
-            if isinstance(told, Refused) and reason in _TOLD_WHY
-            else ""
-        )
+            told = as_refused(told)
+        why = _told_why(told) if isinstance(told, Refused) and reason in _TOLD_WHY else ""
         stream.close()
         self._metrics.ended(reason).inc()
         # The state goes with the stream object; a batch in flight may still be writing it.
@@ -529,6 +551,11 @@ def _shown_name(name: str) -> str:
 
 def _about(stream: Stream) -> dict[str, object]:
     return {"stream": stream.name, "stream_id": stream.id}
+
+
+def _told_why(refused: Refused) -> str:
+    """What a refused client was told, for the end of its stream's line."""
+    return f": {refused.code.name}: {printable(refused.details, 200)}"
 
 
 def _left_out(count: int) -> str:

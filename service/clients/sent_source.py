@@ -2,7 +2,7 @@
 
 OpenCV calls on a camera or URL can block for its 30-s timeout; these two
 keep Ctrl-C prompt and the process from aborting under a thread still inside
-OpenCV (see SourceFeed).
+OpenCV (see SentSource).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from actionstream.service.sources.video_source import SourceError, VideoSource, 
 STALLED_S = 20.0
 
 
-class SourceFeed:
+class SentSource:
     """The source, read and encoded on gRPC's request thread, closed on the caller's.
 
     gRPC pulls the requests on a daemon thread of its own that nothing joins, and
@@ -180,7 +180,7 @@ def open_source(name: str) -> VideoSource | None:
         return None
 
 
-def warn_if_damaged(source: str, feed: SourceFeed, said: NativeLines) -> None:
+def warn_if_damaged(source: str, feed: SentSource, said: NativeLines) -> None:
     """Warns when a local file's frames ended clearly before the count its container
     declares (a copy or download cut short), or the decoder complained while reading
     it, as training does (actionstream/decoding.py). `said`: FFmpeg's lines while the
