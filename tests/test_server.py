@@ -424,10 +424,16 @@ def test_streams_opened_and_closed_in_a_flood_are_logged_within_a_budget(
     logged = len(stream_lines())
     # The burst (two streams' opened and ended lines), and one more for each 2 s taken.
     assert 4 <= logged <= 5, stream_lines()
+    # A camera whose frames go bad is still named: its line has a budget of its own.
+    corrupt = frame_request(png(render(1, seed=9)[0])[:60])
+    with pytest.raises(grpc.RpcError):
+        list(stub.StreamFrames(iter([frame, corrupt])))
+    assert "ended (invalid_frame: INVALID_ARGUMENT: frame 2: corrupt PNG" in stream_lines()[-1]
+    logged = len(stream_lines())
     time.sleep(2.1)  # a line's worth
     assert len(list(stub.StreamFrames(iter([frame])))) == 1
     last = stream_lines()[logged]
-    assert last.endswith(f"opened (top_k=3); {20 - logged} stream lines left out before this one")
+    assert last.endswith(f"opened (top_k=3); {22 - logged} stream lines left out before this one")
 
 
 # What an HTTP/2 client sends first: the preface and an empty SETTINGS frame.

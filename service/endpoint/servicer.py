@@ -77,9 +77,12 @@ _FLOODS = frozenset({"refused", "evicted"})
 # Streams' "opened" and "ended" lines: a burst as large as a server's cameras all
 # reconnecting after a restart (two lines each, at least), then a rate no honest set of
 # cameras keeps up, so that a client opening and closing streams as fast as it can
-# cannot fill the disk.
+# cannot fill the disk. Streams that end as streams do have one such budget; those that
+# end in trouble (a bad frame, a lost source, an idle client) another, so that a flood
+# of the first cannot hide the line that names a broken camera.
 STREAM_LINES_PER_S = 20.0
 STREAM_LINES_BURST = 500
+_ORDINARY_ENDS = frozenset({"completed", "cancelled", "shutdown"})
 # The longest a WatchSource open may take, below the idle timeout when that is longer: an
 # open holds FFmpeg's process-wide open lock, so every other open waits out a slow one,
 # and a camera or stream that answers at all opens well within this.
@@ -123,9 +126,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._cut_off = False
         self._open: set[Stream] = set()  # every stream whose call is open
         self._turned_away = Throttle()
-        self._stream_lines = Throttle(
-            STREAM_LINES_PER_S, max(STREAM_LINES_BURST, 2 * cfg.max_streams)
-        )
+        burst = max(STREAM_LINES_BURST, 2 * cfg.max_streams)
+        self._stream_lines = Throttle(STREAM_LINES_PER_S, burst)
+        self._trouble_lines = Throttle(STREAM_LINES_PER_S, burst)
         self._overload = metrics.dropped("overload")
 
     async def cut_off(self, within_s: float) -> None:
@@ -394,7 +397,7 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         refused = sources_off()
         self._refuse("WatchSource", refused, ((REASON, refused.told),), context)
         self._metrics.ended(refused.reason).inc()
-        left_out = self._stream_lines.take()
+        left_out = self._trouble_lines.take()
         if left_out is not None:
             name = _shown_name(request.options.stream_name or request.source)
             logger.info(
@@ -471,7 +474,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
         self._metrics.ended(reason).inc()
         # The state goes with the stream object; a batch in flight may still be writing it.
         if self._places.give_back(stream):
-            left_out = self._stream_lines.take()
+            lines = self._stream_lines if reason in _ORDINARY_ENDS else self._trouble_lines
+            left_out = lines.take()
             if left_out is not None:
                 logger.info(
                     "stream %d %s ended (%s%s) after %d frames, %d answered, %d dropped by "
@@ -487,7 +491,8 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     extra=_about(stream),
                 )
         elif why:  # refused on its first request, before it took a place
-            left_out = self._turned_away.take() if reason in _FLOODS else 0
+            flood = reason in _FLOODS
+            left_out = (self._turned_away if flood else self._trouble_lines).take()
             if left_out is not None:
                 logger.info(
                     "stream %d %s refused (%s%s)%s",
@@ -495,7 +500,9 @@ class ActionRecognition(pb_grpc.ActionRecognitionServicer):
                     stream.name,
                     reason,
                     why,
-                    f"; {left_out} more turned away since the last such line" if left_out else "",
+                    (f"; {left_out} more turned away since the last such line" if left_out else "")
+                    if flood
+                    else _left_out(left_out),
                     extra=_about(stream),
                 )
 
