@@ -450,6 +450,31 @@ def test_a_model_the_workers_cannot_load_is_one_clear_failure(log: IO[str], tmp_
     assert "Traceback" not in text
 
 
+def test_a_replacement_that_would_serve_another_model_stops_the_server(
+    log: IO[str], tmp_path: Path
+) -> None:
+    # A model file replaced by another valid one under the server (a volume updated in
+    # place): the replacement served it beside the others' model, and the ready file and
+    # the serving line went on naming the first.
+    import onnx
+
+    served = tmp_path / "model.onnx"
+    served.write_bytes(bundled_model_path().read_bytes())
+    other = onnx.load(str(served))
+    for prop in other.metadata_props:
+        if prop.key == "actionstream.model_version":
+            prop.value += "-retrained"
+    with ServeProcess(log, args=["--workers", "2", "--model", str(served)]) as server:
+        first = server.ready["model"]
+        onnx.save(other, str(served))
+        os.kill(_worker_pids(server)[0], signal.SIGKILL)
+        assert server.wait(60) == 1
+    log.seek(0)
+    text = log.read()
+    assert f"serves {first}-retrained, not {first}: the model file changed" in text, text
+    assert "Traceback" not in text
+
+
 def test_the_reserved_port_is_held_against_plain_listeners() -> None:
     # Between the supervisor's bind and the workers' listen (model loading: up to two
     # minutes) a plain server (SO_REUSEADDR, as gRPC's own) must not take the port.

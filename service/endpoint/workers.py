@@ -18,8 +18,9 @@ own multiprocessing example serves:
   if the supervisor dies (see start_signals.stop_with);
 - it starts a new worker in place of one that dies (a crash in native code, the
   OOM killer), so the other workers' streams go on; a replacement that cannot
-  start, or workers that keep dying, stop the server with exit code 1, since
-  restarting will not cure that (Docker or Kubernetes then restart it whole).
+  start or would serve another model, or workers that keep dying, stop the
+  server with exit code 1, since restarting will not cure that (Docker or
+  Kubernetes then restart it whole).
 
 What it costs: each worker batches only its own streams (smaller batches at
 the same load), each holds its own copy of the model, and `--max-streams` is
@@ -165,7 +166,8 @@ def _supervise(
                 f"{cfg.workers} worker processes, {where_metrics(cfg, metrics_port)}",
                 cfg.log_format,
             )
-        return _watch(_Replacing(workers, spawn, tmp, metrics_dir, restarts, announce), stop)
+        pool = _Replacing(workers, spawn, tmp, metrics_dir, restarts, announce, model)
+        return _watch(pool, stop)
     finally:
         _stop_all(workers, cfg.grace_seconds + STOP_MARGIN_S, metrics_dir)
         if metrics_server is not None:
@@ -296,6 +298,7 @@ class _Replacing:
     metrics_dir: Path
     restarts: WorkerRestarts
     announce: Callable[[], None]  # rewrites the ready file with the workers' pids
+    model: str  # the version the workers serve: a replacement must serve it too
 
 
 def _watch(pool: _Replacing, stop: threading.Event) -> int:
@@ -345,8 +348,20 @@ def _watch(pool: _Replacing, stop: threading.Event) -> int:
                 starting[i] = now
                 pool.restarts.inc()
         for i, since in list(starting.items()):
-            if (pool.tmp / f"worker-{i}.json").exists():
+            ready = pool.tmp / f"worker-{i}.json"
+            if ready.exists():
                 del starting[i]
+                serves = str(json.loads(ready.read_text())["model"])
+                if serves != pool.model:
+                    # A model file replaced under the server (a volume updated in place):
+                    # one server would answer with two models. Restarted whole, it
+                    # serves the new one alone.
+                    logger.error(
+                        "%s, started in place of one that died, serves %s, not %s: the "
+                        "model file changed under the server; stopping the others",
+                        *(workers[i].name, serves, pool.model),
+                    )
+                    return 1
                 logger.info("%s (pid %s) is serving", workers[i].name, workers[i].pid)
                 if not starting:  # the ready file lists workers that serve
                     try:
