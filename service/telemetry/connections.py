@@ -61,18 +61,20 @@ def established_on(port: int, pids: Iterable[int]) -> int:
             if target.startswith("socket:["):
                 inodes.add(target[8:-1])
     count = 0
+    # Every socket of the host's network namespace is a line (a flood's TIME_WAITs too):
+    # only lines naming the port are split, which a flood of 8,000 connections made cost
+    # a scrape 0.2 s of the server's interpreter lock when every line was.
+    local = f":{port:04X} "
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
-            lines = Path(table).read_text().splitlines()[1:]
+            text = Path(table).read_text()
         except FileNotFoundError:  # no IPv6
             continue
-        for line in lines:
+        for line in text.splitlines()[1:]:
+            if local not in line:
+                continue
             # sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
             fields = line.split()
-            if (
-                fields[3] == _ESTABLISHED
-                and int(fields[1].rsplit(":", 1)[1], 16) == port
-                and fields[9] in inodes
-            ):
+            if fields[3] == _ESTABLISHED and fields[1].endswith(local[:-1]) and fields[9] in inodes:
                 count += 1
     return count
