@@ -101,7 +101,8 @@ class ServeConfig:
         "max_streams, at least 1024. It keeps a flood of connections from taking the "
         "process's file descriptors and memory (20,000 held 380 MB, and no new camera "
         "could connect); a connection with no call open for 60 s is closed (its client's "
-        "next call connects again), and one that says nothing for 10 s",
+        "next call connects again), and one that says nothing for 10 s. With --workers, "
+        "each worker holds its share, as of max_streams",
         group="Limits",
     )
     max_side_calls: int = setting(
