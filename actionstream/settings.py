@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 HELP, GROUP, POSITIONAL, PATH, NOT_PATHS = "help", "group", "positional", "path", "not_paths"
+AT_LEAST, AT_MOST = "at_least", "at_most"
 DEFAULT_GROUP = "Options"
 
 
@@ -30,13 +31,18 @@ def setting(
     positional: bool = False,
     path: bool = False,
     not_paths: tuple[str, ...] = (),
+    at_least: float | None = None,
+    at_most: float | None = None,
 ) -> Any:
     """A dataclass field with its help text and `--help` section; no default: required.
 
     `path`: its value is a file or folder (but for the names in `not_paths`, such as
-    `--init`'s choices), made absolute where the config is saved (`resolved`)."""
+    `--init`'s choices), made absolute where the config is saved (`resolved`).
+    `at_least`, `at_most`: the bounds `refuse_out_of_range` holds it to, where the
+    plain words "must be at least" and "at most" say enough."""
     metadata = {HELP: help, GROUP: group, POSITIONAL: positional, PATH: path}
-    return dataclasses.field(default=default, metadata=metadata | {NOT_PATHS: not_paths})
+    metadata |= {NOT_PATHS: not_paths, AT_LEAST: at_least, AT_MOST: at_most}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def resolved(config: DataclassInstance, **given: Any) -> dict[str, Any]:
@@ -83,3 +89,18 @@ def refuse_non_finite(config: DataclassInstance) -> None:
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{f.name} must be a finite number, got {value}")
+
+
+def refuse_out_of_range(config: DataclassInstance) -> None:
+    """Raises ValueError for a setting of `config` outside the bounds its field declares
+    (`setting(at_least=, at_most=)`); an optional setting left unset (None) has none."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        least, most = f.metadata.get(AT_LEAST), f.metadata.get(AT_MOST)
+        if least is not None and value < least:
+            bound = "must not be negative" if least == 0 else f"must be at least {least}"
+            raise ValueError(f"{f.name} {bound}, got {value}")
+        if most is not None and value > most:
+            raise ValueError(f"{f.name} must be at most {most}, got {value}")

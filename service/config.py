@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from actionstream.service.sources.allowlist import SourceAllowlist
-from actionstream.settings import refuse_non_finite, setting
+from actionstream.settings import refuse_non_finite, refuse_out_of_range, setting
 
 # How the server writes its log lines (service/telemetry/logs.py).
 LogFormat = Literal["text", "json"]
@@ -56,9 +56,10 @@ class ServeConfig:
         "at 100 cameras on 2 cores it doubled the CPU a frame); 1 leaves the rest to gRPC "
         "and decoding",
         group="Model",
+        at_most=MAX_THREADS,
     )
     default_top_k: int = setting(
-        3, help="labels per prediction when a stream does not ask", group="Model"
+        3, help="labels per prediction when a stream does not ask", group="Model", at_least=1
     )
     host: str = setting("0.0.0.0", help="gRPC listen address", group="Network")
     port: int = setting(50051, help="gRPC port; 0 picks a free one", group="Network")
@@ -77,6 +78,7 @@ class ServeConfig:
         64,
         help="concurrent streams (StreamFrames + WatchSource); more get RESOURCE_EXHAUSTED",
         group="Limits",
+        at_least=1,
     )
     max_streams_per_address: int = setting(
         0,
@@ -93,6 +95,7 @@ class ServeConfig:
         "once are not cut. As many calls of GetModelInfo, WatchSource and health Check and "
         "Watch may wait for their request, with the same rule",
         group="Limits",
+        at_least=1,
     )
     max_connections: int | None = setting(
         None,
@@ -111,6 +114,7 @@ class ServeConfig:
         "client likes and holds about 20 KB); beyond this a new one gets RESOURCE_EXHAUSTED. "
         "Cameras and health Check are not counted",
         group="Limits",
+        at_least=1,
     )
     max_frame_bytes: int = setting(
         8 * 1024 * 1024,
@@ -119,15 +123,23 @@ class ServeConfig:
         "quotes, is 64 KiB above it, for the rest of the request); a raw 3840x2160 frame is "
         "24.9 MB, so raw frames that large need this raised",
         group="Limits",
+        at_least=1,
+        at_most=MAX_FRAME_BYTES,
     )
     max_frame_pixels: int = setting(
         3840 * 2160,
         help="largest frame in pixels (width*height), checked before decoding; "
         "larger frames get INVALID_ARGUMENT",
         group="Limits",
+        at_least=1,
+        at_most=MAX_FRAME_PIXELS,
     )
     max_batch: int = setting(
-        16, help="most streams stepped together in one batched model step", group="Real time"
+        16,
+        help="most streams stepped together in one batched model step",
+        group="Real time",
+        at_least=1,
+        at_most=MAX_BATCH,
     )
     max_batch_wait_ms: float = setting(
         2.0,
@@ -141,6 +153,8 @@ class ServeConfig:
         "on all that are free, and once a full batch waits, a second batch runs beside the "
         "first",
         group="Real time",
+        at_least=1,
+        at_most=MAX_THREADS,
     )
     jpeg_floor: float = setting(
         0.875,
@@ -163,6 +177,7 @@ class ServeConfig:
         help="frames a stream may have waiting for inference; a new one beyond that drops "
         "the oldest (counted, and reported in the next prediction)",
         group="Real time",
+        at_least=1,
     )
     heavy_pixels: int = setting(
         1920 * 1080,
@@ -172,6 +187,7 @@ class ServeConfig:
         "go to a lane of their own, limited to a quarter of one core, so that they cannot "
         "hold up other streams",
         group="Real time",
+        at_least=1,
     )
     idle_timeout_seconds: float = setting(
         30.0,
@@ -187,6 +203,7 @@ class ServeConfig:
         "process batches only its own streams and takes its share of max_streams (they "
         "differ by one at most)",
         group="Operation",
+        at_least=1,
     )
     max_connection_age_seconds: float = setting(
         0.0,
@@ -229,6 +246,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         refuse_non_finite(self)
+        refuse_out_of_range(self)
         if self.source_allowlist is not None:
             if not self.allow_sources:
                 raise ValueError(
@@ -243,42 +261,16 @@ class ServeConfig:
                 f"metrics_port must be 0..65535 (0 picks a free one) or -1 (off), "
                 f"got {self.metrics_port}"
             )
-        if self.max_side_calls < 1:
-            raise ValueError(f"max_side_calls must be at least 1, got {self.max_side_calls}")
         if self.max_streams_per_address < 0:
             raise ValueError(
                 "max_streams_per_address must be 0 (no limit) or more, "
                 f"got {self.max_streams_per_address}"
             )
-        if self.max_waiting_calls is not None and self.max_waiting_calls < 1:
-            raise ValueError(f"max_waiting_calls must be at least 1, got {self.max_waiting_calls}")
         if self.max_connections is not None and self.max_connections < self.workers:
             raise ValueError(
                 f"max_connections must be at least 1 (and workers: each takes a share), "
                 f"got {self.max_connections}"
             )
-        for name in (
-            "max_streams",
-            "max_frame_bytes",
-            "max_frame_pixels",
-            "default_top_k",
-            "max_batch",
-            "decode_threads",
-            "queue_frames",
-            "heavy_pixels",
-            "workers",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name, most in (
-            ("max_frame_bytes", MAX_FRAME_BYTES),
-            ("max_frame_pixels", MAX_FRAME_PIXELS),
-            ("threads", MAX_THREADS),
-            ("decode_threads", MAX_THREADS),
-            ("max_batch", MAX_BATCH),
-        ):
-            if getattr(self, name) > most:
-                raise ValueError(f"{name} must be at most {most}, got {getattr(self, name)}")
         if self.max_streams < self.workers:
             raise ValueError(
                 f"max_streams ({self.max_streams}) must be at least workers ({self.workers}): "

@@ -52,6 +52,28 @@ def test_serve_flags_name_their_environment_variables() -> None:
         assert name in out
 
 
+def test_a_settings_bounds_are_declared_with_it_and_held() -> None:
+    import dataclasses
+
+    from actionstream.settings import refuse_out_of_range, setting
+
+    @dataclasses.dataclass(frozen=True)
+    class Limits:
+        count: int = setting(1, help="-", at_least=1, at_most=8)
+        seed: int = setting(0, help="-", at_least=0)
+        cap: int | None = setting(None, help="-", at_least=1)  # unset: no bound to hold
+
+    refuse_out_of_range(Limits())
+    for given, message in (
+        ({"count": 0}, "count must be at least 1, got 0"),
+        ({"count": 9}, "count must be at most 8, got 9"),
+        ({"seed": -1}, "seed must not be negative, got -1"),
+        ({"cap": 0}, "cap must be at least 1, got 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            refuse_out_of_range(Limits(**given))
+
+
 def test_bad_setting_is_one_line_not_a_traceback() -> None:
     for argv, env, message in (
         (["serve", "--port", "70000"], {}, "actionstream serve: port must be 0..65535"),

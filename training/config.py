@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actionstream.contract import CELLS
-from actionstream.settings import refuse_empty_paths, refuse_non_finite, setting
+from actionstream.settings import (
+    refuse_empty_paths,
+    refuse_non_finite,
+    refuse_out_of_range,
+    setting,
+)
 
 # A run folder, as `train` writes it and `evaluate` / `export` read it.
 DEFAULT_RUN = "runs/default"
@@ -55,8 +60,8 @@ class TrainConfig:
     out: str = setting(
         DEFAULT_RUN, help="run folder for checkpoint and configs", group="Run", path=True
     )
-    seed: int = setting(0, help="seeds data, init and batch order", group="Run")
-    threads: int = setting(0, help="torch CPU threads (0: all cores)", group="Run")
+    seed: int = setting(0, help="seeds data, init and batch order", group="Run", at_least=0)
+    threads: int = setting(0, help="torch CPU threads (0: all cores)", group="Run", at_least=0)
     device: str = setting(
         "auto", help="auto (CUDA when torch sees a GPU, else CPU), cpu or cuda", group="Run"
     )
@@ -116,25 +121,34 @@ class TrainConfig:
         path=True,
     )
     train_streams: int = setting(
-        1024, help="training streams per epoch (synthetic: rendered once)", group="Data"
+        1024,
+        help="training streams per epoch (synthetic: rendered once)",
+        group="Data",
+        at_least=1,
     )
-    stream_frames: int = setting(160, help="frames per training stream", group="Data")
+    stream_frames: int = setting(160, help="frames per training stream", group="Data", at_least=1)
     bptt: int = setting(
-        40, help="frames per truncated-BPTT chunk; state carries across chunks", group="Data"
+        40,
+        help="frames per truncated-BPTT chunk; state carries across chunks",
+        group="Data",
+        at_least=1,
     )
-    val_streams: int = setting(32, help="held-out streams scored after each epoch", group="Data")
-    val_frames: int = setting(300, help="frames per held-out stream", group="Data")
+    val_streams: int = setting(
+        32, help="held-out streams scored after each epoch", group="Data", at_least=1
+    )
+    val_frames: int = setting(300, help="frames per held-out stream", group="Data", at_least=1)
     size: int = setting(64, help="frame side, pixels (model input is size x size)", group="Data")
     fps: float = setting(10.0, help="frame rate the model is trained at", group="Data")
     boundary_ignore: int = setting(
         2,
         help="frames after an action change left out of the loss (nobody can know yet)",
         group="Data",
+        at_least=0,
     )
     channels: tuple[int, ...] = setting(
         (16, 32, 64, 64), help="CNN widths, one stride-2 block each", group="Model"
     )
-    embed: int = setting(128, help="per-frame feature size", group="Model")
+    embed: int = setting(128, help="per-frame feature size", group="Model", at_least=1)
     cell: str = setting(
         "gru",
         help="recurrent cell: gru, lstm or rnn (plain tanh); frame-only is the baseline "
@@ -148,17 +162,19 @@ class TrainConfig:
         "so it cannot learn a small data set's backgrounds instead of its actions",
         group="Model",
     )
-    hidden: int = setting(128, help="recurrent state size", group="Model")
-    layers: int = setting(1, help="stacked recurrent layers", group="Model")
+    hidden: int = setting(128, help="recurrent state size", group="Model", at_least=1)
+    layers: int = setting(1, help="stacked recurrent layers", group="Model", at_least=1)
     dropout: float = setting(
         0.0, help="dropout on the features into and out of the cell", group="Model"
     )
     # Six passes of 1,024 streams: a 600-clip data set of users' videos trains in
     # about 9 minutes on a 2-core CPU; the bundled synthetic model takes 12 (make model).
-    epochs: int = setting(6, help="passes over the training streams", group="Optimisation")
-    batch_size: int = setting(32, help="streams per batch", group="Optimisation")
+    epochs: int = setting(
+        6, help="passes over the training streams", group="Optimisation", at_least=1
+    )
+    batch_size: int = setting(32, help="streams per batch", group="Optimisation", at_least=1)
     lr: float = setting(3e-3, help="peak AdamW learning rate (one-cycle)", group="Optimisation")
-    weight_decay: float = setting(1e-4, help="AdamW weight decay", group="Optimisation")
+    weight_decay: float = setting(1e-4, help="AdamW weight decay", group="Optimisation", at_least=0)
     grad_clip: float = setting(
         1.0, help="max gradient norm (BPTT can explode)", group="Optimisation"
     )
@@ -166,20 +182,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         refuse_non_finite(self)
         refuse_empty_paths(self)
-        for name in (
-            "train_streams",
-            "stream_frames",
-            "bptt",
-            "val_streams",
-            "val_frames",
-            "embed",
-            "hidden",
-            "layers",
-            "epochs",
-            "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        refuse_out_of_range(self)
         if self.batch_size > self.train_streams:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must not exceed "
@@ -205,9 +208,6 @@ class TrainConfig:
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        for name in ("boundary_ignore", "weight_decay", "threads", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.boundary_ignore >= self.stream_frames:
             # loss_targets leaves out a stream's first frames as it does those after a
             # change: no frame of any stream would count, and every epoch's loss be NaN.
@@ -259,6 +259,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         refuse_non_finite(self)
         refuse_empty_paths(self)
+        refuse_out_of_range(self)
         if self.streams < 1:
             raise ValueError(f"streams must be at least 1, got {self.streams}")
         if self.seed < 0:  # numpy's generators take none
@@ -298,6 +299,7 @@ class ExportConfig:
     def __post_init__(self) -> None:
         refuse_non_finite(self)
         refuse_empty_paths(self)
+        refuse_out_of_range(self)
         if self.parity_frames < 2 or self.parity_batch < 1:
             raise ValueError("parity_frames must be at least 2 and parity_batch at least 1")
         if not (math.isfinite(self.tolerance) and self.tolerance > 0):
