@@ -29,9 +29,9 @@ _INFLATE_STEP = 1 << 20
 # Chunks walked in a PNG, besides one per 4 KB of it.
 _MAX_CHUNKS = 256
 # The chunks a frame's pixels come from (tRNS: a palette's or a colour's transparency,
-# which a colour decode reads to drop). Every other is metadata: text, colour profiles,
-# physical size, animation.
-_PIXEL_CHUNKS = frozenset((b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND"))
+# which a colour decode reads to drop; eXIf: the orientation OpenCV turns the image to,
+# uncompressed). Every other is metadata: text, colour profiles, physical size, animation.
+_PIXEL_CHUNKS = frozenset((b"IHDR", b"PLTE", b"tRNS", b"eXIf", b"IDAT", b"IEND"))
 
 
 def size(data: bytes) -> tuple[int, int]:
