@@ -36,7 +36,7 @@ def test_printable_escapes_and_bounds_client_strings() -> None:
 
 def test_json_lines_carry_the_stream() -> None:
     record = logging.LogRecord(
-        "actionstream.service.endpoint.servicer",
+        "actionstream.service.endpoint.call_end",
         logging.INFO,
         __file__,
         1,

@@ -39,8 +39,8 @@ from prometheus_client import CollectorRegistry
 
 from actionstream.service.clients.scrape import scrape
 from actionstream.service.config import ServeConfig
+from actionstream.service.endpoint import call_end
 from actionstream.service.endpoint import server as server_module
-from actionstream.service.endpoint import servicer as servicer_module
 from actionstream.service.endpoint.launch import ServeError
 from actionstream.service.endpoint.places import client_address
 from actionstream.service.endpoint.server import SERVED_METHODS
@@ -409,8 +409,8 @@ def test_streams_opened_and_closed_in_a_flood_are_logged_within_a_budget(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # 6,000 one-frame streams at 644 a second wrote two lines each: 250 KB of log a second.
-    monkeypatch.setattr(servicer_module, "STREAM_LINES_BURST", 4)
-    monkeypatch.setattr(servicer_module, "STREAM_LINES_PER_S", 0.5)
+    monkeypatch.setattr(call_end, "STREAM_LINES_BURST", 4)
+    monkeypatch.setattr(call_end, "STREAM_LINES_PER_S", 0.5)
     caplog.set_level("INFO")
     server = start_server(max_streams=1)
     stub = stub_for(server.port)
