@@ -630,6 +630,37 @@ def test_augmentation_keeps_direction(tmp_path: Path) -> None:
         assert xs[-1] > xs[0]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("size", [1, 2])
+def test_videos_train_at_a_size_smaller_than_the_smallest_crop(tmp_path: Path, size: int) -> None:
+    # The crop keeps at least 2 pixels a side: at --size 1 that was larger than the frame,
+    # and the first stream drawn failed with "ValueError: high <= 0" in a traceback.
+    pytest.importorskip("torch")
+    from actionstream.training.config import TrainConfig
+    from actionstream.training.train import main
+
+    data = class_folders(tmp_path / "data", ("left", "right"), 5, seconds=1.0, size=(32, 24))
+    cfg = TrainConfig(
+        data=str(data),
+        cache=str(tmp_path / "cache"),
+        out=str(tmp_path / "run"),
+        size=size,
+        channels=(4,),
+        embed=8,
+        hidden=8,
+        train_streams=8,
+        stream_frames=16,
+        bptt=8,
+        batch_size=8,
+        epochs=1,
+        threads=1,
+        init="scratch",
+    )
+    ckpt = main(cfg)
+    assert ckpt.model_config.height == ckpt.model_config.width == size
+    assert np.isfinite(ckpt.eval_metrics["frame_accuracy"])
+
+
 def test_a_long_clip_is_cut_before_it_is_augmented() -> None:
     # The whole clip used to be copied to float32 and cropped frame by frame before the
     # entry point and the stream's length cut it: 16 frames of a long span cost it all.

@@ -67,7 +67,9 @@ def augment(
         at = at[:limit]
     out = _played_at(frames, at, blend=speed < 1)  # (T', H, W, 3) float32
     side = rng.uniform(aug.crop, 1.0)
-    ch, cw = max(2, round(H * side)), max(2, round(W * side))
+    # A crop keeps at least 2 pixels a side, so it zooms, not just picks a pixel; a
+    # frame of 1 or 2 (--size 1 and 2 train too) has nothing that small to crop to.
+    ch, cw = min(H, max(2, round(H * side))), min(W, max(2, round(W * side)))
     if (ch, cw) != (H, W):
         y0, x0 = rng.integers(0, H - ch + 1), rng.integers(0, W - cw + 1)
         out = np.stack(
