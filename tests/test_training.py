@@ -659,6 +659,30 @@ def test_a_run_can_start_from_an_earlier_one(tmp_path: Path) -> None:
         dataclasses.replace(TINY, init=str(tmp_path / "nothing"))
 
 
+def test_a_run_at_another_size_is_refused_even_where_its_cnn_has_the_shape(
+    tmp_path: Path,
+) -> None:
+    # The CNN's weights have the shape of ceil(size / 4) with two blocks: a run at 32 fits
+    # a model at 29 or 30, and its CNN was taken with no word, though it learnt at 32.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.train import TrainingError, main
+
+    first = tmp_path / "first"
+    main(dataclasses.replace(TINY, out=str(first), epochs=1))
+    for size in (29, 30):
+        again = dataclasses.replace(TINY, out=str(tmp_path / "again"), size=size, init=str(first))
+        with pytest.raises(TrainingError) as refused:
+            main(again)
+        assert str(refused.value) == (
+            f"--init {first}: its CNN does not fit this model (it was trained at --size 32, "
+            f"this run is at {size}); train with its settings (--size 32, --channels 8,16, "
+            "--embed 16)"
+        )
+        assert not (tmp_path / "again").exists()
+
+
 def test_a_run_started_from_another_counts_that_runs_videos_as_its_own(tmp_path: Path) -> None:
     # Fine-tuned weights have learnt from the parent's videos too, so evaluate must warn
     # of them; a resumed run keeps them. The parent here claims one video it never had.

@@ -60,11 +60,18 @@ def _start_from_run(
             return None
         return theirs if all(theirs[k].shape == v.shape for k, v in mine.items()) else None
 
+    # The CNN's weight shapes follow the frame side only as ceil(size / 2**blocks), so a
+    # run at --size 32 fits a model at 29 too; its filters learnt at another scale.
+    # A checkpoint saved without a train_config has the size in its model's.
+    size = int(ckpt.train_config.get("size", ckpt.model_config.height))
+    other_size = (size, size) != (net.cfg.height, net.cfg.width)
     encoder = fitting("encoder")
-    if encoder is None or ckpt.model_config.appearance != net.cfg.appearance:
+    if encoder is None or other_size or ckpt.model_config.appearance != net.cfg.appearance:
+        why = f" (it was trained at --size {size}, this run is at {net.cfg.height})"
         raise TrainingError(
-            f"--init {path}: its CNN does not fit this model; train with its settings "
-            f"(--size {ckpt.model_config.height}, --channels "
+            f"--init {path}: its CNN does not fit this model{why if other_size else ''}; "
+            "train with its settings "
+            f"(--size {size}, --channels "
             f"{','.join(map(str, ckpt.model_config.channels))}, --embed "
             f"{ckpt.model_config.embed}{', --appearance' if ckpt.model_config.appearance else ''})"
         )
