@@ -353,6 +353,70 @@ def test_a_cycle_on_the_clock_or_from_a_reached_rate_moves_beta1_as_the_rate() -
     assert opt.param_groups[0]["lr"] == TINY.lr / 25e4 and opt.param_groups[0]["betas"][0] == 0.95
 
 
+@pytest.mark.parametrize("steps", [1, 2, 4, 6, 7])
+@pytest.mark.parametrize("reached", [1 / 250_000, 0.3])
+def test_a_new_cycle_too_short_to_rise_falls_from_the_rate_reached(
+    steps: int, reached: float
+) -> None:
+    # Under 7 steps the rise ends before step 0 (at 0.15 * steps - 1): a finished run
+    # resumed for one more short epoch trained its first step at 64% of --lr straight
+    # after the floor, beta1 jumping from 0.95 to 0.886.
+    torch = pytest.importorskip("torch")
+    from actionstream.training.schedule import OneCycle
+
+    floor = 1 / 250_000
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=TINY.lr)
+    sched = OneCycle(opt, TINY.lr, steps, begin=100, rise_from=reached)
+    sched.go_to(100)  # where a resumed run's new cycle begins
+    seen = []
+    for _ in range(steps):
+        seen.append((opt.param_groups[0]["lr"] / TINY.lr, opt.param_groups[0]["betas"][0]))
+        opt.step()
+        sched.step()
+    assert seen[0][0] == pytest.approx(reached, rel=1e-9)  # no jump: the rate reached
+    for (a, _), (b, _) in itertools.pairwise(seen):
+        assert b <= a * (1 + 1e-9) or steps == 7  # 7 steps has a rise: from the rate reached
+    if steps < 7:
+        assert max(factor for factor, _ in seen) <= reached * (1 + 1e-9)
+    if steps > 1:
+        assert seen[-1][0] == pytest.approx(floor, rel=1e-9)  # cooled by its last step
+    for factor, beta1 in seen:  # the rate's mirror, as in every cycle
+        assert beta1 == pytest.approx(0.85 + 0.1 * (1 - factor) / (1 - floor), abs=1e-12)
+    # After the cycle it rests at the floor, where a later new cycle rises from.
+    assert opt.param_groups[0]["lr"] == pytest.approx(TINY.lr * floor, rel=1e-9)
+
+
+def test_a_finished_run_resumed_for_a_few_steps_stays_at_its_floor(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One batch of two chunks an epoch: 2 steps. Resumed for one more epoch (2 steps), two
+    # (4) and three (6), each a new cycle too short to rise, from the finished run's floor.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.data_loading import synthetic_data
+    from actionstream.training.run_folder import resume_config
+    from actionstream.training.train import main
+
+    out = tmp_path / "run"
+    tiny = dataclasses.replace(TINY, out=str(out), train_streams=8, epochs=1)
+    data = synthetic_data(tiny)
+    main(tiny, data)
+    floor = TINY.lr / 250_000
+    for epochs, steps in ((2, 2), (4, 4), (7, 6)):
+        again = resume_config(TrainConfig(out=str(out), resume=True, epochs=epochs), {"epochs"})
+        capsys.readouterr()
+        with _LearningRates() as rates:
+            main(again, data)
+        assert len(rates) == steps
+        assert max(rates) == pytest.approx(floor, rel=1e-9), rates  # it was 64% of --lr
+        assert rates.beta1 == pytest.approx([0.95] * steps)
+        assert (
+            "so its learning rate starts a new cycle, too few steps to rise in: down from the "
+            f"{floor:.2g} it had reached to the floor by epoch {epochs}"
+        ) in capsys.readouterr().out
+
+
 TINY = TrainConfig(
     train_streams=32,
     stream_frames=40,

@@ -9,6 +9,12 @@ OneCycleLR(pct_start=0.15), value for value: the bundled model was trained by it
 `OneCycle` does what OneCycleLR cannot: follow the clock as well as the steps
 (`--minutes`: a run the clock cuts short has still cooled down), and start a cycle
 from the rate a run has reached (a resume that changes --epochs or --minutes).
+
+A new cycle's rate never jumps: its first step trains at the rate reached. One of
+fewer than 7 steps has none in its rise (that ends at step 0.15 * steps - 1, before
+step 0), where OneCycleLR's arithmetic would open with a step near --lr straight after
+the floor; such a cycle only falls, from the rate reached to the floor by its last
+step, beta1 mirroring (`falls_only`).
 """
 
 from __future__ import annotations
@@ -52,6 +58,13 @@ def by_steps(step: int, total: int) -> Point:
     return Point(1, min(1.0, (step - rise_end) / (total - 1 - rise_end)))
 
 
+def falls_only(total: int, rise_from: float | None) -> bool:
+    """Whether a cycle of `total` steps that began from a reached rate (`rise_from`) is
+    too short to rise: its rise would end before its first step, which would then train
+    near the peak. A first cycle (None) is OneCycleLR's, however short."""
+    return rise_from is not None and WARM_UP * total - 1 < 0
+
+
 def by_share(share: float) -> Point:
     """Where a cycle stands `share` (0..1) of the way through it, as of its time."""
     if share < WARM_UP:
@@ -78,11 +91,26 @@ def momentum(point: Point, rise_from: float | None = None) -> float:
     the whole cycle through."""
     if point.phase == 1:
         return _cosine(LOW_MOMENTUM, HIGH_MOMENTUM, point.pct)
-    high = HIGH_MOMENTUM
-    if rise_from is not None:
-        floor = 1 / (START * END)
-        high = LOW_MOMENTUM + (HIGH_MOMENTUM - LOW_MOMENTUM) * (1 - rise_from) / (1 - floor)
+    high = HIGH_MOMENTUM if rise_from is None else _mirror(rise_from)
     return _cosine(high, LOW_MOMENTUM, point.pct)
+
+
+def fall_rate(pct: float, peak: float, rise_from: float) -> float:
+    """The rate `pct` (0..1) of the way through a cycle too short to rise (`falls_only`):
+    by a cosine from the rate reached, `rise_from` times `peak`, to the floor."""
+    return _cosine(peak * rise_from, peak / START / END, pct)
+
+
+def fall_momentum(pct: float, rise_from: float) -> float:
+    """beta1 where `fall_rate` stands: the rate's mirror, as in every cycle (both cosines
+    share `pct`, and the mirror is linear in the rate), to 0.95 at the floor."""
+    return _cosine(_mirror(rise_from), HIGH_MOMENTUM, pct)
+
+
+def _mirror(share: float) -> float:
+    """The beta1 that mirrors a rate of `share` of the peak between the floor and it."""
+    floor = 1 / (START * END)
+    return LOW_MOMENTUM + (HIGH_MOMENTUM - LOW_MOMENTUM) * (1 - share) / (1 - floor)
 
 
 def one_cycle(progress: float, rise_from: float | None = None) -> float:
@@ -108,6 +136,11 @@ class OneCycle(torch.optim.lr_scheduler.LRScheduler):
     `clock`, if given, says the share of the cycle's time budget spent; the cycle then
     stands where the steps or the time put it, whichever is further on. It is not read
     at the cycle's first step, where it has timed only the run's setting up.
+
+    A cycle from `rise_from` too short to rise (`falls_only`: under 7 steps) falls from
+    that rate to the floor over its steps (or its time) instead, its first step at the
+    rate reached and its last at the floor; one of a single step trains at the rate
+    reached, having no later step to fall in.
     """
 
     def __init__(
@@ -125,23 +158,35 @@ class OneCycle(torch.optim.lr_scheduler.LRScheduler):
         self.begin = begin
         self.rise_from = rise_from
         self._clock = clock
+        self.falls_only = falls_only(steps, rise_from)
         super().__init__(optimizer)
 
     def where(self) -> Point:
         """Where the cycle stands at the schedule's step."""
         step = max(0, self.last_epoch - self.begin)
-        point = by_steps(step, self.steps)
+        if self.falls_only:  # all fall, from the first step to the last (step 0 at pct 0)
+            point = Point(1, min(1.0, step / max(1, self.steps - 1)))
+        else:
+            point = by_steps(step, self.steps)
         if self._clock is None or step == 0:
             return point
-        return max(point, by_share(self._clock()))
+        clocked = by_share(self._clock())
+        if self.falls_only:  # its time, too, is all fall
+            clocked = Point(1, min(1.0, max(0.0, self._clock())))
+        return max(point, clocked)
 
     def get_lr(self) -> list[float | Tensor]:
         """The rates at the schedule's step; sets beta1 there too, as OneCycleLR does."""
         point = self.where()
-        beta1 = momentum(point, self.rise_from)
+        if self.falls_only and self.rise_from is not None:  # narrowed for mypy
+            beta1 = fall_momentum(point.pct, self.rise_from)
+            lr = fall_rate(point.pct, self.peak, self.rise_from)
+        else:
+            beta1 = momentum(point, self.rise_from)
+            lr = rate(point, self.peak, self.rise_from)
         for group in self.optimizer.param_groups:
             group["betas"] = (beta1, *group["betas"][1:])
-        return [rate(point, self.peak, self.rise_from)] * len(self.optimizer.param_groups)
+        return [lr] * len(self.optimizer.param_groups)
 
     def go_to(self, step: int) -> None:
         """Puts the schedule at `step` of the run, and the optimiser at its rate and beta1

@@ -270,7 +270,8 @@ def set_up(
         best = Best.from_record(saved.best, saved.best_weights)
         started -= saved.seconds
         first = saved.epoch + 1
-        say(f"resuming {out} after epoch {saved.epoch}{_new_cycle(cycle, saved, cfg)}")
+        new_cycle = _new_cycle(cycle, saved, cfg, sched.falls_only)
+        say(f"resuming {out} after epoch {saved.epoch}{new_cycle}")
     rows = saved.log if saved is not None else []
     return RunParts(
         out=out,
@@ -511,22 +512,29 @@ def _schedule(
 
     A run resumed with another --epochs or --minutes is in a new `cycle`, from where it
     stood: its rate rises from the one it had reached (no jump) back to --lr, then cools
-    down by the end of the run's epochs or budget as they are now; beta1 mirrors it."""
+    down by the end of the run's epochs or budget as they are now; beta1 mirrors it. A
+    new cycle of under 7 steps, too short to rise, only cools, from the rate reached."""
     # The cycle's own steps: its epochs', none cut short (the clock's last ends a run).
     steps = max(1, (cfg.epochs - cycle.epoch) * per_epoch)
     clock = (lambda: deadline.spent(cycle.seconds)) if cfg.minutes > 0 else None
     return OneCycle(opt, cfg.lr, steps, begin=cycle.step, rise_from=cycle.factor, clock=clock)
 
 
-def _new_cycle(cycle: Cycle, saved: Progress, cfg: TrainConfig) -> str:
+def _new_cycle(cycle: Cycle, saved: Progress, cfg: TrainConfig, falls_only: bool) -> str:
     """What a resume that changed --epochs or --minutes does with the learning rate."""
     if cycle is saved.cycle:
         return ""
     budget = f" or {cfg.minutes:g} minutes" if cfg.minutes > 0 else ""
+    reached = f"the {cfg.lr * (cycle.factor or 0):.2g} it had reached"
+    if falls_only:
+        return (
+            f"; --epochs or --minutes changed, so its learning rate starts a new cycle, too "
+            f"few steps to rise in: down from {reached} to the floor by epoch "
+            f"{cfg.epochs}{budget}"
+        )
     return (
         f"; --epochs or --minutes changed, so its learning rate starts a new cycle: from "
-        f"the {cfg.lr * (cycle.factor or 0):.2g} it had reached, up to --lr {cfg.lr:g} "
-        f"and down again by epoch {cfg.epochs}{budget}"
+        f"{reached}, up to --lr {cfg.lr:g} and down again by epoch {cfg.epochs}{budget}"
     )
 
 
