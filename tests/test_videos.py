@@ -200,6 +200,40 @@ def test_labels_that_differ_only_by_case_or_spaces_are_refused(tmp_path: Path) -
         find_clips(folders)
 
 
+def test_a_class_folders_label_is_read_without_the_spaces_around_it(tmp_path: Path) -> None:
+    # A folder "spaced " gave the label "spaced ", which no manifest or frame,label CSV
+    # could name: they strip theirs. Two folders that differ only by such spaces are one
+    # label, as subfolders of one are; a folder of spaces alone names no label.
+    _numbered_video(tmp_path / "x.avi", 4, 10.0)
+    _numbered_video(tmp_path / "y.avi", 6, 10.0)
+    folders = tmp_path / "folders"
+    for name, video in (("spaced ", "x.avi"), (" other", "x.avi"), ("other", "y.avi")):
+        (folders / name).mkdir(parents=True)
+        shutil.copy(tmp_path / video, folders / name / video)
+    (folders / "empty ").mkdir()  # told as a folder without videos, by its name
+    with pytest.raises(DatasetError, match=r"no video in class folder\(s\) empty "):
+        find_clips(folders)
+    (folders / "empty ").rmdir()
+    refs = find_clips(folders)
+    labels = {(r.path.parent.name, r.path.name): r.label for r in refs}
+    assert labels == {
+        ("spaced ", "x.avi"): "spaced",
+        (" other", "x.avi"): "other",
+        ("other", "y.avi"): "other",
+    }
+    # A folder beside "other" that has no videos leaves "other" with its videos.
+    (folders / "other  ").mkdir()
+    assert {r.label for r in find_clips(folders)} == {"spaced", "other"}
+    blank = folders / "  "
+    blank.mkdir()
+    with pytest.raises(DatasetError) as refused:
+        find_clips(folders)
+    assert str(refused.value) == (
+        f"{blank}: a class folder's name is its label, and '  ' is blank without the "
+        "spaces around it; rename the folder"
+    )
+
+
 def test_a_manifests_other_columns_are_named_and_left_alone(tmp_path: Path) -> None:
     # Notes beside the clips, or a trailing comma, are no misspelt column of ours.
     _numbered_video(tmp_path / "x.avi", 4, 10.0)

@@ -3,7 +3,9 @@
 - a folder of class folders, `DIR/<label>/...` (the UCF101/HMDB51 layout):
   each video anywhere under a label's folder, subfolders included, is one
   clip of that label; files in class folders that are not videos are named and
-  left out;
+  left out. The label is the folder's name without the spaces around it, as a
+  manifest's is: two folders that differ only by those (`left`, `left `) are one
+  label, as subfolders of one are;
 - a CSV manifest with a header `path,label[,start_s,end_s]` (manifest.py): each row
   is a clip, a whole file or a labelled segment of a long untrimmed video; paths
   are relative to the CSV.
@@ -32,8 +34,8 @@ def find_clips(data: Path, report: Callable[[str], None] = print) -> list[ClipRe
 
 def _refuse_near_labels(data: Path, refs: list[ClipRef]) -> list[ClipRef]:
     """Refuses two labels that differ only by case or surrounding spaces (`Left` and
-    `left`, a folder `left `): taken as they are, they would train as two classes of
-    one action, each with half its videos."""
+    `left`): taken as they are, they would train as two classes of one action, each
+    with half its videos. (Both readers strip labels already; the spaces are a guard.)"""
     seen: dict[str, str] = {}
     for ref in refs:
         first = seen.setdefault(ref.label.strip().casefold(), ref.label)
@@ -48,17 +50,26 @@ def _refuse_near_labels(data: Path, refs: list[ClipRef]) -> list[ClipRef]:
 def _from_folders(root: Path, report: Callable[[str], None]) -> list[ClipRef]:
     refs: list[ClipRef] = []
     others: list[Path] = []
-    empty: list[str] = []
     seen: set[Path] = set()
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(Path(p.name))):
-        found = len(refs)
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(Path(p.name)))
+    for folder in folders:
+        # Stripped as a manifest's or a frame,label CSV's label is: `spaced ` kept as it
+        # is would be a label no manifest nor labels file could name.
+        label = folder.name.strip()
+        if not label:
+            raise DatasetError(
+                f"{folder}: a class folder's name is its label, and {folder.name!r} is "
+                "blank without the spaces around it; rename the folder"
+            )
         for path in _files_under(folder, seen):
             if path.suffix.lower() in VIDEO_SUFFIXES:
-                refs.append(ClipRef(path, folder.name))
+                refs.append(ClipRef(path, label))
             else:
                 others.append(path.relative_to(root))
-        if len(refs) == found:
-            empty.append(folder.name)
+    # By label, not folder: `left ` without videos beside `left` with them leaves no
+    # label untrained.
+    labelled = {ref.label for ref in refs}
+    empty = [f.name for f in folders if f.name.strip() not in labelled]
     if others:
         # Named, not silently dropped: a video in a format OpenCV reads but this list
         # lacks can be given through a manifest, which takes any file.
