@@ -802,6 +802,54 @@ def test_resuming_a_finished_run_says_so_and_touches_nothing(tmp_path: Path) -> 
     assert {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in files} == before
 
 
+def test_a_resumed_runs_new_model_removes_the_evaluation_of_the_old(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The evaluation.json and plots of the model checkpoint.pt held stayed beside the
+    # model a resume saved in its place, as if they were its own.
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training import evaluate
+    from actionstream.training.config import EvaluateConfig
+    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.train import main
+
+    out = tmp_path / "run"
+    main(dataclasses.replace(TINY, out=str(out), epochs=1))
+    evaluate.main(EvaluateConfig(run=str(out), streams=2, seconds=4.0))
+    files = ("evaluation.json", "confusion.png", "per_class_accuracy.png", "training_curves.png")
+    assert all((out / name).is_file() for name in files)
+
+    # Epoch 1 scored as low as can be, so that the resumed epoch is the new best (ties go
+    # to the later epoch): which epoch wins is otherwise the run's to say.
+    progress = Progress.load(out / PROGRESS)
+    dataclasses.replace(progress, best={**progress.best, "frame_accuracy": 0.0}).save(
+        out / PROGRESS
+    )
+    capsys.readouterr()
+    main(resume_config(TrainConfig(out=str(out), resume=True, epochs=2), {"epochs"}))
+    said = capsys.readouterr().out.splitlines()
+    assert (
+        "removed evaluation.json, confusion.png, per_class_accuracy.png and "
+        "training_curves.png of the earlier model (epoch 1); run evaluate again"
+    ) in said
+    assert not any((out / name).exists() for name in files)
+    assert json.loads((out / "checkpoint.json").read_text())["eval_metrics"]["epoch"] == 2
+
+    # A run's own model evaluated is left alone while no later epoch beats it (here none
+    # can: its best scored above 100%).
+    evaluate.main(EvaluateConfig(run=str(out), streams=2, seconds=4.0))
+    progress = Progress.load(out / PROGRESS)
+    dataclasses.replace(progress, best={**progress.best, "frame_accuracy": 2.0}).save(
+        out / PROGRESS
+    )
+    capsys.readouterr()
+    main(resume_config(TrainConfig(out=str(out), resume=True, epochs=3), {"epochs"}))
+    assert "removed" not in capsys.readouterr().out
+    assert all((out / name).is_file() for name in files)
+
+
 def test_a_moved_run_folder_resumes(tmp_path: Path) -> None:
     # train_config.json holds the folder's absolute path then; --resume used to count
     # the folder's new path as a changed setting and refuse.

@@ -20,7 +20,13 @@ matplotlib.use("Agg")  # before pyplot: files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 
-from actionstream.training.run_files import EVALUATION, METRICS
+from actionstream.training.run_files import (
+    CONFUSION_PLOT,
+    CURVES_PLOT,
+    EVALUATION,
+    METRICS,
+    PER_CLASS_PLOT,
+)
 
 
 def write_report(
@@ -36,7 +42,7 @@ def write_report(
         run = out
     written = [run / EVALUATION]
     written[0].write_text(json.dumps(metrics, indent=2) + "\n")
-    confusion, per_class_png = run / "confusion.png", run / "per_class_accuracy.png"
+    confusion, per_class_png = run / CONFUSION_PLOT, run / PER_CLASS_PLOT
     confusion.unlink(missing_ok=True)
     per_class_png.unlink(missing_ok=True)
     if "confusion" in metrics:
@@ -45,7 +51,7 @@ def write_report(
     if per_class:
         written.append(_per_class(per_class_png, per_class))
     if curves_from.is_file():
-        written.append(_curves(run / "training_curves.png", curves_from))
+        written.append(_curves(run / CURVES_PLOT, curves_from))
     return written
 
 

@@ -20,8 +20,24 @@ TRAIN_CONFIG = "train_config.json"
 METRICS = "metrics.csv"
 # What `actionstream evaluate` scored, in the run folder unless told another.
 EVALUATION = "evaluation.json"
+# The plots `evaluate` draws beside EVALUATION (report.py).
+CONFUSION_PLOT = "confusion.png"
+PER_CLASS_PLOT = "per_class_accuracy.png"
+CURVES_PLOT = "training_curves.png"
 # Held by the run training in the folder (RunLock).
 LOCK = "train.lock"
+
+
+def remove_evaluation(run: Path) -> list[str]:
+    """Removes what `evaluate` wrote in the run folder, for a model `run` no longer holds;
+    returns the names of the files it removed."""
+    removed = []
+    for name in (EVALUATION, CONFUSION_PLOT, PER_CLASS_PLOT, CURVES_PLOT):
+        path = run / name
+        if path.is_file():
+            path.unlink()
+            removed.append(name)
+    return removed
 
 
 def best_epoch(run: Path) -> int | None:

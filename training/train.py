@@ -45,7 +45,7 @@ from actionstream.training.distributed import Team
 from actionstream.training.errors import TrainingError
 from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
-from actionstream.training.run_files import CHECKPOINT, METRICS, PROGRESS
+from actionstream.training.run_files import CHECKPOINT, METRICS, PROGRESS, remove_evaluation
 from actionstream.training.run_folder import Cycle, EpochLog, Progress
 from actionstream.training.schedule import OneCycle
 from actionstream.training.scoring import Scores, score
@@ -132,10 +132,16 @@ def score_and_save(
 
     `steps` is the optimiser steps the epoch took, and `stop` whether the clock stopped
     the run: its progress then records the budget as spent, however long saving took.
+
+    A new best epoch removes what `evaluate` left in the run folder (a resumed run's, or
+    one evaluated while it trained), with a line saying so: it scored the model
+    checkpoint.pt held until now, and would read as this one's.
     """
     cfg, best = run.cfg, run.best
     scores = score_epoch(run.net, run.data, cfg)
+    earlier = best.epoch if best.scores is not None else None
     best.offer(scores, epoch, run.net)
+    removed: list[str] = []
     seconds = time.perf_counter() - run.started
     if stop:
         seconds = max(seconds, cfg.minutes * 60)
@@ -157,11 +163,19 @@ def score_and_save(
     )
     with run_folder.saving(run.out, epoch):
         # The best so far as the run's model, before the progress that counts this epoch
-        # done: a run stopped at any point can be evaluated and exported.
+        # done: a run stopped at any point can be evaluated and exported. The old
+        # model's evaluation goes first: stopped between the two, no stale one is left.
+        if best.epoch == epoch:
+            removed = remove_evaluation(run.out)
         _make_checkpoint(run, seconds).save(run.out / CHECKPOINT)
         progress.save(run.out / PROGRESS)
         log.write(row)
-    return (
+    stale = ""
+    if removed:
+        names = " and ".join(filter(None, [", ".join(removed[:-1]), removed[-1]]))
+        of = f" (epoch {earlier})" if earlier is not None else ""
+        stale = f"removed {names} of the earlier model{of}; run evaluate again\n"
+    return stale + (
         f"epoch {epoch:2d}  loss {loss:.3f}  "
         f"val frame acc {scores.frame_accuracy:.3f}  "
         f"settled {_accuracy(scores.settled_frame_accuracy)}  "
