@@ -1076,7 +1076,11 @@ def test_a_finished_run_goes_on_for_more_epochs_in_a_new_cycle(tmp_path: Path) -
     assert rates.beta1[0] == pytest.approx(0.95) and min(rates.beta1) < 0.86
     assert [r[0] for r in _rows(out)] == ["epoch", "1", "2", "3"]
     # The run's settings say how long it now runs: a plain --resume needs no --epochs.
-    assert json.loads((out / "train_config.json").read_text())["epochs"] == 3
+    settings = json.loads((out / "train_config.json").read_text())
+    assert settings["epochs"] == 3
+    # The checkpoint (and the model card exported from it) says the same of the run.
+    card = json.loads((out / "checkpoint.json").read_text())["train_config"]
+    assert card["epochs"] == 3 and card["resume"] == settings["resume"] is False
 
     # Stopped in the cycle it began, it goes on in that cycle, as if it had not stopped.
     steps = itertools.count(1)

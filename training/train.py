@@ -572,7 +572,10 @@ def _make_checkpoint(run: RunParts, seconds: float) -> Checkpoint:
         background_label=data.background_label,
         version=f"{data.version}-{weights_digest(best.weights)}",
         state_dict={k: v.detach().cpu() for k, v in best.weights.items()},
-        train_config=resolved(run.cfg),  # paths as train_config.json has them
+        # As train_config.json has them: paths absolute, and the run's settings, not how
+        # this command went on with it (a model card said `resume: true` beside a
+        # train_config.json that said false).
+        train_config=resolved(run.cfg, resume=False),
         eval_metrics=metrics,
         trained_videos=tuple(sorted({*data.trained_videos, *run.inherited})),
     )
