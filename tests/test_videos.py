@@ -1031,8 +1031,10 @@ def test_a_span_past_the_frames_of_a_cut_video_is_refused(
     warning, skipped = said
     assert warning.startswith(f"warning: {video} [0.8s-2.4s]: cut short or damaged: its frames")
     assert " of the 30 its container declares (3.0 s at 10 fps)" in warning
+    # Named by the manifest's line too, as a span that ends past the video is.
     assert skipped.startswith(
-        f"skipped {video} [2.5s-3s]: the span starts after the video's last frame, at "
+        f"skipped {manifest}:4: {video} [2.5s-3s]: the span starts after the video's last "
+        "frame, at "
     )
     assert "; cut short or damaged: its frames end at " in skipped
     assert capfd.readouterr().err == ""

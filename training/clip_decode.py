@@ -85,8 +85,9 @@ def decode_counted(
     if not decoded.frames:
         if decoded.read and ref.start_s > decoded.last_s:
             why = f"; cut short or damaged: {shortfall}" if short else ""
+            where = f"{ref.row}: " if ref.row else ""  # the manifest's line, as below
             raise DatasetError(
-                f"{ref.describe()}: the span starts after the video's last frame, at "
+                f"{where}{ref.describe()}: the span starts after the video's last frame, at "
                 f"{decoded.last_s:.1f} s{why}{detail}"
             )
         raise DatasetError(f"{ref.describe()}: no frames could be decoded{detail}")
