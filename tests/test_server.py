@@ -487,6 +487,26 @@ def test_connections_beyond_max_connections_are_closed_before_any_call(
             sock.close()
 
 
+@pytest.mark.parametrize("compression", [grpc.Compression.Gzip, grpc.Compression.Deflate])
+def test_compressed_requests_are_refused_before_they_are_inflated(
+    start_server: Callable[..., BackgroundServer], compression: grpc.Compression
+) -> None:
+    # A message of 8 KB inflated to 8 MiB before the frame limit applied: 300 of them
+    # took the server from 114 to 608 MB, which it kept.
+    server = start_server()
+    frame = frame_request(png(render(1, seed=9)[0]))
+    target = f"127.0.0.1:{server.port}"
+    with (
+        grpc.insecure_channel(target, compression=compression) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        list(pb_grpc.ActionRecognitionStub(channel).StreamFrames(iter([frame])))
+    assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert "is disabled" in (refused.value.details() or "")
+    # Uncompressed, as every camera sends, it is answered.
+    assert len(list(stub_for(server.port).StreamFrames(iter([frame])))) == 1
+
+
 def test_connections_that_say_nothing_or_make_no_call_are_closed(
     start_server: Callable[..., BackgroundServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
