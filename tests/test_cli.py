@@ -182,12 +182,19 @@ def test_training_commands_refuse_garbage_with_a_message(tmp_path: Path) -> None
     pytest.importorskip("torch")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
+    card = tmp_path / "checkpoint.json"
+    card.write_text('{"version": "x"}')
     for argv, message in (
         (
             ["export", str(junk), "--out", str(tmp_path / "m.onnx")],
             "not an actionstream checkpoint",
         ),
         (["evaluate", str(tmp_path / "missing")], "no such checkpoint"),
+        # The card beside a checkpoint is named for the model: a pickle error, before.
+        (
+            ["export", str(card), "--out", str(tmp_path / "m.onnx")],
+            f"{card} is a checkpoint's card (JSON), not the checkpoint; name the run folder",
+        ),
         (["train", "--bptt", "0", "--out", str(tmp_path / "run")], "bptt must be at least 1"),
         (["train", "--size", "0", "--out", str(tmp_path / "run")], "size must be at least 1"),
         (

@@ -658,7 +658,7 @@ def test_a_spent_time_budget_is_told_in_figures_that_agree(
     capsys.readouterr()
     main(resume_config(TrainConfig(out=str(out), resume=True, minutes=0.05), {"minutes"}))
     said = capsys.readouterr().out
-    assert f"{out} has already trained 0.0516667 of its --minutes 0.05 (the whole" in said
+    assert f"{out} has already trained 0.0517 of its --minutes 0.05 (the whole" in said
 
 
 def test_too_few_batches_for_the_processes_is_refused(tmp_path: Path) -> None:
@@ -1247,3 +1247,30 @@ def _tiny_on_videos(data: Path, run: Path, cache: Path) -> TrainConfig:
         epochs=1,
         threads=2,
     )
+
+
+def test_a_resume_on_other_videos_says_how_they_differ() -> None:
+    # One clip added drew the split again, and the refusal blamed the user for the clips
+    # that moved between training and validation.
+    import types
+    import typing
+
+    from actionstream.training.errors import TrainingError
+    from actionstream.training.run_folder import Progress, data_fingerprint, same_data
+
+    then = (("a.mp4", "train"), ("b.mp4", "train"), ("c.mp4", "val"))
+    saved = typing.cast(
+        Progress,
+        types.SimpleNamespace(data_fingerprint=data_fingerprint(then), data_clips=then),
+    )
+    same_data(saved, then)  # the same data: nothing to say
+    added = (("a.mp4", "val"), ("b.mp4", "train"), ("c.mp4", "train"), ("d.mp4", "train"))
+    with pytest.raises(
+        TrainingError,
+        match=r"\(1 clip\(s\) added, 2 moved between training "
+        r"and validation as the split was drawn again since the run started\)",
+    ):
+        same_data(saved, added)
+    moved = (("a.mp4", "val"), ("b.mp4", "train"), ("c.mp4", "train"))
+    with pytest.raises(TrainingError, match=r"\(2 moved between training and validation since"):
+        same_data(saved, moved)

@@ -84,6 +84,12 @@ class Checkpoint:
             raise CheckpointError(
                 f"{path}: no such checkpoint (train one with `actionstream train`)"
             )
+        if path.suffix == ".json":
+            # The checkpoint's card, beside it: the weights are in the .pt of its name.
+            raise CheckpointError(
+                f"{path} is a checkpoint's card (JSON), not the checkpoint; name the run "
+                f"folder {path.parent} or {path.with_suffix('.pt')}"
+            )
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch.load raises many unrelated types on foreign files

@@ -423,7 +423,7 @@ def out_of_time(out: Path, minutes: float, seconds: float, say: Callable[..., No
     said so, and nothing rewritten, as for a finished run."""
     ckpt = _its_checkpoint(out)
     say(
-        f"{out} has already trained {seconds / 60:g} of its --minutes {minutes:g} (the whole "
+        f"{out} has already trained {seconds / 60:.3g} of its --minutes {minutes:g} (the whole "
         "run's budget); give a larger --minutes to go on, or 0 for no limit "
         f"({out / CHECKPOINT} holds epoch {ckpt.eval_metrics.get('epoch')}, its best)"
     )
@@ -455,7 +455,10 @@ def same_data(saved: Progress, clip_sides: tuple[tuple[str, str], ...]) -> None:
     added, gone = len(now.keys() - then.keys()), len(then.keys() - now.keys())
     moved = sum(then[c] != now[c] for c in then.keys() & now.keys())
     how = [f"{added} clip(s) added" if added else "", f"{gone} gone" if gone else ""]
-    how.append(f"{moved} moved between training and validation" if moved else "")
+    # Clips added or gone draw the held-out split again, which moves others: say so,
+    # rather than blame the user for moves they never made.
+    redrawn = " as the split was drawn again" if added or gone else ""
+    how.append(f"{moved} moved between training and validation{redrawn}" if moved else "")
     raise TrainingError(
         f"--resume: the data differs from the run's ({', '.join(filter(None, how))} since the "
         "run started); resume needs the same videos, split as they were (train a new run "
