@@ -490,7 +490,8 @@ def test_a_time_budget_changes_the_schedule_not_the_optimiser(tmp_path: Path) ->
     import dataclasses
 
     from actionstream.training.data_loading import synthetic_data
-    from actionstream.training.run_folder import PROGRESS, Progress
+    from actionstream.training.progress import Progress
+    from actionstream.training.run_files import PROGRESS
     from actionstream.training.train import main
 
     cfg = dataclasses.replace(TINY, bptt=8)  # 2 epochs of 20 steps
@@ -514,7 +515,9 @@ def test_a_resumed_run_under_a_time_budget_goes_on_cooling(tmp_path: Path) -> No
     pytest.importorskip("torch")
     import dataclasses
 
-    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.progress import Progress
+    from actionstream.training.run_files import PROGRESS
+    from actionstream.training.run_folder import resume_config
     from actionstream.training.schedule import one_cycle
     from actionstream.training.train import main
 
@@ -648,7 +651,9 @@ def test_a_spent_time_budget_is_told_in_figures_that_agree(
     pytest.importorskip("torch")
     import dataclasses
 
-    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.progress import Progress
+    from actionstream.training.run_files import PROGRESS
+    from actionstream.training.run_folder import resume_config
     from actionstream.training.train import main
 
     out = tmp_path / "run"
@@ -812,7 +817,9 @@ def test_a_resumed_runs_new_model_removes_the_evaluation_of_the_old(
 
     from actionstream.training import evaluate
     from actionstream.training.config import EvaluateConfig
-    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.progress import Progress
+    from actionstream.training.run_files import PROGRESS
+    from actionstream.training.run_folder import resume_config
     from actionstream.training.train import main
 
     out = tmp_path / "run"
@@ -1045,7 +1052,9 @@ def test_a_finished_run_goes_on_for_more_epochs_in_a_new_cycle(tmp_path: Path) -
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
     from actionstream.training.data_loading import synthetic_data
-    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.progress import Progress
+    from actionstream.training.run_files import PROGRESS
+    from actionstream.training.run_folder import resume_config
     from actionstream.training.train import TrainingError, main
 
     out = tmp_path / "run"
@@ -1116,7 +1125,9 @@ def test_a_run_saved_under_torchs_one_cycle_goes_on_from_its_floor(tmp_path: Pat
     import dataclasses
 
     from actionstream.training.data_loading import synthetic_data
-    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.progress import Progress
+    from actionstream.training.run_files import PROGRESS
+    from actionstream.training.run_folder import resume_config
     from actionstream.training.train import main
 
     out = tmp_path / "run"
@@ -1153,7 +1164,9 @@ def test_a_run_the_clock_stopped_goes_on_without_a_jump_in_its_rate(
     import dataclasses
 
     from actionstream.training.data_loading import synthetic_data
-    from actionstream.training.run_folder import PROGRESS, Progress, resume_config
+    from actionstream.training.progress import Progress
+    from actionstream.training.run_files import PROGRESS
+    from actionstream.training.run_folder import resume_config
     from actionstream.training.train import main
 
     out = tmp_path / "run"
@@ -1256,7 +1269,8 @@ def test_a_resume_on_other_videos_says_how_they_differ() -> None:
     import typing
 
     from actionstream.training.errors import TrainingError
-    from actionstream.training.run_folder import Progress, data_fingerprint, same_data
+    from actionstream.training.progress import Progress, data_fingerprint
+    from actionstream.training.run_folder import same_data
 
     then = (("a.mp4", "train"), ("b.mp4", "train"), ("c.mp4", "val"))
     saved = typing.cast(

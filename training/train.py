@@ -42,11 +42,12 @@ from actionstream.training.config import TrainConfig
 from actionstream.training.data import IGNORE, TrainingData, loss_targets
 from actionstream.training.data_loading import load_data
 from actionstream.training.distributed import Team
+from actionstream.training.epoch_log import EpochLog
 from actionstream.training.errors import TrainingError
 from actionstream.training.init import initialise
 from actionstream.training.model import Recognizer, build_recognizer
+from actionstream.training.progress import Cycle, Progress, cycle_on
 from actionstream.training.run_files import CHECKPOINT, METRICS, PROGRESS, remove_evaluation
-from actionstream.training.run_folder import Cycle, EpochLog, Progress
 from actionstream.training.schedule import OneCycle
 from actionstream.training.scoring import Scores, score
 
@@ -273,7 +274,7 @@ def set_up(
     per_epoch = batches * math.ceil(cfg.stream_frames / cfg.bptt)
     # The time a resumed run already spent: its progress keeps it (old last.pt files too).
     deadline = Deadline(cfg.minutes, saved.seconds if saved is not None else 0.0)
-    cycle = run_folder.cycle_on(saved, cfg)
+    cycle = cycle_on(saved, cfg)
     sched = _schedule(opt, cfg, per_epoch, deadline, cycle)
     rng = np.random.default_rng(cfg.seed)
     started = time.perf_counter()
