@@ -874,17 +874,6 @@ def _progressive_4k() -> bytes:
     return bytes(cv2.imencode(".jpg", image.astype(np.uint8), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1])
 
 
-def _noisy_1080p_jpeg() -> bytes:
-    """1920x1080 of white noise at quality 95, full colour resolution (about 5 MB): 28-42
-    ms to decode here at 1/8 scale, where a camera frame of that size takes a few."""
-    import cv2
-
-    noise = np.random.default_rng(5).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95]
-    params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-    return bytes(cv2.imencode(".jpg", noise, params)[1])
-
-
 def _png_of_compressed_text() -> bytes:
     """An 8x8 PNG with 20 zTXt chunks of 7.8 KB, each inflating to 7.9 MB of text, which
     libpng inflates as it reads them: about a second to decode as OpenCV reads it."""
@@ -903,12 +892,11 @@ def _png_of_compressed_text() -> bytes:
         (lambda: png(np.full((2160, 3840, 3), 7, np.uint8)), 0.002, True),
         # Sent less often, so that the test measures decoding, not loopback bandwidth.
         (_progressive_4k, 0.02, True),
-        (_noisy_1080p_jpeg, 0.1, True),
         # Its cost was OpenCV's reading chunks that no pixel comes from; decoded without
         # them it costs its 64 pixels, and shares the batches as the honest frames do.
         (_png_of_compressed_text, 0.05, False),
     ],
-    ids=["4k-png", "4k-progressive-jpeg", "noisy-1080p-jpeg", "png-of-compressed-text"],
+    ids=["4k-png", "4k-progressive-jpeg", "png-of-compressed-text"],
 )
 def test_expensive_frames_cannot_starve_other_streams(
     start_server: StartServer,
