@@ -303,8 +303,9 @@ class _Replacing:
 
 def _watch(pool: _Replacing, stop: threading.Event) -> int:
     """Waits for a stop (0), replacing each worker that exits on its own; 1 if a
-    replacement cannot start or workers keep dying (ServeError with a replacement's
-    own reason for not starting, as at start)."""
+    replacement cannot start, would serve another model than the others, or workers
+    keep dying (ServeError with a replacement's own reason for not starting, as at
+    start)."""
     from prometheus_client import multiprocess
 
     workers = pool.workers
