@@ -142,9 +142,9 @@ class CallEnds:
     def sources_off(self, request: pb.SourceRequest, context: grpc.aio.ServicerContext) -> None:
         """Refuses WatchSource on a server without --allow-sources as the allowlist
         refuses a source: counted, ended and logged under the same reason. No stream is
-        opened for it, so its trailer holds the reason alone; its line spends the stream
-        lines' budget, as the allowlist's do, so a client calling in a loop cannot fill
-        the disk."""
+        opened for it, so its trailer holds the reason alone; its line spends the budget
+        of streams that end in trouble, as the allowlist's refusals do, so a client
+        calling in a loop cannot fill the disk."""
         refused = sources_off()
         self._refuse("WatchSource", refused, ((REASON, refused.told),), context)
         self._metrics.ended(refused.reason).inc()
