@@ -65,6 +65,7 @@ import numpy as np
 
 from actionstream.serve_process import ServeProcess, ServeProcessError
 from actionstream.service.clients.scrape import scrape
+from actionstream.service.config import Listener
 from actionstream.service.endpoint import grpc_listener
 from actionstream.v1 import actionstream_pb2 as pb
 from actionstream.v1 import actionstream_pb2_grpc as pb_grpc
@@ -355,13 +356,13 @@ async def _serve_echo(port_file: Path, share: float) -> None:
 
 
 class EchoProcess:
-    def __init__(self, share: float = 1.0) -> None:
+    def __init__(self, share: float = 1.0, listener: Listener = "eventengine") -> None:
         self._dir = tempfile.TemporaryDirectory()
         port_file = Path(self._dir.name) / "port"
-        # gRPC configured as `actionstream serve` configures it, so the echo is gRPC's part
-        # of the server's work and not of another setup's.
-        env = dict(os.environ)
-        grpc_listener.prefer_iomgr(env)
+        # gRPC reading as the server's did (its ready file says how), so the echo is gRPC's
+        # part of the server's work and not of another setup's.
+        env = dict(os.environ)  # the server started from it: it names no other listener
+        grpc_listener.ask(env, listener)
         self._proc = subprocess.Popen(
             [sys.executable, __file__, "--serve-echo", str(port_file), "--echo-share", str(share)],
             env=env,
@@ -538,6 +539,7 @@ class Served:
     cpu_s: float  # the server's CPU over the run
     processed: float  # frames the server answered, from /metrics
     batch: float  # its mean batch size
+    listener: Listener  # what read its connections
 
     @property
     def scheduled(self) -> int:
@@ -566,7 +568,8 @@ def serve_cameras(
     stepped = after.get("actionstream_batch_size_sum", 0.0) - before.get(
         "actionstream_batch_size_sum", 0.0
     )
-    return Served(run, cpu, processed, stepped / batches if batches else 1.0)
+    batch = stepped / batches if batches else 1.0
+    return Served(run, cpu, processed, batch, server.ready["grpc_listener"])
 
 
 def measure(
@@ -583,7 +586,7 @@ def measure(
     # The echo reads every frame the cameras send and answers the share the server
     # answered: an overloaded server still reads the frames it drops, and so does the echo.
     share = min(1.0, run.answered / max(1, run.sent))
-    echo = EchoProcess(share)
+    echo = EchoProcess(share, served.listener)
     try:
         echo_cpu0 = cpu_seconds(echo.pid)
         echo_run = swarm(echo.target, cameras, fps, seconds)

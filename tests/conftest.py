@@ -8,12 +8,6 @@ from __future__ import annotations
 
 import os
 
-from actionstream.service.endpoint import grpc_listener
-
-# Before anything loads gRPC (it reads its experiments once): the servers in these tests
-# read their connections as `actionstream serve`'s do.
-grpc_listener.prefer_iomgr(os.environ)
-
 # Under pytest-xdist the workers share the cores: one torch (OpenMP) thread in each, and
 # in the commands they start, rather than one a core in each, which oversubscribes them:
 # OpenMP's threads spin while they wait for each other. Set before anything loads torch.

@@ -1,23 +1,24 @@
-"""Which of gRPC core's listeners accepts and reads the server's connections.
+"""Which of gRPC core's listeners reads the server's connections (`--grpc-listener`).
 
-grpcio 1.85 reads a server's connections on its EventEngine, a pool of threads
-of its own: each message read there is handed to the thread that polls for
-grpc.aio's event loop, which then wakes the loop. gRPC's older listener (iomgr)
-reads on that polling thread itself, so a message wakes one thread fewer, and
-the server spends less CPU a frame (measured in docs/design.md, "gRPC reads on
-the thread that polls for the loop").
+grpcio 1.85 reads a server's connections on its EventEngine, a pool of threads of
+its own, by default, and so does the server. gRPC's older listener (iomgr) reads
+every connection on the one thread that polls for grpc.aio's event loop: a
+message wakes one thread fewer and a frame costs less CPU, but a client flooding
+HTTP/2 frames holds that thread, and every other stream with it (docs/design.md,
+"gRPC reads connections on threads of its own"). It is for servers whose clients
+are all trusted.
 
-gRPC reads its experiments (GRPC_EXPERIMENTS: names separated by commas, a
-leading "-" turning one off, the last mention winning) once, as it loads. So
-the choice is made in the environment before anything imports grpc, and the
-processes the server starts inherit it. An operator's GRPC_EXPERIMENTS that
-names the experiment decides instead: `event_engine_listener` keeps gRPC's
-default.
+gRPC takes the choice from GRPC_EXPERIMENTS (names separated by commas, a
+leading "-" turning one off, the last mention winning), which it reads once, as
+it loads. So `serve` sets it in its environment before anything imports grpc,
+and the processes it starts inherit it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
+
+from actionstream.service.config import Listener
 
 VARIABLE = "GRPC_EXPERIMENTS"
 EXPERIMENT = "event_engine_listener"
@@ -27,25 +28,31 @@ def _names(environ: Mapping[str, str]) -> list[str]:
     return [name.strip() for name in environ.get(VARIABLE, "").split(",") if name.strip()]
 
 
-def _mentions(environ: Mapping[str, str]) -> list[str]:
-    """The experiment's mentions in GRPC_EXPERIMENTS, in order, each "on" or "off"."""
-    return [
-        "off" if name.startswith("-") else "on"
-        for name in _names(environ)
-        if name.removeprefix("-") == EXPERIMENT
-    ]
+def _asked(environ: Mapping[str, str]) -> Listener | None:
+    """The listener `environ`'s GRPC_EXPERIMENTS names, or None where it names neither."""
+    mentions = [name for name in _names(environ) if name.removeprefix("-") == EXPERIMENT]
+    if not mentions:
+        return None
+    return "iomgr" if mentions[-1].startswith("-") else "eventengine"
 
 
-def prefer_iomgr(environ: MutableMapping[str, str]) -> None:
-    """Turns gRPC's EventEngine listener off in `environ`, unless its GRPC_EXPERIMENTS
-    already names that experiment either way."""
-    if not _mentions(environ):
-        environ[VARIABLE] = ",".join([*_names(environ), f"-{EXPERIMENT}"])
+def listener(environ: Mapping[str, str]) -> Listener:
+    """The listener `environ` asks gRPC for. What it asks, not what gRPC did: a grpcio
+    without the experiment logs "Unknown experiment" and keeps its own
+    (tests/test_grpc_listener.py checks gRPC's own trace)."""
+    return _asked(environ) or "eventengine"
 
 
-def listener(environ: Mapping[str, str]) -> str:
-    """The listener `environ` asks gRPC for ("iomgr" or "EventEngine"). What it asks, not
-    what gRPC did: a grpcio without the experiment logs "Unknown experiment" and keeps
-    its own (tests/test_grpc_listener.py checks gRPC's own trace)."""
-    mentions = _mentions(environ)
-    return "iomgr" if mentions and mentions[-1] == "off" else "EventEngine"
+def ask(environ: MutableMapping[str, str], chosen: Listener) -> None:
+    """Asks gRPC for the `chosen` listener in `environ`'s GRPC_EXPERIMENTS, keeping the
+    other experiments it names. ValueError if it already asks for the other one."""
+    asked = _asked(environ)
+    if asked is None:
+        environ[VARIABLE] = ",".join(
+            [*_names(environ), EXPERIMENT if chosen == "eventengine" else f"-{EXPERIMENT}"]
+        )
+    elif asked != chosen:
+        raise ValueError(
+            f"{VARIABLE}={environ[VARIABLE]!r} asks gRPC for its {asked} listener, and "
+            f"grpc_listener is {chosen}: choose with grpc_listener alone"
+        )

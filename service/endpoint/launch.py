@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,7 +82,9 @@ def announce_ready(cfg: ServeConfig, port: int, metrics_port: int | None, **more
     if not cfg.ready_file:
         return
     try:
-        write_ready_file(Path(cfg.ready_file), port, metrics_port, **more)
+        write_ready_file(
+            Path(cfg.ready_file), port, metrics_port, grpc_listener=cfg.grpc_listener, **more
+        )
     except OSError as e:
         raise ServeError(f"cannot write the ready file {cfg.ready_file}: {e.strerror}") from None
 
@@ -121,13 +122,11 @@ def run(cfg: ServeConfig) -> int:
     logger.info("settings: %s", changed_settings(cfg) or "the defaults")
     try:
         check_ready_file(cfg)
-    except ServeError as e:
+        # gRPC reads its experiments once, as it loads (the command line loads none of it).
+        grpc_listener.ask(os.environ, cfg.grpc_listener)
+    except (ServeError, ValueError) as e:
         logs.cannot_serve(str(e), cfg.log_format)
         return 1
-    # gRPC reads its experiments once, as it loads: only a process that has not loaded it
-    # yet can still choose the listener, for itself and for the workers it starts.
-    if "grpc" not in sys.modules:
-        grpc_listener.prefer_iomgr(os.environ)
     if cfg.workers == 1:
         from actionstream.service.endpoint.serving import serve_here
 

@@ -55,6 +55,11 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ActionRecognition"].full_name
 # How long the streams cut at the grace period's end have to send their own status and
 # trailer (a loop turn each) before gRPC cancels what is left.
 CUT_OFF_S = 0.5
+# How long gRPC has to close its client connections once every call is over. Its stop
+# returns only when they are closed, and it reads what a connection has sent before
+# closing it: a client flooding HTTP/2 frames held a stopped server for as long as it
+# sent (21 s in one trial). Past this the process ends without it (serving.py).
+CONNECTIONS_CLOSE_S = 2.0
 # Every service the server answers: it reflects them all, and counts each of their
 # methods' calls from 0.
 SERVED = (
@@ -85,6 +90,8 @@ class Server:
         self._servicer = servicer
         self._batcher = batcher
         self._metrics_server = metrics_server
+        # Set by stop: client connections gRPC had not closed when it gave up on them.
+        self.connections_left = False
 
     @classmethod
     async def start(
@@ -184,12 +191,15 @@ class Server:
         """Stopping, asked again (a second Ctrl-C): the open calls are cut now rather
         than at the grace period's end. gRPC keeps the earliest of its stop deadlines."""
         await self._servicer.cut_off(CUT_OFF_S)
-        await self._grpc.stop(None)
+        stop_now = asyncio.ensure_future(self._grpc.stop(None))
+        await asyncio.wait({stop_now}, timeout=CONNECTIONS_CLOSE_S)  # see stop
 
     async def stop(self, grace: float | None = None) -> None:
         """Reports NOT_SERVING, lets open RPCs run for `grace` seconds, then cuts them.
 
-        `grace` defaults to the config's grace_seconds.
+        `grace` defaults to the config's grace_seconds. Returns once the calls are over
+        and gRPC has closed its connections, or CONNECTIONS_CLOSE_S after the cut with
+        `connections_left` set.
         """
         await self._health.enter_graceful_shutdown()
         grace = self.cfg.grace_seconds if grace is None else grace
@@ -197,12 +207,13 @@ class Server:
         # client of a stream cut so would get no trailer, with the frames skipped after
         # its last answer. So the servicer ends its streams itself then, and gRPC cancels
         # what is left (health Watch and reflection calls) CUT_OFF_S later.
-        stopping = asyncio.ensure_future(self._grpc.stop(grace + CUT_OFF_S))
-        _, still_open = await asyncio.wait({stopping}, timeout=grace)
+        stopping = {asyncio.ensure_future(self._grpc.stop(grace + CUT_OFF_S))}
+        _, still_open = await asyncio.wait(stopping, timeout=grace)
         if still_open:
             await self._servicer.cut_off(CUT_OFF_S)
-            await self._grpc.stop(None)  # the rest now: the streams are done
-        await stopping
+            stopping.add(asyncio.ensure_future(self._grpc.stop(None)))  # the streams are done
+            _, still_open = await asyncio.wait(stopping, timeout=CONNECTIONS_CLOSE_S)
+        self.connections_left = bool(still_open)
         await self._servicer.close()
         await self._batcher.stop()
         if self._metrics_server is not None:

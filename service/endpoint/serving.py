@@ -38,6 +38,7 @@ from actionstream.service.endpoint.start_signals import (
 )
 from actionstream.service.inference.model import ModelError
 from actionstream.service.telemetry import logs, native_stderr
+from actionstream.service.telemetry.connections import established_on
 
 logger = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.0005
@@ -189,25 +190,32 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
 
 
 async def _leave_no_source_behind(server: Server) -> None:
-    """Ends the process now if a WatchSource thread is still inside OpenCV.
+    """Ends the process now if a WatchSource thread is still inside OpenCV, or gRPC
+    still holds client connections it was to close (Server.stop gave up on them).
 
     A read on a stalled camera returns only at its timeout (--idle-timeout-seconds, 30
     s by default), and the interpreter waits for that thread as it exits: far past a
     container's stop timeout (docker's 10 s), which then kills it. Nothing is left to
     do for such a thread, and an exit that unwound under it would abort (OpenCV's C++
-    frames): the process ends with os._exit, its logs flushed, once the others have
-    had a moment to let their sources go.
+    frames). A connection left open is one whose client still sends (a flood of HTTP/2
+    frames): gRPC would read all of it first. So the process ends with os._exit, its
+    logs flushed, once the sources have had a moment to be let go.
     """
     deadline = time.monotonic() + SOURCES_RELEASE_S
     while server.sources_busy and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    busy = server.sources_busy
-    if busy:
-        logger.info(
-            "stopped, without waiting for %d source read(s) still in OpenCV (a stalled "
-            "camera gives up at its read timeout)",
-            busy,
+    left = []
+    if busy := server.sources_busy:
+        left.append(
+            f"{busy} source read(s) still in OpenCV (a stalled camera gives up at its read timeout)"
         )
+    if server.connections_left:
+        left.append(
+            f"gRPC to close {established_on(server.port, [os.getpid()])} client "
+            "connection(s) whose clients still send"
+        )
+    if left:
+        logger.info("stopped, without waiting for %s", " or ".join(left))
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
