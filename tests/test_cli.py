@@ -158,6 +158,18 @@ def test_log_format_takes_any_case_as_log_level_does() -> None:
     assert "'xml' is not one of 'text', 'json'" in refused.stderr
 
 
+def test_the_grpc_listener_is_one_of_grpcs_two() -> None:
+    from actionstream.service.config import ServeConfig
+
+    assert ServeConfig(grpc_listener="IOMGR").grpc_listener == "iomgr"  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="grpc_listener must be eventengine or iomgr"):
+        ServeConfig(grpc_listener="epoll")  # type: ignore[arg-type]
+    env = {"ACTIONSTREAM_GRPC_LISTENER": "epoll"}
+    refused = _run("serve", "--host", "127.0.0.1", env=env)
+    assert refused.returncode == 2
+    assert "'epoll' is not one of 'eventengine', 'iomgr'" in refused.stderr
+
+
 @pytest.mark.parametrize(
     ("argv", "env", "expected"),
     [

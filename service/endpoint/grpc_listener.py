@@ -54,5 +54,6 @@ def ask(environ: MutableMapping[str, str], chosen: Listener) -> None:
     elif asked != chosen:
         raise ValueError(
             f"{VARIABLE}={environ[VARIABLE]!r} asks gRPC for its {asked} listener, and "
-            f"grpc_listener is {chosen}: choose with grpc_listener alone"
+            f"--grpc-listener is {chosen}: choose with --grpc-listener "
+            "(ACTIONSTREAM_GRPC_LISTENER) alone"
         )

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -123,6 +124,11 @@ def run(cfg: ServeConfig) -> int:
     try:
         check_ready_file(cfg)
         # gRPC reads its experiments once, as it loads (the command line loads none of it).
+        if "grpc" in sys.modules and grpc_listener.listener(os.environ) != cfg.grpc_listener:
+            raise ServeError(
+                f"gRPC was loaded before serve could ask it for its {cfg.grpc_listener} "
+                f"listener: set {grpc_listener.VARIABLE} before this process starts"
+            )
         grpc_listener.ask(os.environ, cfg.grpc_listener)
     except (ServeError, ValueError) as e:
         logs.cannot_serve(str(e), cfg.log_format)

@@ -58,7 +58,8 @@ CUT_OFF_S = 0.5
 # How long gRPC has to close its client connections once every call is over. Its stop
 # returns only when they are closed, and it reads what a connection has sent before
 # closing it: a client flooding HTTP/2 frames held a stopped server for as long as it
-# sent (21 s in one trial). Past this the process ends without it (serving.py).
+# sent (23 and 26 s after SIGTERM in two trials). Past this the process ends without it
+# (serving.py).
 CONNECTIONS_CLOSE_S = 2.0
 # Every service the server answers: it reflects them all, and counts each of their
 # methods' calls from 0.
@@ -90,6 +91,7 @@ class Server:
         self._servicer = servicer
         self._batcher = batcher
         self._metrics_server = metrics_server
+        self._hurried = asyncio.Event()
         # Set by stop: client connections gRPC had not closed when it gave up on them.
         self.connections_left = False
 
@@ -187,15 +189,14 @@ class Server:
     def metrics_port(self) -> int | None:
         return None if self._metrics_server is None else self._metrics_server.port
 
-    async def hurry(self) -> None:
-        """Stopping, asked again (a second Ctrl-C): the open calls are cut now rather
-        than at the grace period's end. gRPC keeps the earliest of its stop deadlines."""
-        await self._servicer.cut_off(CUT_OFF_S)
-        stop_now = asyncio.ensure_future(self._grpc.stop(None))
-        await asyncio.wait({stop_now}, timeout=CONNECTIONS_CLOSE_S)  # see stop
+    def hurry(self) -> None:
+        """Stopping, asked again (a second Ctrl-C): `stop` cuts the open calls now rather
+        than at the grace period's end."""
+        self._hurried.set()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Reports NOT_SERVING, lets open RPCs run for `grace` seconds, then cuts them.
+        """Reports NOT_SERVING, lets open RPCs run for `grace` seconds (or until `hurry`),
+        then cuts them.
 
         `grace` defaults to the config's grace_seconds. Returns once the calls are over
         and gRPC has closed its connections, or CONNECTIONS_CLOSE_S after the cut with
@@ -208,7 +209,10 @@ class Server:
         # its last answer. So the servicer ends its streams itself then, and gRPC cancels
         # what is left (health Watch and reflection calls) CUT_OFF_S later.
         stopping = {asyncio.ensure_future(self._grpc.stop(grace + CUT_OFF_S))}
-        _, still_open = await asyncio.wait(stopping, timeout=grace)
+        hurried = asyncio.ensure_future(self._hurried.wait())
+        await asyncio.wait({*stopping, hurried}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        hurried.cancel()
+        still_open = {f for f in stopping if not f.done()}
         if still_open:
             await self._servicer.cut_off(CUT_OFF_S)
             stopping.add(asyncio.ensure_future(self._grpc.stop(None)))  # the streams are done

@@ -115,7 +115,7 @@ class _StopSignals:
         self._loop = asyncio.get_running_loop()
         self._stops = (signal.SIGTERM,) if worker else STOPS
         self._hurries = (HURRY,) if worker else self._stops
-        self._hurried: asyncio.Task[None] | None = None
+        self._hurried = False
         self._asked_to_hurry = worker and HURRIED_WHILE_STARTING.is_set()
         for sig in self._stops:
             self._loop.add_signal_handler(sig, self.stop.set)
@@ -133,9 +133,10 @@ class _StopSignals:
         """From now on, the hurry signals end `server`'s open streams at once."""
 
         def hurry() -> None:
-            if self._hurried is None:
+            if not self._hurried:
+                self._hurried = True
                 logger.info("asked again: ending the open streams now")
-                self._hurried = asyncio.create_task(server.hurry())
+                server.hurry()
 
         for sig in self._stops:
             self._loop.add_signal_handler(sig, lambda: None)  # stopping already
@@ -143,10 +144,6 @@ class _StopSignals:
             self._loop.add_signal_handler(sig, hurry)
         if self._asked_to_hurry:
             hurry()
-
-    async def stopped(self) -> None:
-        if self._hurried is not None:
-            await self._hurried
 
 
 async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
@@ -180,7 +177,6 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
     )
     signals.stopping(server)
     await server.stop()
-    await signals.stopped()
     if cfg.ready_file:  # a stale file would announce a server that is gone
         with contextlib.suppress(OSError):  # one that could not be written, say
             Path(cfg.ready_file).unlink(missing_ok=True)
@@ -211,8 +207,8 @@ async def _leave_no_source_behind(server: Server) -> None:
         )
     if server.connections_left:
         left.append(
-            f"gRPC to close {established_on(server.port, [os.getpid()])} client "
-            "connection(s) whose clients still send"
+            "gRPC to close the connections of clients that still send "
+            f"({established_on(server.port, [os.getpid()])} open)"
         )
     if left:
         logger.info("stopped, without waiting for %s", " or ".join(left))
