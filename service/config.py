@@ -82,8 +82,9 @@ class ServeConfig:
         help="what reads the clients' connections: eventengine (gRPC's default: threads of "
         "its own) or iomgr (the thread that polls for the event loop). iomgr costs less CPU "
         "a frame (5% with 2 workers at 100 cameras here, which it held within p99 100 ms on "
-        "2 cores in 17 runs of 20 against 6), but one client flooding HTTP/2 frames stalls "
-        "every stream with it: only where every client is trusted",
+        "2 cores in 17 runs of 20 against 6), but two connections flooding HTTP/2 PING "
+        "frames stalled every stream under it for as long as they sent: only where every "
+        "client is trusted",
         group="Network",
     )
     max_streams: int = setting(
