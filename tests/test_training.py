@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import re
@@ -403,7 +404,7 @@ def test_a_finished_run_resumed_for_a_few_steps_stays_at_its_floor(
     data = synthetic_data(tiny)
     main(tiny, data)
     floor = TINY.lr / 250_000
-    for epochs, steps in ((2, 2), (4, 4), (7, 6)):
+    for before, epochs, steps in ((1, 2, 2), (2, 4, 4), (4, 7, 6)):
         again = resume_config(TrainConfig(out=str(out), resume=True, epochs=epochs), {"epochs"})
         capsys.readouterr()
         with _LearningRates() as rates:
@@ -412,7 +413,8 @@ def test_a_finished_run_resumed_for_a_few_steps_stays_at_its_floor(
         assert max(rates) == pytest.approx(floor, rel=1e-9), rates  # it was 64% of --lr
         assert rates.beta1 == pytest.approx([0.95] * steps)
         assert (
-            "so its learning rate starts a new cycle, too few steps to rise in: down from the "
+            f"its learning rate's cycle was set for {before} epochs, so "
+            "it starts a new cycle, too few steps to rise in: down from the "
             f"{floor:.2g} it had reached to the floor by epoch {epochs}"
         ) in capsys.readouterr().out
 
@@ -474,10 +476,11 @@ def test_a_run_resumes_with_or_without_a_time_budget(
     again = resume_config(TrainConfig(out=str(out), resume=True, minutes=then), {"minutes"})
     assert again.hidden == 16 and again.channels == (8, 16) and again.minutes == then
     main(again)
-    rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()]
-    assert [r[0] for r in rows] == ["epoch", "1", "2"] and rows[0][-1] == "steps"
+    with (out / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
     # The epoch the clock cut short says so by its steps.
-    cut_short = int(rows[1][-1]) < int(rows[2][-1])
+    cut_short = int(rows[0]["steps"]) < int(rows[1]["steps"])
     assert cut_short == (first > 0), rows
 
 
@@ -1039,6 +1042,35 @@ def _assert_beta1_mirrors(rates: _LearningRates, first: bool = False) -> None:
         if first:
             mirrors.append(0.85 + 0.1 * (peak - lr) / (peak - peak / 25))
         assert any(beta1 == pytest.approx(m, abs=1e-9) for m in mirrors), (lr, beta1)
+
+
+def test_metrics_csv_logs_the_rate_and_beta1_each_epoch_ends_on(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    import dataclasses
+
+    from actionstream.training.epoch_log import HEADER, EpochLog
+    from actionstream.training.train import main
+
+    out = tmp_path / "run"
+    with _LearningRates() as rates:
+        main(dataclasses.replace(TINY, out=str(out)))
+    with (out / "metrics.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == HEADER and len(rows) == 2
+    steps = int(rows[0]["steps"])
+    # Where the schedule stands after the epoch: the rate the next epoch's first step takes.
+    assert float(rows[0]["lr"]) == pytest.approx(rates[steps], rel=1e-5)
+    assert float(rows[0]["beta1"]) == pytest.approx(rates.beta1[steps], rel=1e-5)
+    assert float(rows[1]["lr"]) == pytest.approx(TINY.lr / 250_000)  # cooled to the floor
+    assert float(rows[1]["beta1"]) == pytest.approx(0.95)  # the rate's floor: beta1's top
+
+    # A run resumed from before these columns keeps its rows, their cells empty.
+    old = ["1", "3.0", "1.0000", "0.5", "", "0.5", "4"]
+    log = EpochLog(tmp_path / "metrics.csv", [old])
+    assert log.rows == [[*old, "", ""]]
+    with (tmp_path / "metrics.csv").open(newline="") as f:
+        assert [row["lr"] for row in csv.DictReader(f)] == [""]
 
 
 def test_a_finished_run_goes_on_for_more_epochs_in_a_new_cycle(tmp_path: Path) -> None:

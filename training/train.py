@@ -146,7 +146,8 @@ def score_and_save(
     seconds = time.perf_counter() - run.started
     if stop:
         seconds = max(seconds, cfg.minutes * 60)
-    row = log.row(epoch, seconds, loss, scores, steps)
+    group = run.opt.param_groups[0]  # one group: the schedule moves every one alike
+    row = log.row(epoch, seconds, loss, scores, steps, (group["lr"], group["betas"][0]))
     progress = Progress.snapshot(
         epoch=epoch,
         seconds=seconds,
@@ -536,20 +537,25 @@ def _schedule(
 
 
 def _new_cycle(cycle: Cycle, saved: Progress, cfg: TrainConfig, falls_only: bool) -> str:
-    """What a resume that changed --epochs or --minutes does with the learning rate."""
+    """What a resume in another --epochs or --minutes than its cycle's does with the
+    learning rate. Not "changed" by this resume, necessarily: one stopped before it
+    finished an epoch leaves its cycle as it was and the run's settings as it asked."""
     if cycle is saved.cycle:
         return ""
+    was = saved.cycle
+    planned = "another length"
+    if was is not None:
+        planned = f"{was.epochs} epochs" + (f" or {was.minutes:g} minutes" if was.minutes else "")
+    why = f"; its learning rate's cycle was set for {planned}, so it starts a new cycle"
     budget = f" or {cfg.minutes:g} minutes" if cfg.minutes > 0 else ""
     reached = f"the {cfg.lr * (cycle.factor or 0):.2g} it had reached"
     if falls_only:
         return (
-            f"; --epochs or --minutes changed, so its learning rate starts a new cycle, too "
-            f"few steps to rise in: down from {reached} to the floor by epoch "
+            f"{why}, too few steps to rise in: down from {reached} to the floor by epoch "
             f"{cfg.epochs}{budget}"
         )
     return (
-        f"; --epochs or --minutes changed, so its learning rate starts a new cycle: from "
-        f"{reached}, up to --lr {cfg.lr:g} and down again by epoch {cfg.epochs}{budget}"
+        f"{why}: from {reached}, up to --lr {cfg.lr:g} and down again by epoch {cfg.epochs}{budget}"
     )
 
 
