@@ -26,6 +26,14 @@ from actionstream.v1 import actionstream_pb2 as pb
 FLOOD = Path(__file__).with_name("h2_flood.py")
 
 
+@pytest.fixture(autouse=True)
+def _a_fresh_machines_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servers these tests start choose their listener as on a fresh machine, whatever
+    the shell that runs the tests has set (gRPC in this process has read it already)."""
+    monkeypatch.delenv("ACTIONSTREAM_GRPC_LISTENER", raising=False)
+    monkeypatch.delenv("GRPC_EXPERIMENTS", raising=False)
+
+
 @pytest.mark.parametrize(
     ("experiments", "chosen", "asked"),
     [
