@@ -10,8 +10,7 @@ from actionstream.training.scoring import Scores
 # Validation numbers written to metrics.csv after every epoch: the Scores that EpochLog.row
 # writes, by name (report.py plots them by these).
 LOGGED = ("frame_accuracy", "settled_frame_accuracy", "clip_accuracy")
-
-
+# metrics.csv's columns; lr and beta1 are where the schedule stands after the epoch.
 HEADER = ["epoch", "seconds", "train_loss", *LOGGED, "steps", "lr", "beta1"]
 
 

@@ -43,7 +43,7 @@ from actionstream.service.telemetry.connections import established_on
 logger = logging.getLogger(__name__)
 SWITCH_INTERVAL_S = 0.0005
 # How long, once stopped, sources' threads have to let their sources go before the process
-# ends without them (_leave_no_source_behind).
+# ends without them (_leave_nothing_behind).
 SOURCES_RELEASE_S = 1.0
 
 
@@ -180,12 +180,12 @@ async def _serve(cfg: ServeConfig, shared_port: bool) -> int:
     if cfg.ready_file:  # a stale file would announce a server that is gone
         with contextlib.suppress(OSError):  # one that could not be written, say
             Path(cfg.ready_file).unlink(missing_ok=True)
-    await _leave_no_source_behind(server)
+    await _leave_nothing_behind(server)
     logger.info("stopped")
     return 0
 
 
-async def _leave_no_source_behind(server: Server) -> None:
+async def _leave_nothing_behind(server: Server) -> None:
     """Ends the process now if a WatchSource thread is still inside OpenCV, or gRPC
     still holds client connections it was to close (Server.stop gave up on them).
 
