@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint protos prometheus-rule model bench load serve clean prometheus-tools docker-tools swarm-tools video-tools
+.PHONY: demo test lint protos prometheus-rule model bench load soak serve clean prometheus-tools docker-tools swarm-tools video-tools
 
 # The service alone (no torch): all that serving and the demo need.
 $(VENV)/.service: pyproject.toml
@@ -106,6 +106,10 @@ bench: $(VENV)/.dev
 load: $(VENV)/.dev swarm-tools
 	$(PY) bench/load.py --plot docs/load.png
 	$(PY) bench/load.py --server-arg=--workers --server-arg=2
+
+# One server and 60 cameras for 20 minutes: does memory, a descriptor or latency grow?
+soak: $(VENV)/.dev swarm-tools
+	$(PY) bench/soak.py
 
 serve: $(VENV)/.service
 	$(BIN)/actionstream serve

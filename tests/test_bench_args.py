@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
         ("load.py", ["--cameras", "10,-5"], "--cameras, --fps and --seconds must be above 0"),
         ("load.py", ["--cameras", "abc"], "--cameras takes whole numbers joined by commas"),
         ("load.py", ["--plot", "/nonexistent/x.png"], "--plot: no folder /nonexistent"),
+        ("soak.py", ["--minutes", "0"], "--cameras, --fps, --minutes and --every must be above"),
+        ("soak.py", ["--settle", "-1"], "--settle must be 0 or more"),
         ("serve_throughput.py", ["--streams", "0"], "--streams and --frames must be at least 1"),
         ("step_latency.py", ["--model", "/nonexistent.onnx"], "--model: no such model file"),
         ("png_decode.py", ["--frames", "0"], "--rounds and --frames must be at least 1"),
