@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint protos prometheus-rule model bench load soak serve clean prometheus-tools docker-tools swarm-tools video-tools
+.PHONY: demo test lint protos prometheus-rule model bench load soak serve clean prometheus-tools docker-tools swarm-tools video-tools jpeg-tools
 
 # The service alone (no torch): all that serving and the demo need.
 $(VENV)/.service: pyproject.toml
@@ -31,7 +31,7 @@ demo: $(VENV)/.service
 # servers, processes and clocks more than they compute. PYTEST_WORKERS= runs them in one.
 PYTEST_WORKERS ?= --numprocesses=auto --maxprocesses=4 --dist=loadfile
 
-test: $(VENV)/.dev prometheus-tools docker-tools swarm-tools video-tools
+test: $(VENV)/.dev prometheus-tools docker-tools swarm-tools video-tools jpeg-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_WORKERS)
@@ -74,6 +74,14 @@ video-tools:
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	     --no-install-recommends ffmpeg >/dev/null; } \
 	  || echo "ffmpeg not installed: the test of videos it makes will be skipped"
+
+# Debian's jpegtran, for the tests of arithmetic-coded JPEGs (which neither OpenCV nor
+# Pillow writes). Installed when we are root with apt (as in CI); elsewhere they skip.
+jpeg-tools:
+	@command -v jpegtran >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	     --no-install-recommends libjpeg-turbo-progs >/dev/null; } \
+	  || echo "jpegtran not installed: the tests of arithmetic-coded JPEGs will be skipped"
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .

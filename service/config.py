@@ -196,7 +196,7 @@ class ServeConfig:
         1920 * 1080,
         help="frames whose decoding costs more than an image of this many pixels (a JPEG "
         "counts its full size at any decode scale, a progressive one times half its scans, "
-        "one of more than 8 bits a pixel its bytes) "
+        "one of more than 8 bits a pixel its bytes, an arithmetic-coded one 48 pixels a byte) "
         "go to a lane of their own, limited to a quarter of one core, so that they cannot "
         "hold up other streams",
         group="Real time",

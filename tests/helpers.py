@@ -32,6 +32,24 @@ def jpeg(image: np.ndarray) -> bytes:
     return data.tobytes()
 
 
+def arithmetic_jpeg(data: bytes) -> bytes:
+    """The JPEG `data` re-coded with arithmetic coding, losslessly (libjpeg's jpegtran;
+    `make test` installs it where it can: neither OpenCV nor Pillow writes one). Fails
+    in CI and skips elsewhere when jpegtran is missing."""
+    import os
+    import shutil
+
+    import pytest
+
+    jpegtran = shutil.which("jpegtran")
+    if jpegtran is None:
+        if os.environ.get("CI"):
+            pytest.fail("jpegtran not found (Debian's libjpeg-turbo-progs)")
+        pytest.skip("needs jpegtran (Debian's libjpeg-turbo-progs)")
+    done = subprocess.run([jpegtran, "-arithmetic"], input=data, capture_output=True, check=True)
+    return done.stdout
+
+
 def png(image: np.ndarray) -> bytes:
     ok, data = cv2.imencode(".png", image)
     assert ok

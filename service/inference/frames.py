@@ -45,6 +45,12 @@ JPEG_FLOOR = 0.875
 # a detailed scene at quality 95 about 4.5-6 (USB cameras' 4:2:2 MJPEG included), so
 # theirs still count by their pixels and never flip lanes from frame to frame.
 JPEG_BYTE_PIXELS = 1
+# An arithmetic-coded JPEG costs by the byte far more: at 1/8 scale 110-130 ns a byte here
+# (640x480 to 1920x1080, baseline and progressive, noisy scenes), against 2.0-2.7 ns a pixel
+# for a camera's Huffman-coded frame, so one byte counts as 48 pixels. No camera writes
+# them; counted by their pixels, a 1920x1080 one (460 KB, 53 ms to decode) would have
+# shared the batches as exactly a --heavy-pixels image (5.5 ms Huffman-coded).
+ARITHMETIC_BYTE_PIXELS = 48
 
 _JPEG_REDUCED = (
     (8, cv2.IMREAD_REDUCED_COLOR_8),
@@ -64,7 +70,8 @@ class Checked:
     # What decoding costs, as the pixel count of a baseline image that costs as much: a
     # JPEG's full size (libjpeg entropy-decodes every pixel at any reduced scale), times
     # half its scans when progressive (each scan is another pass over the image), or
-    # its bytes times JPEG_BYTE_PIXELS where that is more.
+    # its bytes times JPEG_BYTE_PIXELS (ARITHMETIC_BYTE_PIXELS when arithmetic-coded)
+    # where that is more.
     work: int = 0
     # The encoded bytes, read once: each read of a protobuf bytes field is a fresh copy.
     data: bytes = b""
@@ -155,7 +162,7 @@ class FrameDecoder:
                 inflated,
             )
         if data.startswith(jpeg.SOI):
-            width, height, progressive = jpeg.header(data)
+            width, height, progressive, arithmetic = jpeg.header(data)
             self._check_pixels(width, height, "JPEG")
             passes = 1.0
             if progressive:
@@ -168,7 +175,8 @@ class FrameDecoder:
                     )
                 passes = max(2, scans) / 2
             factor, flag = self._jpeg_reduction(width, height)
-            work = max(int(width * height * passes), len(data) * JPEG_BYTE_PIXELS)
+            byte_pixels = ARITHMETIC_BYTE_PIXELS if arithmetic else JPEG_BYTE_PIXELS
+            work = max(int(width * height * passes), len(data) * byte_pixels)
             reduced = (-(-width // factor), -(-height // factor))
             return Checked("JPEG", *reduced, flag, work, data, (width, height))
         raise FrameError(f"not a JPEG or PNG image ({len(data)} bytes)", "not_an_image")
