@@ -235,7 +235,7 @@ def test_a_jpeg_denser_than_eight_bits_a_pixel_counts_by_its_bytes() -> None:
 
 
 def test_an_arithmetic_coded_jpeg_counts_its_bytes_at_their_cost() -> None:
-    # Arithmetic decoding took 110-130 ns a byte at 1/8 here, about 13 times Huffman's: a
+    # Arithmetic decoding took 105-130 ns a byte at 1/8 here, about 12 times Huffman's: a
     # 1920x1080 frame of noise at quality 90 (460 KB, 53 ms) counted exactly a
     # --heavy-pixels image by its pixels, and shared the batches.
     noise = np.random.default_rng(2).integers(0, 256, (270, 480, 3), dtype=np.uint8)

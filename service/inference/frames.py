@@ -45,7 +45,7 @@ JPEG_FLOOR = 0.875
 # a detailed scene at quality 95 about 4.5-6 (USB cameras' 4:2:2 MJPEG included), so
 # theirs still count by their pixels and never flip lanes from frame to frame.
 JPEG_BYTE_PIXELS = 1
-# An arithmetic-coded JPEG costs by the byte far more: at 1/8 scale 110-130 ns a byte here
+# An arithmetic-coded JPEG costs by the byte far more: at 1/8 scale 105-130 ns a byte here
 # (640x480 to 1920x1080, baseline and progressive, noisy scenes), against 2.0-2.7 ns a pixel
 # for a camera's Huffman-coded frame, so one byte counts as 48 pixels. No camera writes
 # them; counted by their pixels, a 1920x1080 one (460 KB, 53 ms to decode) would have
