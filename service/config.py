@@ -194,9 +194,10 @@ class ServeConfig:
     )
     heavy_pixels: int = setting(
         1920 * 1080,
-        help="frames whose decoding costs more than an image of this many pixels (a JPEG "
+        help="frames whose decoding costs more than a JPEG of this many pixels (a JPEG "
         "counts its full size at any decode scale, a progressive one times half its scans, "
-        "one of more than 8 bits a pixel its bytes, an arithmetic-coded one 48 pixels a byte) "
+        "one of more than 8 bits a pixel its bytes, an arithmetic-coded one 48 pixels a byte; "
+        "a PNG eight times its pixels) "
         "go to a lane of their own, limited to a quarter of one core, so that they cannot "
         "hold up other streams",
         group="Real time",

@@ -13,6 +13,7 @@ from actionstream.service.inference import png as png_chunks
 from actionstream.service.inference.frames import (
     ARITHMETIC_BYTE_PIXELS,
     JPEG_FLOOR,
+    PNG_PIXELS,
     FrameDecoder,
     FrameError,
 )
@@ -212,7 +213,10 @@ def test_a_jpeg_costs_its_full_size_and_a_progressive_one_its_scans_too() -> Non
     scans = progressive.count(b"\xff\xda")
     assert scans >= 6  # libjpeg's progressive script
     assert _checked(progressive) == (240, 135, 1920 * 1080 * scans // 2)
-    assert _checked(png(np.full((1080, 1920, 3), 7, np.uint8)))[2] == 1920 * 1080
+    # A PNG's pixel costs about eight of a JPEG's: inflating, unfiltering, resizing.
+    assert _checked(png(np.full((1080, 1920, 3), 7, np.uint8)))[2] == 1920 * 1080 * PNG_PIXELS
+    assert _checked(png(np.full((240, 320, 3), 7, np.uint8)))[2] < 1920 * 1080
+    assert _checked(png(np.full((480, 640, 3), 7, np.uint8)))[2] > 1920 * 1080
 
 
 def test_a_jpeg_denser_than_eight_bits_a_pixel_counts_by_its_bytes() -> None:

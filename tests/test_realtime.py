@@ -913,11 +913,19 @@ def _png_of_compressed_text() -> bytes:
         # Sent less often, so that the test measures decoding, not loopback bandwidth.
         (_progressive_4k, 0.02, True),
         (_arithmetic_1080p, 0.02, True),
+        # As many pixels as a --heavy-pixels image, but a PNG's: 37 ms to decode here.
+        (lambda: png(np.full((1080, 1920, 3), 7, np.uint8)), 0.02, True),
         # Its cost was OpenCV's reading chunks that no pixel comes from; decoded without
         # them it costs its 64 pixels, and shares the batches as the honest frames do.
         (_png_of_compressed_text, 0.05, False),
     ],
-    ids=["4k-png", "4k-progressive-jpeg", "1080p-arithmetic-jpeg", "png-of-compressed-text"],
+    ids=[
+        "4k-png",
+        "4k-progressive-jpeg",
+        "1080p-arithmetic-jpeg",
+        "1080p-png",
+        "png-of-compressed-text",
+    ],
 )
 def test_expensive_frames_cannot_starve_other_streams(
     start_server: StartServer,

@@ -38,7 +38,8 @@ say: 100 ms and more to decode, a 4K JPEG 21 ms even at 1/8 scale, against
 about 0.4-0.7 ms for a 640×480 JPEG decoded at reduced scale) would hold up
 every stream in its batch for that long (`Checked.work` estimates the cost
 from the header: full size, times half the scans of a progressive JPEG, or
-the bytes of a dense or arithmetic-coded one, weighed by their cost). Such
+the bytes of a dense or arithmetic-coded one, and a PNG's pixels, weighed by
+their cost against a JPEG's). Such
 frames are decoded in a lane of their own instead, one at a time, which
 then rests so that it uses at most `HEAVY_SHARE` of one core: a stream that
 sends them gets what that share buys (its own queue drops the rest), and

@@ -51,6 +51,12 @@ JPEG_BYTE_PIXELS = 1
 # them; counted by their pixels, a 1920x1080 one (460 KB, 53 ms to decode) would have
 # shared the batches as exactly a --heavy-pixels image (5.5 ms Huffman-coded).
 ARITHMETIC_BYTE_PIXELS = 48
+# A PNG costs by the pixel far more than a JPEG: inflating (twice: check_inflation, then
+# libpng), unfiltering and resizing took 18-42 ns a pixel here (flat 4K to noisy 640x480),
+# so one PNG pixel counts as 8. Counted as one, a 1920x1080 PNG (37-87 ms to decode) was
+# exactly a --heavy-pixels image and shared the batches; a 640x480 one (10-14 ms, against
+# 0.6 ms for a camera's JPEG) now goes to the heavy lane, a 320x240 one (2.3 ms) does not.
+PNG_PIXELS = 8
 
 _JPEG_REDUCED = (
     (8, cv2.IMREAD_REDUCED_COLOR_8),
@@ -67,11 +73,11 @@ class Checked:
     width: int  # as decoded (after libjpeg's reduced-scale decode for a JPEG)
     height: int
     flag: int  # cv2.imdecode's flag for an encoded image
-    # What decoding costs, as the pixel count of a baseline image that costs as much: a
-    # JPEG's full size (libjpeg entropy-decodes every pixel at any reduced scale), times
-    # half its scans when progressive (each scan is another pass over the image), or
-    # its bytes times JPEG_BYTE_PIXELS (ARITHMETIC_BYTE_PIXELS when arithmetic-coded)
-    # where that is more.
+    # What decoding costs, as the pixel count of a baseline JPEG that costs as much: a
+    # PNG's pixels times PNG_PIXELS; a JPEG's full size (libjpeg entropy-decodes every
+    # pixel at any reduced scale), times half its scans when progressive (each scan is
+    # another pass over the image), or its bytes times JPEG_BYTE_PIXELS
+    # (ARITHMETIC_BYTE_PIXELS when arithmetic-coded) where that is more.
     work: int = 0
     # The encoded bytes, read once: each read of a protobuf bytes field is a fresh copy.
     data: bytes = b""
@@ -156,7 +162,7 @@ class FrameDecoder:
                 width,
                 height,
                 cv2.IMREAD_COLOR,
-                width * height,
+                width * height * PNG_PIXELS,
                 data,
                 (width, height),
                 inflated,
