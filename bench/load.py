@@ -95,21 +95,50 @@ def render_frames(n: int = CLIP_FRAMES) -> list[bytes]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process (all its threads) and its live child
-    processes (`serve --workers`) have used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:  # a child that exited since it was listed
-        return 0.0
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (`serve --workers`' processes)."""
     children: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except FileNotFoundError:  # a child that exited since it was listed
+        return []
+    for task in tasks:
         try:
             children.update(int(c) for c in (task / "children").read_text().split())
         except FileNotFoundError:  # a thread that ended since the listing
             continue
-    own = (int(fields[11]) + int(fields[12])) / TICKS
-    return own + sum(cpu_seconds(child) for child in children)
+    return [pid, *(p for child in sorted(children) for p in process_tree(child))]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process (all its threads) and its live child
+    processes (`serve --workers`) have used so far."""
+    total = 0.0
+    for each in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a child that exited since it was listed
+            continue
+        total += (int(fields[11]) + int(fields[12])) / TICKS
+    return total
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> None:
+    """The options for the server under test and its cameras, as load.py and soak.py take
+    them."""
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=["--max-streams", "1000"],
+        help="extra `serve` argument (repeatable; the default lifts max_streams above N)",
+    )
+    parser.add_argument(
+        "--swarm",
+        choices=("auto", "cpp", "python"),
+        default="auto",
+        help="the cameras: bench/cameras (C++, built on first use; needs g++ and gRPC's C++ "
+        "files), Python's grpc.aio, or auto: C++ where it builds",
+    )
 
 
 # --- the cameras (run in their own process) -------------------------------------------------
@@ -665,19 +694,7 @@ def main() -> None:
         help="runs per level: the first as above, the others server and cameras only, "
         "each reported, then how many held",
     )
-    parser.add_argument(
-        "--server-arg",
-        action="append",
-        default=["--max-streams", "1000"],
-        help="extra `serve` argument (repeatable; the default lifts max_streams above N)",
-    )
-    parser.add_argument(
-        "--swarm",
-        choices=("auto", "cpp", "python"),
-        default="auto",
-        help="the cameras: bench/cameras (C++, built on first use; needs g++ and gRPC's C++ "
-        "files), Python's grpc.aio, or auto: C++ where it builds",
-    )
+    add_server_args(parser)
     parser.add_argument("--generate", help=argparse.SUPPRESS)  # TARGET: be the cameras
     parser.add_argument("--serve-echo", type=Path, help=argparse.SUPPRESS)  # PORT_FILE
     parser.add_argument("--echo-share", type=float, default=1.0, help=argparse.SUPPRESS)

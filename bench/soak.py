@@ -42,19 +42,6 @@ from actionstream.service.clients.scrape import scrape
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def _tree(pid: int) -> list[int]:
-    """`pid` and its live descendants (`serve --workers`' processes)."""
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            children = (task / "children").read_text().split()
-        except FileNotFoundError:  # a thread that ended since the listing
-            continue
-        for child in children:
-            pids += _tree(int(child))
-    return pids
-
-
 @dataclass(frozen=True)
 class Sample:
     t: float  # seconds since the cameras' clock started (negative: before)
@@ -69,7 +56,7 @@ class Sample:
 
 def sample(server: ServeProcess, t: float) -> Sample:
     rss_kb, fds, threads = 0, 0, 0
-    for pid in _tree(server.pid):
+    for pid in load.process_tree(server.pid):
         try:
             rss_kb += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KB
             fds += len(os.listdir(f"/proc/{pid}/fd"))
@@ -85,7 +72,9 @@ def sample(server: ServeProcess, t: float) -> Sample:
         threads=threads,
         cpu_s=load.cpu_seconds(server.pid),
         processed=metrics.get("actionstream_frames_processed_total", 0.0),
-        dropped=sum(v for k, v in metrics.items() if k.startswith("actionstream_frames_dropped_")),
+        dropped=sum(
+            v for k, v in metrics.items() if k.startswith("actionstream_frames_dropped_total")
+        ),
         active=metrics.get("actionstream_active_streams", 0.0),
     )
 
@@ -219,18 +208,7 @@ def main() -> None:
     parser.add_argument(
         "--settle", type=float, default=60.0, help="seconds after the cameras stop, then sampled"
     )
-    parser.add_argument(
-        "--server-arg",
-        action="append",
-        default=["--max-streams", "1000"],
-        help="extra `serve` argument (repeatable; the default lifts max_streams above N)",
-    )
-    parser.add_argument(
-        "--swarm",
-        choices=("auto", "cpp", "python"),
-        default="auto",
-        help="the cameras, as in load.py: bench/cameras (C++), Python's grpc.aio, or auto",
-    )
+    load.add_server_args(parser)
     args = parser.parse_args()
     if args.cameras < 1 or args.fps <= 0 or args.minutes <= 0 or args.every <= 0:
         parser.error(

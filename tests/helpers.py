@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import queue
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from collections.abc import Sequence
 import cv2
 import grpc
 import numpy as np
+import pytest
 
 from actionstream.training.synth import render_stream
 from actionstream.v1 import actionstream_pb2 as pb
@@ -36,11 +39,6 @@ def arithmetic_jpeg(data: bytes) -> bytes:
     """The JPEG `data` re-coded with arithmetic coding, losslessly (libjpeg's jpegtran;
     `make test` installs it where it can: neither OpenCV nor Pillow writes one). Fails
     in CI and skips elsewhere when jpegtran is missing."""
-    import os
-    import shutil
-
-    import pytest
-
     jpegtran = shutil.which("jpegtran")
     if jpegtran is None:
         if os.environ.get("CI"):
